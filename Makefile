@@ -1,0 +1,47 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    installs the environment (once) and runs the main job on the embedded default
+#   make test   installs the environment (once) and runs the test suite
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CORES  ?= 8
+export PATH := $(abspath $(BIN)):$(PATH)
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install run ablations test test-fast bench report clean-results dvc-yaml
+
+install: $(STAMP)
+
+# Reinstalls only when pyproject.toml (the one place with the pins) changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev,postgres]'
+	touch $@
+
+run: $(STAMP)
+	snakemake --cores $(CORES) results/table1.csv
+
+ablations: $(STAMP)
+	snakemake --cores $(CORES) results/ablations.csv
+
+report: $(STAMP)
+	snakemake --cores $(CORES) results/report.md
+
+# The whole suite, end-to-end tests included (what CI runs).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# Everything but the slow end-to-end tests.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# Every benchmark of the project; each prints its figures.
+bench: $(STAMP)
+	for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+dvc-yaml: $(STAMP)
+	amflow dvc-yaml
+
+clean-results:
+	rm -rf results .snakemake

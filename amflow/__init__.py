@@ -1,0 +1,2 @@
+"""AM Flow experiment pipeline."""
+__version__ = "0.1.0"

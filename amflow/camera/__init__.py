@@ -1,0 +1,1 @@
+"""Camera-motion estimation and classification (DESIGN.md 2.5)."""

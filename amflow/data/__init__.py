@@ -1,0 +1,1 @@
+"""Datasets: generation (SynthMotion), download and parsing of real datasets, frame cache, clips."""

@@ -1,0 +1,321 @@
+"""The params schema: one pydantic model validates every ``params/*.yaml``.
+
+Snakemake's config, DVC's params and every ``amflow`` command read the same files through
+:func:`load_params`, so a wrong key or type fails before any work starts, with an error that
+names the file, the key and what was expected.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SPLITS = ("train", "val", "test")
+METHODS = ("frame", "aim", "st_adapter", "tpa", "amflow")
+
+
+class Strict(BaseModel):
+    """Base for every section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- datasets
+class SynthSpec(Strict):
+    """SynthMotion generator settings (DESIGN.md 3.1). Fixed before any method is tuned."""
+
+    camera: Literal["static", "moving"]
+    difficulty: Literal["easy", "standard"] = "easy"
+    resolution: Literal[32, 64] = 32
+    frames: int = Field(32, ge=8)
+    fps: int = Field(25, ge=1)
+    split_sizes: dict[Literal["train", "val", "test"], int] = {"train": 600, "val": 120, "test": 240}
+    seed: int = 0
+    workers: int = Field(0, ge=0, description="generator processes; 0 = one per core")
+
+
+class PretrainImagesSpec(Strict):
+    """The single-image set for backbone pretraining (attribute labels only, never motion)."""
+
+    images: int = Field(30000, ge=100)
+    val_images: int = Field(2000, ge=100)
+    resolution: Literal[32, 64] = 32
+    difficulty: Literal["easy", "standard"] = "easy"
+    seed: int = 1000
+
+
+class DownloadSpec(Strict):
+    workers: int = Field(4, ge=1)
+    retries: int = Field(3, ge=0)
+    base_url: str = "https://s3.amazonaws.com/kinetics/400"
+    splits: list[Literal["train", "val", "test"]] = ["train", "val"]
+    max_archives: Optional[int] = Field(None, ge=1, description="download only the first N tarballs per split")
+
+
+class DatasetSpec(Strict):
+    """Where a dataset comes from and how its frames are cached."""
+
+    source: Literal["synthmotion", "kinetics400", "ssv2", "smarthome", "list"]
+    synth: Optional[SynthSpec] = None
+    root: Optional[str] = Field(None, description="folder holding the user's files (ssv2, smarthome, list)")
+    annotations: Optional[dict[Literal["train", "val", "test"], str]] = Field(
+        None, description="for source=list: one `path label` txt or csv per split")
+    protocol: Optional[Literal["cs", "cv1", "cv2"]] = Field(None, description="Toyota Smarthome protocol")
+    download: DownloadSpec = DownloadSpec()
+    short_side: int = Field(32, ge=8, description="frames are resized so that the short side has this size")
+    encoding: Literal["raw", "jpeg"] = Field("raw", description="frame cache encoding: raw uint8 or JPEG")
+    jpeg_quality: int = Field(90, ge=10, le=100)
+    shard_frames: int = Field(20000, ge=100, description="frames per cache shard")
+    max_videos: Optional[dict[Literal["train", "val", "test"], int]] = Field(
+        None, description="cap on videos per split (quick runs)")
+
+    @model_validator(mode="after")
+    def _source_needs(self):
+        if self.source == "synthmotion" and self.synth is None:
+            raise ValueError("source 'synthmotion' needs a 'synth' section")
+        if self.source == "list" and not self.annotations:
+            raise ValueError("source 'list' needs 'annotations' (one file per split)")
+        if self.source in ("ssv2", "smarthome", "list") and not self.root:
+            raise ValueError(f"source '{self.source}' needs 'root': the folder with your files")
+        if self.source == "smarthome" and self.protocol is None:
+            raise ValueError("source 'smarthome' needs 'protocol': cs, cv1 or cv2")
+        return self
+
+
+class SamplingSpec(Strict):
+    """Clip sampling (DESIGN.md 3.3): segment-based (SSv2 style) or dense with stride (K400 style)."""
+
+    mode: Literal["segment", "dense"] = "segment"
+    num_frames: int = Field(8, ge=2)
+    stride: int = Field(1, ge=1, description="frame interval for dense sampling")
+    crop_size: int = Field(32, ge=8)
+    train_scale: tuple[float, float] = Field((0.8, 1.0), description="random-resized-crop area range")
+    train_flip: bool = Field(False, description="horizontal flip; off where left/right is the label")
+    test_clips: int = Field(1, ge=1)
+    test_crops: Literal[1, 3] = 1
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+# --------------------------------------------------------------------------- camera motion
+class CameraMotionSpec(Strict):
+    """Camera-motion classification (DESIGN.md 2.5)."""
+
+    sample_videos: int = Field(60, ge=1)
+    pairs_per_video: int = Field(8, ge=1)
+    seed: int = 0
+    moving_threshold: float = Field(0.01, gt=0,
+                                    description="median background displacement per frame pair, "
+                                                "as a fraction of the frame diagonal, above which a video is 'moving'")
+    dataset_moving_share: float = Field(0.5, ge=0, le=1,
+                                        description="share of moving videos above which the dataset uses 'aligned'")
+    model: Literal["similarity", "homography"] = "similarity"
+    min_inlier_ratio: float = Field(0.3, ge=0, le=1)
+
+
+# --------------------------------------------------------------------------- model
+class BackboneSpec(Strict):
+    model: str = Field("vit_tiny_patch16_224", description="timm model name")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model arguments")
+    weights: Literal["pretrain", "hub", "file", "random"] = "pretrain"
+    weights_file: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _file(self):
+        if self.weights == "file" and not self.weights_file:
+            raise ValueError("weights: file needs weights_file")
+        return self
+
+
+class PretrainSpec(Strict):
+    """Backbone pretraining on the single-image set (embedded default only)."""
+
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    min_gain_over_chance: float = Field(0.1, ge=0, description="mean attribute accuracy must beat chance by this")
+    seed: int = 0
+
+
+class AdapterSpec(Strict):
+    bottleneck: int = Field(32, ge=1)
+    position: Literal["parallel_mlp", "after_attn"] = "parallel_mlp"
+    blocks: Union[Literal["all"], list[int]] = "all"
+    tpu: Literal["transformer", "tcn", "lstm", "none"] = "transformer"
+    tcn_kernel: int = Field(3, ge=1)
+    tcn_dilations: list[int] = [1, 2]
+    drop_path: float = Field(0.0, ge=0, lt=1)
+    scale: float = Field(1.0, gt=0)
+
+
+class AmFlowSpec(Strict):
+    variant: Literal["auto", "auto_per_video", "static", "aligned", "none"] = "auto"
+    temperature: float = Field(2.0, gt=0, description="softmax temperature, in units of the mean |A_t - A_t+1|")
+    source: Union[Literal["same"], int] = Field("same", description="'same' block or a fixed block index")
+    normalise: Literal["mean", "max", "none"] = "mean"
+
+
+class ModelSpec(Strict):
+    adapter: AdapterSpec = AdapterSpec()
+    am_flow: AmFlowSpec = AmFlowSpec()
+
+
+# --------------------------------------------------------------------------- training
+class TrainSpec(Strict):
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(16, ge=1, description="global batch (all processes together)")
+    accum_steps: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0)
+    amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    num_workers: int = Field(0, ge=0)
+    threads: int = Field(0, ge=0, description="torch threads per process; 0 = leave torch's default")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class TrackingSpec(Strict):
+    uri: Optional[str] = Field(None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    experiment_prefix: str = "amflow"
+
+
+class AblationsSpec(Strict):
+    dataset_pairs: list[str] = ["synth_static", "synth_moving"]
+    variants: list[Literal["none", "static", "aligned", "auto"]] = ["none", "static", "aligned", "auto"]
+    tpus: list[Literal["transformer", "tcn", "lstm", "none"]] = ["transformer", "tcn", "lstm", "none"]
+    source_layers: list[Union[Literal["same"], int]] = ["same", 0]
+    num_blocks: list[int] = [2, 4]
+    frames: list[int] = [4, 8]
+    dataset: str = Field("synth_moving", description="dataset for the single-axis ablations")
+
+
+class Params(Strict):
+    """A whole params file."""
+
+    name: str = Field(..., description="configuration name, used in run names")
+    datasets: dict[str, DatasetSpec]
+    table_datasets: list[str] = Field(..., description="datasets that table1 reports")
+    methods: list[Literal["frame", "aim", "st_adapter", "tpa", "amflow"]] = list(METHODS)
+    seeds: list[int] = [0]
+    pretrain_images: Optional[PretrainImagesSpec] = None
+    sampling: SamplingSpec = SamplingSpec()
+    sampling_overrides: dict[str, SamplingSpec] = Field(default_factory=dict, description="per-dataset sampling")
+    camera_motion: CameraMotionSpec = CameraMotionSpec()
+    backbone: BackboneSpec = BackboneSpec()
+    pretrain: PretrainSpec = PretrainSpec()
+    model: ModelSpec = ModelSpec()
+    train: TrainSpec = TrainSpec()
+    tracking: TrackingSpec = TrackingSpec()
+    ablations: AblationsSpec = AblationsSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        for name in self.table_datasets:
+            if name not in self.datasets:
+                raise ValueError(f"table_datasets names '{name}', which is not under 'datasets'")
+        for name in self.sampling_overrides:
+            if name not in self.datasets:
+                raise ValueError(f"sampling_overrides names '{name}', which is not under 'datasets'")
+        if self.backbone.weights == "pretrain" and self.pretrain_images is None:
+            raise ValueError("backbone.weights: pretrain needs a 'pretrain_images' section")
+        return self
+
+    def sampling_for(self, dataset: str) -> SamplingSpec:
+        return self.sampling_overrides.get(dataset, self.sampling)
+
+    def dataset(self, name: str) -> DatasetSpec:
+        if name not in self.datasets:
+            raise KeyError(f"dataset '{name}' is not in params '{self.name}' (known: {', '.join(self.datasets)})")
+        return self.datasets[name]
+
+
+class ParamsError(ValueError):
+    """A params file that does not validate; the message names the file and every bad key."""
+
+
+def _format_errors(path: str, err: ValidationError) -> str:
+    lines = [f"{path}: invalid params ({err.error_count()} problem(s)):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see params/default.yaml for the known keys)"
+        got = e.get("input")
+        got_s = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {got!r:.60})"
+        lines.append(f"  - {key}: {msg}{got_s}")
+    return "\n".join(lines)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Recursively merge ``override`` into a copy of ``base`` (mappings merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def resolve_raw(path: str | Path) -> dict:
+    """Read a params file, following ``extends: other.yaml`` (relative to the file) recursively."""
+    path = Path(path)
+    data = read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is not None:
+        data = deep_merge(resolve_raw(path.parent / parent), data)
+    return data
+
+
+def validate(data: dict, source: str = "<params>") -> Params:
+    try:
+        return Params.model_validate(data)
+    except ValidationError as err:
+        raise ParamsError(_format_errors(source, err)) from None
+
+
+def load_params(path: str | Path, overrides: Optional[dict] = None) -> Params:
+    """Load and validate a params file (with ``extends``), optionally deep-merging ``overrides``."""
+    data = resolve_raw(path)
+    if overrides:
+        data = deep_merge(data, overrides)
+    return validate(data, str(path))
+
+
+def set_dotted(data: dict, dotted: str, value: Any) -> dict:
+    """Set ``a.b.c`` in a nested dict (used for command-line overrides and sweeps)."""
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ParamsError(f"cannot set '{dotted}': '{k}' is not a mapping")
+    node[keys[-1]] = value
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key.path=value`` with the value parsed as YAML (so numbers, lists and booleans work)."""
+    if "=" not in text:
+        raise ParamsError(f"override '{text}' must look like key.path=value")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)

@@ -1,0 +1,1 @@
+"""Backbone pretraining, the trainer, checkpoints and distributed training."""

@@ -1,0 +1,75 @@
+"""Which runs a params file asks for: the table runs and the ablation runs.
+
+The Snakemake rules, the table builder and the report all take their run lists from here, so they
+always agree on what exists.
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from amflow.params import Params
+
+AXES = ("variant", "tpu", "source", "blocks", "frames")
+
+
+@dataclass(frozen=True)
+class AblationRun:
+    axis: str
+    value: str
+    dataset: str
+    seed: int
+    overrides: dict[str, Any] = field(hash=False, compare=False)
+
+    def set_args(self) -> str:
+        """The ``--set key=value`` arguments that turn the default amflow run into this ablation."""
+        return " ".join(
+            "--set " + shlex.quote(f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}")
+            for k, v in self.overrides.items())
+
+
+def table_runs(p: Params) -> list[tuple[str, str, int]]:
+    return [(d, m, s) for d in p.table_datasets for m in p.methods for s in p.seeds]
+
+
+def backbone_depth(p: Params) -> int:
+    """Number of blocks of the backbone, from its kwargs or timm's default config."""
+    if "depth" in p.backbone.kwargs:
+        return int(p.backbone.kwargs["depth"])
+    import timm
+
+    return len(timm.create_model(p.backbone.model, pretrained=False, num_classes=0, **p.backbone.kwargs).blocks)
+
+
+def ablation_runs(p: Params) -> list[AblationRun]:
+    a = p.ablations
+    runs: list[AblationRun] = []
+    for seed in p.seeds:
+        for dataset in a.dataset_pairs:
+            for variant in a.variants:
+                runs.append(AblationRun("variant", variant, dataset, seed, {"model.am_flow.variant": variant}))
+        for tpu in a.tpus:
+            runs.append(AblationRun("tpu", tpu, a.dataset, seed, {"model.adapter.tpu": tpu}))
+        for source in a.source_layers:
+            runs.append(AblationRun("source", str(source), a.dataset, seed, {"model.am_flow.source": source}))
+        if a.num_blocks:
+            depth = backbone_depth(p)
+            for n in a.num_blocks:
+                if not 1 <= n <= depth:
+                    raise ValueError(f"ablations.num_blocks: {n} is outside 1..{depth} (the backbone's depth)")
+                # The last n blocks: temporal reasoning on the most semantic features.
+                runs.append(AblationRun("blocks", str(n), a.dataset, seed,
+                                        {"model.adapter.blocks": list(range(depth - n, depth))}))
+        for t in a.frames:
+            runs.append(AblationRun("frames", str(t), a.dataset, seed, {"sampling.num_frames": t}))
+    return runs
+
+
+def find_ablation(p: Params, axis: str, value: str, dataset: str, seed: int) -> AblationRun:
+    for run in ablation_runs(p):
+        if (run.axis, run.value, run.dataset, run.seed) == (axis, value, dataset, int(seed)):
+            return run
+    raise KeyError(f"no ablation {axis}={value} on {dataset} seed {seed} in these params")

@@ -1,0 +1,14 @@
+# Backbone pretraining for the embedded default (real configurations load DINOv2 weights instead).
+
+
+rule pretrain_backbone:
+    input:
+        f"{DATA}/pretrain_images/info.json",
+    output:
+        weights=str(paths.backbone_file(RESULTS)),
+        metrics=f"{RESULTS}/backbone/metrics.json",
+    params:
+        dvc_params=["backbone", "pretrain"],
+    threads: workflow.cores
+    shell:
+        "amflow pretrain-backbone --params {PARAMS}"

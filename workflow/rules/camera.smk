@@ -1,0 +1,15 @@
+# Camera-motion classification: decides the AM flow variant and caches the transforms it needs.
+
+
+rule camera_motion:
+    input:
+        f"{DATA}/frames/{{dataset}}/summary.json",
+    output:
+        json=f"{RESULTS}/{{dataset}}/camera_motion.json",
+        png=f"{RESULTS}/{{dataset}}/camera_motion.png",
+        motion=f"{DATA}/motion/{{dataset}}.npz",
+    params:
+        dvc_params=lambda w: ["camera_motion"],
+    threads: workflow.cores
+    shell:
+        "amflow camera-motion --params {PARAMS} --dataset {wildcards.dataset}"

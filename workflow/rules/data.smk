@@ -1,0 +1,38 @@
+# Datasets: generate (SynthMotion) or download/verify (real datasets), then decode into the frame cache.
+
+
+rule prepare_dataset:
+    output:
+        f"{DATA}/{{dataset}}/dataset.json",
+    params:
+        dvc_params=dataset_params,
+        dvc_outs=lambda w: [f"{DATA}/{w.dataset}"],
+    resources:
+        runtime=240,
+    shell:
+        "amflow prepare --params {PARAMS} --dataset {wildcards.dataset}"
+
+
+rule pretrain_images:
+    output:
+        f"{DATA}/pretrain_images/info.json",
+    params:
+        dvc_params=["pretrain_images"],
+        dvc_outs=[f"{DATA}/pretrain_images"],
+    shell:
+        "amflow pretrain-images --params {PARAMS}"
+
+
+rule extract_frames:
+    input:
+        f"{DATA}/{{dataset}}/dataset.json",
+    output:
+        f"{DATA}/frames/{{dataset}}/summary.json",
+    params:
+        dvc_params=dataset_params,
+        dvc_outs=lambda w: [f"{DATA}/frames/{w.dataset}"],
+    threads: workflow.cores
+    resources:
+        runtime=600,
+    shell:
+        "amflow extract --params {PARAMS} --dataset {wildcards.dataset} --workers {threads}"

@@ -1,0 +1,45 @@
+# Tables, plots and the report: pure functions of the runs' metrics.json.
+
+
+rule table1:
+    input:
+        [str(paths.run_dir(RESULTS, d, m, s) / "metrics.json") for d, m, s in table_runs(P)],
+    output:
+        f"{RESULTS}/table1.csv",
+    params:
+        dvc_params=["table_datasets", "methods", "seeds"],
+    shell:
+        "amflow tables --params {PARAMS} --which table1"
+
+
+rule ablations:
+    input:
+        [str(paths.ablation_run_dir(RESULTS, r.axis, r.value, r.dataset, r.seed) / "metrics.json")
+         for r in ablation_runs(P)],
+    output:
+        f"{RESULTS}/ablations.csv",
+    params:
+        dvc_params=["ablations", "seeds"],
+    shell:
+        "amflow tables --params {PARAMS} --which ablations"
+
+
+rule amflow_heatmaps:
+    input:
+        [str(paths.run_dir(RESULTS, d, "amflow", P.seeds[0]) / "metrics.json") for d in P.table_datasets],
+    output:
+        png=f"{RESULTS}/plots/amflow_heatmaps.png",
+        gif=f"{RESULTS}/plots/amflow_heatmaps.gif",
+    shell:
+        "amflow heatmaps --params {PARAMS}"
+
+
+rule report:
+    input:
+        f"{RESULTS}/table1.csv",
+        f"{RESULTS}/ablations.csv",
+        f"{RESULTS}/plots/amflow_heatmaps.png",
+    output:
+        f"{RESULTS}/report.md",
+    shell:
+        "amflow report --params {PARAMS}"

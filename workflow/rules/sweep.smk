@@ -1,0 +1,13 @@
+# Optuna sweeps over the adapter's hyperparameters; the best trial becomes a params file.
+
+
+rule sweep:
+    input:
+        lambda w: train_inputs(w),
+        sweep_spec="params/sweep.yaml",
+    output:
+        f"{RESULTS}/sweeps/{{dataset}}/{{method}}/best.yaml",
+    threads: workflow.cores
+    shell:
+        "amflow sweep --params {PARAMS} --space {input.sweep_spec} --dataset {wildcards.dataset} "
+        "--method {wildcards.method}"
