@@ -94,7 +94,13 @@ def cmd_predict(args) -> None:
 def cmd_tables(args) -> None:
     from amflow.report.tables import write_tables
 
-    write_tables(_params(args), args.results_dir)
+    write_tables(_params(args), args.results_dir, which=args.which)
+
+
+def cmd_heatmaps(args) -> None:
+    from amflow.report.heatmaps import write_heatmaps
+
+    write_heatmaps(_params(args), data_dir=args.data_dir, results_dir=args.results_dir)
 
 
 def cmd_report(args) -> None:
@@ -174,9 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True, help="run folder (results/<dataset>/<method>/seed<k>)")
     p.add_argument("--top-k", type=int, default=5)
     p.set_defaults(func=cmd_predict)
-    add("tables", cmd_tables, "build results/table1.csv and the ablation tables",
-        "Read every run's metrics.json and write results/table1.csv, results/ablations.csv and one CSV per "
-        "ablation. Pure: the same inputs give the same bytes.")
+    p = add("tables", cmd_tables, "build results/table1.csv or the ablation tables",
+            "Read the runs' metrics.json and write results/table1.csv (--which table1) or results/ablations.csv "
+            "plus one results/ablation_<axis>.csv per ablation axis (--which ablations). Pure: the same inputs give "
+            "the same bytes.")
+    p.add_argument("--which", choices=["table1", "ablations"], default="table1")
+    add("heatmaps", cmd_heatmaps, "plot AM flow heat maps, static against aligned",
+        "Render AM flow heat maps over the frames of a static-camera and a moving-camera test clip, static "
+        "against aligned variant, with the trained amflow runs' backbones.\n\nOutputs: "
+        "results/plots/amflow_heatmaps.png and results/plots/amflow_heatmaps.gif.")
     add("report", cmd_report, "write results/report.md with tables and plots",
         "Generate results/report.md (every table, every plot, one paragraph per table) from the results.")
     p = sub.add_parser("sweep", help="Optuna sweep over the adapter's hyperparameters",

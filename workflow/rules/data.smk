@@ -35,4 +35,4 @@ rule extract_frames:
     resources:
         runtime=600,
     shell:
-        "amflow extract --params {PARAMS} --dataset {wildcards.dataset} --workers {threads}"
+        "amflow extract --params {PARAMS} --dataset {wildcards.dataset}"
