@@ -31,10 +31,14 @@ class SynthSpec(Strict):
     difficulty: Literal["easy", "standard"] = "easy"
     resolution: Literal[32, 64] = 32
     frames: int = Field(32, ge=8)
+    speed_frames: int = Field(8, ge=2, le=64,
+                              description="speeds (px per frame, DESIGN.md 3.1) are per frame of a clip of this "
+                                          "many frames; a clip of `frames` frames spreads the same motion over "
+                                          "its frames, so the motion's amplitude does not depend on `frames`")
     fps: int = Field(25, ge=1)
     split_sizes: dict[Literal["train", "val", "test"], int] = {"train": 600, "val": 120, "test": 240}
     seed: int = 0
-    workers: int = Field(0, ge=0, description="generator processes; 0 = one per core")
+    workers: int = Field(0, ge=0, description="generator processes; 0 = one per core (does not change the output)")
 
 
 class PretrainImagesSpec(Strict):
@@ -48,11 +52,25 @@ class PretrainImagesSpec(Strict):
 
 
 class DownloadSpec(Strict):
-    workers: int = Field(4, ge=1)
-    retries: int = Field(3, ge=0)
+    """How Kinetics-400 is fetched from the CVDF mirror (amflow/data/download.py, kinetics.py)."""
+
+    workers: int = Field(4, ge=1, description="parallel downloads")
+    retries: int = Field(3, ge=0, description="retries per file after a failed or interrupted transfer")
+    backoff_s: float = Field(2.0, ge=0, description="wait before retry k is backoff_s * 2**k seconds")
+    timeout_s: float = Field(60.0, gt=0, description="connect/read timeout per request, seconds")
     base_url: str = "https://s3.amazonaws.com/kinetics/400"
     splits: list[Literal["train", "val", "test"]] = ["train", "val"]
     max_archives: Optional[int] = Field(None, ge=1, description="download only the first N tarballs per split")
+    replacement_url: Optional[str] = Field(
+        "replacement_for_corrupted_k400.tgz",
+        description="archive of re-encoded copies of corrupted K400 clips; relative to base_url or absolute; "
+                    "null to skip")
+    checksums: dict[str, str] = Field(
+        default_factory=dict,
+        description="optional 'md5:<hex>' or 'sha256:<hex>' per file, keyed by its path under base_url "
+                    "(e.g. 'train/part_0.tar.gz') or by its full URL")
+    keep_archives: bool = Field(False, description="keep tarballs after a verified extraction (else delete: "
+                                                   "K400 is ~436 GB twice otherwise)")
 
 
 class DatasetSpec(Strict):
@@ -60,7 +78,8 @@ class DatasetSpec(Strict):
 
     source: Literal["synthmotion", "kinetics400", "ssv2", "smarthome", "list"]
     synth: Optional[SynthSpec] = None
-    root: Optional[str] = Field(None, description="folder holding the user's files (ssv2, smarthome, list)")
+    root: Optional[str] = Field(None, description="folder holding the user's files (ssv2, smarthome, list); "
+                                                   "kinetics400: download folder (default: the dataset folder)")
     annotations: Optional[dict[Literal["train", "val", "test"], str]] = Field(
         None, description="for source=list: one `path label` txt or csv per split")
     protocol: Optional[Literal["cs", "cv1", "cv2"]] = Field(None, description="Toyota Smarthome protocol")
@@ -71,6 +90,16 @@ class DatasetSpec(Strict):
     shard_frames: int = Field(20000, ge=100, description="frames per cache shard")
     max_videos: Optional[dict[Literal["train", "val", "test"], int]] = Field(
         None, description="cap on videos per split (quick runs)")
+    val_fraction: Optional[float] = Field(
+        None, gt=0, lt=1,
+        description="if set, 'val' is a seeded, class-stratified holdout of the train split (removed from train) "
+                    "instead of the dataset's own val split; where the source has no val split of its own "
+                    "(Smarthome CS, a list without a val file, K400/SSv2 with test_source: val) 0.1 when unset")
+    split_seed: int = Field(0, description="seed of the val holdout and of the max_videos subsample")
+    test_source: Literal["val", "test"] = Field(
+        "val", description="kinetics400, ssv2: 'val' makes the official validation set our test split (what "
+                           "published numbers use; our val is then held out of train, see val_fraction), 'test' "
+                           "uses the official test labels as test and the official val as val")
 
     @model_validator(mode="after")
     def _source_needs(self):
@@ -82,6 +111,8 @@ class DatasetSpec(Strict):
             raise ValueError(f"source '{self.source}' needs 'root': the folder with your files")
         if self.source == "smarthome" and self.protocol is None:
             raise ValueError("source 'smarthome' needs 'protocol': cs, cv1 or cv2")
+        if self.source == "kinetics400" and self.test_source == "test" and "test" not in self.download.splits:
+            raise ValueError("test_source: test needs 'test' in download.splits")
         return self
 
 
@@ -113,7 +144,16 @@ class CameraMotionSpec(Strict):
     dataset_moving_share: float = Field(0.5, ge=0, le=1,
                                         description="share of moving videos above which the dataset uses 'aligned'")
     model: Literal["similarity", "homography"] = "similarity"
-    min_inlier_ratio: float = Field(0.3, ge=0, le=1)
+    min_inlier_ratio: float = Field(0.3, ge=0, le=1,
+                                    description="RANSAC inliers / textured grid points below which a frame pair is invalid")
+    min_ncc: float = Field(0.5, ge=-1, le=1,
+                           description="photometric check: median block NCC of the warped frame against the next "
+                                       "one below which a pair is invalid (scene cuts)")
+    max_side: int = Field(160, ge=16, description="frames with a longer side are downscaled before estimation")
+    sample_split: Literal["train", "all"] = Field(
+        "train", description="split the classification sample is drawn from ('train': no val/test frames "
+                             "influence the variant decision)")
+    workers: int = Field(0, ge=0, description="processes computing the transforms of all videos; 0 = one per core")
 
 
 # --------------------------------------------------------------------------- model
@@ -150,6 +190,9 @@ class AdapterSpec(Strict):
     tcn_dilations: list[int] = [1, 2]
     drop_path: float = Field(0.0, ge=0, lt=1)
     scale: float = Field(1.0, gt=0)
+    tpu_heads: int = Field(4, ge=1, description="attention heads of the 'transformer' TPU; must divide bottleneck")
+    st_kernel: tuple[int, int, int] = Field(
+        (3, 1, 1), description="ST-Adapter depthwise Conv3d kernel over (T, h, w); odd sizes (centred)")
 
 
 class AmFlowSpec(Strict):
@@ -157,6 +200,12 @@ class AmFlowSpec(Strict):
     temperature: float = Field(2.0, gt=0, description="softmax temperature, in units of the mean |A_t - A_t+1|")
     source: Union[Literal["same"], int] = Field("same", description="'same' block or a fixed block index")
     normalise: Literal["mean", "max", "none"] = "mean"
+    aligned_floor: float = Field(
+        0.25, ge=0, le=1,
+        description="aligned variant: the temperature's reference scale is at least this fraction of the "
+                    "uncompensated mean |A_t - A_t+1|, so the small residual a pure camera motion leaves "
+                    "(positional embeddings, borders, sub-patch resampling) is not blown up into a peaked "
+                    "map; 0 = purely relative; identity transforms give the static result whatever its value")
 
 
 class ModelSpec(Strict):
