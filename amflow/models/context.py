@@ -1,0 +1,56 @@
+"""What every adapted block needs to know about the clip it is processing.
+
+The backbone runs on ``B*T`` frames at once; the adapters regroup tokens along time, so they need
+``T``, the number of prefix (CLS + register) tokens, the patch grid, and for AM flow the settings, the
+camera alignment of the clip (aligned variant) and the score of a fixed source layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from amflow.models.am_flow import PatchAlignment, am_flow
+from amflow.params import AmFlowSpec
+
+
+@dataclass
+class ClipContext:
+    batch: int
+    frames: int
+    num_prefix: int
+    grid: tuple[int, int]
+    flow: Optional[AmFlowSpec] = None              # None: the model uses no AM flow
+    alignment: Optional[PatchAlignment] = None     # aligned variant only
+    fixed_scores: Optional[torch.Tensor] = None    # [B*T, N] when flow.source is a block index
+    record: Optional[dict[int, torch.Tensor]] = field(default=None)  # block -> scores, for plots
+
+    @property
+    def same_block_source(self) -> bool:
+        return self.flow is not None and self.flow.source == "same"
+
+    def scores_from_map(self, block: int, patch_map: torch.Tensor) -> torch.Tensor:
+        """AM flow scores ``[B*T, N]`` from one block's patch maps ``[B*T, N, N]``.
+
+        Computed without autograd: the backbone is frozen and the score is used as a fixed saliency
+        gate (like an optical-flow input), so no gradient should reach earlier adapters through the
+        attention maps; it also keeps the ``B x (T-1) x N x N`` differences out of the backward graph.
+        """
+        N = patch_map.shape[-1]
+        with torch.no_grad():
+            maps = patch_map.view(self.batch, self.frames, N, N)
+            scores = am_flow(maps, self.flow.temperature, self.flow.normalise, self.alignment,
+                             self.flow.aligned_floor)
+            scores = scores.reshape(self.batch * self.frames, N)
+        if self.record is not None:
+            self.record[block] = scores
+        return scores
+
+    def scores_for(self, block: int, patch_map: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The gate of ``block``: its own map's AM flow, the fixed source's, or None without AM flow."""
+        if self.flow is None:
+            return None
+        if patch_map is not None:
+            return self.scores_from_map(block, patch_map)
+        return self.fixed_scores

@@ -1,0 +1,150 @@
+"""The video model: a frozen image ViT run per frame, optional adapters in its blocks, a linear head.
+
+Every method of the comparison (DESIGN.md 2.7) is this one class with different per-block adapters
+(built by :func:`amflow.models.factory.build_model`): the frames of a clip go through the backbone as
+one batch of ``B*T`` images; a block with an adapter runs through that adapter's ``forward(blk, x,
+ctx, index)`` (which calls the frozen block's own parts), any other block runs timm's forward. The head
+is the CLS token of the last block, after the backbone's final norm, averaged over time, then Linear.
+
+The backbone is *not* copied or modified: adapters are held apart from it (``block_adapters``), so a
+state_dict has each backbone weight once, and several models can share one backbone.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from amflow.errors import AmflowError
+from amflow.models.am_flow import PatchAlignment, patch_alignment
+from amflow.models.attention import attention_branch
+from amflow.models.backbone import embed_frames, freeze, num_prefix_tokens, patch_grid, patch_size
+from amflow.models.context import ClipContext
+from amflow.params import AmFlowSpec
+
+
+class VideoModel(nn.Module):
+    def __init__(self, method: str, backbone: nn.Module, num_classes: int, num_frames: int,
+                 block_adapters: dict[int, nn.Module], am_flow: Optional[AmFlowSpec] = None,
+                 aligned: bool = False, temporal_embedding: bool = False):
+        super().__init__()
+        self.method = method
+        self.num_frames = num_frames
+        self.backbone = freeze(backbone)
+        self.block_adapters = nn.ModuleDict({str(i): m for i, m in block_adapters.items()})
+        self.am_flow_spec = am_flow
+        self.aligned = aligned
+        dim = backbone.embed_dim
+        # AIM's temporal embedding: added to every token after the positional embedding, zero at start.
+        self.temporal_embedding = (nn.Parameter(torch.zeros(num_frames, dim)) if temporal_embedding else None)
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    # ------------------------------------------------------------------ mode and bookkeeping
+    def train(self, mode: bool = True) -> "VideoModel":
+        """Adapters and head follow ``mode``; the frozen backbone always stays in eval mode."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def param_counts(self) -> dict[str, int]:
+        params = list(self.parameters())
+        return {"trainable": sum(p.numel() for p in params if p.requires_grad),
+                "total": sum(p.numel() for p in params)}
+
+    @property
+    def needs_transforms(self) -> bool:
+        return self.am_flow_spec is not None and self.aligned
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, video: torch.Tensor, transforms: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``video`` ``[B, T, 3, H, W]``, ``transforms`` ``[B, T-1, 3, 3]`` (aligned AM flow) -> logits."""
+        return self.head(self.features(video, transforms))
+
+    def features(self, video: torch.Tensor, transforms: Optional[torch.Tensor] = None,
+                 record: Optional[dict[int, torch.Tensor]] = None) -> torch.Tensor:
+        """Pre-head features ``[B, D]``: final-norm CLS averaged over time.
+
+        ``record``, if given, receives the AM flow scores ``[B*T, N]`` of every block that computes them.
+        """
+        B, T = self._check_video(video)
+        ctx = self._context(video, transforms, record)
+        x = embed_frames(self.backbone, video.flatten(0, 1))
+        if self.temporal_embedding is not None:
+            x = (x.view(B, T, *x.shape[1:]) + self.temporal_embedding[None, :, None, :]).flatten(0, 1)
+        if ctx.flow is not None and not ctx.same_block_source:
+            ctx.fixed_scores = self._fixed_source_scores(x, ctx)
+        for i, blk in enumerate(self.backbone.blocks):
+            adapter = self.block_adapters[str(i)] if str(i) in self.block_adapters else None
+            x = blk(x) if adapter is None else adapter(blk, x, ctx, i)
+        cls = self.backbone.norm(x)[:, 0]
+        return cls.view(B, T, -1).mean(dim=1)
+
+    def _check_video(self, video: torch.Tensor) -> tuple[int, int]:
+        if video.dim() != 5 or video.shape[2] != 3:
+            raise AmflowError(f"video must be [B, T, 3, H, W], got shape {tuple(video.shape)}")
+        B, T = video.shape[:2]
+        if T != self.num_frames:
+            raise AmflowError(f"the model was built for {self.num_frames} frames (sampling.num_frames) "
+                              f"but got clips of {T}; rebuild it or change the sampling")
+        return B, T
+
+    def _context(self, video: torch.Tensor, transforms: Optional[torch.Tensor],
+                 record: Optional[dict]) -> ClipContext:
+        B, T, _, H, W = video.shape
+        grid = patch_grid(self.backbone, H, W)
+        ctx = ClipContext(batch=B, frames=T, num_prefix=num_prefix_tokens(self.backbone), grid=grid,
+                          flow=self.am_flow_spec, record=record)
+        if self.needs_transforms:
+            ctx.alignment = self._alignment(transforms, B, T, grid)
+        return ctx
+
+    def _alignment(self, transforms: Optional[torch.Tensor], B: int, T: int,
+                   grid: tuple[int, int]) -> PatchAlignment:
+        if transforms is None:
+            raise AmflowError(
+                "aligned AM flow needs the clip's camera transforms [B, T-1, 3, 3]: run `amflow "
+                "camera-motion` for the dataset (it writes frames/motion.npz) and pass the clips' "
+                "'transforms', or use am_flow.variant: static")
+        if tuple(transforms.shape) != (B, T - 1, 3, 3):
+            raise AmflowError(f"transforms must be [B, T-1, 3, 3] = {[B, T - 1, 3, 3]}, "
+                              f"got {list(transforms.shape)}")
+        return patch_alignment(transforms, grid, patch_size(self.backbone))
+
+    def _fixed_source_scores(self, x: torch.Tensor, ctx: ClipContext) -> torch.Tensor:
+        """AM flow of one fixed block of the *frozen* backbone (``am_flow.source: <index>``).
+
+        Adapters in earlier blocks need the score before the adapted stream reaches that block, so the
+        frozen blocks up to it run once more without adapters (nothing for source 0).
+        """
+        source = int(ctx.flow.source)
+        with torch.no_grad():
+            for blk in self.backbone.blocks[:source]:
+                x = blk(x)
+            _, patch_map = attention_branch(self.backbone.blocks[source], x, ctx.num_prefix, need_map=True)
+            return ctx.scores_from_map(source, patch_map)
+
+    # ------------------------------------------------------------------ inspection
+    def am_flow_maps(self, video: torch.Tensor, transforms: Optional[torch.Tensor] = None,
+                     block: Optional[int] = None) -> torch.Tensor:
+        """AM flow scores ``[B, T, h, w]`` of the source block (for plots).
+
+        ``block`` defaults to the fixed source layer, or with ``source: same`` to the last adapted block.
+        """
+        if self.am_flow_spec is None:
+            raise AmflowError(f"model '{self.method}' uses no AM flow; build it with method 'amflow' "
+                              f"and am_flow_variant static or aligned")
+        record: dict[int, torch.Tensor] = {}
+        with torch.no_grad():
+            self.features(video, transforms, record=record)
+        if block is None:
+            source = self.am_flow_spec.source
+            block = int(source) if source != "same" else max(int(k) for k in self.block_adapters)
+        if block not in record:
+            raise AmflowError(f"block {block} computes no AM flow in this model (blocks that do: "
+                              f"{sorted(record)})")
+        B, T, _, H, W = video.shape
+        h, w = patch_grid(self.backbone, H, W)
+        return record[block].view(B, T, h, w)
