@@ -1,0 +1,262 @@
+"""The single-image set for pretraining the embedded default's backbone (DESIGN.md 2.6).
+
+Random single frames drawn by the SynthMotion scene renderer (:mod:`amflow.data.scene`: the same
+textures, shapes, colours, distractors, camera zoom and pixel noise as the videos), labelled ONLY by
+attributes one image shows, never by motion:
+
+=============  =======  ==============================================================
+attribute      classes  label
+=============  =======  ==============================================================
+shape          6        the actor's shape (:data:`amflow.data.scene.SHAPE_NAMES`)
+colour         6        hue bin of 60 degrees centred on red, yellow, green, cyan, blue, magenta
+position       9        3x3 grid cell of the actor's centroid in the frame (row-major)
+orientation    8        angle bin of 45 degrees, centred on 0, 45, ... (clockwise on screen)
+size           3        thirds (log scale) of the range of apparent sizes (px in the frame)
+=============  =======  ==============================================================
+
+Output folder (``data/pretrain_images/``): ``images_{train,val}.npy`` (uint8 ``[N, R, R, 3]``),
+``labels_{train,val}.csv`` (one integer column per attribute, plus the continuous values they were
+binned from) and, last, ``info.json`` (attributes, number of classes, counts, spec).
+Image ``i`` of a split is drawn from ``SeedSequence([DOMAIN, seed, split, i])``: the bytes do not
+depend on the number of worker processes.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from amflow import io
+from amflow.data import scene
+from amflow.errors import AmflowError
+from amflow.params import Params, PretrainImagesSpec
+
+SPLITS = ("train", "val")
+SPLIT_IDS = {"train": 0, "val": 1}
+GENERATOR_VERSION = 1
+DOMAIN_STILL = 0x53594E10
+DOMAIN_TEXTURE = 0x53594E11
+TEXTURE_GROUP = 8  # consecutive images that share a background canvas (CHUNK is a multiple of it)
+CHUNK = 512  # images per worker task
+COLOUR_NAMES = ("red", "yellow", "green", "cyan", "blue", "magenta")
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "shape": scene.SHAPE_NAMES,
+    "colour": COLOUR_NAMES,
+    "position": tuple(f"r{r}c{c}" for r in range(3) for c in range(3)),
+    "orientation": tuple(f"{a}deg" for a in range(0, 360, 45)),
+    "size": ("small", "medium", "large"),
+}
+
+
+def size_range(style: scene.SceneStyle) -> tuple[float, float]:
+    """Apparent actor sizes (frame px) of the stills: the videos' range widened a little, since
+    grow/shrink and zoom make actors smaller and larger than their base size."""
+    return 0.75 * style.actor_size[0], 1.25 * style.actor_size[1]
+
+
+def bin_colour(hue: float) -> int:
+    return int(((hue + 30.0) % 360.0) // 60.0)
+
+
+def bin_orientation(angle_deg: float) -> int:
+    return int(((angle_deg + 22.5) % 360.0) // 45.0)
+
+
+def bin_position(cx: float, cy: float, resolution: int) -> int:
+    """3x3 cell of a point in frame pixel coordinates (pixel i spans [i - 0.5, i + 0.5])."""
+    cell = resolution / 3.0
+    col = min(2, max(0, int((cx + 0.5) // cell)))
+    row = min(2, max(0, int((cy + 0.5) // cell)))
+    return row * 3 + col
+
+
+def bin_size(size_px: float, style: scene.SceneStyle) -> int:
+    lo, hi = size_range(style)
+    k = (math.log(size_px) - math.log(lo)) / (math.log(hi) - math.log(lo)) * 3
+    return min(2, max(0, int(k)))
+
+
+def render_still(spec: PretrainImagesSpec, rng: np.random.Generator,
+                 texture: np.ndarray | None = None) -> tuple[np.ndarray, dict, np.ndarray]:
+    """One random frame: (uint8 [R, R, 3], labels and the values they come from, actor coverage [R, R]).
+
+    ``texture`` (a world canvas from :func:`amflow.data.scene.make_texture`) is drawn from ``rng``
+    when not given.
+    """
+    style = scene.scene_style(spec.difficulty, spec.resolution)
+    res = spec.resolution
+    if texture is None:
+        texture = scene.make_texture(rng, style.world, style.contrast)
+    # Random camera: any zoom of the video cameras, any view inside the world canvas.
+    zoom = math.exp(rng.uniform(-0.5, 0.5) * math.log(style.zoom_ratio))
+    mid = (style.world - 1) / 2.0
+    cam = scene.camera_matrix(mid + rng.uniform(-res / 4, res / 4, 2), zoom, res)
+    inv = np.linalg.inv(cam)
+
+    shape = str(rng.choice(scene.SHAPE_NAMES))
+    colour, hue = scene.actor_colour(rng)
+    lo, hi = size_range(style)
+    size_px = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))   # apparent size in the frame
+    angle = float(rng.uniform(0.0, 360.0))
+    margin = 0.3 * size_px
+    cx, cy = rng.uniform(margin, res - 1 - margin, 2)
+    centre = scene.apply(inv, np.array([[cx, cy]]))[0]
+
+    sprites = []
+    for _ in range(int(rng.integers(style.distractors[0], style.distractors[1] + 1))):
+        p = scene.apply(inv, rng.uniform(0, res - 1, (1, 2)))[0]
+        sprites.append(scene.Sprite(str(rng.choice(scene.SHAPE_NAMES)), p, float(rng.uniform(*style.distractor_size)),
+                                    float(rng.uniform(0, 360)), scene.distractor_colour(rng)))
+    sprites.append(scene.Sprite(shape, centre, size_px / zoom, angle, colour))
+    image, masks = scene.render_frame(texture, cam, res, sprites, rng, style.noise)
+    labels = dict(shape=scene.SHAPE_NAMES.index(shape), colour=bin_colour(hue), position=bin_position(cx, cy, res),
+                  orientation=bin_orientation(angle), size=bin_size(size_px, style),
+                  shape_name=shape, hue_deg=round(hue, 2), cx=round(float(cx), 3), cy=round(float(cy), 3),
+                  angle_deg=round(angle, 2), size_px=round(size_px, 3), distractors=len(sprites) - 1)
+    return image, labels, masks[-1]
+
+
+def still_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([DOMAIN_STILL, seed, SPLIT_IDS[split], index]))
+
+
+def still_texture(spec: PretrainImagesSpec, split: str, index: int) -> np.ndarray:
+    """The background canvas of image ``index``: shared by TEXTURE_GROUP consecutive images (each sees
+    its own random view of it), since making a texture costs several times rendering an image."""
+    style = scene.scene_style(spec.difficulty, spec.resolution)
+    rng = np.random.default_rng(np.random.SeedSequence([DOMAIN_TEXTURE, spec.seed, SPLIT_IDS[split],
+                                                        index // TEXTURE_GROUP]))
+    return scene.make_texture(rng, style.world, style.contrast)
+
+
+def _render_chunk(task: tuple) -> tuple[int, np.ndarray, list[dict]]:
+    spec_dict, split, start, stop = task
+    spec = PretrainImagesSpec.model_validate(spec_dict)
+    images = np.empty((stop - start, spec.resolution, spec.resolution, 3), np.uint8)
+    rows = []
+    texture, group = None, -1
+    for k, i in enumerate(range(start, stop)):
+        if i // TEXTURE_GROUP != group:
+            texture, group = still_texture(spec, split, i), i // TEXTURE_GROUP
+        images[k], labels, _ = render_still(spec, still_rng(spec.seed, split, i), texture)
+        rows.append(labels)
+    return start, images, rows
+
+
+def _worker_init() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def _recorded_spec(spec: PretrainImagesSpec) -> dict:
+    """The spec as recorded in info.json: without ``workers``, which does not change the bytes."""
+    return spec.model_dump(mode="json", exclude={"workers"})
+
+
+def images_path(out_dir: Path, split: str) -> Path:
+    return Path(out_dir) / f"images_{split}.npy"
+
+
+def labels_path(out_dir: Path, split: str) -> Path:
+    return Path(out_dir) / f"labels_{split}.csv"
+
+
+def read_info(images_dir: str | Path) -> dict:
+    path = Path(images_dir) / "info.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the pretraining image set is missing or incomplete; "
+                                f"run `amflow pretrain-images` first")
+    return io.read_json(path)
+
+
+def load_split(images_dir: str | Path, split: str) -> tuple[np.ndarray, pd.DataFrame]:
+    """(images uint8 [N, R, R, 3] memory-mapped, labels table) of one split."""
+    images = np.load(images_path(images_dir, split), mmap_mode="r")
+    labels = pd.read_csv(labels_path(images_dir, split))
+    if len(images) != len(labels):
+        raise AmflowError(f"{images_dir}: images_{split}.npy has {len(images)} images but labels_{split}.csv "
+                          f"{len(labels)} rows; delete the folder and rerun `amflow pretrain-images`")
+    return images, labels
+
+
+def _is_complete(out_dir: Path, spec: PretrainImagesSpec) -> bool:
+    try:
+        info = read_info(out_dir)
+    except (FileNotFoundError, ValueError):
+        return False
+    return (info.get("spec") == _recorded_spec(spec) and info.get("generator_version") == GENERATOR_VERSION
+            and all(images_path(out_dir, s).is_file() and labels_path(out_dir, s).is_file() for s in SPLITS))
+
+
+def generate_pretrain_images(params: Params, out_dir: str | Path) -> dict:
+    """Render ``params.pretrain_images`` into ``out_dir``; ``info.json`` last. Returns its content.
+
+    Nothing is done when ``info.json`` records the same spec and generator version.
+    """
+    spec = params.pretrain_images
+    if spec is None:
+        raise AmflowError("pretrain_images: section missing from the params file; add e.g. "
+                          "`pretrain_images: {images: 30000, val_images: 2000, resolution: 32}`")
+    out_dir = Path(out_dir)
+    if _is_complete(out_dir, spec):
+        print(f"{out_dir}: pretraining images already generated with this spec; nothing to do", file=sys.stderr)
+        return read_info(out_dir)
+    (out_dir / "info.json").unlink(missing_ok=True)
+
+    counts = {"train": spec.images, "val": spec.val_images}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    spec_dict = spec.model_dump(mode="json")
+    tasks = {s: [(spec_dict, s, a, min(a + CHUNK, n)) for a in range(0, n, CHUNK)] for s, n in counts.items()}
+    workers = max(1, min(spec.workers or cores, sum(len(t) for t in tasks.values())))
+    res = spec.resolution
+    class_counts: dict = {}
+    t0 = time.perf_counter()
+    bar = tqdm(total=sum(counts.values()), desc="pretrain images", unit="img", file=sys.stderr)
+    pool = mp.get_context("spawn").Pool(workers, initializer=_worker_init) if workers > 1 else None
+    try:
+        for split in SPLITS:
+            rows: list[dict] = [None] * counts[split]  # type: ignore[list-item]
+            with io.atomic_path(images_path(out_dir, split)) as tmp:
+                images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(counts[split], res, res, 3))
+                results = pool.imap(_render_chunk, tasks[split]) if pool else map(_render_chunk, tasks[split])
+                for start, chunk, chunk_rows in results:
+                    images[start:start + len(chunk)] = chunk
+                    rows[start:start + len(chunk)] = chunk_rows
+                    bar.update(len(chunk))
+                images.flush()
+                del images
+            table = pd.DataFrame(rows)
+            with io.atomic_path(labels_path(out_dir, split)) as tmp:
+                table.to_csv(tmp, index_label="index")
+            class_counts[split] = {a: np.bincount(table[a], minlength=len(n)).tolist() for a, n in ATTRIBUTES.items()}
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close()
+            pool.join()
+    elapsed = time.perf_counter() - t0
+
+    info = {
+        "source": "synthmotion-stills",
+        "generator_version": GENERATOR_VERSION,
+        "spec": _recorded_spec(spec),
+        "resolution": res,
+        "difficulty": spec.difficulty,
+        "attributes": [{"name": a, "classes": len(n), "names": list(n)} for a, n in ATTRIBUTES.items()],
+        "counts": counts,
+        "class_counts": class_counts,
+        "files": {s: {"images": images_path(out_dir, s).name, "labels": labels_path(out_dir, s).name} for s in SPLITS},
+    }
+    io.write_json(out_dir / "info.json", info)
+    total = sum(counts.values())
+    print(f"{out_dir}: {total} images in {elapsed:.1f} s ({total / max(elapsed, 1e-9):.0f} img/s, "
+          f"{workers} worker(s))", file=sys.stderr)
+    return info

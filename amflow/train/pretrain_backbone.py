@@ -1,0 +1,258 @@
+"""``amflow pretrain-backbone``: pretrain the embedded default's small ViT (DESIGN.md 2.6).
+
+No image weights can be downloaded offline, so the pipeline pretrains its own backbone on the
+single-image attribute set (:mod:`amflow.data.pretrain_images`): one linear head per attribute
+(shape, colour, position, orientation, size) on the CLS features, trained together with the sum of
+their cross-entropies. Several attributes, position among them, push the features to say *what* is
+*where*, the closest cheap stand-in for DINOv2's dense features. Labels never involve motion.
+
+Recipe: AdamW (no weight decay on norms, biases, position embedding and tokens), linear warm-up then
+cosine decay per step, light augmentation that keeps every label true (brightness, contrast and
+pixel noise: no flips, rotations, crops or hue changes, since orientation, position, size and colour
+are labels). Inputs are normalised with ``params.sampling.mean/std``, as the video models normalise
+their frames. Deterministic on CPU for a given seed and thread count.
+
+Outputs: ``backbone.safetensors`` (the timm model's ``state_dict()``, heads excluded) and
+``metrics.json``. If the mean accuracy gain over chance stays below
+``params.pretrain.min_gain_over_chance`` the stage fails with :class:`AmflowError` and writes neither.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from amflow import io
+from amflow.data import pretrain_images as pimg
+from amflow.errors import AmflowError
+from amflow.params import Params
+
+WARMUP_SHARE = 0.05  # share of the optimisation steps spent in linear warm-up
+EVAL_BATCH = 512
+
+
+def build_model(params: Params, attributes: list[dict]):
+    """(backbone, heads): the timm ViT exactly as the video models build it, one linear head per attribute."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import timm
+    import torch.nn as nn
+
+    spec = params.backbone
+    try:
+        backbone = timm.create_model(spec.model, pretrained=False, num_classes=0, **spec.kwargs)
+    except (RuntimeError, ValueError, TypeError, KeyError, AssertionError) as exc:
+        raise AmflowError(f"params backbone.model / backbone.kwargs: timm cannot build '{spec.model}' "
+                          f"with kwargs {spec.kwargs}: {exc}") from exc
+    heads = nn.ModuleDict({a["name"]: nn.Linear(backbone.num_features, a["classes"]) for a in attributes})
+    return backbone, heads
+
+
+def _param_groups(modules, weight_decay: float) -> list[dict]:
+    """AdamW groups: no decay on 1-D parameters (norms, biases) nor on embeddings and tokens."""
+    decay, no_decay = [], []
+    for module in modules:
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            if p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "reg_token")):
+                no_decay.append(p)
+            else:
+                decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _normalise(x_uint8, mean, std):
+    return (x_uint8.float() / 255.0 - mean) / std
+
+
+def _augment(x, generator):
+    """Brightness, contrast and pixel noise on [0, 1] images; every label stays true (adding the same
+    value to all channels and scaling around the grey mean keep the hue; nothing moves)."""
+    import torch
+
+    b = x.shape[0]
+    contrast = torch.empty(b, 1, 1, 1).uniform_(0.85, 1.15, generator=generator)
+    brightness = torch.empty(b, 1, 1, 1).uniform_(-0.05, 0.05, generator=generator)
+    sigma = torch.empty(b, 1, 1, 1).uniform_(0.0, 0.02, generator=generator)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * contrast + mean + brightness
+    x = x + torch.randn(x.shape, generator=generator) * sigma
+    return x.clamp_(0.0, 1.0)
+
+
+def _to_tensor(images: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).contiguous()  # uint8 [N,3,H,W], in memory
+
+
+def _targets(table, attributes):
+    import torch
+
+    return {a["name"]: torch.from_numpy(table[a["name"]].to_numpy(np.int64, copy=True)) for a in attributes}
+
+
+def evaluate(backbone, heads, images, targets, mean, std) -> dict[str, float]:
+    """Per-attribute accuracy of the model on uint8 images [N,3,H,W]."""
+    import torch
+
+    backbone.eval()
+    heads.eval()
+    correct = {name: 0 for name in targets}
+    with torch.no_grad():
+        for start in range(0, len(images), EVAL_BATCH):
+            feats = backbone(_normalise(images[start:start + EVAL_BATCH], mean, std))
+            for name, head in heads.items():
+                pred = head(feats).argmax(dim=1)
+                correct[name] += int((pred == targets[name][start:start + EVAL_BATCH]).sum())
+    return {name: c / max(1, len(images)) for name, c in correct.items()}
+
+
+def _clear_outputs(out_dir: Path) -> None:
+    # A failed run must not leave an older backbone that looks like this run's result.
+    for name in ("backbone.safetensors", "metrics.json"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def train_attribute_model(params: Params, images_dir: str | Path):
+    """Train the backbone and its attribute heads on ``images_dir``; returns (backbone, metrics).
+
+    Checks nothing and writes nothing: :func:`pretrain_backbone` does both."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+
+    images_dir = Path(images_dir)
+    spec = params.pretrain
+    info = pimg.read_info(images_dir)
+    attributes = info["attributes"]
+    train_np, train_table = pimg.load_split(images_dir, "train")
+    val_np, val_table = pimg.load_split(images_dir, "val")
+
+    torch.manual_seed(spec.seed)  # the model's initialisation
+    backbone, heads = build_model(params, attributes)
+    expected = tuple(getattr(backbone.patch_embed, "img_size", None) or ())
+    size = tuple(train_np.shape[1:3])
+    if expected and expected != size and getattr(backbone.patch_embed, "strict_img_size", True):
+        raise AmflowError(
+            f"{images_dir}: images are {size[0]}x{size[1]} px but the backbone expects {expected[0]}x{expected[1]} "
+            f"(params backbone.kwargs.img_size); set pretrain_images.resolution and backbone.kwargs.img_size "
+            f"to the same value and rerun `amflow pretrain-images`")
+
+    train_x, val_x = _to_tensor(train_np), _to_tensor(val_np)
+    train_y, val_y = _targets(train_table, attributes), _targets(val_table, attributes)
+    mean = torch.tensor(params.sampling.mean).view(1, 3, 1, 1)
+    std = torch.tensor(params.sampling.std).view(1, 3, 1, 1)
+
+    n = len(train_x)
+    batch = min(spec.batch_size, n)
+    steps_per_epoch = math.ceil(n / batch)
+    total = spec.epochs * steps_per_epoch
+    warmup = max(1, int(WARMUP_SHARE * total))
+    opt = torch.optim.AdamW(_param_groups([backbone, heads], spec.weight_decay), lr=spec.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup))
+    gen = torch.Generator().manual_seed(spec.seed)
+
+    epoch_loss: list[float] = []
+    seen = 0
+    t0 = time.perf_counter()
+    for epoch in range(spec.epochs):
+        backbone.train()
+        heads.train()
+        perm = torch.randperm(n, generator=gen)
+        running, count = 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"pretrain epoch {epoch + 1}/{spec.epochs}", unit="step",
+                   file=sys.stderr, leave=False, mininterval=1.0)
+        for step in bar:
+            idx = perm[step * batch:(step + 1) * batch]
+            x = _augment(train_x[idx].float() / 255.0, gen)
+            feats = backbone((x - mean) / std)
+            loss = sum(F.cross_entropy(head(feats), train_y[name][idx]) for name, head in heads.items())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            running += float(loss.detach()) * len(idx)
+            count += len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{running / count:.3f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}",
+                            refresh=False)
+        bar.close()
+        epoch_loss.append(running / max(1, count))
+        print(f"pretrain epoch {epoch + 1}/{spec.epochs}: loss {epoch_loss[-1]:.4f}", file=sys.stderr)
+    train_time = time.perf_counter() - t0
+
+    acc = evaluate(backbone, heads, val_x, val_y, mean, std)
+    per_attr = {}
+    for a in attributes:
+        counts = np.bincount(val_table[a["name"]].to_numpy(), minlength=a["classes"])
+        chance = float(counts.max() / counts.sum())  # what predicting the most frequent class scores
+        per_attr[a["name"]] = {"accuracy": round(acc[a["name"]], 4), "chance": round(chance, 4),
+                               "uniform_chance": round(1.0 / a["classes"], 4), "classes": a["classes"],
+                               "gain_over_chance": round(acc[a["name"]] - chance, 4)}
+    gain = float(np.mean([v["gain_over_chance"] for v in per_attr.values()]))
+    metrics = {
+        "attributes": per_attr,
+        "mean_accuracy": round(float(np.mean(list(acc.values()))), 4),
+        "mean_gain_over_chance": round(gain, 4),
+        "min_gain_over_chance": spec.min_gain_over_chance,
+        "epochs": spec.epochs,
+        "batch_size": batch,
+        "lr": spec.lr,
+        "steps": total,
+        "train_images": n,
+        "val_images": len(val_x),
+        "final_train_loss": round(epoch_loss[-1], 4),
+        "epoch_loss": [round(v, 4) for v in epoch_loss],
+        "train_time_s": round(train_time, 2),
+        "images_per_s": round(seen / max(train_time, 1e-9), 1),
+        "torch_threads": torch.get_num_threads(),
+        "model": params.backbone.model,
+        "kwargs": params.backbone.kwargs,
+        "normalisation": {"mean": list(params.sampling.mean), "std": list(params.sampling.std)},
+        "seed": spec.seed,
+        "images": {"dir": str(images_dir), "spec": info.get("spec")},
+    }
+    return backbone, metrics
+
+
+def pretrain_backbone(params: Params, images_dir: str | Path, out_dir: str | Path) -> dict:
+    """Train the backbone on ``images_dir`` and write ``out_dir/backbone.safetensors`` and
+    ``out_dir/metrics.json``; returns the metrics. Raises :class:`AmflowError` if it did not learn."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    pimg.read_info(images_dir)  # fail on a missing set before touching earlier outputs
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _clear_outputs(out_dir)
+    backbone, metrics = train_attribute_model(params, images_dir)
+
+    spec = params.pretrain
+    per_attr, gain = metrics["attributes"], metrics["mean_gain_over_chance"]
+    summary = ", ".join(f"{k} {v['accuracy']:.1%} (chance {v['chance']:.1%})" for k, v in per_attr.items())
+    if gain < spec.min_gain_over_chance:
+        raise AmflowError(
+            f"pretrain-backbone: the backbone did not learn: mean accuracy gain over chance {gain:.3f} < "
+            f"pretrain.min_gain_over_chance {spec.min_gain_over_chance} ({summary}; {spec.epochs} epoch(s) on "
+            f"{metrics['train_images']} images). No backbone was written. Train longer (pretrain.epochs), on more "
+            f"images (pretrain_images.images), or with another pretrain.lr / pretrain.batch_size; a smaller image "
+            f"(pretrain_images.resolution with backbone.kwargs.img_size) also learns faster")
+    with io.atomic_path(out_dir / "backbone.safetensors") as tmp:
+        state = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
+        save_file(state, str(tmp), metadata={"model": params.backbone.model, "source": "amflow pretrain-backbone"})
+    io.write_json(out_dir / "metrics.json", metrics)
+    print(f"pretrain-backbone: {summary}; mean gain {gain:.3f}; {metrics['train_time_s']:.0f} s "
+          f"({metrics['images_per_s']:.0f} img/s)", file=sys.stderr)
+    return metrics
