@@ -1,0 +1,229 @@
+"""Stage glue for ``amflow evaluate``: multi-view testing of a trained run, metrics, plots, MLflow.
+
+Test views come from the dataset's sampling params (``test_clips`` x ``test_crops``); the softmax is
+averaged over the views of a video. Outputs in the run folder: ``per_class.csv``, ``confusion.png``,
+``curves.png`` and ``metrics.json`` (last). Evaluation runs in one process (rank 0 only under
+torchrun: the other ranks return at once); it is cheap next to training.
+
+Temporal-sensitivity diagnostic: when ``data/<D>/dataset.json`` has ``time_reversal`` (label index ->
+label index of the time-reversed action, keys as strings), the test clips of classes with a partner
+are also played backwards (the T axis flipped; camera transforms reversed and inverted,
+``H'_t = inv(H_{T-2-t})``) and scored against the partner labels: ``reversed_top1``. A model blind to
+frame order cannot tell a class from its reversal, so it stays near chance within each pair.
+``forward_top1_paired`` is the ordinary top-1 on the same subset, for comparison.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from amflow import io
+from amflow.errors import AmflowError
+from amflow.evaluate import metrics as M
+from amflow.params import Params
+
+METRICS_JSON = "metrics.json"
+PER_CLASS_CSV = "per_class.csv"
+CONFUSION_PNG = "confusion.png"
+CURVES_PNG = "curves.png"
+
+
+# --------------------------------------------------------------------------- time reversal
+def reverse_clips(video: torch.Tensor, transforms: Optional[torch.Tensor]):
+    """Play clips backwards: flip T in ``[..., T, 3, H, W]``; transforms ``[..., T-1, 3, 3]`` become
+    ``H'_t = inv(H_{T-2-t})`` (the map from reversed frame t to t+1), normalised so ``H[2,2] = 1``."""
+    video = torch.flip(video, dims=(video.ndim - 4,))
+    if transforms is None:
+        return video, None
+    inv = torch.linalg.inv(torch.flip(transforms, dims=(transforms.ndim - 3,)).double())
+    z = inv[..., 2:3, 2:3]
+    inv = inv / torch.where(z.abs() > 1e-12, z, torch.ones_like(z))
+    return video, inv.to(transforms.dtype)
+
+
+def read_time_reversal(dataset_dir: Path) -> Optional[dict[int, int]]:
+    path = Path(dataset_dir) / "dataset.json"
+    if not path.exists():
+        return None
+    try:
+        mapping = io.read_json(path).get("time_reversal")
+    except ValueError as exc:
+        raise AmflowError(str(exc)) from None
+    if not mapping:
+        return None
+    try:
+        return {int(k): int(v) for k, v in mapping.items()}
+    except (TypeError, ValueError, AttributeError):
+        raise AmflowError(f"{path}: 'time_reversal' must map label indices to label indices "
+                          f"(got {str(mapping)[:80]}); rerun `amflow prepare`") from None
+
+
+# --------------------------------------------------------------------------- the evaluation loop
+@dataclass
+class EvalOutputs:
+    probs: np.ndarray                 # [N, C], averaged over views
+    labels: np.ndarray                # [N]
+    indices: np.ndarray               # [N] dataset indices
+    rev_probs: np.ndarray             # [M, C] of the reversed clips of reversible classes
+    rev_targets: np.ndarray           # [M] partner labels
+    rev_rows: np.ndarray              # [M] rows into probs/labels of those items
+
+
+@torch.no_grad()
+def evaluate_model(model: torch.nn.Module, dataset, *, device: torch.device, amp: bool, batch_size: int,
+                   num_workers: int = 0, reversal: Optional[dict[int, int]] = None,
+                   progress: bool = True) -> EvalOutputs:
+    from tqdm import tqdm
+
+    from amflow.train.trainer import clip_probs, collate_clips
+
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_clips, pin_memory=device.type == "cuda")
+    probs, labels, indices, rev_probs, rev_targets, rev_rows = [], [], [], [], [], []
+    seen = 0
+    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, file=sys.stderr, mininterval=1.0):
+        p = clip_probs(model, batch["video"], batch["transforms"], device, amp)
+        y = batch["label"]
+        probs.append(p.cpu().numpy())
+        labels.append(y.numpy())
+        indices.append(batch["index"].numpy())
+        if reversal:
+            keep = torch.tensor([int(v) in reversal for v in y], dtype=torch.bool)
+            if keep.any():
+                tr = batch["transforms"][keep] if batch["transforms"] is not None else None
+                v_rev, t_rev = reverse_clips(batch["video"][keep], tr)
+                rev_probs.append(clip_probs(model, v_rev, t_rev, device, amp).cpu().numpy())
+                rev_targets.append(np.array([reversal[int(v)] for v in y[keep]], dtype=np.int64))
+                rev_rows.append(seen + np.flatnonzero(keep.numpy()))
+        seen += len(y)
+    num_classes = probs[0].shape[1] if probs else 0
+
+    def cat(parts, shape, dtype):
+        return np.concatenate(parts) if parts else np.zeros(shape, dtype)
+
+    return EvalOutputs(cat(probs, (0, num_classes), np.float64), cat(labels, (0,), np.int64),
+                       cat(indices, (0,), np.int64), cat(rev_probs, (0, num_classes), np.float64),
+                       cat(rev_targets, (0,), np.int64), cat(rev_rows, (0,), np.int64))
+
+
+def score(out: EvalOutputs, num_classes: int) -> dict:
+    preds = out.probs.argmax(axis=1)
+    result = {
+        "top1": M.topk_accuracy(out.probs, out.labels, 1),
+        "top5": M.topk_accuracy(out.probs, out.labels, 5),
+        "mean_class_acc": M.mean_class_accuracy(out.labels, preds, num_classes),
+        "num_test": int(len(out.labels)),
+        "classes_in_test": int(len(np.unique(out.labels))),
+        "reversed_top1": None, "forward_top1_paired": None, "paired_items": 0,
+    }
+    if len(out.rev_targets):
+        result["reversed_top1"] = M.topk_accuracy(out.rev_probs, out.rev_targets, 1)
+        result["forward_top1_paired"] = M.topk_accuracy(out.probs[out.rev_rows], out.labels[out.rev_rows], 1)
+        result["paired_items"] = int(len(out.rev_targets))
+    return result
+
+
+# --------------------------------------------------------------------------- the stage
+def evaluate_run(params: Params, *, dataset: str, method: str, seed: int, data_dir: Path, results_dir: Path,
+                 run_dir: Optional[Path] = None, progress: bool = True) -> dict:
+    """Evaluate the trained run on the test split; returns the content of ``metrics.json``."""
+    from amflow import tracking
+    from amflow.data.clips import ClipDataset
+    from amflow.evaluate.plots import confusion_png, curves_png
+    from amflow.train import checkpoint as ckpt
+    from amflow.train.distributed import resolve_device
+    from amflow.train.run import (CHECKPOINT, TRAIN_JSON, build_run_model, params_digest, run_paths)
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return {}  # evaluation is single-process; see the module docstring
+    paths = run_paths(params, dataset, method, seed, data_dir, results_dir, run_dir)
+    train_json = paths.run_dir / TRAIN_JSON
+    if not train_json.exists():
+        raise AmflowError(f"{train_json}: training of this run is not complete; run `amflow train --dataset "
+                          f"{dataset} --method {method} --seed {seed}` first")
+    try:
+        train_info = io.read_json(train_json)
+    except ValueError as exc:
+        raise AmflowError(str(exc)) from None
+    state = ckpt.load_checkpoint(paths.run_dir / CHECKPOINT)
+    compat = state["meta"].get("compat", {})
+    digest = params_digest(params, dataset)
+    if compat.get("params_digest") != digest:
+        raise AmflowError(f"{paths.run_dir}: this run was trained with different params (digest "
+                          f"{compat.get('params_digest')} vs {digest} now); evaluate it with the params it was "
+                          f"trained with ({paths.run_dir / 'params.yaml'}) or retrain it")
+    tracker = tracking.Tracker.open_existing(paths.run_dir, params)  # an unreachable server fails here
+    variant, identity_for_static = compat["am_flow_variant"], bool(compat["identity_for_static"])
+    classes = list(compat["classes"])
+    sampling = params.sampling_for(dataset)
+    device = resolve_device(params.train.device)
+    if params.train.threads > 0:
+        torch.set_num_threads(params.train.threads)
+
+    model = build_run_model(params, dataset, method, len(classes), variant, paths.backbone_weights, seed)
+    ckpt.load_trainable_state(model, state["model"], paths.run_dir / CHECKPOINT)
+    if "frozen_fingerprint" in state:
+        ckpt.check_fingerprint(model, state["frozen_fingerprint"], paths.run_dir / CHECKPOINT)
+    model.to(device)
+
+    motion = paths.motion if variant == "aligned" else None
+    test_set = ClipDataset(paths.frames_dir, "test", sampling, train=False, motion=motion, seed=seed,
+                           identity_for_static=identity_for_static)
+    views = sampling.test_clips * sampling.test_crops
+    reversal = read_time_reversal(paths.dataset_dir)
+    # Each item is V views: keep the number of clips per forward pass near the training batch.
+    batch = max(1, params.train.batch_size // views)
+    t0 = time.perf_counter()
+    out = evaluate_model(model, test_set, device=device, amp=bool(params.train.amp and device.type == "cuda"),
+                         batch_size=batch, num_workers=params.train.num_workers, reversal=reversal,
+                         progress=progress)
+    eval_time = time.perf_counter() - t0
+    scores = score(out, len(classes))
+
+    run_dir = paths.run_dir
+    preds = out.probs.argmax(axis=1)
+    table = M.per_class_table(out.labels, preds, classes)
+    with io.atomic_path(run_dir / PER_CLASS_CSV) as tmp:
+        table.to_csv(tmp, index=False)
+    title = f"{dataset} / {method} / seed {seed}"
+    confusion_png(M.confusion_matrix(out.labels, preds, len(classes)), classes, run_dir / CONFUSION_PNG,
+                  title=f"{title}: test top-1 {scores['top1']:.3f} ({views} view(s))")
+    history = train_info.get("history", [])
+    curves_png(history, run_dir / CURVES_PNG, title=title)
+
+    gflops = train_info.get("gflops_per_clip")
+    result = {
+        "dataset": dataset, "method": method, "seed": int(seed),
+        "top1": scores["top1"], "top5": scores["top5"], "mean_class_acc": scores["mean_class_acc"],
+        "views": views, "test_clips": sampling.test_clips, "test_crops": sampling.test_crops,
+        "trainable_params": train_info.get("trainable_params"), "total_params": train_info.get("total_params"),
+        "gflops_per_clip": gflops, "gflops_per_video": gflops * views if gflops is not None else None,
+        "train_time_s": train_info.get("train_time_s"), "eval_time_s": eval_time,
+        "val_curve": [r["val_top1"] for r in history], "final_val_top1": train_info.get("final_val_top1"),
+        "epochs_to_90pct": M.epochs_to_fraction([r["val_top1"] for r in history], 0.9),
+        "epochs": len(history), "am_flow_variant": variant, "identity_for_static": identity_for_static,
+        "reversed_top1": scores["reversed_top1"], "forward_top1_paired": scores["forward_top1_paired"],
+        "paired_items": scores["paired_items"], "num_test": scores["num_test"],
+        "num_classes": len(classes), "classes_in_test": scores["classes_in_test"],
+        "mlflow_run_id": train_info.get("mlflow_run_id"),
+    }
+    # MLflow first, metrics.json last: a tracking failure leaves the stage visibly incomplete.
+    tracker.log_metrics({f"test_{k}": v for k, v in result.items()
+                         if k in ("top1", "top5", "mean_class_acc", "reversed_top1", "forward_top1_paired",
+                                  "eval_time_s", "views") and v is not None and not (isinstance(v, float) and math.isnan(v))})
+    tracker.log_artifacts([run_dir / PER_CLASS_CSV, run_dir / CONFUSION_PNG, run_dir / CURVES_PNG],
+                          artifact_path="evaluate")
+    tracker.log_json(result, f"evaluate/{METRICS_JSON}")
+    tracker.set_tags({"stage": "evaluate"})
+    io.write_json(run_dir / METRICS_JSON, result)  # last: marks the evaluation complete
+    return result

@@ -1,0 +1,271 @@
+"""Stage glue for ``amflow train``: resolve the run's inputs, build model and data, train, write outputs.
+
+Inputs (locations from :mod:`amflow.paths`): the frame cache ``data/frames/<D>/``, the camera
+transforms ``data/motion/<D>.npz`` (aligned variant only), ``data/<D>/classes.txt``,
+``results/<D>/camera_motion.json`` (``amflow`` with ``variant: auto``) and
+``results/backbone/backbone.safetensors`` (``backbone.weights: pretrain``).
+
+Outputs in the run folder (default ``results/<D>/<M>/seed<S>/``): ``params.yaml`` (the resolved params,
+for predict), ``mlflow_run.json`` (when tracking), ``checkpoint.pt`` (every epoch; after the last one it
+holds the final trainable weights), ``train_log.csv`` (every epoch) and ``train.json`` (written last:
+its presence means training is complete).
+
+Multi-process: start the same command under ``torchrun --nproc_per_node N -m amflow.cli train ...``;
+see :mod:`amflow.train.distributed` and :mod:`amflow.train.trainer` for what is shared how.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+import yaml
+
+from amflow import io
+from amflow.errors import AmflowError
+from amflow.params import Params, SamplingSpec
+
+TRAIN_JSON = "train.json"
+PARAMS_YAML = "params.yaml"
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class RunPaths:
+    dataset_dir: Path
+    frames_dir: Path
+    motion: Path
+    results_dataset_dir: Path
+    backbone_weights: Optional[Path]
+    run_dir: Path
+
+
+def run_paths(params: Params, dataset: str, method: str, seed: int, data_dir: Path, results_dir: Path,
+              run_dir: Optional[Path] = None) -> RunPaths:
+    """Every input and output location of a run, from :mod:`amflow.paths` (the one layout)."""
+    from amflow import paths
+
+    try:
+        params.dataset(dataset)
+    except KeyError as exc:
+        raise AmflowError(str(exc.args[0])) from None
+    data_dir, results_dir = Path(data_dir), Path(results_dir)
+    weights = paths.backbone_file(results_dir) if params.backbone.weights == "pretrain" else None
+    return RunPaths(dataset_dir=paths.dataset_dir(data_dir, dataset), frames_dir=paths.frames_dir(data_dir, dataset),
+                    motion=paths.motion_file(data_dir, dataset), results_dataset_dir=paths.camera_dir(results_dir, dataset),
+                    backbone_weights=weights,
+                    run_dir=Path(run_dir) if run_dir is not None else paths.run_dir(results_dir, dataset, method, seed))
+
+
+def resolve_method_variant(params: Params, method: str, results_dataset_dir: Path) -> tuple[str, bool]:
+    """(AM flow variant for the model, identity_for_static); only ``amflow`` uses AM flow."""
+    if method != "amflow":
+        return "none", False
+    from amflow.camera.stage import resolve_variant
+
+    return resolve_variant(params.model.am_flow.variant, results_dataset_dir)
+
+
+def single_view(sampling: SamplingSpec) -> SamplingSpec:
+    """Validation sampling: the test sampling with one clip and one crop (fast, every epoch)."""
+    return sampling.model_copy(update={"test_clips": 1, "test_crops": 1})
+
+
+def params_digest(params: Params, dataset: str) -> str:
+    """Hash of everything that defines this run's training (not workers, threads, device or tracking).
+
+    A checkpoint is only resumed under the same digest, so a run folder never mixes two settings.
+    """
+    train = params.train.model_dump(mode="json")
+    for key in ("num_workers", "threads", "device"):
+        train.pop(key, None)
+    # Test views only matter to evaluation (validation always uses one view).
+    sampling = params.sampling_for(dataset).model_dump(mode="json", exclude={"test_clips", "test_crops"})
+    doc = {"dataset": params.dataset(dataset).model_dump(mode="json"), "sampling": sampling,
+           "backbone": params.backbone.model_dump(mode="json"),
+           "model": params.model.model_dump(mode="json"), "train": train}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_run_model(params: Params, dataset: str, method: str, num_classes: int, variant: str,
+                    weights_path: Optional[Path], seed: int) -> torch.nn.Module:
+    """The video model, initialised from ``seed`` (so a random backbone is the same in predict)."""
+    from amflow.models import build_backbone, build_model
+    from amflow.train.trainer import seed_everything
+
+    seed_everything(seed)
+    backbone = build_backbone(params.backbone, weights_path)
+    return build_model(method, backbone, num_classes, params.sampling_for(dataset).num_frames, params.model,
+                       variant)
+
+
+def param_counts(model: torch.nn.Module) -> dict[str, int]:
+    if hasattr(model, "param_counts"):
+        return dict(model.param_counts())
+    params = list(model.parameters())
+    return {"trainable": sum(p.numel() for p in params if p.requires_grad), "total": sum(p.numel() for p in params)}
+
+
+def set_threads(threads: int, ctx) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)
+    elif ctx.distributed and ctx.device.type == "cpu":
+        # N processes on one machine must share its cores, or they oversubscribe them.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, ctx.local_world_size)))
+
+
+def write_params_yaml(path: Path, params: Params) -> None:
+    io.write_text(path, yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+
+
+def summarise(history: list[dict]) -> dict:
+    from amflow.evaluate.metrics import epochs_to_fraction
+
+    curve = [float(r["val_top1"]) for r in history]
+    finite = [(v, i) for i, v in enumerate(curve, start=1) if math.isfinite(v)]
+    best = max(finite) if finite else (math.nan, None)
+    return {"val_curve": curve, "final_val_top1": curve[-1] if curve else math.nan,
+            "best_val_top1": best[0], "best_epoch": best[1], "epochs_to_90pct": epochs_to_fraction(curve, 0.9)}
+
+
+# --------------------------------------------------------------------------- the stage
+def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir: Path, results_dir: Path,
+              run_dir: Optional[Path] = None, stop_after_epoch: Optional[int] = None, progress: bool = True,
+              callbacks: Sequence[Callable[[dict], None]] = (), parent_run_id: Optional[str] = None,
+              tags: Optional[dict] = None) -> dict:
+    """Train one (dataset, method, seed) run; resume from the run folder's checkpoint if there is one.
+
+    ``callbacks`` get each epoch's record (rank 0, after the checkpoint); one may raise to end the run
+    (a sweep's pruner, say): the exception propagates, the checkpoint stays, and the MLflow run is
+    marked KILLED rather than FAILED. ``parent_run_id`` nests the MLflow run (sweep trials); ``tags``
+    are added to it.
+
+    Returns the content of ``train.json`` (or, when stopped early by the test hook, a dict with
+    ``status: stopped`` and the history so far; ``train.json`` is then not written).
+    """
+    from amflow import tracking
+    from amflow.data.annotations import read_classes
+    from amflow.data.clips import ClipDataset
+    from amflow.train.distributed import init_distributed
+    from amflow.train.trainer import Trainer
+
+    paths = run_paths(params, dataset, method, seed, data_dir, results_dir, run_dir)
+    ctx = init_distributed(params.train.device)
+    try:
+        set_threads(params.train.threads, ctx)
+        variant, identity_for_static = resolve_method_variant(params, method, paths.results_dataset_dir)
+        classes = read_classes(paths.dataset_dir)
+        sampling = params.sampling_for(dataset)
+        motion = paths.motion if variant == "aligned" else None
+        train_set = ClipDataset(paths.frames_dir, "train", sampling, train=True, motion=motion, seed=seed,
+                                identity_for_static=identity_for_static)
+        val_set = ClipDataset(paths.frames_dir, "val", single_view(sampling), train=False, motion=motion,
+                              seed=seed, identity_for_static=identity_for_static)
+        model = build_run_model(params, dataset, method, len(classes), variant, paths.backbone_weights, seed)
+        counts = param_counts(model)
+        from amflow.models import clip_gflops
+
+        gflops = float(clip_gflops(model, sampling.num_frames, sampling.crop_size)) if ctx.is_main else None
+        meta = {
+            "compat": {"dataset": dataset, "method": method, "seed": int(seed), "am_flow_variant": variant,
+                       "identity_for_static": identity_for_static, "classes": list(classes),
+                       "params_digest": params_digest(params, dataset)},
+            "num_classes": len(classes), "num_frames": sampling.num_frames,
+            "backbone_weights": str(paths.backbone_weights.resolve()) if paths.backbone_weights else None,
+        }
+
+        tracker = tracking.NullTracker()
+        error = None
+        if ctx.is_main:
+            write_params_yaml(paths.run_dir / PARAMS_YAML, params)
+            try:
+                tracker = tracking.Tracker.open_for_training(
+                    params, dataset=dataset, method=method, seed=seed, run_dir=paths.run_dir,
+                    parent_run_id=parent_run_id, resume=(paths.run_dir / CHECKPOINT).exists(),
+                    tags={"data_manifest_sha256": tracking.file_sha256(paths.frames_dir / "manifest.csv") or "",
+                          "am_flow_variant": variant, "world_size": str(ctx.world_size), "device": ctx.device.type,
+                          **(tags or {})})
+                tracker.log_params({**tracking.flatten(params.model_dump(mode="json")),
+                                    "run.dataset": dataset, "run.method": method, "run.seed": str(seed),
+                                    "run.am_flow_variant": variant,
+                                    "run.trainable_params": str(counts["trainable"]),
+                                    "run.total_params": str(counts["total"]),
+                                    "run.gflops_per_clip": f"{gflops:.6g}"})
+            except AmflowError as exc:
+                error = str(exc)
+        # Every rank learns of a tracking failure before any training starts (no rank left waiting).
+        error = ctx.broadcast_object(error)
+        if error:
+            raise AmflowError(error)
+
+        by_caller = []
+
+        def caller_callback(cb):
+            def run(record):
+                try:
+                    cb(record)
+                except BaseException:
+                    by_caller.append(True)  # the caller chose to stop: not a failure of the run
+                    raise
+            return run
+
+        def log_epoch(record):
+            # A tracking hiccup must not end a long training: the epoch is in the checkpoint, and
+            # sync_history logs it at the end (where a still-failing store does stop the stage).
+            try:
+                tracker.log_epoch(record)
+            except Exception as exc:  # noqa: BLE001
+                print(f"warning: MLflow logging of epoch {record['epoch']} failed ({type(exc).__name__}: {exc}); "
+                      f"will retry at the end of training", file=sys.stderr)
+
+        trainer = Trainer(model, train_set, val_set, params.train, seed=seed, run_dir=paths.run_dir, ctx=ctx,
+                          meta=meta, callbacks=[log_epoch, *map(caller_callback, callbacks)],
+                          stop_after_epoch=stop_after_epoch, progress=progress)
+        try:
+            result = trainer.fit()
+        except BaseException as exc:
+            if ctx.is_main:
+                stopped = by_caller or isinstance(exc, KeyboardInterrupt)
+                _finish_quietly(tracker, "KILLED" if stopped else "FAILED")
+            raise
+        if not ctx.is_main:
+            return {"status": result.status, "history": result.history}
+        tracker.sync_history(result.history)
+        if result.status != "complete":
+            tracker.finish("KILLED")  # resumable: the next run reopens it as RUNNING
+            return {"status": result.status, "history": result.history}
+
+        summary = summarise(result.history)
+        info = {
+            "status": "complete", "dataset": dataset, "method": method, "seed": int(seed),
+            "am_flow_variant": variant, "identity_for_static": identity_for_static,
+            "epochs": len(result.history), "train_time_s": result.elapsed_s, **summary,
+            "trainable_params": counts["trainable"], "total_params": counts["total"], "gflops_per_clip": gflops,
+            "world_size": ctx.world_size, "device": ctx.device.type, "global_batch": params.train.batch_size,
+            "accum_steps": params.train.accum_steps, "num_classes": len(classes),
+            "mlflow_run_id": tracker.run_id, "history": result.history,
+        }
+        # MLflow first, train.json last: a tracking failure leaves the stage visibly incomplete.
+        tracker.log_metrics({k: info[k] for k in ("train_time_s", "final_val_top1", "best_val_top1",
+                                                  "epochs_to_90pct", "trainable_params", "total_params",
+                                                  "gflops_per_clip") if info[k] is not None})
+        tracker.log_artifacts([paths.run_dir / "train_log.csv", paths.run_dir / PARAMS_YAML], artifact_path="train")
+        tracker.log_json(info, f"train/{TRAIN_JSON}")
+        tracker.finish("FINISHED")
+        io.write_json(paths.run_dir / TRAIN_JSON, info)  # last: marks the run complete
+        return info
+    finally:
+        ctx.close()
+
+
+def _finish_quietly(tracker, status: str) -> None:
+    try:
+        tracker.finish(status)
+    except Exception as exc:  # noqa: BLE001  (the original error matters more)
+        print(f"warning: could not mark the MLflow run {status}: {exc}", file=sys.stderr)

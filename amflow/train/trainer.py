@@ -1,0 +1,375 @@
+"""The generic training loop: any ``model(video, transforms) -> logits`` on any dataset of clip dicts.
+
+What it guarantees (and the tests check):
+
+- **Determinism.** Every RNG (python, numpy, torch) is reseeded at the start of each epoch from
+  ``(seed, epoch, rank)``; the data order comes from a ``DistributedSampler`` seeded with ``seed``
+  (its permutation does not depend on the world size); DataLoader workers get seeds from a generator
+  reseeded per epoch; the dataset's ``set_epoch`` is called. On CPU deterministic algorithms are on.
+  So a run stopped after epoch k and resumed ends bitwise equal to an uninterrupted one.
+- **World-size invariance.** ``train.batch_size`` is the global batch of one loader step; each of W
+  processes takes ``batch_size / W`` of it (rank r gets positions r, r+W, ... of each global batch),
+  and DDP averages gradients, so the loss curve matches a single process at the same global batch
+  (up to floating-point summation order). Gradient accumulation multiplies the batch per optimizer
+  step by ``accum_steps``. Training drops the last incomplete global batch.
+- **Validation** runs every epoch on the val split, sharded over ranks without padding (rank r takes
+  items r, r+W, ...); correct counts and loss sums are all-reduced, so the figures are exact and
+  identical on every rank. ``val_loss`` is plain cross-entropy (no label smoothing).
+- Only rank 0 writes the checkpoint (every epoch, atomically) and ``train_log.csv``, and calls the
+  epoch callbacks (MLflow logging, a sweep's pruner). A callback may raise to end the run: rank 0
+  broadcasts the decision, the other ranks return ``status="stopped"`` and rank 0 re-raises.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from amflow import io
+from amflow.errors import AmflowError
+from amflow.params import TrainSpec
+from amflow.train import checkpoint as ckpt
+from amflow.train.distributed import DistContext, per_process_batch
+from amflow.train.schedule import build_scheduler, param_groups
+
+LOG_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_top1", "val_loss", "epoch_time", "clips_per_s")
+STOP_ENV = "AMFLOW_STOP_AFTER_EPOCH"
+
+
+# --------------------------------------------------------------------------- batches
+def collate_clips(items: list[dict]) -> dict[str, Any]:
+    """Stack clip dicts; ``transforms`` only when every item has them (else None)."""
+    out = {
+        "video": torch.stack([torch.as_tensor(it["video"]) for it in items]),
+        "label": torch.as_tensor([int(it["label"]) for it in items], dtype=torch.long),
+        "index": torch.as_tensor([int(it.get("index", -1)) for it in items], dtype=torch.long),
+    }
+    tr = [it.get("transforms") for it in items]
+    out["transforms"] = None if any(t is None for t in tr) else torch.stack([torch.as_tensor(t) for t in tr])
+    return out
+
+
+def autocast(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA when asked; a no-op context on CPU (CPU autocast is slower, not faster)."""
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def clip_probs(model: torch.nn.Module, video: torch.Tensor, transforms: Optional[torch.Tensor],
+               device: torch.device, amp: bool) -> torch.Tensor:
+    """Class probabilities per item, averaging the softmax over views for ``[B, V, T, 3, S, S]`` input."""
+    video = video.to(device, non_blocking=True)
+    if transforms is not None:
+        transforms = transforms.to(device, non_blocking=True)
+    views = 1
+    if video.ndim == 6:
+        b, views = video.shape[:2]
+        video = video.flatten(0, 1)
+        if transforms is not None:
+            transforms = transforms.flatten(0, 1)
+    with autocast(device, amp):
+        logits = model(video, transforms)
+    probs = logits.float().softmax(dim=-1)
+    if views > 1:
+        probs = probs.view(b, views, -1).mean(dim=1)
+    return probs
+
+
+# --------------------------------------------------------------------------- seeding
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def _worker_init(worker_id: int) -> None:
+    # torch gives each worker base_seed + worker_id (base_seed from the loader's generator, which we
+    # reseed every epoch); derive numpy/python seeds from it so no worker shares a stream.
+    s = torch.initial_seed() % 2**32
+    random.seed(s)
+    np.random.seed(s)
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class TrainResult:
+    status: str                      # "complete" or "stopped" (test hook / stop_after_epoch)
+    history: list[dict[str, float]]
+    elapsed_s: float
+    epochs_completed: int
+    resumed_from: int = 0            # epochs already done when this process started
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def write_train_log(path: Path, history: list[dict]) -> None:
+    table = pd.DataFrame([{k: row.get(k) for k in LOG_COLUMNS} for row in history], columns=list(LOG_COLUMNS))
+    with io.atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
+def _stop_after_from_env() -> Optional[int]:
+    value = os.environ.get(STOP_ENV)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise AmflowError(f"{STOP_ENV}={value!r} must be an integer number of epochs") from None
+
+
+# --------------------------------------------------------------------------- the trainer
+class Trainer:
+    """Train ``model`` (whose frozen parameters have ``requires_grad=False``) and checkpoint every epoch.
+
+    ``meta`` is stored in the checkpoint; its ``compat`` dict must match on resume (so a run folder is
+    never resumed with different params). ``callbacks`` are called on rank 0 after each epoch's checkpoint with the
+    epoch's record (a dict with :data:`LOG_COLUMNS`).
+    """
+
+    def __init__(self, model: torch.nn.Module, train_set: Dataset, val_set: Optional[Dataset], spec: TrainSpec, *,
+                 seed: int, run_dir: Path, ctx: Optional[DistContext] = None, meta: Optional[dict] = None,
+                 callbacks: Iterable[Callable[[dict], None]] = (), stop_after_epoch: Optional[int] = None,
+                 progress: bool = True, collate: Callable = collate_clips):
+        self.model = model
+        self.train_set, self.val_set = train_set, val_set
+        self.spec = spec
+        self.seed = seed
+        self.run_dir = Path(run_dir)
+        self.ctx = ctx or DistContext()
+        self.meta = dict(meta or {})
+        self.callbacks = list(callbacks)
+        self.stop_after_epoch = stop_after_epoch if stop_after_epoch is not None else _stop_after_from_env()
+        self.progress = progress
+        self.collate = collate
+        self.device = self.ctx.device
+        self.amp = bool(spec.amp and self.device.type == "cuda")
+        self.checkpoint_path = self.run_dir / "checkpoint.pt"
+        self.log_path = self.run_dir / "train_log.csv"
+
+    # ------------------------------------------------------------------ set-up
+    def _loaders(self) -> None:
+        spec, ctx = self.spec, self.ctx
+        self.batch = per_process_batch(spec.batch_size, ctx.world_size)
+        # One sampler for every world size: its permutation depends only on (seed, epoch).
+        self.sampler = DistributedSampler(self.train_set, num_replicas=ctx.world_size, rank=ctx.rank,
+                                          shuffle=True, seed=self.seed, drop_last=True)
+        self.loader_gen = torch.Generator()
+        common = dict(num_workers=spec.num_workers, collate_fn=self.collate, worker_init_fn=_worker_init,
+                      pin_memory=self.device.type == "cuda", persistent_workers=False)
+        self.train_loader = DataLoader(self.train_set, batch_size=self.batch, sampler=self.sampler, drop_last=True,
+                                       generator=self.loader_gen, **common)
+        self.steps_per_epoch = len(self.train_loader) // spec.accum_steps
+        if self.steps_per_epoch == 0:
+            raise AmflowError(f"the training set has {len(self.train_set)} clips, fewer than one optimizer step "
+                              f"(train.batch_size {spec.batch_size} x train.accum_steps {spec.accum_steps}): "
+                              f"lower the batch size or accumulation")
+        self.val_loader = None
+        if self.val_set is not None and len(self.val_set) > 0:
+            shard = Subset(self.val_set, list(range(ctx.rank, len(self.val_set), ctx.world_size)))
+            self.val_loader = DataLoader(shard, batch_size=self.batch, shuffle=False, drop_last=False,
+                                         generator=torch.Generator().manual_seed(self.seed), **common)
+
+    def _optim(self) -> None:
+        spec = self.spec
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        if not self.trainable:
+            raise AmflowError("the model has no trainable parameters (every parameter is frozen)")
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, spec.weight_decay), lr=spec.lr)
+        total = self.steps_per_epoch * spec.epochs
+        warmup = min(total, int(round(spec.warmup_epochs * self.steps_per_epoch)))
+        self.scheduler = build_scheduler(self.optimizer, total, warmup)
+
+    def _resume(self) -> tuple[int, list[dict], float]:
+        if not self.checkpoint_path.exists():
+            return 0, [], 0.0
+        state = ckpt.load_checkpoint(self.checkpoint_path)
+        saved = state["meta"].get("compat", {})
+        for key, value in self.meta.get("compat", {}).items():
+            if key in saved and saved[key] != value:
+                raise AmflowError(
+                    f"{self.checkpoint_path}: this checkpoint was written with a different {key} "
+                    f"({saved[key]!r}, now {value!r}); delete the checkpoint (or use another run folder) "
+                    f"to train with the new settings")
+        ckpt.load_trainable_state(self.model, state["model"], self.checkpoint_path)
+        if "frozen_fingerprint" in state:
+            ckpt.check_fingerprint(self.model, state["frozen_fingerprint"], self.checkpoint_path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        return int(state["epoch"]), list(state["history"]), float(state.get("elapsed_s", 0.0))
+
+    def _wrap(self) -> torch.nn.Module:
+        if not self.ctx.distributed:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # Every rank builds the same frozen backbone from the same file: check it instead of
+        # broadcasting it, and leave frozen tensors out of DDP (only trainable ones are all-reduced).
+        prints = self.ctx.all_gather_object(self._frozen_print)
+        if any(abs(a - b) > 1e-9 * max(1.0, abs(a)) for p in prints for a, b in zip(p, prints[0])):
+            raise AmflowError(f"the frozen backbone differs between processes ({prints}); every process must "
+                              "load the same backbone weights file")
+        frozen = [n for n, p in self.model.named_parameters() if not p.requires_grad]
+        if hasattr(DDP, "_set_params_and_buffers_to_ignore_for_model"):
+            DDP._set_params_and_buffers_to_ignore_for_model(self.model, frozen)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DDP(self.model, device_ids=ids, find_unused_parameters=False)
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> TrainResult:
+        saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+        if self.device.type == "cpu":
+            # Deterministic kernels where torch has them (warn_only: some ops have no deterministic version).
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            return self._fit()
+        finally:
+            torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])  # a process-wide switch: put it back
+
+    def _fit(self) -> TrainResult:
+        self.model.to(self.device)
+        self._frozen_print = ckpt.frozen_fingerprint(self.model)  # the backbone never changes: once
+        self._loaders()
+        self._optim()
+        start, history, elapsed = self._resume()
+        self.net = self._wrap()
+        resumed_from = start
+        if start and self.ctx.is_main:
+            print(f"resuming {self.run_dir} from epoch {start} ({self.checkpoint_path})", file=sys.stderr)
+        status = "complete"
+        for epoch in range(start, self.spec.epochs):
+            t0 = time.perf_counter()
+            record = self._train_epoch(epoch)
+            record.update(self._validate())
+            record["epoch_time"] = time.perf_counter() - t0
+            elapsed += record["epoch_time"]
+            history.append(record)
+            failure: Optional[BaseException] = None
+            if self.ctx.is_main:
+                try:
+                    self._save(epoch + 1, history, elapsed)
+                    write_train_log(self.log_path, history)
+                    print(self._summary(record), file=sys.stderr)
+                    for cb in self.callbacks:
+                        cb(record)
+                except BaseException as exc:  # a callback stopping the run, or a write error
+                    failure = exc
+            # Rank 0 tells the others whether to go on, so none is left waiting in a collective.
+            if self.ctx.broadcast_object(failure is not None):
+                if failure is not None:
+                    raise failure
+                status = "stopped"
+                break
+            if self.stop_after_epoch is not None and epoch + 1 >= self.stop_after_epoch and epoch + 1 < self.spec.epochs:
+                status = "stopped"
+                break
+        return TrainResult(status=status, history=history, elapsed_s=elapsed,
+                           epochs_completed=len(history), resumed_from=resumed_from)
+
+    def _summary(self, r: dict) -> str:
+        return (f"epoch {r['epoch']}/{self.spec.epochs}: loss {r['train_loss']:.4f} acc {r['train_acc']:.3f} "
+                f"val_top1 {r['val_top1']:.3f} val_loss {r['val_loss']:.4f} lr {r['lr']:.2e} "
+                f"{r['clips_per_s']:.1f} clips/s (data wait {r['data_wait_frac']:.0%}) {r['epoch_time']:.1f}s")
+
+    def _save(self, epochs_done: int, history: list[dict], elapsed: float) -> None:
+        ckpt.save_checkpoint(self.checkpoint_path, {
+            "format": ckpt.FORMAT,
+            "epoch": epochs_done,
+            "model": ckpt.trainable_state(self.model),
+            "frozen_fingerprint": self._frozen_print,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history": history,
+            "elapsed_s": elapsed,
+            "meta": self.meta,
+        })
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        spec, ctx, dev = self.spec, self.ctx, self.device
+        seed_everything(epoch_seed(self.seed, epoch, ctx.rank))
+        self.sampler.set_epoch(epoch)
+        self.loader_gen.manual_seed(epoch_seed(self.seed, epoch, 10**6 + ctx.rank))
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)
+        self.net.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        correct = torch.zeros((), dtype=torch.float64, device=dev)
+        count, wait = 0, 0.0
+        lr = self.optimizer.param_groups[0]["lr"]
+        it = iter(self.train_loader)
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{spec.epochs}", unit="step",
+                   disable=not (self.progress and ctx.is_main), leave=False, mininterval=1.0, file=sys.stderr)
+        t0 = time.perf_counter()
+        for _ in range(self.steps_per_epoch):
+            for micro in range(spec.accum_steps):
+                t_wait = time.perf_counter()
+                batch = next(it)
+                wait += time.perf_counter() - t_wait
+                labels = batch["label"].to(dev, non_blocking=True)
+                video = batch["video"].to(dev, non_blocking=True)
+                transforms = batch["transforms"]
+                if transforms is not None:
+                    transforms = transforms.to(dev, non_blocking=True)
+                # Gradients are all-reduced only on the last micro-batch of an optimizer step.
+                sync = micro == spec.accum_steps - 1 or not ctx.distributed
+                with (contextlib.nullcontext() if sync else self.net.no_sync()):
+                    with autocast(dev, self.amp):
+                        logits = self.net(video, transforms)
+                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=spec.label_smoothing)
+                    (loss / spec.accum_steps).backward()
+                n = labels.shape[0]
+                loss_sum += loss.detach().double() * n
+                correct += (logits.detach().argmax(dim=-1) == labels).sum().double()
+                count += n
+            if spec.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.trainable, spec.grad_clip)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            if not bar.disable:
+                rate = count * ctx.world_size / max(1e-9, time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{float(loss_sum) / count:.4f}", clips_s=f"{rate:.1f}", refresh=False)
+                bar.update(1)
+        bar.close()
+        train_time = time.perf_counter() - t0
+        s_loss, s_correct, s_count, s_wait = ctx.all_reduce_sum(
+            [float(loss_sum), float(correct), float(count), wait / max(1e-9, train_time)])
+        # data_wait_frac: share of the loop spent waiting for the DataLoader (mean over ranks); near 0
+        # when the model is the bottleneck. In train.json and MLflow, not in train_log.csv.
+        return {"epoch": epoch + 1, "lr": lr, "train_loss": s_loss / s_count, "train_acc": s_correct / s_count,
+                "clips_per_s": s_count / max(1e-9, train_time), "data_wait_frac": s_wait / ctx.world_size}
+
+    @torch.no_grad()
+    def _validate(self) -> dict[str, float]:
+        if self.val_loader is None:
+            return {"val_top1": math.nan, "val_loss": math.nan}
+        model = self.model  # unwrapped: evaluation needs no gradient sync
+        model.eval()
+        loss_sum = correct = count = 0.0
+        for batch in self.val_loader:
+            probs = clip_probs(model, batch["video"], batch["transforms"], self.device, self.amp)
+            labels = batch["label"].to(self.device)
+            loss_sum += float(F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum"))
+            correct += float((probs.argmax(dim=-1) == labels).sum())
+            count += labels.shape[0]
+        loss_sum, correct, count = self.ctx.all_reduce_sum([loss_sum, correct, count])
+        return {"val_top1": correct / count, "val_loss": loss_sum / count}
