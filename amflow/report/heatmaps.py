@@ -1,0 +1,303 @@
+"""AM flow heat maps: static against aligned variant, on a static-camera and a moving-camera test clip.
+
+Which clips: the first table dataset whose camera-motion decision is ``static`` and the first whose
+decision is ``aligned`` (either may be absent); in each, the first test video (manifest order) whose own
+camera classification (``video_moving`` in the motion file) matches the dataset's decision. Fixed
+rules, so the figure is not a hand-picked example.
+
+Which model: the trained ``amflow`` run of the first seed. Its adapters do not depend on the variant
+(the variant only changes how the gate is computed), so its trainable weights are loaded into two
+models, one per variant, and :meth:`VideoModel.am_flow_maps` gives each one's scores on the same clip
+and the same cached camera transforms. The block shown is the model's AM flow source (the fixed source
+layer, or with ``source: same`` the last adapted block). One of the two variants is the one the run
+was trained with; the other shows what the other formula gives on the same features.
+
+Outputs: ``results/plots/amflow_heatmaps.png`` (per clip, rows: frames, static map, aligned map;
+columns: time), ``amflow_heatmaps.gif`` (one GIF frame per clip frame) and ``amflow_heatmaps.json``
+(the clips chosen and the maps' coefficient of variation, which the report quotes: a near-uniform map
+has CV near 0).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from amflow import io  # noqa: E402
+from amflow.errors import AmflowError  # noqa: E402
+from amflow.params import Params  # noqa: E402
+
+PNG = "amflow_heatmaps.png"
+GIF = "amflow_heatmaps.gif"
+JSON = "amflow_heatmaps.json"
+VARIANTS = ("static", "aligned")
+MIN_DISPLAY = 96       # frames are upscaled to at least this many pixels for viewing
+ALPHA = 0.55           # weight of the heat map over the frame
+GIF_FRAME_MS = 400
+
+
+@dataclass
+class HeatmapClip:
+    """One clip to draw: frames uint8 ``[T, H, W, 3]`` and AM flow scores ``[T, h, w]`` per variant."""
+
+    title: str
+    frames: np.ndarray
+    static: np.ndarray
+    aligned: np.ndarray
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        T = self.frames.shape[0]
+        if self.frames.ndim != 4 or self.frames.shape[-1] != 3:
+            raise ValueError(f"frames must be [T, H, W, 3], got {self.frames.shape}")
+        for name in VARIANTS:
+            m = getattr(self, name)
+            if m.ndim != 3 or m.shape[0] != T:
+                raise ValueError(f"{name} map must be [T={T}, h, w], got {m.shape}")
+
+
+# --------------------------------------------------------------------------- rendering
+def _linear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """``[n_out, n_in]`` linear-interpolation matrix, sample centres aligned (align_corners=False)."""
+    src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    w = np.zeros((n_out, n_in))
+    np.add.at(w, (np.arange(n_out), lo), 1 - frac)
+    np.add.at(w, (np.arange(n_out), hi), frac)
+    return w
+
+
+def upsample(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``[T, h, w]`` -> ``[T, height, width]``, bilinear with patch centres at cell centres (numpy only,
+    so rendering does not need torch)."""
+    maps = np.asarray(maps, np.float64)
+    wy, wx = _linear_weights(maps.shape[1], height), _linear_weights(maps.shape[2], width)
+    return np.einsum("yh,thw,xw->tyx", wy, maps, wx).astype(np.float32)
+
+
+def overlay(frames: np.ndarray, maps: np.ndarray, vmax: float, cmap: str = "inferno") -> np.ndarray:
+    """Frames uint8 ``[T, H, W, 3]`` blended with ``maps`` ``[T, H, W]`` coloured on 0..vmax -> uint8."""
+    colours = plt.get_cmap(cmap)(np.clip(maps / max(vmax, 1e-12), 0, 1))[..., :3]
+    out = (1 - ALPHA) * frames.astype(np.float32) / 255 + ALPHA * colours
+    return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
+
+
+def display_scale(height: int) -> int:
+    return max(1, math.ceil(MIN_DISPLAY / height))
+
+
+def clip_panels(clip: HeatmapClip) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(frames, static overlay, aligned overlay) at display size, and the shared colour maximum."""
+    k = display_scale(clip.frames.shape[1])
+    frames = clip.frames.repeat(k, axis=1).repeat(k, axis=2)   # nearest: keep the pixels honest
+    H, W = frames.shape[1:3]
+    # One colour scale for both variants of a clip, so their contrast can be compared by eye.
+    vmax = float(max(clip.static.max(), clip.aligned.max()))
+    return (frames, overlay(frames, upsample(clip.static, H, W), vmax),
+            overlay(frames, upsample(clip.aligned, H, W), vmax), vmax)
+
+
+def strip(images: np.ndarray, gap: int = 2) -> np.ndarray:
+    """``[T, H, W, 3]`` -> one row image ``[H, T*W + (T-1)*gap, 3]`` on white."""
+    T, H, W, _ = images.shape
+    out = np.full((H, T * W + (T - 1) * gap, 3), 255, np.uint8)
+    for t in range(T):
+        out[:, t * (W + gap):t * (W + gap) + W] = images[t]
+    return out
+
+
+def render_png(clips: list[HeatmapClip], path: Path, gap: int = 2) -> Path:
+    """Grid: per clip three rows (frames, static, aligned), one column per time step.
+
+    Each clip is one composed image on one axes (rows labelled on the left, time below): fast, and
+    no layout gaps between the rows.
+    """
+    T = max(c.frames.shape[0] for c in clips)
+    fig, axes = plt.subplots(len(clips), 1, figsize=(0.9 * T + 1.4, 3.0 * len(clips) + 0.2), squeeze=False)
+    for ax, clip in zip(axes[:, 0], clips):
+        panels = clip_panels(clip)
+        rows = [strip(images, gap) for images in panels[:3]]
+        H, W = panels[0].shape[1:3]
+        width = max(r.shape[1] for r in rows)
+        image = np.full((3 * H + 2 * gap, width, 3), 255, np.uint8)
+        for r, row in enumerate(rows):
+            image[r * (H + gap):r * (H + gap) + H, :row.shape[1]] = row
+        ax.imshow(image, interpolation="nearest")
+        labels = ("frames", f"static\nCV {clip.info.get('static_cv', float('nan')):.2f}",
+                  f"aligned\nCV {clip.info.get('aligned_cv', float('nan')):.2f}")
+        ax.set_yticks([r * (H + gap) + H / 2 for r in range(3)], labels, fontsize=7)
+        n = panels[0].shape[0]
+        ax.set_xticks([t * (W + gap) + W / 2 for t in range(n)], [f"t={t}" for t in range(n)], fontsize=6)
+        ax.tick_params(length=0)
+        for side in ax.spines.values():
+            side.set_visible(False)
+        ax.set_title(f"{clip.title}\n(colour 0..{panels[3]:.2f}, shared by both maps)", fontsize=8)
+    fig.tight_layout()
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def gif_frames(clips: list[HeatmapClip], gap: int = 2) -> list[np.ndarray]:
+    """One RGB image per time step: per clip a strip [frame | static | aligned], clips stacked."""
+    panels = [clip_panels(c)[:3] for c in clips]
+    T = max(c.frames.shape[0] for c in clips)
+    width = max(3 * p[0].shape[2] + 2 * gap for p in panels)
+    height = sum(p[0].shape[1] for p in panels) + gap * (len(panels) - 1)
+    out = []
+    for t in range(T):
+        img = np.full((height, width, 3), 255, np.uint8)
+        y = 0
+        for triple in panels:
+            h, w = triple[0].shape[1:3]
+            ti = min(t, triple[0].shape[0] - 1)   # a shorter clip holds its last frame
+            for j, images in enumerate(triple):
+                img[y:y + h, j * (w + gap):j * (w + gap) + w] = images[ti]
+            y += h + gap
+        out.append(img)
+    return out
+
+
+def render_gif(clips: list[HeatmapClip], path: Path) -> Path:
+    from PIL import Image
+
+    images = [Image.fromarray(f) for f in gif_frames(clips)]
+    with io.atomic_path(path) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=GIF_FRAME_MS, loop=0)
+    return path
+
+
+def render_heatmaps(clips: list[HeatmapClip], png_path: Path, gif_path: Path) -> tuple[Path, Path]:
+    if not clips:
+        raise ValueError("no clips to render")
+    return render_png(clips, Path(png_path)), render_gif(clips, Path(gif_path))
+
+
+# --------------------------------------------------------------------------- computing the maps
+def coefficient_of_variation(maps: np.ndarray) -> float:
+    """Mean over frames of std/mean of a frame's scores; the last frame (a copy of the previous pair's
+    score) is left out. 0 for a uniform map."""
+    m = np.asarray(maps, np.float64).reshape(maps.shape[0], -1)
+    m = m[:-1] if m.shape[0] > 1 else m
+    return float(np.mean(m.std(axis=1) / np.maximum(m.mean(axis=1), 1e-12)))
+
+
+def clip_maps(models: dict, video, transforms, block: Optional[int] = None) -> dict[str, np.ndarray]:
+    """Scores ``[T, h, w]`` per variant for one clip ``video [T, 3, S, S]``, ``transforms [T-1, 3, 3]``."""
+    out = {}
+    for variant in VARIANTS:
+        maps = models[variant].am_flow_maps(video[None], transforms[None], block=block)
+        out[variant] = maps[0].float().cpu().numpy()
+    return out
+
+
+def denormalise(video, sampling) -> np.ndarray:
+    """Normalised ``[T, 3, S, S]`` tensor -> uint8 ``[T, S, S, 3]``."""
+    v = video.permute(0, 2, 3, 1).cpu().numpy() * np.asarray(sampling.std, np.float32) + np.asarray(sampling.mean,
+                                                                                                        np.float32)
+    return np.clip(np.round(v * 255), 0, 255).astype(np.uint8)
+
+
+def pick_video(video_moving: np.ndarray, positions: np.ndarray, want_moving: bool) -> int:
+    """Index (within the split) of the first video whose camera state is ``want_moving``, else 0."""
+    hits = np.flatnonzero(np.asarray(video_moving, bool)[positions] == want_moving)
+    return int(hits[0]) if hits.size else 0
+
+
+def load_trained_models(params: Params, dataset: str, seed: int, data_dir: Path, results_dir: Path):
+    """The trained amflow run, as one model per variant (same trainable weights). Returns (models, meta).
+
+    There is no shared loader for a trained run yet (amflow/evaluate has none), so this follows the
+    trainer's own format (amflow/train/checkpoint.py) and refuses a run trained with other params.
+    """
+    from amflow.train import checkpoint as ckpt
+    from amflow.train.run import CHECKPOINT, build_run_model, params_digest, run_paths
+
+    rp = run_paths(params, dataset, "amflow", seed, data_dir, results_dir)
+    path = rp.run_dir / CHECKPOINT
+    if not path.is_file():
+        raise AmflowError(f"{path}: trained amflow run not found; make it with "
+                          f"`snakemake --cores 8 {rp.run_dir / 'metrics.json'}`")
+    state = ckpt.load_checkpoint(path)
+    meta = state["meta"]
+    digest = meta.get("compat", {}).get("params_digest")
+    if digest is not None and digest != params_digest(params, dataset):
+        raise AmflowError(f"{path}: was trained with other params than the current ones; rerun "
+                          f"`snakemake --cores 8 {rp.run_dir / 'metrics.json'}` before plotting its heat maps")
+    models = {}
+    for variant in VARIANTS:
+        model = build_run_model(params, dataset, "amflow", int(meta["num_classes"]), variant, rp.backbone_weights,
+                                seed)
+        ckpt.load_trainable_state(model, state["model"], path)
+        if "frozen_fingerprint" in state:
+            ckpt.check_fingerprint(model, state["frozen_fingerprint"], path)
+        models[variant] = model.eval()
+    return models, meta, rp
+
+
+def load_clip(params: Params, dataset: str, rp, want_moving: bool):
+    """The chosen test clip of ``dataset``: (item, video_id, display frames)."""
+    import pandas as pd
+
+    from amflow.data.clips import ClipDataset
+    from amflow.train.run import single_view
+
+    sampling = single_view(params.sampling_for(dataset))
+    ds = ClipDataset(rp.frames_dir, "test", sampling, train=False, motion=rp.motion)
+    with np.load(rp.motion) as z:
+        moving = z["video_moving"].astype(bool)
+    index = pick_video(moving, ds.positions, want_moving)
+    item = ds[index]
+    manifest: pd.DataFrame = ds.cache.manifest
+    video_id = str(manifest.iloc[int(ds.positions[index])]["video_id"])
+    return item, video_id, denormalise(item["video"], sampling)
+
+
+def choose_datasets(params: Params, results_dir: Path) -> list[tuple[str, str]]:
+    """[(dataset, decision)]: the first table dataset decided static, then the first decided aligned."""
+    from amflow.camera.stage import read_decision
+
+    chosen: dict[str, str] = {}
+    for d in params.table_datasets:
+        decision = read_decision(Path(results_dir) / d)
+        chosen.setdefault(decision, d)
+    return [(chosen[v], v) for v in VARIANTS if v in chosen]
+
+
+def write_heatmaps(params: Params, data_dir: Path, results_dir: Path) -> dict:
+    """Compute and render the heat maps (module docstring); returns the summary written to the JSON."""
+    import torch
+
+    results_dir = Path(results_dir)
+    seed = params.seeds[0]
+    clips, summary = [], {"seed": seed, "clips": []}
+    for dataset, decision in choose_datasets(params, results_dir):
+        models, meta, rp = load_trained_models(params, dataset, seed, Path(data_dir), results_dir)
+        item, video_id, frames = load_clip(params, dataset, rp, want_moving=decision == "aligned")
+        with torch.no_grad():
+            maps = clip_maps(models, item["video"], item["transforms"])
+        source = params.model.am_flow.source
+        block = int(source) if source != "same" else max(int(k) for k in models["static"].block_adapters)
+        info = {"dataset": dataset, "decision": decision, "trained_variant": meta.get("compat", {}).get(
+                    "am_flow_variant"), "video_id": video_id, "label": int(item["label"]), "block": block,
+                "static_cv": round(coefficient_of_variation(maps["static"]), 4),
+                "aligned_cv": round(coefficient_of_variation(maps["aligned"]), 4)}
+        title = f"{dataset} ({decision} camera decision), test video {video_id}, block {block}"
+        clips.append(HeatmapClip(title, frames, maps["static"], maps["aligned"], info))
+        summary["clips"].append(info)
+    if not clips:
+        raise AmflowError("no table dataset has a camera-motion decision; run `amflow camera-motion` first")
+    out = results_dir / "plots"
+    render_heatmaps(clips, out / PNG, out / GIF)
+    io.write_json(out / JSON, summary)
+    return summary

@@ -1,0 +1,482 @@
+"""``results/report.md``: every table, every plot and a paragraph per table, all generated.
+
+Every number in the report is read from ``results/table1.csv`` / ``results/ablations.csv`` (so the
+report and the tables agree to the last digit, rounding included), from the camera-motion and backbone
+JSON files, or from the params. No number is written by hand; the paragraphs say what the numbers say,
+including when AM flow does not beat a baseline.
+
+Differences are in percentage points between the rounded table values. With several seeds, a
+difference no larger than the larger of the two seed standard deviations is called "not a clear
+difference"; with one seed there is no error estimate and the report says so.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from amflow import io, paths
+from amflow.errors import AmflowError
+from amflow.params import Params
+from amflow.report import heatmaps as hm
+from amflow.report import plots
+from amflow.report.tables import ABLATIONS, FORMATS, TABLE1, read_table, variant_pivot
+from amflow.workflow_plan import ablation_runs, table_runs
+
+REPORT = "report.md"
+ORDER_BLIND_LIMIT = 50.0   # % : mean of forward and reversed accuracy an order-blind model cannot exceed
+ORDER_BLIND_SLACK = 5.0    # points above the limit before the frame baseline is flagged as unexpected
+
+
+# --------------------------------------------------------------------------- small helpers
+def pct(x: float) -> str:
+    return f"{x:.2f}%"
+
+
+def pts(x: float) -> str:
+    return f"{abs(x):.2f} points"
+
+
+def _num(x) -> Optional[float]:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def _row(table: pd.DataFrame, **keys) -> Optional[pd.Series]:
+    mask = pd.Series(True, index=table.index)
+    for k, v in keys.items():
+        mask &= table[k] == v
+    rows = table[mask]
+    return None if rows.empty else rows.iloc[0]
+
+
+def cell(row: pd.Series, name: str) -> str:
+    """``mean`` or ``mean ± std`` of a per-seed figure, formatted exactly as in the CSV."""
+    spec = FORMATS.get(name, "{:.2f}")
+    mean, std = _num(row[f"{name}_mean"]), _num(row[f"{name}_std"])
+    if mean is None:
+        return "n/a"
+    return spec.format(mean) + ("" if std is None else f" ± {spec.format(std)}")
+
+
+def fixed(value, name: str) -> str:
+    """A per-model figure (params, GFLOPs) as the CSV writes it; 'n/a' when the run did not report it."""
+    v = _num(value)
+    if v is None:
+        return "n/a"
+    return FORMATS[name].format(v) if name in FORMATS else str(int(v))
+
+
+def compare(a: str, a_row: pd.Series, b: str, b_row: pd.Series, col: str = "top1_pct") -> str:
+    """'a beats b by ...' / 'a does not beat b ...' with the seed-spread caveat (names given as shown)."""
+    am, bm = float(a_row[f"{col}_mean"]), float(b_row[f"{col}_mean"])
+    diff = round(am - bm, 2)
+    if diff > 0:
+        text = f"{a} beats {b} ({pct(bm)}) by {pts(diff)}"
+    elif diff < 0:
+        text = f"{a} does not beat {b} ({pct(bm)}): it is {pts(diff)} lower"
+    else:
+        text = f"{a} ties with {b} ({pct(bm)})"
+    stds = [s for s in (_num(a_row[f"{col}_std"]), _num(b_row[f"{col}_std"])) if s is not None]
+    if diff != 0 and stds and abs(diff) <= max(stds):
+        text += " (within one seed standard deviation: not a clear difference)"
+    return text
+
+
+def seeds_note(table: pd.DataFrame) -> str:
+    n = sorted(set(int(x) for x in table["n_seeds"]))
+    if n == [1]:
+        return "Each figure comes from a single seed, so no error estimate is available."
+    return (f"Figures are means over {', '.join(map(str, n))} seeds; ± is the sample standard deviation "
+            f"over seeds.")
+
+
+def rel(path: Path, results_dir: Path) -> str:
+    return Path(os.path.relpath(path, results_dir)).as_posix()
+
+
+def markdown(df: pd.DataFrame) -> str:
+    # disable_numparse: tabulate would otherwise reformat '12.50' as '12.5' and break the match with the CSV
+    return df.to_markdown(index=False, disable_numparse=True)
+
+
+def check_rows(table: pd.DataFrame, keys: list[str], expected: list[tuple], path: Path, make: str) -> None:
+    got = [tuple(str(v) for v in r) for r in table[keys].itertuples(index=False)]
+    want = [tuple(str(v) for v in e) for e in expected]
+    if got != want:
+        raise AmflowError(f"{path}: its rows do not match the current params (stale table); rebuild it with "
+                          f"`{make}`")
+
+
+def camera_kind(params: Params, cameras: dict, dataset: str) -> Optional[str]:
+    """'aligned' (moving camera) or 'static' for a dataset: the stage's decision, else the synth spec."""
+    if dataset in cameras:
+        return cameras[dataset].get("decision")
+    spec = params.datasets.get(dataset)
+    if spec is not None and spec.synth is not None:
+        return "aligned" if spec.synth.camera == "moving" else "static"
+    return None
+
+
+# --------------------------------------------------------------------------- inputs
+def read_cameras(params: Params, results_dir: Path) -> dict:
+    """dataset -> camera_motion.json content, for every dataset that has one."""
+    out = {}
+    for d in params.datasets:
+        path = paths.camera_dir(results_dir, d) / "camera_motion.json"
+        if path.is_file():
+            try:
+                out[d] = io.read_json(path)
+            except ValueError as exc:
+                raise AmflowError(str(exc)) from None
+    return out
+
+
+def read_optional_json(path: Path) -> Optional[dict]:
+    if not path.is_file():
+        return None
+    try:
+        return io.read_json(path)
+    except ValueError as exc:
+        raise AmflowError(str(exc)) from None
+
+
+# --------------------------------------------------------------------------- sections
+def setup_section(params: Params, results_dir: Path) -> list[str]:
+    rows = []
+    for name, spec in params.datasets.items():
+        s = spec.synth
+        rows.append({"dataset": name, "source": spec.source, "in table 1": "yes" if name in params.table_datasets
+                     else "no",
+                     "camera": s.camera if s else "", "difficulty": s.difficulty if s else "",
+                     "resolution": f"{s.resolution} px" if s else f"short side {spec.short_side}",
+                     "train/val/test videos": "/".join(str(s.split_sizes.get(k, "")) for k in
+                                                      ("train", "val", "test")) if s else "from the source"})
+    b, t, a, f = params.backbone, params.train, params.model.adapter, params.model.am_flow
+    samp = params.sampling
+    lines = ["## Setup", "", f"Params: `{params.name}`. Methods: {', '.join(f'`{m}`' for m in params.methods)}; "
+             f"seeds: {', '.join(map(str, params.seeds))}.", "", markdown(pd.DataFrame(rows)), "",
+             f"- Backbone: `{b.model}` {dict(b.kwargs) or ''} (frozen; weights: {b.weights}).",
+             f"- Clips: {samp.mode} sampling, {samp.num_frames} frames of {samp.crop_size} px; test views: "
+             f"{samp.test_clips} clip(s) x {samp.test_crops} crop(s)"
+             + (f" (per-dataset overrides: {', '.join(params.sampling_overrides)})" if params.sampling_overrides
+                else "") + ".",
+             f"- Training: {t.epochs} epochs, batch {t.batch_size}, lr {t.lr}, weight decay {t.weight_decay}, "
+             f"label smoothing {t.label_smoothing}; the same recipe for every method.",
+             f"- Adapters: bottleneck {a.bottleneck}, position {a.position}, blocks {a.blocks}, TPU {a.tpu}. "
+             f"AM flow: variant {f.variant}, temperature {f.temperature}, source {f.source}, "
+             f"normalise {f.normalise}."]
+    lines += ["", *backbone_lines(params, results_dir)]
+    return lines
+
+
+def backbone_lines(params: Params, results_dir: Path) -> list[str]:
+    if params.backbone.weights != "pretrain":
+        return [f"The backbone's weights come from `{params.backbone.weights}`; the pipeline did not pretrain it."]
+    path = paths.backbone_dir(results_dir) / "metrics.json"
+    m = read_optional_json(path)
+    if m is None:
+        return [f"Backbone pretraining metrics: `{rel(path, results_dir)}` not found (run "
+                f"`amflow pretrain-backbone`)."]
+    # The pretrain stage's keys are its own: show every number it reports, flattened one level.
+    flat = {}
+    for k, v in m.items():
+        if isinstance(v, dict):
+            flat.update({f"{k}.{kk}": vv for kk, vv in v.items() if isinstance(vv, (int, float))
+                         and not isinstance(vv, bool)})
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            flat[k] = v
+    if not flat:
+        return [f"Backbone pretraining metrics: `{rel(path, results_dir)}` holds no numbers."]
+    table = pd.DataFrame({"figure": list(flat), "value": [f"{v:.4g}" for v in flat.values()]})
+    return [f"Backbone pretraining on the single-image attribute set (`{rel(path, results_dir)}`, values as "
+            f"the stage reports them):", "", markdown(table)]
+
+
+def camera_section(params: Params, cameras: dict, results_dir: Path) -> list[str]:
+    lines = ["## Camera motion", ""]
+    rows, links = [], []
+    for d in params.datasets:
+        c = cameras.get(d)
+        if c is None:
+            rows.append({"dataset": d, "decision": "not run", "moving videos (sample)": "", "share moving": "",
+                         "threshold (of diagonal)": ""})
+            continue
+        counts = c.get("counts", {})
+        share = c.get("share_moving")
+        rows.append({"dataset": d, "decision": str(c.get("decision")),
+                     "moving videos (sample)": f"{counts.get('moving', '')}/{counts.get('videos', '')}",
+                     "share moving": "" if share is None else pct(100 * float(share)),
+                     "threshold (of diagonal)": str(c.get("thresholds", {}).get("moving_threshold", ""))})
+        png = paths.camera_dir(results_dir, d) / "camera_motion.png"
+        if png.is_file():
+            links.append(f"![{d} camera motion]({rel(png, results_dir)})")
+    lines += [markdown(pd.DataFrame(rows)), ""]
+    decided = [(d, c.get("decision"), c.get("share_moving")) for d, c in cameras.items()]
+    if decided:
+        share_limit = params.camera_motion.dataset_moving_share
+        parts = [f"`{d}` uses the **{dec}** variant ({pct(100 * float(s))} of the sampled videos moving; "
+                 f"aligned above {pct(100 * share_limit)})" for d, dec, s in decided if s is not None]
+        lines += ["The camera-motion stage decides each dataset's AM flow variant: " + "; ".join(parts) + ".", ""]
+    lines += links + ([""] if links else [])
+    return lines
+
+
+def table1_section(params: Params, t1: pd.DataFrame, results_dir: Path) -> list[str]:
+    display = pd.DataFrame({
+        "dataset": t1["dataset"], "method": t1["method"],
+        "top-1 (%)": [cell(r, "top1_pct") for _, r in t1.iterrows()],
+        "top-5 (%)": [cell(r, "top5_pct") for _, r in t1.iterrows()],
+        "mean class acc (%)": [cell(r, "mean_class_acc_pct") for _, r in t1.iterrows()],
+        "reversed top-1 (%)": [cell(r, "reversed_top1_pct") for _, r in t1.iterrows()],
+        "forward top-1, paired (%)": [cell(r, "forward_top1_paired_pct") for _, r in t1.iterrows()],
+        "epochs to 90%": [cell(r, "epochs_to_90pct") for _, r in t1.iterrows()],
+        "train time (s)": [cell(r, "train_time_s") for _, r in t1.iterrows()],
+        "trainable params": [fixed(x, "trainable_params") for x in t1["trainable_params"]],
+        "total params": [fixed(x, "total_params") for x in t1["total_params"]],
+        "GFLOPs/clip": [fixed(x, "gflops_per_clip") for x in t1["gflops_per_clip"]],
+        "AM flow variant": t1["am_flow_variant"], "views": t1["views"].astype(str),
+    })
+    lines = ["## Table 1: methods compared", "", f"From `{TABLE1}`. {seeds_note(t1)}", "", markdown(display), "",
+             f"![test top-1 per method](plots/{plots.ACCURACY})", ""]
+    lines += [table1_paragraph(params, t1), ""]
+    return lines
+
+
+def table1_paragraph(params: Params, t1: pd.DataFrame) -> str:
+    """Per dataset: the winner and its margin, AM flow against TPA and AIM, where AM flow ranks."""
+    out = []
+    for d in params.table_datasets:
+        rows = t1[t1["dataset"] == d].sort_values("top1_pct_mean", ascending=False, kind="stable")
+        if rows.empty:
+            continue
+        best = rows.iloc[0]
+        ties = rows[rows["top1_pct_mean"] == best["top1_pct_mean"]]
+        if len(ties) > 1:
+            text = (f"On `{d}`, {' and '.join(f'`{m}`' for m in ties['method'])} tie for the best top-1 "
+                    f"({pct(best['top1_pct_mean'])}).")
+        elif len(rows) > 1:
+            second = rows.iloc[1]
+            text = (f"On `{d}`, the best top-1 is `{best['method']}` with {pct(best['top1_pct_mean'])}, "
+                    f"ahead of `{second['method']}` ({pct(second['top1_pct_mean'])}) by "
+                    f"{pts(best['top1_pct_mean'] - second['top1_pct_mean'])}.")
+        else:
+            text = f"On `{d}`, only `{best['method']}` was run: {pct(best['top1_pct_mean'])}."
+        am = _row(rows, method="amflow")
+        if am is not None:
+            # rank = 1 + methods strictly ahead, so a tie for first is reported as first
+            rank = 1 + int((rows["top1_pct_mean"] > am["top1_pct_mean"]).sum())
+            cmp = [compare("`amflow`", am, f"`{b}`", _row(rows, method=b))
+                   for b in ("tpa", "aim", "st_adapter", "frame") if b in set(rows["method"])]
+            text += (f" AM flow (`amflow`, {am['am_flow_variant']} variant) reaches {pct(am['top1_pct_mean'])} "
+                     f"and ranks {rank} of {len(rows)}" + (": " + "; ".join(cmp) if cmp else "") + ".")
+        fr = _row(rows, method="frame")
+        if fr is not None:
+            adapters = rows[rows["method"] != "frame"]
+            above = int((adapters["top1_pct_mean"] > fr["top1_pct_mean"]).sum())
+            text += (f" The order-blind `frame` baseline reaches {pct(fr['top1_pct_mean'])}; {above} of "
+                     f"{len(adapters)} temporal methods are above it.")
+        out.append(text)
+    return " ".join(out)
+
+
+def temporal_section(params: Params, t1: pd.DataFrame) -> list[str]:
+    have = t1.dropna(subset=["reversed_top1_pct_mean", "forward_top1_paired_pct_mean"])
+    lines = ["## Temporal sensitivity (time-reversed clips)", ""]
+    if have.empty:
+        return lines + ["No dataset in table 1 has time-reversal class pairs (the evaluator reported no "
+                        "reversed accuracy), so this diagnostic is not available.", ""]
+    rows, text = [], []
+    for d in params.table_datasets:
+        sub = have[have["dataset"] == d]
+        if sub.empty:
+            continue
+        parts = []
+        for _, r in sub.iterrows():
+            fwd, rev = float(r["forward_top1_paired_pct_mean"]), float(r["reversed_top1_pct_mean"])
+            mean = round((fwd + rev) / 2, 2)
+            rows.append({"dataset": d, "method": r["method"], "forward, paired (%)": f"{fwd:.2f}",
+                         "reversed (%)": f"{rev:.2f}", "mean (%)": f"{mean:.2f}",
+                         "above the order-blind limit": "yes" if mean > ORDER_BLIND_LIMIT else "no"})
+            parts.append((r["method"], mean))
+        sens = [m for m, v in parts if v > ORDER_BLIND_LIMIT]
+        t = (f"On `{d}`, {len(sens)} of {len(parts)} methods score above {pct(ORDER_BLIND_LIMIT)} on average over "
+             f"a clip and its time reversal" + (f" ({', '.join(f'`{m}`' for m in sens)})" if sens else "") + ".")
+        frame = dict(parts).get("frame")
+        if frame is not None:
+            verdict = ("as expected for a model that ignores frame order" if frame <= ORDER_BLIND_LIMIT +
+                       ORDER_BLIND_SLACK else
+                       f"more than {ORDER_BLIND_SLACK:.0f} points above the limit, which an order-blind model "
+                       f"should not reach: check the evaluation")
+            t += f" The `frame` baseline averages {pct(frame)}, {verdict}."
+        am = dict(parts).get("amflow")
+        if am is not None:
+            t += (f" `amflow` averages {pct(am)}: it "
+                  + ("uses frame order." if am > ORDER_BLIND_LIMIT else "shows no evidence of using frame order."))
+        text.append(t)
+    return lines + [
+        "Accuracy on test clips played backwards, scored against the label of the reversed action, and forward "
+        "accuracy on the same classes. A model blind to frame order gives a clip and its reversal the same "
+        f"prediction, so at most one of the two can be right: its mean of the two cannot exceed "
+        f"{pct(ORDER_BLIND_LIMIT)}.", "", markdown(pd.DataFrame(rows)), "", " ".join(text), ""]
+
+
+def convergence_section(params: Params, t1: pd.DataFrame) -> list[str]:
+    lines = ["## Convergence", "", f"![validation top-1 per epoch](plots/{plots.CONVERGENCE})", ""]
+    text = []
+    for d in params.table_datasets:
+        sub = t1[t1["dataset"] == d].dropna(subset=["epochs_to_90pct_mean"])
+        if sub.empty:
+            continue
+        ep = {r["method"]: float(r["epochs_to_90pct_mean"]) for _, r in sub.iterrows()}
+        fastest = min(ep.values())
+        best = [m for m, e in ep.items() if e == fastest]
+        t = (f"On `{d}`, epochs to reach 90% of the final validation accuracy: "
+             + ", ".join(f"`{m}` {e:.2f}" for m, e in ep.items())
+             + f"; fewest: {', '.join(f'`{m}`' for m in best)}.")
+        if "amflow" in ep and len(ep) > 1:
+            others = {m: e for m, e in ep.items() if m != "amflow"}
+            fewer = sum(ep["amflow"] < e for e in others.values())
+            more = sum(ep["amflow"] > e for e in others.values())
+            t += (f" Of the {len(others)} other methods, `amflow` needs fewer epochs than {fewer}, as many as "
+                  f"{len(others) - fewer - more} and more than {more}"
+                  + (", which supports the faster-convergence claim here." if fewer == len(others) else
+                     ", so the faster-convergence claim is not supported here." if fewer == 0 else
+                     ", so the faster-convergence claim holds only in part here."))
+        text.append(t)
+    lines += [" ".join(text) + " The figure is relative to each method's own final accuracy: a method that "
+              "learns little can reach 90% of it early, so read it together with table 1.", ""]
+    return lines
+
+
+def ablation_section(params: Params, abl: Optional[pd.DataFrame], cameras: dict, results_dir: Path) -> list[str]:
+    lines = ["## Ablations", ""]
+    if abl is None:
+        return lines + [f"`{ABLATIONS}` not built; make it with `snakemake --cores 8 "
+                        f"{Path(results_dir) / ABLATIONS}`.", ""]
+    lines += [f"From `{ABLATIONS}` (one `ablation_<axis>.csv` per axis holds the same rows). Every ablation "
+              f"run is `amflow` with one setting changed. {seeds_note(abl)}", ""]
+    for axis in dict.fromkeys(abl["axis"]):
+        sub = abl[abl["axis"] == axis]
+        display = pd.DataFrame({
+            "value": sub["value"], "dataset": sub["dataset"],
+            "top-1 (%)": [cell(r, "top1_pct") for _, r in sub.iterrows()],
+            "mean class acc (%)": [cell(r, "mean_class_acc_pct") for _, r in sub.iterrows()],
+            "epochs to 90%": [cell(r, "epochs_to_90pct") for _, r in sub.iterrows()],
+            "trainable params": [fixed(x, "trainable_params") for x in sub["trainable_params"]],
+            "GFLOPs/clip": [fixed(x, "gflops_per_clip") for x in sub["gflops_per_clip"]],
+            "AM flow variant": sub["am_flow_variant"]})
+        lines += [f"### {axis}", "", markdown(display), ""]
+        if axis == "variant":
+            pivot = variant_pivot(abl)
+            shown = pivot.map(lambda x: "" if pd.isna(x) else FORMATS["top1_pct"].format(x)).reset_index()
+            lines += ["Top-1 (%) by variant (rows) and dataset (columns):", "", markdown(shown), "",
+                      variant_paragraph(params, sub, cameras), ""]
+        else:
+            lines += [axis_paragraph(axis, sub), ""]
+    return lines
+
+
+def variant_paragraph(params: Params, sub: pd.DataFrame, cameras: dict) -> str:
+    out = []
+    for d in dict.fromkeys(sub["dataset"]):
+        rows = sub[sub["dataset"] == d]
+        kind = camera_kind(params, cameras, d)
+        label = {"aligned": "moving camera", "static": "static camera"}.get(kind, "camera unknown")
+        st, al, none = (_row(rows, value=v) for v in ("static", "aligned", "none"))
+        t = f"On `{d}` ({label})"
+        if st is not None and al is not None:
+            diff = round(float(al["top1_pct_mean"]) - float(st["top1_pct_mean"]), 2)
+            t += f", aligned reaches {pct(al['top1_pct_mean'])} and static {pct(st['top1_pct_mean'])}: "
+            t += (f"aligned beats static by {pts(diff)}" if diff > 0 else
+                  f"aligned does not beat static (it is {pts(diff)} lower)" if diff < 0 else "they tie")
+            if kind == "aligned":
+                t += (", as camera-motion compensation should on a moving camera" if diff > 0 else
+                      ", although this is the dataset where camera-motion compensation should help")
+            elif kind == "static":
+                t += "; with a static camera the transforms are near identity, so a small gap is expected"
+            t += "."
+        else:
+            t += "."
+        if none is not None:
+            gated = [(v, r) for v, r in (("static", st), ("aligned", al)) if r is not None]
+            if gated:
+                v, r = max(gated, key=lambda vr: float(vr[1]["top1_pct_mean"]))
+                t += " Against no AM flow: " + compare(f"the better variant, `{v}`,", r, "`none`", none) + "."
+        out.append(t)
+    return " ".join(out)
+
+
+def axis_paragraph(axis: str, sub: pd.DataFrame) -> str:
+    out = []
+    for d in dict.fromkeys(sub["dataset"]):
+        rows = sub[sub["dataset"] == d].sort_values("top1_pct_mean", ascending=False, kind="stable")
+        best, worst = rows.iloc[0], rows.iloc[-1]
+        if len(rows) == 1:
+            out.append(f"On `{d}`, {axis} = {best['value']} reaches {pct(best['top1_pct_mean'])}.")
+            continue
+        spread = float(best["top1_pct_mean"]) - float(worst["top1_pct_mean"])
+        out.append(f"On `{d}`, the best {axis} setting is `{best['value']}` ({pct(best['top1_pct_mean'])}) and "
+                   f"the worst `{worst['value']}` ({pct(worst['top1_pct_mean'])}), a spread of {pts(spread)}.")
+    return " ".join(out)
+
+
+def heatmap_section(results_dir: Path) -> list[str]:
+    lines = ["## AM flow heat maps", ""]
+    out = plots.plots_dir(results_dir)
+    png, gif = out / hm.PNG, out / hm.GIF
+    if not png.is_file():
+        return lines + [f"Not made; run `amflow heatmaps` (`snakemake --cores 8 {png}`).", ""]
+    lines += [f"![AM flow heat maps, static against aligned]({rel(png, results_dir)})", ""]
+    if gif.is_file():
+        lines += [f"Animated: [{rel(gif, results_dir)}]({rel(gif, results_dir)}).", ""]
+    info = read_optional_json(out / hm.JSON)
+    if info and info.get("clips"):
+        parts = []
+        for c in info["clips"]:
+            s, a = float(c["static_cv"]), float(c["aligned_cv"])
+            parts.append(f"on `{c['dataset']}` ({c['decision']} decision, test video `{c['video_id']}`, block "
+                         f"{c['block']}) the static map has a coefficient of variation of {s:.2f} and the aligned "
+                         f"map {a:.2f}, so the aligned map is "
+                         + ("more uniform" if a < s else "less uniform" if a > s else "as uniform"))
+        lines += ["Rows: frames, static AM flow, aligned AM flow, from the trained `amflow` run (seed "
+                  f"{info.get('seed')}); a near-uniform map has a coefficient of variation near 0: "
+                  + "; ".join(parts) + ".", ""]
+    return lines
+
+
+# --------------------------------------------------------------------------- the report
+def build_report(params: Params, results_dir: Path) -> str:
+    results_dir = Path(results_dir)
+    t1_path = results_dir / TABLE1
+    t1 = read_table(t1_path, f"snakemake --cores 8 {t1_path}")
+    check_rows(t1, ["dataset", "method"], list(dict.fromkeys((d, m) for d, m, _ in table_runs(params))), t1_path,
+               f"amflow tables --which table1 --results-dir {results_dir}")
+    abl_path = results_dir / ABLATIONS
+    abl = None
+    if abl_path.is_file():
+        abl = read_table(abl_path, "")
+        check_rows(abl, ["axis", "value", "dataset"],
+                   list(dict.fromkeys((r.axis, r.value, r.dataset) for r in ablation_runs(params))), abl_path,
+                   f"amflow tables --which ablations --results-dir {results_dir}")
+    cameras = read_cameras(params, results_dir)
+    plots.write_plots(params, results_dir, t1)
+    lines = ["# AM Flow: results report", "",
+             f"Generated by `amflow report` from the files under `{results_dir}` (params `{params.name}`). "
+             "Every number is read from the tables and JSON files; regenerate rather than edit.", ""]
+    lines += setup_section(params, results_dir) + [""]
+    lines += camera_section(params, cameras, results_dir)
+    lines += table1_section(params, t1, results_dir)
+    lines += temporal_section(params, t1)
+    lines += convergence_section(params, t1)
+    lines += ablation_section(params, abl, cameras, results_dir)
+    lines += heatmap_section(results_dir)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(params: Params, results_dir: Path) -> Path:
+    path = Path(results_dir) / REPORT
+    io.write_text(path, build_report(params, results_dir))
+    return path

@@ -1,0 +1,230 @@
+"""The result tables: ``results/table1.csv`` and the ablation tables, pure functions of ``metrics.json``.
+
+Column scheme (the same whatever the number of seeds, so that scripts reading the CSV never break):
+
+- keys: ``dataset, method`` (table 1) or ``axis, value, dataset`` (ablations), then ``n_seeds``;
+- accuracies are **percentages** (``100 x`` the fraction in ``metrics.json``), marked ``_pct``;
+- every figure that varies with the seed appears as ``<name>_mean`` and ``<name>_std``: the mean over
+  seeds and the *sample* standard deviation (ddof = 1); with one seed the ``_std`` cell is empty.
+  These are ``top1_pct``, ``top5_pct``, ``mean_class_acc_pct``, ``reversed_top1_pct`` and
+  ``forward_top1_paired_pct`` (temporal-sensitivity diagnostic: accuracy on time-reversed test clips
+  against the reversed label, and forward accuracy on the same class subset; empty where the dataset
+  has no time-reversal pairs), ``epochs_to_90pct`` and ``train_time_s``;
+- figures that depend on the model and not on the seed (``trainable_params``, ``total_params``,
+  ``gflops_per_clip``, ``am_flow_variant``, ``views``) appear once; seeds that disagree on one of them
+  are an error, not something to average away.
+
+Purity: only the runs' ``metrics.json`` are read, rows follow the params' order
+(:func:`amflow.workflow_plan.table_runs` / :func:`ablation_runs`), and every float column has a fixed
+format (:data:`FORMATS`), so the same inputs give the same bytes.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+import pandas as pd
+
+from amflow import io, paths
+from amflow.errors import AmflowError
+from amflow.params import Params
+from amflow.workflow_plan import AXES, ablation_runs, table_runs
+
+TABLE1 = "table1.csv"
+ABLATIONS = "ablations.csv"
+
+REQUIRED_KEYS = ("dataset", "method", "seed", "top1", "top5", "mean_class_acc", "views", "trainable_params",
+                 "total_params", "gflops_per_clip", "train_time_s", "val_curve", "epochs_to_90pct",
+                 "am_flow_variant")
+# Fractions in metrics.json -> percentages in the tables; the two temporal ones may be null.
+ACCURACIES = ("top1", "top5", "mean_class_acc", "reversed_top1", "forward_top1_paired")
+OPTIONAL = ("reversed_top1", "forward_top1_paired")
+PER_SEED = tuple(f"{k}_pct" for k in ACCURACIES) + ("epochs_to_90pct", "train_time_s")
+PER_MODEL = ("trainable_params", "total_params", "gflops_per_clip", "am_flow_variant", "views")
+
+FORMATS = {f"{k}_pct": "{:.2f}" for k in ACCURACIES}
+FORMATS.update({"epochs_to_90pct": "{:.2f}", "train_time_s": "{:.1f}", "gflops_per_clip": "{:.4f}"})
+
+
+def columns(keys: Iterable[str]) -> list[str]:
+    """The column order of a table with these leading key columns."""
+    stats = [f"{name}_{s}" for name in PER_SEED for s in ("mean", "std")]
+    return list(keys) + ["n_seeds"] + stats + list(PER_MODEL)
+
+
+TABLE1_COLUMNS = columns(("dataset", "method"))
+ABLATION_COLUMNS = columns(("axis", "value", "dataset"))
+
+
+# --------------------------------------------------------------------------- reading runs
+def load_metrics(path: Path, *, dataset: str, seed: int, method: Optional[str] = None) -> dict:
+    """One run's ``metrics.json``, checked: present, complete, for the run it claims, fractions in [0, 1]."""
+    path = Path(path)
+    if not path.is_file():
+        raise AmflowError(f"{path}: metrics not found; make it with `snakemake --cores 8 {path}` "
+                          f"(trains and evaluates that run)")
+    try:
+        m = io.read_json(path)
+    except ValueError as exc:
+        raise AmflowError(str(exc)) from None
+    missing = [k for k in REQUIRED_KEYS if k not in m]
+    if missing:
+        raise AmflowError(f"{path}: keys {missing} missing; it was written by an older evaluator: delete it and "
+                          f"rerun `snakemake --cores 8 {path}`")
+    got = (m["dataset"], int(m["seed"])) + ((m["method"],) if method else ())
+    want = (dataset, int(seed)) + ((method,) if method else ())
+    if got != want:
+        raise AmflowError(f"{path}: holds the metrics of {got}, but this folder is the run {want}; "
+                          f"the file was copied or moved: delete it and rerun `snakemake --cores 8 {path}`")
+    for k in ACCURACIES:
+        v = m.get(k)
+        if v is not None and not (0.0 <= float(v) <= 1.0):
+            raise AmflowError(f"{path}: '{k}' is {v}, but accuracies are fractions in [0, 1]")
+    return m
+
+
+def _per_seed_values(m: dict) -> dict:
+    out = {f"{k}_pct": (None if m.get(k) is None else 100.0 * float(m[k])) for k in ACCURACIES}
+    e = m.get("epochs_to_90pct")
+    out["epochs_to_90pct"] = None if e is None else float(e)
+    out["train_time_s"] = float(m["train_time_s"])
+    return out
+
+
+def aggregate(runs: list[tuple[Path, dict]], where: str) -> dict:
+    """Mean and sample std over seeds of the per-seed figures; the per-model figures, checked equal."""
+    row: dict = {"n_seeds": len(runs)}
+    values = [_per_seed_values(m) for _, m in runs]
+    for name in PER_SEED:
+        xs = [v[name] for v in values]
+        present = [x for x in xs if x is not None]
+        if present and len(present) != len(xs):
+            lacking = [str(p) for (p, _), x in zip(runs, xs) if x is None]
+            raise AmflowError(f"{where}: '{name.removesuffix('_pct')}' is null in {lacking} but not in the other "
+                              f"seeds; the evaluations are inconsistent: delete those files and rerun them")
+        arr = np.asarray(present, dtype=np.float64)
+        row[f"{name}_mean"] = float(arr.mean()) if arr.size else math.nan
+        row[f"{name}_std"] = float(arr.std(ddof=1)) if arr.size > 1 else math.nan
+    for name in PER_MODEL:
+        seen = [m[name] for _, m in runs]
+        if any(s != seen[0] for s in seen):
+            detail = ", ".join(f"{p}: {s!r}" for (p, _), s in zip(runs, seen))
+            raise AmflowError(f"{where}: '{name}' differs between seeds ({detail}); the seeds ran different "
+                              f"models or settings: rerun them with the same params")
+        row[name] = seen[0]
+    return row
+
+
+def _unique(items: Iterable) -> list:
+    """First-appearance order without duplicates (the params' order, seeds folded)."""
+    return list(dict.fromkeys(items))
+
+
+# --------------------------------------------------------------------------- the tables (numbers)
+def table1(params: Params, results_dir: Path) -> pd.DataFrame:
+    """One row per (dataset, method) of :func:`table_runs`, in params order; numeric values."""
+    runs = table_runs(params)
+    rows = []
+    for dataset, method in _unique((d, m) for d, m, _ in runs):
+        loaded = []
+        for d, m, s in runs:
+            if (d, m) == (dataset, method):
+                path = paths.run_dir(results_dir, d, m, s) / "metrics.json"
+                loaded.append((path, load_metrics(path, dataset=d, seed=s, method=m)))
+        rows.append({"dataset": dataset, "method": method, **aggregate(loaded, f"{dataset}/{method}")})
+    return pd.DataFrame(rows, columns=TABLE1_COLUMNS)
+
+
+def ablation_table(params: Params, results_dir: Path) -> pd.DataFrame:
+    """Long format, one row per (axis, value, dataset) of :func:`ablation_runs`, in params order."""
+    runs = ablation_runs(params)
+    rows = []
+    for axis, value, dataset in _unique((r.axis, r.value, r.dataset) for r in runs):
+        loaded = []
+        for r in runs:
+            if (r.axis, r.value, r.dataset) == (axis, value, dataset):
+                path = paths.ablation_run_dir(results_dir, r.axis, r.value, r.dataset, r.seed) / "metrics.json"
+                loaded.append((path, load_metrics(path, dataset=r.dataset, seed=r.seed)))
+        rows.append({"axis": axis, "value": value, "dataset": dataset,
+                     **aggregate(loaded, f"ablation {axis}={value} on {dataset}")})
+    return pd.DataFrame(rows, columns=ABLATION_COLUMNS)
+
+
+def variant_pivot(ablations: pd.DataFrame) -> pd.DataFrame:
+    """Top-1 (%) of the variant axis: one row per variant, one column per dataset, in table order."""
+    v = ablations[ablations["axis"] == "variant"]
+    pivot = v.pivot(index="value", columns="dataset", values="top1_pct_mean")
+    pivot = pivot.reindex(index=_unique(v["value"]), columns=_unique(v["dataset"]))
+    pivot.index.name, pivot.columns.name = "variant", None
+    return pivot
+
+
+# --------------------------------------------------------------------------- formatting and files
+def _fmt(value, spec: Optional[str]) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if spec is None:
+        return str(value)
+    return spec.format(float(value))
+
+
+def format_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as the exact text the CSV holds (fixed decimals; empty for missing)."""
+    out = {}
+    for col in df.columns:
+        base = col.removesuffix("_mean").removesuffix("_std")
+        spec = FORMATS.get(base)
+        out[col] = [_fmt(v, spec) for v in df[col].tolist()]
+    return pd.DataFrame(out, columns=list(df.columns), dtype=object)
+
+
+def to_csv_text(df: pd.DataFrame) -> str:
+    return format_table(df).to_csv(index=False, lineterminator="\n")
+
+
+def ablation_axis_file(results_dir: Path, axis: str) -> Path:
+    return Path(results_dir) / f"ablation_{axis}.csv"
+
+
+def write_tables(params: Params, results_dir: Path, which: str = "table1") -> list[Path]:
+    """``which``: ``table1`` -> ``results/table1.csv``; ``ablations`` -> one ``ablation_<axis>.csv`` per
+    axis with runs, then ``ablations.csv`` (last: the file Snakemake waits for). Returns the paths."""
+    results_dir = Path(results_dir)
+    if which == "table1":
+        path = results_dir / TABLE1
+        io.write_text(path, to_csv_text(table1(params, results_dir)))
+        return [path]
+    if which != "ablations":
+        raise AmflowError(f"amflow tables --which {which}: expected table1 or ablations")
+    table = ablation_table(params, results_dir)
+    written = []
+    for axis in AXES:
+        path = ablation_axis_file(results_dir, axis)
+        rows = table[table["axis"] == axis].drop(columns="axis")
+        if rows.empty:
+            # An axis these params do not run: a file left from an earlier config would be stale.
+            path.unlink(missing_ok=True)
+            continue
+        io.write_text(path, to_csv_text(rows))
+        written.append(path)
+    path = results_dir / ABLATIONS
+    io.write_text(path, to_csv_text(table))
+    return written + [path]
+
+
+def read_table(path: Path, make: str) -> pd.DataFrame:
+    """A table written by :func:`write_tables`, numbers parsed back (the report reads these, so its
+    numbers are the table's, rounding included). ``make``: the command that writes it."""
+    path = Path(path)
+    if not path.is_file():
+        raise AmflowError(f"{path}: not found; make it with `{make}`")
+    # Keys stay text ('0' is a block index, not a number); everything else numeric where it parses.
+    df = pd.read_csv(path, dtype={"dataset": str, "method": str, "axis": str, "value": str,
+                                  "am_flow_variant": str}, keep_default_na=False)
+    for col in df.columns:
+        if col in ("dataset", "method", "axis", "value", "am_flow_variant", "views"):
+            continue
+        df[col] = pd.to_numeric(df[col].replace("", np.nan))
+    return df

@@ -1,0 +1,245 @@
+"""The generated report (numbers from the tables, honest verdicts) and the heat-map rendering."""
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from amflow import paths
+from amflow.errors import AmflowError
+from amflow.report import heatmaps as hm
+from amflow.report import report, tables
+from test_tables import TOP1, small_params, write, write_ablations, write_runs
+
+
+def write_cameras(results: Path) -> None:
+    for d, decision, share in (("synth_static", "static", 0.05), ("synth_moving", "aligned", 0.95)):
+        write(paths.camera_dir(results, d) / "camera_motion.json",
+              {"dataset": d, "decision": decision, "share_moving": share,
+               "counts": {"videos": 60, "moving": round(60 * share)}, "thresholds": {"moving_threshold": 0.01}})
+
+
+def build(tmp_path, top1=TOP1, ablations=True):
+    p = small_params()
+    write_runs(p, tmp_path, top1)
+    tables.write_tables(p, tmp_path, which="table1")
+    if ablations:
+        write_ablations(p, tmp_path)
+        tables.write_tables(p, tmp_path, which="ablations")
+    write_cameras(tmp_path)
+    write(paths.backbone_dir(tmp_path) / "metrics.json", {"val": {"mean_accuracy": 0.8123}, "epochs": 3})
+    path = report.write_report(p, tmp_path)
+    return p, path.read_text()
+
+
+def table1_paragraph(text: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith("On `synth_static`, the best top-1"))
+
+
+def test_winner_and_margin_match_the_table(tmp_path):
+    _, text = build(tmp_path)
+    t1 = tables.read_table(tmp_path / "table1.csv", "")
+    para = table1_paragraph(text)
+    for d in ("synth_static", "synth_moving"):
+        m = re.search(rf"On `{d}`, the best top-1 is `(\w+)` with ([\d.]+)%, ahead of `(\w+)` \(([\d.]+)%\) by "
+                      r"([\d.]+) points", para)
+        assert m, para
+        sub = t1[t1["dataset"] == d].sort_values("top1_pct_mean", ascending=False)
+        assert m.group(1) == sub.iloc[0]["method"] and float(m.group(2)) == sub.iloc[0]["top1_pct_mean"]
+        assert m.group(3) == sub.iloc[1]["method"]
+        assert float(m.group(5)) == pytest.approx(sub.iloc[0]["top1_pct_mean"] - sub.iloc[1]["top1_pct_mean"])
+    assert "the best top-1 is `amflow` with 72.00%" in para      # static: amflow wins
+    assert "the best top-1 is `tpa` with 57.00%" in para         # moving: tpa wins
+
+
+def test_amflow_losing_is_reported(tmp_path):
+    _, text = build(tmp_path)
+    para = table1_paragraph(text)
+    moving = para[para.index("On `synth_moving`"):]
+    assert "`amflow` does not beat `tpa` (57.00%): it is 6.00 points lower" in moving
+    assert "aligned variant) reaches 51.00% and ranks 2 of 3" in moving
+    assert "`amflow` beats `frame` (30.00%) by 21.00 points" in moving
+    static = para[:para.index("On `synth_moving`")]
+    assert "`amflow` beats `tpa` (62.00%) by 10.00 points" in static and "does not beat" not in static
+
+
+def test_close_results_are_not_called_a_win(tmp_path):
+    top1 = dict(TOP1)
+    top1[("synth_static", "amflow")] = (0.61, 0.64)   # 62.50 vs tpa 62.00, stds ~2.1 and ~2.8
+    _, text = build(tmp_path, top1, ablations=False)
+    assert "`amflow` beats `tpa` (62.00%) by 0.50 points (within one seed standard deviation" in text
+    assert "`ablations.csv` not built" in text
+
+
+def test_report_tables_and_links(tmp_path):
+    _, text = build(tmp_path)
+    t1 = pd.read_csv(tmp_path / "table1.csv", dtype=str, keep_default_na=False)
+    row = t1[(t1["dataset"] == "synth_static") & (t1["method"] == "tpa")].iloc[0]
+    # the Markdown table carries the CSV's own text
+    assert re.search(rf"\| synth_static\s*\| tpa\s*\| {re.escape(row['top1_pct_mean'])} ± "
+                     rf"{re.escape(row['top1_pct_std'])}", text)
+    for target in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+        assert (tmp_path / target).is_file(), target
+    assert "plots/convergence.png" in text and "synth_moving/camera_motion.png" not in text  # no png was made
+    assert "`synth_moving` uses the **aligned** variant (95.00% of the sampled videos moving" in text
+    assert "val.mean_accuracy | 0.8123" in text
+    assert "Top-1 (%) by variant (rows) and dataset (columns)" in text
+    assert "Figures are means over 2 seeds" in text
+    assert (tmp_path / "plots/convergence.png").stat().st_size > 0
+
+
+def test_variant_and_temporal_paragraphs(tmp_path):
+    _, text = build(tmp_path)
+    assert ("On `synth_moving` (moving camera), aligned reaches 59.00% and static 46.00%: aligned beats static by "
+            "13.00 points, as camera-motion compensation should on a moving camera") in text
+    assert "On `synth_static` (static camera), aligned reaches 70.00% and static 71.00%: aligned does not beat" in text
+    # none: 0.54 + 0.02 * seed -> 55.00 on both datasets
+    assert "Against no AM flow: the better variant, `aligned`, beats `none` (55.00%) by 4.00 points." in text
+    assert "Against no AM flow: the better variant, `static`, beats `none` (55.00%) by 16.00 points." in text
+    # frame: (45 + 10) / 2 = 27.5, below the order-blind limit; amflow: (72 + 67) / 2 = 69.5
+    assert "The `frame` baseline averages 27.50%, as expected for a model that ignores frame order" in text
+    assert "`amflow` averages 69.50%: it uses frame order." in text
+    assert "On `synth_static`, 2 of 3 methods score above 50.00%" in text
+
+
+def test_convergence_paragraph(tmp_path):
+    _, text = build(tmp_path)
+    # every run: epochs_to_90pct = 2 + seed -> 2.50 for all: a tie, so the claim is not supported
+    assert "Of the 2 other methods, `amflow` needs fewer epochs than 0, as many as 2 and more than 0" in text
+    assert "the faster-convergence claim is not supported here" in text
+
+
+def test_stale_or_missing_table_is_an_error(tmp_path):
+    p = small_params()
+    with pytest.raises(AmflowError, match="snakemake --cores 8 .*table1.csv"):
+        report.write_report(p, tmp_path)
+    write_runs(p, tmp_path)
+    tables.write_tables(p, tmp_path, which="table1")
+    with pytest.raises(AmflowError, match="stale"):
+        report.write_report(small_params(methods=["frame", "amflow"]), tmp_path)
+
+
+# --------------------------------------------------------------------------- heat maps
+def test_render_heatmaps(tmp_path):
+    rng = np.random.default_rng(0)
+    T = 5
+    frames = rng.integers(0, 256, (T, 32, 32, 3), dtype=np.uint8)
+    clips = [hm.HeatmapClip("a", frames, rng.random((T, 8, 8)), rng.random((T, 8, 8)),
+                            {"static_cv": 1.0, "aligned_cv": 0.5}),
+             hm.HeatmapClip("b", frames[:4], rng.random((4, 8, 8)), np.ones((4, 8, 8)))]
+    png, gif = hm.render_heatmaps(clips, tmp_path / "h.png", tmp_path / "h.gif")
+    assert Image.open(png).format == "PNG"
+    with Image.open(gif) as g:
+        assert g.n_frames == T
+        k = hm.display_scale(32)
+        assert g.size == (3 * 32 * k + 4, 2 * 32 * k + 2)
+    # bilinear with cell centres aligned: [0, 1] over 2 cells -> 0, 0.25, 0.75, 1 over 4
+    np.testing.assert_allclose(hm.upsample(np.array([[[0.0, 1.0]]]), 1, 4)[0, 0], [0, 0.25, 0.75, 1])
+    # the overlay blends: a black frame under the colour map's top colour at weight ALPHA
+    top = hm.overlay(np.zeros((1, 2, 2, 3), np.uint8), np.full((1, 2, 2), 2.0), vmax=2.0)
+    assert top.dtype == np.uint8 and top.max() <= round(255 * hm.ALPHA) and top.max() > 0
+    with pytest.raises(ValueError, match="static map"):
+        hm.HeatmapClip("bad", frames, np.zeros((T - 1, 8, 8)), np.zeros((T, 8, 8)))
+
+
+def test_coefficient_of_variation_and_clip_choice():
+    assert hm.coefficient_of_variation(np.ones((3, 4, 4))) == pytest.approx(0.0)
+    peaked = np.zeros((2, 2, 2))
+    peaked[:, 0, 0] = 4.0
+    assert hm.coefficient_of_variation(peaked) == pytest.approx(np.sqrt(3))
+    moving = np.array([True, False, False, True, True])
+    assert hm.pick_video(moving, np.array([3, 1, 4]), want_moving=False) == 1
+    assert hm.pick_video(moving, np.array([3, 4]), want_moving=False) == 0   # none: the first
+
+
+def test_clip_maps_with_a_tiny_random_backbone():
+    import torch
+
+    from amflow.models import build_backbone, build_model
+    from amflow.params import BackboneSpec
+
+    spec = BackboneSpec(model="vit_tiny_patch16_224", weights="random",
+                        kwargs={"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2})
+    p = small_params()
+    torch.manual_seed(0)
+    backbone = build_backbone(spec)
+    models = {v: build_model("amflow", backbone, 3, 4, p.model, v).eval() for v in hm.VARIANTS}
+    video = torch.randn(4, 3, 16, 16)
+    eye = torch.eye(3).repeat(3, 1, 1)
+    maps = hm.clip_maps(models, video, eye)
+    assert maps["static"].shape == (4, 4, 4)
+    np.testing.assert_allclose(maps["static"], maps["aligned"], rtol=1e-5, atol=1e-6)  # identity camera
+    shift = eye.clone()
+    shift[:, 0, 2] = 4.0                     # one patch to the right: the alignment changes the map
+    assert not np.allclose(hm.clip_maps(models, video, shift)["aligned"], maps["static"], atol=1e-4)
+
+
+def test_heatmap_section_reads_the_summary(tmp_path):
+    out = tmp_path / "plots"
+    out.mkdir()
+    (out / hm.PNG).write_bytes(b"png")
+    (out / hm.JSON).write_text(json.dumps({"seed": 0, "clips": [
+        {"dataset": "synth_moving", "decision": "aligned", "video_id": "v7", "block": 5,
+         "static_cv": 1.5, "aligned_cv": 0.4}]}))
+    text = "\n".join(report.heatmap_section(tmp_path))
+    assert "](plots/amflow_heatmaps.png)" in text
+    assert "static map has a coefficient of variation of 1.50 and the aligned map 0.40, so the aligned map is " \
+           "more uniform" in text
+
+
+def test_write_heatmaps_end_to_end(tmp_path):
+    """Real frame caches, motion files, camera decisions and a checkpoint in the trainer's format."""
+    import torch
+
+    from amflow.params import validate
+    from amflow.train import checkpoint as ckpt
+    from amflow.train.run import CHECKPOINT, build_run_model, params_digest, run_paths
+    from standins_train import make_tiny_dataset
+
+    data, results = tmp_path / "data", tmp_path / "results"
+    names = {"tiny_s": "static", "tiny_m": "aligned"}
+    p = validate({
+        "name": "tiny", "table_datasets": list(names), "seeds": [3], "methods": ["amflow"],
+        "datasets": {d: {"source": "synthmotion", "short_side": 16, "synth": {"camera": "static"}} for d in names},
+        "sampling": {"num_frames": 4, "crop_size": 16},
+        "backbone": {"model": "vit_tiny_patch16_224", "weights": "random",
+                     "kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}},
+        "model": {"adapter": {"bottleneck": 8}, "am_flow": {"variant": "auto"}}})
+    for d, decision in names.items():
+        rp = run_paths(p, d, "amflow", 3, data, results)
+        make_tiny_dataset(data, d, size=16, frames=8, per_split={"train": 4, "val": 2, "test": 3})
+        n_frames = (4 + 2 + 3) * 8              # videos x frames in the cache
+        transforms = np.tile(np.eye(3, dtype=np.float32), (n_frames, 1, 1))
+        moving = np.zeros(9, bool)
+        if decision == "aligned":
+            transforms[:, 0, 2] = 1.0            # a one-pixel pan per frame
+            moving[[0, 7, 8]] = True            # test videos are positions 6, 7, 8: the choice is 7
+        np.savez(rp.motion, transforms=transforms, valid=np.ones(n_frames, bool), video_moving=moving)
+        write(results / d / "camera_motion.json", {"decision": decision, "share_moving": 0.0})
+        model = build_run_model(p, d, "amflow", 4, decision, None, 3)
+        with torch.no_grad():                     # trained-looking weights: non-zero up-projections
+            for name, prm in model.named_parameters():
+                if prm.requires_grad:
+                    prm.add_(0.05 * torch.randn_like(prm))
+        ckpt.save_checkpoint(rp.run_dir / CHECKPOINT, {
+            "format": ckpt.FORMAT, "epoch": 1, "model": ckpt.trainable_state(model), "optimizer": {},
+            "scheduler": {}, "history": [], "frozen_fingerprint": ckpt.frozen_fingerprint(model),
+            "meta": {"num_classes": 4, "compat": {"params_digest": params_digest(p, d), "am_flow_variant": decision}}})
+    summary = hm.write_heatmaps(p, data_dir=data, results_dir=results)
+    assert [(c["dataset"], c["decision"], c["video_id"]) for c in summary["clips"]] == \
+        [("tiny_s", "static", "test000"), ("tiny_m", "aligned", "test001")]
+    assert all(c["block"] == 1 and np.isfinite(c["static_cv"]) for c in summary["clips"])
+    static_clip, moving_clip = summary["clips"]
+    assert static_clip["static_cv"] == pytest.approx(static_clip["aligned_cv"])   # identity: the same maps
+    assert moving_clip["static_cv"] != pytest.approx(moving_clip["aligned_cv"])
+    with Image.open(results / "plots" / hm.GIF) as g:
+        assert g.n_frames == 4
+    assert json.loads((results / "plots" / hm.JSON).read_text()) == summary
+    # a run trained with other params is refused rather than plotted
+    p2 = p.model_copy(update={"model": p.model.model_copy(update={"am_flow": p.model.am_flow.model_copy(
+        update={"temperature": 9.0})})})
+    with pytest.raises(AmflowError, match="other params"):
+        hm.write_heatmaps(p2, data_dir=data, results_dir=results)

@@ -1,0 +1,202 @@
+"""Result tables: values equal the runs' metrics, documented columns, same bytes twice, clear errors."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from amflow import paths
+from amflow.errors import AmflowError
+from amflow.params import load_params
+from amflow.report import tables
+from amflow.workflow_plan import ablation_runs, table_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ("synth_static", "synth_moving")
+
+# top-1 per (dataset, method) for seeds 0 and 1; every other figure derives from it.
+TOP1 = {
+    ("synth_static", "frame"): (0.40, 0.42), ("synth_static", "tpa"): (0.60, 0.64),
+    ("synth_static", "amflow"): (0.70, 0.74),
+    ("synth_moving", "frame"): (0.30, 0.30), ("synth_moving", "tpa"): (0.55, 0.59),
+    ("synth_moving", "amflow"): (0.50, 0.52),   # AM flow loses to TPA here
+}
+# Variant ablation: aligned beats static on the moving camera, not on the static one.
+VARIANT_TOP1 = {("static", "synth_static"): 0.70, ("aligned", "synth_static"): 0.69,
+                ("static", "synth_moving"): 0.45, ("aligned", "synth_moving"): 0.58}
+
+
+def small_params(**extra):
+    """2 datasets x 3 methods x 2 seeds, and a small ablation grid."""
+    overrides = {"methods": ["frame", "tpa", "amflow"], "seeds": [0, 1],
+                 "ablations": {"variants": ["none", "static", "aligned"], "tpus": ["transformer", "tcn"],
+                               "source_layers": ["same"], "num_blocks": [2], "frames": [4]}}
+    overrides.update(extra)
+    return load_params(ROOT / "params/default.yaml", overrides)
+
+
+def metrics(dataset, method, seed, top1, *, reversed_top1=None, forward=None, **extra):
+    m = {"dataset": dataset, "method": method, "seed": seed, "top1": top1, "top5": min(1.0, top1 + 0.2),
+         "mean_class_acc": top1 - 0.01, "views": 1, "trainable_params": {"frame": 1548}.get(method, 90000),
+         "total_params": 1_300_000, "gflops_per_clip": 0.123456, "train_time_s": 60.0 + 10 * seed,
+         "eval_time_s": 5.0, "val_curve": [top1 / 3, top1 * 0.8, top1], "epochs_to_90pct": 2 + seed,
+         "am_flow_variant": "aligned" if method == "amflow" and dataset == "synth_moving" else
+         ("static" if method == "amflow" else "none"),
+         "reversed_top1": reversed_top1, "forward_top1_paired": forward}
+    m.update(extra)
+    return m
+
+
+def write(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def write_runs(params, results: Path, top1=TOP1) -> None:
+    for d, m, s in table_runs(params):
+        t = top1[(d, m)][s]
+        # Temporal diagnostic only on the static dataset: the frame model is order-blind (sum <= 1).
+        rev, fwd = ((0.1 if m == "frame" else t - 0.05), (0.45 if m == "frame" else t)) \
+            if d == "synth_static" else (None, None)
+        write(paths.run_dir(results, d, m, s) / "metrics.json", metrics(d, m, s, t, reversed_top1=rev, forward=fwd))
+
+
+def write_ablations(params, results: Path) -> None:
+    for r in ablation_runs(params):
+        t = VARIANT_TOP1.get((r.value, r.dataset), 0.5 + 0.01 * len(r.value)) + 0.02 * r.seed
+        write(paths.ablation_run_dir(results, r.axis, r.value, r.dataset, r.seed) / "metrics.json",
+              metrics(r.dataset, "amflow", r.seed, t, am_flow_variant=r.value if r.axis == "variant" else "aligned"))
+
+
+def read_csv(path):
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+# --------------------------------------------------------------------------- table 1
+def test_table1_values_equal_the_metrics(tmp_path):
+    p = small_params()
+    write_runs(p, tmp_path)
+    tables.write_tables(p, tmp_path, which="table1")
+    t = read_csv(tmp_path / "table1.csv")
+    assert list(t.columns) == tables.TABLE1_COLUMNS
+    assert list(zip(t["dataset"], t["method"])) == [(d, m) for d in DATASETS for m in ("frame", "tpa", "amflow")]
+    row = t[(t["dataset"] == "synth_static") & (t["method"] == "tpa")].iloc[0]
+    assert row["n_seeds"] == "2"
+    assert row["top1_pct_mean"] == "62.00"
+    assert row["top1_pct_std"] == "2.83"            # sample std of 60 and 64 = 2.828...
+    assert row["top5_pct_mean"] == "82.00"
+    assert row["mean_class_acc_pct_mean"] == "61.00"
+    assert row["reversed_top1_pct_mean"] == "57.00"
+    assert row["forward_top1_paired_pct_mean"] == "62.00"
+    assert row["epochs_to_90pct_mean"] == "2.50" and row["epochs_to_90pct_std"] == "0.71"
+    assert row["train_time_s_mean"] == "65.0" and row["train_time_s_std"] == "7.1"
+    assert (row["trainable_params"], row["total_params"], row["gflops_per_clip"]) == ("90000", "1300000", "0.1235")
+    assert row["am_flow_variant"] == "none" and row["views"] == "1"
+    moving = t[(t["dataset"] == "synth_moving") & (t["method"] == "amflow")].iloc[0]
+    assert moving["top1_pct_mean"] == "51.00" and moving["am_flow_variant"] == "aligned"
+    # no time-reversal pairs: empty, not 0 or NaN text
+    assert moving["reversed_top1_pct_mean"] == "" and moving["reversed_top1_pct_std"] == ""
+
+
+def test_single_seed_has_empty_std(tmp_path):
+    p = small_params(seeds=[0])
+    write_runs(p, tmp_path)
+    t = read_csv(tables.write_tables(p, tmp_path, which="table1")[0])
+    assert set(t["n_seeds"]) == {"1"} and set(t["top1_pct_std"]) == {""}
+    assert t.loc[0, "top1_pct_mean"] == "40.00"
+
+
+def test_tables_are_pure(tmp_path):
+    p = small_params()
+    write_runs(p, tmp_path)
+    write_ablations(p, tmp_path)
+    first = {w: [f.read_bytes() for f in tables.write_tables(p, tmp_path, which=w)] for w in ("table1", "ablations")}
+    # Same content, other key order and newer files: same bytes.
+    for f in tmp_path.rglob("metrics.json"):
+        f.write_text(json.dumps(dict(reversed(list(json.loads(f.read_text()).items())))))
+    second = {w: [f.read_bytes() for f in tables.write_tables(p, tmp_path, which=w)] for w in ("table1", "ablations")}
+    assert first == second
+
+
+def test_missing_metrics_names_file_and_command(tmp_path):
+    p = small_params()
+    write_runs(p, tmp_path)
+    gone = paths.run_dir(tmp_path, "synth_moving", "tpa", 1) / "metrics.json"
+    gone.unlink()
+    with pytest.raises(AmflowError) as err:
+        tables.write_tables(p, tmp_path, which="table1")
+    assert str(gone) in str(err.value) and "snakemake" in str(err.value)
+    assert not (tmp_path / "table1.csv").exists()
+
+
+def test_inconsistent_runs_are_errors(tmp_path):
+    p = small_params()
+    write_runs(p, tmp_path)
+    f = paths.run_dir(tmp_path, "synth_static", "amflow", 1) / "metrics.json"
+    m = json.loads(f.read_text())
+    write(f, {**m, "trainable_params": 1})                 # seeds ran different models
+    with pytest.raises(AmflowError, match="trainable_params"):
+        tables.table1(p, tmp_path)
+    write(f, {**m, "dataset": "synth_moving"})             # a file copied into the wrong run folder
+    with pytest.raises(AmflowError, match="copied or moved"):
+        tables.table1(p, tmp_path)
+    write(f, {**m, "top1": 71.0})                          # percent where a fraction belongs
+    with pytest.raises(AmflowError, match="fractions"):
+        tables.table1(p, tmp_path)
+    write(f, {k: v for k, v in m.items() if k != "val_curve"})
+    with pytest.raises(AmflowError, match="val_curve"):
+        tables.table1(p, tmp_path)
+
+
+# --------------------------------------------------------------------------- ablations
+def test_ablation_tables_cover_every_run(tmp_path):
+    p = small_params()
+    write_runs(p, tmp_path)
+    write_ablations(p, tmp_path)
+    (tmp_path / "ablation_stale.csv").write_text("kept: not an axis")
+    written = tables.write_tables(p, tmp_path, which="ablations")
+    assert written[-1] == tmp_path / "ablations.csv"
+    long = read_csv(tmp_path / "ablations.csv")
+    assert list(long.columns) == tables.ABLATION_COLUMNS
+    want = list(dict.fromkeys((r.axis, r.value, r.dataset) for r in ablation_runs(p)))
+    assert list(zip(long["axis"], long["value"], long["dataset"])) == want
+    assert set(long["n_seeds"]) == {"2"}
+    row = long[(long["axis"] == "variant") & (long["value"] == "aligned") & (long["dataset"] == "synth_moving")]
+    assert row.iloc[0]["top1_pct_mean"] == "59.00" and row.iloc[0]["am_flow_variant"] == "aligned"
+    for axis in ("variant", "tpu", "source", "blocks", "frames"):
+        per_axis = read_csv(tmp_path / f"ablation_{axis}.csv")
+        mine = long[long["axis"] == axis].drop(columns="axis").reset_index(drop=True)
+        pd.testing.assert_frame_equal(per_axis, mine)
+    assert (tmp_path / "ablation_stale.csv").exists()
+
+
+def test_axis_without_runs_leaves_no_stale_file(tmp_path):
+    p = small_params()
+    write_ablations(p, tmp_path)
+    tables.write_tables(p, tmp_path, which="ablations")
+    assert (tmp_path / "ablation_frames.csv").exists()
+    p2 = small_params(ablations={"variants": ["static", "aligned"], "tpus": ["transformer", "tcn"],
+                                 "source_layers": ["same"], "num_blocks": [2], "frames": []})
+    tables.write_tables(p2, tmp_path, which="ablations")
+    assert not (tmp_path / "ablation_frames.csv").exists()
+    assert "frames" not in set(read_csv(tmp_path / "ablations.csv")["axis"])
+
+
+def test_variant_pivot(tmp_path):
+    p = small_params()
+    write_ablations(p, tmp_path)
+    pivot = tables.variant_pivot(tables.ablation_table(p, tmp_path))
+    assert list(pivot.index) == ["none", "static", "aligned"] and list(pivot.columns) == list(DATASETS)
+    assert pivot.loc["aligned", "synth_moving"] == pytest.approx(59.0)
+    assert pivot.loc["static", "synth_static"] == pytest.approx(71.0)
+
+
+def test_read_table_round_trips(tmp_path):
+    p = small_params()
+    write_runs(p, tmp_path)
+    tables.write_tables(p, tmp_path, which="table1")
+    back = tables.read_table(tmp_path / "table1.csv", "make it")
+    assert back["top1_pct_mean"].dtype.kind == "f" and back.loc[0, "top1_pct_mean"] == 41.0
+    assert pd.isna(back.loc[3, "reversed_top1_pct_mean"])
+    with pytest.raises(AmflowError, match="make it"):
+        tables.read_table(tmp_path / "nope.csv", "make it")
