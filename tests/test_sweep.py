@@ -1,0 +1,239 @@
+"""Optuna sweeps: exact trial counts with several workers, pruning, resume after a kill, export."""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from standins_train import CLASSES, tiny_params
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def make_colour_dataset(data_dir: Path, size: int = 16, frames: int = 8) -> None:
+    """A dataset any frozen random backbone separates in one epoch: the class is the clip's colour.
+
+    Sweep tests need trials whose validation accuracy depends on the hyperparameters from the first
+    epoch (the pruner compares epochs), which a temporal task on a random backbone does not give.
+    """
+    import json
+
+    import numpy as np
+
+    from amflow import paths
+    from amflow.data.frame_cache import write_cache
+
+    colours = np.array([[230, 30, 30], [30, 230, 30], [30, 30, 230], [230, 230, 30]], dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    root = data_dir / "tiny"
+    root.mkdir(parents=True)
+    (root / "classes.txt").write_text("".join(f"{c}\n" for c in CLASSES))
+    (root / "dataset.json").write_text(json.dumps({"source": "test"}))
+    videos = []
+    for split, n in {"train": 48, "val": 16, "test": 8}.items():
+        for i in range(n):
+            noise = rng.integers(0, 40, size=(frames, size, size, 3))
+            clip = np.clip(colours[i % 4] * 0.8 + noise, 0, 255).astype(np.uint8)
+            videos.append({"video_id": f"{split}{i:03d}", "split": split, "label": i % 4, "frames": clip})
+    write_cache(paths.frames_dir(data_dir, "tiny"), videos)
+
+
+def _setup(tmp_path, trials=3, space=None, pruner=None, fixed=None):
+    data_dir, results_dir = tmp_path / "data", tmp_path / "results"
+    make_colour_dataset(data_dir)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(tiny_params(epochs=2, warmup_epochs=0).model_dump(mode="json")))
+    spec = {"trials": trials, "seed": 0, "pruner": pruner or {"type": "none"}, "fixed": fixed or {},
+            "space": space or {"train.lr": {"type": "float", "low": 0.001, "high": 0.01, "log": True},
+                               "model.adapter.bottleneck": {"type": "categorical", "choices": [4, 8]}}}
+    space_file = tmp_path / "sweep.yaml"
+    space_file.write_text(yaml.safe_dump(spec))
+    return data_dir, results_dir, params_file, space_file
+
+
+def _args(tmp_path, params_file, space_file, **kw):
+    ns = dict(params=str(params_file), space=str(space_file), dataset="tiny", method="frame", trials=None, workers=1,
+              storage=None, study_name="s", output=None, data_dir=tmp_path / "data",
+              results_dir=tmp_path / "results")
+    ns.update(kw)
+    return argparse.Namespace(**ns)
+
+
+def _study(url, name="s"):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=url)
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("PYTHONPATH", f"{ROOT / 'tests'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+
+
+def _check_exact(study, trials_dir: Path, n: int):
+    from optuna.trial import TrialState
+
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == n
+    # No trial run twice: each finished trial trained in its own folder, and no extra folder exists.
+    numbers = sorted(t.number for t in finished)
+    dirs = sorted(int(p.name.split("_")[1]) for p in trials_dir.iterdir())
+    assert set(numbers) <= set(dirs)
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+
+
+def test_two_workers_finish_exactly_the_requested_trials(tmp_path):
+    from amflow.params import load_params
+    from amflow.sweep.run import run_sweep
+
+    _, results_dir, params_file, space_file = _setup(tmp_path, trials=3)
+    summary = run_sweep(_args(tmp_path, params_file, space_file, workers=2))
+    folder = results_dir / "sweeps/tiny/frame"
+    study = _study(summary["storage"])
+    _check_exact(study, folder / "trials", 3)
+    assert len(list((folder / "trials").iterdir())) == 3
+    # The exported params validate, carry the best trial's values, and drive a training run.
+    best = load_params(folder / "best.yaml")
+    assert best.model.adapter.bottleneck == summary["best"]["params"]["model.adapter.bottleneck"]
+    assert best.train.lr == pytest.approx(summary["best"]["params"]["train.lr"])
+    assert (folder / "optimization_history.png").stat().st_size > 0
+    from amflow.train.run import train_run
+
+    out = train_run(best, dataset="tiny", method="frame", seed=0, data_dir=tmp_path / "data",
+                    results_dir=results_dir, run_dir=tmp_path / "best_run", progress=False)
+    assert len(out["history"]) == best.train.epochs
+    # MLflow: one parent run for the study, one nested run per trial.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parents = [r for r in runs if r.data.tags.get("stage") == "sweep"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == 3
+    assert float(parents[0].data.metrics["best_value"]) == pytest.approx(summary["best"]["value"])
+
+
+def test_pruner_prunes_a_bad_configuration(tmp_path):
+    from amflow.sweep.run import load_study, worker
+    from amflow.sweep.space import load_sweep_spec
+
+    _, results_dir, params_file, space_file = _setup(
+        tmp_path, trials=2, pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+        space={"train.lr": {"type": "float", "low": 1e-9, "high": 0.02, "log": True}})
+    spec = load_sweep_spec(space_file)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = load_study(url, "s", spec)
+    study.enqueue_trial({"train.lr": 0.02})   # learns the colours in one epoch
+    study.enqueue_trial({"train.lr": 1e-9})   # cannot learn anything: must be pruned after epoch 1
+    ctx = dict(spec=spec, params_file=str(params_file), dataset="tiny", method="frame", seed=0,
+               data_dir=str(tmp_path / "data"), results_dir=str(results_dir), folder=str(tmp_path / "sw"),
+               storage=url, study_name="s", trials=2, parent_run_id=None)
+    worker(ctx)
+    states = [t.state.name for t in load_study(url, "s", spec).trials]
+    assert states == ["COMPLETE", "PRUNED"]
+    # The pruned trial stopped early: fewer epochs logged than the budget.
+    log = (tmp_path / "sw/trials/trial_0001/train_log.csv").read_text().strip().splitlines()
+    assert len(log) - 1 < 2
+
+
+def test_killed_sweep_resumes_to_the_requested_count(tmp_path):
+    # Longer trials, so that the kill lands inside one.
+    _, results_dir, params_file, space_file = _setup(tmp_path, trials=3, fixed={"train.epochs": 40})
+    cmd = [sys.executable, "-m", "amflow.cli", "sweep", "--params", str(params_file), "--space", str(space_file),
+           "--dataset", "tiny", "--method", "frame", "--study-name", "s", "--data-dir", str(tmp_path / "data"),
+           "--results-dir", str(results_dir)]
+    url = f"sqlite:///{(results_dir / 'sweeps/tiny/frame/study.db').resolve()}"
+    from optuna.trial import TrialState
+
+    log = open(tmp_path / "first_run.log", "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    trials_dir = results_dir / "sweeps/tiny/frame/trials"
+    deadline = time.time() + 240
+    try:
+        # Kill while trial 1 is running, after trial 0 finished. Watch the run folders rather than the
+        # study database, so the test never competes with the sweep for the database.
+        while time.time() < deadline:
+            time.sleep(0.2)
+            assert proc.poll() is None, (tmp_path / "first_run.log").read_text()[-3000:]
+            if (trials_dir / "trial_0000/train.json").exists() and (trials_dir / "trial_0001/checkpoint.pt").exists():
+                break
+        else:
+            pytest.fail("the sweep never reached its second trial")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        log.close()
+    assert proc.returncode != 0
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = _study(url)
+    _check_exact(study, results_dir / "sweeps/tiny/frame/trials", 3)
+    interrupted = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert len(interrupted) == 1 and interrupted[0].system_attrs.get("amflow_interrupted")
+    # Its parameters were queued again and finished: nothing lost.
+    redone = [t for t in study.trials if t.state == TrialState.COMPLETE and t.params == interrupted[0].params]
+    assert redone
+
+
+def test_bad_space_key_fails_before_any_trial(tmp_path):
+    from amflow.errors import AmflowError
+    from amflow.sweep.run import run_sweep
+
+    _, results_dir, params_file, space_file = _setup(
+        tmp_path, space={"model.adapter.bottlneck": {"type": "categorical", "choices": [4]}})
+    with pytest.raises(AmflowError, match="bottlneck"):
+        run_sweep(_args(tmp_path, params_file, space_file))
+    assert not (results_dir / "sweeps/tiny/frame/trials").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres(tmp_path):
+    """A throwaway PostgreSQL server on 127.0.0.1 (installed by .ci/run)."""
+    bindir = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries are not installed (.ci/run installs them)")
+    pgdata = Path("/tmp") / f"amflow-pg-{os.getpid()}-{tmp_path.name}"
+    port = _free_port()
+    as_user = [] if os.geteuid() != 0 else ["runuser", "-u", "postgres", "--"]
+    if as_user:
+        pgdata.mkdir(mode=0o700)
+        shutil.chown(pgdata, "postgres", "postgres")
+    subprocess.run(as_user + [str(bindir / "initdb"), "-D", str(pgdata), "-U", "amflow", "--auth", "trust"],
+                   check=True, capture_output=True)
+    subprocess.run(as_user + [str(bindir / "pg_ctl"), "-D", str(pgdata), "-w", "-l", str(pgdata / "log"),
+                              "-o", f"-h 127.0.0.1 -p {port} -k {pgdata}", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run(as_user + [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "amflow",
+                                  "optuna"], check=True, capture_output=True)
+        yield f"postgresql://amflow@127.0.0.1:{port}/optuna"
+    finally:
+        subprocess.run(as_user + [str(bindir / "pg_ctl"), "-D", str(pgdata), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(pgdata, ignore_errors=True)
+
+
+def test_two_workers_share_a_postgresql_study(tmp_path, postgres):
+    from amflow.sweep.run import run_sweep
+
+    _, results_dir, params_file, space_file = _setup(tmp_path, trials=3)
+    summary = run_sweep(_args(tmp_path, params_file, space_file, workers=2, storage=postgres))
+    assert summary["storage"] == postgres
+    _check_exact(_study(postgres), results_dir / "sweeps/tiny/frame/trials", 3)
