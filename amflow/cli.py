@@ -41,33 +41,42 @@ def cmd_validate(args) -> None:
 def cmd_prepare(args) -> None:
     from amflow.data.prepare import prepare_dataset
 
-    prepare_dataset(_params(args), args.dataset, args.data_dir / args.dataset)
+    from amflow import paths
+
+    prepare_dataset(_params(args), args.dataset, paths.dataset_dir(args.data_dir, args.dataset))
 
 
 def cmd_pretrain_images(args) -> None:
     from amflow.data.pretrain_images import generate_pretrain_images
 
-    generate_pretrain_images(_params(args), args.data_dir / "pretrain_images")
+    from amflow import paths
+
+    generate_pretrain_images(_params(args), paths.pretrain_images_dir(args.data_dir))
 
 
 def cmd_extract(args) -> None:
+    from amflow import paths
     from amflow.data.extract import extract_frames
 
-    extract_frames(_params(args), args.dataset, args.data_dir / args.dataset, args.data_dir / args.dataset / "frames",
-                   workers=args.workers)
+    extract_frames(_params(args), args.dataset, paths.dataset_dir(args.data_dir, args.dataset),
+                   paths.frames_dir(args.data_dir, args.dataset), workers=args.workers)
 
 
 def cmd_camera_motion(args) -> None:
+    from amflow import paths
     from amflow.camera.stage import run_camera_motion
 
-    run_camera_motion(_params(args), args.dataset, args.data_dir / args.dataset / "frames",
-                      args.results_dir / args.dataset)
+    run_camera_motion(_params(args), args.dataset, paths.frames_dir(args.data_dir, args.dataset),
+                      paths.camera_dir(args.results_dir, args.dataset),
+                      motion_path=paths.motion_file(args.data_dir, args.dataset))
 
 
 def cmd_pretrain_backbone(args) -> None:
     from amflow.train.pretrain_backbone import pretrain_backbone
 
-    pretrain_backbone(_params(args), args.data_dir / "pretrain_images", args.results_dir / "backbone")
+    from amflow import paths
+
+    pretrain_backbone(_params(args), paths.pretrain_images_dir(args.data_dir), paths.backbone_dir(args.results_dir))
 
 
 def cmd_train(args) -> None:
@@ -152,15 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
         "Output: data/pretrain_images/ (images and labels, info.json written last).")
     p = add("extract", cmd_extract, "decode videos into the sharded frame cache",
             "Decode every video of the dataset (decord; PyAV where decord is absent), resize to the short side "
-            "in params, and write a sharded frame cache. Videos that fail to decode are listed in the manifest "
-            "and skipped.\n\nOutputs: data/<dataset>/frames/ (shards, manifest.csv, failures.csv, "
+            "in params, and write a sharded frame cache. Videos that fail to decode are listed in failures.csv "
+            "and skipped.\n\nOutputs: data/frames/<dataset>/ (shards, manifest.csv, failures.csv, "
             "summary.json written last).", dataset=True)
     p.add_argument("--workers", type=int, default=0, help="decoding processes (0 = one per core)")
     add("camera-motion", cmd_camera_motion, "classify camera motion and pick the AM flow variant",
         "Estimate global (camera) motion between frames, classify videos as static or moving camera, and "
         "decide the dataset's AM flow variant (static or aligned). Also caches the per-frame transforms that "
         "the aligned variant needs.\n\nOutputs: results/<dataset>/camera_motion.json, camera_motion.png, "
-        "data/<dataset>/frames/motion.npz.", dataset=True)
+        "data/motion/<dataset>.npz.", dataset=True)
     add("pretrain-backbone", cmd_pretrain_backbone, "pretrain the small ViT of the embedded default",
         "Train the embedded default's small ViT on the single-image attribute set, report per-attribute "
         "accuracy, and stop with an error if it did not learn.\n\nOutputs: results/backbone/backbone.safetensors, "

@@ -49,6 +49,7 @@ class PretrainImagesSpec(Strict):
     resolution: Literal[32, 64] = 32
     difficulty: Literal["easy", "standard"] = "easy"
     seed: int = 1000
+    workers: int = Field(0, ge=0, description="generator processes; 0 = one per core (does not change the output)")
 
 
 class DownloadSpec(Strict):

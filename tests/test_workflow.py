@@ -38,7 +38,7 @@ def test_dvc_yaml_stages_cover_the_pipeline(monkeypatch):
 
 
 def test_snakemake_dry_run_plans_the_table(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "2", "-d", str(ROOT),
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-F", "--cores", "2", "-d", str(ROOT),
                           "-s", str(ROOT / "Snakefile"), "results/table1.csv"],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -27,9 +27,11 @@ rule ablations:
 rule amflow_heatmaps:
     input:
         [str(paths.run_dir(RESULTS, d, "amflow", P.seeds[0]) / "metrics.json") for d in P.table_datasets],
+        [f"{DATA}/motion/{d}.npz" for d in P.table_datasets],
     output:
         png=f"{RESULTS}/plots/amflow_heatmaps.png",
         gif=f"{RESULTS}/plots/amflow_heatmaps.gif",
+        json=f"{RESULTS}/plots/amflow_heatmaps.json",
     shell:
         "amflow heatmaps --params {PARAMS}"
 
@@ -40,6 +42,8 @@ rule report:
         f"{RESULTS}/ablations.csv",
         f"{RESULTS}/plots/amflow_heatmaps.png",
     output:
+        f"{RESULTS}/plots/convergence.png",
+        f"{RESULTS}/plots/accuracy.png",
         f"{RESULTS}/report.md",
     shell:
         "amflow report --params {PARAMS}"

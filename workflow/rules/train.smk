@@ -1,4 +1,7 @@
 # Training and evaluation, one job per (dataset, method, seed), plus the ablation runs.
+#
+# One thread per job by default: on a CPU, several single-threaded runs side by side use the cores
+# better than one multi-threaded run (small models). Cluster profiles raise it (set-threads).
 
 
 def train_inputs(wildcards, method=None):
@@ -11,8 +14,8 @@ def train_inputs(wildcards, method=None):
 
 def launcher(wildcards, resources):
     """Several GPUs: one process per GPU under torchrun (DDP); otherwise a plain process."""
-    if int(resources.gpus) > 1:
-        return f"torchrun --standalone --nproc_per_node {int(resources.gpus)} -m amflow.cli"
+    if int(resources.gpu) > 1:
+        return f"torchrun --standalone --nproc_per_node {int(resources.gpu)} -m amflow.cli"
     return "amflow"
 
 
@@ -24,9 +27,9 @@ rule train:
     params:
         launch=launcher,
         dvc_params=lambda w: [f"datasets.{w.dataset}", "sampling", "model", "train", "backbone"],
-    threads: workflow.cores
+    threads: 1
     resources:
-        gpus=0,
+        gpu=0,
     shell:
         "{params.launch} train --params {PARAMS} --dataset {wildcards.dataset} "
         "--method {wildcards.method} --seed {wildcards.seed}"
@@ -39,7 +42,7 @@ rule evaluate:
         f"{RESULTS}/{{dataset}}/{{method}}/seed{{seed}}/metrics.json",
     params:
         dvc_params=lambda w: [f"datasets.{w.dataset}", "sampling"],
-    threads: workflow.cores
+    threads: 1
     shell:
         "amflow evaluate --params {PARAMS} --dataset {wildcards.dataset} "
         "--method {wildcards.method} --seed {wildcards.seed}"
@@ -60,9 +63,9 @@ rule train_ablation:
         launch=launcher,
         overrides=lambda w: ablation(w).set_args(),
         dvc_params=lambda w: [f"datasets.{w.dataset}", "sampling", "model", "train", "backbone", "ablations"],
-    threads: workflow.cores
+    threads: 1
     resources:
-        gpus=0,
+        gpu=0,
     shell:
         "{params.launch} train --params {PARAMS} --dataset {wildcards.dataset} --method amflow "
         "--seed {wildcards.seed} --run-dir {RESULTS}/ablations/{wildcards.axis}/{wildcards.value}/"
@@ -77,7 +80,7 @@ rule evaluate_ablation:
     params:
         overrides=lambda w: ablation(w).set_args(),
         dvc_params=lambda w: [f"datasets.{w.dataset}", "sampling", "ablations"],
-    threads: workflow.cores
+    threads: 1
     shell:
         "amflow evaluate --params {PARAMS} --dataset {wildcards.dataset} --method amflow "
         "--seed {wildcards.seed} --run-dir {RESULTS}/ablations/{wildcards.axis}/{wildcards.value}/"
