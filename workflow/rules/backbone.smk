@@ -8,7 +8,7 @@ rule pretrain_backbone:
         weights=str(paths.backbone_file(RESULTS)),
         metrics=f"{RESULTS}/backbone/metrics.json",
     params:
-        dvc_params=["backbone", "pretrain"],
+        dvc_params=tracked("backbone", "pretrain", "pretrain_images"),
     threads: workflow.cores
     shell:
         "amflow pretrain-backbone --params {PARAMS}"

@@ -9,7 +9,7 @@ rule camera_motion:
         png=f"{RESULTS}/{{dataset}}/camera_motion.png",
         motion=f"{DATA}/motion/{{dataset}}.npz",
     params:
-        dvc_params=lambda w: ["camera_motion"],
+        dvc_params=tracked("datasets.{dataset}", "camera_motion"),
     threads: workflow.cores
     shell:
         "amflow camera-motion --params {PARAMS} --dataset {wildcards.dataset}"

@@ -22,9 +22,25 @@ wildcard_constraints:
     axis=r"[a-z_]+",
 
 
-def dataset_params(wildcards):
-    """The params keys a dataset-level stage depends on (DVC reads this)."""
-    return [f"datasets.{wildcards.dataset}"]
+def tracked(*keys):
+    """The params a rule depends on, as ``{key: value}`` (keys may name wildcards: "datasets.{dataset}").
+
+    Given as the rule's ``params.dvc_params``: Snakemake reruns the job when one of these values
+    changes (its "params" rerun trigger), and `amflow dvc-yaml` lists the keys as the DVC stage's params.
+    """
+    data = P.model_dump(mode="json")
+
+    def values(wildcards):
+        out = {}
+        for key in keys:
+            key = key.format(**dict(wildcards.items()))
+            node = data
+            for part in key.split("."):
+                node = node[part]
+            out[key] = node
+        return out
+
+    return values
 
 
 def backbone_inputs(wildcards=None):

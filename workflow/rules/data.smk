@@ -5,7 +5,7 @@ rule prepare_dataset:
     output:
         f"{DATA}/{{dataset}}/dataset.json",
     params:
-        dvc_params=dataset_params,
+        dvc_params=tracked("datasets.{dataset}"),
         dvc_outs=lambda w: [f"{DATA}/{w.dataset}"],
     resources:
         runtime=240,
@@ -17,7 +17,7 @@ rule pretrain_images:
     output:
         f"{DATA}/pretrain_images/info.json",
     params:
-        dvc_params=["pretrain_images"],
+        dvc_params=tracked("pretrain_images"),
         dvc_outs=[f"{DATA}/pretrain_images"],
     shell:
         "amflow pretrain-images --params {PARAMS}"
@@ -29,7 +29,7 @@ rule extract_frames:
     output:
         f"{DATA}/frames/{{dataset}}/summary.json",
     params:
-        dvc_params=dataset_params,
+        dvc_params=tracked("datasets.{dataset}"),
         dvc_outs=lambda w: [f"{DATA}/frames/{w.dataset}"],
     threads: workflow.cores
     resources:

@@ -7,7 +7,7 @@ rule table1:
     output:
         f"{RESULTS}/table1.csv",
     params:
-        dvc_params=["table_datasets", "methods", "seeds"],
+        dvc_params=tracked("table_datasets", "methods", "seeds"),
     shell:
         "amflow tables --params {PARAMS} --which table1"
 
@@ -19,7 +19,7 @@ rule ablations:
     output:
         f"{RESULTS}/ablations.csv",
     params:
-        dvc_params=["ablations", "seeds"],
+        dvc_params=tracked("ablations", "seeds"),
     shell:
         "amflow tables --params {PARAMS} --which ablations"
 

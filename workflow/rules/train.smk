@@ -26,7 +26,7 @@ rule train:
         f"{RESULTS}/{{dataset}}/{{method}}/seed{{seed}}/train.json",
     params:
         launch=launcher,
-        dvc_params=lambda w: [f"datasets.{w.dataset}", "sampling", "model", "train", "backbone"],
+        dvc_params=tracked("datasets.{dataset}", "sampling", "model", "train", "backbone", "camera_motion"),
     threads: 1
     resources:
         gpu=0,
@@ -41,7 +41,7 @@ rule evaluate:
     output:
         f"{RESULTS}/{{dataset}}/{{method}}/seed{{seed}}/metrics.json",
     params:
-        dvc_params=lambda w: [f"datasets.{w.dataset}", "sampling"],
+        dvc_params=tracked("datasets.{dataset}", "sampling"),
     threads: 1
     shell:
         "amflow evaluate --params {PARAMS} --dataset {wildcards.dataset} "
@@ -62,7 +62,7 @@ rule train_ablation:
     params:
         launch=launcher,
         overrides=lambda w: ablation(w).set_args(),
-        dvc_params=lambda w: [f"datasets.{w.dataset}", "sampling", "model", "train", "backbone", "ablations"],
+        dvc_params=tracked("datasets.{dataset}", "sampling", "model", "train", "backbone", "camera_motion", "ablations"),
     threads: 1
     resources:
         gpu=0,
@@ -79,7 +79,7 @@ rule evaluate_ablation:
         f"{RESULTS}/ablations/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}/metrics.json",
     params:
         overrides=lambda w: ablation(w).set_args(),
-        dvc_params=lambda w: [f"datasets.{w.dataset}", "sampling", "ablations"],
+        dvc_params=tracked("datasets.{dataset}", "sampling", "ablations"),
     threads: 1
     shell:
         "amflow evaluate --params {PARAMS} --dataset {wildcards.dataset} --method amflow "
