@@ -2,6 +2,8 @@
 
 
 rule camera_motion:
+    # Ahead of training jobs: AM flow runs wait for it, and it is short.
+    priority: 10
     input:
         f"{DATA}/frames/{{dataset}}/summary.json",
     output:

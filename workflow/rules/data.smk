@@ -24,6 +24,8 @@ rule pretrain_images:
 
 
 rule extract_frames:
+    # Ahead of training jobs: AM flow runs wait for it, and it is short.
+    priority: 10
     input:
         f"{DATA}/{{dataset}}/dataset.json",
     output:
