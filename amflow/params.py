@@ -178,7 +178,8 @@ class PretrainSpec(Strict):
     batch_size: int = Field(256, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
-    min_gain_over_chance: float = Field(0.1, ge=0, description="mean attribute accuracy must beat chance by this")
+    min_gain_over_chance: float = Field(0.1, ge=0, description="mean attribute accuracy must beat chance by this "
+                                                                "(0 disables the check: quick runs on tiny sets)")
     seed: int = 0
 
 

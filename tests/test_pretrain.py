@@ -216,3 +216,10 @@ def test_missing_image_set_says_which_stage_to_run(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="pretrain-images"):
         pretrain_backbone(_params(), tmp_path / "nothing", tmp_path / "out")
+
+
+def test_a_zero_threshold_disables_the_check(images_dir, tmp_path):
+    from amflow.train.pretrain_backbone import pretrain_backbone
+
+    pretrain_backbone(_params(epochs=1, min_gain_over_chance=0.0), images_dir, tmp_path / "b")
+    assert (tmp_path / "b" / "backbone.safetensors").is_file()
