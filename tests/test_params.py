@@ -58,7 +58,8 @@ def test_extends_and_overrides(tmp_path):
     child = tmp_path / "child.yaml"
     child.write_text(f"extends: {ROOT / 'params/default.yaml'}\nname: child\ntrain: {{epochs: 3}}\n")
     p = load_params(child, overrides=set_dotted({}, *parse_override("model.adapter.bottleneck=16")))
-    assert p.name == "child" and p.train.epochs == 3 and p.train.lr == 0.001
+    parent = load_params(ROOT / "params/default.yaml")
+    assert p.name == "child" and p.train.epochs == 3 and p.train.lr == parent.train.lr  # inherited
     assert p.model.adapter.bottleneck == 16
 
 
