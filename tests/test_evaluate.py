@@ -144,17 +144,12 @@ def test_predict_decodes_a_real_video_file(trained, tmp_path):
 
     from amflow.evaluate.predict import predict_video
     from standins_train import moving_square
+    from video_files import write_mp4
 
     root, *_ = trained
     path = tmp_path / "clip.mp4"
     frames = moving_square(1, 12, 32, np.random.default_rng(0))
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.width = stream.height = 32
-        stream.pix_fmt = "yuv420p"
-        for f in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-        out.mux(stream.encode())
+    write_mp4(path, frames)
     top = predict_video(path, root / "results" / "tiny" / "amflow" / "seed0", top_k=10)
     assert len(top) == len(CLASSES)                                  # k is capped at the class count
     assert sum(p for _, p in top) == pytest.approx(1.0, abs=1e-5)

@@ -5,12 +5,12 @@ import json
 import os
 import tempfile
 
-import av
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
 
+from video_files import write_mp4
 from amflow.data import annotations as ann
 from amflow.data import extract as extract_mod
 from amflow.data import frame_cache as fc
@@ -21,18 +21,6 @@ from amflow.errors import AmflowError
 from amflow.params import validate
 
 LENGTHS = {"train": [30, 31, 29, 33, 30], "val": [30, 32], "test": [28, 30]}
-
-
-def write_mp4(path, frames: np.ndarray, fps: int = 25) -> None:
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.height, s.width = frames.shape[1:3]
-        s.pix_fmt = "yuv420p"
-        for f in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
 
 
 def moving_texture(t: int, h: int, w: int, seed: int) -> np.ndarray:

@@ -8,24 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
+from video_files import write_mp4
 from amflow.data import video as video_mod
 from amflow.data.video import VideoDecodeError, read_frames, read_video, resolve_backend, video_info
 from amflow.errors import AmflowError
 
 decord = pytest.importorskip("decord")
-
-
-def write_mp4(path, frames: np.ndarray, fps: int = 25) -> None:
-    """uint8 [T,H,W,3] RGB -> H.264 yuv420p mp4 (PyAV)."""
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.height, s.width = frames.shape[1:3]
-        s.pix_fmt = "yuv420p"
-        for f in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
 
 
 def textured(t: int, h: int, w: int, seed: int = 0) -> np.ndarray:
