@@ -140,8 +140,6 @@ def test_predict_samples_like_the_evaluation(trained, monkeypatch):
 
 
 def test_predict_decodes_a_real_video_file(trained, tmp_path):
-    import av
-
     from amflow.evaluate.predict import predict_video
     from standins_train import moving_square
     from video_files import write_mp4
