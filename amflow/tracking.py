@@ -77,9 +77,20 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         except OSError as exc:
             raise AmflowError(f"MLflow store {uri}: cannot create the folder {db.parent} ({exc}); "
                               f"fix the tracking URI or set {SWITCH_ENV}=0") from None
+        _create_sqlite_store(uri, db)
     elif uri.startswith(("file:", "/", "./", "../")) or (":" not in uri and uri != "databricks"):
         raise AmflowError(f"MLflow tracking URI {uri!r} is a file store, which MLflow 3 refuses; "
                           f"use sqlite:///path/to/mlflow.db or an http(s):// server")
+
+
+def _create_sqlite_store(uri: str, db: Path) -> None:
+    """Create a new sqlite store's tables once: parallel jobs (Snakemake, sweep workers) that all find
+    no database would otherwise run MLflow's migrations at the same time and fail."""
+    from filelock import FileLock
+    from mlflow.tracking import MlflowClient
+
+    with FileLock(str(db) + ".lock"):
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:

@@ -115,10 +115,12 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
     pd.testing.assert_frame_equal(log_full, log_part)
 
 
-def test_resume_refuses_a_checkpoint_made_with_other_settings(tmp_path):
+def test_a_checkpoint_made_with_other_settings_is_set_aside_not_resumed(tmp_path, capsys):
     make_trainer(tmp_path, tiny_spec(epochs=1), meta={"compat": {"params_digest": "aaa"}}).fit()
-    with pytest.raises(AmflowError, match="params_digest.*delete the checkpoint"):
-        make_trainer(tmp_path, tiny_spec(epochs=2), meta={"compat": {"params_digest": "bbb"}}).fit()
+    res = make_trainer(tmp_path, tiny_spec(epochs=2), meta={"compat": {"params_digest": "bbb"}}).fit()
+    assert res.resumed_from == 0 and res.epochs_completed == 2          # trained from scratch
+    assert (tmp_path / "checkpoint.stale.pt").exists()                    # the old one kept aside
+    assert "params_digest" in capsys.readouterr().err
 
 
 def test_gradient_accumulation_matches_the_larger_batch(tmp_path):

@@ -202,19 +202,34 @@ class Trainer:
         if not self.checkpoint_path.exists():
             return 0, [], 0.0
         state = ckpt.load_checkpoint(self.checkpoint_path)
-        saved = state["meta"].get("compat", {})
-        for key, value in self.meta.get("compat", {}).items():
-            if key in saved and saved[key] != value:
-                raise AmflowError(
-                    f"{self.checkpoint_path}: this checkpoint was written with a different {key} "
-                    f"({saved[key]!r}, now {value!r}); delete the checkpoint (or use another run folder) "
-                    f"to train with the new settings")
+        stale = self._stale_reason(state)
+        if stale:
+            # The run's settings or backbone changed since this checkpoint (Snakemake and DVC rerun the
+            # job then): resuming would mix two configurations, so start over and keep the old file aside.
+            if self.ctx.is_main:
+                aside = self.checkpoint_path.with_name("checkpoint.stale.pt")
+                os.replace(self.checkpoint_path, aside)
+                print(f"{self.checkpoint_path}: {stale}; moved it to {aside.name} and training from scratch",
+                      file=sys.stderr)
+            self.ctx.barrier()
+            return 0, [], 0.0
         ckpt.load_trainable_state(self.model, state["model"], self.checkpoint_path)
-        if "frozen_fingerprint" in state:
-            ckpt.check_fingerprint(self.model, state["frozen_fingerprint"], self.checkpoint_path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         return int(state["epoch"]), list(state["history"]), float(state.get("elapsed_s", 0.0))
+
+    def _stale_reason(self, state: dict) -> Optional[str]:
+        """Why ``state`` cannot be resumed by this run (different settings or backbone), or None."""
+        saved = state["meta"].get("compat", {})
+        for key, value in self.meta.get("compat", {}).items():
+            if key in saved and saved[key] != value:
+                return f"written with a different {key} ({saved[key]!r}, now {value!r})"
+        if "frozen_fingerprint" in state:
+            try:
+                ckpt.check_fingerprint(self.model, state["frozen_fingerprint"], self.checkpoint_path)
+            except AmflowError:
+                return "written with a different frozen backbone"
+        return None
 
     def _wrap(self) -> torch.nn.Module:
         if not self.ctx.distributed:

@@ -2,6 +2,7 @@
 #
 # The params file is `params/default.yaml`, or the file given with `--configfile` (Snakemake's
 # config then comes from the same file). It is validated by amflow's schema before any job runs.
+import os
 import shlex
 
 from amflow import paths
@@ -23,7 +24,7 @@ wildcard_constraints:
 
 
 def tracked(*keys):
-    """The params a rule depends on, as ``{key: value}`` (keys may name wildcards: "datasets.{dataset}").
+    """The params a job depends on, as a dict key -> value (keys may name wildcards: "datasets.{dataset}").
 
     Given as the rule's ``params.dvc_params``: Snakemake reruns the job when one of these values
     changes (its "params" rerun trigger), and `amflow dvc-yaml` lists the keys as the DVC stage's params.
@@ -45,3 +46,29 @@ def tracked(*keys):
 
 def backbone_inputs(wildcards=None):
     return [str(paths.backbone_file(RESULTS))] if P.backbone.weights == "pretrain" else []
+
+
+def train_inputs(wildcards, method=None):
+    method = method or wildcards.method
+    deps = [f"{DATA}/frames/{wildcards.dataset}/summary.json"] + backbone_inputs()
+    if method == "amflow":  # only AM flow reads the camera decision and the cached transforms
+        deps += [f"{RESULTS}/{wildcards.dataset}/camera_motion.json", f"{DATA}/motion/{wildcards.dataset}.npz"]
+    return deps
+
+
+def launcher(wildcards, resources):
+    """Several GPUs: one process per GPU under torchrun (DDP); otherwise a plain process."""
+    if int(resources.gpu) > 1:
+        return f"torchrun --standalone --nproc_per_node {int(resources.gpu)} -m amflow.cli"
+    return "amflow"
+
+
+def ablation(wildcards):
+    from amflow.workflow_plan import find_ablation
+
+    return find_ablation(P, wildcards.axis, wildcards.value, wildcards.dataset, wildcards.seed)
+
+
+def run_dir_of(wildcards, output):
+    """The run folder of a training or evaluation job: the folder of its first output."""
+    return os.path.dirname(output[0])

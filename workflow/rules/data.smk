@@ -5,22 +5,30 @@ rule prepare_dataset:
     output:
         f"{DATA}/{{dataset}}/dataset.json",
     params:
+        params_file=PARAMS,
         dvc_params=tracked("datasets.{dataset}"),
         dvc_outs=lambda w: [f"{DATA}/{w.dataset}"],
     resources:
         runtime=240,
+    log:
+        "logs/prepare_dataset/{dataset}.log",
     shell:
-        "amflow prepare --params {PARAMS} --dataset {wildcards.dataset}"
+        "amflow prepare --params {params.params_file} --dataset {wildcards.dataset}"
+        " > {log} 2>&1"
 
 
 rule pretrain_images:
     output:
         f"{DATA}/pretrain_images/info.json",
     params:
+        params_file=PARAMS,
         dvc_params=tracked("pretrain_images"),
         dvc_outs=[f"{DATA}/pretrain_images"],
+    log:
+        "logs/pretrain_images.log",
     shell:
-        "amflow pretrain-images --params {PARAMS}"
+        "amflow pretrain-images --params {params.params_file}"
+        " > {log} 2>&1"
 
 
 rule extract_frames:
@@ -31,10 +39,14 @@ rule extract_frames:
     output:
         f"{DATA}/frames/{{dataset}}/summary.json",
     params:
+        params_file=PARAMS,
         dvc_params=tracked("datasets.{dataset}"),
         dvc_outs=lambda w: [f"{DATA}/frames/{w.dataset}"],
     threads: workflow.cores
     resources:
         runtime=600,
+    log:
+        "logs/extract_frames/{dataset}.log",
     shell:
-        "amflow extract --params {PARAMS} --dataset {wildcards.dataset}"
+        "amflow extract --params {params.params_file} --dataset {wildcards.dataset}"
+        " > {log} 2>&1"

@@ -4,54 +4,44 @@
 # better than one multi-threaded run (small models). Cluster profiles raise it (set-threads).
 
 
-def train_inputs(wildcards, method=None):
-    method = method or wildcards.method
-    deps = [f"{DATA}/frames/{wildcards.dataset}/summary.json"] + backbone_inputs()
-    if method == "amflow":  # only AM flow reads the camera decision and the cached transforms
-        deps += [f"{RESULTS}/{wildcards.dataset}/camera_motion.json", f"{DATA}/motion/{wildcards.dataset}.npz"]
-    return deps
-
-
-def launcher(wildcards, resources):
-    """Several GPUs: one process per GPU under torchrun (DDP); otherwise a plain process."""
-    if int(resources.gpu) > 1:
-        return f"torchrun --standalone --nproc_per_node {int(resources.gpu)} -m amflow.cli"
-    return "amflow"
-
-
 rule train:
     input:
         train_inputs,
     output:
         f"{RESULTS}/{{dataset}}/{{method}}/seed{{seed}}/train.json",
     params:
+        params_file=PARAMS,
         launch=launcher,
         dvc_params=tracked("datasets.{dataset}", "sampling", "model", "train", "backbone", "camera_motion"),
     threads: 1
     resources:
         gpu=0,
+    log:
+        "logs/train/{dataset}/{method}/seed{seed}.log",
     shell:
-        "{params.launch} train --params {PARAMS} --dataset {wildcards.dataset} "
+        "{params.launch} train --params {params.params_file} --dataset {wildcards.dataset} "
         "--method {wildcards.method} --seed {wildcards.seed}"
+        " > {log} 2>&1"
 
 
 rule evaluate:
     input:
         f"{RESULTS}/{{dataset}}/{{method}}/seed{{seed}}/train.json",
     output:
-        f"{RESULTS}/{{dataset}}/{{method}}/seed{{seed}}/metrics.json",
+        metrics=f"{RESULTS}/{{dataset}}/{{method}}/seed{{seed}}/metrics.json",
+        per_class=f"{RESULTS}/{{dataset}}/{{method}}/seed{{seed}}/per_class.csv",
+        confusion=f"{RESULTS}/{{dataset}}/{{method}}/seed{{seed}}/confusion.png",
+        curves=f"{RESULTS}/{{dataset}}/{{method}}/seed{{seed}}/curves.png",
     params:
+        params_file=PARAMS,
         dvc_params=tracked("datasets.{dataset}", "sampling"),
     threads: 1
+    log:
+        "logs/evaluate/{dataset}/{method}/seed{seed}.log",
     shell:
-        "amflow evaluate --params {PARAMS} --dataset {wildcards.dataset} "
+        "amflow evaluate --params {params.params_file} --dataset {wildcards.dataset} "
         "--method {wildcards.method} --seed {wildcards.seed}"
-
-
-def ablation(wildcards):
-    from amflow.workflow_plan import find_ablation
-
-    return find_ablation(P, wildcards.axis, wildcards.value, wildcards.dataset, wildcards.seed)
+        " > {log} 2>&1"
 
 
 rule train_ablation:
@@ -60,28 +50,39 @@ rule train_ablation:
     output:
         f"{RESULTS}/ablations/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}/train.json",
     params:
+        params_file=PARAMS,
+        run_dir=run_dir_of,
         launch=launcher,
         overrides=lambda w: ablation(w).set_args(),
         dvc_params=tracked("datasets.{dataset}", "sampling", "model", "train", "backbone", "camera_motion", "ablations"),
     threads: 1
     resources:
         gpu=0,
+    log:
+        "logs/train_ablation/{axis}/{value}/{dataset}/seed{seed}.log",
     shell:
-        "{params.launch} train --params {PARAMS} --dataset {wildcards.dataset} --method amflow "
-        "--seed {wildcards.seed} --run-dir {RESULTS}/ablations/{wildcards.axis}/{wildcards.value}/"
-        "{wildcards.dataset}/seed{wildcards.seed} {params.overrides}"
+        "{params.launch} train --params {params.params_file} --dataset {wildcards.dataset} --method amflow "
+        "--seed {wildcards.seed} --run-dir {params.run_dir} {params.overrides}"
+        " > {log} 2>&1"
 
 
 rule evaluate_ablation:
     input:
         f"{RESULTS}/ablations/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}/train.json",
     output:
-        f"{RESULTS}/ablations/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}/metrics.json",
+        metrics=f"{RESULTS}/ablations/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}/metrics.json",
+        per_class=f"{RESULTS}/ablations/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}/per_class.csv",
+        confusion=f"{RESULTS}/ablations/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}/confusion.png",
+        curves=f"{RESULTS}/ablations/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}/curves.png",
     params:
+        params_file=PARAMS,
+        run_dir=run_dir_of,
         overrides=lambda w: ablation(w).set_args(),
         dvc_params=tracked("datasets.{dataset}", "sampling", "ablations"),
     threads: 1
+    log:
+        "logs/evaluate_ablation/{axis}/{value}/{dataset}/seed{seed}.log",
     shell:
-        "amflow evaluate --params {PARAMS} --dataset {wildcards.dataset} --method amflow "
-        "--seed {wildcards.seed} --run-dir {RESULTS}/ablations/{wildcards.axis}/{wildcards.value}/"
-        "{wildcards.dataset}/seed{wildcards.seed} {params.overrides}"
+        "amflow evaluate --params {params.params_file} --dataset {wildcards.dataset} --method amflow "
+        "--seed {wildcards.seed} --run-dir {params.run_dir} {params.overrides}"
+        " > {log} 2>&1"

@@ -1,0 +1,119 @@
+"""A temporary copy of the project in which the whole pipeline can run (end-to-end, DVC and SLURM tests).
+
+The copy holds what the DAG needs: ``Snakefile``, ``workflow/``, ``params/`` (with ``params/tiny.yaml``
+copied over ``params/default.yaml``, so the DAG's default config is the tiny one), ``amflow/`` (the code,
+and a DVC dep of every stage), ``pyproject.toml``, ``.gitignore``, ``.dvcignore`` and ``.dvc/config``
+when the project has one; ``dvc.yaml`` is then regenerated there with ``amflow dvc-yaml``, so it
+describes that DAG. ``data/`` and ``results/`` start empty.
+
+Commands run in the copy import the copy's ``amflow`` (``PYTHONPATH``), never the checkout's, and may
+write byte code next to it (``PYTHONDONTWRITEBYTECODE`` is cleared), as on a user's machine: a
+``__pycache__`` inside ``amflow/`` must not change DVC's view of the ``amflow`` dep.
+
+:func:`shared_pipeline_run` runs ``snakemake --cores 2 results/report.md`` once per test session and
+hands the same copy to every module that asks (end-to-end checks, the DVC reproducibility check and
+the SLURM test), so the suite pays for one full pipeline run.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+COPIED = ("Snakefile", "workflow", "params", "amflow", "pyproject.toml", ".gitignore", ".dvcignore")
+IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+PIPELINE_TIMEOUT_S = 1500
+
+
+def project_env(project: Path, **extra: str) -> dict:
+    """Environment for commands run in ``project``: the venv's tools first on PATH, no hub access, an
+    MLflow store inside the copy, the copy's package importable, no stray Snakemake profile."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(project)
+    env["HF_HUB_OFFLINE"] = "1"
+    env["MPLBACKEND"] = "Agg"
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"
+    for name in ("PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED", "SNAKEMAKE_PROFILE", "AMFLOW_TRACKING"):
+        env.pop(name, None)
+    env.update(extra)
+    return env
+
+
+def run(cmd: list, project: Path, *, check: bool = True, timeout: float = PIPELINE_TIMEOUT_S,
+        env: Optional[dict] = None):
+    """Run ``cmd`` in ``project``; on failure, raise with the tail of its output (the test's message)."""
+    out = subprocess.run([str(c) for c in cmd], cwd=project, env=env or project_env(project),
+                         capture_output=True, text=True, timeout=timeout)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} exited {out.returncode}\n--- stdout\n"
+                             f"{out.stdout[-4000:]}\n--- stderr\n{out.stderr[-8000:]}")
+    return out
+
+
+def make_project_copy(dest: Path, params: str = "params/tiny.yaml",
+                      edit: Optional[Callable[[dict], None]] = None) -> Path:
+    """Copy the project into ``dest``, make ``params`` its default config (``edit`` may change it
+    first), and regenerate dvc.yaml there."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in COPIED:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=IGNORE)
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+    for name in (".dvc/config", ".dvc/.gitignore"):  # a committed `dvc init`, if the project has one
+        if (ROOT / name).is_file():
+            (dest / ".dvc").mkdir(exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    if edit is None:
+        shutil.copyfile(ROOT / params, dest / "params" / "default.yaml")
+    else:
+        doc = yaml.safe_load((ROOT / params).read_text())
+        edit(doc)
+        (dest / "params" / "default.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    run([BIN / "amflow", "dvc-yaml"], dest)
+    assert (dest / "dvc.yaml").is_file()
+    return dest
+
+
+def copy_of(project: Path, dest: Path) -> Path:
+    """A copy of a project that has run, modification times kept (Snakemake compares them)."""
+    shutil.copytree(project, dest, symlinks=True)
+    return dest
+
+
+def snakemake(project: Path, *args: str, check: bool = True, timeout: float = PIPELINE_TIMEOUT_S,
+              env: Optional[dict] = None):
+    return run([BIN / "snakemake", *args], project, check=check, timeout=timeout, env=env)
+
+
+def nothing_to_do(out) -> bool:
+    """Snakemake's dry-run verdict when every target is up to date."""
+    return "Nothing to be done" in out.stdout + out.stderr
+
+
+_SHARED: dict[str, Path] = {}
+
+
+def shared_pipeline_run(tmp_path_factory) -> Path:
+    """One project copy in which ``snakemake --cores 2 results/report.md`` ran, once per session."""
+    if "error" in _SHARED:  # failed once: do not pay for it again in the next module
+        raise AssertionError(f"the shared pipeline run failed earlier:\n{_SHARED['error']}")
+    if "report" not in _SHARED:
+        project = make_project_copy(tmp_path_factory.mktemp("e2e") / "project")
+        try:
+            snakemake(project, "--cores", "2", "results/report.md")
+        except AssertionError as exc:
+            _SHARED["error"] = str(exc)
+            raise
+        _SHARED["report"] = project
+    return _SHARED["report"]

@@ -1,0 +1,186 @@
+"""DVC's view of the DAG (issue 9): repro, experiments, metrics, plots, push/pull, and reproducibility.
+
+The project is copied into a temporary git repository (``git init``, ``dvc init``, analytics off, a
+local folder as the default remote) with a trimmed tiny config (:func:`trim`): DVC runs stages one
+after the other, so the full tiny DAG would take as long as the rest of the suite together; the
+trimmed DAG still has every stage kind (dataset, frames, camera motion, pretraining, training and
+evaluation, ablation, tables, heat maps, report). One ``dvc repro`` serves every check; the tests run in
+file order and the experiment (which changes the workspace) comes last.
+
+After ``dvc pull``, Snakemake sees fresh modification times (DVC does not keep them) and would rerun
+everything; the documented step is ``snakemake --touch --cores 1 results/report.md``, which marks the
+pulled outputs up to date without running a job (only after ``dvc status`` reports them unchanged).
+
+Reproducibility (issue 9, item 5): the runs this DVC repro shares with the Snakemake end-to-end run
+(same dataset, method, seed and params) must give identical ``metrics.json`` on CPU, but for
+:data:`NOT_REPRODUCIBLE` (wall-clock measures, and the MLflow run id, which is random by design).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from project_copy import BIN, make_project_copy, nothing_to_do, project_env, run, shared_pipeline_run, snakemake
+
+pytestmark = pytest.mark.slow
+
+# metrics.json fields that differ between two runs of the same config, and why.
+NOT_REPRODUCIBLE = {
+    "train_time_s": "wall-clock seconds of training",
+    "eval_time_s": "wall-clock seconds of evaluation",
+    "mlflow_run_id": "a random id MLflow gives each run",
+}
+# Written by a stage but not versioned by DVC: a pointer into the local MLflow store (mlflow.db is not
+# versioned either), and training without tracking does not write it.
+UNVERSIONED = ("mlflow_run.json",)
+POST_PULL = ("snakemake", "--touch", "--cores", "1", "results/report.md")
+EXP_TARGET = "evaluate--synth_moving--frame--0"
+RUNS = ("synth_moving/frame/seed0", "synth_moving/amflow/seed0", "ablations/variant/none/synth_moving/seed0")
+
+
+def trim(doc: dict) -> None:
+    """The tiny config cut to one dataset, two methods and one ablation run."""
+    doc["table_datasets"] = ["synth_moving"]
+    doc["methods"] = ["frame", "amflow"]
+    doc["ablations"] = {"dataset_pairs": ["synth_moving"], "variants": ["none"], "tpus": [], "source_layers": [],
+                        "num_blocks": [], "frames": [], "dataset": "synth_moving"}
+
+
+def env(project: Path) -> dict:
+    # No MLflow here: DVC is the subject, and every stage saves the ~3 s of opening the store.
+    return project_env(project, AMFLOW_TRACKING="0")
+
+
+def dvc(project: Path, *args: str, check: bool = True):
+    return run([BIN / "dvc", *args], project, check=check, env=env(project))
+
+
+def git(project: Path, *args: str):
+    return run(["git", "-c", "user.name=amflow-test", "-c", "user.email=test@example.invalid", *args], project)
+
+
+def tree_digest(project: Path, roots=("data", "results")) -> dict[str, str]:
+    out = {}
+    for root in roots:
+        for path in sorted((project / root).rglob("*")):
+            if path.is_file() and path.name not in UNVERSIONED and path.name != ".gitignore":
+                out[str(path.relative_to(project))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """The project in a git + DVC repository, after one `dvc repro`, with that state committed."""
+    project = make_project_copy(tmp_path_factory.mktemp("dvc") / "project", edit=trim)
+    remote = project.parent / "remote"
+    git(project, "init", "-q")
+    if not (project / ".dvc").exists():
+        dvc(project, "init", "-q")
+    dvc(project, "config", "core.analytics", "false")
+    dvc(project, "remote", "add", "-d", "local", str(remote))
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "project")
+    repro = dvc(project, "repro")
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "dvc repro")
+    return {"path": project, "remote": remote, "repro": repro.stdout + repro.stderr}
+
+
+def test_repro_builds_every_stage_and_the_targets(repo):
+    import yaml
+
+    project = repo["path"]
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    for name in stages:
+        assert f"Running stage '{name}'" in repo["repro"], f"stage {name} did not run"
+    for target in ("table1.csv", "ablations.csv", "report.md", "ablation_variant.csv", "plots/amflow_heatmaps.gif"):
+        assert (project / "results" / target).is_file(), target
+    for run_dir in RUNS:  # training's side files are DVC outs too (evaluate and predict read them)
+        for name in ("checkpoint.pt", "params.yaml", "train_log.csv", "metrics.json", "confusion.png"):
+            assert (project / "results" / run_dir / name).is_file(), (run_dir, name)
+    status = dvc(project, "status")
+    assert "up to date" in status.stdout, status.stdout
+    assert (project / "amflow" / "__pycache__").is_dir(), "stages should have written byte code (see .dvcignore)"
+
+
+def test_second_repro_runs_nothing(repo):
+    out = dvc(repo["path"], "repro")
+    text = out.stdout + out.stderr
+    assert "Running stage" not in text, text[-3000:]
+    assert "Data and pipelines are up to date." in text, text[-3000:]
+
+
+def test_metrics_show_and_diff(repo):
+    project = repo["path"]
+    shown = json.loads(dvc(project, "metrics", "show", "--json").stdout)
+    data = shown[""]["data"] if "" in shown else next(iter(shown.values()))["data"]
+    for run_dir in RUNS:
+        m = data[f"results/{run_dir}/metrics.json"]["data"]
+        assert 0.0 <= m["top1"] <= 1.0 and m["epochs"] == 2, run_dir
+    assert data["results/synth_moving/camera_motion.json"]["data"]["decision"] == "aligned"
+    assert "results/backbone/metrics.json" in data
+    # nothing changed since the commit of the repro: no difference
+    assert json.loads(dvc(project, "metrics", "diff", "--json").stdout or "{}") == {}
+
+
+def test_plots_show_renders_the_training_curves(repo, tmp_path):
+    project = repo["path"]
+    spec = json.loads(dvc(project, "plots", "show", "--json").stdout)
+    assert not spec.get("errors"), spec.get("errors")
+    assert {"val_top1", "ablation_val_top1"} <= set(spec["data"]), sorted(spec["data"])
+    out = dvc(project, "plots", "show", "-o", str(tmp_path / "plots"))
+    html = (tmp_path / "plots" / "index.html").read_text()
+    assert "vegaEmbed('#val_top1'" in html and "vegaEmbed('#ablation_val_top1'" in html, out.stdout
+    assert "amflow/seed0/train_log.csv" in html and "frame/seed0/train_log.csv" in html  # one line per run
+
+
+def test_push_pull_restores_byte_identical_and_snakemake_keeps_it(repo):
+    project = repo["path"]
+    before = tree_digest(project)
+    assert len(before) > 50
+    dvc(project, "push")
+    for path in ("data", "results", ".dvc/cache", ".snakemake"):
+        shutil.rmtree(project / path, ignore_errors=True)
+    dvc(project, "pull")
+    assert tree_digest(project) == before
+    assert "up to date" in dvc(project, "status").stdout
+    # The documented post-pull step, then Snakemake has nothing to do, and DVC still agrees.
+    snakemake(project, *POST_PULL[1:], env=env(project))
+    out = snakemake(project, "-n", "--cores", "1", "results/report.md", env=env(project))
+    assert nothing_to_do(out), out.stdout[-3000:]
+    assert "up to date" in dvc(project, "status").stdout
+    assert tree_digest(project) == before
+
+
+def test_two_runs_of_the_same_config_give_the_same_metrics(repo, tmp_path_factory):
+    """The DVC repro against the Snakemake end-to-end run (same params for these runs)."""
+    snake = shared_pipeline_run(tmp_path_factory)
+    for run_dir in RUNS:
+        a = json.loads((repo["path"] / "results" / run_dir / "metrics.json").read_text())
+        b = json.loads((snake / "results" / run_dir / "metrics.json").read_text())
+        assert set(a) == set(b), run_dir
+        differ = {k for k in a if a[k] != b[k]} - set(NOT_REPRODUCIBLE)
+        assert not differ, {k: (a[k], b[k]) for k in differ}
+
+
+def test_experiment_with_a_changed_param(repo):
+    project = repo["path"]
+    out = dvc(project, "exp", "run", "-S", "params/default.yaml:train.epochs=1", EXP_TARGET)
+    assert f"Running stage '{EXP_TARGET}'" in out.stdout
+    shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
+    exps = [rev for commit in shown for exp in (commit.get("experiments") or []) for rev in exp["revs"]]
+    assert exps, "dvc exp show lists no experiment"
+    exp = exps[0]["data"]
+    assert exp["params"]["params/default.yaml"]["data"]["train"]["epochs"] == 1
+    metrics = exp["metrics"]["results/synth_moving/frame/seed0/metrics.json"]["data"]
+    assert metrics["epochs"] == 1
+    diff = json.loads(dvc(project, "metrics", "diff", "--json").stdout)
+    epochs = diff["results/synth_moving/frame/seed0/metrics.json"]["epochs"]
+    assert (epochs["old"], epochs["new"]) == (2, 1)
+    params_diff = json.loads(dvc(project, "params", "diff", "--json").stdout)
+    change = params_diff["params/default.yaml"]["train.epochs"]
+    assert (change["old"], change["new"]) == (2, 1)
