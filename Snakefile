@@ -1,4 +1,4 @@
-# AM Flow pipeline. The rules live in workflow/rules/; see docs/pipeline.md.
+# AM Flow pipeline. The rules live in workflow/rules/; see docs/architecture.md.
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/camera.smk"

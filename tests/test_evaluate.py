@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 
 METRICS_KEYS = {"dataset", "method", "seed", "top1", "top5", "mean_class_acc", "views", "trainable_params",
                 "total_params", "gflops_per_clip", "train_time_s", "eval_time_s", "val_curve", "epochs_to_90pct",
-                "am_flow_variant", "reversed_top1", "forward_top1_paired"}
+                "am_flow_variant", "reversed_top1", "forward_top1_paired", "both_directions_top1"}
 
 
 def aligned_params(**overrides):
@@ -84,6 +84,8 @@ def test_metrics_json_has_the_contract_keys(trained):
     assert saved["paired_items"] == saved["num_test"] == 8        # every tiny class has a partner
     assert 0 <= saved["reversed_top1"] <= 1 and 0 <= saved["forward_top1_paired"] <= 1
     assert saved["forward_top1_paired"] == pytest.approx(saved["top1"])
+    assert saved["directional_items"] == 8                          # no tiny class is its own reversal
+    assert 0 <= saved["both_directions_top1"] <= min(saved["reversed_top1"], saved["forward_top1_paired"])
     table = pd.read_csv(run_dir / "per_class.csv")
     assert table["class_name"].tolist() == CLASSES and table["support"].sum() == 8
     for png in ("confusion.png", "curves.png"):

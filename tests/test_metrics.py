@@ -104,5 +104,25 @@ def test_score_reports_reversal_on_the_partner_subset():
     assert s["reversed_top1"] == pytest.approx(2 / 3)
     assert s["forward_top1_paired"] == pytest.approx(2 / 3)   # rows 0,1 right, row 2 wrong
     assert s["paired_items"] == 3
+    assert s["both_directions_top1"] == pytest.approx(1 / 3)  # only row 0 is right both ways
+    assert s["directional_items"] == 3
     none = score(EvalOutputs(probs, labels, np.arange(4), np.zeros((0, 3)), np.zeros(0, int), np.zeros(0, int)), 3)
     assert none["reversed_top1"] is None and none["paired_items"] == 0
+    assert none["both_directions_top1"] is None and none["directional_items"] == 0
+
+
+def test_order_blind_model_scores_zero_both_ways_but_not_on_self_reversing_classes():
+    # Partners 0<->1, class 2 is its own reversal ("stay"). An order-blind model predicts the same
+    # class for a clip and its reversal, so it is never right both ways on 0/1, while class 2 is.
+    labels = np.array([0, 1, 0, 2, 2])
+    preds = np.array([0, 1, 1, 2, 2])
+    probs = onehotish(list(preds), 3)
+    reversal = {0: 1, 1: 0, 2: 2}
+    out = EvalOutputs(probs, labels, np.arange(5), probs.copy(), np.array([reversal[int(y)] for y in labels]),
+                      np.arange(5))
+    s = score(out, 3)
+    assert s["both_directions_top1"] == 0.0
+    assert s["directional_items"] == 3
+    # reversed_top1 alone does not show it: the wrong forward answer on row 2 is right reversed, and
+    # the self-reversing class is right both ways
+    assert s["reversed_top1"] == pytest.approx(3 / 5)

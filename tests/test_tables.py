@@ -35,14 +35,14 @@ def small_params(**extra):
     return load_params(ROOT / "params/default.yaml", overrides)
 
 
-def metrics(dataset, method, seed, top1, *, reversed_top1=None, forward=None, **extra):
+def metrics(dataset, method, seed, top1, *, reversed_top1=None, forward=None, both=None, **extra):
     m = {"dataset": dataset, "method": method, "seed": seed, "top1": top1, "top5": min(1.0, top1 + 0.2),
          "mean_class_acc": top1 - 0.01, "views": 1, "trainable_params": {"frame": 1548}.get(method, 90000),
          "total_params": 1_300_000, "gflops_per_clip": 0.123456, "train_time_s": 60.0 + 10 * seed,
          "eval_time_s": 5.0, "val_curve": [top1 / 3, top1 * 0.8, top1], "epochs_to_90pct": 2 + seed,
          "am_flow_variant": "aligned" if method == "amflow" and dataset == "synth_moving" else
          ("static" if method == "amflow" else "none"),
-         "reversed_top1": reversed_top1, "forward_top1_paired": forward}
+         "reversed_top1": reversed_top1, "forward_top1_paired": forward, "both_directions_top1": both}
     m.update(extra)
     return m
 
@@ -55,10 +55,11 @@ def write(path: Path, data: dict) -> None:
 def write_runs(params, results: Path, top1=TOP1) -> None:
     for d, m, s in table_runs(params):
         t = top1[(d, m)][s]
-        # Temporal diagnostic only on the static dataset: the frame model is order-blind (sum <= 1).
-        rev, fwd = ((0.1 if m == "frame" else t - 0.05), (0.45 if m == "frame" else t)) \
-            if d == "synth_static" else (None, None)
-        write(paths.run_dir(results, d, m, s) / "metrics.json", metrics(d, m, s, t, reversed_top1=rev, forward=fwd))
+        # Temporal diagnostic only on the static dataset: the frame model is order-blind (never right both ways).
+        rev, fwd, both = ((0.1 if m == "frame" else t - 0.05), (0.45 if m == "frame" else t),
+                          (0.0 if m == "frame" else t - 0.1)) if d == "synth_static" else (None, None, None)
+        write(paths.run_dir(results, d, m, s) / "metrics.json",
+              metrics(d, m, s, t, reversed_top1=rev, forward=fwd, both=both))
 
 
 def write_ablations(params, results: Path) -> None:

@@ -9,7 +9,11 @@ Temporal-sensitivity diagnostic: when ``data/<D>/dataset.json`` has ``time_rever
 label index of the time-reversed action, keys as strings), the test clips of classes with a partner
 are also played backwards (the T axis flipped; camera transforms reversed and inverted,
 ``H'_t = inv(H_{T-2-t})``) and scored against the partner labels: ``reversed_top1``. A model blind to
-frame order cannot tell a class from its reversal, so it stays near chance within each pair.
+frame order cannot tell a class from its reversal, so it stays near chance within each pair. The sharp
+test is ``both_directions_top1``: over the clips whose class differs from its reversal, the share
+classified right *both* forwards and backwards. An order-blind model gives a clip and its reversal
+the same prediction, so it scores exactly 0; anything above 0 is direct evidence of using frame order
+(``reversed_top1`` alone is not: classes that are their own reversal, like "stay", count there).
 ``forward_top1_paired`` is the ordinary top-1 on the same subset, for comparison.
 """
 from __future__ import annotations
@@ -125,11 +129,18 @@ def score(out: EvalOutputs, num_classes: int) -> dict:
         "num_test": int(len(out.labels)),
         "classes_in_test": int(len(np.unique(out.labels))),
         "reversed_top1": None, "forward_top1_paired": None, "paired_items": 0,
+        "both_directions_top1": None, "directional_items": 0,
     }
     if len(out.rev_targets):
         result["reversed_top1"] = M.topk_accuracy(out.rev_probs, out.rev_targets, 1)
         result["forward_top1_paired"] = M.topk_accuracy(out.probs[out.rev_rows], out.labels[out.rev_rows], 1)
         result["paired_items"] = int(len(out.rev_targets))
+        labels = out.labels[out.rev_rows]
+        directional = out.rev_targets != labels  # a self-reversing class proves nothing about order
+        if directional.any():
+            both = (preds[out.rev_rows] == labels) & (out.rev_probs.argmax(axis=1) == out.rev_targets)
+            result["both_directions_top1"] = float(both[directional].mean())
+            result["directional_items"] = int(directional.sum())
     return result
 
 
@@ -213,14 +224,15 @@ def evaluate_run(params: Params, *, dataset: str, method: str, seed: int, data_d
         "epochs_to_90pct": M.epochs_to_fraction([r["val_top1"] for r in history], 0.9),
         "epochs": len(history), "am_flow_variant": variant, "identity_for_static": identity_for_static,
         "reversed_top1": scores["reversed_top1"], "forward_top1_paired": scores["forward_top1_paired"],
-        "paired_items": scores["paired_items"], "num_test": scores["num_test"],
+        "paired_items": scores["paired_items"], "both_directions_top1": scores["both_directions_top1"],
+        "directional_items": scores["directional_items"], "num_test": scores["num_test"],
         "num_classes": len(classes), "classes_in_test": scores["classes_in_test"],
         "mlflow_run_id": train_info.get("mlflow_run_id"),
     }
     # MLflow first, metrics.json last: a tracking failure leaves the stage visibly incomplete.
     tracker.log_metrics({f"test_{k}": v for k, v in result.items()
                          if k in ("top1", "top5", "mean_class_acc", "reversed_top1", "forward_top1_paired",
-                                  "eval_time_s", "views") and v is not None and not (isinstance(v, float) and math.isnan(v))})
+                                  "both_directions_top1", "eval_time_s", "views") and v is not None and not (isinstance(v, float) and math.isnan(v))})
     tracker.log_artifacts([run_dir / PER_CLASS_CSV, run_dir / CONFUSION_PNG, run_dir / CURVES_PNG],
                           artifact_path="evaluate")
     tracker.log_json(result, f"evaluate/{METRICS_JSON}")

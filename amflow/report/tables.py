@@ -6,10 +6,11 @@ Column scheme (the same whatever the number of seeds, so that scripts reading th
 - accuracies are **percentages** (``100 x`` the fraction in ``metrics.json``), marked ``_pct``;
 - every figure that varies with the seed appears as ``<name>_mean`` and ``<name>_std``: the mean over
   seeds and the *sample* standard deviation (ddof = 1); with one seed the ``_std`` cell is empty.
-  These are ``top1_pct``, ``top5_pct``, ``mean_class_acc_pct``, ``reversed_top1_pct`` and
-  ``forward_top1_paired_pct`` (temporal-sensitivity diagnostic: accuracy on time-reversed test clips
-  against the reversed label, and forward accuracy on the same class subset; empty where the dataset
-  has no time-reversal pairs), ``epochs_to_90pct`` and ``train_time_s``;
+  These are ``top1_pct``, ``top5_pct``, ``mean_class_acc_pct``, ``reversed_top1_pct``,
+  ``forward_top1_paired_pct`` and ``both_directions_top1_pct`` (temporal-sensitivity diagnostic:
+  accuracy on time-reversed test clips against the reversed label, forward accuracy on the same class
+  subset, and the share of clips right both ways, which is 0 for a model blind to frame order; empty
+  where the dataset has no time-reversal pairs), ``epochs_to_90pct`` and ``train_time_s``;
 - figures that depend on the model and not on the seed (``trainable_params``, ``total_params``,
   ``gflops_per_clip``, ``am_flow_variant``, ``views``) appear once; seeds that disagree on one of them
   are an error, not something to average away.
@@ -38,9 +39,8 @@ ABLATIONS = "ablations.csv"
 REQUIRED_KEYS = ("dataset", "method", "seed", "top1", "top5", "mean_class_acc", "views", "trainable_params",
                  "total_params", "gflops_per_clip", "train_time_s", "val_curve", "epochs_to_90pct",
                  "am_flow_variant")
-# Fractions in metrics.json -> percentages in the tables; the two temporal ones may be null.
-ACCURACIES = ("top1", "top5", "mean_class_acc", "reversed_top1", "forward_top1_paired")
-OPTIONAL = ("reversed_top1", "forward_top1_paired")
+# Fractions in metrics.json -> percentages in the tables; the temporal ones may be null.
+ACCURACIES = ("top1", "top5", "mean_class_acc", "reversed_top1", "forward_top1_paired", "both_directions_top1")
 PER_SEED = tuple(f"{k}_pct" for k in ACCURACIES) + ("epochs_to_90pct", "train_time_s")
 PER_MODEL = ("trainable_params", "total_params", "gflops_per_clip", "am_flow_variant", "views")
 
