@@ -38,6 +38,10 @@ ACCEPTED_LINTS = {
     # The software is one pip environment pinned in pyproject.toml (`make install`), used by every rule;
     # a conda env file would be a second, untested place for the pins, and no container image exists.
     "Specify a conda environment or container for each rule.",
+    # The params file's path goes straight into each shell command: as a rule param it would be a
+    # rerun trigger, and naming another file with equal values would rerun the whole DAG. Its values
+    # are the params that trigger reruns (`tracked(...)`); see the test below on another params file.
+    "Shell command directly uses variable PARAMS from outside of the rule",
 }
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -117,6 +121,33 @@ def test_pipeline_writes_every_expected_file(project, params):
 def test_second_dry_run_has_nothing_to_do(project):
     out = snakemake(project, "-n", "--cores", "2", "results/report.md")
     assert nothing_to_do(out), out.stdout[-3000:]
+
+
+def job_counts(out) -> dict[str, int]:
+    """The 'Job stats' table of a Snakemake dry run: rule -> number of jobs (and 'total')."""
+    lines = (out.stdout + out.stderr).splitlines()
+    start = lines.index("Job stats:") + 3  # past the header and its rule of dashes
+    counts = {}
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        name, count = line.split()
+        counts[name] = int(count)
+    return counts
+
+
+@pytest.mark.slow
+def test_another_params_file_reruns_only_what_its_values_change(project, params):
+    # A file that extends the default and adds a seed: the existing runs are reused, whatever the
+    # file's name (the params file's path is not a rerun trigger, its values are).
+    extra = project / "params" / "more_seeds.yaml"
+    extra.write_text(f"extends: default.yaml\nname: more_seeds\nseeds: {params.seeds + [max(params.seeds) + 1]}\n")
+    try:
+        out = snakemake(project, "-n", "--cores", "2", "results/table1.csv", "--configfile", "params/more_seeds.yaml")
+    finally:
+        extra.unlink()
+    n = len(params.table_datasets) * len(params.methods)
+    assert job_counts(out) == {"train": n, "evaluate": n, "table1": 1, "total": 2 * n + 1}
 
 
 # --------------------------------------------------------------------------- tables

@@ -8,11 +8,10 @@ rule pretrain_backbone:
         weights=str(paths.backbone_file(RESULTS)),
         metrics=f"{RESULTS}/backbone/metrics.json",
     params:
-        params_file=PARAMS,
         dvc_params=tracked("backbone", "pretrain", "pretrain_images"),
     threads: workflow.cores
     log:
         "logs/pretrain_backbone.log",
     shell:
-        "amflow pretrain-backbone --params {params.params_file}"
+        "amflow pretrain-backbone --params {PARAMS}"
         " > {log} 2>&1"

@@ -11,11 +11,10 @@ rule camera_motion:
         png=f"{RESULTS}/{{dataset}}/camera_motion.png",
         motion=f"{DATA}/motion/{{dataset}}.npz",
     params:
-        params_file=PARAMS,
         dvc_params=tracked("datasets.{dataset}", "camera_motion"),
     threads: workflow.cores
     log:
         "logs/camera_motion/{dataset}.log",
     shell:
-        "amflow camera-motion --params {params.params_file} --dataset {wildcards.dataset}"
+        "amflow camera-motion --params {PARAMS} --dataset {wildcards.dataset}"
         " > {log} 2>&1"

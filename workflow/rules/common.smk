@@ -11,6 +11,9 @@ from amflow.workflow_plan import ablation_runs, table_runs
 
 PARAMS_FILE = str(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "params/default.yaml"
 P = load_params(PARAMS_FILE)
+# Used directly in the shell commands, not passed as a param (params are rerun triggers, and the file's
+# path must not be one: another file with the same values reuses every result); `tracked` below
+# makes the values the trigger.
 PARAMS = shlex.quote(PARAMS_FILE)
 DATA = "data"
 RESULTS = "results"

@@ -5,7 +5,6 @@ rule prepare_dataset:
     output:
         f"{DATA}/{{dataset}}/dataset.json",
     params:
-        params_file=PARAMS,
         dvc_params=tracked("datasets.{dataset}"),
         dvc_outs=lambda w: [f"{DATA}/{w.dataset}"],
     resources:
@@ -13,7 +12,7 @@ rule prepare_dataset:
     log:
         "logs/prepare_dataset/{dataset}.log",
     shell:
-        "amflow prepare --params {params.params_file} --dataset {wildcards.dataset}"
+        "amflow prepare --params {PARAMS} --dataset {wildcards.dataset}"
         " > {log} 2>&1"
 
 
@@ -21,13 +20,12 @@ rule pretrain_images:
     output:
         f"{DATA}/pretrain_images/info.json",
     params:
-        params_file=PARAMS,
         dvc_params=tracked("pretrain_images"),
         dvc_outs=[f"{DATA}/pretrain_images"],
     log:
         "logs/pretrain_images.log",
     shell:
-        "amflow pretrain-images --params {params.params_file}"
+        "amflow pretrain-images --params {PARAMS}"
         " > {log} 2>&1"
 
 
@@ -39,7 +37,6 @@ rule extract_frames:
     output:
         f"{DATA}/frames/{{dataset}}/summary.json",
     params:
-        params_file=PARAMS,
         dvc_params=tracked("datasets.{dataset}"),
         dvc_outs=lambda w: [f"{DATA}/frames/{w.dataset}"],
     threads: workflow.cores
@@ -48,5 +45,5 @@ rule extract_frames:
     log:
         "logs/extract_frames/{dataset}.log",
     shell:
-        "amflow extract --params {params.params_file} --dataset {wildcards.dataset}"
+        "amflow extract --params {PARAMS} --dataset {wildcards.dataset}"
         " > {log} 2>&1"

@@ -7,12 +7,11 @@ rule table1:
     output:
         f"{RESULTS}/table1.csv",
     params:
-        params_file=PARAMS,
         dvc_params=tracked("table_datasets", "methods", "seeds"),
     log:
         "logs/table1.log",
     shell:
-        "amflow tables --params {params.params_file} --which table1"
+        "amflow tables --params {PARAMS} --which table1"
         " > {log} 2>&1"
 
 
@@ -25,12 +24,11 @@ rule ablations:
         # one table per axis these params ablate (amflow.report.tables.write_tables)
         [f"{RESULTS}/ablation_{axis}.csv" for axis in dict.fromkeys(r.axis for r in ablation_runs(P))],
     params:
-        params_file=PARAMS,
         dvc_params=tracked("ablations", "seeds"),
     log:
         "logs/ablations.log",
     shell:
-        "amflow tables --params {params.params_file} --which ablations"
+        "amflow tables --params {PARAMS} --which ablations"
         " > {log} 2>&1"
 
 
@@ -42,12 +40,10 @@ rule amflow_heatmaps:
         png=f"{RESULTS}/plots/amflow_heatmaps.png",
         gif=f"{RESULTS}/plots/amflow_heatmaps.gif",
         json=f"{RESULTS}/plots/amflow_heatmaps.json",
-    params:
-        params_file=PARAMS,
     log:
         "logs/amflow_heatmaps.log",
     shell:
-        "amflow heatmaps --params {params.params_file}"
+        "amflow heatmaps --params {PARAMS}"
         " > {log} 2>&1"
 
 
@@ -60,10 +56,8 @@ rule report:
         f"{RESULTS}/plots/convergence.png",
         f"{RESULTS}/plots/accuracy.png",
         f"{RESULTS}/report.md",
-    params:
-        params_file=PARAMS,
     log:
         "logs/report.log",
     shell:
-        "amflow report --params {params.params_file}"
+        "amflow report --params {PARAMS}"
         " > {log} 2>&1"

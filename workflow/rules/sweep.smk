@@ -8,11 +8,9 @@ rule sweep:
     output:
         f"{RESULTS}/sweeps/{{dataset}}/{{method}}/best.yaml",
     threads: workflow.cores
-    params:
-        params_file=PARAMS,
     log:
         "logs/sweep/{dataset}/{method}.log",
     shell:
-        "amflow sweep --params {params.params_file} --space {input.sweep_spec} --dataset {wildcards.dataset} "
+        "amflow sweep --params {PARAMS} --space {input.sweep_spec} --dataset {wildcards.dataset} "
         "--method {wildcards.method}"
         " > {log} 2>&1"

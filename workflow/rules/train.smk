@@ -10,7 +10,6 @@ rule train:
     output:
         f"{RESULTS}/{{dataset}}/{{method}}/seed{{seed}}/train.json",
     params:
-        params_file=PARAMS,
         launch=launcher,
         dvc_params=tracked("datasets.{dataset}", "sampling", "model", "train", "backbone", "camera_motion"),
     threads: 1
@@ -19,7 +18,7 @@ rule train:
     log:
         "logs/train/{dataset}/{method}/seed{seed}.log",
     shell:
-        "{params.launch} train --params {params.params_file} --dataset {wildcards.dataset} "
+        "{params.launch} train --params {PARAMS} --dataset {wildcards.dataset} "
         "--method {wildcards.method} --seed {wildcards.seed}"
         " > {log} 2>&1"
 
@@ -33,13 +32,12 @@ rule evaluate:
         confusion=f"{RESULTS}/{{dataset}}/{{method}}/seed{{seed}}/confusion.png",
         curves=f"{RESULTS}/{{dataset}}/{{method}}/seed{{seed}}/curves.png",
     params:
-        params_file=PARAMS,
         dvc_params=tracked("datasets.{dataset}", "sampling"),
     threads: 1
     log:
         "logs/evaluate/{dataset}/{method}/seed{seed}.log",
     shell:
-        "amflow evaluate --params {params.params_file} --dataset {wildcards.dataset} "
+        "amflow evaluate --params {PARAMS} --dataset {wildcards.dataset} "
         "--method {wildcards.method} --seed {wildcards.seed}"
         " > {log} 2>&1"
 
@@ -50,7 +48,6 @@ rule train_ablation:
     output:
         f"{RESULTS}/ablations/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}/train.json",
     params:
-        params_file=PARAMS,
         run_dir=run_dir_of,
         launch=launcher,
         overrides=lambda w: ablation(w).set_args(),
@@ -61,7 +58,7 @@ rule train_ablation:
     log:
         "logs/train_ablation/{axis}/{value}/{dataset}/seed{seed}.log",
     shell:
-        "{params.launch} train --params {params.params_file} --dataset {wildcards.dataset} --method amflow "
+        "{params.launch} train --params {PARAMS} --dataset {wildcards.dataset} --method amflow "
         "--seed {wildcards.seed} --run-dir {params.run_dir} {params.overrides}"
         " > {log} 2>&1"
 
@@ -75,7 +72,6 @@ rule evaluate_ablation:
         confusion=f"{RESULTS}/ablations/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}/confusion.png",
         curves=f"{RESULTS}/ablations/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}/curves.png",
     params:
-        params_file=PARAMS,
         run_dir=run_dir_of,
         overrides=lambda w: ablation(w).set_args(),
         dvc_params=tracked("datasets.{dataset}", "sampling", "ablations"),
@@ -83,6 +79,6 @@ rule evaluate_ablation:
     log:
         "logs/evaluate_ablation/{axis}/{value}/{dataset}/seed{seed}.log",
     shell:
-        "amflow evaluate --params {params.params_file} --dataset {wildcards.dataset} --method amflow "
+        "amflow evaluate --params {PARAMS} --dataset {wildcards.dataset} --method amflow "
         "--seed {wildcards.seed} --run-dir {params.run_dir} {params.overrides}"
         " > {log} 2>&1"
