@@ -230,9 +230,10 @@ def evaluate_run(params: Params, *, dataset: str, method: str, seed: int, data_d
         "mlflow_run_id": train_info.get("mlflow_run_id"),
     }
     # MLflow first, metrics.json last: a tracking failure leaves the stage visibly incomplete.
-    tracker.log_metrics({f"test_{k}": v for k, v in result.items()
-                         if k in ("top1", "top5", "mean_class_acc", "reversed_top1", "forward_top1_paired",
-                                  "both_directions_top1", "eval_time_s", "views") and v is not None and not (isinstance(v, float) and math.isnan(v))})
+    logged = ("top1", "top5", "mean_class_acc", "reversed_top1", "forward_top1_paired", "both_directions_top1",
+              "eval_time_s", "views")
+    tracker.log_metrics({f"test_{k}": result[k] for k in logged
+                         if result[k] is not None and not (isinstance(result[k], float) and math.isnan(result[k]))})
     tracker.log_artifacts([run_dir / PER_CLASS_CSV, run_dir / CONFUSION_PNG, run_dir / CURVES_PNG],
                           artifact_path="evaluate")
     tracker.log_json(result, f"evaluate/{METRICS_JSON}")
