@@ -89,6 +89,7 @@ def test_table1_values_equal_the_metrics(tmp_path):
     assert row["mean_class_acc_pct_mean"] == "61.00"
     assert row["reversed_top1_pct_mean"] == "57.00"
     assert row["forward_top1_paired_pct_mean"] == "62.00"
+    assert row["both_directions_top1_pct_mean"] == "52.00"      # 50 and 54 (write_runs: top-1 - 10 points)
     assert row["epochs_to_90pct_mean"] == "2.50" and row["epochs_to_90pct_std"] == "0.71"
     assert row["train_time_s_mean"] == "65.0" and row["train_time_s_std"] == "7.1"
     assert (row["trainable_params"], row["total_params"], row["gflops_per_clip"]) == ("90000", "1300000", "0.1235")
