@@ -25,14 +25,14 @@ class Strict(BaseModel):
 
 # --------------------------------------------------------------------------- datasets
 class SynthSpec(Strict):
-    """SynthMotion generator settings (DESIGN.md 3.1). Fixed before any method is tuned."""
+    """SynthMotion generator settings (docs/design.md 3.1). Fixed before any method is tuned."""
 
     camera: Literal["static", "moving"]
     difficulty: Literal["easy", "standard"] = "easy"
     resolution: Literal[32, 64] = 32
     frames: int = Field(32, ge=8)
     speed_frames: int = Field(8, ge=2, le=64,
-                              description="speeds (px per frame, DESIGN.md 3.1) are per frame of a clip of this "
+                              description="speeds (px per frame, docs/design.md 3.1) are per frame of a clip of this "
                                           "many frames; a clip of `frames` frames spreads the same motion over "
                                           "its frames, so the motion's amplitude does not depend on `frames`")
     fps: int = Field(25, ge=1)
@@ -118,7 +118,7 @@ class DatasetSpec(Strict):
 
 
 class SamplingSpec(Strict):
-    """Clip sampling (DESIGN.md 3.3): segment-based (SSv2 style) or dense with stride (K400 style)."""
+    """Clip sampling (docs/design.md 3.3): segment-based (SSv2 style) or dense with stride (K400 style)."""
 
     mode: Literal["segment", "dense"] = "segment"
     num_frames: int = Field(8, ge=2)
@@ -134,7 +134,7 @@ class SamplingSpec(Strict):
 
 # --------------------------------------------------------------------------- camera motion
 class CameraMotionSpec(Strict):
-    """Camera-motion classification (DESIGN.md 2.5)."""
+    """Camera-motion classification (docs/design.md 2.5)."""
 
     sample_videos: int = Field(60, ge=1)
     pairs_per_video: int = Field(8, ge=1)

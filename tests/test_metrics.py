@@ -1,4 +1,4 @@
-"""Metrics on hand-made predictions, including the mean-class-accuracy gotcha (ecosystem.md B.4)."""
+"""Metrics on hand-made predictions, including the mean-class-accuracy gotcha (docs/design.md 3.3)."""
 from __future__ import annotations
 
 import math

@@ -1,1 +1,1 @@
-"""Camera-motion estimation and classification (DESIGN.md 2.5)."""
+"""Camera-motion estimation and classification (docs/design.md 2.5)."""

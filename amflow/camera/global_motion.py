@@ -1,5 +1,5 @@
 """Global (camera) motion between two frames: one estimator for the camera-motion stage and the
-aligned AM flow (DESIGN.md 2.4, 2.5; convention in docs/architecture.md, "Global motion").
+aligned AM flow (docs/design.md 2.4, 2.5; convention in docs/architecture.md, "Global motion").
 
 Convention: ``matrix`` is a 3x3 float64 ``H`` with ``x_b ~ H x_a`` for background pixels, in pixel
 coordinates with pixel centres at integers (the convention of ``cv2.warpAffine``).

@@ -1,4 +1,4 @@
-"""The camera-motion stage (DESIGN.md 2.5): classify videos as static or moving camera, decide the
+"""The camera-motion stage (docs/design.md 2.5): classify videos as static or moving camera, decide the
 dataset's AM flow variant, and cache the per-frame transforms that the aligned variant needs.
 
 Outputs (docs/architecture.md): ``<frames_dir>/motion.npz`` (or ``motion_path``), then

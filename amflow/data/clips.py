@@ -1,6 +1,6 @@
 """Clip sampling and augmentation over the frame cache: :class:`ClipDataset`.
 
-Sampling (DESIGN.md 3.3, conventions of reference/ecosystem.md B.2):
+Sampling (docs/design.md 3.3):
 
 - ``segment`` (SSv2 style): the video is cut into ``num_frames`` equal segments; training takes a
   random frame of each, testing the frame at ``(c + 0.5) / test_clips`` of each segment for clip c

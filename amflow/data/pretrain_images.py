@@ -1,4 +1,4 @@
-"""The single-image set for pretraining the embedded default's backbone (DESIGN.md 2.6).
+"""The single-image set for pretraining the embedded default's backbone (docs/design.md 2.6).
 
 Random single frames drawn by the SynthMotion scene renderer (:mod:`amflow.data.scene`: the same
 textures, shapes, colours, distractors, camera zoom and pixel noise as the videos), labelled ONLY by

@@ -13,7 +13,7 @@ integer coordinates, the convention of ``cv2.warpAffine``). A frame is rendered 
 Everything random is drawn by the caller from a ``numpy.random.Generator``; the functions here are
 pure given their arguments, so a scene is reproducible from its seed.
 
-Difficulty (DESIGN.md 3.1) is captured by :class:`SceneStyle`: ``easy`` (no distractors, background
+Difficulty (docs/design.md 3.1) is captured by :class:`SceneStyle`: ``easy`` (no distractors, background
 contrast 0.4, fixed pixel sizes whatever the resolution) and ``standard`` (full-contrast texture,
 0-2 distractors, sizes and speeds scaled with the resolution).
 """
@@ -87,7 +87,7 @@ def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- difficulty
 @dataclass(frozen=True)
 class SceneStyle:
-    """Every size, speed and contrast of one difficulty at one resolution (DESIGN.md 3.1).
+    """Every size, speed and contrast of one difficulty at one resolution (docs/design.md 3.1).
 
     Speeds are per *step*: one step is the interval between two frames of a ``speed_frames``-frame
     clip (see :mod:`amflow.data.synthmotion`), so ``speed`` px/step over ``speed_frames - 1`` steps is
@@ -116,7 +116,7 @@ class SceneStyle:
 
 
 def scene_style(difficulty: str, resolution: int) -> SceneStyle:
-    """The fixed style of a difficulty; never tuned per method (DESIGN.md 3.1)."""
+    """The fixed style of a difficulty; never tuned per method (docs/design.md 3.1)."""
     if difficulty not in ("easy", "standard"):
         raise ValueError(f"unknown difficulty '{difficulty}' (easy or standard)")
     # easy: the same pixel sizes and speeds whatever the resolution; standard: scaled with it.

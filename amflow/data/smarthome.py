@@ -4,7 +4,7 @@ Clips are named ``Activity[.Sub]_pXX_rXX_vXX_cXX.mp4`` (p: subject, r: repetitio
 c: camera), e.g. ``Cook.Cleandishes_p02_r00_v02_c03.mp4``; the class is the whole ``Activity[.Sub]``.
 Any folder layout under ``root`` works (the official archive unpacks to ``mp4/``).
 
-Protocols (as coded in public split scripts; see docs/reference notes):
+Protocols (as coded in public split scripts):
 
 - ``cs`` (cross-subject): train subjects {3,4,6,7,9,12,13,15,17,19,25}, test the other subjects. There
   is no official val split: ``prepare`` holds out a seeded, class-stratified 10% of train

@@ -1,4 +1,4 @@
-"""SynthMotion: the embedded action-recognition dataset (DESIGN.md 3.1).
+"""SynthMotion: the embedded action-recognition dataset (docs/design.md 3.1).
 
 Twelve classes, defined by the actor's motion in *world* coordinates. Rendering is split in two:
 
@@ -13,7 +13,7 @@ Twelve classes, defined by the actor's motion in *world* coordinates. Rendering 
 same bytes whatever the worker count: clip ``i`` of a split is drawn from its own generator,
 ``SeedSequence([DOMAIN, seed, split, i])``.
 
-Speeds (DESIGN.md: "2 to 3 px per frame") are per step of a ``speed_frames``-frame clip (default 8:
+Speeds (docs/design.md 3.1: "2 to 3 px per frame") are per step of a ``speed_frames``-frame clip (default 8:
 the frames a model samples). With 32 frames at a literal 2-3 px per frame the actor would travel
 62-93 px and leave a 32 px frame; spreading the same motion over the clip's frames keeps its
 amplitude (14-21 px) independent of the frame count.

@@ -1,4 +1,4 @@
-"""Backbone wrapper, AM flow, temporal processing adapters and the baselines (DESIGN.md 2).
+"""Backbone wrapper, AM flow, temporal processing adapters and the baselines (docs/design.md 2).
 
 - :mod:`.backbone`: ``build_backbone`` (frozen timm ViT + weights) and how frames enter it;
 - :mod:`.attention`: explicit attention for the blocks whose maps AM flow needs;

@@ -1,4 +1,4 @@
-"""The temporal processing adapter (TPA) and the block that hosts it (DESIGN.md 2.6).
+"""The temporal processing adapter (TPA) and the block that hosts it (docs/design.md 2.6).
 
 ``LN -> Linear(D, r) -> gate patch tokens by AM flow -> TPU along time -> GELU -> Linear(r, D)``,
 scaled by ``AdapterSpec.scale``, with drop-path, added to the residual stream either in parallel with

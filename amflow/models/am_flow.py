@@ -1,4 +1,4 @@
-"""AM flow: one motion score per patch and frame from the change of attention maps (DESIGN.md 2.3, 2.4).
+"""AM flow: one motion score per patch and frame from the change of attention maps (docs/design.md 2.3, 2.4).
 
 Static camera, for frames t and t+1 with patch maps ``A_t`` (``N x N``, rows = queries):
 

@@ -1,4 +1,4 @@
-"""Explicit attention for the blocks whose maps AM flow needs (DESIGN.md 2.2).
+"""Explicit attention for the blocks whose maps AM flow needs (docs/design.md 2.2).
 
 timm's ``Attention`` uses the fused ``scaled_dot_product_attention`` kernel, which never materialises
 ``softmax(q k^T * scale)``. The blocks that feed AM flow run the same computation step by step here

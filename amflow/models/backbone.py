@@ -1,4 +1,4 @@
-"""The frozen image backbone: any timm ``VisionTransformer`` built from ``BackboneSpec`` (DESIGN.md 2.6).
+"""The frozen image backbone: any timm ``VisionTransformer`` built from ``BackboneSpec`` (docs/design.md 2.6).
 
 The model is always ``timm.create_model(spec.model, pretrained=False, num_classes=0, **spec.kwargs)``
 (the same call the pretrain stage uses, so a saved ``state_dict()`` fits it key for key); weights

@@ -1,6 +1,6 @@
-"""The adapter baselines of the comparison table (DESIGN.md 2.7), on the same frozen timm blocks.
+"""The adapter baselines of the comparison table (docs/design.md 2.7), on the same frozen timm blocks.
 
-- AIM (Yang et al., ICLR 2023), per block as summarised in shared/reference/ecosystem.md (A.1):
+- AIM (Yang et al., ICLR 2023), per block as in docs/design.md 2.7:
   1. temporal: the block's frozen attention run along T at each token position, through a
      T-adapter (bottleneck, no skip) and added with drop-path;
   2. spatial: the frozen attention as usual, its output passed through an S-adapter (bottleneck with

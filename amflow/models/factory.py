@@ -1,4 +1,4 @@
-"""``build_model``: the one place where a method name becomes a :class:`VideoModel` (DESIGN.md 2.7)."""
+"""``build_model``: the one place where a method name becomes a :class:`VideoModel` (docs/design.md 2.7)."""
 from __future__ import annotations
 
 from torch import nn

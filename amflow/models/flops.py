@@ -1,4 +1,4 @@
-"""GFLOPs per clip, counted by ``torch.utils.flop_counter.FlopCounterMode`` (DESIGN.md 2.7).
+"""GFLOPs per clip, counted by ``torch.utils.flop_counter.FlopCounterMode`` (docs/design.md 2.7).
 
 Convention: FlopCounterMode counts a multiply-add as 2 FLOPs (matmuls, convolutions, attention);
 element-wise work (softmax, norms, activations) is not counted. Papers that quote fvcore numbers

@@ -1,4 +1,4 @@
-"""Temporal processing units: what a TPA does along time at each token position (DESIGN.md 2.6).
+"""Temporal processing units: what a TPA does along time at each token position (docs/design.md 2.6).
 
 Every unit maps ``[S, T, r]`` (S independent sequences: one per clip and token position) to the same
 shape and is residual, so the gated bottleneck signal always reaches the up-projection.

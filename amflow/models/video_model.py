@@ -1,6 +1,6 @@
 """The video model: a frozen image ViT run per frame, optional adapters in its blocks, a linear head.
 
-Every method of the comparison (DESIGN.md 2.7) is this one class with different per-block adapters
+Every method of the comparison (docs/design.md 2.7) is this one class with different per-block adapters
 (built by :func:`amflow.models.factory.build_model`): the frames of a clip go through the backbone as
 one batch of ``B*T`` images; a block with an adapter runs through that adapter's ``forward(blk, x,
 ctx, index)`` (which calls the frozen block's own parts), any other block runs timm's forward. The head

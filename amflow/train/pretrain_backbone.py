@@ -1,4 +1,4 @@
-"""``amflow pretrain-backbone``: pretrain the embedded default's small ViT (DESIGN.md 2.6).
+"""``amflow pretrain-backbone``: pretrain the embedded default's small ViT (docs/design.md 2.6).
 
 No image weights can be downloaded offline, so the pipeline pretrains its own backbone on the
 single-image attribute set (:mod:`amflow.data.pretrain_images`): one linear head per attribute
