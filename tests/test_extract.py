@@ -17,6 +17,7 @@ from amflow.data import extract as extract_mod
 from amflow.data import frame_cache as fc
 from amflow.data.extract import OrderedMap, extract_frames
 from amflow.data.frame_cache import FrameCache, write_cache
+from amflow.data.frame_codec import decode_video_task
 from amflow.data.video import read_video
 from amflow.errors import AmflowError
 from amflow.params import validate
@@ -252,7 +253,6 @@ def test_ordered_map_recovers_when_the_pool_breaks_during_submission(monkeypatch
 
 def test_worker_task_part_file_and_retry_start_afresh(dataset, tmp_path, monkeypatch):
     from amflow.data import video as video_mod
-    from amflow.data.frame_codec import decode_video_task
 
     path = str(dataset / "videos/val_1.mp4")
     in_memory = decode_video_task((path, 24, "raw", 90, "auto", None))
@@ -326,6 +326,13 @@ def test_a_full_disk_while_writing_the_cache_keeps_the_previous_one(dataset, tmp
     assert list(tmp_path.iterdir()) == [frames_dir]  # no temporary folder left
 
 
+def test_a_full_scratch_disk_stops_the_extraction_instead_of_failing_every_video(dataset):
+    # /dev/full: every write fails with ENOSPC, as on a full $TMPDIR holding the decoders' part files.
+    task = (str(dataset / "videos/val_1.mp4"), 24, "raw", 90, "auto", "/dev/full")
+    with pytest.raises(AmflowError, match="/dev/full: the disk is full .*val_1.mp4"):
+        decode_video_task(task)
+
+
 @pytest.mark.parametrize("damage", ["truncate", "extend", "index"])
 def test_a_damaged_shard_is_named_with_how_to_rebuild_it(tmp_path, damage):
     frames = np.random.default_rng(0).integers(0, 256, (6, 4, 4, 3), dtype=np.uint8)
@@ -351,3 +358,18 @@ def test_a_damaged_jpeg_record_is_named_with_its_shard(tmp_path):
     shard.write_bytes(b"\0" * shard.stat().st_size)  # same size, garbage content
     with pytest.raises(AmflowError, match=f"{shard}: .*video a does not decode.*amflow extract --dataset toy"):
         FrameCache(tmp_path / "toy").read(0)
+
+
+def test_paths_with_spaces_and_unicode(tmp_path):
+    root = tmp_path / "my data" / "vidéos à voir"
+    (root / "clips ü").mkdir(parents=True)
+    frames = moving_texture(10, 32, 32, 5)
+    write_mp4(root / "clips ü" / "clip 1 é.mp4", frames)
+    ann.write_annotations(root, "train", pd.DataFrame({"video": ["clips ü/clip 1 é.mp4"], "label": [0],
+                                                       "label_name": ["a b"]}))
+    out = tmp_path / "my data" / "frames" / "toy"
+    summary = extract_frames(make_params(short_side=32), "toy", root, out, workers=1)
+    assert summary["failed"] == 0
+    expected, _ = read_video(root / "clips ü" / "clip 1 é.mp4", backend="pyav")
+    np.testing.assert_array_equal(FrameCache(out).read(0), expected)
+    assert FrameCache(out).manifest.at[0, "video"] == "clips ü/clip 1 é.mp4"
