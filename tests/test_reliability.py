@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -205,3 +206,11 @@ def test_a_training_job_killed_mid_run_resumes_to_the_same_metrics_bit_for_bit(t
     timeless = [[{k: v for k, v in r.items() if k not in ("epoch_time", "clips_per_s", "data_wait_frac")} for r in h]
                 for h in history]
     assert timeless[0] == timeless[1]
+
+
+def test_every_test_the_reliability_table_names_exists():
+    text = (ROOT / "docs/reliability.md").read_text()
+    named = re.findall(r"`(test_\w+\.py)::(test_\w+)", text)
+    assert len(named) > 20
+    for file, test in named:
+        assert re.search(rf"^def {test}\(", (ROOT / "tests" / file).read_text(), re.M), f"{file}::{test}"
