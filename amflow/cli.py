@@ -39,7 +39,8 @@ def _add_common(p: argparse.ArgumentParser, dataset: bool = False) -> None:
     p.add_argument("--data-dir", default="data", type=Path, help="root of datasets and frame caches (default: data)")
     p.add_argument("--results-dir", default="results", type=Path, help="root of results (default: results)")
     if dataset:
-        p.add_argument("--dataset", required=True, type=_dataset_name, help="dataset name, a key under 'datasets' in the params file")
+        p.add_argument("--dataset", required=True, type=_dataset_name,
+                       help="dataset name, a key under 'datasets' in the params file")
 
 
 # --------------------------------------------------------------------------- commands
