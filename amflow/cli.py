@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from amflow.paths import dataset_name_problem
+
 PARAMS_HELP = "params file (YAML, validated by amflow/params.py); default params/default.yaml"
 
 
@@ -22,6 +24,14 @@ def _params(args):
     return load_params(args.params, overrides or None)
 
 
+def _dataset_name(text: str) -> str:
+    """--dataset: refused before it becomes a folder name (the schema checks the params file's names alike)."""
+    problem = dataset_name_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def _add_common(p: argparse.ArgumentParser, dataset: bool = False) -> None:
     p.add_argument("--params", default="params/default.yaml", help=PARAMS_HELP)
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -29,7 +39,8 @@ def _add_common(p: argparse.ArgumentParser, dataset: bool = False) -> None:
     p.add_argument("--data-dir", default="data", type=Path, help="root of datasets and frame caches (default: data)")
     p.add_argument("--results-dir", default="results", type=Path, help="root of results (default: results)")
     if dataset:
-        p.add_argument("--dataset", required=True, help="dataset name, a key under 'datasets' in the params file")
+        p.add_argument("--dataset", required=True, type=_dataset_name,
+                       help="dataset name, a key under 'datasets' in the params file")
 
 
 # --------------------------------------------------------------------------- commands

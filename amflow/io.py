@@ -1,34 +1,120 @@
-"""Atomic output: a stage interrupted half-way never leaves a file that looks complete."""
+"""Safe output: atomic writes (a stage interrupted half-way never leaves a file that looks complete)
+and one writer per folder."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
+
+from filelock import FileLock, Timeout
+
+from amflow.errors import AmflowError
+
+TMP_SUFFIX = ".tmp"  # atomic_path's temporaries: .<name>.<random>.tmp/ beside the output
+LOCK_FILE = ".amflow.lock"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
-    Works for files and for directories (the block creates whichever it needs).
+    Works for files and for directories (the block creates whichever it needs). A full disk becomes
+    an :class:`AmflowError` naming ``path``; the previous ``path`` is then untouched.
     """
     path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise AmflowError(f"{path}: not a name an output can be written to; check the name that led here")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent))
     target = tmp / path.name
     try:
-        yield target
+        try:
+            yield target
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                raise AmflowError(f"{path}: the disk is full ({exc.strerror}) while writing it; nothing was "
+                                  f"replaced (the previous version, if any, is intact): free space and rerun") from None
+            raise
         if not target.exists():
             raise FileNotFoundError(f"atomic write of {path} produced nothing")
         if path.is_dir() and not path.is_symlink():
+            _check_replaceable(path, target)
             shutil.rmtree(path)
         os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_replaceable(old: Path, new: Path) -> None:
+    """Refuse to delete a folder that holds more than an earlier version of this output.
+
+    A folder output (a frame cache) is replaced whole. If the folder there is an ancestor of the
+    working folder, or holds sub-folders that the new output lacks, it is a store of other outputs
+    (``data/frames/`` itself, say, reached through a bad name): deleting it would lose them.
+    """
+    here = Path.cwd().resolve()
+    resolved = old.resolve()
+    if resolved == here or resolved in here.parents:
+        raise AmflowError(f"{old}: refusing to replace this folder: it contains the working folder; "
+                          f"check the name that led here")
+    foreign = sorted(d.name for d in old.iterdir() if d.is_dir() and not (new / d.name).is_dir())
+    if foreign:
+        raise AmflowError(f"{old}: refusing to replace this folder: it holds other outputs "
+                          f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}) that the new one would "
+                          f"delete; check the name that led here, or move the folder away yourself")
+
+
+def temporaries(folder: Path, name: str = "*") -> list[Path]:
+    """atomic_path's temporary folders in ``folder`` (of output ``name``, or of any output)."""
+    folder = Path(folder)
+    return sorted(folder.glob(f".{name}.*{TMP_SUFFIX}")) if folder.is_dir() else []
+
+
+@contextlib.contextmanager
+def exclusive_folder(folder: str | Path, what: str) -> Iterator[None]:
+    """Be the one writer of ``folder`` (a run folder) for the block; a second one fails at once.
+
+    The lock is the operating system's (released even when the holder is killed); its file names the
+    holder, for the error the second writer gets. Holding it, leftovers of writes killed half-way
+    (atomic_path temporaries) can only be stale: they are deleted.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_path = folder / LOCK_FILE
+    holder = f"{what}, pid {os.getpid()} on host {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+
+    def publish(fd: int) -> None:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+
+    lock = FileLock(lock_path, timeout=0, on_acquired=publish)
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            current = lock_path.read_text().strip()
+        except OSError:
+            current = ""
+        raise AmflowError(f"{folder}: another process is writing this run folder ({current or 'holder unknown'}); "
+                          f"wait for it to finish or stop it, then rerun") from None
+    try:
+        for stale in temporaries(folder):
+            shutil.rmtree(stale, ignore_errors=True)
+            print(f"note: removed {stale}, left by a write that was killed half-way", file=sys.stderr)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.truncate(lock_path, 0)  # the holder is leaving
+        lock.release()
 
 
 def write_text(path: str | Path, text: str) -> None:

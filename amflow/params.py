@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from amflow.paths import dataset_name_problem
 
 SPLITS = ("train", "val", "test")
 METHODS = ("frame", "aim", "st_adapter", "tpa", "amflow")
@@ -21,6 +23,31 @@ class Strict(BaseModel):
     """Base for every section: unknown keys are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info) -> Any:
+        # pydantic reads true/false as 1/0 where a number is expected: `epochs: true` must fail, not train 1 epoch.
+        if _holds_bool(value) and not _accepts_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError("true/false given where a number or a name is expected")
+        return value
+
+
+def _holds_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_holds_bool(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_bool(v) for v in value.values())
+    return False
+
+
+def _accepts_bool(annotation: Any) -> bool:
+    """Whether a field's type admits a boolean (a nested section checks its own fields)."""
+    if annotation is bool or annotation is Any or (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return True
+    return any(_accepts_bool(a) for a in get_args(annotation))
 
 
 # --------------------------------------------------------------------------- datasets
@@ -265,6 +292,15 @@ class Params(Strict):
     tracking: TrackingSpec = TrackingSpec()
     ablations: AblationsSpec = AblationsSpec()
 
+    @field_validator("datasets")
+    @classmethod
+    def _dataset_names(cls, datasets: dict) -> dict:
+        # A name becomes a folder (data/<name>, data/frames/<name>, results/<name>): check it before it does.
+        problems = [p for p in map(dataset_name_problem, datasets) if p]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return datasets
+
     @model_validator(mode="after")
     def _consistent(self):
         for name in self.table_datasets:
@@ -314,26 +350,86 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, except that a key given twice in one mapping is an error.
+
+    Plain YAML keeps the last one silently: a second ``train:`` section would replace the first whole.
+    """
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line + 1)
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            continue
+        if first != key_node.start_mark.line + 1:
+            raise _DuplicateKey(
+                None, None, f"key '{key}' is given twice (lines {first} and {key_node.start_mark.line + 1}): "
+                            f"merge the two into one", key_node.start_mark)
+    return loader.construct_mapping(node, deep=True)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path}: params file not found")
+    if not path.is_file():
+        raise ParamsError(f"{path}: is a folder, not a params file; pass a YAML file such as params/default.yaml")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}); "
+                          f"save the file as UTF-8") from None
+    except OSError as exc:
+        raise ParamsError(f"{path}: cannot be read ({exc.strerror}); check the file's permissions") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+        raise ParamsError(_yaml_error(path, exc)) from None
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
 
 
-def resolve_raw(path: str | Path) -> dict:
+def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
+    """One line: the file, the line and what is wrong."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if isinstance(exc, _DuplicateKey):
+        return f"{where}: {problem}"
+    if "could not determine a constructor for the tag" in problem:
+        tag = problem.rsplit(" ", 1)[-1]
+        return (f"{where}: the tag {tag} is not allowed (params hold plain numbers, strings, lists and "
+                f"mappings only); remove the tag")
+    return f"{where}: not valid YAML ({problem}); fix the file"
+
+
+def resolve_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
     """Read a params file, following ``extends: other.yaml`` (relative to the file) recursively."""
     path = Path(path)
+    key = path.resolve()
+    if key in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain[_chain.index(key):], key))
+        raise ParamsError(f"{path}: 'extends' goes round in a circle ({cycle}); remove one of these 'extends:' lines")
     data = read_yaml(path)
     parent = data.pop("extends", None)
     if parent is not None:
-        data = deep_merge(resolve_raw(path.parent / parent), data)
+        if not isinstance(parent, str):
+            raise ParamsError(f"{path}: 'extends' must be the path of one params file (got {parent!r})")
+        data = deep_merge(resolve_raw(path.parent / parent, (*_chain, key)), data)
     return data
 
 

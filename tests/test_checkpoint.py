@@ -1,6 +1,9 @@
 """Checkpoints: safe loading, clear errors for corrupt or mismatched files, what is (not) stored."""
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 import torch
 
@@ -81,4 +84,19 @@ def test_changed_frozen_backbone_is_detected(tmp_path):
 
 def test_no_temporary_files_are_left_behind(tmp_path):
     trained_run(tmp_path, epochs=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "train_log.csv"]
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    _, path = trained_run(tmp_path, epochs=1)
+    before = path.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(AmflowError) as err:  # resumes from epoch 1; saving epoch 2 finds the disk full
+        trained_run(tmp_path, epochs=2)
+    assert str(err.value).startswith(f"{path}: the disk is full") and "intact" in str(err.value)
+    assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "train_log.csv"]

@@ -35,8 +35,8 @@ NOT_REPRODUCIBLE = {
     "mlflow_run_id": "a random id MLflow gives each run",
 }
 # Written by a stage but not versioned by DVC: a pointer into the local MLflow store (mlflow.db is not
-# versioned either), and training without tracking does not write it.
-UNVERSIONED = ("mlflow_run.json",)
+# versioned either), and training without tracking does not write it; the run folder's lock file.
+UNVERSIONED = ("mlflow_run.json", ".amflow.lock")
 POST_PULL = ("snakemake", "--touch", "--cores", "1", "results/report.md")
 EXP_TARGET = "evaluate--synth_moving--frame--0"
 RUNS = ("synth_moving/frame/seed0", "synth_moving/amflow/seed0", "ablations/variant/none/synth_moving/seed0")

@@ -111,6 +111,32 @@ def test_evaluate_refuses_other_params_and_unfinished_runs(trained):
         evaluate_run(aligned_params(), progress=False, **{**kw, "seed": 5})
 
 
+def test_evaluate_refuses_a_checkpoint_that_train_json_does_not_describe(trained, tmp_path):
+    import shutil
+
+    from amflow.evaluate.run import evaluate_run
+    from amflow.train.run import train_run
+
+    root, params, kw, info, _ = trained
+    # The same run stopped after its first epoch: its checkpoint copied into the finished run.
+    early = train_run(params, progress=False, stop_after_epoch=1, run_dir=tmp_path / "early", **kw)
+    assert early["status"] == "stopped"
+    finished = paths.run_dir(root / "results", "tiny", "amflow", 0)
+    mixed = shutil.copytree(finished, tmp_path / "mixed", ignore=shutil.ignore_patterns("metrics.json"))
+    shutil.copyfile(tmp_path / "early" / "checkpoint.pt", mixed / "checkpoint.pt")
+    with pytest.raises(AmflowError, match=f"{mixed / 'checkpoint.pt'}: not the checkpoint that .*epoch 1.*"
+                                          f"train.json: epoch {info['epochs']}"):
+        evaluate_run(params, progress=False, run_dir=mixed, **kw)
+    # The final checkpoint, but train.json from a run with other params.
+    shutil.copyfile(finished / "checkpoint.pt", mixed / "checkpoint.pt")
+    io.write_json(mixed / "train.json", {**info, "params_digest": "0123456789abcdef"})
+    with pytest.raises(AmflowError, match="not the checkpoint that .*digest 0123456789abcdef"):
+        evaluate_run(params, progress=False, run_dir=mixed, **kw)
+    assert not (mixed / "metrics.json").exists()
+    io.write_json(mixed / "train.json", info)  # the run's own pair evaluates
+    assert evaluate_run(params, progress=False, run_dir=mixed, **kw)["top1"] == trained[4]["top1"]
+
+
 def test_predict_samples_like_the_evaluation(trained, monkeypatch):
     """Fed the cached frames of a test video, predict gives the evaluation's probabilities for it."""
     from amflow.data.clips import ClipDataset

@@ -1,6 +1,7 @@
 """`amflow extract`: the sharded cache holds exactly the decoded frames; failures are listed, never fatal."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -16,6 +17,7 @@ from amflow.data import extract as extract_mod
 from amflow.data import frame_cache as fc
 from amflow.data.extract import OrderedMap, extract_frames
 from amflow.data.frame_cache import FrameCache, write_cache
+from amflow.data.frame_codec import decode_video_task
 from amflow.data.video import read_video
 from amflow.errors import AmflowError
 from amflow.params import validate
@@ -216,21 +218,41 @@ def test_write_cache_round_trip_and_pickling(tmp_path):
     assert cache.videos("val")["video_id"].tolist() == ["b"] and cache.num_frames_total == 10
 
 
-def _crash_on_three(x: int) -> dict:
-    if x == 3:
+def _crash_on_one(x: int) -> dict:
+    if x == 1:
         os._exit(70)  # the worker process dies abruptly, as in a native-code crash (no core file)
     return {"value": x * x}
 
 
 def test_ordered_map_survives_a_crashing_worker():
-    results = list(OrderedMap(_crash_on_three, list(range(7)), workers=2))
-    assert [r.get("value") for r in results] == [0, 1, 4, None, 16, 25, 36]
-    assert "crashed" in results[3]["error"]
+    # The crash comes early, with many items still to submit: whether the main process notices the
+    # broken pool while waiting for a result or while submitting depends on timing (load), and both
+    # must recover the same way.
+    results = list(OrderedMap(_crash_on_one, list(range(40)), workers=2))
+    assert [r.get("value") for r in results] == [x * x if x != 1 else None for x in range(40)]
+    assert "crashed" in results[1]["error"]
+
+
+def test_ordered_map_recovers_when_the_pool_breaks_during_submission(monkeypatch):
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    real_submit = ProcessPoolExecutor.submit
+    calls = {"n": 0}
+
+    def submit(self, fn, *args, **kwargs):  # a worker dies just as the 4th item is submitted
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise BrokenProcessPool("a child process terminated abruptly")
+        return real_submit(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", submit)
+    results = list(OrderedMap(_crash_on_one, [0, 2, 3, 4, 5, 6, 7, 8], workers=2))
+    assert [r["value"] for r in results] == [0, 4, 9, 16, 25, 36, 49, 64]
 
 
 def test_worker_task_part_file_and_retry_start_afresh(dataset, tmp_path, monkeypatch):
     from amflow.data import video as video_mod
-    from amflow.data.frame_codec import decode_video_task
 
     path = str(dataset / "videos/val_1.mp4")
     in_memory = decode_video_task((path, 24, "raw", 90, "auto", None))
@@ -286,3 +308,68 @@ def test_extraction_decodes_widths_decord_gets_wrong(tmp_path):
     assert summary["failed"] == 0 and summary["frames"] == 12
     expected, _ = read_video(tmp_path / "v/narrow.mp4", backend="pyav")
     np.testing.assert_array_equal(FrameCache(tmp_path / "frames").read(0), expected)
+
+
+def test_a_full_disk_while_writing_the_cache_keeps_the_previous_one(dataset, tmp_path, monkeypatch):
+    frames_dir = tmp_path / "frames"
+    extract_frames(make_params(shard_frames=200), "toy", dataset, frames_dir, workers=1)
+    before = {p.name: p.read_bytes() for p in frames_dir.iterdir()}
+
+    def disk_full(src, dst, nbytes):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fc, "_append_file", disk_full)
+    with pytest.raises(AmflowError) as err:  # other params: the cache is rebuilt, and the disk fills up
+        extract_frames(make_params(shard_frames=100), "toy", dataset, frames_dir, workers=1)
+    assert str(frames_dir) in str(err.value) and "disk is full" in str(err.value)
+    assert {p.name: p.read_bytes() for p in frames_dir.iterdir()} == before
+    assert list(tmp_path.iterdir()) == [frames_dir]  # no temporary folder left
+
+
+def test_a_full_scratch_disk_stops_the_extraction_instead_of_failing_every_video(dataset):
+    # /dev/full: every write fails with ENOSPC, as on a full $TMPDIR holding the decoders' part files.
+    task = (str(dataset / "videos/val_1.mp4"), 24, "raw", 90, "auto", "/dev/full")
+    with pytest.raises(AmflowError, match="/dev/full: the disk is full .*val_1.mp4"):
+        decode_video_task(task)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "extend", "index"])
+def test_a_damaged_shard_is_named_with_how_to_rebuild_it(tmp_path, damage):
+    frames = np.random.default_rng(0).integers(0, 256, (6, 4, 4, 3), dtype=np.uint8)
+    frames_dir = tmp_path / "frames" / "toy"
+    write_cache(frames_dir, [{"video_id": "a", "split": "train", "label": 0, "frames": frames}])
+    shard, index = frames_dir / fc.shard_name(0), frames_dir / fc.index_name(0)
+    if damage == "truncate":  # a copy cut short
+        shard.write_bytes(shard.read_bytes()[:-10])
+    elif damage == "extend":  # bytes appended by something else
+        shard.write_bytes(shard.read_bytes() + b"\0" * 10)
+    else:
+        index.write_bytes(b"not an index")
+    with pytest.raises(AmflowError) as err:
+        FrameCache(frames_dir).read(0)
+    msg = str(err.value)
+    assert msg.startswith(str(shard)) and "amflow extract --dataset toy" in msg and str(frames_dir) in msg
+
+
+def test_a_damaged_jpeg_record_is_named_with_its_shard(tmp_path):
+    frames = moving_texture(3, 16, 16, 0)
+    write_cache(tmp_path / "toy", [{"video_id": "a", "split": "train", "label": 0, "frames": frames}], "jpeg")
+    shard = tmp_path / "toy" / fc.shard_name(0)
+    shard.write_bytes(b"\0" * shard.stat().st_size)  # same size, garbage content
+    with pytest.raises(AmflowError, match=f"{shard}: .*video a does not decode.*amflow extract --dataset toy"):
+        FrameCache(tmp_path / "toy").read(0)
+
+
+def test_paths_with_spaces_and_unicode(tmp_path):
+    root = tmp_path / "my data" / "vidéos à voir"
+    (root / "clips ü").mkdir(parents=True)
+    frames = moving_texture(10, 32, 32, 5)
+    write_mp4(root / "clips ü" / "clip 1 é.mp4", frames)
+    ann.write_annotations(root, "train", pd.DataFrame({"video": ["clips ü/clip 1 é.mp4"], "label": [0],
+                                                       "label_name": ["a b"]}))
+    out = tmp_path / "my data" / "frames" / "toy"
+    summary = extract_frames(make_params(short_side=32), "toy", root, out, workers=1)
+    assert summary["failed"] == 0
+    expected, _ = read_video(root / "clips ü" / "clip 1 é.mp4", backend="pyav")
+    np.testing.assert_array_equal(FrameCache(out).read(0), expected)
+    assert FrameCache(out).manifest.at[0, "video"] == "clips ü/clip 1 é.mp4"

@@ -68,3 +68,57 @@ def test_override_parsing():
     assert parse_override("train.amp=false") == ("train.amp", False)
     with pytest.raises(ParamsError):
         parse_override("no-equals-sign")
+
+
+# --------------------------------------------------------------------------- misuse: one clear line each
+def _child(tmp_path, text: str, name: str = "child.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(f"extends: {ROOT / 'params/tiny.yaml'}\n{text}")
+    return path
+
+
+@pytest.mark.parametrize("name", [".", "", "..", "a/b", "frames", "Motion", "pretrain_images"])
+def test_a_dataset_name_that_is_not_a_plain_folder_name_is_refused(tmp_path, name):
+    data = yaml.safe_load((ROOT / "params/tiny.yaml").read_text())
+    data["datasets"][name] = data["datasets"]["synth_static"]
+    with pytest.raises(ParamsError) as err:
+        load_params(_write(tmp_path, data))
+    msg = str(err.value)
+    assert str(tmp_path / "bad.yaml") in msg and f"dataset name {name!r}" in msg
+
+
+EDGE_CASES = {
+    "extends cycle": (lambda t: (_child(t, "", "a.yaml").write_text("extends: b.yaml\n"),
+                                 (t / "b.yaml").write_text("extends: a.yaml\n"), t / "a.yaml")[-1],
+                      "extends"),
+    "duplicate key": (lambda t: _child(t, "train: {epochs: 3}\nname: x\ntrain: {lr: 0.1}\n"), "'train' is given twice"),
+    "python tag": (lambda t: _child(t, "name: !!python/object/apply:os.getcwd []\n"), "remove the tag"),
+    "folder": (lambda t: t, "is a folder"),
+    "not UTF-8": (lambda t: (_child(t, "name: x\n").write_bytes(b"name: caf\xe9\n"), t / "child.yaml")[-1],
+                  "not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", EDGE_CASES)
+def test_params_file_misuse_gets_one_line_naming_the_file(tmp_path, case, capsys):
+    from amflow.cli import main
+
+    make, expected = EDGE_CASES[case]
+    path = make(tmp_path)
+    assert main(["validate", "--params", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {path}") and expected in err, err
+
+
+@pytest.mark.parametrize("key, value, reported", [
+    ("train.epochs", True, "train.epochs"), ("train.lr", False, "train.lr"), ("seeds", [0, True], "seeds"),
+    ("datasets.synth_static.synth.split_sizes.train", True, "datasets.synth_static.synth.split_sizes")])
+def test_a_boolean_where_a_number_is_expected_is_an_error(tmp_path, key, value, reported):
+    data = yaml.safe_load((ROOT / "params/tiny.yaml").read_text())
+    set_dotted(data, key, value)
+    with pytest.raises(ParamsError) as err:
+        load_params(_write(tmp_path, data))
+    assert f"  - {reported}: " in str(err.value) and "true/false" in str(err.value)
+    # ... while real booleans and free-form values still are booleans
+    p = load_params(ROOT / "params/tiny.yaml", {"train": {"amp": False}, "backbone": {"kwargs": {"qkv_bias": True}}})
+    assert p.train.amp is False and p.backbone.kwargs["qkv_bias"] is True

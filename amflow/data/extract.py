@@ -180,7 +180,7 @@ def _complete_summary(frames_dir: Path) -> Optional[dict]:
 
 
 def _warn_stale_temporaries(frames_dir: Path) -> None:
-    stale = sorted(frames_dir.parent.glob(f".{frames_dir.name}.*.tmp")) if frames_dir.parent.exists() else []
+    stale = io.temporaries(frames_dir.parent, frames_dir.name)
     if stale:
         print(f"note: {len(stale)} leftover temporary folder(s) from an interrupted extraction: "
               f"{', '.join(str(s) for s in stale)}; delete them to free the space", file=sys.stderr)
@@ -240,26 +240,36 @@ class OrderedMap:
         try:
             while True:
                 for item in todo:
-                    pending.append((item, pool.submit(self.fn, item)))
-                    if len(pending) >= backlog:
+                    fut = self._submit(pool, item)
+                    pending.append((item, fut))
+                    if fut is None or len(pending) >= backlog:
                         break
                 if not pending:
                     return
                 item, fut = pending.popleft()
                 try:
+                    if fut is None:  # a worker died while items were being submitted
+                        raise BrokenProcessPool("the pool broke before this item was submitted")
                     result = fut.result()
                 except BrokenProcessPool:
                     pool.shutdown(wait=True, cancel_futures=True)
                     lost = [(item, fut)] + list(pending)
                     pending.clear()
                     for it, f in lost:
-                        ok = f.done() and not f.cancelled() and f.exception() is None
+                        ok = f is not None and f.done() and not f.cancelled() and f.exception() is None
                         yield f.result() if ok else self._alone(it)
                     pool = self._pool(self.workers)
                     continue
                 yield result
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _submit(self, pool: ProcessPoolExecutor, item):
+        """``pool.submit``, or None once the pool is broken (a worker died): the item is then retried."""
+        try:
+            return pool.submit(self.fn, item)
+        except BrokenProcessPool:
+            return None
 
     def _alone(self, item) -> dict:
         with self._pool(1) as pool:

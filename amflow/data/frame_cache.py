@@ -253,21 +253,44 @@ class FrameCache:
         if len(idx) and (idx.min() < 0 or idx.max() >= n):
             raise IndexError(f"frame indices {idx.tolist()} outside [0, {n}) for video "
                              f"{self.manifest.at[pos, 'video_id']}")
-        data, index = self._open(int(self._shard[pos]))
+        shard = int(self._shard[pos])
+        data, index = self._open(shard)
         h, w = (int(v) for v in self._hw[pos])
-        records = index[self._first[pos] + idx]
+        rows = self._first[pos] + idx
+        if len(rows) and rows.max() >= len(index):
+            raise self._corrupt(shard, f"its index has {len(index)} records, the manifest needs "
+                                       f"record {int(rows.max())}")
+        records = index[rows]
         out = np.empty((len(idx), h, w, 3), np.uint8)
         for k, (off, length) in enumerate(records):
-            out[k] = decode_record(data[off:off + length], self.encoding, h, w)
+            try:
+                out[k] = decode_record(data[off:off + length], self.encoding, h, w)
+            except (AmflowError, ValueError) as exc:
+                raise self._corrupt(shard, f"a frame of video {self.manifest.at[pos, 'video_id']} does not "
+                                           f"decode: {exc}") from None
         return out
+
+    def _corrupt(self, shard: int, why: str) -> AmflowError:
+        return AmflowError(f"{self.frames_dir / shard_name(shard)}: frame cache shard is damaged ({why}); rebuild "
+                           f"the cache: delete {self.frames_dir} and rerun `amflow extract --dataset "
+                           f"{self.frames_dir.name}` (or the pipeline)")
 
     def _open(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
         if self._pid != os.getpid():  # forked into a worker: maps are reopened per process
             self._maps, self._pid = {}, os.getpid()
         if shard not in self._maps:
             path = self.frames_dir / shard_name(shard)
-            index = np.load(self.frames_dir / index_name(shard), mmap_mode="r")
-            data = (np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size
-                    else np.zeros(0, np.uint8))
+            try:
+                index = np.load(self.frames_dir / index_name(shard), mmap_mode="r")
+                data = (np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size
+                        else np.zeros(0, np.uint8))
+            except (OSError, ValueError) as exc:
+                raise self._corrupt(shard, f"unreadable: {exc}") from None
+            if index.ndim != 2 or index.shape[1] != 2:
+                raise self._corrupt(shard, f"its index {index_name(shard)} has shape {index.shape}, not [n, 2]")
+            # Shards are written record after record: the last record ends exactly at the end of the file.
+            end = int((index[:, 0] + index[:, 1]).max()) if len(index) else 0
+            if end != len(data):
+                raise self._corrupt(shard, f"{len(data)} bytes where its index says {end}: truncated or overwritten")
             self._maps[shard] = (data, index)
         return self._maps[shard]

@@ -12,6 +12,7 @@ import numpy as np
 
 from amflow.data.video import decode_video
 from amflow.errors import AmflowError
+from amflow.io import DISK_FULL
 
 
 def encode_frames(frames: np.ndarray, encoding: str, jpeg_quality: int = 90) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +53,7 @@ def init_worker() -> None:
 
 
 def decode_video_task(task: tuple) -> dict:
-    """Worker: decode, resize and encode one video. Never raises: errors come back as data.
+    """Worker: decode, resize and encode one video. Errors come back as data, except a full disk.
 
     With a ``part`` path, each decoded chunk is encoded and appended to that file at once, and only
     metadata comes back: sending megabytes of frames through the process pool's pipe costs more
@@ -76,5 +77,10 @@ def decode_video_task(task: tuple) -> dict:
 
     try:
         return decode_video(path, consume, short_side=short_side, backend=backend)
+    except OSError as exc:
+        if exc.errno in DISK_FULL:  # not the video's fault: stop the stage instead of listing every video as failed
+            raise AmflowError(f"{part}: the disk is full ({exc.strerror}) while decoding {path} into this scratch "
+                              f"file; free space there (the decoders' scratch folder is $TMPDIR) and rerun") from None
+        return {"error": " ".join(str(exc).split()) or type(exc).__name__}
     except Exception as exc:  # VideoDecodeError and anything a broken file triggers
         return {"error": " ".join(str(exc).split()) or type(exc).__name__}

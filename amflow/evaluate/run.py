@@ -148,12 +148,7 @@ def score(out: EvalOutputs, num_classes: int) -> dict:
 def evaluate_run(params: Params, *, dataset: str, method: str, seed: int, data_dir: Path, results_dir: Path,
                  run_dir: Optional[Path] = None, progress: bool = True) -> dict:
     """Evaluate the trained run on the test split; returns the content of ``metrics.json``."""
-    from amflow import tracking
-    from amflow.data.clips import ClipDataset
-    from amflow.evaluate.plots import confusion_png, curves_png
-    from amflow.train import checkpoint as ckpt
-    from amflow.train.distributed import resolve_device
-    from amflow.train.run import (CHECKPOINT, TRAIN_JSON, build_run_model, params_digest, run_paths)
+    from amflow.train.run import TRAIN_JSON, run_paths
 
     if int(os.environ.get("RANK", "0")) != 0:
         return {}  # evaluation is single-process; see the module docstring
@@ -162,17 +157,40 @@ def evaluate_run(params: Params, *, dataset: str, method: str, seed: int, data_d
     if not train_json.exists():
         raise AmflowError(f"{train_json}: training of this run is not complete; run `amflow train --dataset "
                           f"{dataset} --method {method} --seed {seed}` first")
+    # One writer per run folder: not while a training (or another evaluation) of it is running.
+    with io.exclusive_folder(paths.run_dir, f"amflow evaluate --dataset {dataset} --method {method} --seed {seed}"):
+        return _evaluate_locked(params, paths, dataset=dataset, method=method, seed=seed, progress=progress)
+
+
+def _evaluate_locked(params: Params, paths, *, dataset: str, method: str, seed: int, progress: bool) -> dict:
+    from amflow import tracking
+    from amflow.data.clips import ClipDataset
+    from amflow.evaluate.plots import confusion_png, curves_png
+    from amflow.train import checkpoint as ckpt
+    from amflow.train.distributed import resolve_device
+    from amflow.train.run import CHECKPOINT, TRAIN_JSON, build_run_model, params_digest
+
+    train_json = paths.run_dir / TRAIN_JSON
     try:
         train_info = io.read_json(train_json)
     except ValueError as exc:
         raise AmflowError(str(exc)) from None
-    state = ckpt.load_checkpoint(paths.run_dir / CHECKPOINT)
+    checkpoint = paths.run_dir / CHECKPOINT
+    state = ckpt.load_checkpoint(checkpoint)
     compat = state["meta"].get("compat", {})
     digest = params_digest(params, dataset)
     if compat.get("params_digest") != digest:
         raise AmflowError(f"{paths.run_dir}: this run was trained with different params (digest "
                           f"{compat.get('params_digest')} vs {digest} now); evaluate it with the params it was "
                           f"trained with ({paths.run_dir / 'params.yaml'}) or retrain it")
+    # The checkpoint must be the one train.json describes: its last epoch, its params (train.json
+    # files written before the digest was recorded in them are checked on the epoch alone).
+    recorded = train_info.get("params_digest", compat.get("params_digest"))
+    if state["epoch"] != train_info.get("epochs") or compat.get("params_digest") != recorded:
+        raise AmflowError(f"{checkpoint}: not the checkpoint that {train_json} describes (epoch {state['epoch']}, "
+                          f"params digest {compat.get('params_digest')}; train.json: epoch {train_info.get('epochs')}, "
+                          f"digest {recorded}); restore the run's own checkpoint, or delete {paths.run_dir} and "
+                          f"retrain")
     tracker = tracking.Tracker.open_existing(paths.run_dir, params)  # an unreachable server fails here
     variant, identity_for_static = compat["am_flow_variant"], bool(compat["identity_for_static"])
     classes = list(compat["classes"])
@@ -182,9 +200,9 @@ def evaluate_run(params: Params, *, dataset: str, method: str, seed: int, data_d
         torch.set_num_threads(params.train.threads)
 
     model = build_run_model(params, dataset, method, len(classes), variant, paths.backbone_weights, seed)
-    ckpt.load_trainable_state(model, state["model"], paths.run_dir / CHECKPOINT)
+    ckpt.load_trainable_state(model, state["model"], checkpoint)
     if "frozen_fingerprint" in state:
-        ckpt.check_fingerprint(model, state["frozen_fingerprint"], paths.run_dir / CHECKPOINT)
+        ckpt.check_fingerprint(model, state["frozen_fingerprint"], checkpoint)
     model.to(device)
 
     motion = paths.motion if variant == "aligned" else None

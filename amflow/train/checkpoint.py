@@ -75,8 +75,10 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise ValueError(f"checkpoint state lacks {missing}")
-    with io.atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    # Through a Python file: a full disk then raises OSError(ENOSPC), which atomic_path reports with
+    # the path (torch's own writer turns it into an opaque RuntimeError).
+    with io.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -15,6 +15,7 @@ see :mod:`amflow.train.distributed` and :mod:`amflow.train.trainer` for what is 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -157,7 +158,20 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
 
     paths = run_paths(params, dataset, method, seed, data_dir, results_dir, run_dir)
     ctx = init_distributed(params.train.device)
+    lock = contextlib.ExitStack()
     try:
+        # One writer per run folder: a second `amflow train` (or evaluate) on it fails here, before any
+        # file of the first is touched. Rank 0 writes for all ranks, so it alone holds the lock.
+        error = None
+        if ctx.is_main:
+            try:
+                lock.enter_context(io.exclusive_folder(paths.run_dir, f"amflow train --dataset {dataset} "
+                                                                      f"--method {method} --seed {seed}"))
+            except AmflowError as exc:
+                error = str(exc)
+        error = ctx.broadcast_object(error)
+        if error:
+            raise AmflowError(error)
         set_threads(params.train.threads, ctx)
         variant, identity_for_static = resolve_method_variant(params, method, paths.results_dataset_dir)
         classes = read_classes(paths.dataset_dir)
@@ -247,6 +261,7 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
             "am_flow_variant": variant, "identity_for_static": identity_for_static,
             "epochs": len(result.history), "train_time_s": result.elapsed_s, **summary,
             "trainable_params": counts["trainable"], "total_params": counts["total"], "gflops_per_clip": gflops,
+            "params_digest": meta["compat"]["params_digest"],
             "world_size": ctx.world_size, "device": ctx.device.type, "global_batch": params.train.batch_size,
             "accum_steps": params.train.accum_steps, "num_classes": len(classes),
             "mlflow_run_id": tracker.run_id, "history": result.history,
@@ -261,6 +276,7 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
         io.write_json(paths.run_dir / TRAIN_JSON, info)  # last: marks the run complete
         return info
     finally:
+        lock.close()
         ctx.close()
 
 

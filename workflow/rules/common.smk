@@ -20,7 +20,7 @@ RESULTS = "results"
 
 
 wildcard_constraints:
-    dataset=r"[A-Za-z0-9][A-Za-z0-9_\-]*",
+    dataset=paths.DATASET_NAME_PATTERN,
     method="frame|aim|st_adapter|tpa|amflow",
     seed=r"\d+",
     axis=r"[a-z_]+",
