@@ -11,7 +11,11 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
                    help="search space, trial count, sampler and pruner settings (default params/sweep.yaml)")
     p.add_argument("--dataset", required=True, help="dataset to tune on (its val split is the objective)")
     p.add_argument("--method", default="amflow", choices=["frame", "aim", "st_adapter", "tpa", "amflow"])
-    p.add_argument("--trials", type=int, default=None, help="total number of finished trials wanted (default: from --space)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a key of the base params file for every trial and for best.yaml, e.g. "
+                        "--set datasets.synth_moving.synth.split_sizes.train=120 (repeatable; value parsed as YAML)")
+    p.add_argument("--trials", type=int, default=None,
+                   help="number of trials wanted: complete, pruned, or failed with an error (default: from --space)")
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes sharing one study storage on this machine")
     p.add_argument("--storage", default=None,
