@@ -53,7 +53,7 @@ def bar(iterable: Optional[Iterable] = None, *, total: Optional[int] = None, des
                     mininterval=1.0, **kwargs)
     # mininterval=0: the step count alone decides; a bar of unknown length prints a line every 30 s.
     if total:
-        kwargs.setdefault("bar_format", "{desc}: {n_fmt}/{total_fmt} {unit} ({percentage:.0f}%) "
+        kwargs.setdefault("bar_format", "{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%) "
                                         "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
     steps, seconds = (every(total), 0.0) if total else (1, 30.0)
     return LogLines(iterable, total=total, desc=desc, unit=unit, disable=disable, leave=leave, file=file,
