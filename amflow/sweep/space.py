@@ -150,12 +150,13 @@ def check_space(base: dict, spec: SweepSpec, *, dataset: str, method: str, space
     """Fail before any trial runs if a fixed key or a swept value does not fit the params schema or the
     model it builds. Each categorical choice and each range end is tried alone, on the base plus the
     fixed keys (the model is built with a random backbone: its structure is what is checked)."""
+    if dataset not in (base.get("datasets") or {}):
+        raise AmflowError(f"{params_file}: no dataset '{dataset}' under 'datasets' "
+                          f"(known: {', '.join(base.get('datasets') or {})}); pick one with --dataset")
     try:
-        params = validate(trial_params_data(base, spec), params_file)
-        params.dataset(dataset)
-        _build(params, dataset, method)
-    except (ParamsError, AmflowError, KeyError) as exc:
-        raise AmflowError(f"{space_file}: 'fixed' does not fit {params_file}: {_one_line(exc)}") from None
+        _build(validate(trial_params_data(base, spec), params_file), dataset, method)
+    except (ParamsError, AmflowError) as exc:
+        raise AmflowError(f"{params_file} (with --set and {space_file}'s 'fixed' keys): {_one_line(exc)}") from None
     built: set[str] = set()
     for key, dim in spec.space.items():
         probes = dim.choices if isinstance(dim, CategoricalDim) else [dim.low, dim.high]
