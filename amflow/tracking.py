@@ -167,9 +167,11 @@ class Tracker:
     # ------------------------------------------------------------------ opening a run
     @classmethod
     def open_for_training(cls, params, *, dataset: str, method: str, seed: int, run_dir: Path,
-                          tags: Optional[dict] = None, parent_run_id: Optional[str] = None, resume: bool = False):
+                          tags: Optional[dict] = None, parent_run_id: Optional[str] = None, resume: bool = False,
+                          name: Optional[str] = None):
         """Create the run or, when ``resume`` (training continues a checkpoint), reopen the one this run
-        folder recorded. A fresh training never reuses an old record: its params may differ. Rank 0 only."""
+        folder recorded. A fresh training never reuses an old record: its params may differ. Rank 0 only.
+        ``name`` replaces the run name ``<method>-seed<k>`` (a sweep's ``trial-<n>``)."""
         if not enabled():
             return NullTracker()
         uri = resolve_uri(params)
@@ -196,11 +198,11 @@ class Tracker:
             all_tags["mlflow.parentRunId"] = parent_run_id
         if run_id is None:
             exp_id = _experiment_id(client, experiment_name(params, dataset), uri)
-            run = client.create_run(exp_id, run_name=run_name(method, seed), tags=all_tags)
+            name = name or run_name(method, seed)
+            run = client.create_run(exp_id, run_name=name, tags=all_tags)
             run_id = run.info.run_id
             io.write_json(run_file, {"tracking_uri": uri, "experiment_id": exp_id, "run_id": run_id,
-                                     "experiment": experiment_name(params, dataset),
-                                     "run_name": run_name(method, seed)})
+                                     "experiment": experiment_name(params, dataset), "run_name": name})
         else:
             client.update_run(run_id, status="RUNNING")
             client.set_tag(run_id, "stage", "train")

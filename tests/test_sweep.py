@@ -1,4 +1,5 @@
-"""Optuna sweeps: exact trial counts with several workers, pruning, resume after a kill, export."""
+"""Optuna sweeps: the README's command on the shipped files, exact trial counts with several workers,
+pruning, failed trials, resume after a kill, the space check, export."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ import yaml
 from standins_train import CLASSES, tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
 
 
 def make_colour_dataset(data_dir: Path, size: int = 16, frames: int = 8) -> None:
@@ -62,7 +63,8 @@ def _setup(tmp_path, trials=3, space=None, pruner=None, fixed=None):
 
 
 def _args(tmp_path, params_file, space_file, **kw):
-    ns = dict(params=str(params_file), space=str(space_file), dataset="tiny", method="frame", trials=None, workers=1,
+    ns = dict(params=str(params_file), space=str(space_file), set=None, dataset="tiny", method="frame", trials=None,
+              workers=1,
               storage=None, study_name="s", output=None, data_dir=tmp_path / "data",
               results_dir=tmp_path / "results")
     ns.update(kw)
@@ -93,6 +95,7 @@ def _check_exact(study, trials_dir: Path, n: int):
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
 
 
+@pytest.mark.slow
 def test_two_workers_finish_exactly_the_requested_trials(tmp_path):
     from amflow.params import load_params
     from amflow.sweep.run import run_sweep
@@ -125,7 +128,9 @@ def test_two_workers_finish_exactly_the_requested_trials(tmp_path):
     assert float(parents[0].data.metrics["best_value"]) == pytest.approx(summary["best"]["value"])
 
 
+@pytest.mark.slow
 def test_pruner_prunes_a_bad_configuration(tmp_path):
+    from amflow.params import resolve_raw
     from amflow.sweep.run import load_study, worker
     from amflow.sweep.space import load_sweep_spec
 
@@ -137,7 +142,8 @@ def test_pruner_prunes_a_bad_configuration(tmp_path):
     study = load_study(url, "s", spec)
     study.enqueue_trial({"train.lr": 0.02})   # learns the colours in one epoch
     study.enqueue_trial({"train.lr": 1e-9})   # cannot learn anything: must be pruned after epoch 1
-    ctx = dict(spec=spec, params_file=str(params_file), dataset="tiny", method="frame", seed=0,
+    ctx = dict(spec=spec, base=resolve_raw(params_file), params_file=str(params_file), dataset="tiny", method="frame",
+               seed=0,
                data_dir=str(tmp_path / "data"), results_dir=str(results_dir), folder=str(tmp_path / "sw"),
                storage=url, study_name="s", trials=2, parent_run_id=None)
     worker(ctx)
@@ -148,6 +154,7 @@ def test_pruner_prunes_a_bad_configuration(tmp_path):
     assert len(log) - 1 < 2
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_to_the_requested_count(tmp_path):
     # Longer trials, so that the kill lands inside one.
     _, results_dir, params_file, space_file = _setup(tmp_path, trials=3, fixed={"train.epochs": 40})
@@ -181,10 +188,10 @@ def test_killed_sweep_resumes_to_the_requested_count(tmp_path):
     study = _study(url)
     _check_exact(study, results_dir / "sweeps/tiny/frame/trials", 3)
     interrupted = [t for t in study.trials if t.state == TrialState.FAIL]
-    assert len(interrupted) == 1 and interrupted[0].system_attrs.get("amflow_interrupted")
-    # Its parameters were queued again and finished: nothing lost.
+    assert len(interrupted) == 1 and "error" not in interrupted[0].user_attrs
+    # Its parameters were queued again, marked as its replacement, and finished: nothing lost.
     redone = [t for t in study.trials if t.state == TrialState.COMPLETE and t.params == interrupted[0].params]
-    assert redone
+    assert [t.user_attrs.get("requeued_from") for t in redone] == [interrupted[0].number]
 
 
 def test_bad_space_key_fails_before_any_trial(tmp_path):
@@ -193,9 +200,114 @@ def test_bad_space_key_fails_before_any_trial(tmp_path):
 
     _, results_dir, params_file, space_file = _setup(
         tmp_path, space={"model.adapter.bottlneck": {"type": "categorical", "choices": [4]}})
-    with pytest.raises(AmflowError, match="bottlneck"):
+    with pytest.raises(AmflowError, match="bottlneck") as err:
         run_sweep(_args(tmp_path, params_file, space_file))
-    assert not (results_dir / "sweeps/tiny/frame/trials").exists()
+    assert str(space_file) in str(err.value) and "\n" not in str(err.value)
+    assert not (results_dir / "sweeps/tiny/frame").exists()
+
+
+def test_a_space_value_the_model_cannot_take_is_refused_before_the_first_trial(tmp_path):
+    """The shipped default's backbone has 4 blocks: a choice naming block 4 is one error line naming the
+    sweep file and the key, before any study or trial exists (the schema alone accepts it)."""
+    shutil.copytree(ROOT / "params", tmp_path / "params")
+    spec = yaml.safe_load((ROOT / "params/sweep.yaml").read_text())
+    spec["space"]["model.adapter.blocks"]["choices"] = ["all", [3, 4, 5], [4, 5]]
+    (tmp_path / "bad_sweep.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    out = subprocess.run([BIN / "amflow", "sweep", "--space", "bad_sweep.yaml", "--dataset", "synth_moving",
+                          "--method", "amflow", "--trials", "20"], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("error: bad_sweep.yaml: space.model.adapter.blocks: [3, 4, 5]"), lines[0]
+    assert "outside the backbone's 4 blocks" in lines[0]
+    assert not (tmp_path / "results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
+    from optuna.trial import TrialState
+
+    from amflow.sweep.run import load_study, run_sweep
+    from amflow.sweep.space import load_sweep_spec
+
+    _, results_dir, params_file, space_file = _setup(
+        tmp_path, trials=3, space={"train.label_smoothing": {"type": "float", "low": 0.0, "high": 0.2},
+                                   "model.adapter.bottleneck": {"type": "categorical", "choices": [4, 8]}})
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    # The first trial gets a value the params schema refuses (label smoothing below 1): it fails inside the trial.
+    load_study(url, "s", load_sweep_spec(space_file)).enqueue_trial({"train.label_smoothing": 1.5})
+    summary = run_sweep(_args(tmp_path, params_file, space_file, storage=url))
+    trials = _study(url).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    error = trials[0].user_attrs["error"]
+    assert "train.label_smoothing" in error and "less than 1" in error, error
+    assert summary["trials"] == 3 and summary["best"]["number"] in (1, 2)
+    assert (results_dir / "sweeps/tiny/frame/best.yaml").is_file()
+
+
+README_SWEEP = "amflow sweep --dataset synth_moving --method amflow --trials 20"
+# Options a user can type to make the README's run cheap: a smaller synth_moving, a random backbone
+# (no pretraining stage); the same options prepare the data the sweep trains on.
+CHEAP = ["--set", "datasets.synth_moving.synth.split_sizes={train: 24, val: 12, test: 12}",
+         "--set", "backbone.weights=random"]
+
+
+@pytest.mark.slow
+def test_readme_sweep_runs_as_typed_on_the_shipped_files(tmp_path):
+    from mlflow.tracking import MlflowClient
+    from optuna.trial import TrialState
+
+    from amflow.params import load_params
+
+    readme = (ROOT / "README.md").read_text()
+    assert README_SWEEP in readme
+    shutil.copytree(ROOT / "params", tmp_path / "params")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def amflow(*args):
+        out = subprocess.run([BIN / "amflow", *args], cwd=tmp_path, capture_output=True, text=True, env=env,
+                             timeout=1200)
+        assert out.returncode == 0, f"amflow {' '.join(args)}\n{out.stderr[-4000:]}"
+        return out
+
+    for stage in ("prepare", "extract", "camera-motion"):  # what the sweep of an AM flow run needs
+        amflow(stage, "--dataset", "synth_moving", *CHEAP)
+    cmd = README_SWEEP.split()[1:]
+    cmd[cmd.index("--trials") + 1] = "2"
+    out = amflow(*cmd, *CHEAP)
+
+    # The log is plain lines: progress every few steps, one line per epoch and per trial.
+    assert "\r" not in out.stderr
+    assert "epoch 1/4: 0/" in out.stderr and "trial 1: val_top1" in out.stderr
+    study = _study(f"sqlite:///{tmp_path / 'results/sweeps/synth_moving/amflow/study.db'}",
+                   "default-synth_moving-amflow")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    shipped_space = yaml.safe_load((ROOT / "params/sweep.yaml").read_text())["space"]
+    readable = {key: [c if isinstance(c, (str, int, float)) else yaml.safe_dump(c, default_flow_style=True).strip()
+                      for c in dim["choices"]]
+                for key, dim in shipped_space.items() if dim["type"] == "categorical"}
+    assert readable["model.adapter.tpu"] == ["transformer", "tcn", "lstm"]
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    for t in study.trials:
+        for key, labels in readable.items():
+            assert t.params[key] in labels and list(t.distributions[key].choices) == labels
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.info.run_name == f"trial-{t.number}"
+        parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+        assert parent.data.tags["stage"] == "sweep" and parent.data.tags["amflow.sweep_study"] == study.study_name
+
+    # best.yaml: the tuned values, with the params file's full training budget (not the sweep's 4 epochs).
+    best_file = tmp_path / "results/sweeps/synth_moving/amflow/best.yaml"
+    best = load_params(best_file)
+    shipped = yaml.safe_load((ROOT / "params/default.yaml").read_text())
+    assert best.train.epochs == shipped["train"]["epochs"] != yaml.safe_load(
+        (ROOT / "params/sweep.yaml").read_text())["fixed"]["train.epochs"]
+    tuned = study.best_trial.params
+    assert best.train.lr == pytest.approx(tuned["train.lr"])
+    assert best.model.adapter.tpu == tuned["model.adapter.tpu"]
+    assert best.model.adapter.blocks == yaml.safe_load(str(tuned["model.adapter.blocks"]))
+    assert best.model.adapter.bottleneck == tuned["model.adapter.bottleneck"]
 
 
 def _free_port() -> int:
@@ -230,6 +342,7 @@ def postgres(tmp_path):
         shutil.rmtree(pgdata, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_two_workers_share_a_postgresql_study(tmp_path, postgres):
     from amflow.sweep.run import run_sweep
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -32,6 +31,7 @@ import numpy as np
 from amflow import io
 from amflow.camera.global_motion import MotionSettings, estimate_pairs, grid_displacement
 from amflow.errors import AmflowError
+from amflow.progress import bar as progress_bar
 
 JSON_NAME = "camera_motion.json"
 PNG_NAME = "camera_motion.png"
@@ -124,21 +124,18 @@ def _work(pos: int) -> tuple[int, VideoMotion]:
 def compute_all(frames_dir: Path, model: str, settings: MotionSettings, workers: int = 0,
                 progress: bool = True) -> dict[int, VideoMotion]:
     """:class:`VideoMotion` of every cached video (manifest position -> result), in parallel."""
-    from tqdm import tqdm
-
     from amflow.data.frame_cache import FrameCache
 
     n_videos = len(FrameCache(frames_dir))
     if not workers:  # the cores this process may use (Snakemake/SLURM may give fewer than the machine has)
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = max(1, min(workers, n_videos))
-    bar = dict(total=n_videos, desc="camera motion", unit="video", disable=not progress, file=sys.stderr,
-               mininterval=1.0)
+    bar = dict(total=n_videos, desc="camera motion", unit="video", disable=not progress)
     out: dict[int, VideoMotion] = {}
     if workers == 1:
         _init_worker(str(frames_dir), model, settings)
         try:
-            for pos in tqdm(range(n_videos), **bar):
+            for pos in progress_bar(range(n_videos), **bar):
                 out[pos] = _work(pos)[1]
         finally:
             _WORKER.clear()
@@ -150,7 +147,7 @@ def compute_all(frames_dir: Path, model: str, settings: MotionSettings, workers:
     # 'spawn', not fork: a process that already ran OpenCV holds its thread pool, and forked
     # children deadlock in their first cv2 call (seen here). Spawning costs ~1 s of imports per worker.
     with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(str(frames_dir), model, settings)) as pool:
-        for pos, res in tqdm(pool.imap_unordered(_work, range(n_videos), chunksize=chunk), **bar):
+        for pos, res in progress_bar(pool.imap_unordered(_work, range(n_videos), chunksize=chunk), **bar):
             out[pos] = res
     return out
 

@@ -23,8 +23,7 @@ from typing import Callable, Optional
 
 import requests
 import urllib3
-from tqdm import tqdm
-
+from amflow import progress
 from amflow.errors import AmflowError
 
 CHUNK = 1 << 20
@@ -72,8 +71,9 @@ class ByteProgress:
         self._lock = threading.Lock()
         self._totals: dict[str, int] = {}
         self._counted: dict[str, int] = {}
-        self.bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
-                        disable=not enabled, dynamic_ncols=True)
+        # The total grows as files are declared: in a log, a line every 30 s rather than every N bytes.
+        self.bar = progress.bar(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+                                disable=not enabled, dynamic_ncols=True)
 
     def track(self, key: str, total: int, have: int) -> None:
         """Declare that ``key`` has ``total`` bytes of which ``have`` are on disk (idempotent, so that

@@ -23,9 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import pandas as pd
-from tqdm import tqdm
-
-from amflow import io
+from amflow import io, progress
 from amflow.data import annotations as ann
 from amflow.data.frame_cache import FAILURES, FORMAT_VERSION, SUMMARY, CacheBuilder
 from amflow.data.frame_codec import decode_video_task, init_worker
@@ -96,7 +94,7 @@ def _decode_all(builder: CacheBuilder, tasks: list[dict], job: tuple, workers: i
     with tempfile.TemporaryDirectory(prefix="amflow-extract-", ignore_cleanup_errors=True) as parts:
         results = OrderedMap(decode_video_task, [(t["path"], *job, os.path.join(parts, f"{i:08d}.bin"))
                                                  for i, t in enumerate(tasks)], workers, init_worker)
-        bar = tqdm(total=len(tasks), desc=desc, unit="video", file=sys.stderr, mininterval=1.0)
+        bar = progress.bar(total=len(tasks), desc=desc, unit="video")
         try:
             for task, res in zip(tasks, results):
                 first_result = first_result or time.perf_counter() - t0

@@ -31,9 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
-
-from amflow import io
+from amflow import io, progress
 from amflow.data import scene
 from amflow.errors import AmflowError
 from amflow.params import Params, PretrainImagesSpec
@@ -219,7 +217,7 @@ def generate_pretrain_images(params: Params, out_dir: str | Path) -> dict:
     res = spec.resolution
     class_counts: dict = {}
     t0 = time.perf_counter()
-    bar = tqdm(total=sum(counts.values()), desc="pretrain images", unit="img", file=sys.stderr)
+    bar = progress.bar(total=sum(counts.values()), desc="pretrain images", unit="img")
     pool = mp.get_context("spawn").Pool(workers, initializer=_worker_init) if workers > 1 else None
     try:
         for split in SPLITS:

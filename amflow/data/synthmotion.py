@@ -36,9 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
-
-from amflow import io
+from amflow import io, progress
 from amflow.data import annotations as ann
 from amflow.data import scene
 from amflow.errors import AmflowError
@@ -359,7 +357,7 @@ def generate_dataset(params: Params, dataset_name: str, out_dir: str | Path) -> 
     workers = _workers(spec.workers, len(tasks))
     results: list = []
     t0 = time.perf_counter()
-    bar = tqdm(total=len(tasks), desc=f"{dataset_name}: rendering", unit="video", file=sys.stderr)
+    bar = progress.bar(total=len(tasks), desc=f"{dataset_name}: rendering", unit="video")
     if workers == 1:
         for task in tasks:
             results.append(_make_video(task))

@@ -34,6 +34,7 @@ from amflow import io
 from amflow.errors import AmflowError
 from amflow.evaluate import metrics as M
 from amflow.params import Params
+from amflow.progress import bar as progress_bar
 
 METRICS_JSON = "metrics.json"
 PER_CLASS_CSV = "per_class.csv"
@@ -86,8 +87,6 @@ class EvalOutputs:
 def evaluate_model(model: torch.nn.Module, dataset, *, device: torch.device, amp: bool, batch_size: int,
                    num_workers: int = 0, reversal: Optional[dict[int, int]] = None,
                    progress: bool = True) -> EvalOutputs:
-    from tqdm import tqdm
-
     from amflow.train.trainer import clip_probs, collate_clips
 
     model.eval()
@@ -95,7 +94,7 @@ def evaluate_model(model: torch.nn.Module, dataset, *, device: torch.device, amp
                         collate_fn=collate_clips, pin_memory=device.type == "cuda")
     probs, labels, indices, rev_probs, rev_targets, rev_rows = [], [], [], [], [], []
     seen = 0
-    for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, file=sys.stderr, mininterval=1.0):
+    for batch in progress_bar(loader, desc="evaluate", unit="batch", disable=not progress):
         p = clip_probs(model, batch["video"], batch["transforms"], device, amp)
         y = batch["label"]
         probs.append(p.cpu().numpy())
@@ -257,4 +256,7 @@ def _evaluate_locked(params: Params, paths, *, dataset: str, method: str, seed: 
     tracker.log_json(result, f"evaluate/{METRICS_JSON}")
     tracker.set_tags({"stage": "evaluate"})
     io.write_json(run_dir / METRICS_JSON, result)  # last: marks the evaluation complete
+    print(f"evaluate {dataset}/{method}/seed{seed}: top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%}, "
+          f"mean class accuracy {result['mean_class_acc']:.2%} ({result['num_test']} test videos, {views} view(s), "
+          f"{eval_time:.1f} s)", file=sys.stderr)
     return result

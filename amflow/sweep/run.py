@@ -3,12 +3,16 @@
 - Seeded TPE sampler; median or Hyperband pruner on the per-epoch validation top-1 the trainer reports.
 - Storage: SQLite under the sweep folder by default, ``journal:PATH`` for a journal file, or an RDB URL
   (``postgresql://...``) shared across machines. ``--workers N`` starts N processes on one storage.
-- Exactly the requested number of trials finish (complete or pruned): a worker claims a trial only
-  under a lock (a file lock for local storages, a PostgreSQL advisory lock otherwise) after counting
-  the finished and running ones. Trials left RUNNING by a killed sweep are marked failed when the sweep
-  is rerun, and their parameters are queued again, so none is lost and none is run twice.
-- Each trial is a nested MLflow run under one parent run per study; the parent gets the best value and
-  params. The best trial is exported as a complete params file (``best.yaml``).
+- Exactly the requested number of trials run to an end (complete, pruned, or failed with an error): a
+  worker claims a trial only under a lock (a file lock for local storages, a PostgreSQL advisory lock
+  otherwise) after counting the ended and running ones. A trial that raises is recorded FAIL with its
+  error (user attr ``error``) and the sweep goes on. Trials left RUNNING by a killed sweep are marked
+  failed when the sweep is rerun, and their parameters are queued again (user attr ``requeued_from``),
+  so none is lost and none is run twice.
+- Each trial is an MLflow run ``trial-<n>`` nested under one parent run per study (its id is the
+  trial's user attr ``mlflow_run_id``); the parent gets the best value and params. The best trial is
+  exported as a complete params file (``best.yaml``) with the base file's training budget: the sweep's
+  ``fixed`` keys (a shortened budget) are left out, the tuned values kept.
 """
 from __future__ import annotations
 
@@ -19,16 +23,26 @@ import sys
 import warnings
 import zlib
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
+import optuna
+import sqlalchemy
 import yaml
+from filelock import FileLock
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 
 from amflow import io, tracking
 from amflow.errors import AmflowError
-from amflow.params import load_params, validate
-from amflow.sweep.space import SweepSpec, check_space, decode, load_sweep_spec, suggest, trial_params_data
+from amflow.params import parse_override, resolve_raw, validate
+from amflow.sweep.space import (SweepSpec, check_space, decode, load_sweep_spec, suggest, trial_params_data,
+                                with_values)
+from amflow.train.run import train_run
 
 FINISHED = ("COMPLETE", "PRUNED")
+ERROR_ATTR = "error"          # user attr of a trial that raised: its error, one line
+RUN_ID_ATTR = "mlflow_run_id"  # user attr: the trial's MLflow run
+REQUEUED_ATTR = "requeued_from"  # user attr of a trial queued again: the interrupted trial's number
 
 
 # --------------------------------------------------------------------------- storage and locking
@@ -41,11 +55,7 @@ def storage_url(arg: Optional[str], folder: Path) -> str:
 
 
 def open_storage(url: str):
-    import optuna
-
     if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
-
         path = Path(url[len("journal:"):])
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
@@ -58,14 +68,10 @@ def open_storage(url: str):
 def claim_lock(url: str, folder: Path, study_name: str) -> Iterator[None]:
     """Serialise 'count trials, then ask for one' across every worker of the study."""
     if url.startswith(("sqlite", "journal:")):
-        from filelock import FileLock
-
         folder.mkdir(parents=True, exist_ok=True)
         with FileLock(str(folder / f".{study_name}.claim.lock")):
             yield
         return
-    import sqlalchemy
-
     key = zlib.crc32(study_name.encode())  # one advisory lock per study, across machines
     engine = sqlalchemy.create_engine(url)
     with engine.connect() as conn:
@@ -78,8 +84,6 @@ def claim_lock(url: str, folder: Path, study_name: str) -> Iterator[None]:
 
 
 def make_pruner(spec: SweepSpec):
-    import optuna
-
     p = spec.pruner
     if p.type == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
@@ -89,8 +93,6 @@ def make_pruner(spec: SweepSpec):
 
 
 def load_study(url: str, study_name: str, spec: SweepSpec):
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(study_name=study_name, storage=open_storage(url), direction="maximize",
                                sampler=optuna.samplers.TPESampler(seed=spec.seed), pruner=make_pruner(spec),
@@ -98,17 +100,27 @@ def load_study(url: str, study_name: str, spec: SweepSpec):
 
 
 def requeue_interrupted(study) -> int:
-    """Trials left RUNNING by a killed sweep: mark them failed and queue their parameters again."""
-    from optuna.trial import TrialState
+    """Trials left RUNNING by a killed sweep: mark them failed and queue their parameters again.
 
+    Optuna's own requeue (heartbeats with ``RetryHeartbeatStaleTrialCallback``) is not used: it
+    records heartbeats only inside ``study.optimize()``, which asks for its trial itself, so the claim
+    lock could no longer cover "count, then ask" and parallel workers would overshoot the requested
+    trial count; ``JournalStorage`` has no heartbeat; and a rerun would wait out the grace period
+    before the interrupted trial runs again. A rerun therefore expects the killed sweep's workers gone.
+    """
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_system_attr(t._trial_id, "amflow_interrupted", True)
-        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        study.tell(t.number, state=TrialState.FAIL)
         if t.params:
-            study.enqueue_trial(t.params, skip_if_exists=False)
+            study.enqueue_trial(t.params, user_attrs={REQUEUED_ATTR: t.number}, skip_if_exists=False)
         n += 1
     return n
+
+
+def ended(t) -> bool:
+    """A trial that used up one of the requested trials: complete, pruned, or failed with an error
+    (an interrupted trial failed without one, and its requeued twin takes its place)."""
+    return t.state.name in FINISHED or (t.state == TrialState.FAIL and ERROR_ATTR in t.user_attrs)
 
 
 def counts(study) -> dict[str, int]:
@@ -125,18 +137,19 @@ class _Pruned(Exception):
 
 def run_trial(trial, ctx: dict) -> float:
     """Train one configuration; report per-epoch val top-1 to the pruner."""
-    import optuna
-
-    from amflow.train.run import train_run
-
     spec: SweepSpec = ctx["spec"]
     values = suggest(trial, spec)
-    data = trial_params_data(ctx["params_file"], spec, values)
-    params = validate(data, f"{ctx['params_file']} (trial {trial.number})")
+    params = validate(trial_params_data(ctx["base"], spec, values), f"{ctx['params_file']} (trial {trial.number})")
     run_dir = Path(ctx["folder"]) / "trials" / f"trial_{trial.number:04d}"
     best = {"value": float("-inf")}
 
+    def record_run_id() -> None:
+        run_file = run_dir / tracking.RUN_FILE
+        if RUN_ID_ATTR not in trial.user_attrs and run_file.exists():
+            trial.set_user_attr(RUN_ID_ATTR, io.read_json(run_file)["run_id"])
+
     def report(record: dict) -> None:
+        record_run_id()  # at the first epoch already, so an interrupted trial names its run too
         value = float(record[spec.metric])
         best["value"] = max(best["value"], value)
         trial.report(value, int(record["epoch"]))
@@ -146,17 +159,17 @@ def run_trial(trial, ctx: dict) -> float:
     try:
         train_run(params, dataset=ctx["dataset"], method=ctx["method"], seed=ctx["seed"],
                   data_dir=Path(ctx["data_dir"]), results_dir=Path(ctx["results_dir"]), run_dir=run_dir,
-                  callbacks=[report], parent_run_id=ctx.get("parent_run_id"),
+                  callbacks=[report], parent_run_id=ctx.get("parent_run_id"), run_name=f"trial-{trial.number}",
                   tags={"amflow.sweep": ctx["study_name"], "amflow.trial": str(trial.number)})
     except _Pruned:
         raise optuna.TrialPruned() from None
+    finally:
+        record_run_id()
     return best["value"]
 
 
 def worker(ctx: dict) -> int:
-    """Claim and run trials until the study holds the requested number of finished trials."""
-    from optuna.trial import TrialState
-
+    """Claim and run trials until the study holds the requested number of ended trials."""
     if ctx.get("threads"):
         import torch
 
@@ -166,38 +179,55 @@ def worker(ctx: dict) -> int:
     ran = 0
     while True:
         with claim_lock(ctx["storage"], Path(ctx["folder"]), ctx["study_name"]):
-            c = counts(study)
-            if sum(c.get(s, 0) for s in FINISHED) + c.get("RUNNING", 0) >= ctx["trials"]:
+            trials = study.get_trials(deepcopy=False)
+            if sum(ended(t) or t.state == TrialState.RUNNING for t in trials) >= ctx["trials"]:
                 return ran
             trial = study.ask()  # takes a queued (WAITING) trial first
         try:
             value = run_trial(trial, ctx)
-        except Exception as exc:  # noqa: BLE001 -- the study must record every outcome
-            import optuna
-
-            if isinstance(exc, optuna.TrialPruned):
-                study.tell(trial, state=TrialState.PRUNED)
-            else:
-                study.tell(trial, state=TrialState.FAIL)
-                raise
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            print(f"trial {trial.number}: pruned", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 -- one failed configuration must not end the sweep
+            error = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:2000]
+            trial.set_user_attr(ERROR_ATTR, error)
+            study.tell(trial, state=TrialState.FAIL)
+            print(f"trial {trial.number}: FAILED ({error}); the sweep goes on", file=sys.stderr)
         else:
             study.tell(trial, value)
+            print(f"trial {trial.number}: {spec.metric} {value:.4f}", file=sys.stderr)
         ran += 1
 
 
 # --------------------------------------------------------------------------- export
+def _flow(value) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _dotted(data: dict, key: str):
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return "(schema default)"
+        data = data[part]
+    return data
+
+
 def export_best(study, spec: SweepSpec, ctx: dict, output: Path) -> dict:
+    """The best trial as a params file: the base (with ``--set``) and the tuned values, but not the
+    sweep's ``fixed`` keys: those shortened every trial, and the file is meant for full runs."""
     best = study.best_trial
     values = decode(spec, best.params)
-    data = trial_params_data(ctx["params_file"], spec, values)
+    data = with_values(ctx["base"], values)
     data["name"] = f"{data.get('name', 'params')}-best-{ctx['method']}"
     validate(data, str(output))  # what we write must load
-    dvc_args = " ".join(f"-S '{ctx['params_file']}:{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}'"
-                        for k, v in {**spec.fixed, **values}.items())
-    header = (f"# Best trial {best.number} of study '{ctx['study_name']}': {spec.metric} = {best.value:.4f}\n"
-              f"# Use: snakemake --cores 8 results/table1.csv --configfile {output}\n"
-              f"#  or: dvc exp run {dvc_args}\n")
-    io.write_text(output, header + yaml.safe_dump(data, sort_keys=False))
+    changed = {**dict(ctx["overrides"]), **values}
+    dvc_args = " ".join(f"-S '{ctx['params_file']}:{k}={_flow(v)}'" for k, v in changed.items())
+    header = [f"# Best trial {best.number} of study '{ctx['study_name']}': {spec.metric} = {best.value:.4f}",
+              f"# Use: snakemake --cores 8 results/table1.csv --configfile {output}",
+              f"#  or: dvc exp run {dvc_args}"]
+    header += [f"# The sweep trained with {k}={_flow(v)} ({ctx['space_file']} 'fixed'); this file keeps "
+               f"{ctx['params_file']}'s {_flow(_dotted(ctx['base'], k))}" for k, v in spec.fixed.items()]
+    io.write_text(output, "\n".join(header) + "\n" + yaml.safe_dump(data, sort_keys=False))
     return {"number": best.number, "value": best.value, "params": values}
 
 
@@ -206,7 +236,6 @@ def save_plots(study, folder: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import optuna
     from optuna.visualization import matplotlib as ovm
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -229,26 +258,29 @@ def save_plots(study, folder: Path) -> list[Path]:
 
 # --------------------------------------------------------------------------- entry point
 def run_sweep(args) -> dict:
-    params_file = str(args.params)
-    base = load_params(params_file)
-    spec = load_sweep_spec(args.space)
+    params_file, space_file = str(args.params), str(args.space)
+    overrides = [parse_override(item) for item in getattr(args, "set", None) or []]
+    base = with_values(resolve_raw(params_file), dict(overrides))
+    base_params = validate(base, params_file)
+    spec = load_sweep_spec(space_file)
     if args.trials is not None:
         spec.trials = args.trials
-    check_space(params_file, spec)
+    check_space(base, spec, dataset=args.dataset, method=args.method, space_file=space_file, params_file=params_file)
     folder = sweep_dir(args.results_dir, args.dataset, args.method)
     folder.mkdir(parents=True, exist_ok=True)
     url = storage_url(args.storage, folder)
-    study_name = args.study_name or f"{base.name}-{args.dataset}-{args.method}"
+    study_name = args.study_name or f"{base_params.name}-{args.dataset}-{args.method}"
     study = load_study(url, study_name, spec)
     requeued = requeue_interrupted(study)
     if requeued:
         print(f"requeued {requeued} trial(s) interrupted by an earlier run of study '{study_name}'", file=sys.stderr)
 
-    parent = tracking.open_sweep_parent(base, dataset=args.dataset, study_name=study_name, study=study,
+    parent = tracking.open_sweep_parent(base_params, dataset=args.dataset, study_name=study_name, study=study,
                                         sweep_spec=spec.model_dump())
-    ctx = dict(spec=spec, params_file=params_file, dataset=args.dataset, method=args.method, seed=base.seeds[0],
-               data_dir=str(args.data_dir), results_dir=str(args.results_dir), folder=str(folder), storage=url,
-               study_name=study_name, trials=spec.trials, parent_run_id=parent.run_id)
+    ctx = dict(spec=spec, base=base, overrides=overrides, params_file=params_file, space_file=space_file,
+               dataset=args.dataset, method=args.method, seed=base_params.seeds[0], data_dir=str(args.data_dir),
+               results_dir=str(args.results_dir), folder=str(folder), storage=url, study_name=study_name,
+               trials=spec.trials, parent_run_id=parent.run_id)
     workers = max(1, int(args.workers))
     if workers == 1:
         worker(ctx)
@@ -258,10 +290,12 @@ def run_sweep(args) -> dict:
             pool.map(worker, [ctx] * workers)
 
     c = counts(study)
-    finished = sum(c.get(s, 0) for s in FINISHED)
+    finished = sum(ended(t) for t in study.get_trials(deepcopy=False))
     if c.get("COMPLETE", 0) == 0:
-        raise AmflowError(f"study '{study_name}' in {url} has no completed trial (states: {c}); "
-                          "widen the space or lower the pruner's aggressiveness")
+        errors = [t.user_attrs[ERROR_ATTR] for t in study.get_trials(deepcopy=False) if ERROR_ATTR in t.user_attrs]
+        first = f"; first error: {errors[0]}" if errors else ""
+        raise AmflowError(f"study '{study_name}' in {url} has no completed trial (states: {c}){first}; "
+                          "fix the error, widen the space or lower the pruner's aggressiveness")
     output = args.output or folder / "best.yaml"
     best = export_best(study, spec, ctx, Path(output))
     plots = save_plots(study, folder)
@@ -269,6 +303,6 @@ def run_sweep(args) -> dict:
                "best_params_file": str(output)}
     io.write_json(folder / "summary.json", summary)
     parent.finish_sweep(best, [folder / "summary.json", Path(output), *plots])
-    print(f"study '{study_name}': {finished} finished trials ({c}); best {spec.metric} {best['value']:.4f} "
+    print(f"study '{study_name}': {finished} trials ended ({c}); best {spec.metric} {best['value']:.4f} "
           f"(trial {best['number']}) -> {output}")
     return summary

@@ -1,10 +1,17 @@
 """The sweep specification (``params/sweep.yaml``): search space, budget, sampler and pruner.
 
-Any params key can be swept. Categorical choices may be any YAML value (lists included): Optuna
-stores only scalars, so the trial records the *index* of the choice and the value is looked up here.
+Any params key can be swept. Categorical choices may be any YAML value (lists included). Optuna stores
+scalars only, so a choice that is not a scalar is stored as its YAML text (``[-2, -1]``), and scalars
+as themselves (``tcn``, ``32``): the study, ``optuna-dashboard`` and the MLflow tags show the value,
+never an index. :func:`decode` turns the stored text back into the value.
+
+The space is checked before the first trial against the schema *and* the model it builds (backbone
+depth, AM flow source block, adapter heads): a value that cannot work is one error line naming the
+sweep file and the key.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -12,7 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from amflow.errors import AmflowError
-from amflow.params import ParamsError, deep_merge, resolve_raw, set_dotted, validate
+from amflow.models import build_backbone, build_model
+from amflow.params import ParamsError, deep_merge, set_dotted, validate
 
 
 class _Strict(BaseModel):
@@ -40,9 +48,29 @@ class IntDim(_Strict):
     log: bool = False
 
 
+def choice_label(value: Any) -> Union[str, int, float, bool]:
+    """How a categorical choice is stored in the study: a scalar as itself, anything else as YAML text."""
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
 class CategoricalDim(_Strict):
     type: Literal["categorical"]
     choices: list[Any] = Field(..., min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct(self):
+        labels = [json.dumps(choice_label(c)) for c in self.choices]
+        if len(set(labels)) != len(labels):
+            raise ValueError("choices must be distinct")
+        return self
+
+    def labels(self) -> list:
+        return [choice_label(c) for c in self.choices]
+
+    def value_of(self, label: Any) -> Any:
+        return self.choices[self.labels().index(label)]
 
 
 Dim = Union[FloatDim, IntDim, CategoricalDim]
@@ -86,35 +114,74 @@ def suggest(trial, spec: SweepSpec) -> dict[str, Any]:
         elif isinstance(dim, IntDim):
             values[key] = trial.suggest_int(key, dim.low, dim.high, step=dim.step, log=dim.log)
         else:
-            index = trial.suggest_categorical(key, list(range(len(dim.choices))))
-            values[key] = dim.choices[index]
+            values[key] = dim.value_of(trial.suggest_categorical(key, dim.labels()))
     return values
 
 
 def decode(spec: SweepSpec, optuna_params: dict[str, Any]) -> dict[str, Any]:
-    """Turn a finished trial's stored params back into params values (categorical indices -> choices)."""
+    """Turn a finished trial's stored params back into params values (stored labels -> choices)."""
     out = {}
     for key, value in optuna_params.items():
         dim = spec.space.get(key)
-        out[key] = dim.choices[value] if isinstance(dim, CategoricalDim) else value
+        out[key] = dim.value_of(value) if isinstance(dim, CategoricalDim) else value
     return out
 
 
-def trial_params_data(base_file: str | Path, spec: SweepSpec, values: Optional[dict[str, Any]] = None) -> dict:
-    """The raw params mapping of a trial: base file, then the sweep's fixed keys, then sampled values."""
-    data = resolve_raw(base_file)
+def with_values(base: dict, values: dict[str, Any]) -> dict:
+    """``base`` (a raw params mapping) with dotted ``values`` set on a copy."""
     overrides: dict = {}
-    for key, value in {**spec.fixed, **(values or {})}.items():
+    for key, value in values.items():
         set_dotted(overrides, key, value)
-    return deep_merge(data, overrides)
+    return deep_merge(base, overrides)
 
 
-def check_space(base_file: str | Path, spec: SweepSpec) -> None:
-    """Fail before any trial runs if a swept key or value does not fit the params schema."""
+def trial_params_data(base: dict, spec: SweepSpec, values: Optional[dict[str, Any]] = None) -> dict:
+    """The raw params mapping of a trial: the base, then the sweep's fixed keys, then sampled values."""
+    return with_values(base, {**spec.fixed, **(values or {})})
+
+
+def _one_line(exc: Exception) -> str:
+    """A (possibly multi-line) params error as one line: its problems joined."""
+    lines = [ln.strip().removeprefix("- ") for ln in str(exc).splitlines()]
+    return "; ".join(lines[1:] if len(lines) > 1 else lines)
+
+
+def check_space(base: dict, spec: SweepSpec, *, dataset: str, method: str, space_file: str, params_file: str) -> None:
+    """Fail before any trial runs if a fixed key or a swept value does not fit the params schema or the
+    model it builds. Each categorical choice and each range end is tried alone, on the base plus the
+    fixed keys (the model is built with a random backbone: its structure is what is checked)."""
+    if dataset not in (base.get("datasets") or {}):
+        raise AmflowError(f"{params_file}: no dataset '{dataset}' under 'datasets' "
+                          f"(known: {', '.join(base.get('datasets') or {})}); pick one with --dataset")
+    try:
+        _build(validate(trial_params_data(base, spec), params_file), dataset, method)
+    except (ParamsError, AmflowError) as exc:
+        raise AmflowError(f"{params_file} (with --set and {space_file}'s 'fixed' keys): {_one_line(exc)}") from None
+    built: set[str] = set()
     for key, dim in spec.space.items():
         probes = dim.choices if isinstance(dim, CategoricalDim) else [dim.low, dim.high]
         for value in probes:
             try:
-                validate(trial_params_data(base_file, spec, {key: value}), f"{base_file} + sweep {key}={value!r}")
-            except ParamsError as exc:
-                raise AmflowError(f"the sweep space does not fit the params schema:\n{exc}") from None
+                params = validate(trial_params_data(base, spec, {key: value}), params_file)
+                # The model depends on a few sections only: build each distinct one once.
+                structure = json.dumps([params.backbone.model_dump(mode="json"), params.model.model_dump(mode="json"),
+                                        params.sampling_for(dataset).num_frames], sort_keys=True)
+                if structure not in built:
+                    _build(params, dataset, method)
+                    built.add(structure)
+            except (ParamsError, AmflowError) as exc:
+                raise AmflowError(f"{space_file}: space.{key}: {choice_label(value)} does not fit the model of "
+                                  f"{params_file} ({_one_line(exc)}); change the choices or the range") from None
+
+
+def _build(params, dataset: str, method: str) -> None:
+    """Build the trial's model with a random backbone of the same structure (raises AmflowError)."""
+    variant = "none"
+    if method == "amflow":
+        chosen = params.model.am_flow.variant
+        variant = chosen if chosen in ("static", "aligned", "none") else "aligned"  # auto: any AM flow variant
+    backbone = build_backbone(params.backbone.model_copy(update={"weights": "random"}))
+    try:
+        build_model(method, backbone, 2, params.sampling_for(dataset).num_frames, params.model, variant)
+    except (ValueError, RuntimeError, AssertionError) as exc:  # torch modules' own argument checks
+        raise AmflowError(str(exc)) from exc

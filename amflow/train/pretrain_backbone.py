@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amflow import io
+from amflow import io, progress
 from amflow.data import pretrain_images as pimg
 from amflow.errors import AmflowError
 from amflow.params import Params
@@ -133,7 +133,6 @@ def train_attribute_model(params: Params, images_dir: str | Path):
     Checks nothing and writes nothing: :func:`pretrain_backbone` does both."""
     import torch
     import torch.nn.functional as F
-    from tqdm import tqdm
 
     images_dir = Path(images_dir)
     spec = params.pretrain
@@ -174,8 +173,9 @@ def train_attribute_model(params: Params, images_dir: str | Path):
         heads.train()
         perm = torch.randperm(n, generator=gen)
         running, count = 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"pretrain epoch {epoch + 1}/{spec.epochs}", unit="step",
-                   file=sys.stderr, leave=False, mininterval=1.0)
+        bar = progress.bar(range(steps_per_epoch), desc=f"pretrain epoch {epoch + 1}/{spec.epochs}", unit="step",
+                           leave=False)
+        show_every = progress.every(steps_per_epoch)
         for step in bar:
             idx = perm[step * batch:(step + 1) * batch]
             x = _augment(train_x[idx].float() / 255.0, gen)
@@ -185,13 +185,14 @@ def train_attribute_model(params: Params, images_dir: str | Path):
             loss.backward()
             opt.step()
             sched.step()
-            running += float(loss.detach()) * len(idx)
+            running += loss.detach().double() * len(idx)  # a tensor: read (a device sync) only for the log line
             count += len(idx)
             seen += len(idx)
-            bar.set_postfix(loss=f"{running / count:.3f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}",
-                            refresh=False)
+            if (step + 1) % show_every == 0 or step + 1 == steps_per_epoch:
+                bar.set_postfix(loss=f"{float(running) / count:.3f}",
+                                img_s=f"{seen / (time.perf_counter() - t0):.0f}", refresh=False)
         bar.close()
-        epoch_loss.append(running / max(1, count))
+        epoch_loss.append(float(running) / max(1, count))
         print(f"pretrain epoch {epoch + 1}/{spec.epochs}: loss {epoch_loss[-1]:.4f}", file=sys.stderr)
     train_time = time.perf_counter() - t0
 

@@ -139,13 +139,13 @@ def summarise(history: list[dict]) -> dict:
 def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir: Path, results_dir: Path,
               run_dir: Optional[Path] = None, stop_after_epoch: Optional[int] = None, progress: bool = True,
               callbacks: Sequence[Callable[[dict], None]] = (), parent_run_id: Optional[str] = None,
-              tags: Optional[dict] = None) -> dict:
+              tags: Optional[dict] = None, run_name: Optional[str] = None) -> dict:
     """Train one (dataset, method, seed) run; resume from the run folder's checkpoint if there is one.
 
     ``callbacks`` get each epoch's record (rank 0, after the checkpoint); one may raise to end the run
     (a sweep's pruner, say): the exception propagates, the checkpoint stays, and the MLflow run is
     marked KILLED rather than FAILED. ``parent_run_id`` nests the MLflow run (sweep trials); ``tags``
-    are added to it.
+    are added to it; ``run_name`` replaces its default name (a sweep's ``trial-<n>``).
 
     Returns the content of ``train.json`` (or, when stopped early by the test hook, a dict with
     ``status: stopped`` and the history so far; ``train.json`` is then not written).
@@ -201,7 +201,7 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
             try:
                 tracker = tracking.Tracker.open_for_training(
                     params, dataset=dataset, method=method, seed=seed, run_dir=paths.run_dir,
-                    parent_run_id=parent_run_id, resume=(paths.run_dir / CHECKPOINT).exists(),
+                    parent_run_id=parent_run_id, resume=(paths.run_dir / CHECKPOINT).exists(), name=run_name,
                     tags={"data_manifest_sha256": tracking.file_sha256(paths.frames_dir / "manifest.csv") or "",
                           "am_flow_variant": variant, "world_size": str(ctx.world_size), "device": ctx.device.type,
                           **(tags or {})})

@@ -37,9 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
-from tqdm import tqdm
 
-from amflow import io
+from amflow import io, progress
 from amflow.errors import AmflowError
 from amflow.params import TrainSpec
 from amflow.train import checkpoint as ckpt
@@ -330,10 +329,12 @@ class Trainer:
         count, wait = 0, 0.0
         lr = self.optimizer.param_groups[0]["lr"]
         it = iter(self.train_loader)
-        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{spec.epochs}", unit="step",
-                   disable=not (self.progress and ctx.is_main), leave=False, mininterval=1.0, file=sys.stderr)
+        bar = progress.bar(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{spec.epochs}", unit="step",
+                           disable=not (self.progress and ctx.is_main), leave=False)
+        # The running loss is read (a device sync) only as often as a log line is written.
+        show_every = progress.every(self.steps_per_epoch)
         t0 = time.perf_counter()
-        for _ in range(self.steps_per_epoch):
+        for step in range(self.steps_per_epoch):
             for micro in range(spec.accum_steps):
                 t_wait = time.perf_counter()
                 batch = next(it)
@@ -361,8 +362,9 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
             if not bar.disable:
-                rate = count * ctx.world_size / max(1e-9, time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{float(loss_sum) / count:.4f}", clips_s=f"{rate:.1f}", refresh=False)
+                if (step + 1) % show_every == 0 or step + 1 == self.steps_per_epoch:
+                    rate = count * ctx.world_size / max(1e-9, time.perf_counter() - t0)
+                    bar.set_postfix(loss=f"{float(loss_sum) / count:.4f}", clips_s=f"{rate:.1f}", refresh=False)
                 bar.update(1)
         bar.close()
         train_time = time.perf_counter() - t0
