@@ -10,7 +10,8 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", default="params/sweep.yaml",
                    help="search space, trial count, sampler and pruner settings (default params/sweep.yaml)")
     p.add_argument("--dataset", required=True, help="dataset to tune on (its val split is the objective)")
-    p.add_argument("--method", default="amflow", choices=["frame", "aim", "st_adapter", "tpa", "amflow"])
+    p.add_argument("--method", default="amflow", choices=["frame", "aim", "st_adapter", "tpa", "amflow"],
+                   help="method whose adapter is tuned (default amflow)")
     p.add_argument("--trials", type=int, default=None, help="total number of finished trials wanted (default: from --space)")
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes sharing one study storage on this machine")
@@ -23,5 +24,5 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: <params name>-<dataset>-<method>)")
     p.add_argument("--output", type=Path, default=None,
                    help="where to write the best params (default results/sweeps/<dataset>/<method>/best.yaml)")
-    p.add_argument("--data-dir", default="data", type=Path)
-    p.add_argument("--results-dir", default="results", type=Path)
+    p.add_argument("--data-dir", default="data", type=Path, help="root of datasets and frame caches (default: data)")
+    p.add_argument("--results-dir", default="results", type=Path, help="root of results (default: results)")

@@ -1,0 +1,124 @@
+"""The MLflow model of a trained run: a pyfunc that gives videos' top-k classes.
+
+Training logs it into its MLflow run as ``model`` (load it with ``runs:/<run_id>/model`` or as the
+MLflow 3 logged model ``models:/<model_id>``). It carries what :class:`~amflow.evaluate.predict.Predictor`
+needs and nothing heavier:
+
+- artefact ``params``: the run's resolved ``params.yaml``;
+- artefact ``weights``: ``weights.pt``, the trainable weights (adapters, head), the class names, the
+  resolved AM flow variant and the frozen backbone's checksum (no optimizer state);
+- model config ``backbone_file`` / ``backbone_sha256``: a reference to the frozen backbone file, which
+  is not copied (every run of a params file shares it, and a paper-size backbone is 340 MB);
+- a signature: input a ``video`` column of paths; output one row per (video, rank) with ``video``,
+  ``rank`` (1 = most probable), ``label``, ``probability``; param ``top_k`` (default 5).
+
+The model is stored as code (:mod:`amflow.evaluate.mlflow_entry`), not as a pickle. It needs the ``amflow`` package and its pinned dependencies (the model's requirements) where
+it is loaded. When the backbone file is not where training left it, pass its path:
+``mlflow.pyfunc.load_model(uri, model_config={"backbone_file": PATH})``, or
+``amflow predict --model-uri URI --backbone PATH``.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import mlflow.pyfunc
+import pandas as pd
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+from amflow import tracking
+from amflow.errors import AmflowError
+from amflow.evaluate.predict import Predictor
+
+NAME = "model"
+ENTRY = Path(__file__).with_name("mlflow_entry.py")
+WEIGHTS = "weights.pt"
+WEIGHT_KEYS = ("model", "meta", "frozen_fingerprint", "epoch")
+OUTPUT_COLUMNS = ["video", "rank", "label", "probability"]
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("string", "video")]),
+    outputs=Schema([ColSpec("string", "video"), ColSpec("long", "rank"), ColSpec("string", "label"),
+                    ColSpec("double", "probability")]),
+    params=ParamSchema([ParamSpec("top_k", "long", 5)]),
+)
+
+
+class VideoClassifier(mlflow.pyfunc.PythonModel):
+    """Rebuilds the run's model from the artefacts at load time; predicts a table of video paths."""
+
+    def load_context(self, context) -> None:
+        from amflow.params import load_params
+
+        config = context.model_config or {}
+        params = load_params(context.artifacts["params"])
+        state = torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
+        backbone = None
+        if params.backbone.weights == "pretrain":
+            backbone = Path(config.get("backbone_file") or "")
+            if not backbone.is_file():
+                raise AmflowError(
+                    f"the model's frozen backbone file {config.get('backbone_file')} is not on this machine "
+                    f"(sha256 {config.get('backbone_sha256')}); copy it there, or give its path with "
+                    f"--backbone PATH (model_config={{'backbone_file': PATH}} in mlflow.pyfunc.load_model)")
+        self.predictor = Predictor(params, state, backbone, source=context.artifacts["weights"])
+
+    def predict(self, context, model_input: pd.DataFrame, params: Optional[dict] = None) -> pd.DataFrame:
+        top_k = int((params or {}).get("top_k", 5))
+        rows = [(str(video), rank, label, prob)
+                for video in model_input["video"]
+                for rank, (label, prob) in enumerate(self.predictor.predict(video, top_k), start=1)]
+        return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+
+
+def requirements() -> list[str]:
+    """The pins of the installed amflow package (pyproject.toml), without the optional extras."""
+    try:
+        reqs = importlib.metadata.requires("amflow") or []
+    except importlib.metadata.PackageNotFoundError:
+        return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__}"]
+    return [r for r in reqs if "extra ==" not in r]
+
+
+def log_run_model(tracker, *, params_yaml: Path, checkpoint: Path, backbone: Optional[Path]) -> Optional[str]:
+    """Log the run's model into ``tracker``'s run as :data:`NAME`; returns the model URI (None when off)."""
+    if tracker.run_id is None:
+        return None
+    from amflow.train import checkpoint as ckpt
+
+    state = ckpt.load_checkpoint(checkpoint)
+    config = {}
+    if backbone is not None:
+        config = {"backbone_file": str(Path(backbone).resolve()), "backbone_sha256": tracking.file_sha256(backbone)}
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # MLflow asks for an input example; one would be a video file path, which only exists here.
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+        weights = Path(tmp) / WEIGHTS
+        torch.save({k: state[k] for k in WEIGHT_KEYS if k in state}, weights)
+        info = tracker.log_model(
+            mlflow.pyfunc, NAME, python_model=str(ENTRY),
+            artifacts={"params": str(params_yaml), "weights": str(weights)}, signature=SIGNATURE,
+            model_config=config, pip_requirements=requirements(), step=int(state["epoch"]),
+            metadata={"classes": list(state["meta"]["compat"]["classes"])})
+    return f"runs:/{tracker.run_id}/{NAME}" if info is not None else None
+
+
+def load_predictor(model_uri: str, backbone: Optional[Path] = None, tracking_uri: Optional[str] = None) -> Predictor:
+    """The :class:`Predictor` inside the MLflow model at ``model_uri`` (``runs:/...``, ``models:/...``)."""
+    uri = tracking_uri or tracking.resolve_uri()
+    tracking.check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    config = {"backbone_file": str(Path(backbone).resolve())} if backbone else None
+    try:
+        model = mlflow.pyfunc.load_model(model_uri, model_config=config)
+    except (MlflowException, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise AmflowError(f"--model-uri {model_uri}: cannot load the MLflow model from {uri} ({first}); give "
+                          f"runs:/<run id>/model or models:/<model id> of a training run, and the store it is "
+                          f"in with --tracking-uri or MLFLOW_TRACKING_URI") from None
+    return model.unwrap_python_model().predictor
