@@ -255,8 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "in the current folder)")
     p.add_argument("--backbone", type=Path, default=None, metavar="FILE",
                    help="the frozen backbone file, when it is not where training left it")
-    p.add_argument("--top-k", type=int, default=5, metavar="K",
-                   help="how many classes to print per video, at most the run's class count (default 5)")
+    p.add_argument("--top-k", type=int, default=None, metavar="K",
+                   help="how many classes to print per video, at most the run's class count (default 5, or the "
+                        "class count when smaller)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print JSON: [{video, predictions: [{rank, label, "
                                                         "probability}]}]")

@@ -10,7 +10,8 @@ needs and nothing heavier:
 - model config ``backbone_file`` / ``backbone_sha256``: a reference to the frozen backbone file, which
   is not copied (every run of a params file shares it, and a paper-size backbone is 340 MB);
 - a signature: input a ``video`` column of paths; output one row per (video, rank) with ``video``,
-  ``rank`` (1 = most probable), ``label``, ``probability``; param ``top_k`` (default 5).
+  ``rank`` (1 = most probable), ``label``, ``probability``; param ``top_k`` (default 5, or the
+  class count when smaller).
 
 The model is stored as code (:mod:`amflow.evaluate.mlflow_entry`), not as a pickle. It needs the ``amflow`` package and its pinned dependencies (the model's requirements) where
 it is loaded. When the backbone file is not where training left it, pass its path:
@@ -28,25 +29,31 @@ from typing import Optional
 import mlflow.pyfunc
 import pandas as pd
 import torch
+from mlflow.entities import LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from amflow import tracking
 from amflow.errors import AmflowError
-from amflow.evaluate.predict import Predictor
+from amflow.evaluate.predict import DEFAULT_TOP_K, Predictor
 
 NAME = "model"
 ENTRY = Path(__file__).with_name("mlflow_entry.py")
 WEIGHTS = "weights.pt"
 WEIGHT_KEYS = ("model", "meta", "frozen_fingerprint", "epoch")
 OUTPUT_COLUMNS = ["video", "rank", "label", "probability"]
-SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("string", "video")]),
-    outputs=Schema([ColSpec("string", "video"), ColSpec("long", "rank"), ColSpec("string", "label"),
-                    ColSpec("double", "probability")]),
-    params=ParamSchema([ParamSpec("top_k", "long", 5)]),
-)
+
+
+def signature(num_classes: int) -> ModelSignature:
+    """Input a ``video`` column; output (video, rank, label, probability) rows; param ``top_k``
+    (default 5, or the class count when smaller)."""
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "video")]),
+        outputs=Schema([ColSpec("string", "video"), ColSpec("long", "rank"), ColSpec("string", "label"),
+                        ColSpec("double", "probability")]),
+        params=ParamSchema([ParamSpec("top_k", "long", min(DEFAULT_TOP_K, num_classes))]),
+    )
 
 
 class VideoClassifier(mlflow.pyfunc.PythonModel):
@@ -69,7 +76,7 @@ class VideoClassifier(mlflow.pyfunc.PythonModel):
         self.predictor = Predictor(params, state, backbone, source=context.artifacts["weights"])
 
     def predict(self, context, model_input: pd.DataFrame, params: Optional[dict] = None) -> pd.DataFrame:
-        top_k = int((params or {}).get("top_k", 5))
+        top_k = (params or {}).get("top_k")
         rows = [(str(video), rank, label, prob)
                 for video in model_input["video"]
                 for rank, (label, prob) in enumerate(self.predictor.predict(video, top_k), start=1)]
@@ -91,6 +98,9 @@ def log_run_model(tracker, *, params_yaml: Path, checkpoint: Path, backbone: Opt
         return None
     from amflow.train import checkpoint as ckpt
 
+    done = logged_model(tracker)
+    if done is not None:  # a rerun after a failed final logging: the final weights are already there
+        return f"models:/{done}"
     state = ckpt.load_checkpoint(checkpoint)
     config = {}
     if backbone is not None:
@@ -102,10 +112,21 @@ def log_run_model(tracker, *, params_yaml: Path, checkpoint: Path, backbone: Opt
         torch.save({k: state[k] for k in WEIGHT_KEYS if k in state}, weights)
         info = tracker.log_model(
             mlflow.pyfunc, NAME, python_model=str(ENTRY),
-            artifacts={"params": str(params_yaml), "weights": str(weights)}, signature=SIGNATURE,
+            artifacts={"params": str(params_yaml), "weights": str(weights)},
+            signature=signature(len(state["meta"]["compat"]["classes"])),
             model_config=config, pip_requirements=requirements(), step=int(state["epoch"]),
             metadata={"classes": list(state["meta"]["compat"]["classes"])})
     return f"runs:/{tracker.run_id}/{NAME}" if info is not None else None
+
+
+def logged_model(tracker) -> Optional[str]:
+    """The id of the model :func:`log_run_model` logged into this run, if it completed."""
+    client = tracker.client
+    for output in client.get_run(tracker.run_id).outputs.model_outputs:
+        model = client.get_logged_model(output.model_id)
+        if model.name == NAME and model.status == LoggedModelStatus.READY:
+            return model.model_id
+    return None
 
 
 def load_predictor(model_uri: str, backbone: Optional[Path] = None, tracking_uri: Optional[str] = None) -> Predictor:

@@ -24,6 +24,8 @@ import torch
 
 from amflow.errors import AmflowError
 
+DEFAULT_TOP_K = 5
+
 
 def _backbone_path(params, meta: dict, run_dir: Path) -> Optional[Path]:
     if params.backbone.weights != "pretrain":
@@ -109,7 +111,10 @@ class Predictor:
             _backbone_path(params, state["meta"], run_dir)
         return cls(params, state, backbone, str(run_dir / CHECKPOINT))
 
-    def check_top_k(self, top_k: int) -> int:
+    def check_top_k(self, top_k: Optional[int]) -> int:
+        """``top_k`` if the run has that many classes (None: 5, or fewer if the run has fewer), else an error."""
+        if top_k is None:
+            return min(DEFAULT_TOP_K, len(self.classes))
         if not 1 <= int(top_k) <= len(self.classes):
             raise AmflowError(f"--top-k {top_k}: the run has {len(self.classes)} classes; give a value from 1 to "
                               f"{len(self.classes)}")
@@ -139,13 +144,13 @@ class Predictor:
         amp = bool(params.train.amp and self.device.type == "cuda")
         return clip_probs(self.model, batch, trans, self.device, amp)[0].cpu()
 
-    def predict(self, video: str | Path, top_k: int = 5) -> list[tuple[str, float]]:
+    def predict(self, video: str | Path, top_k: Optional[int] = None) -> list[tuple[str, float]]:
         """The ``top_k`` most probable classes of ``video``, most probable first."""
         top = torch.topk(self.probabilities(video), self.check_top_k(top_k))
         return [(self.classes[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist())]
 
 
-def predict_video(video: str | Path, run_dir: str | Path, top_k: int = 5) -> list[tuple[str, float]]:
+def predict_video(video: str | Path, run_dir: str | Path, top_k: Optional[int] = None) -> list[tuple[str, float]]:
     """Top-k classes of one video with the model of a run folder."""
     return Predictor.from_run_dir(run_dir).predict(video, top_k)
 

@@ -305,22 +305,25 @@ def finish_tracking(tracker, info: dict, paths: RunPaths) -> None:
     from amflow import tracking
     from amflow.evaluate.mlflow_model import log_run_model
 
-    def log_end():
-        tracker.log_metrics({k: info[k] for k in ("train_time_s", "final_val_top1", "best_val_top1",
-                                                  "epochs_to_90pct", "trainable_params", "total_params",
-                                                  "gflops_per_clip") if info[k] is not None})
-        tracker.log_artifacts([paths.run_dir / "train_log.csv", paths.run_dir / PARAMS_YAML], artifact_path="train")
-        tracker.log_json(info, f"train/{TRAIN_JSON}")
-        log_run_model(tracker, params_yaml=paths.run_dir / PARAMS_YAML, checkpoint=paths.run_dir / CHECKPOINT,
-                      backbone=paths.backbone_weights)
-        tracker.finish("FINISHED")
-
+    run_dir = paths.run_dir
+    steps = {
+        "summary metrics": lambda: tracker.log_metrics({k: info[k] for k in (
+            "train_time_s", "final_val_top1", "best_val_top1", "epochs_to_90pct", "trainable_params",
+            "total_params", "gflops_per_clip") if info[k] is not None}),
+        "files": lambda: (tracker.log_artifacts([run_dir / "train_log.csv", run_dir / PARAMS_YAML],
+                                                artifact_path="train"),
+                          tracker.log_json(info, f"train/{TRAIN_JSON}")),
+        "model": lambda: log_run_model(tracker, params_yaml=run_dir / PARAMS_YAML, checkpoint=run_dir / CHECKPOINT,
+                                       backbone=paths.backbone_weights),
+        "status": lambda: tracker.finish("FINISHED"),
+    }
     try:
-        tracking.with_retries(log_end, f"logging the end of {paths.run_dir}")
+        for what, step in steps.items():  # one at a time: a retry repeats only the step that failed
+            tracking.with_retries(step, f"logging the {what} of {run_dir}")
     except Exception as exc:  # noqa: BLE001
         _finish_quietly(tracker, "FAILED")
         raise AmflowError(
-            f"{paths.run_dir}: training finished and its results are saved ({TRAIN_JSON}, {CHECKPOINT}), but "
+            f"{run_dir}: training finished and its results are saved ({TRAIN_JSON}, {CHECKPOINT}), but "
             f"logging them to MLflow run {tracker.run_id} on {tracker.uri} failed ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); rerun the same `amflow train` command to log "
             f"them (it does not train again)") from None
