@@ -313,6 +313,38 @@ def test_a_busy_store_is_retried_and_a_failing_one_loses_no_results(sqlite_run, 
     assert len(run.outputs.model_outputs) == 1
 
 
+@pytest.mark.slow
+def test_a_really_locked_sqlite_store_is_waited_for(tmp_path, monkeypatch, capsys):
+    """Another process's write lock on the sqlite file (as on a busy shared filesystem) outlasts MLflow's own
+    20 s wait at the end of a training: the logging retries until the lock goes, and the run is complete."""
+    import sqlite3
+
+    from mlflow.tracking import MlflowClient
+
+    from amflow.train.run import train_run
+
+    make_tiny_dataset(tmp_path / "data")
+    db = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    monkeypatch.setenv("AMFLOW_TRACKING", "1")
+    holder = {}
+
+    def lock_the_store(record):  # after the last epoch's checkpoint and logging, before the final logging
+        con = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+        con.execute("BEGIN EXCLUSIVE")
+        holder["timer"] = threading.Timer(25, lambda: (con.execute("COMMIT"), con.close()))
+        holder["timer"].start()
+
+    try:
+        info = train_run(tiny_params(epochs=1), dataset="tiny", method="frame", seed=0, data_dir=tmp_path / "data",
+                         results_dir=tmp_path / "results", progress=False, callbacks=[lock_the_store])
+    finally:
+        holder["timer"].join(timeout=120)
+    assert "MLflow store busy" in capsys.readouterr().err          # it did have to retry
+    run = MlflowClient(tracking_uri=f"sqlite:///{db}").get_run(info["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and "final_val_top1" in run.data.metrics
+
+
 class Only503(BaseHTTPRequestHandler):
     """A tracking server whose /health answers while its API fails (a proxy in front of a dead backend)."""
 
