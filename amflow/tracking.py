@@ -36,6 +36,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, TypeVar
 
@@ -105,6 +106,12 @@ def set_env_defaults() -> None:
 def is_busy(exc: BaseException) -> bool:
     text = str(exc).lower()
     return any(m in text for m in BUSY_MARKERS)
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: first line`` of an error (MLflow's messages go on with the SQL or the HTTP body)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
 
 
 def with_retries(fn: Callable[[], T], what: str, attempts: int = RETRY_ATTEMPTS) -> T:
@@ -369,7 +376,10 @@ class Tracker:
         import mlflow.data
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
-        ds = mlflow.data.from_pandas(table, source=source, name=name)
+        with warnings.catch_warnings():
+            # A local path matches MLflow's local-file source under two registrations; either is right.
+            warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
+            ds = mlflow.data.from_pandas(table, source=source, name=name)
         entity = Dataset(**ds.to_dict())
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(entity, tags=[
             InputTag(key="mlflow.data.context", value=context)])])

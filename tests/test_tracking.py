@@ -74,15 +74,15 @@ def check_store(uri: str, run_dir: Path, data_dir: Path, epochs: int = 2):
     assert 0.0 <= run.data.metrics["test_top1"] <= 1.0 and "test_mean_class_acc" in run.data.metrics
     tags = run.data.tags
     assert tags["amflow.stage"] == "evaluate" and tags["amflow.method"] == "frame"
-    assert tags["amflow.data_manifest_sha256"] == tracking.file_sha256(paths.frames_dir(data_dir, "tiny") / "manifest.csv")
+    manifest = paths.frames_dir(data_dir, "tiny") / "manifest.csv"
+    assert tags["amflow.data_manifest_sha256"] == tracking.file_sha256(manifest)
     # every tag is MLflow's own (mlflow.*) or in the project's one namespace
     assert all(k.startswith(("mlflow.", "amflow.")) for k in tags), sorted(tags)
     # the frame manifest is the run's dataset input, with MLflow's digest of it
     [inp] = run.inputs.dataset_inputs
     assert inp.dataset.name == "tiny-frames" and inp.dataset.source_type == "local"
     assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "training"
-    manifest_rows = len(pd.read_csv(paths.frames_dir(data_dir, "tiny") / "manifest.csv"))
-    assert json.loads(inp.dataset.profile)["num_rows"] == manifest_rows
+    assert json.loads(inp.dataset.profile)["num_rows"] == len(pd.read_csv(manifest))
     arts = {a.path for d in ("train", "evaluate") for a in client.list_artifacts(run.info.run_id, d)}
     assert {"train/train.json", "train/train_log.csv", "train/params.yaml", "evaluate/metrics.json",
             "evaluate/confusion.png", "evaluate/curves.png", "evaluate/per_class.csv"} <= arts
@@ -225,6 +225,51 @@ def test_the_logged_model_predicts_like_the_run_folder(sqlite_run, tmp_path, cap
     assert main(["predict", str(video), "--model-uri", model_uri, "--tracking-uri", uri, "--json"]) == 0
     [answer] = json.loads(capsys.readouterr().out)
     assert [p["label"] for p in answer["predictions"]] == [n for n, _ in from_folder.predict(video, 4)]
+
+
+def test_the_model_refers_to_the_pretrained_backbone_file(tmp_path, monkeypatch, capsys):
+    """With the pipeline's pretrained backbone the model carries a reference to its file, not a copy: it
+    loads while the file is where training found it, and names the fix (--backbone) when it has moved."""
+    import shutil
+
+    import timm
+    from safetensors.torch import save_file
+
+    from amflow.cli import main
+    from amflow.evaluate.mlflow_model import load_predictor
+    from amflow.params import validate
+    from amflow.train.run import train_run
+    from standins_train import moving_square
+    from video_files import write_mp4
+
+    make_tiny_dataset(tmp_path / "data")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("AMFLOW_TRACKING", "1")
+    data = tiny_params(epochs=1).model_dump(mode="json")
+    data["backbone"]["weights"] = "pretrain"
+    data["pretrain_images"] = {"images": 100, "val_images": 100}
+    params = validate(data)
+    backbone = paths.backbone_file(tmp_path / "results")
+    backbone.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    net = timm.create_model(params.backbone.model, pretrained=False, num_classes=0, **params.backbone.kwargs)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(backbone))
+    info = train_run(params, dataset="tiny", method="frame", seed=0, data_dir=tmp_path / "data",
+                     results_dir=tmp_path / "results", progress=False)
+    model_uri = f"runs:/{info['mlflow_run_id']}/model"
+    video = tmp_path / "clip.mp4"
+    write_mp4(video, moving_square(1, 12, 32, np.random.default_rng(2)))
+    expected = load_predictor(model_uri, tracking_uri=uri).predict(video, 3)
+
+    moved = shutil.move(backbone, tmp_path / "elsewhere.safetensors")
+    capsys.readouterr()
+    assert main(["predict", str(video), "--model-uri", model_uri, "--tracking-uri", uri]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error:") and str(backbone.resolve()) in line and "--backbone PATH" in line
+    got = load_predictor(model_uri, backbone=moved, tracking_uri=uri).predict(video, 3)
+    assert [n for n, _ in got] == [n for n, _ in expected]
+    assert np.allclose([p for _, p in got], [p for _, p in expected], atol=1e-6)
 
 
 def test_a_run_killed_before_its_first_checkpoint_is_marked_and_reused(sqlite_run, monkeypatch, capsys):

@@ -13,8 +13,8 @@ needs and nothing heavier:
   ``rank`` (1 = most probable), ``label``, ``probability``; param ``top_k`` (default 5, or the
   class count when smaller).
 
-The model is stored as code (:mod:`amflow.evaluate.mlflow_entry`), not as a pickle. It needs the ``amflow`` package and its pinned dependencies (the model's requirements) where
-it is loaded. When the backbone file is not where training left it, pass its path:
+The model is stored as code (:mod:`amflow.evaluate.mlflow_entry`), not as a pickle. It needs the
+``amflow`` package and its pinned dependencies (the model's requirements) where it is loaded. When the backbone file is not where training left it, pass its path:
 ``mlflow.pyfunc.load_model(uri, model_config={"backbone_file": PATH})``, or
 ``amflow predict --model-uri URI --backbone PATH``.
 """
@@ -138,8 +138,7 @@ def load_predictor(model_uri: str, backbone: Optional[Path] = None, tracking_uri
     try:
         model = mlflow.pyfunc.load_model(model_uri, model_config=config)
     except (MlflowException, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise AmflowError(f"--model-uri {model_uri}: cannot load the MLflow model from {uri} ({first}); give "
-                          f"runs:/<run id>/model or models:/<model id> of a training run, and the store it is "
-                          f"in with --tracking-uri or MLFLOW_TRACKING_URI") from None
+        raise AmflowError(f"--model-uri {model_uri}: cannot load the MLflow model from {uri} "
+                          f"({tracking.describe(exc)}); give runs:/<run id>/model or models:/<model id> of a "
+                          f"training run, and the store it is in with --tracking-uri or MLFLOW_TRACKING_URI") from None
     return model.unwrap_python_model().predictor

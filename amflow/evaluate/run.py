@@ -245,8 +245,7 @@ def evaluate_run(params: Params, *, dataset: str, method: str, seed: int, data_d
     try:
         tracking.with_retries(log_evaluation, f"logging the evaluation of {run_dir}")
     except Exception as exc:  # noqa: BLE001
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         raise AmflowError(f"{run_dir}: logging the evaluation to MLflow run {tracker.run_id} on {tracker.uri} failed "
-                          f"({type(exc).__name__}: {first}); {METRICS_JSON} is saved; rerun the same `amflow evaluate` "
+                          f"({tracking.describe(exc)}); {METRICS_JSON} is saved; rerun the same `amflow evaluate` "
                           f"command to log it") from None
     return result

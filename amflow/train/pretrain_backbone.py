@@ -13,9 +13,9 @@ are labels). Inputs are normalised with ``params.sampling.mean/std``, as the vid
 their frames. Deterministic on CPU for a given seed and thread count.
 
 Outputs: ``backbone.safetensors`` (the timm model's ``state_dict()``, heads excluded) and
-``metrics.json``; ``amflow pretrain-backbone`` also tracks the pretraining as an MLflow run. If the mean accuracy gain over chance stays below
-``params.pretrain.min_gain_over_chance`` (when above 0) the stage fails with :class:`AmflowError`
-and writes neither. Chance is the accuracy of always predicting the most frequent val class.
+``metrics.json``; ``amflow pretrain-backbone`` also tracks the pretraining as an MLflow run. If the
+mean accuracy gain over chance stays below ``params.pretrain.min_gain_over_chance`` (when above 0)
+the stage fails with :class:`AmflowError` and writes neither. Chance is the accuracy of always predicting the most frequent val class.
 """
 from __future__ import annotations
 

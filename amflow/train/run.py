@@ -261,11 +261,10 @@ def open_tracking(params: Params, paths: RunPaths, *, dataset: str, method: str,
     from amflow import tracking
     from amflow.data.frame_cache import MANIFEST
 
-    def failed(exc: BaseException, run_id: Optional[str]) -> AmflowError:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        return AmflowError(f"{paths.run_dir}: the MLflow run {run_id or ''} could not be started on "
-                           f"{tracking.resolve_uri(params)} ({type(exc).__name__}: {first}); no training was "
-                           f"started: fix the store, or set AMFLOW_TRACKING=0 to train without tracking")
+    def failed(exc: BaseException) -> AmflowError:
+        return AmflowError(f"{paths.run_dir}: its MLflow run could not be started on {tracking.resolve_uri(params)} "
+                           f"({tracking.describe(exc)}); no training was started: fix the store, or set "
+                           f"AMFLOW_TRACKING=0 to train without tracking")
 
     manifest = paths.frames_dir / MANIFEST
     try:
@@ -279,7 +278,7 @@ def open_tracking(params: Params, paths: RunPaths, *, dataset: str, method: str,
     except AmflowError:
         raise
     except Exception as exc:  # noqa: BLE001  (an MLflow or store error: stop before any training)
-        raise failed(exc, None) from None
+        raise failed(exc) from None
 
     def log_start():
         tracker.log_params({**tracking.run_params(params, dataset, method),
@@ -294,7 +293,7 @@ def open_tracking(params: Params, paths: RunPaths, *, dataset: str, method: str,
         tracking.with_retries(log_start, f"logging the start of {paths.run_dir}")
     except Exception as exc:  # noqa: BLE001
         _finish_quietly(tracker, "FAILED")
-        raise failed(exc, tracker.run_id) from None
+        raise failed(exc) from None
     return tracker
 
 
@@ -303,7 +302,10 @@ def finish_tracking(tracker, info: dict, paths: RunPaths) -> None:
     busy store. ``train.json`` is already on disk: if it still fails, the error says how to log it
     without training again (the same command resumes the finished checkpoint and only logs)."""
     from amflow import tracking
-    from amflow.evaluate.mlflow_model import log_run_model
+
+    if tracker.run_id is None:
+        return  # tracking is off
+    from amflow.evaluate.mlflow_model import log_run_model  # imports mlflow's model code: only when tracking
 
     run_dir = paths.run_dir
     steps = {
@@ -324,9 +326,8 @@ def finish_tracking(tracker, info: dict, paths: RunPaths) -> None:
         _finish_quietly(tracker, "FAILED")
         raise AmflowError(
             f"{run_dir}: training finished and its results are saved ({TRAIN_JSON}, {CHECKPOINT}), but "
-            f"logging them to MLflow run {tracker.run_id} on {tracker.uri} failed ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); rerun the same `amflow train` command to log "
-            f"them (it does not train again)") from None
+            f"logging them to MLflow run {tracker.run_id} on {tracker.uri} failed ({tracking.describe(exc)}); rerun "
+            f"the same `amflow train` command to log them (it does not train again)") from None
 
 
 def _finish_quietly(tracker, status: str) -> None:
