@@ -132,6 +132,9 @@ def logged_model(tracker) -> Optional[str]:
 def load_predictor(model_uri: str, backbone: Optional[Path] = None, tracking_uri: Optional[str] = None) -> Predictor:
     """The :class:`Predictor` inside the MLflow model at ``model_uri`` (``runs:/...``, ``models:/...``)."""
     uri = tracking_uri or tracking.resolve_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise AmflowError(f"--model-uri {model_uri}: there is no MLflow store at {uri}; give the store the run was "
+                          f"tracked in with --tracking-uri or MLFLOW_TRACKING_URI")
     tracking.check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     config = {"backbone_file": str(Path(backbone).resolve())} if backbone else None
