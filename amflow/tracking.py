@@ -26,6 +26,7 @@ several runs in one process (sweeps, tests) cannot step on each other.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -38,7 +39,7 @@ import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
 from amflow import io
 from amflow.errors import AmflowError
@@ -391,19 +392,14 @@ class Tracker:
         The logged model is created here, through this run's client, so that it lands in the run's
         experiment; the rest of model logging only has MLflow's process-wide tracking URI, pointed at
         this run's store for the call."""
-        import mlflow
         from mlflow.models import Model
 
         run = self.client.get_run(self.run_id)
         model = self.client.create_logged_model(run.info.experiment_id, name=name, source_run_id=self.run_id,
                                                 params=run.data.params)
-        before = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(self.uri)
-        try:
+        with using_store(self.uri):
             return Model.log(artifact_path=None, name=name, flavor=flavor, run_id=self.run_id,
                              model_id=model.model_id, **kwargs)
-        finally:
-            mlflow.set_tracking_uri(before)
 
     def set_tags(self, tags: dict) -> None:
         for k, v in tags.items():
@@ -411,6 +407,25 @@ class Tracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+@contextlib.contextmanager
+def using_store(uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide tracking URI at ``uri`` for a block (for the MLflow APIs that have no
+    client form), then put it back, with the ``MLFLOW_TRACKING_URI`` variable that it also sets."""
+    import mlflow
+
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 def _recorded_run(run_dir: Path, uri: str) -> Optional[str]:

@@ -211,8 +211,8 @@ def test_the_logged_model_predicts_like_the_run_folder(sqlite_run, tmp_path, cap
     from_folder = Predictor.from_run_dir(run_dir)
     assert np.allclose(from_model.probabilities(video).numpy(), from_folder.probabilities(video).numpy(), atol=1e-6)
 
-    mlflow.set_tracking_uri(uri)
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{output.model_id}")
+    with tracking.using_store(uri):
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{output.model_id}")
     sig = pyfunc.metadata.signature
     assert sig.inputs.input_names() == ["video"] and sig.params.to_dict()[0]["name"] == "top_k"
     table = pyfunc.predict(pd.DataFrame({"video": [str(video), str(video)]}), params={"top_k": 2})
@@ -481,11 +481,9 @@ def test_unreachable_server_fails_before_training(tmp_path, monkeypatch):
     uri = f"http://127.0.0.1:{free_port()}"           # nothing listens there
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("AMFLOW_TRACKING", "1")
-    t0 = time.perf_counter()
-    with pytest.raises(AmflowError, match=uri.replace(".", r"\.")):
+    with pytest.raises(AmflowError, match=uri.replace(".", r"\.") + ".*not reachable"):
         train_run(tiny_params(), dataset="tiny", method="frame", seed=0, data_dir=tmp_path / "data",
                   results_dir=tmp_path / "results", progress=False)
-    assert time.perf_counter() - t0 < 30
     run_dir = tmp_path / "results" / "tiny" / "frame" / "seed0"
     assert not (run_dir / "checkpoint.pt").exists() and not (run_dir / "train_log.csv").exists()
 
@@ -514,6 +512,21 @@ def test_uri_precedence_and_file_store_refusal(monkeypatch, tmp_path):
     assert tracking.resolve_uri(params) == "http://example.invalid:5000"
     with pytest.raises(AmflowError, match="file store"):
         tracking.check_reachable("./mlruns")
+
+
+def test_using_store_puts_the_process_wide_uri_back(monkeypatch, tmp_path):
+    """Model logging points MLflow's global URI at a run's store; the variable that decides later runs'
+    store (MLFLOW_TRACKING_URI) must be as before, set or not."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'a.db'}")
+    with tracking.using_store(f"sqlite:///{tmp_path / 'b.db'}"):
+        assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'b.db'}"
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path / 'a.db'}"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    with tracking.using_store(f"sqlite:///{tmp_path / 'b.db'}"):
+        pass
+    assert "MLFLOW_TRACKING_URI" not in os.environ
 
 
 def test_flatten_params():

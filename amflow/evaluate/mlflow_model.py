@@ -136,10 +136,10 @@ def load_predictor(model_uri: str, backbone: Optional[Path] = None, tracking_uri
         raise AmflowError(f"--model-uri {model_uri}: there is no MLflow store at {uri}; give the store the run was "
                           f"tracked in with --tracking-uri or MLFLOW_TRACKING_URI")
     tracking.check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
     config = {"backbone_file": str(Path(backbone).resolve())} if backbone else None
     try:
-        model = mlflow.pyfunc.load_model(model_uri, model_config=config)
+        with tracking.using_store(uri):
+            model = mlflow.pyfunc.load_model(model_uri, model_config=config)
     except (MlflowException, OSError) as exc:
         raise AmflowError(f"--model-uri {model_uri}: cannot load the MLflow model from {uri} "
                           f"({tracking.describe(exc)}); give runs:/<run id>/model or models:/<model id> of a "
