@@ -5,6 +5,7 @@ Heavy libraries (torch, cv2, mlflow) are imported inside the commands, so ``amfl
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from pathlib import Path
 from typing import Callable
@@ -87,7 +88,8 @@ def cmd_pretrain_backbone(args) -> None:
 
     from amflow import paths
 
-    pretrain_backbone(_params(args), paths.pretrain_images_dir(args.data_dir), paths.backbone_dir(args.results_dir))
+    pretrain_backbone(_params(args), paths.pretrain_images_dir(args.data_dir), paths.backbone_dir(args.results_dir),
+                      track=True, results_dir=args.results_dir)
 
 
 def cmd_train(args) -> None:
@@ -104,11 +106,48 @@ def cmd_evaluate(args) -> None:
                  data_dir=args.data_dir, results_dir=args.results_dir, run_dir=args.run_dir)
 
 
-def cmd_predict(args) -> None:
-    from amflow.evaluate.predict import predict_video
+def cmd_predict(args) -> int:
+    import csv
+    import json
 
-    for name, prob in predict_video(args.video, args.run, top_k=args.top_k):
-        print(f"{prob:7.2%}  {name}")
+    from amflow.errors import AmflowError
+    from amflow.evaluate.predict import Predictor, read_video_list
+
+    videos = list(args.videos) + (read_video_list(args.list) if args.list else [])
+    if not videos:
+        raise AmflowError("amflow predict: no video given; name one or more video files, or --list FILE "
+                          "(one path per line)")
+    if args.model_uri:
+        from amflow.evaluate.mlflow_model import load_predictor  # imports mlflow (slow): only for --model-uri
+
+        predictor = load_predictor(args.model_uri, backbone=args.backbone, tracking_uri=args.tracking_uri)
+    else:
+        predictor = Predictor.from_run_dir(args.run, backbone=args.backbone)
+    top_k = predictor.check_top_k(args.top_k)  # before decoding any video
+    results, failed = [], 0
+    for video in videos:
+        try:
+            results.append((str(video), predictor.predict(video, top_k)))
+        except (AmflowError, FileNotFoundError) as exc:  # one bad video does not stop the others
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+    if args.json:
+        print(json.dumps([{"video": v, "predictions": [{"rank": r, "label": n, "probability": p}
+                                                       for r, (n, p) in enumerate(top, start=1)]}
+                          for v, top in results], indent=2))
+    elif args.csv:
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(["video", "rank", "label", "probability"])
+        out.writerows([v, r, n, f"{p:.6f}"] for v, top in results for r, (n, p) in enumerate(top, start=1))
+    else:
+        for v, top in results:
+            indent = ""
+            if len(videos) > 1:
+                print(f"{v}:")
+                indent = "  "
+            for name, prob in top:
+                print(f"{indent}{prob:7.2%}  {name}")
+    return 1 if failed else 0
 
 
 def cmd_tables(args) -> None:
@@ -142,12 +181,24 @@ def cmd_dvc_yaml(args) -> None:
 
 
 # --------------------------------------------------------------------------- parser
+def version() -> str:
+    """The installed package's version (pyproject.toml), else the source tree's."""
+    try:
+        return importlib.metadata.version("amflow")
+    except importlib.metadata.PackageNotFoundError:
+        from amflow import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="amflow",
         description="AM Flow experiment pipeline. Each subcommand is one stage of the DAG "
                     "(see `snakemake --cores 8 results/table1.csv` for the whole chain).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}",
+                        help="print amflow's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, func: Callable, help: str, description: str, dataset: bool = False):
@@ -190,21 +241,45 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, func, what,
                 f"{what[0].upper()}{what[1:]} on a dataset. Outputs under "
                 "results/<dataset>/<method>/seed<k>/ (or --run-dir).", dataset=True)
-        p.add_argument("--method", required=True, choices=["frame", "aim", "st_adapter", "tpa", "amflow"])
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--method", required=True, choices=["frame", "aim", "st_adapter", "tpa", "amflow"],
+                       help="the method (model) of the run")
+        p.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
         p.add_argument("--run-dir", type=Path, default=None, help="override the run folder")
-    p = sub.add_parser("predict", help="top-k classes for one video",
-                       description="Print the top-k classes with probabilities for any video decord can read, "
-                                   "using a trained run folder.")
-    p.add_argument("video", type=Path)
-    p.add_argument("--run", type=Path, required=True, help="run folder (results/<dataset>/<method>/seed<k>)")
-    p.add_argument("--top-k", type=int, default=5)
+    p = sub.add_parser("predict", help="top-k classes of videos",
+                       description="Print the top-k classes with probabilities for videos that decord (or PyAV) "
+                                   "can read, with the model of a trained run: its run folder (--run) or its MLflow "
+                                   "model (--model-uri). Videos are sampled like the evaluation's test views.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n"
+                              "  amflow predict video.mp4 --run results/synth_moving/amflow/seed0\n"
+                              "  amflow predict a.mp4 b.mp4 --run results/synth_moving/amflow/seed0 --json\n"
+                              "  amflow predict --list videos.txt --model-uri runs:/<run id>/model --csv")
+    p.add_argument("videos", nargs="*", type=Path, metavar="VIDEO", help="video file(s) to classify")
+    p.add_argument("--list", type=Path, default=None, metavar="FILE",
+                   help="text file with one video path per line (relative to the file's folder; # comments)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, help="trained run folder (results/<dataset>/<method>/seed<k>)")
+    source.add_argument("--model-uri", metavar="URI",
+                        help="the run's MLflow model: runs:/<run id>/model or models:/<model id>")
+    p.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="MLflow store holding --model-uri (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db "
+                        "in the current folder)")
+    p.add_argument("--backbone", type=Path, default=None, metavar="FILE",
+                   help="the frozen backbone file, when it is not where training left it")
+    p.add_argument("--top-k", type=int, default=None, metavar="K",
+                   help="how many classes to print per video, at most the run's class count (default 5, or the "
+                        "class count when smaller)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print JSON: [{video, predictions: [{rank, label, "
+                                                        "probability}]}]")
+    fmt.add_argument("--csv", action="store_true", help="print CSV: video,rank,label,probability")
     p.set_defaults(func=cmd_predict)
     p = add("tables", cmd_tables, "build results/table1.csv or the ablation tables",
             "Read the runs' metrics.json and write results/table1.csv (--which table1) or results/ablations.csv "
             "plus one results/ablation_<axis>.csv per ablation axis (--which ablations). Pure: the same inputs give "
             "the same bytes.")
-    p.add_argument("--which", choices=["table1", "ablations"], default="table1")
+    p.add_argument("--which", choices=["table1", "ablations"], default="table1",
+                   help="table1 (default) or ablations")
     add("heatmaps", cmd_heatmaps, "plot AM flow heat maps, static against aligned",
         "Render AM flow heat maps over the frames of a static-camera and a moving-camera test clip, static "
         "against aligned variant, with the trained amflow runs' backbones.\n\nOutputs: "
@@ -221,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dvc-yaml", help="generate dvc.yaml from the Snakemake workflow",
                        description="Write dvc.yaml from the same stage definitions that the Snakemake rules use "
                                    "(one source of truth). --check fails if the file on disk differs.")
-    p.add_argument("--output", default="dvc.yaml")
+    p.add_argument("--output", default="dvc.yaml", help="file to write or check (default dvc.yaml)")
     p.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on a difference")
     p.set_defaults(func=cmd_dvc_yaml)
     return parser
@@ -233,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     from amflow.params import ParamsError
 
     try:
-        args.func(args)
+        rc = args.func(args)
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -241,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         # Expected failures carry the file and the fix in their message: no traceback.
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    return 0
+    return rc or 0
 
 
 if __name__ == "__main__":

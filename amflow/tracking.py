@@ -1,14 +1,24 @@
-"""MLflow tracking: one experiment per dataset, one run per (method, seed), shared by train and evaluate.
+"""MLflow tracking: one experiment per (params file, dataset), one run per run folder, shared by train and evaluate.
 
 - Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``params.tracking.uri``, else
   ``sqlite:///<cwd>/mlflow.db``. For a sqlite store the artefacts go to ``mlartifacts/`` beside the
   database file (not wherever the process happens to run).
-- Experiment ``f"{tracking.experiment_prefix}-{dataset}"``; run name ``f"{method}-seed{seed}"``.
-- Training creates the run (or reopens the one recorded in the run folder's ``mlflow_run.json`` when it
-  resumes) and logs params, tags and one batched call of metrics per epoch; evaluation reopens the same
-  run from ``mlflow_run.json`` and logs the test metrics and artefacts.
-- An http(s) server is probed (``/health``, short timeout) before anything else, so an unreachable
-  server fails before training starts, with an :class:`AmflowError` naming the URI.
+- Experiment ``f"{tracking.experiment_prefix}-{params.name}-{dataset}"`` (so two params files never
+  share one); run name ``f"{method}-seed{seed}"`` (a run folder elsewhere than the standard one is
+  named by its path under the results folder). Every tag this project sets starts with ``amflow.``.
+- A run is found again by its key (the run folder under the results folder, tag ``amflow.run_key``):
+  a rerun of the same run reuses its MLflow run (resume, or an attempt that died before logging an
+  epoch) or replaces it (soft-deletes the old one); it never adds a second run. A run left RUNNING by
+  an attempt that died is marked KILLED when the next attempt starts.
+- Training logs params (its own dataset's, not the whole file's), tags, the frame manifest as an
+  MLflow dataset input, one batched call of metrics per epoch and, at the end, the model (an MLflow
+  pyfunc, :mod:`amflow.evaluate.mlflow_model`); evaluation reopens the same run from
+  ``mlflow_run.json`` and logs the test metrics and artefacts.
+- An http(s) server is probed before anything else (``/health`` and one API call, short timeouts, no
+  retries), and MLflow's own HTTP retries are bounded (:data:`ENV_DEFAULTS`), so an unreachable or
+  failing server stops the stage within seconds, with an :class:`AmflowError` naming the URI.
+- Opening a run and the final logging retry, with a bound, on a store that is busy ("database is
+  locked": sqlite on a shared filesystem); see :func:`with_retries`.
 - ``AMFLOW_TRACKING=0`` switches tracking off (unit tests whose subject is not tracking).
 
 Everything here talks to one explicit ``MlflowClient``, never to mlflow's global "active run", so
@@ -16,16 +26,20 @@ several runs in one process (sweeps, tests) cannot step on each other.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import random
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
 from amflow import io
 from amflow.errors import AmflowError
@@ -34,6 +48,18 @@ SWITCH_ENV = "AMFLOW_TRACKING"
 RUN_FILE = "mlflow_run.json"
 MAX_PARAM_LEN = 6000      # MLflow 3 limit on a param value
 BATCH_LIMIT = 100         # params per log_batch request
+TAG = "amflow."           # the one namespace of this project's tags
+# MLflow's own HTTP retries default to 7 with backoff factor 2 (minutes against a failing server).
+# These bound them to seconds, and keep MLflow's artefact progress bars out of log files; a value the
+# user set in the environment wins.
+ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+BUSY_MARKERS = ("database is locked", "database table is locked")
+RETRY_ATTEMPTS = 8        # with the delays below: about a minute of waiting on a busy store
+RETRY_BASE_S = 0.5
+RETRY_MAX_S = 20.0
+
+T = TypeVar("T")
 
 
 def enabled() -> bool:
@@ -50,26 +76,90 @@ def resolve_uri(params=None) -> str:
 
 
 def experiment_name(params, dataset: str) -> str:
-    return f"{params.tracking.experiment_prefix}-{dataset}"
+    """``<prefix>-<params name>-<dataset>``: each params file has its own experiments."""
+    return f"{params.tracking.experiment_prefix}-{params.name}-{dataset}"
 
 
 def run_name(method: str, seed: int) -> str:
     return f"{method}-seed{seed}"
 
 
-def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast, naming the URI, if a tracking server does not answer; prepare a sqlite store's folder."""
-    if uri.startswith(("http://", "https://")):
-        url = uri.rstrip("/") + "/health"
+def run_key(run_dir: Path, results_dir: Path) -> str:
+    """What makes two trainings "the same run": the run folder, relative to the results folder when it
+    lies inside (so a moved project keeps its keys), else absolute."""
+    run_dir, results_dir = Path(run_dir).resolve(), Path(results_dir).resolve()
+    try:
+        return run_dir.relative_to(results_dir).as_posix()
+    except ValueError:
+        return run_dir.as_posix()
+
+
+def _key_tag(key: str) -> str:
+    # A hash: a folder name may hold quotes, which MLflow's search filter cannot escape.
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def set_env_defaults() -> None:
+    for name, value in ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+def is_busy(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(m in text for m in BUSY_MARKERS)
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: first line`` of an error (MLflow's messages go on with the SQL or the HTTP body)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+
+
+def with_retries(fn: Callable[[], T], what: str, attempts: int = RETRY_ATTEMPTS) -> T:
+    """``fn()``, retried with exponential back-off (and jitter, so parallel jobs spread out) while the
+    store answers "database is locked"; any other error, or the last attempt's, propagates."""
+    for attempt in range(1, attempts + 1):
         try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-                if resp.status != 200:
-                    raise OSError(f"HTTP {resp.status}")
-        except (OSError, urllib.error.URLError, ValueError) as exc:
-            raise AmflowError(
-                f"MLflow tracking server {uri} is not reachable ({url}: {exc}); start it "
-                f"(mlflow server --backend-store-uri sqlite:///mlflow.db ...), fix MLFLOW_TRACKING_URI / "
-                f"tracking.uri, or set {SWITCH_ENV}=0 to train without tracking") from None
+            return fn()
+        except Exception as exc:  # noqa: BLE001  (MlflowException or SQLAlchemy's OperationalError)
+            if attempt == attempts or not is_busy(exc):
+                raise
+            delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (attempt - 1)) * (1 + random.random())
+            print(f"MLflow store busy while {what} (attempt {attempt}/{attempts}: database is locked); "
+                  f"retrying in {delay:.1f} s", file=sys.stderr)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _probe(url: str, timeout_s: float, data: Optional[bytes] = None) -> int:
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, naming the URI, if a tracking server does not answer; prepare a sqlite store's folder.
+
+    A server is asked twice without retries: ``/health``, and one cheap API call (a server whose
+    health check answers while its API fails, say behind a proxy returning 503, fails here rather
+    than in MLflow's retry loop)."""
+    set_env_defaults()
+    if uri.startswith(("http://", "https://")):
+        fix = (f"start it (mlflow server --backend-store-uri ...), fix MLFLOW_TRACKING_URI / tracking.uri, "
+               f"or set {SWITCH_ENV}=0 to run without tracking")
+        base = uri.rstrip("/")
+        for url, data in ((f"{base}/health", None),
+                          (f"{base}/api/2.0/mlflow/experiments/search", json.dumps({"max_results": 1}).encode())):
+            try:
+                status = _probe(url, timeout_s, data)
+            except (OSError, urllib.error.URLError, ValueError) as exc:
+                raise AmflowError(f"MLflow tracking server {uri} is not reachable ({url}: {exc}); {fix}") from None
+            if status != 200:
+                raise AmflowError(f"MLflow tracking server {uri} answers HTTP {status} at {url} (no training "
+                                  f"was started); {fix}")
     elif uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         try:
@@ -90,7 +180,8 @@ def _create_sqlite_store(uri: str, db: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     with FileLock(str(db) + ".lock"):
-        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        with_retries(lambda: MlflowClient(tracking_uri=uri).search_experiments(max_results=1),
+                     f"opening {uri}")
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -104,6 +195,22 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
     text = data if isinstance(data, str) else json.dumps(data)
     out[key] = text[:MAX_PARAM_LEN]
     return out
+
+
+def run_params(params, dataset: str, method: str) -> dict[str, str]:
+    """The params that define one run, flattened: its own dataset and sampling (not every dataset's in
+    the file), the backbone, model and training sections, and camera motion for AM flow."""
+    doc = {"params_name": params.name,
+           "dataset": params.dataset(dataset).model_dump(mode="json"),
+           "sampling": params.sampling_for(dataset).model_dump(mode="json"),
+           "backbone": params.backbone.model_dump(mode="json"),
+           "model": params.model.model_dump(mode="json"),
+           "train": params.train.model_dump(mode="json")}
+    if params.backbone.weights == "pretrain":
+        doc["pretrain"] = params.pretrain.model_dump(mode="json")
+    if method == "amflow":
+        doc["camera_motion"] = params.camera_motion.model_dump(mode="json")
+    return flatten(doc)
 
 
 def file_sha256(path: Path) -> Optional[str]:
@@ -131,8 +238,9 @@ def git_state(cwd: Optional[Path] = None) -> dict[str, str]:
                                capture_output=True, text=True, timeout=10, env=env)
     except (OSError, subprocess.SubprocessError):
         return {}
+    # mlflow.source.git.commit is MLflow's own tag (its UI shows it); the rest is ours.
     return {"mlflow.source.git.commit": commit.stdout.strip(),
-            "git_dirty": str(bool(dirty.stdout.strip())).lower()}
+            f"{TAG}git_dirty": str(bool(dirty.stdout.strip())).lower()}
 
 
 class NullTracker:
@@ -148,6 +256,8 @@ class NullTracker:
     def log_artifacts(self, paths: Iterable[Path], artifact_path: Optional[str] = None) -> None: ...
     def set_tags(self, tags: dict) -> None: ...
     def log_json(self, data: Any, artifact_file: str) -> None: ...
+    def log_dataset(self, table, *, name: str, source: str, context: str) -> None: ...
+    def log_model(self, flavor, name: str, **kwargs) -> None: ...
     def finish(self, status: str = "FINISHED") -> None: ...
 
 
@@ -167,46 +277,47 @@ class Tracker:
     # ------------------------------------------------------------------ opening a run
     @classmethod
     def open_for_training(cls, params, *, dataset: str, method: str, seed: int, run_dir: Path,
-                          tags: Optional[dict] = None, parent_run_id: Optional[str] = None, resume: bool = False,
+                          results_dir: Path, params_digest: str, tags: Optional[dict] = None,
+                          parent_run_id: Optional[str] = None, resume: bool = False,
                           name: Optional[str] = None):
-        """Create the run or, when ``resume`` (training continues a checkpoint), reopen the one this run
-        folder recorded. A fresh training never reuses an old record: its params may differ. Rank 0 only.
-        ``name`` replaces the run name ``<method>-seed<k>`` (a sweep's ``trial-<n>``)."""
+        """Open this run folder's MLflow run (rank 0 only): reuse it when training resumes its checkpoint
+        or when the last attempt died before logging an epoch with the same params; otherwise replace it.
+
+        ``name`` overrides the run name (default ``<method>-seed<seed>``, or the folder's path under the
+        results folder for a run folder elsewhere, such as an ablation's)."""
         if not enabled():
             return NullTracker()
         uri = resolve_uri(params)
         check_reachable(uri)
-        from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
+        from amflow import paths
 
-        client = MlflowClient(tracking_uri=uri)
-        run_file = Path(run_dir) / RUN_FILE
-        run_id = None
-        if resume and run_file.exists():
-            rec = io.read_json(run_file)
-            if rec.get("tracking_uri") == uri:
-                try:
-                    client.get_run(rec["run_id"])
-                    run_id = rec["run_id"]
-                except MlflowException:
-                    run_id = None  # deleted from the store: start a new run
-        all_tags = {"amflow.dataset": dataset, "amflow.method": method, "amflow.seed": str(seed),
-                    "amflow.run_dir": str(Path(run_dir).resolve()), "stage": "train", **git_state(), **(tags or {})}
+        run_dir = Path(run_dir)
+        key = run_key(run_dir, results_dir)
+        if name is None:
+            standard = paths.run_dir(results_dir, dataset, method, seed).resolve() == run_dir.resolve()
+            name = run_name(method, seed) if standard else key
+        all_tags = {f"{TAG}dataset": dataset, f"{TAG}method": method, f"{TAG}seed": str(seed),
+                    f"{TAG}params_name": params.name, f"{TAG}run_dir": str(run_dir.resolve()),
+                    f"{TAG}run_key": _key_tag(key), f"{TAG}params_digest": params_digest,
+                    f"{TAG}stage": "train", **git_state(), **(tags or {})}
         if parent_run_id is None:
             parent_run_id = _active_parent(uri)
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        if run_id is None:
-            exp_id = _experiment_id(client, experiment_name(params, dataset), uri)
-            name = name or run_name(method, seed)
-            run = client.create_run(exp_id, run_name=name, tags=all_tags)
-            run_id = run.info.run_id
-            io.write_json(run_file, {"tracking_uri": uri, "experiment_id": exp_id, "run_id": run_id,
-                                     "experiment": experiment_name(params, dataset), "run_name": name})
-        else:
-            client.update_run(run_id, status="RUNNING")
-            client.set_tag(run_id, "stage", "train")
-        return cls(uri, run_id)
+        exp_name = experiment_name(params, dataset)
+
+        def open_run() -> str:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=uri)
+            exp_id = _experiment_id(client, exp_name, uri)
+            recorded = _recorded_run(run_dir, uri)
+            run_id = _reuse_or_replace(client, exp_id, all_tags, recorded=recorded, resume=resume, name=name)
+            io.write_json(run_dir / RUN_FILE, {"tracking_uri": uri, "experiment_id": exp_id, "run_id": run_id,
+                                               "experiment": exp_name, "run_name": name})
+            return run_id
+
+        return cls(uri, with_retries(open_run, f"opening the MLflow run of {run_dir}"))
 
     @classmethod
     def open_existing(cls, run_dir: Path, params=None):
@@ -256,9 +367,39 @@ class Tracker:
                 self.client.log_artifact(self.run_id, str(p), artifact_path)
 
     def log_json(self, data: Any, artifact_file: str) -> None:
-        """A JSON artefact from memory (so the file on disk can still be written last)."""
+        """A JSON artefact from memory."""
         self.client.log_text(self.run_id, json.dumps(data, indent=2, default=io._json_default) + "\n",
                              artifact_file)
+
+    def log_dataset(self, table, *, name: str, source: str, context: str) -> None:
+        """Record a table (a pandas DataFrame, e.g. the frame manifest) as the run's dataset input, with
+        MLflow's digest, schema and profile of it; ``context`` is MLflow's "training", "evaluation"..."""
+        import mlflow.data
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        with warnings.catch_warnings():
+            # A local path matches MLflow's local-file source under two registrations; either is right.
+            warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways.*")
+            ds = mlflow.data.from_pandas(table, source=source, name=name)
+        entity = Dataset(**ds.to_dict())
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(entity, tags=[
+            InputTag(key="mlflow.data.context", value=context)])])
+
+    def log_model(self, flavor, name: str, **kwargs):
+        """``Model.log`` of ``flavor`` into this run: an MLflow 3 logged model in the run's experiment,
+        an output of the run (``runs:/<run id>/<name>``, ``models:/<model id>``).
+
+        The logged model is created here, through this run's client, so that it lands in the run's
+        experiment; the rest of model logging only has MLflow's process-wide tracking URI, pointed at
+        this run's store for the call."""
+        from mlflow.models import Model
+
+        run = self.client.get_run(self.run_id)
+        model = self.client.create_logged_model(run.info.experiment_id, name=name, source_run_id=self.run_id,
+                                                params=run.data.params)
+        with using_store(self.uri):
+            return Model.log(artifact_path=None, name=name, flavor=flavor, run_id=self.run_id,
+                             model_id=model.model_id, **kwargs)
 
     def set_tags(self, tags: dict) -> None:
         for k, v in tags.items():
@@ -266,6 +407,73 @@ class Tracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+@contextlib.contextmanager
+def using_store(uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide tracking URI at ``uri`` for a block (for the MLflow APIs that have no
+    client form), then put it back, with the ``MLFLOW_TRACKING_URI`` variable that it also sets."""
+    import mlflow
+
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+def _recorded_run(run_dir: Path, uri: str) -> Optional[str]:
+    """The run id this folder recorded at its last start, if it was on the same store."""
+    run_file = Path(run_dir) / RUN_FILE
+    if not run_file.exists():
+        return None
+    try:
+        rec = io.read_json(run_file)
+    except ValueError:
+        return None
+    return rec.get("run_id") if rec.get("tracking_uri") == uri else None
+
+
+def _reuse_or_replace(client, exp_id: str, tags: dict, *, recorded: Optional[str], resume: bool,
+                      name: str) -> str:
+    """The run id to train into: an existing run of the same key when it can continue, else a new one.
+
+    Every other active run of the key is an older attempt: it is marked KILLED if an attempt died
+    leaving it RUNNING, and soft-deleted when replaced (``mlflow gc`` purges; the UI can restore)."""
+    from mlflow.entities import ViewType
+
+    key_tag = tags[f"{TAG}run_key"]
+    found = client.search_runs([exp_id], filter_string=f"tags.`{TAG}run_key` = '{key_tag}'",
+                               run_view_type=ViewType.ACTIVE_ONLY, order_by=["attributes.start_time DESC"])
+    found.sort(key=lambda r: r.info.run_id != recorded)  # the recorded run first
+    reuse = None
+    for run in found:
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status="KILLED")
+            print(f"MLflow run {run.info.run_id} ({run.info.run_name}) was left RUNNING by an attempt that ended "
+                  f"without closing it; marked it KILLED", file=sys.stderr)
+        same = run.data.tags.get(f"{TAG}params_digest") == tags[f"{TAG}params_digest"]
+        if reuse is None and same and (resume or "train_loss" not in run.data.metrics):
+            reuse = run
+    for run in found:
+        if run is not reuse:
+            client.delete_run(run.info.run_id)
+            print(f"MLflow run {run.info.run_id} ({run.info.run_name}): replaced by this training (deleted; "
+                  f"`mlflow runs restore --run-id {run.info.run_id}` brings it back)", file=sys.stderr)
+    if reuse is None:
+        return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+    run_id = reuse.info.run_id
+    client.update_run(run_id, status="RUNNING", name=name)
+    for k, v in tags.items():
+        if reuse.data.tags.get(k) != v:
+            client.set_tag(run_id, k, v)
+    return run_id
 
 
 def _experiment_id(client, name: str, uri: str) -> str:
@@ -301,6 +509,38 @@ def _active_parent(uri: str) -> Optional[str]:
     return None
 
 
+# --------------------------------------------------------------------------- backbone pretraining
+def open_pretrain_run(params, *, out_dir: Path, results_dir: Path):
+    """The MLflow run of ``amflow pretrain-backbone``: experiment ``<prefix>-<params name>-pretrain_images``,
+    run ``pretrain-backbone``, found again by its output folder like a training run (reused or replaced,
+    never duplicated); params: the pretraining, image set and backbone sections."""
+    if not enabled():
+        return NullTracker()
+    uri = resolve_uri(params)
+    check_reachable(uri)
+    key = run_key(out_dir, results_dir)
+    doc = {"params_name": params.name, "pretrain": params.pretrain.model_dump(mode="json"),
+           "pretrain_images": params.pretrain_images.model_dump(mode="json") if params.pretrain_images else None,
+           "backbone": params.backbone.model_dump(mode="json"),
+           "normalisation": {"mean": list(params.sampling.mean), "std": list(params.sampling.std)}}
+    digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+    tags = {f"{TAG}stage": "pretrain_backbone", f"{TAG}params_name": params.name,
+            f"{TAG}run_dir": str(Path(out_dir).resolve()), f"{TAG}run_key": _key_tag(key),
+            f"{TAG}params_digest": digest, **git_state()}
+    exp_name = experiment_name(params, "pretrain_images")
+
+    def open_run() -> str:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        exp_id = _experiment_id(client, exp_name, uri)
+        return _reuse_or_replace(client, exp_id, tags, recorded=None, resume=False, name="pretrain-backbone")
+
+    tracker = Tracker(uri, with_retries(open_run, f"opening the MLflow run of {out_dir}"))
+    with_retries(lambda: tracker.log_params(flatten(doc)), "logging the pretraining params")
+    return tracker
+
+
 # --------------------------------------------------------------------------- sweeps
 class SweepParent:
     """The parent MLflow run of one Optuna study; trials are nested under it (``parent_run_id``)."""
@@ -310,12 +550,12 @@ class SweepParent:
         self.run_id = tracker.run_id if tracker is not None else None
 
     def finish_sweep(self, best: dict, artifacts: Iterable[Path] = ()) -> None:
-        """Record the best trial (metric ``best_value``, tags ``best.<param>``) and the study's files."""
+        """Record the best trial (metric ``best_value``, tags ``amflow.best.<param>``) and the study's files."""
         if self.tracker is None:
             return
         self.tracker.log_metrics({"best_value": best["value"], "best_trial": best["number"]})
         # Tags, not params: a resumed study may find a better trial later, and params are immutable.
-        self.tracker.set_tags({f"best.{k}": json.dumps(v) if not isinstance(v, str) else v
+        self.tracker.set_tags({f"{TAG}best.{k}": json.dumps(v) if not isinstance(v, str) else v
                                for k, v in best.get("params", {}).items()})
         self.tracker.log_artifacts([Path(p) for p in artifacts], artifact_path="sweep")
         self.tracker.finish("FINISHED")
@@ -332,13 +572,13 @@ def open_sweep_parent(params, *, dataset: str, study_name: str, study=None, swee
 
     client = MlflowClient(tracking_uri=uri)
     exp_id = _experiment_id(client, experiment_name(params, dataset), uri)
-    found = client.search_runs([exp_id], filter_string=f"tags.`amflow.sweep_study` = '{study_name}'",
+    found = client.search_runs([exp_id], filter_string=f"tags.`{TAG}sweep_study` = '{study_name}'",
                                order_by=["attributes.start_time DESC"], max_results=1)
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
     else:
-        tags = {"stage": "sweep", "amflow.sweep_study": study_name, "amflow.dataset": dataset, **git_state()}
+        tags = {f"{TAG}stage": "sweep", f"{TAG}sweep_study": study_name, f"{TAG}dataset": dataset, **git_state()}
         run_id = client.create_run(exp_id, run_name=f"sweep-{study_name}", tags=tags).info.run_id
     tracker = Tracker(uri, run_id)
     extra = {"sweep.study": study_name}

@@ -250,11 +250,11 @@ def test_mlflow_logging(tiny_cache, tmp_path, monkeypatch):
                                       tmp_path / "out", motion_path=tmp_path / "m.npz", track=True, workers=1,
                                       progress=False)
     client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("amflow-tiny")
+    exp = client.get_experiment_by_name("amflow-default-tiny")       # <prefix>-<params name>-<dataset>
     assert exp is not None
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.run_name == "camera_motion" and run.info.status == "FINISHED"
-    assert run.data.tags["stage"] == "camera_motion"
+    assert run.data.tags["amflow.stage"] == "camera_motion"
     assert run.data.params["moving_threshold"] == "0.01"
     assert run.data.metrics["share_moving"] == pytest.approx(summary["share_moving"])
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}

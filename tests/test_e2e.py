@@ -19,6 +19,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from amflow import paths
+
 from project_copy import (BIN, copy_of, make_project_copy, nothing_to_do, run, shared_pipeline_run,
                           snakemake)
 
@@ -284,7 +286,8 @@ def test_predict_prints_top5_for_a_test_video(project, params):
     videos = sorted((project / "data" / dataset / "videos" / "test").glob("*.mp4"))
     assert videos, "no test video"
     classes = (project / "data" / dataset / "classes.txt").read_text().split()
-    out = run([BIN / "amflow", "predict", videos[0], "--run", project / "results" / dataset / "amflow" / "seed0"],
+    # The README's form, `amflow predict video.mp4 --run <run folder>`, with the folder from the layout's code.
+    out = run([BIN / "amflow", "predict", videos[0], "--run", paths.run_dir(project / "results", dataset, "amflow", 0)],
               project)
     lines = [line for line in out.stdout.splitlines() if line.strip()]
     assert len(lines) == 5, out.stdout

@@ -5,6 +5,9 @@ transforms travel through training, multi-view evaluation, the time-reversal dia
 """
 from __future__ import annotations
 
+import json
+from io import StringIO as io_text
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -176,6 +179,60 @@ def test_predict_decodes_a_real_video_file(trained, tmp_path):
     path = tmp_path / "clip.mp4"
     frames = moving_square(1, 12, 32, np.random.default_rng(0))
     write_mp4(path, frames)
-    top = predict_video(path, root / "results" / "tiny" / "amflow" / "seed0", top_k=10)
-    assert len(top) == len(CLASSES)                                  # k is capped at the class count
+    run_dir = paths.run_dir(root / "results", "tiny", "amflow", 0)
+    top = predict_video(path, run_dir, top_k=len(CLASSES))
+    assert len(top) == len(CLASSES)
     assert sum(p for _, p in top) == pytest.approx(1.0, abs=1e-5)
+    assert len(predict_video(path, run_dir)) == len(CLASSES)           # the default 5 fits the 4 classes
+    with pytest.raises(AmflowError, match="--top-k 10: the run has 4 classes"):
+        predict_video(path, run_dir, top_k=10)
+
+
+def test_predict_cli_several_videos_a_list_json_and_csv(trained, tmp_path, capsys):
+    """`amflow predict` as the README and --help show it: videos and/or a list file, text, --json, --csv;
+    a --top-k above the class count and a video that cannot be decoded each give one clear line."""
+    from amflow.cli import main
+    from standins_train import moving_square
+    from video_files import write_mp4
+
+    root, *_ = trained
+    run = str(paths.run_dir(root / "results", "tiny", "amflow", 0))
+    videos = []
+    for label in (0, 3):
+        videos.append(tmp_path / "clips" / f"clip{label}.mp4")
+        videos[-1].parent.mkdir(exist_ok=True)
+        write_mp4(videos[-1], moving_square(label, 12, 32, np.random.default_rng(label)))
+    listing = tmp_path / "clips" / "videos.txt"
+    listing.write_text(f"# test clips\n{videos[1].name}\n\n")         # relative to the list's folder
+
+    assert main(["predict", str(videos[0]), "--list", str(listing), "--run", run, "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert [a["video"] for a in answer] == [str(videos[0]), str(videos[1])]
+    for a in answer:
+        probs = [p["probability"] for p in a["predictions"]]
+        assert [p["rank"] for p in a["predictions"]] == [1, 2, 3, 4] and probs == sorted(probs, reverse=True)
+        assert {p["label"] for p in a["predictions"]} == set(CLASSES)
+
+    assert main(["predict", *map(str, videos), "--run", run, "--csv", "--top-k", "2"]) == 0
+    table = pd.read_csv(io_text(capsys.readouterr().out))
+    assert list(table.columns) == ["video", "rank", "label", "probability"] and len(table) == 4
+    first = [(p["label"], p["probability"]) for p in answer[0]["predictions"][:2]]
+    got = table[table["video"] == str(videos[0])]
+    assert got["label"].tolist() == [n for n, _ in first]
+    assert np.allclose(got["probability"], [p for _, p in first], atol=1e-6)
+
+    assert main(["predict", *map(str, videos), "--run", run]) == 0      # text: a header per video
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{videos[0]}:" and len(out) == 2 * (1 + len(CLASSES))
+
+    assert main(["predict", str(videos[0]), "--run", run, "--top-k", "9"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --top-k 9: the run has 4 classes; give a value from 1 to 4"]
+
+    bad = tmp_path / "clips" / "broken.mp4"
+    bad.write_bytes(b"not a video")
+    assert main(["predict", str(bad), str(videos[0]), "--run", run, "--csv"]) == 1   # the good one still answers
+    captured = capsys.readouterr()
+    assert len(pd.read_csv(io_text(captured.out))) == len(CLASSES)
+    assert [line for line in captured.err.splitlines() if line.startswith("error:")] == \
+        [line for line in captured.err.splitlines() if str(bad) in line]

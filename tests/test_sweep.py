@@ -121,7 +121,7 @@ def test_two_workers_finish_exactly_the_requested_trials(tmp_path):
 
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    parents = [r for r in runs if r.data.tags.get("stage") == "sweep"]
+    parents = [r for r in runs if r.data.tags.get("amflow.stage") == "sweep"]
     assert len(parents) == 1
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(children) == 3

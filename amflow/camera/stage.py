@@ -319,7 +319,7 @@ def resolve_variant(am_flow_variant: str, results_dataset_dir: str | Path) -> tu
 
 # --------------------------------------------------------------------------- tracking
 def log_to_mlflow(params, dataset_name: str, summary: dict, png_path: Path) -> Optional[str]:
-    """One MLflow run 'camera_motion' (tag stage=camera_motion) in experiment '<prefix>-<dataset>':
+    """One MLflow run 'camera_motion' (tag amflow.stage) in experiment '<prefix>-<name>-<dataset>':
     thresholds as params, shares and counts as metrics, the summary and the histogram as artefacts.
     Returns the run id, or None when tracking is switched off (``AMFLOW_TRACKING=0``).
 
@@ -336,8 +336,8 @@ def log_to_mlflow(params, dataset_name: str, summary: dict, png_path: Path) -> O
 
     client = MlflowClient(tracking_uri=uri)
     exp_id = tracking._experiment_id(client, tracking.experiment_name(params, dataset_name), uri)
-    tags = {"stage": "camera_motion", "amflow.dataset": dataset_name, "decision": summary["decision"],
-            **tracking.git_state()}
+    tags = {f"{tracking.TAG}stage": "camera_motion", f"{tracking.TAG}dataset": dataset_name,
+            f"{tracking.TAG}decision": summary["decision"], **tracking.git_state()}
     tracker = tracking.Tracker(uri, client.create_run(exp_id, run_name="camera_motion", tags=tags).info.run_id)
     try:
         spec = params.camera_motion

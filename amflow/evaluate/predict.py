@@ -1,11 +1,14 @@
-"""``amflow predict``: top-k classes of one video from a trained run folder.
+"""``amflow predict``: top-k classes of videos, from a trained run folder or from the run's MLflow model.
 
-The run folder is self-sufficient except for the frozen backbone: ``params.yaml`` (how the run was
-configured), ``checkpoint.pt`` (trainable weights, class names, resolved AM flow variant). The
-backbone weights come from where training found them (recorded in the checkpoint), else from the
-nearest ``backbone/backbone.safetensors`` above the run folder; a checksum refuses a different backbone.
+A :class:`Predictor` holds one rebuilt model and predicts any number of videos with it. It is built
+from a run folder (:meth:`Predictor.from_run_dir`: ``params.yaml``, ``checkpoint.pt``) or from the
+files of the MLflow model that training logs (:mod:`amflow.evaluate.mlflow_model`: the same params,
+the trainable weights and the class names); both need the frozen backbone file when the backbone is
+the pipeline's pretrained one. For a run folder it comes from where training found it (recorded in the
+checkpoint), else from the nearest ``backbone/backbone.safetensors`` above the run folder; a checksum
+refuses a different backbone.
 
-The video is decoded with :func:`amflow.data.video.read_video` (decord, PyAV fallback), resized to the
+Each video is decoded with :func:`amflow.data.video.read_video` (decord, PyAV fallback), resized to the
 dataset's cached short side, and sampled exactly like the evaluation (the dataset's test clips and
 crops, softmax averaged over views). For the aligned AM flow variant the camera transforms are
 estimated on the fly with the camera-motion stage's estimator and settings.
@@ -20,6 +23,8 @@ import numpy as np
 import torch
 
 from amflow.errors import AmflowError
+
+DEFAULT_TOP_K = 5
 
 
 def _backbone_path(params, meta: dict, run_dir: Path) -> Optional[Path]:
@@ -56,55 +61,115 @@ def _clip_transforms(frames: np.ndarray, clip: np.ndarray, view_maps: list[np.nd
     return [geo.conjugate(between, c) for c in view_maps]
 
 
-@torch.no_grad()
-def predict_video(video: str | Path, run_dir: str | Path, top_k: int = 5) -> list[tuple[str, float]]:
-    from amflow.data.clips import sample_indices, test_views
-    from amflow.data.video import read_video
-    from amflow.params import load_params
-    from amflow.train import checkpoint as ckpt
-    from amflow.train.distributed import resolve_device
-    from amflow.train.run import CHECKPOINT, PARAMS_YAML, TRAIN_JSON, build_run_model
-    from amflow.train.trainer import clip_probs
+class Predictor:
+    """A trained run's model, ready to predict videos.
 
-    run_dir = Path(run_dir)
-    for name in (PARAMS_YAML, CHECKPOINT):
-        if not (run_dir / name).exists():
-            raise AmflowError(f"{run_dir / name}: not found; --run must be a trained run folder "
-                              f"(results/<dataset>/<method>/seed<k>)")
-    params = load_params(run_dir / PARAMS_YAML)
-    state = ckpt.load_checkpoint(run_dir / CHECKPOINT)
-    meta = state["meta"]
-    compat = meta["compat"]
-    if not (run_dir / TRAIN_JSON).exists():
-        print(f"warning: {run_dir} has not finished training (checkpoint after epoch {state['epoch']} of "
-              f"{params.train.epochs}); predicting with it anyway", file=sys.stderr)
-    dataset, method, seed = compat["dataset"], compat["method"], int(compat["seed"])
-    classes, variant = list(compat["classes"]), compat["am_flow_variant"]
+    ``state`` holds ``model`` (the trainable weights), ``meta`` (``compat`` with the classes and the
+    resolved AM flow variant) and, when known, ``frozen_fingerprint`` and ``epoch``; ``backbone`` is the
+    frozen backbone file (None when the params do not use the pretrained one); ``source`` names where
+    the weights came from, for messages."""
 
-    model = build_run_model(params, dataset, method, len(classes), variant, _backbone_path(params, meta, run_dir),
-                            seed)
-    ckpt.load_trainable_state(model, state["model"], run_dir / CHECKPOINT)
-    if "frozen_fingerprint" in state:
-        ckpt.check_fingerprint(model, state["frozen_fingerprint"], run_dir / CHECKPOINT)
-    device = resolve_device(params.train.device)
-    model.to(device).eval()
+    def __init__(self, params, state: dict, backbone: Optional[Path], source: str):
+        from amflow.train import checkpoint as ckpt
+        from amflow.train.distributed import resolve_device
+        from amflow.train.run import build_run_model
 
-    sampling = params.sampling_for(dataset)
-    frames, _fps = read_video(video, short_side=params.dataset(dataset).short_side)
-    clips = sample_indices(len(frames), sampling, train=False)  # [C, T]
-    mean = np.asarray(sampling.mean, np.float32)
-    std = np.asarray(sampling.std, np.float32)
-    videos, transforms = [], []
-    for clip in clips:
-        views = test_views(frames[clip], sampling)
-        if variant == "aligned":
-            transforms += _clip_transforms(frames, clip, [c for _, c in views], params,
-                                           bool(compat["identity_for_static"]))
-        for view, _ in views:
-            videos.append(((view.astype(np.float32) / 255.0 - mean) / std).transpose(0, 3, 1, 2))
-    batch = torch.from_numpy(np.stack(videos)[None].astype(np.float32))        # [1, V, T, 3, S, S]
-    trans = torch.from_numpy(np.stack(transforms)[None].astype(np.float32)) if transforms else None
-    probs = clip_probs(model, batch, trans, device, bool(params.train.amp and device.type == "cuda"))[0].cpu()
-    k = max(1, min(int(top_k), len(classes)))
-    top = torch.topk(probs, k)
-    return [(classes[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist())]
+        compat = state["meta"]["compat"]
+        self.params = params
+        self.dataset, self.method, self.seed = compat["dataset"], compat["method"], int(compat["seed"])
+        self.classes, self.variant = list(compat["classes"]), compat["am_flow_variant"]
+        self.identity_for_static = bool(compat["identity_for_static"])
+        self.model = build_run_model(params, self.dataset, self.method, len(self.classes), self.variant, backbone,
+                                     self.seed)
+        ckpt.load_trainable_state(self.model, state["model"], Path(source))
+        if "frozen_fingerprint" in state:
+            ckpt.check_fingerprint(self.model, state["frozen_fingerprint"], Path(source))
+        self.device = resolve_device(params.train.device)
+        self.model.to(self.device).eval()
+
+    @classmethod
+    def from_run_dir(cls, run_dir: str | Path, backbone: Optional[Path] = None) -> "Predictor":
+        """From a run folder; ``backbone`` overrides where the frozen backbone file is looked for."""
+        from amflow.params import load_params
+        from amflow.train import checkpoint as ckpt
+        from amflow.train.run import CHECKPOINT, PARAMS_YAML, TRAIN_JSON
+
+        run_dir = Path(run_dir)
+        for name in (PARAMS_YAML, CHECKPOINT):
+            if not (run_dir / name).exists():
+                raise AmflowError(f"{run_dir / name}: not found; --run must be a trained run folder "
+                                  f"(results/<dataset>/<method>/seed<k>)")
+        params = load_params(run_dir / PARAMS_YAML)
+        state = ckpt.load_checkpoint(run_dir / CHECKPOINT)
+        if not (run_dir / TRAIN_JSON).exists():
+            print(f"warning: {run_dir} has not finished training (checkpoint after epoch {state['epoch']} of "
+                  f"{params.train.epochs}); predicting with it anyway", file=sys.stderr)
+        if backbone is not None and params.backbone.weights == "pretrain" and not Path(backbone).is_file():
+            raise AmflowError(f"--backbone {backbone}: no such file; give the backbone.safetensors the run was "
+                              f"trained with")
+        backbone = Path(backbone) if backbone is not None and params.backbone.weights == "pretrain" else \
+            _backbone_path(params, state["meta"], run_dir)
+        return cls(params, state, backbone, str(run_dir / CHECKPOINT))
+
+    def check_top_k(self, top_k: Optional[int]) -> int:
+        """``top_k`` if the run has that many classes (None: 5, or fewer if the run has fewer), else an error."""
+        if top_k is None:
+            return min(DEFAULT_TOP_K, len(self.classes))
+        if not 1 <= int(top_k) <= len(self.classes):
+            raise AmflowError(f"--top-k {top_k}: the run has {len(self.classes)} classes; give a value from 1 to "
+                              f"{len(self.classes)}")
+        return int(top_k)
+
+    @torch.no_grad()
+    def probabilities(self, video: str | Path) -> torch.Tensor:
+        """Class probabilities of one video, averaged over the test views."""
+        from amflow.data.clips import sample_indices, test_views
+        from amflow.data.video import read_video
+        from amflow.train.trainer import clip_probs
+
+        params, sampling = self.params, self.params.sampling_for(self.dataset)
+        frames, _fps = read_video(video, short_side=params.dataset(self.dataset).short_side)
+        clips = sample_indices(len(frames), sampling, train=False)  # [C, T]
+        mean = np.asarray(sampling.mean, np.float32)
+        std = np.asarray(sampling.std, np.float32)
+        videos, transforms = [], []
+        for clip in clips:
+            views = test_views(frames[clip], sampling)
+            if self.variant == "aligned":
+                transforms += _clip_transforms(frames, clip, [c for _, c in views], params, self.identity_for_static)
+            for view, _ in views:
+                videos.append(((view.astype(np.float32) / 255.0 - mean) / std).transpose(0, 3, 1, 2))
+        batch = torch.from_numpy(np.stack(videos)[None].astype(np.float32))        # [1, V, T, 3, S, S]
+        trans = torch.from_numpy(np.stack(transforms)[None].astype(np.float32)) if transforms else None
+        amp = bool(params.train.amp and self.device.type == "cuda")
+        return clip_probs(self.model, batch, trans, self.device, amp)[0].cpu()
+
+    def predict(self, video: str | Path, top_k: Optional[int] = None) -> list[tuple[str, float]]:
+        """The ``top_k`` most probable classes of ``video``, most probable first."""
+        top = torch.topk(self.probabilities(video), self.check_top_k(top_k))
+        return [(self.classes[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist())]
+
+
+def predict_video(video: str | Path, run_dir: str | Path, top_k: Optional[int] = None) -> list[tuple[str, float]]:
+    """Top-k classes of one video with the model of a run folder."""
+    return Predictor.from_run_dir(run_dir).predict(video, top_k)
+
+
+def read_video_list(path: str | Path) -> list[Path]:
+    """One video path per line (blank lines and ``#`` comments skipped); relative paths are relative to
+    the list file's folder, so a list travels with its videos."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AmflowError(f"{path}: cannot read the video list ({exc}); give a text file with one video "
+                          f"path per line") from None
+    out = []
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            p = Path(line).expanduser()
+            out.append(p if p.is_absolute() else path.parent / p)
+    if not out:
+        raise AmflowError(f"{path}: the video list names no video; write one path per line")
+    return out

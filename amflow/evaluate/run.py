@@ -2,8 +2,9 @@
 
 Test views come from the dataset's sampling params (``test_clips`` x ``test_crops``); the softmax is
 averaged over the views of a video. Outputs in the run folder: ``per_class.csv``, ``confusion.png``,
-``curves.png`` and ``metrics.json`` (last). Evaluation runs in one process (rank 0 only under
-torchrun: the other ranks return at once); it is cheap next to training.
+``curves.png`` and ``metrics.json`` (written before the MLflow logging, which retries on a busy
+store). Evaluation runs in one process (rank 0 only under torchrun: the other ranks return at once);
+it is cheap next to training.
 
 Temporal-sensitivity diagnostic: when ``data/<D>/dataset.json`` has ``time_reversal`` (label index ->
 label index of the time-reversed action, keys as strings), the test clips of classes with a partner
@@ -246,16 +247,24 @@ def _evaluate_locked(params: Params, paths, *, dataset: str, method: str, seed: 
         "num_classes": len(classes), "classes_in_test": scores["classes_in_test"],
         "mlflow_run_id": train_info.get("mlflow_run_id"),
     }
-    # MLflow first, metrics.json last: a tracking failure leaves the stage visibly incomplete.
+    io.write_json(run_dir / METRICS_JSON, result)  # on disk first: a tracking failure must not lose it
     logged = ("top1", "top5", "mean_class_acc", "reversed_top1", "forward_top1_paired", "both_directions_top1",
               "eval_time_s", "views")
-    tracker.log_metrics({f"test_{k}": result[k] for k in logged
-                         if result[k] is not None and not (isinstance(result[k], float) and math.isnan(result[k]))})
-    tracker.log_artifacts([run_dir / PER_CLASS_CSV, run_dir / CONFUSION_PNG, run_dir / CURVES_PNG],
-                          artifact_path="evaluate")
-    tracker.log_json(result, f"evaluate/{METRICS_JSON}")
-    tracker.set_tags({"stage": "evaluate"})
-    io.write_json(run_dir / METRICS_JSON, result)  # last: marks the evaluation complete
+
+    def log_evaluation():
+        tracker.log_metrics({f"test_{k}": result[k] for k in logged
+                             if result[k] is not None and not (isinstance(result[k], float) and math.isnan(result[k]))})
+        tracker.log_artifacts([run_dir / PER_CLASS_CSV, run_dir / CONFUSION_PNG, run_dir / CURVES_PNG],
+                              artifact_path="evaluate")
+        tracker.log_json(result, f"evaluate/{METRICS_JSON}")
+        tracker.set_tags({f"{tracking.TAG}stage": "evaluate"})
+
+    try:
+        tracking.with_retries(log_evaluation, f"logging the evaluation of {run_dir}")
+    except Exception as exc:  # noqa: BLE001
+        raise AmflowError(f"{run_dir}: logging the evaluation to MLflow run {tracker.run_id} on {tracker.uri} failed "
+                          f"({tracking.describe(exc)}); {METRICS_JSON} is saved; rerun the same `amflow evaluate` "
+                          f"command to log it") from None
     print(f"evaluate {dataset}/{method}/seed{seed}: top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%}, "
           f"mean class accuracy {result['mean_class_acc']:.2%} ({result['num_test']} test videos, {views} view(s), "
           f"{eval_time:.1f} s)", file=sys.stderr)

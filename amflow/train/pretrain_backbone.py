@@ -13,9 +13,9 @@ are labels). Inputs are normalised with ``params.sampling.mean/std``, as the vid
 their frames. Deterministic on CPU for a given seed and thread count.
 
 Outputs: ``backbone.safetensors`` (the timm model's ``state_dict()``, heads excluded) and
-``metrics.json``. If the mean accuracy gain over chance stays below
-``params.pretrain.min_gain_over_chance`` (when above 0) the stage fails with :class:`AmflowError`
-and writes neither. Chance is the accuracy of always predicting the most frequent val class.
+``metrics.json``; ``amflow pretrain-backbone`` also tracks the pretraining as an MLflow run. If the
+mean accuracy gain over chance stays below ``params.pretrain.min_gain_over_chance`` (when above 0)
+the stage fails with :class:`AmflowError` and writes neither. Chance is the accuracy of always predicting the most frequent val class.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -127,10 +128,12 @@ def _clear_outputs(out_dir: Path) -> None:
         (out_dir / name).unlink(missing_ok=True)
 
 
-def train_attribute_model(params: Params, images_dir: str | Path):
+def train_attribute_model(params: Params, images_dir: str | Path,
+                          on_epoch: Optional[Callable[[int, float], None]] = None):
     """Train the backbone and its attribute heads on ``images_dir``; returns (backbone, metrics).
 
-    Checks nothing and writes nothing: :func:`pretrain_backbone` does both."""
+    ``on_epoch(epoch, mean_loss)`` is called after each epoch (1-based). Checks nothing and writes
+    nothing: :func:`pretrain_backbone` does both."""
     import torch
     import torch.nn.functional as F
 
@@ -194,6 +197,8 @@ def train_attribute_model(params: Params, images_dir: str | Path):
         bar.close()
         epoch_loss.append(float(running) / max(1, count))
         print(f"pretrain epoch {epoch + 1}/{spec.epochs}: loss {epoch_loss[-1]:.4f}", file=sys.stderr)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, epoch_loss[-1])
     train_time = time.perf_counter() - t0
 
     acc = evaluate(backbone, heads, val_x, val_y, mean, std)
@@ -230,31 +235,70 @@ def train_attribute_model(params: Params, images_dir: str | Path):
     return backbone, metrics
 
 
-def pretrain_backbone(params: Params, images_dir: str | Path, out_dir: str | Path) -> dict:
+def pretrain_backbone(params: Params, images_dir: str | Path, out_dir: str | Path, track: bool = False,
+                      results_dir: Optional[str | Path] = None) -> dict:
     """Train the backbone on ``images_dir`` and write ``out_dir/backbone.safetensors`` and
-    ``out_dir/metrics.json``; returns the metrics. Raises :class:`AmflowError` if it did not learn."""
+    ``out_dir/metrics.json``; returns the metrics. Raises :class:`AmflowError` if it did not learn.
+
+    With ``track`` the pretraining is an MLflow run (:func:`amflow.tracking.open_pretrain_run`; found
+    again by ``out_dir`` under ``results_dir``): params, the loss per epoch, the accuracies, the image
+    table as its dataset input, and ``metrics.json`` and the backbone file as artefacts."""
     from safetensors.torch import save_file
+
+    from amflow import tracking
 
     out_dir = Path(out_dir)
     pimg.read_info(images_dir)  # fail on a missing set before touching earlier outputs
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_outputs(out_dir)
-    backbone, metrics = train_attribute_model(params, images_dir)
+    tracker = tracking.NullTracker()
+    if track:
+        tracker = tracking.open_pretrain_run(params, out_dir=out_dir,
+                                             results_dir=Path(results_dir) if results_dir else out_dir.parent)
+    try:
+        if track:
+            _, table = pimg.load_split(images_dir, "train")
+            tracking.with_retries(lambda: tracker.log_dataset(
+                table, name="pretrain_images-train", source=str(Path(images_dir).resolve()), context="training"),
+                "logging the pretraining images")
 
-    spec = params.pretrain
-    per_attr, gain = metrics["attributes"], metrics["mean_gain_over_chance"]
-    summary = ", ".join(f"{k} {v['accuracy']:.1%} (chance {v['chance']:.1%})" for k, v in per_attr.items())
-    if spec.min_gain_over_chance > 0 and gain < spec.min_gain_over_chance:  # 0: no check (tiny test sets)
-        raise AmflowError(
-            f"pretrain-backbone: the backbone did not learn: mean accuracy gain over chance {gain:.3f} < "
-            f"pretrain.min_gain_over_chance {spec.min_gain_over_chance} ({summary}; {spec.epochs} epoch(s) on "
-            f"{metrics['train_images']} images). No backbone was written. Train longer (pretrain.epochs), on more "
-            f"images (pretrain_images.images), or with another pretrain.lr / pretrain.batch_size; a smaller image "
-            f"(pretrain_images.resolution with backbone.kwargs.img_size) also learns faster")
-    with io.atomic_path(out_dir / "backbone.safetensors") as tmp:
-        state = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
-        save_file(state, str(tmp), metadata={"model": params.backbone.model, "source": "amflow pretrain-backbone"})
-    io.write_json(out_dir / "metrics.json", metrics)
+        def log_epoch(epoch: int, loss: float) -> None:
+            try:
+                tracker.log_metrics({"train_loss": loss}, step=epoch)
+            except Exception as exc:  # noqa: BLE001  (a tracking hiccup must not end the pretraining)
+                print(f"warning: MLflow logging of pretraining epoch {epoch} failed ({exc})", file=sys.stderr)
+
+        backbone, metrics = train_attribute_model(params, images_dir, on_epoch=log_epoch)
+        per_attr, gain = metrics["attributes"], metrics["mean_gain_over_chance"]
+        tracking.with_retries(lambda: tracker.log_metrics({
+            "mean_accuracy": metrics["mean_accuracy"], "mean_gain_over_chance": gain,
+            "train_time_s": metrics["train_time_s"], "images_per_s": metrics["images_per_s"],
+            **{f"acc_{k}": v["accuracy"] for k, v in per_attr.items()}}), "logging the pretraining metrics")
+        spec = params.pretrain
+        summary = ", ".join(f"{k} {v['accuracy']:.1%} (chance {v['chance']:.1%})" for k, v in per_attr.items())
+        if spec.min_gain_over_chance > 0 and gain < spec.min_gain_over_chance:  # 0: no check (tiny test sets)
+            raise AmflowError(
+                f"pretrain-backbone: the backbone did not learn: mean accuracy gain over chance {gain:.3f} < "
+                f"pretrain.min_gain_over_chance {spec.min_gain_over_chance} ({summary}; {spec.epochs} epoch(s) on "
+                f"{metrics['train_images']} images). No backbone was written. Train longer (pretrain.epochs), on "
+                f"more images (pretrain_images.images), or with another pretrain.lr / pretrain.batch_size; a smaller "
+                f"image (pretrain_images.resolution with backbone.kwargs.img_size) also learns faster")
+        with io.atomic_path(out_dir / "backbone.safetensors") as tmp:
+            state = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
+            save_file(state, str(tmp), metadata={"model": params.backbone.model, "source": "amflow pretrain-backbone"})
+        io.write_json(out_dir / "metrics.json", metrics)  # results on disk before the final logging
+
+        def log_end() -> None:
+            tracker.log_artifacts([out_dir / "metrics.json", out_dir / "backbone.safetensors"])
+            tracker.finish("FINISHED")
+
+        tracking.with_retries(log_end, f"logging the end of the pretraining into {out_dir}")
+    except BaseException:
+        try:
+            tracker.finish("FAILED")
+        except Exception as exc:  # noqa: BLE001  (the original error matters more)
+            print(f"warning: could not mark the MLflow run FAILED: {exc}", file=sys.stderr)
+        raise
     print(f"pretrain-backbone: {summary}; mean gain {gain:.3f}; {metrics['train_time_s']:.0f} s "
           f"({metrics['images_per_s']:.0f} img/s)", file=sys.stderr)
     return metrics

@@ -7,8 +7,9 @@ transforms ``data/motion/<D>.npz`` (aligned variant only), ``data/<D>/classes.tx
 
 Outputs in the run folder (default ``results/<D>/<M>/seed<S>/``): ``params.yaml`` (the resolved params,
 for predict), ``mlflow_run.json`` (when tracking), ``checkpoint.pt`` (every epoch; after the last one it
-holds the final trainable weights), ``train_log.csv`` (every epoch) and ``train.json`` (written last:
-its presence means training is complete).
+holds the final trainable weights), ``train_log.csv`` (every epoch) and ``train.json`` (written once
+training is complete, before the final MLflow logging: the model, summary metrics and files, retried on
+a busy store; see :func:`finish_tracking`).
 
 Multi-process: start the same command under ``torchrun --nproc_per_node N -m amflow.cli train ...``;
 see :mod:`amflow.train.distributed` and :mod:`amflow.train.trainer` for what is shared how.
@@ -145,7 +146,7 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
     ``callbacks`` get each epoch's record (rank 0, after the checkpoint); one may raise to end the run
     (a sweep's pruner, say): the exception propagates, the checkpoint stays, and the MLflow run is
     marked KILLED rather than FAILED. ``parent_run_id`` nests the MLflow run (sweep trials); ``tags``
-    are added to it; ``run_name`` replaces its default name (a sweep's ``trial-<n>``).
+    are added to it; ``run_name`` names it (default: see :meth:`amflow.tracking.Tracker.open_for_training`).
 
     Returns the content of ``train.json`` (or, when stopped early by the test hook, a dict with
     ``status: stopped`` and the history so far; ``train.json`` is then not written).
@@ -199,18 +200,10 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
         if ctx.is_main:
             write_params_yaml(paths.run_dir / PARAMS_YAML, params)
             try:
-                tracker = tracking.Tracker.open_for_training(
-                    params, dataset=dataset, method=method, seed=seed, run_dir=paths.run_dir,
-                    parent_run_id=parent_run_id, resume=(paths.run_dir / CHECKPOINT).exists(), name=run_name,
-                    tags={"data_manifest_sha256": tracking.file_sha256(paths.frames_dir / "manifest.csv") or "",
-                          "am_flow_variant": variant, "world_size": str(ctx.world_size), "device": ctx.device.type,
-                          **(tags or {})})
-                tracker.log_params({**tracking.flatten(params.model_dump(mode="json")),
-                                    "run.dataset": dataset, "run.method": method, "run.seed": str(seed),
-                                    "run.am_flow_variant": variant,
-                                    "run.trainable_params": str(counts["trainable"]),
-                                    "run.total_params": str(counts["total"]),
-                                    "run.gflops_per_clip": f"{gflops:.6g}"})
+                tracker = open_tracking(params, paths, dataset=dataset, method=method, seed=seed, ctx=ctx,
+                                        variant=variant, counts=counts, gflops=gflops,
+                                        resume=(paths.run_dir / CHECKPOINT).exists(), results_dir=results_dir,
+                                        parent_run_id=parent_run_id, tags=tags, run_name=run_name)
             except AmflowError as exc:
                 error = str(exc)
         # Every rank learns of a tracking failure before any training starts (no rank left waiting).
@@ -250,7 +243,7 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
             raise
         if not ctx.is_main:
             return {"status": result.status, "history": result.history}
-        tracker.sync_history(result.history)
+        tracking.with_retries(lambda: tracker.sync_history(result.history), f"logging the epochs of {paths.run_dir}")
         if result.status != "complete":
             tracker.finish("KILLED")  # resumable: the next run reopens it as RUNNING
             return {"status": result.status, "history": result.history}
@@ -266,18 +259,91 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
             "accum_steps": params.train.accum_steps, "num_classes": len(classes),
             "mlflow_run_id": tracker.run_id, "history": result.history,
         }
-        # MLflow first, train.json last: a tracking failure leaves the stage visibly incomplete.
-        tracker.log_metrics({k: info[k] for k in ("train_time_s", "final_val_top1", "best_val_top1",
-                                                  "epochs_to_90pct", "trainable_params", "total_params",
-                                                  "gflops_per_clip") if info[k] is not None})
-        tracker.log_artifacts([paths.run_dir / "train_log.csv", paths.run_dir / PARAMS_YAML], artifact_path="train")
-        tracker.log_json(info, f"train/{TRAIN_JSON}")
-        tracker.finish("FINISHED")
-        io.write_json(paths.run_dir / TRAIN_JSON, info)  # last: marks the run complete
+        # Results on disk first: a tracking failure after hours of training must not lose them.
+        io.write_json(paths.run_dir / TRAIN_JSON, info)
+        finish_tracking(tracker, info, paths)
         return info
     finally:
         lock.close()
         ctx.close()
+
+
+def open_tracking(params: Params, paths: RunPaths, *, dataset: str, method: str, seed: int, ctx, variant: str,
+                  counts: dict, gflops: Optional[float], resume: bool, results_dir: Path,
+                  parent_run_id: Optional[str], tags: Optional[dict], run_name: Optional[str]):
+    """Open the run's MLflow run and log what is known before training: params, tags, the frame manifest."""
+    import pandas as pd
+
+    from amflow import tracking
+    from amflow.data.frame_cache import MANIFEST
+
+    def failed(exc: BaseException) -> AmflowError:
+        return AmflowError(f"{paths.run_dir}: its MLflow run could not be started on {tracking.resolve_uri(params)} "
+                           f"({tracking.describe(exc)}); no training was started: fix the store, or set "
+                           f"AMFLOW_TRACKING=0 to train without tracking")
+
+    manifest = paths.frames_dir / MANIFEST
+    try:
+        tracker = tracking.Tracker.open_for_training(
+            params, dataset=dataset, method=method, seed=seed, run_dir=paths.run_dir, results_dir=results_dir,
+            params_digest=params_digest(params, dataset), parent_run_id=parent_run_id, resume=resume,
+            name=run_name,
+            tags={f"{tracking.TAG}data_manifest_sha256": tracking.file_sha256(manifest) or "",
+                  f"{tracking.TAG}am_flow_variant": variant, f"{tracking.TAG}world_size": str(ctx.world_size),
+                  f"{tracking.TAG}device": ctx.device.type, **(tags or {})})
+    except AmflowError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (an MLflow or store error: stop before any training)
+        raise failed(exc) from None
+
+    def log_start():
+        tracker.log_params({**tracking.run_params(params, dataset, method),
+                            "run.dataset": dataset, "run.method": method, "run.seed": str(seed),
+                            "run.am_flow_variant": variant, "run.trainable_params": str(counts["trainable"]),
+                            "run.total_params": str(counts["total"]), "run.gflops_per_clip": f"{gflops:.6g}"})
+        if manifest.exists():
+            tracker.log_dataset(pd.read_csv(manifest, dtype=str), name=f"{dataset}-frames",
+                                source=str(manifest.resolve()), context="training")
+
+    try:
+        tracking.with_retries(log_start, f"logging the start of {paths.run_dir}")
+    except Exception as exc:  # noqa: BLE001
+        _finish_quietly(tracker, "FAILED")
+        raise failed(exc) from None
+    return tracker
+
+
+def finish_tracking(tracker, info: dict, paths: RunPaths) -> None:
+    """The final logging of a finished training (summary metrics, files, the MLflow model), retried on a
+    busy store. ``train.json`` is already on disk: if it still fails, the error says how to log it
+    without training again (the same command resumes the finished checkpoint and only logs)."""
+    from amflow import tracking
+
+    if tracker.run_id is None:
+        return  # tracking is off
+    from amflow.evaluate.mlflow_model import log_run_model  # imports mlflow's model code: only when tracking
+
+    run_dir = paths.run_dir
+    steps = {
+        "summary metrics": lambda: tracker.log_metrics({k: info[k] for k in (
+            "train_time_s", "final_val_top1", "best_val_top1", "epochs_to_90pct", "trainable_params",
+            "total_params", "gflops_per_clip") if info[k] is not None}),
+        "files": lambda: (tracker.log_artifacts([run_dir / "train_log.csv", run_dir / PARAMS_YAML],
+                                                artifact_path="train"),
+                          tracker.log_json(info, f"train/{TRAIN_JSON}")),
+        "model": lambda: log_run_model(tracker, params_yaml=run_dir / PARAMS_YAML, checkpoint=run_dir / CHECKPOINT,
+                                       backbone=paths.backbone_weights),
+        "status": lambda: tracker.finish("FINISHED"),
+    }
+    try:
+        for what, step in steps.items():  # one at a time: a retry repeats only the step that failed
+            tracking.with_retries(step, f"logging the {what} of {run_dir}")
+    except Exception as exc:  # noqa: BLE001
+        _finish_quietly(tracker, "FAILED")
+        raise AmflowError(
+            f"{run_dir}: training finished and its results are saved ({TRAIN_JSON}, {CHECKPOINT}), but "
+            f"logging them to MLflow run {tracker.run_id} on {tracker.uri} failed ({tracking.describe(exc)}); rerun "
+            f"the same `amflow train` command to log them (it does not train again)") from None
 
 
 def _finish_quietly(tracker, status: str) -> None:
