@@ -1,26 +1,71 @@
-"""Where each stage reads and writes: the one place that knows the layout of data/ and results/."""
+"""Where each stage reads and writes: the one place that knows the layout of data/ and results/.
+
+Two namespaces keep runs of different params files apart:
+
+- ``results/<name>/`` (:func:`results_root`): everything a params file's runs produce, keyed by the
+  file's ``name``; the CLI's ``--results-dir`` is the root above it.
+- ``data/<dataset>-<spec>/`` (:func:`data_key`): a dataset's files and frame cache, keyed by a short hash
+  of the dataset's spec, so params files with equal specs share the frames and different specs under
+  one name never meet. The pretraining images are keyed the same way.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # typing only: amflow.params imports nothing from here
+    from amflow.params import Params
+
+SPEC_HASH_CHARS = 8
+# The regular expression of spec_hash's output (a Snakemake wildcard constraint).
+SPEC_HASH_RE = rf"[0-9a-f]{{{SPEC_HASH_CHARS}}}"
 
 
-def dataset_dir(data_dir: Path, dataset: str) -> Path:
-    """Videos (or links to them), classes.txt, annotations/, dataset.json."""
-    return Path(data_dir) / dataset
+def spec_hash(spec) -> str:
+    """Short hash of a pydantic spec's values (key order does not matter)."""
+    text = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:SPEC_HASH_CHARS]
 
 
-def frames_dir(data_dir: Path, dataset: str) -> Path:
+def data_key(name: str, spec_digest: str) -> str:
+    """Folder name of a dataset (or of the pretraining images) under data/: ``<name>-<spec hash>``."""
+    return f"{name}-{spec_digest}"
+
+
+def dataset_key(params: "Params", dataset: str) -> str:
+    return data_key(dataset, spec_hash(params.dataset(dataset)))
+
+
+def results_root(results_dir: Path, name: str) -> Path:
+    """The namespace of one params file (its ``name``) under the results root."""
+    return Path(results_dir) / name
+
+
+def dataset_dir(data_dir: Path, key: str) -> Path:
+    """Videos (or links to them), classes.txt, annotations/, dataset.json. ``key``: :func:`dataset_key`."""
+    return Path(data_dir) / key
+
+
+def frames_dir(data_dir: Path, key: str) -> Path:
     """The sharded frame cache. Kept out of dataset_dir so DVC can track both without overlap."""
-    return Path(data_dir) / "frames" / dataset
+    return Path(data_dir) / "frames" / key
 
 
-def motion_file(data_dir: Path, dataset: str) -> Path:
-    """Per-frame global-motion transforms written by the camera-motion stage."""
-    return Path(data_dir) / "motion" / f"{dataset}.npz"
+def pretrain_images_dir(data_dir: Path, params: "Params") -> Path:
+    return Path(data_dir) / data_key("pretrain_images", spec_hash(params.pretrain_images))
 
 
-def pretrain_images_dir(data_dir: Path) -> Path:
-    return Path(data_dir) / "pretrain_images"
+def camera_dir(results_dir: Path, dataset: str) -> Path:
+    """camera_motion.json, camera_motion.png and motion.npz of one dataset."""
+    return Path(results_dir) / dataset
+
+
+def motion_file(results_dir: Path, dataset: str) -> Path:
+    """Per-frame global-motion transforms written by the camera-motion stage. In the results namespace,
+    not under data/: they also depend on the params file's camera_motion settings."""
+    return camera_dir(results_dir, dataset) / "motion.npz"
 
 
 def backbone_dir(results_dir: Path) -> Path:
@@ -31,14 +76,10 @@ def backbone_file(results_dir: Path) -> Path:
     return backbone_dir(results_dir) / "backbone.safetensors"
 
 
-def camera_dir(results_dir: Path, dataset: str) -> Path:
-    """camera_motion.json and camera_motion.png."""
-    return Path(results_dir) / dataset
-
-
 def run_dir(results_dir: Path, dataset: str, method: str, seed: int) -> Path:
     return Path(results_dir) / dataset / method / f"seed{seed}"
 
 
 def ablation_run_dir(results_dir: Path, axis: str, value: str, dataset: str, seed: int) -> Path:
     return Path(results_dir) / "ablations" / axis / str(value) / dataset / f"seed{seed}"
+

@@ -1,8 +1,9 @@
 """Stage glue for ``amflow evaluate``: multi-view testing of a trained run, metrics, plots, MLflow.
 
 Test views come from the dataset's sampling params (``test_clips`` x ``test_crops``); the softmax is
-averaged over the views of a video. Outputs in the run folder: ``per_class.csv``, ``confusion.png``,
-``curves.png`` and ``metrics.json`` (last). Evaluation runs in one process (rank 0 only under
+averaged over the views of a video. Outputs in the run folder: ``per_class.csv``, ``predictions.csv``
+(true and predicted class of every test clip: DVC's confusion plot), ``confusion.png``, ``curves.png``,
+``scores.json`` (the numeric test scores alone: DVC's metrics) and ``metrics.json`` (everything, last). Evaluation runs in one process (rank 0 only under
 torchrun: the other ranks return at once); it is cheap next to training.
 
 Temporal-sensitivity diagnostic: when ``data/<D>/dataset.json`` has ``time_reversal`` (label index ->
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
@@ -37,6 +39,10 @@ from amflow.params import Params
 
 METRICS_JSON = "metrics.json"
 PER_CLASS_CSV = "per_class.csv"
+PREDICTIONS_CSV = "predictions.csv"
+SCORES_JSON = "scores.json"
+# metrics.json keys repeated in scores.json: the test scores, and the epochs trained for them.
+SCORES = ("top1", "top5", "mean_class_acc", "both_directions_top1", "epochs")
 CONFUSION_PNG = "confusion.png"
 CURVES_PNG = "curves.png"
 
@@ -206,6 +212,9 @@ def evaluate_run(params: Params, *, dataset: str, method: str, seed: int, data_d
     table = M.per_class_table(out.labels, preds, classes)
     with io.atomic_path(run_dir / PER_CLASS_CSV) as tmp:
         table.to_csv(tmp, index=False)
+    with io.atomic_path(run_dir / PREDICTIONS_CSV) as tmp:
+        pd.DataFrame({"label": [classes[i] for i in out.labels],
+                      "predicted": [classes[i] for i in preds]}).to_csv(tmp, index=False)
     title = f"{dataset} / {method} / seed {seed}"
     confusion_png(M.confusion_matrix(out.labels, preds, len(classes)), classes, run_dir / CONFUSION_PNG,
                   title=f"{title}: test top-1 {scores['top1']:.3f} ({views} view(s))")
@@ -238,5 +247,6 @@ def evaluate_run(params: Params, *, dataset: str, method: str, seed: int, data_d
                           artifact_path="evaluate")
     tracker.log_json(result, f"evaluate/{METRICS_JSON}")
     tracker.set_tags({"stage": "evaluate"})
+    io.write_json(run_dir / SCORES_JSON, {k: result[k] for k in SCORES})
     io.write_json(run_dir / METRICS_JSON, result)  # last: marks the evaluation complete
     return result

@@ -52,13 +52,13 @@ def run_paths(params: Params, dataset: str, method: str, seed: int, data_dir: Pa
     from amflow import paths
 
     try:
-        params.dataset(dataset)
+        key = paths.dataset_key(params, dataset)
     except KeyError as exc:
         raise AmflowError(str(exc.args[0])) from None
     data_dir, results_dir = Path(data_dir), Path(results_dir)
     weights = paths.backbone_file(results_dir) if params.backbone.weights == "pretrain" else None
-    return RunPaths(dataset_dir=paths.dataset_dir(data_dir, dataset), frames_dir=paths.frames_dir(data_dir, dataset),
-                    motion=paths.motion_file(data_dir, dataset), results_dataset_dir=paths.camera_dir(results_dir, dataset),
+    return RunPaths(dataset_dir=paths.dataset_dir(data_dir, key), frames_dir=paths.frames_dir(data_dir, key),
+                    motion=paths.motion_file(results_dir, dataset), results_dataset_dir=paths.camera_dir(results_dir, dataset),
                     backbone_weights=weights,
                     run_dir=Path(run_dir) if run_dir is not None else paths.run_dir(results_dir, dataset, method, seed))
 
