@@ -212,7 +212,7 @@ def test_write_heatmaps_end_to_end(tmp_path):
         "model": {"adapter": {"bottleneck": 8}, "am_flow": {"variant": "auto"}}})
     for d, decision in names.items():
         rp = run_paths(p, d, "amflow", 3, data, results)
-        make_tiny_dataset(data, d, size=16, frames=8, per_split={"train": 4, "val": 2, "test": 3})
+        make_tiny_dataset(data, d, size=16, frames=8, per_split={"train": 4, "val": 2, "test": 3}, params=p)
         n_frames = (4 + 2 + 3) * 8              # videos x frames in the cache
         transforms = np.tile(np.eye(3, dtype=np.float32), (n_frames, 1, 1))
         moving = np.zeros(9, bool)

@@ -62,7 +62,7 @@ def check_store(uri: str, run_dir: Path, data_dir: Path, epochs: int = 2):
     assert 0.0 <= run.data.metrics["test_top1"] <= 1.0 and "test_mean_class_acc" in run.data.metrics
     tags = run.data.tags
     assert tags["stage"] == "evaluate" and tags["amflow.method"] == "frame"
-    assert tags["data_manifest_sha256"] == tracking.file_sha256(paths.frames_dir(data_dir, "tiny") / "manifest.csv")
+    assert tags["data_manifest_sha256"] == tracking.file_sha256(paths.frames_dir(data_dir, paths.dataset_key(tiny_params(), "tiny")) / "manifest.csv")
     arts = {a.path for d in ("train", "evaluate") for a in client.list_artifacts(run.info.run_id, d)}
     assert {"train/train.json", "train/train_log.csv", "train/params.yaml", "evaluate/metrics.json",
             "evaluate/confusion.png", "evaluate/curves.png", "evaluate/per_class.csv"} <= arts
