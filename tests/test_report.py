@@ -219,6 +219,7 @@ def test_write_heatmaps_end_to_end(tmp_path):
         if decision == "aligned":
             transforms[:, 0, 2] = 1.0            # a one-pixel pan per frame
             moving[[0, 7, 8]] = True            # test videos are positions 6, 7, 8: the choice is 7
+        rp.motion.parent.mkdir(parents=True, exist_ok=True)
         np.savez(rp.motion, transforms=transforms, valid=np.ones(n_frames, bool), video_moving=moving)
         write(results / d / "camera_motion.json", {"decision": decision, "share_moving": 0.0})
         model = build_run_model(p, d, "amflow", 4, decision, None, 3)

@@ -6,7 +6,7 @@ averaged over the views of a video. Outputs in the run folder: ``per_class.csv``
 ``scores.json`` (the numeric test scores alone: DVC's metrics) and ``metrics.json`` (everything, last). Evaluation runs in one process (rank 0 only under
 torchrun: the other ranks return at once); it is cheap next to training.
 
-Temporal-sensitivity diagnostic: when ``data/<D>/dataset.json`` has ``time_reversal`` (label index ->
+Temporal-sensitivity diagnostic: when the dataset's ``dataset.json`` has ``time_reversal`` (label index ->
 label index of the time-reversed action, keys as strings), the test clips of classes with a partner
 are also played backwards (the T axis flipped; camera transforms reversed and inverted,
 ``H'_t = inv(H_{T-2-t})``) and scored against the partner labels: ``reversed_top1``. A model blind to

@@ -1,11 +1,12 @@
 """Stage glue for ``amflow train``: resolve the run's inputs, build model and data, train, write outputs.
 
-Inputs (locations from :mod:`amflow.paths`): the frame cache ``data/frames/<D>/``, the camera
-transforms ``data/motion/<D>.npz`` (aligned variant only), ``data/<D>/classes.txt``,
-``results/<D>/camera_motion.json`` (``amflow`` with ``variant: auto``) and
-``results/backbone/backbone.safetensors`` (``backbone.weights: pretrain``).
+Inputs (locations from :mod:`amflow.paths`; ``<key>`` is ``<D>-<spec hash>``, ``results/<name>`` the
+params file's namespace): the frame cache ``data/frames/<key>/``, the camera transforms
+``results/<name>/<D>/motion.npz`` (aligned variant only), ``data/<key>/classes.txt``,
+``results/<name>/<D>/camera_motion.json`` (``amflow`` with ``variant: auto``) and
+``results/<name>/backbone/backbone.safetensors`` (``backbone.weights: pretrain``).
 
-Outputs in the run folder (default ``results/<D>/<M>/seed<S>/``): ``params.yaml`` (the resolved params,
+Outputs in the run folder (default ``results/<name>/<D>/<M>/seed<S>/``): ``params.yaml`` (the resolved params,
 for predict), ``mlflow_run.json`` (when tracking), ``checkpoint.pt`` (every epoch; after the last one it
 holds the final trainable weights), ``train_log.csv`` (every epoch) and ``train.json`` (written last:
 its presence means training is complete).
