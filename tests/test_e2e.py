@@ -27,7 +27,7 @@ import yaml
 
 from amflow import paths
 
-from project_copy import (BIN, TINY, TINY_RESULTS, copy_of, make_project_copy, nothing_to_do, run,
+from project_copy import (BIN, ROOT, TINY, TINY_RESULTS, copy_of, make_project_copy, nothing_to_do, run,
                           shared_pipeline_run, snakemake)
 
 # The table columns as amflow/report/tables.py's docstring documents them (written out here, not
@@ -324,6 +324,49 @@ def test_changed_train_param_retrains_the_run(project, tmp_path):
     snakemake(work, "--cores", "2", target, *TINY)
     saved = (work / TINY_RESULTS / "synth_static/frame/seed0/params.yaml").read_text()
     assert "lr: 0.002" in saved
+
+
+# --------------------------------------------------------------------------- the Snakemake way
+@pytest.mark.slow
+def test_config_override_reaches_the_run(project, tmp_path):
+    """`--config` on top of `--configfile`: the changed value reruns the job, and the job uses it."""
+    work = copy_of(project, tmp_path / "project")
+    target = f"{TINY_RESULTS}/synth_static/frame/seed0/metrics.json"
+    override = ("--config", "train={epochs: 1}")
+    plan = snakemake(work, "-n", "--cores", "2", target, *TINY, *override)
+    assert "Params have changed" in plan.stdout + plan.stderr, plan.stdout[-3000:]
+    snakemake(work, "--cores", "2", target, *TINY, *override)
+    assert metrics_of(work / target)["epochs"] == 1
+    assert yaml.safe_load((work / TINY_RESULTS / "synth_static/frame/seed0/params.yaml").read_text())["train"]["epochs"] == 1
+
+
+@pytest.mark.slow
+def test_second_params_file_overwrites_nothing(project):
+    """The default beside the tiny run: every file it would write is a new one, in its own namespace."""
+    out = snakemake(project, "-n", "--cores", "2")
+    outputs = [path for line in out.stdout.splitlines() if line.strip().startswith("output:")
+               for path in line.split(":", 1)[1].strip().split(", ")]
+    assert len(outputs) > 20 and any(p.startswith("data/") for p in outputs), out.stdout[-3000:]
+    existing = [p for p in outputs if (project / p).exists()]
+    assert not existing, existing
+    assert all(p.startswith(("data/", "results/default/")) for p in outputs), outputs
+
+
+@pytest.mark.slow
+def test_snakemake_report_holds_tables_and_figures(project, tmp_path):
+    import zipfile
+
+    report_zip = tmp_path / "report.zip"
+    snakemake(project, f"{TINY_RESULTS}/report.md", "--report", report_zip, *TINY)
+    with zipfile.ZipFile(report_zip) as z:
+        names = z.namelist()
+        text = "".join(z.read(n).decode("utf-8", "replace") for n in names if n.endswith((".html", ".js")))
+    for produced in ("table1.csv", "ablations.csv", "ablation_variant.csv", "accuracy.png", "convergence.png",
+                     "amflow_heatmaps.png", "camera_motion.png", "confusion.png", "curves.png"):
+        assert any(n.endswith(produced) for n in names), (produced, names[:50])
+    for caption in sorted((ROOT / "workflow" / "report").glob("*.rst")):  # every caption is used
+        first_words = " ".join(caption.read_text().split()[:4])
+        assert first_words in text, caption.name
 
 
 # --------------------------------------------------------------------------- lint
