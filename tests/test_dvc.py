@@ -57,7 +57,7 @@ ablations: {dataset_pairs: [synth_moving], variants: [none], tpus: [], source_la
             frames: [], dataset: synth_moving}
 """
 RESULTS = "results/tiny_dvc"
-POST_PULL = ("snakemake", "--touch", "--cores", "1", f"{RESULTS}/report.md", "--configfile", TRIM)
+POST_PULL = ("snakemake", "--touch", "--cores", "1", "report", "--configfile", TRIM)
 EXP_TARGET = "evaluate--synth_moving--frame--0"
 RUNS = ("synth_moving/frame/seed0", "synth_moving/amflow/seed0", "ablations/variant/none/synth_moving/seed0")
 
@@ -147,6 +147,9 @@ def test_metrics_show_and_diff(repo):
     for path, shown_file in data.items():
         values = shown_file["data"]
         assert values and all(isinstance(v, (int, float)) for v in values.values()), (path, values)
+    table = dvc(project, "metrics", "show").stdout  # as a user reads it: one row per run
+    rows = [line for line in table.splitlines() if "scores.json" in line]
+    assert len(rows) == len(RUNS) and all("top1" not in row for row in rows), table
     camera = json.loads((project / RESULTS / "synth_moving" / "camera_motion.json").read_text())
     assert camera["decision"] == "aligned"
     # nothing changed since the commit of the repro: no difference
@@ -166,6 +169,9 @@ def test_plots_show_renders_the_training_curves(repo, tmp_path):
     assert "amflow/seed0/train_log.csv" in html and "frame/seed0/train_log.csv" in html  # one line per run
     assert "amflow/seed0/predictions.csv" in html  # the confusion plots' data
     assert "<img" in html and "accuracy.png" in html  # the figures, as images
+    dvc(project, "plots", "show")  # the documented form writes dvc_plots/, which git ignores
+    assert (project / "dvc_plots" / "index.html").is_file()
+    assert "dvc_plots" not in git(project, "status", "--porcelain").stdout
 
 
 def test_push_pull_restores_byte_identical_and_snakemake_keeps_it(repo):
@@ -180,7 +186,7 @@ def test_push_pull_restores_byte_identical_and_snakemake_keeps_it(repo):
     assert "up to date" in dvc(project, "status").stdout
     # The documented post-pull step, then Snakemake has nothing to do, and DVC still agrees.
     snakemake(project, *POST_PULL[1:], env=env(project))
-    out = snakemake(project, "-n", "--cores", "1", "results/report.md", env=env(project))
+    out = snakemake(project, "-n", "report", "--configfile", TRIM, env=env(project))
     assert nothing_to_do(out), out.stdout[-3000:]
     assert "up to date" in dvc(project, "status").stdout
     assert tree_digest(project) == before
