@@ -10,8 +10,8 @@ Commands run in the copy import the copy's ``amflow`` (``PYTHONPATH``), never th
 write byte code next to it (``PYTHONDONTWRITEBYTECODE`` is cleared), as on a user's machine: a
 ``__pycache__`` inside ``amflow/`` must not change DVC's view of the ``amflow`` dep.
 
-:func:`shared_pipeline_run` runs ``snakemake --cores 2 results/tiny/report.md --configfile params/tiny.yaml``
-once per test session and hands the same copy to every module that asks (end-to-end checks, the DVC
+:func:`shared_pipeline_run` runs ``snakemake --cores 2 report --configfile params/tiny.yaml`` once per
+test session and hands the same copy to every module that asks (end-to-end checks, the DVC
 checks and the SLURM test), so the suite pays for one full pipeline run.
 """
 from __future__ import annotations
@@ -101,14 +101,14 @@ _SHARED: dict[str, Path] = {}
 
 
 def shared_pipeline_run(tmp_path_factory) -> Path:
-    """One project copy in which ``snakemake --cores 2 results/tiny/report.md --configfile params/tiny.yaml``
-    ran, once per session."""
+    """One project copy in which ``snakemake --cores 2 report --configfile params/tiny.yaml`` ran (the
+    README's form: the rule name as the target), once per session."""
     if "error" in _SHARED:  # failed once: do not pay for it again in the next module
         raise AssertionError(f"the shared pipeline run failed earlier:\n{_SHARED['error']}")
     if "report" not in _SHARED:
         project = make_project_copy(tmp_path_factory.mktemp("e2e") / "project")
         try:
-            snakemake(project, "--cores", "2", f"{TINY_RESULTS}/report.md", *TINY)
+            snakemake(project, "--cores", "2", "report", *TINY)
         except AssertionError as exc:
             _SHARED["error"] = str(exc)
             raise

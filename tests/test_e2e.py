@@ -1,7 +1,6 @@
 """End to end: the whole DAG on the shipped tiny config, in a temporary copy of the project.
 
-One pipeline run (``snakemake --cores 2 results/tiny/report.md --configfile params/tiny.yaml`` from an
-empty ``results/``, shared with the DVC and SLURM tests through :func:`project_copy.shared_pipeline_run`)
+One pipeline run (``snakemake --cores 2 report --configfile params/tiny.yaml`` from an empty ``results/``, shared with the DVC and SLURM tests through :func:`project_copy.shared_pipeline_run`)
 serves every check here: every expected file exists, a second dry run has nothing to do, the tables
 hold the numbers of the ``metrics.json`` they come from, the report holds the tables' numbers,
 ``amflow predict`` answers, Snakemake's ``--report`` holds the tables and figures, a ``--config``
@@ -128,7 +127,7 @@ def test_pipeline_writes_every_expected_file(project, params):
 
 @pytest.mark.slow
 def test_second_dry_run_has_nothing_to_do(project):
-    out = snakemake(project, "-n", "--cores", "2", f"{TINY_RESULTS}/report.md", *TINY)
+    out = snakemake(project, "-n", "--cores", "2", "report", *TINY)
     assert nothing_to_do(out), out.stdout[-3000:]
 
 
