@@ -1,6 +1,7 @@
 """End to end: the whole DAG on the shipped tiny config, in a temporary copy of the project.
 
-One pipeline run (``snakemake --cores 2 report --configfile params/tiny.yaml`` from an empty ``results/``, shared with the DVC and SLURM tests through :func:`project_copy.shared_pipeline_run`)
+One pipeline run (``snakemake --cores 2 report --configfile params/tiny.yaml`` from an empty
+``results/``, shared with the DVC and SLURM tests through :func:`project_copy.shared_pipeline_run`)
 serves every check here: every expected file exists, a second dry run has nothing to do, the tables
 hold the numbers of the ``metrics.json`` they come from, the report holds the tables' numbers,
 ``amflow predict`` answers, Snakemake's ``--report`` holds the tables and figures, a ``--config``
