@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    installs the environment (once) and runs the main job on the embedded default
-#               (results/default/table1.csv; CONFIG=params/x.yaml runs another params file)
+#               (results/default/table1.csv; CONFIG=params/tiny.yaml runs another params file)
 #   make test   installs the environment (once) and runs the test suite
 VENV   ?= .venv
 PYTHON ?= python3
