@@ -43,6 +43,16 @@ def results_root(results_dir: Path, name: str) -> Path:
     return Path(results_dir) / name
 
 
+def logs_root(logs_dir: Path, name: str) -> Path:
+    """A params file's Snakemake logs: ``logs/<name>/<rule>/...``."""
+    return Path(logs_dir) / name
+
+
+# Where the workflow writes the params its jobs read (amflow.params.write_resolved): Snakemake's own
+# working folder, not a results folder (the file is a means, not a result).
+RESOLVED_PARAMS_DIR = Path(".snakemake") / "amflow_params"
+
+
 def dataset_dir(data_dir: Path, key: str) -> Path:
     """Videos (or links to them), classes.txt, annotations/, dataset.json. ``key``: :func:`dataset_key`."""
     return Path(data_dir) / key

@@ -23,10 +23,10 @@ config.update(P.model_dump(mode="json"))
 # The jobs read these values from a file named by their content. It is passed in the shell commands,
 # not as a param: params are rerun triggers, and a path must not be one (`tracked` below makes the
 # values the trigger, so another params file with the same values reuses every result).
-PARAMS = str(write_resolved(P, ".snakemake/amflow_params"))
+PARAMS = str(write_resolved(P, paths.RESOLVED_PARAMS_DIR))
 DATA = "data"
 RESULTS = str(paths.results_root("results", P.name))
-LOGS = f"logs/{P.name}"
+LOGS = str(paths.logs_root("logs", P.name))
 
 
 wildcard_constraints:
