@@ -1,11 +1,16 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    installs the environment (once) and runs the main job on the embedded default
+#               (results/default/table1.csv; CONFIG=params/tiny.yaml runs another params file)
 #   make test   installs the environment (once) and runs the test suite
 VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= 8
+# Another params file, e.g. `make run CONFIG=params/tiny.yaml`; its results go to results/<its name>/.
+CONFIG ?=
+SNAKEMAKE = snakemake --cores $(CORES)
+CONFIG_ARGS = $(if $(CONFIG),--configfile $(CONFIG))
 export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 
@@ -19,14 +24,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[dev,postgres]'
 	touch $@
 
+# The default target (`rule all`): table 1 of the params file. The others name a rule as the target.
 run: $(STAMP)
-	snakemake --cores $(CORES) results/table1.csv
+	$(SNAKEMAKE) $(CONFIG_ARGS)
 
 ablations: $(STAMP)
-	snakemake --cores $(CORES) results/ablations.csv
+	$(SNAKEMAKE) ablations $(CONFIG_ARGS)
 
 report: $(STAMP)
-	snakemake --cores $(CORES) results/report.md
+	$(SNAKEMAKE) report $(CONFIG_ARGS)
 
 # The whole suite, end-to-end tests included (what CI runs).
 test: $(STAMP)
@@ -44,4 +50,4 @@ dvc-yaml: $(STAMP)
 	amflow dvc-yaml
 
 clean-results:
-	rm -rf results .snakemake
+	rm -rf results logs .snakemake

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from amflow import paths
+from amflow.errors import AmflowError
 from amflow.paths import dataset_name_problem
 
 PARAMS_HELP = "params file (YAML, validated by amflow/params.py); default params/default.yaml"
@@ -33,12 +35,32 @@ def _dataset_name(text: str) -> str:
     return text
 
 
+def _results(args, p) -> Path:
+    """This params file's results folder: ``<--results-dir>/<name>``."""
+    return paths.results_root(args.results_dir, p.name)
+
+
+def _dataset_key(p, dataset: str) -> str:
+    try:
+        return paths.dataset_key(p, dataset)
+    except KeyError as exc:
+        raise AmflowError(str(exc.args[0])) from None
+
+
+def _pretrain_images(args, p) -> Path:
+    if p.pretrain_images is None:
+        raise AmflowError(f"{args.params}: no 'pretrain_images' section, so there is nothing to pretrain on")
+    return paths.pretrain_images_dir(args.data_dir, p)
+
+
 def _add_common(p: argparse.ArgumentParser, dataset: bool = False) -> None:
     p.add_argument("--params", default="params/default.yaml", help=PARAMS_HELP)
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a params key, e.g. --set train.epochs=2 (repeatable; value parsed as YAML)")
-    p.add_argument("--data-dir", default="data", type=Path, help="root of datasets and frame caches (default: data)")
-    p.add_argument("--results-dir", default="results", type=Path, help="root of results (default: results)")
+    p.add_argument("--data-dir", default="data", type=Path,
+                   help="root of datasets and frame caches, one folder <dataset>-<spec hash> each (default: data)")
+    p.add_argument("--results-dir", default="results", type=Path,
+                   help="root of results; a params file's results go to <results-dir>/<name> (default: results)")
     if dataset:
         p.add_argument("--dataset", required=True, type=_dataset_name,
                        help="dataset name, a key under 'datasets' in the params file")
@@ -53,57 +75,58 @@ def cmd_validate(args) -> None:
 def cmd_prepare(args) -> None:
     from amflow.data.prepare import prepare_dataset
 
-    from amflow import paths
-
-    prepare_dataset(_params(args), args.dataset, paths.dataset_dir(args.data_dir, args.dataset))
+    p = _params(args)
+    prepare_dataset(p, args.dataset, paths.dataset_dir(args.data_dir, _dataset_key(p, args.dataset)))
 
 
 def cmd_pretrain_images(args) -> None:
     from amflow.data.pretrain_images import generate_pretrain_images
 
-    from amflow import paths
-
-    generate_pretrain_images(_params(args), paths.pretrain_images_dir(args.data_dir))
+    p = _params(args)
+    generate_pretrain_images(p, _pretrain_images(args, p))
 
 
 def cmd_extract(args) -> None:
-    from amflow import paths
     from amflow.data.extract import extract_frames
 
-    extract_frames(_params(args), args.dataset, paths.dataset_dir(args.data_dir, args.dataset),
-                   paths.frames_dir(args.data_dir, args.dataset), workers=args.workers)
+    p = _params(args)
+    key = _dataset_key(p, args.dataset)
+    extract_frames(p, args.dataset, paths.dataset_dir(args.data_dir, key), paths.frames_dir(args.data_dir, key),
+                   workers=args.workers)
 
 
 def cmd_camera_motion(args) -> None:
-    from amflow import paths
     from amflow.camera.stage import run_camera_motion
 
-    run_camera_motion(_params(args), args.dataset, paths.frames_dir(args.data_dir, args.dataset),
-                      paths.camera_dir(args.results_dir, args.dataset),
-                      motion_path=paths.motion_file(args.data_dir, args.dataset))
+    p = _params(args)
+    results = _results(args, p)
+    run_camera_motion(p, args.dataset, paths.frames_dir(args.data_dir, _dataset_key(p, args.dataset)),
+                      paths.camera_dir(results, args.dataset), motion_path=paths.motion_file(results, args.dataset))
 
 
 def cmd_pretrain_backbone(args) -> None:
     from amflow.train.pretrain_backbone import pretrain_backbone
 
-    from amflow import paths
-
-    pretrain_backbone(_params(args), paths.pretrain_images_dir(args.data_dir), paths.backbone_dir(args.results_dir),
-                      track=True, results_dir=args.results_dir)
+    p = _params(args)
+    results = _results(args, p)
+    pretrain_backbone(p, _pretrain_images(args, p), paths.backbone_dir(results), track=True,
+                      results_dir=results)
 
 
 def cmd_train(args) -> None:
     from amflow.train.run import train_run
 
-    train_run(_params(args), dataset=args.dataset, method=args.method, seed=args.seed,
-              data_dir=args.data_dir, results_dir=args.results_dir, run_dir=args.run_dir)
+    p = _params(args)
+    train_run(p, dataset=args.dataset, method=args.method, seed=args.seed,
+              data_dir=args.data_dir, results_dir=_results(args, p), run_dir=args.run_dir)
 
 
 def cmd_evaluate(args) -> None:
     from amflow.evaluate.run import evaluate_run
 
-    evaluate_run(_params(args), dataset=args.dataset, method=args.method, seed=args.seed,
-                 data_dir=args.data_dir, results_dir=args.results_dir, run_dir=args.run_dir)
+    p = _params(args)
+    evaluate_run(p, dataset=args.dataset, method=args.method, seed=args.seed,
+                 data_dir=args.data_dir, results_dir=_results(args, p), run_dir=args.run_dir)
 
 
 def cmd_predict(args) -> int:
@@ -153,31 +176,36 @@ def cmd_predict(args) -> int:
 def cmd_tables(args) -> None:
     from amflow.report.tables import write_tables
 
-    write_tables(_params(args), args.results_dir, which=args.which)
+    p = _params(args)
+    write_tables(p, _results(args, p), which=args.which)
 
 
 def cmd_heatmaps(args) -> None:
     from amflow.report.heatmaps import write_heatmaps
 
-    write_heatmaps(_params(args), data_dir=args.data_dir, results_dir=args.results_dir)
+    p = _params(args)
+    write_heatmaps(p, data_dir=args.data_dir, results_dir=_results(args, p))
 
 
 def cmd_report(args) -> None:
     from amflow.report.report import write_report
 
-    write_report(_params(args), args.results_dir)
+    p = _params(args)
+    write_report(p, _results(args, p))
 
 
 def cmd_sweep(args) -> None:
+    from amflow.params import load_params
     from amflow.sweep.run import run_sweep
 
+    args.results_dir = _results(args, load_params(args.params))  # the sweep works inside the namespace
     run_sweep(args)
 
 
 def cmd_dvc_yaml(args) -> None:
     from amflow.dag import write_dvc_yaml
 
-    write_dvc_yaml(Path(args.output), check=args.check)
+    write_dvc_yaml(Path(args.output), check=args.check, params_file=args.params)
 
 
 # --------------------------------------------------------------------------- parser
@@ -195,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="amflow",
         description="AM Flow experiment pipeline. Each subcommand is one stage of the DAG "
-                    "(see `snakemake --cores 8 results/table1.csv` for the whole chain).",
+                    "(see `snakemake --cores 8` for the whole chain).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}",
                         help="print amflow's version and exit")
@@ -212,35 +240,35 @@ def build_parser() -> argparse.ArgumentParser:
         "Validate a params file against the schema and exit. A wrong key or type is reported with the file, "
         "the key and what was expected.")
     add("prepare", cmd_prepare, "generate or download/verify a dataset",
-        "Make data/<dataset>/ ready: SynthMotion is generated (H.264 mp4 + annotations); Kinetics-400 is "
+        "Make data/<dataset>-<spec>/ ready: SynthMotion is generated (H.264 mp4 + annotations); Kinetics-400 is "
         "downloaded from the CVDF mirror (resumable, verified); SSv2, Toyota Smarthome and `list` datasets "
         "are verified in the folder you name in 'root' (missing files are listed with where to put them).\n\n"
-        "Outputs: data/<dataset>/classes.txt, annotations/{train,val,test}.csv, dataset.json (written last).",
+        "Outputs: data/<dataset>-<spec>/classes.txt, annotations/{train,val,test}.csv, dataset.json (written last).",
         dataset=True)
     add("pretrain-images", cmd_pretrain_images, "generate the single-image pretraining set",
         "Render the single-image set for backbone pretraining, labelled by single-image attributes only "
         "(shape, colour, position, orientation, size bins; never motion).\n\n"
-        "Output: data/pretrain_images/ (images and labels, info.json written last).")
+        "Output: data/pretrain_images-<spec>/ (images and labels, info.json written last).")
     p = add("extract", cmd_extract, "decode videos into the sharded frame cache",
             "Decode every video of the dataset (decord; PyAV where decord is absent), resize to the short side "
             "in params, and write a sharded frame cache. Videos that fail to decode are listed in failures.csv "
-            "and skipped.\n\nOutputs: data/frames/<dataset>/ (shards, manifest.csv, failures.csv, "
+            "and skipped.\n\nOutputs: data/frames/<dataset>-<spec>/ (shards, manifest.csv, failures.csv, "
             "summary.json written last).", dataset=True)
     p.add_argument("--workers", type=int, default=0, help="decoding processes (0 = one per core)")
     add("camera-motion", cmd_camera_motion, "classify camera motion and pick the AM flow variant",
         "Estimate global (camera) motion between frames, classify videos as static or moving camera, and "
         "decide the dataset's AM flow variant (static or aligned). Also caches the per-frame transforms that "
-        "the aligned variant needs.\n\nOutputs: results/<dataset>/camera_motion.json, camera_motion.png, "
-        "data/motion/<dataset>.npz.", dataset=True)
+        "the aligned variant needs.\n\nOutputs: results/<name>/<dataset>/camera_motion.json, camera_motion.png, "
+        "motion.npz.", dataset=True)
     add("pretrain-backbone", cmd_pretrain_backbone, "pretrain the small ViT of the embedded default",
         "Train the embedded default's small ViT on the single-image attribute set, report per-attribute "
-        "accuracy, and stop with an error if it did not learn.\n\nOutputs: results/backbone/backbone.safetensors, "
-        "results/backbone/metrics.json.")
+        "accuracy, and stop with an error if it did not learn.\n\nOutputs: results/<name>/backbone/backbone.safetensors, "
+        "results/<name>/backbone/metrics.json.")
     for name, func, what in (("train", cmd_train, "train one (method, seed) run"),
                              ("evaluate", cmd_evaluate, "evaluate a trained run on the test split")):
         p = add(name, func, what,
                 f"{what[0].upper()}{what[1:]} on a dataset. Outputs under "
-                "results/<dataset>/<method>/seed<k>/ (or --run-dir).", dataset=True)
+                "results/<name>/<dataset>/<method>/seed<k>/ (or --run-dir).", dataset=True)
         p.add_argument("--method", required=True, choices=["frame", "aim", "st_adapter", "tpa", "amflow"],
                        help="the method (model) of the run")
         p.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
@@ -251,14 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "model (--model-uri). Videos are sampled like the evaluation's test views.",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n"
-                              "  amflow predict video.mp4 --run results/synth_moving/amflow/seed0\n"
-                              "  amflow predict a.mp4 b.mp4 --run results/synth_moving/amflow/seed0 --json\n"
+                              "  amflow predict video.mp4 --run results/default/synth_moving/amflow/seed0\n"
+                              "  amflow predict a.mp4 b.mp4 --run results/default/synth_moving/amflow/seed0 --json\n"
                               "  amflow predict --list videos.txt --model-uri runs:/<run id>/model --csv")
     p.add_argument("videos", nargs="*", type=Path, metavar="VIDEO", help="video file(s) to classify")
     p.add_argument("--list", type=Path, default=None, metavar="FILE",
                    help="text file with one video path per line (relative to the file's folder; # comments)")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", type=Path, help="trained run folder (results/<dataset>/<method>/seed<k>)")
+    source.add_argument("--run", type=Path, help="trained run folder (results/<name>/<dataset>/<method>/seed<k>)")
     source.add_argument("--model-uri", metavar="URI",
                         help="the run's MLflow model: runs:/<run id>/model or models:/<model id>")
     p.add_argument("--tracking-uri", default=None, metavar="URI",
@@ -274,18 +302,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "probability}]}]")
     fmt.add_argument("--csv", action="store_true", help="print CSV: video,rank,label,probability")
     p.set_defaults(func=cmd_predict)
-    p = add("tables", cmd_tables, "build results/table1.csv or the ablation tables",
-            "Read the runs' metrics.json and write results/table1.csv (--which table1) or results/ablations.csv "
-            "plus one results/ablation_<axis>.csv per ablation axis (--which ablations). Pure: the same inputs give "
+    p = add("tables", cmd_tables, "build results/<name>/table1.csv or the ablation tables",
+            "Read the runs' metrics.json and write results/<name>/table1.csv (--which table1) or ablations.csv "
+            "plus one ablation_<axis>.csv per ablation axis (--which ablations). Pure: the same inputs give "
             "the same bytes.")
     p.add_argument("--which", choices=["table1", "ablations"], default="table1",
                    help="table1 (default) or ablations")
     add("heatmaps", cmd_heatmaps, "plot AM flow heat maps, static against aligned",
         "Render AM flow heat maps over the frames of a static-camera and a moving-camera test clip, static "
         "against aligned variant, with the trained amflow runs' backbones.\n\nOutputs: "
-        "results/plots/amflow_heatmaps.png and results/plots/amflow_heatmaps.gif.")
-    add("report", cmd_report, "write results/report.md with tables and plots",
-        "Generate results/report.md (every table, every plot, one paragraph per table) from the results.")
+        "results/<name>/plots/amflow_heatmaps.png and amflow_heatmaps.gif.")
+    add("report", cmd_report, "write results/<name>/report.md with tables and plots",
+        "Generate results/<name>/report.md (every table, every plot, one paragraph per table) from the results.")
     p = sub.add_parser("sweep", help="Optuna sweep over the adapter's hyperparameters",
                        description="Run an Optuna sweep (seeded TPE, median pruner on per-epoch validation "
                                    "accuracy) and export the best trial as a params file.")
@@ -296,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dvc-yaml", help="generate dvc.yaml from the Snakemake workflow",
                        description="Write dvc.yaml from the same stage definitions that the Snakemake rules use "
                                    "(one source of truth). --check fails if the file on disk differs.")
+    p.add_argument("--params", default="params/default.yaml",
+                   help="the params file the DVC stages read and track (default params/default.yaml)")
     p.add_argument("--output", default="dvc.yaml", help="file to write or check (default dvc.yaml)")
     p.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on a difference")
     p.set_defaults(func=cmd_dvc_yaml)
@@ -304,7 +334,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from amflow.errors import AmflowError
     from amflow.params import ParamsError
 
     try:

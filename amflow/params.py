@@ -7,12 +7,14 @@ names the file, the key and what was expected.
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 from typing import Any, Literal, Optional, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from amflow import io
 from amflow.paths import dataset_name_problem
 
 SPLITS = ("train", "val", "test")
@@ -466,3 +468,34 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ParamsError(f"override '{text}' must look like key.path=value")
     key, value = text.split("=", 1)
     return key.strip(), yaml.safe_load(value)
+
+
+def resolve_workflow_config(command_line: dict, default: str | Path) -> dict:
+    """The params of a Snakemake run, from what its command line gave (``--configfile`` and ``--config``,
+    which Snakemake has merged) and the workflow's default params file.
+
+    What the command line gave is complete when it has ``datasets`` (a params file such as
+    ``params/tiny.yaml``): it is used as it is. Otherwise it extends the file its ``extends:`` names
+    (relative to the default's folder: Snakemake does not tell the workflow where a config file was)
+    or, without ``extends:``, the default: overrides such as ``--config 'train={epochs: 1}'``.
+    Mappings merge key by key, as Snakemake merges config files.
+    """
+    data = copy.deepcopy(command_line)
+    parent = data.pop("extends", None)
+    if parent is not None:
+        base = resolve_raw(Path(default).parent / parent)
+    elif "datasets" in data:
+        base = {}
+    else:
+        base = resolve_raw(default)
+    return deep_merge(base, data)
+
+
+def write_resolved(params: Params, folder: str | Path) -> Path:
+    """Write ``params`` as a complete params file named by its content (``<name>-<hash>.yaml``), so that
+    workflow jobs read exactly the values the workflow validated; the same values give the same file."""
+    text = yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
+    path = Path(folder) / f"{params.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
+    if not path.exists() or path.read_text() != text:
+        io.write_text(path, text)
+    return path

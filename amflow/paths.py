@@ -1,17 +1,38 @@
-"""Where each stage reads and writes: the one place that knows the layout of data/ and results/."""
+"""Where each stage reads and writes: the one place that knows the layout of data/ and results/.
+
+Two namespaces keep runs of different params files apart:
+
+- ``results/<name>/`` (:func:`results_root`): everything a params file's runs produce, keyed by the
+  file's ``name``; the CLI's ``--results-dir`` is the root above it.
+- ``data/<dataset>-<spec>/`` (:func:`data_key`): a dataset's files and frame cache, keyed by a short hash
+  of the dataset's spec, so params files with equal specs share the frames and different specs under
+  one name never meet. The pretraining images are keyed the same way.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from amflow.errors import AmflowError
 
-# A dataset name becomes a folder name under data/, data/frames/ and results/. The Snakemake rules
-# use the same pattern as their `dataset` wildcard constraint.
+if TYPE_CHECKING:  # typing only: amflow.params imports nothing from here
+    from amflow.params import Params
+
+SPEC_HASH_CHARS = 8
+# The regular expression of spec_hash's output (a Snakemake wildcard constraint).
+SPEC_HASH_RE = rf"[0-9a-f]{{{SPEC_HASH_CHARS}}}"
+
+# A dataset name (and a params file's name) becomes a folder name under data/ and results/. The
+# Snakemake rules use the same pattern as their `dataset` wildcard constraint.
 DATASET_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_\-]*"
 # Folders of the layout itself: a dataset of one of these names would be written over them
 # (compared case-insensitively, for case-insensitive file systems).
 RESERVED_NAMES = ("frames", "motion", "pretrain_images", "backbone", "ablations", "sweeps", "plots")
+# The rules build their output patterns with the functions below, passing the wildcard itself.
+_WILDCARD = "{dataset}"
 
 
 def dataset_name_problem(name: str) -> str | None:
@@ -26,32 +47,65 @@ def dataset_name_problem(name: str) -> str | None:
 
 
 def check_dataset_name(name: str) -> str:
-    problem = dataset_name_problem(name)
+    problem = None if name == _WILDCARD else dataset_name_problem(name)
     if problem:
         raise AmflowError(problem)
     return name
 
 
-def dataset_dir(data_dir: Path, dataset: str) -> Path:
-    """Videos (or links to them), classes.txt, annotations/, dataset.json."""
-    check_dataset_name(dataset)
-    return Path(data_dir) / dataset
+def spec_hash(spec) -> str:
+    """Short hash of a pydantic spec's values (key order does not matter)."""
+    text = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:SPEC_HASH_CHARS]
 
 
-def frames_dir(data_dir: Path, dataset: str) -> Path:
+def data_key(name: str, spec_digest: str) -> str:
+    """Folder name of a dataset (or of the pretraining images) under data/: ``<name>-<spec hash>``."""
+    return f"{name}-{spec_digest}"
+
+
+def dataset_key(params: "Params", dataset: str) -> str:
+    return data_key(check_dataset_name(dataset), spec_hash(params.dataset(dataset)))
+
+
+def results_root(results_dir: Path, name: str) -> Path:
+    """The namespace of one params file (its ``name``) under the results root."""
+    return Path(results_dir) / name
+
+
+def logs_root(logs_dir: Path, name: str) -> Path:
+    """A params file's Snakemake logs: ``logs/<name>/<rule>/...``."""
+    return Path(logs_dir) / name
+
+
+# Where the workflow writes the params its jobs read (amflow.params.write_resolved): Snakemake's own
+# working folder, not a results folder (the file is a means, not a result).
+RESOLVED_PARAMS_DIR = Path(".snakemake") / "amflow_params"
+
+
+def dataset_dir(data_dir: Path, key: str) -> Path:
+    """Videos (or links to them), classes.txt, annotations/, dataset.json. ``key``: :func:`dataset_key`."""
+    return Path(data_dir) / key
+
+
+def frames_dir(data_dir: Path, key: str) -> Path:
     """The sharded frame cache. Kept out of dataset_dir so DVC can track both without overlap."""
-    check_dataset_name(dataset)
-    return Path(data_dir) / "frames" / dataset
+    return Path(data_dir) / "frames" / key
 
 
-def motion_file(data_dir: Path, dataset: str) -> Path:
-    """Per-frame global-motion transforms written by the camera-motion stage."""
-    check_dataset_name(dataset)
-    return Path(data_dir) / "motion" / f"{dataset}.npz"
+def pretrain_images_dir(data_dir: Path, params: "Params") -> Path:
+    return Path(data_dir) / data_key("pretrain_images", spec_hash(params.pretrain_images))
 
 
-def pretrain_images_dir(data_dir: Path) -> Path:
-    return Path(data_dir) / "pretrain_images"
+def camera_dir(results_dir: Path, dataset: str) -> Path:
+    """camera_motion.json, camera_motion.png and motion.npz of one dataset."""
+    return Path(results_dir) / check_dataset_name(dataset)
+
+
+def motion_file(results_dir: Path, dataset: str) -> Path:
+    """Per-frame global-motion transforms written by the camera-motion stage. In the results namespace,
+    not under data/: they also depend on the params file's camera_motion settings."""
+    return camera_dir(results_dir, dataset) / "motion.npz"
 
 
 def backbone_dir(results_dir: Path) -> Path:
@@ -62,12 +116,6 @@ def backbone_file(results_dir: Path) -> Path:
     return backbone_dir(results_dir) / "backbone.safetensors"
 
 
-def camera_dir(results_dir: Path, dataset: str) -> Path:
-    """camera_motion.json and camera_motion.png."""
-    check_dataset_name(dataset)
-    return Path(results_dir) / dataset
-
-
 def run_dir(results_dir: Path, dataset: str, method: str, seed: int) -> Path:
     check_dataset_name(dataset)
     return Path(results_dir) / dataset / method / f"seed{seed}"
@@ -76,3 +124,4 @@ def run_dir(results_dir: Path, dataset: str, method: str, seed: int) -> Path:
 def ablation_run_dir(results_dir: Path, axis: str, value: str, dataset: str, seed: int) -> Path:
     check_dataset_name(dataset)
     return Path(results_dir) / "ablations" / axis / str(value) / dataset / f"seed{seed}"
+

@@ -1,18 +1,18 @@
 """A temporary copy of the project in which the whole pipeline can run (end-to-end, DVC and SLURM tests).
 
-The copy holds what the DAG needs: ``Snakefile``, ``workflow/``, ``params/`` (with ``params/tiny.yaml``
-copied over ``params/default.yaml``, so the DAG's default config is the tiny one), ``amflow/`` (the code,
-and a DVC dep of every stage), ``pyproject.toml``, ``.gitignore``, ``.dvcignore`` and ``.dvc/config``
-when the project has one; ``dvc.yaml`` is then regenerated there with ``amflow dvc-yaml``, so it
-describes that DAG. ``data/`` and ``results/`` start empty.
+The copy holds what the DAG needs, as shipped: ``Snakefile``, ``workflow/``, ``params/``, ``amflow/`` (the
+code, and a DVC dep of every stage), ``dvc.yaml``, ``pyproject.toml``, ``.gitignore``, ``.dvcignore`` and
+``.dvc/config`` when the project has one. ``data/`` and ``results/`` start empty. Tests make runs cheap
+the way a user would: ``--configfile params/tiny.yaml`` (:data:`TINY`), ``--config`` overrides, or a
+params file that extends a shipped one (for DVC, with ``amflow dvc-yaml --params FILE``).
 
 Commands run in the copy import the copy's ``amflow`` (``PYTHONPATH``), never the checkout's, and may
 write byte code next to it (``PYTHONDONTWRITEBYTECODE`` is cleared), as on a user's machine: a
 ``__pycache__`` inside ``amflow/`` must not change DVC's view of the ``amflow`` dep.
 
-:func:`shared_pipeline_run` runs ``snakemake --cores 2 results/report.md`` once per test session and
-hands the same copy to every module that asks (end-to-end checks, the DVC reproducibility check and
-the SLURM test), so the suite pays for one full pipeline run.
+:func:`shared_pipeline_run` runs ``snakemake --cores 2 report --configfile params/tiny.yaml`` once per
+test session and hands the same copy to every module that asks (end-to-end checks, the DVC
+checks and the SLURM test), so the suite pays for one full pipeline run.
 """
 from __future__ import annotations
 
@@ -23,11 +23,13 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-COPIED = ("Snakefile", "workflow", "params", "amflow", "pyproject.toml", ".gitignore", ".dvcignore")
+COPIED = ("Snakefile", "workflow", "params", "amflow", "dvc.yaml", "pyproject.toml", ".gitignore", ".dvcignore")
+# The shipped tiny configuration, as a user gives it to Snakemake (targets first: --configfile takes
+# every word that follows it).
+TINY = ("--configfile", "params/tiny.yaml")
+TINY_RESULTS = "results/tiny"
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
 PIPELINE_TIMEOUT_S = 1500
 
@@ -58,10 +60,9 @@ def run(cmd: list, project: Path, *, check: bool = True, timeout: float = PIPELI
     return out
 
 
-def make_project_copy(dest: Path, params: str = "params/tiny.yaml",
-                      edit: Optional[Callable[[dict], None]] = None) -> Path:
-    """Copy the project into ``dest``, make ``params`` its default config (``edit`` may change it
-    first), and regenerate dvc.yaml there."""
+def make_project_copy(dest: Path, dvc_params: Optional[str] = None) -> Path:
+    """Copy the project into ``dest``; with ``dvc_params``, regenerate dvc.yaml there for that params
+    file (``amflow dvc-yaml --params FILE``, as docs/dvc.md tells a user)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
@@ -74,13 +75,8 @@ def make_project_copy(dest: Path, params: str = "params/tiny.yaml",
         if (ROOT / name).is_file():
             (dest / ".dvc").mkdir(exist_ok=True)
             shutil.copy2(ROOT / name, dest / name)
-    if edit is None:
-        shutil.copyfile(ROOT / params, dest / "params" / "default.yaml")
-    else:
-        doc = yaml.safe_load((ROOT / params).read_text())
-        edit(doc)
-        (dest / "params" / "default.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    run([BIN / "amflow", "dvc-yaml"], dest)
+    if dvc_params is not None:
+        run([BIN / "amflow", "dvc-yaml", "--params", dvc_params], dest)
     assert (dest / "dvc.yaml").is_file()
     return dest
 
@@ -105,13 +101,14 @@ _SHARED: dict[str, Path] = {}
 
 
 def shared_pipeline_run(tmp_path_factory) -> Path:
-    """One project copy in which ``snakemake --cores 2 results/report.md`` ran, once per session."""
+    """One project copy in which ``snakemake --cores 2 report --configfile params/tiny.yaml`` ran (the
+    README's form: the rule name as the target), once per session."""
     if "error" in _SHARED:  # failed once: do not pay for it again in the next module
         raise AssertionError(f"the shared pipeline run failed earlier:\n{_SHARED['error']}")
     if "report" not in _SHARED:
         project = make_project_copy(tmp_path_factory.mktemp("e2e") / "project")
         try:
-            snakemake(project, "--cores", "2", "results/report.md")
+            snakemake(project, "--cores", "2", "report", *TINY)
         except AssertionError as exc:
             _SHARED["error"] = str(exc)
             raise

@@ -101,14 +101,16 @@ def history_without_time(history: list[dict]) -> list[dict]:
 
 # --------------------------------------------------------------------------- real data, real model
 def make_tiny_dataset(data_dir: Path, name: str = "tiny", size: int = 16, frames: int = 8,
-                      per_split: dict | None = None, seed: int = 0) -> Path:
-    """``data/<name>/`` with classes.txt and dataset.json (time_reversal), and its frame cache."""
+                      per_split: dict | None = None, seed: int = 0, params=None) -> Path:
+    """``data/<name>-<spec>/`` with classes.txt and dataset.json (time_reversal), and its frame cache, where
+    the runs of ``params`` (default: :func:`tiny_params` for ``name`` and ``size``) look for them."""
     from amflow import paths
     from amflow.data.frame_cache import write_cache
 
+    key = paths.dataset_key(params or tiny_params(name=name, size=size), name)
     per_split = per_split or {"train": 24, "val": 8, "test": 8}
     rng = np.random.default_rng(seed)
-    root = Path(data_dir) / name
+    root = paths.dataset_dir(data_dir, key)
     root.mkdir(parents=True, exist_ok=True)
     (root / "classes.txt").write_text("".join(f"{c}\n" for c in CLASSES))
     videos = []
@@ -117,8 +119,7 @@ def make_tiny_dataset(data_dir: Path, name: str = "tiny", size: int = 16, frames
             label = i % len(CLASSES)
             videos.append({"video_id": f"{split}{i:03d}", "split": split, "label": label,
                            "frames": moving_square(label, frames, size, rng)})
-    write_cache(paths.frames_dir(data_dir, name), videos)
-    paths.motion_file(data_dir, name).parent.mkdir(parents=True, exist_ok=True)  # where motion.npz goes
+    write_cache(paths.frames_dir(data_dir, key), videos)
     (root / "dataset.json").write_text(json.dumps({"source": "test", "time_reversal": TIME_REVERSAL}))
     return root
 

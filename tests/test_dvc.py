@@ -1,18 +1,26 @@
-"""DVC's view of the DAG (issue 9): repro, experiments, metrics, plots, push/pull, and reproducibility.
+"""DVC's view of the DAG: repro, experiments, metrics, plots, push/pull, reproducibility, and the
+hand-over of a Snakemake run to DVC.
 
-The project is copied into a temporary git repository (``git init``, ``dvc init``, analytics off, a
-local folder as the default remote) with a trimmed tiny config (:func:`trim`): DVC runs stages one
-after the other, so the full tiny DAG would take as long as the rest of the suite together; the
-trimmed DAG still has every stage kind (dataset, frames, camera motion, pretraining, training and
-evaluation, ablation, tables, heat maps, report). One ``dvc repro`` serves every check; the tests run in
-file order and the experiment (which changes the workspace) comes last.
+The shipped ``dvc.yaml`` describes ``params/default.yaml``; a reduced run of it goes through
+``dvc exp run -S`` (fewer epochs, one target stage), as a user would cut it down
+(:func:`test_shipped_default_reproduces_with_user_overrides`).
+
+Most checks use a params file that extends the shipped tiny one, written as a user would
+(:data:`TRIM`: one dataset, two methods, one ablation run; DVC runs stages one after the other, so the
+full tiny DAG would take as long as the rest of the suite together), with ``dvc.yaml`` regenerated for
+it (``amflow dvc-yaml --params params/tiny_dvc.yaml``): the DAG still has every stage kind (dataset,
+frames, camera motion, pretraining, training and evaluation, ablation, tables, heat maps, report). The
+project sits in a temporary git repository (``git init``, ``dvc init``, analytics off, a local folder as
+the default remote). One ``dvc repro`` serves every check; the tests run in file order and the
+experiment (which changes the workspace) comes last.
 
 After ``dvc pull``, Snakemake sees fresh modification times (DVC does not keep them) and would rerun
-everything; the documented step is ``snakemake --touch --cores 1 results/report.md``, which marks the
-pulled outputs up to date without running a job (only after ``dvc status`` reports them unchanged).
+everything; the documented step is ``snakemake --touch --cores 1 <target> --configfile <file>``, which
+marks the pulled outputs up to date without running a job (only after ``dvc status`` reports them
+unchanged).
 
-Reproducibility (issue 9, item 5): the runs this DVC repro shares with the Snakemake end-to-end run
-(same dataset, method, seed and params) must give identical ``metrics.json`` on CPU, but for
+Reproducibility: the runs this DVC repro shares with the Snakemake end-to-end run (same dataset,
+method, seed and params values, other namespace) must give identical ``metrics.json`` on CPU, but for
 :data:`NOT_REPRODUCIBLE` (wall-clock measures, and the MLflow run id, which is random by design).
 """
 from __future__ import annotations
@@ -24,7 +32,8 @@ from pathlib import Path
 
 import pytest
 
-from project_copy import BIN, make_project_copy, nothing_to_do, project_env, run, shared_pipeline_run, snakemake
+from project_copy import (BIN, TINY_RESULTS, copy_of, make_project_copy, nothing_to_do, project_env, run,
+                          shared_pipeline_run, snakemake)
 
 pytestmark = pytest.mark.slow
 
@@ -37,17 +46,20 @@ NOT_REPRODUCIBLE = {
 # Written by a stage but not versioned by DVC: a pointer into the local MLflow store (mlflow.db is not
 # versioned either), and training without tracking does not write it; the run folder's lock file.
 UNVERSIONED = ("mlflow_run.json", ".amflow.lock")
-POST_PULL = ("snakemake", "--touch", "--cores", "1", "results/report.md")
+TRIM = "params/tiny_dvc.yaml"
+TRIM_TEXT = """# The tiny configuration cut to one dataset, two methods and one ablation run.
+extends: tiny.yaml
+name: tiny_dvc
+table_datasets: [synth_moving]
+methods: [frame, amflow]
+train: {epochs: 2}
+ablations: {dataset_pairs: [synth_moving], variants: [none], tpus: [], source_layers: [], num_blocks: [],
+            frames: [], dataset: synth_moving}
+"""
+RESULTS = "results/tiny_dvc"
+POST_PULL = ("snakemake", "--touch", "--cores", "1", "report", "--configfile", TRIM)
 EXP_TARGET = "evaluate--synth_moving--frame--0"
 RUNS = ("synth_moving/frame/seed0", "synth_moving/amflow/seed0", "ablations/variant/none/synth_moving/seed0")
-
-
-def trim(doc: dict) -> None:
-    """The tiny config cut to one dataset, two methods and one ablation run."""
-    doc["table_datasets"] = ["synth_moving"]
-    doc["methods"] = ["frame", "amflow"]
-    doc["ablations"] = {"dataset_pairs": ["synth_moving"], "variants": ["none"], "tpus": [], "source_layers": [],
-                        "num_blocks": [], "frames": [], "dataset": "synth_moving"}
 
 
 def env(project: Path) -> dict:
@@ -72,18 +84,27 @@ def tree_digest(project: Path, roots=("data", "results")) -> dict[str, str]:
     return out
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """The project in a git + DVC repository, after one `dvc repro`, with that state committed."""
-    project = make_project_copy(tmp_path_factory.mktemp("dvc") / "project", edit=trim)
-    remote = project.parent / "remote"
+def init_repo(project: Path) -> None:
+    """git init, dvc init (once per repository, as docs/dvc.md says), and a first commit."""
     git(project, "init", "-q")
     if not (project / ".dvc").exists():
         dvc(project, "init", "-q")
     dvc(project, "config", "core.analytics", "false")
-    dvc(project, "remote", "add", "-d", "local", str(remote))
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "project")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """The project in a git + DVC repository, after one `dvc repro`, with that state committed."""
+    root = tmp_path_factory.mktemp("dvc")
+    project = make_project_copy(root / "project")
+    (project / TRIM).write_text(TRIM_TEXT)
+    run([BIN / "amflow", "dvc-yaml", "--params", TRIM], project)
+    remote = root / "remote"
+    init_repo(project)
+    dvc(project, "remote", "add", "-d", "local", str(remote))
+    git(project, "commit", "-q", "-am", "remote")
     repro = dvc(project, "repro")
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "dvc repro")
@@ -98,10 +119,10 @@ def test_repro_builds_every_stage_and_the_targets(repo):
     for name in stages:
         assert f"Running stage '{name}'" in repo["repro"], f"stage {name} did not run"
     for target in ("table1.csv", "ablations.csv", "report.md", "ablation_variant.csv", "plots/amflow_heatmaps.gif"):
-        assert (project / "results" / target).is_file(), target
+        assert (project / RESULTS / target).is_file(), target
     for run_dir in RUNS:  # training's side files are DVC outs too (evaluate and predict read them)
         for name in ("checkpoint.pt", "params.yaml", "train_log.csv", "metrics.json", "confusion.png"):
-            assert (project / "results" / run_dir / name).is_file(), (run_dir, name)
+            assert (project / RESULTS / run_dir / name).is_file(), (run_dir, name)
     status = dvc(project, "status")
     assert "up to date" in status.stdout, status.stdout
     assert (project / "amflow" / "__pycache__").is_dir(), "stages should have written byte code (see .dvcignore)"
@@ -119,10 +140,18 @@ def test_metrics_show_and_diff(repo):
     shown = json.loads(dvc(project, "metrics", "show", "--json").stdout)
     data = shown[""]["data"] if "" in shown else next(iter(shown.values()))["data"]
     for run_dir in RUNS:
-        m = data[f"results/{run_dir}/metrics.json"]["data"]
+        m = data[f"{RESULTS}/{run_dir}/scores.json"]["data"]
         assert 0.0 <= m["top1"] <= 1.0 and m["epochs"] == 2, run_dir
-    assert data["results/synth_moving/camera_motion.json"]["data"]["decision"] == "aligned"
-    assert "results/backbone/metrics.json" in data
+    # Metrics are the evaluations' numbers only: no per-stage JSON with strings (camera decision, backbone).
+    assert set(data) == {f"{RESULTS}/{run_dir}/scores.json" for run_dir in RUNS}, sorted(data)
+    for path, shown_file in data.items():
+        values = shown_file["data"]
+        assert values and all(isinstance(v, (int, float)) for v in values.values()), (path, values)
+    table = dvc(project, "metrics", "show").stdout  # as a user reads it: one row per run
+    rows = [line for line in table.splitlines() if "scores.json" in line]
+    assert len(rows) == len(RUNS) and all("top1" not in row for row in rows), table
+    camera = json.loads((project / RESULTS / "synth_moving" / "camera_motion.json").read_text())
+    assert camera["decision"] == "aligned"
     # nothing changed since the commit of the repro: no difference
     assert json.loads(dvc(project, "metrics", "diff", "--json").stdout or "{}") == {}
 
@@ -131,11 +160,18 @@ def test_plots_show_renders_the_training_curves(repo, tmp_path):
     project = repo["path"]
     spec = json.loads(dvc(project, "plots", "show", "--json").stdout)
     assert not spec.get("errors"), spec.get("errors")
-    assert {"val_top1", "ablation_val_top1"} <= set(spec["data"]), sorted(spec["data"])
+    confusion = {f"confusion--synth_moving--{m}--0" for m in ("frame", "amflow")}
+    images = {f"{RESULTS}/plots/{name}" for name in ("accuracy.png", "convergence.png", "amflow_heatmaps.png")}
+    assert {"val_top1", "ablation_val_top1"} | confusion | images <= set(spec["data"]), sorted(spec["data"])
     out = dvc(project, "plots", "show", "-o", str(tmp_path / "plots"))
     html = (tmp_path / "plots" / "index.html").read_text()
     assert "vegaEmbed('#val_top1'" in html and "vegaEmbed('#ablation_val_top1'" in html, out.stdout
     assert "amflow/seed0/train_log.csv" in html and "frame/seed0/train_log.csv" in html  # one line per run
+    assert all(f"vegaEmbed('#{plot}'" in html for plot in confusion)  # the confusion plots
+    assert "<img" in html and "accuracy.png" in html  # the figures, as images
+    dvc(project, "plots", "show")  # the documented form writes dvc_plots/, which git ignores
+    assert (project / "dvc_plots" / "index.html").is_file()
+    assert "dvc_plots" not in git(project, "status", "--porcelain").stdout
 
 
 def test_push_pull_restores_byte_identical_and_snakemake_keeps_it(repo):
@@ -150,7 +186,7 @@ def test_push_pull_restores_byte_identical_and_snakemake_keeps_it(repo):
     assert "up to date" in dvc(project, "status").stdout
     # The documented post-pull step, then Snakemake has nothing to do, and DVC still agrees.
     snakemake(project, *POST_PULL[1:], env=env(project))
-    out = snakemake(project, "-n", "--cores", "1", "results/report.md", env=env(project))
+    out = snakemake(project, "-n", "report", "--configfile", TRIM, env=env(project))
     assert nothing_to_do(out), out.stdout[-3000:]
     assert "up to date" in dvc(project, "status").stdout
     assert tree_digest(project) == before
@@ -160,8 +196,8 @@ def test_two_runs_of_the_same_config_give_the_same_metrics(repo, tmp_path_factor
     """The DVC repro against the Snakemake end-to-end run (same params for these runs)."""
     snake = shared_pipeline_run(tmp_path_factory)
     for run_dir in RUNS:
-        a = json.loads((repo["path"] / "results" / run_dir / "metrics.json").read_text())
-        b = json.loads((snake / "results" / run_dir / "metrics.json").read_text())
+        a = json.loads((repo["path"] / RESULTS / run_dir / "metrics.json").read_text())
+        b = json.loads((snake / TINY_RESULTS / run_dir / "metrics.json").read_text())
         assert set(a) == set(b), run_dir
         differ = {k for k in a if a[k] != b[k]} - set(NOT_REPRODUCIBLE)
         assert not differ, {k: (a[k], b[k]) for k in differ}
@@ -169,18 +205,53 @@ def test_two_runs_of_the_same_config_give_the_same_metrics(repo, tmp_path_factor
 
 def test_experiment_with_a_changed_param(repo):
     project = repo["path"]
-    out = dvc(project, "exp", "run", "-S", "params/default.yaml:train.epochs=1", EXP_TARGET)
+    out = dvc(project, "exp", "run", "-S", f"{TRIM}:train.epochs=1", EXP_TARGET)
     assert f"Running stage '{EXP_TARGET}'" in out.stdout
     shown = json.loads(dvc(project, "exp", "show", "--json").stdout)
     exps = [rev for commit in shown for exp in (commit.get("experiments") or []) for rev in exp["revs"]]
     assert exps, "dvc exp show lists no experiment"
     exp = exps[0]["data"]
-    assert exp["params"]["params/default.yaml"]["data"]["train"]["epochs"] == 1
-    metrics = exp["metrics"]["results/synth_moving/frame/seed0/metrics.json"]["data"]
+    assert exp["params"][TRIM]["data"]["train"]["epochs"] == 1
+    metrics = exp["metrics"][f"{RESULTS}/synth_moving/frame/seed0/scores.json"]["data"]
     assert metrics["epochs"] == 1
     diff = json.loads(dvc(project, "metrics", "diff", "--json").stdout)
-    epochs = diff["results/synth_moving/frame/seed0/metrics.json"]["epochs"]
+    epochs = diff[f"{RESULTS}/synth_moving/frame/seed0/scores.json"]["epochs"]
     assert (epochs["old"], epochs["new"]) == (2, 1)
     params_diff = json.loads(dvc(project, "params", "diff", "--json").stdout)
-    change = params_diff["params/default.yaml"]["train.epochs"]
+    change = params_diff[TRIM]["train.epochs"]
     assert (change["old"], change["new"]) == (2, 1)
+
+
+def test_snakemake_run_hands_over_to_dvc(tmp_path_factory):
+    """docs/dvc.md: after a Snakemake run, `dvc commit -f` records its outputs, and `dvc status` is clean."""
+    project = copy_of(shared_pipeline_run(tmp_path_factory), tmp_path_factory.mktemp("handover") / "project")
+    run([BIN / "amflow", "dvc-yaml", "--params", "params/tiny.yaml"], project)  # DVC's view of that run
+    init_repo(project)
+    before = dvc(project, "status").stdout
+    assert "changed outs" in before or "changed deps" in before, before[-2000:]
+    dvc(project, "commit", "-f")
+    status = dvc(project, "status")
+    assert "Data and pipelines are up to date." in status.stdout + status.stderr, status.stdout[-3000:]
+    dry = dvc(project, "repro", "--dry")
+    assert "Running stage" not in dry.stdout + dry.stderr, dry.stdout[-3000:]
+
+
+def test_shipped_default_reproduces_with_user_overrides(tmp_path):
+    """`dvc repro` on the shipped dvc.yaml and params/default.yaml, cut down as a user would: an
+    experiment with fewer epochs on one evaluation (and everything it needs)."""
+    import yaml
+
+    project = make_project_copy(tmp_path / "project")
+    init_repo(project)
+    assert "missing" not in dvc(project, "status").stdout  # every params key dvc.yaml names is in the file
+    out = dvc(project, "exp", "run", "-S", "params/default.yaml:train.epochs=1",
+              "-S", "params/default.yaml:pretrain.epochs=1",
+              "-S", "params/default.yaml:pretrain.min_gain_over_chance=0", EXP_TARGET)
+    text = out.stdout + out.stderr
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    for name in ("prepare_dataset--synth_moving", "pretrain_images", "pretrain_backbone", "train--synth_moving--frame--0",
+                 EXP_TARGET):
+        [stage] = [s for s in stages if s.startswith(name)]
+        assert f"Running stage '{stage}'" in text, (stage, text[-3000:])
+    scores = json.loads((project / "results/default/synth_moving/frame/seed0/scores.json").read_text())
+    assert scores["epochs"] == 1 and 0.0 <= scores["top1"] <= 1.0

@@ -1,12 +1,17 @@
-"""End to end: the whole DAG on the tiny config, in a temporary copy of the project (issue 7).
+"""End to end: the whole DAG on the shipped tiny config, in a temporary copy of the project.
 
-One pipeline run (``snakemake --cores 2 results/report.md`` from an empty ``results/``, shared with the
-DVC and SLURM tests through :func:`project_copy.shared_pipeline_run`) serves every check here:
-every expected file exists, a second dry run has nothing to do, the tables hold the numbers of the
-``metrics.json`` they come from, the report holds the tables' numbers, ``amflow predict`` answers.
+One pipeline run (``snakemake --cores 2 report --configfile params/tiny.yaml`` from an empty
+``results/``, shared with the DVC and SLURM tests through :func:`project_copy.shared_pipeline_run`)
+serves every check here: every expected file exists, a second dry run has nothing to do, the tables
+hold the numbers of the ``metrics.json`` they come from, the report holds the tables' numbers,
+``amflow predict`` answers, Snakemake's ``--report`` holds the tables and figures, a ``--config``
+override reaches the jobs, and a second params file (the default) would overwrite nothing.
 
-Also here, because it needs no pipeline run: ``snakemake --lint`` is clean but for one lint that the
-project does not satisfy on purpose (see :data:`ACCEPTED_LINTS`).
+Also here, because they need no pipeline run, on the shipped files as a user types them: ``snakemake
+--lint`` is clean but for the lints the project does not satisfy on purpose (:data:`ACCEPTED_LINTS`);
+``snakemake -n`` plans table 1 of the default; ``--dag`` and ``--rulegraph`` need no ``--cores``;
+``--configfile`` takes a complete params file or one that extends another, and ``--config`` values
+reach the params file the jobs read.
 """
 from __future__ import annotations
 
@@ -18,11 +23,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from amflow import paths
 
-from project_copy import (BIN, copy_of, make_project_copy, nothing_to_do, run, shared_pipeline_run,
-                          snakemake)
+from project_copy import (BIN, ROOT, TINY, TINY_RESULTS, copy_of, make_project_copy, nothing_to_do, run,
+                          shared_pipeline_run, snakemake)
 
 # The table columns as amflow/report/tables.py's docstring documents them (written out here, not
 # imported, so that a change of the scheme has to change this test too).
@@ -40,9 +46,9 @@ ACCEPTED_LINTS = {
     # The software is one pip environment pinned in pyproject.toml (`make install`), used by every rule;
     # a conda env file would be a second, untested place for the pins, and no container image exists.
     "Specify a conda environment or container for each rule.",
-    # The params file's path goes straight into each shell command: as a rule param it would be a
-    # rerun trigger, and naming another file with equal values would rerun the whole DAG. Its values
-    # are the params that trigger reruns (`tracked(...)`); see the test below on another params file.
+    # The resolved params file's path goes straight into each shell command: as a rule param it would
+    # be a rerun trigger, and its name changes with any value, so every job would rerun on any change.
+    # Its values are the params that trigger reruns (`tracked(...)`); see the test on another params file.
     "Shell command directly uses variable PARAMS from outside of the rule",
 }
 
@@ -58,7 +64,7 @@ def project(tmp_path_factory) -> Path:
 def params(project):
     from amflow.params import load_params
 
-    return load_params(project / "params" / "default.yaml")
+    return load_params(project / "params" / "tiny.yaml")
 
 
 def read_csv(path: Path) -> pd.DataFrame:
@@ -85,19 +91,20 @@ def assert_png(path: Path):
 def test_pipeline_writes_every_expected_file(project, params):
     from amflow.workflow_plan import AXES, ablation_runs, table_runs
 
-    r = project / "results"
+    r = project / TINY_RESULTS
     expected = [r / "table1.csv", r / "ablations.csv", r / "report.md",
                 r / "backbone" / "backbone.safetensors", r / "backbone" / "metrics.json"]
     axes = [a for a in AXES if any(run.axis == a for run in ablation_runs(params))]
     assert axes == list(AXES), "the tiny config is meant to exercise every ablation axis"
     expected += [r / f"ablation_{axis}.csv" for axis in axes]
     for dataset in params.table_datasets:
-        expected += [r / dataset / "camera_motion.json", r / dataset / "camera_motion.png"]
+        expected += [r / dataset / "camera_motion.json", r / dataset / "camera_motion.png", r / dataset / "motion.npz"]
     run_dirs = [r / d / m / f"seed{s}" for d, m, s in table_runs(params)]
     run_dirs += [r / "ablations" / a.axis / a.value / a.dataset / f"seed{a.seed}" for a in ablation_runs(params)]
     for run_dir in run_dirs:
         expected += [run_dir / name for name in ("train.json", "metrics.json", "checkpoint.pt", "params.yaml",
-                                                 "train_log.csv", "per_class.csv", "confusion.png", "curves.png")]
+                                                 "train_log.csv", "per_class.csv", "confusion.png", "curves.png",
+                                                 "scores.json", "predictions.csv")]
     plots = ["accuracy.png", "convergence.png", "amflow_heatmaps.png", "amflow_heatmaps.gif", "amflow_heatmaps.json"]
     expected += [r / "plots" / name for name in plots]
     missing = [str(p.relative_to(project)) for p in expected if not p.is_file() or p.stat().st_size == 0]
@@ -121,7 +128,7 @@ def test_pipeline_writes_every_expected_file(project, params):
 
 @pytest.mark.slow
 def test_second_dry_run_has_nothing_to_do(project):
-    out = snakemake(project, "-n", "--cores", "2", "results/report.md")
+    out = snakemake(project, "-n", "--cores", "2", "report", *TINY)
     assert nothing_to_do(out), out.stdout[-3000:]
 
 
@@ -140,12 +147,14 @@ def job_counts(out) -> dict[str, int]:
 
 @pytest.mark.slow
 def test_another_params_file_reruns_only_what_its_values_change(project, params):
-    # A file that extends the default and adds a seed: the existing runs are reused, whatever the
-    # file's name (the params file's path is not a rerun trigger, its values are).
+    # A file that extends tiny.yaml (so shares its name, its results folder) and adds a seed: the
+    # existing runs are reused, whatever the file's path (the params file's path is not a rerun
+    # trigger, its values are).
     extra = project / "params" / "more_seeds.yaml"
-    extra.write_text(f"extends: default.yaml\nname: more_seeds\nseeds: {params.seeds + [max(params.seeds) + 1]}\n")
+    extra.write_text(f"extends: tiny.yaml\nseeds: {params.seeds + [max(params.seeds) + 1]}\n")
     try:
-        out = snakemake(project, "-n", "--cores", "2", "results/table1.csv", "--configfile", "params/more_seeds.yaml")
+        out = snakemake(project, "-n", "--cores", "2", f"{TINY_RESULTS}/table1.csv", "--configfile",
+                        "params/more_seeds.yaml")
     finally:
         extra.unlink()
     n = len(params.table_datasets) * len(params.methods)
@@ -157,12 +166,12 @@ def test_another_params_file_reruns_only_what_its_values_change(project, params)
 def test_table1_columns_rows_and_values_come_from_metrics(project, params):
     from amflow.workflow_plan import table_runs
 
-    table = read_csv(project / "results" / "table1.csv")
+    table = read_csv(project / TINY_RESULTS / "table1.csv")
     assert list(table.columns) == TABLE1_COLUMNS
     keys = list(dict.fromkeys((d, m) for d, m, _ in table_runs(params)))
     assert list(zip(table["dataset"], table["method"])) == keys, "one row per (dataset, method), params order"
     for _, row in table.iterrows():
-        runs = [project / "results" / row["dataset"] / row["method"] / f"seed{s}" / "metrics.json"
+        runs = [project / TINY_RESULTS / row["dataset"] / row["method"] / f"seed{s}" / "metrics.json"
                 for s in params.seeds]
         metrics = [metrics_of(p) for p in runs]
         check_row(row, metrics, where=f"{row['dataset']}/{row['method']}")
@@ -174,17 +183,17 @@ def test_table1_columns_rows_and_values_come_from_metrics(project, params):
 def test_ablation_tables_values_come_from_metrics(project, params):
     from amflow.workflow_plan import AXES, ablation_runs
 
-    table = read_csv(project / "results" / "ablations.csv")
+    table = read_csv(project / TINY_RESULTS / "ablations.csv")
     assert list(table.columns) == ABLATION_COLUMNS
     runs = ablation_runs(params)
     keys = list(dict.fromkeys((r.axis, r.value, r.dataset) for r in runs))
     assert list(zip(table["axis"], table["value"], table["dataset"])) == keys
     for _, row in table.iterrows():
-        files = [project / "results" / "ablations" / r.axis / r.value / r.dataset / f"seed{r.seed}" / "metrics.json"
+        files = [project / TINY_RESULTS / "ablations" / r.axis / r.value / r.dataset / f"seed{r.seed}" / "metrics.json"
                  for r in runs if (r.axis, r.value, r.dataset) == (row["axis"], row["value"], row["dataset"])]
         check_row(row, [metrics_of(p) for p in files], where=f"{row['axis']}={row['value']} {row['dataset']}")
     for axis in AXES:  # each per-axis file holds the same rows, without the axis column
-        per_axis = read_csv(project / "results" / f"ablation_{axis}.csv")
+        per_axis = read_csv(project / TINY_RESULTS / f"ablation_{axis}.csv")
         assert list(per_axis.columns) == [c for c in ABLATION_COLUMNS if c != "axis"]
         same = table[table["axis"] == axis].drop(columns="axis").reset_index(drop=True)
         pd.testing.assert_frame_equal(per_axis, same, check_dtype=False)
@@ -240,8 +249,8 @@ def markdown_tables_after(text: str, heading: str) -> list[list[dict]]:
 
 @pytest.mark.slow
 def test_report_numbers_are_the_tables_numbers(project, params):
-    text = (project / "results" / "report.md").read_text()
-    table1 = read_csv(project / "results" / "table1.csv")
+    text = (project / TINY_RESULTS / "report.md").read_text()
+    table1 = read_csv(project / TINY_RESULTS / "table1.csv")
     [shown] = markdown_tables_after(text, "## Table 1: methods compared")
     cols = {"top-1 (%)": "top1_pct_mean", "top-5 (%)": "top5_pct_mean", "mean class acc (%)": "mean_class_acc_pct_mean",
             "reversed top-1 (%)": "reversed_top1_pct_mean", "forward top-1, paired (%)": "forward_top1_paired_pct_mean",
@@ -255,7 +264,7 @@ def test_report_numbers_are_the_tables_numbers(project, params):
         for header, column in cols.items():
             assert md[header] == row[column], (row["dataset"], row["method"], header, md[header], row[column])
 
-    ablations = read_csv(project / "results" / "ablations.csv")
+    ablations = read_csv(project / TINY_RESULTS / "ablations.csv")
     acols = {"top-1 (%)": "top1_pct_mean", "mean class acc (%)": "mean_class_acc_pct_mean",
              "epochs to 90%": "epochs_to_90pct_mean", "trainable params": "trainable_params",
              "GFLOPs/clip": "gflops_per_clip", "AM flow variant": "am_flow_variant"}
@@ -276,18 +285,19 @@ def test_report_numbers_are_the_tables_numbers(project, params):
                     [value] = rows[(rows["value"] == md["variant"]) & (rows["dataset"] == dataset)]["top1_pct_mean"]
                     assert cell == value, (md["variant"], dataset)
     for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):  # every image the report shows exists
-        assert (project / "results" / image).is_file(), image
+        assert (project / TINY_RESULTS / image).is_file(), image
 
 
 # --------------------------------------------------------------------------- predict
 @pytest.mark.slow
 def test_predict_prints_top5_for_a_test_video(project, params):
     dataset = params.table_datasets[-1]
-    videos = sorted((project / "data" / dataset / "videos" / "test").glob("*.mp4"))
+    data = paths.dataset_dir(project / "data", paths.dataset_key(params, dataset))
+    videos = sorted((data / "videos" / "test").glob("*.mp4"))
     assert videos, "no test video"
-    classes = (project / "data" / dataset / "classes.txt").read_text().split()
+    classes = (data / "classes.txt").read_text().split()
     # The README's form, `amflow predict video.mp4 --run <run folder>`, with the folder from the layout's code.
-    out = run([BIN / "amflow", "predict", videos[0], "--run", paths.run_dir(project / "results", dataset, "amflow", 0)],
+    out = run([BIN / "amflow", "predict", videos[0], "--run", paths.run_dir(project / TINY_RESULTS, dataset, "amflow", 0)],
               project)
     lines = [line for line in out.stdout.splitlines() if line.strip()]
     assert len(lines) == 5, out.stdout
@@ -306,15 +316,58 @@ def test_changed_train_param_retrains_the_run(project, tmp_path):
     """Snakemake reruns a training job whose params changed (its "params" rerun trigger); the rerun
     must train with the new params, not stop on the previous run's checkpoint left in the run folder."""
     work = copy_of(project, tmp_path / "project")
-    target = "results/synth_static/frame/seed0/metrics.json"
-    params_file = work / "params" / "default.yaml"
+    target = f"{TINY_RESULTS}/synth_static/frame/seed0/metrics.json"
+    params_file = work / "params" / "tiny.yaml"
     params_file.write_text(params_file.read_text().replace("lr: 0.001,", "lr: 0.002,", 1))
     assert "lr: 0.002" in params_file.read_text()
-    plan = snakemake(work, "-n", "--cores", "2", target)
+    plan = snakemake(work, "-n", "--cores", "2", target, *TINY)
     assert "Params have changed" in plan.stdout + plan.stderr, plan.stdout[-3000:]
-    snakemake(work, "--cores", "2", target)
-    saved = (work / "results/synth_static/frame/seed0/params.yaml").read_text()
+    snakemake(work, "--cores", "2", target, *TINY)
+    saved = (work / TINY_RESULTS / "synth_static/frame/seed0/params.yaml").read_text()
     assert "lr: 0.002" in saved
+
+
+# --------------------------------------------------------------------------- the Snakemake way
+@pytest.mark.slow
+def test_config_override_reaches_the_run(project, tmp_path):
+    """`--config` on top of `--configfile`: the changed value reruns the job, and the job uses it."""
+    work = copy_of(project, tmp_path / "project")
+    target = f"{TINY_RESULTS}/synth_static/frame/seed0/metrics.json"
+    override = ("--config", "train={epochs: 1}")
+    plan = snakemake(work, "-n", "--cores", "2", target, *TINY, *override)
+    assert "Params have changed" in plan.stdout + plan.stderr, plan.stdout[-3000:]
+    snakemake(work, "--cores", "2", target, *TINY, *override)
+    assert metrics_of(work / target)["epochs"] == 1
+    assert yaml.safe_load((work / TINY_RESULTS / "synth_static/frame/seed0/params.yaml").read_text())["train"]["epochs"] == 1
+
+
+@pytest.mark.slow
+def test_second_params_file_overwrites_nothing(project):
+    """The default beside the tiny run: every file it would write is a new one, in its own namespace."""
+    out = snakemake(project, "-n", "--cores", "2")
+    outputs = [path for line in out.stdout.splitlines() if line.strip().startswith("output:")
+               for path in line.split(":", 1)[1].strip().split(", ")]
+    assert len(outputs) > 20 and any(p.startswith("data/") for p in outputs), out.stdout[-3000:]
+    existing = [p for p in outputs if (project / p).exists()]
+    assert not existing, existing
+    assert all(p.startswith(("data/", "results/default/")) for p in outputs), outputs
+
+
+@pytest.mark.slow
+def test_snakemake_report_holds_tables_and_figures(project, tmp_path):
+    import zipfile
+
+    report_zip = tmp_path / "report.zip"
+    snakemake(project, f"{TINY_RESULTS}/report.md", "--report", report_zip, *TINY)
+    with zipfile.ZipFile(report_zip) as z:
+        names = z.namelist()
+        text = "".join(z.read(n).decode("utf-8", "replace") for n in names if n.endswith((".html", ".js")))
+    for produced in ("table1.csv", "ablations.csv", "ablation_variant.csv", "accuracy.png", "convergence.png",
+                     "amflow_heatmaps.png", "camera_motion.png", "confusion.png", "curves.png"):
+        assert any(n.endswith(produced) for n in names), (produced, names[:50])
+    for caption in sorted((ROOT / "workflow" / "report").glob("*.rst")):  # every caption is used
+        first_words = " ".join(caption.read_text().split()[:4])
+        assert first_words in text, caption.name
 
 
 # --------------------------------------------------------------------------- lint

@@ -52,8 +52,9 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     make_tiny_dataset(root / "data")
     params = aligned_params()
-    run_camera_motion(params, "tiny", paths.frames_dir(root / "data", "tiny"), paths.camera_dir(root / "results", "tiny"),
-                      motion_path=paths.motion_file(root / "data", "tiny"), track=False, workers=1, progress=False)
+    run_camera_motion(params, "tiny", paths.frames_dir(root / "data", paths.dataset_key(params, "tiny")),
+                      paths.camera_dir(root / "results", "tiny"), motion_path=paths.motion_file(root / "results", "tiny"),
+                      track=False, workers=1, progress=False)
     kw = dict(dataset="tiny", method="amflow", seed=0, data_dir=root / "data", results_dir=root / "results")
     info = train_run(params, progress=False, **kw)
     metrics = evaluate_run(params, progress=False, **kw)
@@ -151,8 +152,8 @@ def test_predict_samples_like_the_evaluation(trained, monkeypatch):
 
     root, params, *_ = trained
     run_dir = root / "results" / "tiny" / "amflow" / "seed0"
-    frames_dir = paths.frames_dir(root / "data", "tiny")
-    test = ClipDataset(frames_dir, "test", params.sampling, train=False, motion=paths.motion_file(root / "data", "tiny"))
+    frames_dir = paths.frames_dir(root / "data", paths.dataset_key(params, "tiny"))
+    test = ClipDataset(frames_dir, "test", params.sampling, train=False, motion=paths.motion_file(root / "results", "tiny"))
     item = test[3]
     cached = FrameCache(frames_dir).read(int(test.positions[3]))
     monkeypatch.setattr("amflow.data.video.read_video", lambda path, short_side=None, backend=None: (cached, 25.0))

@@ -122,3 +122,51 @@ def test_a_boolean_where_a_number_is_expected_is_an_error(tmp_path, key, value, 
     # ... while real booleans and free-form values still are booleans
     p = load_params(ROOT / "params/tiny.yaml", {"train": {"amp": False}, "backbone": {"kwargs": {"qkv_bias": True}}})
     assert p.train.amp is False and p.backbone.kwargs["qkv_bias"] is True
+
+
+# --------------------------------------------------------------------------- Snakemake's config
+def resolved(command_line: dict):
+    from amflow.params import resolve_workflow_config, validate
+
+    return validate(resolve_workflow_config(command_line, ROOT / "params/default.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_a_shipped_file_given_to_snakemake_is_that_file(path):
+    # What Snakemake's --configfile gives the workflow: the file's own keys, `extends:` unresolved.
+    assert resolved(yaml.safe_load(path.read_text())) == load_params(path)
+
+
+def test_config_overrides_merge_over_the_default():
+    p = resolved({"train": {"epochs": 1}, "seeds": [0, 1]})
+    default = load_params(ROOT / "params/default.yaml")
+    assert p.train.epochs == 1 and p.seeds == [0, 1]
+    assert p.train.lr == default.train.lr and p.datasets == default.datasets and p.name == default.name
+
+
+def test_written_params_are_named_by_their_content(tmp_path):
+    from amflow.params import write_resolved
+
+    default = load_params(ROOT / "params/default.yaml")
+    a = write_resolved(default, tmp_path)
+    assert write_resolved(load_params(ROOT / "params/default.yaml"), tmp_path) == a
+    b = write_resolved(resolved({"train": {"epochs": 1}}), tmp_path)
+    assert a != b and a.name.startswith("default-")
+    assert load_params(a) == default and load_params(b).train.epochs == 1
+
+
+def test_data_keys_share_equal_specs_and_separate_different_ones():
+    from amflow import paths
+
+    default = load_params(ROOT / "params/default.yaml")
+    seeds = load_params(ROOT / "params/default_seeds.yaml")
+    tiny = load_params(ROOT / "params/tiny.yaml")
+    for d in default.datasets:
+        assert paths.dataset_key(default, d) == paths.dataset_key(seeds, d)
+        assert paths.dataset_key(default, d) != paths.dataset_key(tiny, d)
+        assert paths.dataset_key(default, d).startswith(f"{d}-")
+    assert paths.pretrain_images_dir("data", default) != paths.pretrain_images_dir("data", tiny)
+    # Key order in the file does not matter: the hash is of the values.
+    spec = default.datasets["synth_static"].model_dump(mode="json")
+    reordered = type(default.datasets["synth_static"]).model_validate(dict(reversed(list(spec.items()))))
+    assert paths.spec_hash(reordered) == paths.spec_hash(default.datasets["synth_static"])

@@ -212,13 +212,14 @@ def test_write_heatmaps_end_to_end(tmp_path):
         "model": {"adapter": {"bottleneck": 8}, "am_flow": {"variant": "auto"}}})
     for d, decision in names.items():
         rp = run_paths(p, d, "amflow", 3, data, results)
-        make_tiny_dataset(data, d, size=16, frames=8, per_split={"train": 4, "val": 2, "test": 3})
+        make_tiny_dataset(data, d, size=16, frames=8, per_split={"train": 4, "val": 2, "test": 3}, params=p)
         n_frames = (4 + 2 + 3) * 8              # videos x frames in the cache
         transforms = np.tile(np.eye(3, dtype=np.float32), (n_frames, 1, 1))
         moving = np.zeros(9, bool)
         if decision == "aligned":
             transforms[:, 0, 2] = 1.0            # a one-pixel pan per frame
             moving[[0, 7, 8]] = True            # test videos are positions 6, 7, 8: the choice is 7
+        rp.motion.parent.mkdir(parents=True, exist_ok=True)
         np.savez(rp.motion, transforms=transforms, valid=np.ones(n_frames, bool), video_moving=moving)
         write(results / d / "camera_motion.json", {"decision": decision, "share_moving": 0.0})
         model = build_run_model(p, d, "amflow", 4, decision, None, 3)

@@ -45,7 +45,7 @@ CLIENTS = ("sbatch", "squeue", "scontrol", "sinfo", "srun")
 TEST_FLAGS = ("--slurm-status-command", "squeue", "--slurm-no-account",
               "--slurm-init-seconds-before-status-checks", "1")
 PROFILE = yaml.safe_load((ROOT / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
-RUN = "results/synth_moving/frame/seed0"
+RUN = "results/tiny/synth_moving/frame/seed0"  # in the shared run (--configfile params/tiny.yaml)
 
 
 def _which(name: str):
@@ -198,7 +198,7 @@ def job_blocks(text: str) -> list[tuple[str, dict, str, int]]:
 
 def test_profile_gives_each_rule_its_resources(cluster, tmp_path):
     project = make_project_copy(tmp_path / "project")
-    out = snakemake(project, "--profile", "workflow/profiles/slurm", *TEST_FLAGS, "-n", "-F", "results/report.md",
+    out = snakemake(project, "--profile", "workflow/profiles/slurm", *TEST_FLAGS, "-n", "-F", "results/default/report.md",
                     env=cluster_env(project, cluster))
     jobs = job_blocks(out.stdout + out.stderr)
     rules = {rule for rule, *_ in jobs}
@@ -235,7 +235,7 @@ def test_training_runs_through_sbatch_with_the_profiles_resources(cluster, tmp_p
     shutil.rmtree(project / RUN)  # the one run to redo: train (gpu: 4, torchrun) then evaluate (gpu: 1)
     env = cluster_env(project, cluster)
     out = snakemake(project, "--profile", "workflow/profiles/slurm", *TEST_FLAGS, f"{RUN}/metrics.json",
-                    env=env, timeout=600)
+                    "--configfile", "params/tiny.yaml", env=env, timeout=600)
     text = out.stdout + out.stderr
     submitted = re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*?/rule_(\w+?)/", text)
     assert sorted(rule for _, rule in submitted) == ["evaluate", "train"], text[-4000:]

@@ -36,7 +36,7 @@ def make_colour_dataset(data_dir: Path, size: int = 16, frames: int = 8) -> None
 
     colours = np.array([[230, 30, 30], [30, 230, 30], [30, 30, 230], [230, 230, 30]], dtype=np.uint8)
     rng = np.random.default_rng(0)
-    root = data_dir / "tiny"
+    root = paths.dataset_dir(data_dir, paths.dataset_key(tiny_params(), "tiny"))
     root.mkdir(parents=True)
     (root / "classes.txt").write_text("".join(f"{c}\n" for c in CLASSES))
     (root / "dataset.json").write_text(json.dumps({"source": "test"}))
@@ -46,7 +46,7 @@ def make_colour_dataset(data_dir: Path, size: int = 16, frames: int = 8) -> None
             noise = rng.integers(0, 40, size=(frames, size, size, 3))
             clip = np.clip(colours[i % 4] * 0.8 + noise, 0, 255).astype(np.uint8)
             videos.append({"video_id": f"{split}{i:03d}", "split": split, "label": i % 4, "frames": clip})
-    write_cache(paths.frames_dir(data_dir, "tiny"), videos)
+    write_cache(paths.frames_dir(data_dir, paths.dataset_key(tiny_params(), "tiny")), videos)
 
 
 def _setup(tmp_path, trials=3, space=None, pruner=None, fixed=None):
@@ -161,12 +161,13 @@ def test_killed_sweep_resumes_to_the_requested_count(tmp_path):
     cmd = [sys.executable, "-m", "amflow.cli", "sweep", "--params", str(params_file), "--space", str(space_file),
            "--dataset", "tiny", "--method", "frame", "--study-name", "s", "--data-dir", str(tmp_path / "data"),
            "--results-dir", str(results_dir)]
-    url = f"sqlite:///{(results_dir / 'sweeps/tiny/frame/study.db').resolve()}"
+    folder = results_dir / "tiny" / "sweeps/tiny/frame"  # the CLI works in the params' namespace (name: tiny)
+    url = f"sqlite:///{(folder / 'study.db').resolve()}"
     from optuna.trial import TrialState
 
     log = open(tmp_path / "first_run.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    trials_dir = results_dir / "sweeps/tiny/frame/trials"
+    trials_dir = folder / "trials"
     deadline = time.time() + 240
     try:
         # Kill while trial 1 is running, after trial 0 finished. Watch the run folders rather than the
@@ -186,7 +187,7 @@ def test_killed_sweep_resumes_to_the_requested_count(tmp_path):
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     study = _study(url)
-    _check_exact(study, results_dir / "sweeps/tiny/frame/trials", 3)
+    _check_exact(study, trials_dir, 3)
     interrupted = [t for t in study.trials if t.state == TrialState.FAIL]
     assert len(interrupted) == 1 and "error" not in interrupted[0].user_attrs
     # Its parameters were queued again, marked as its replacement, and finished: nothing lost.

@@ -74,7 +74,7 @@ def check_store(uri: str, run_dir: Path, data_dir: Path, epochs: int = 2):
     assert 0.0 <= run.data.metrics["test_top1"] <= 1.0 and "test_mean_class_acc" in run.data.metrics
     tags = run.data.tags
     assert tags["amflow.stage"] == "evaluate" and tags["amflow.method"] == "frame"
-    manifest = paths.frames_dir(data_dir, "tiny") / "manifest.csv"
+    manifest = paths.frames_dir(data_dir, paths.dataset_key(tiny_params(), "tiny")) / "manifest.csv"
     assert tags["amflow.data_manifest_sha256"] == tracking.file_sha256(manifest)
     # every tag is MLflow's own (mlflow.*) or in the project's one namespace
     assert all(k.startswith(("mlflow.", "amflow.")) for k in tags), sorted(tags)

@@ -1,11 +1,13 @@
 """The DAG definitions: dvc.yaml is generated from the Snakemake workflow, and the CLI explains itself."""
-import subprocess
-import sys
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from amflow.cli import build_parser
+from amflow.params import load_params
+from project_copy import make_project_copy, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,8 +21,6 @@ def test_dvc_yaml_matches_snakemake_workflow(monkeypatch):
 
 
 def test_dvc_yaml_stages_cover_the_pipeline(monkeypatch):
-    import yaml
-
     monkeypatch.chdir(ROOT)
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     rules = {name.split("--")[0] for name in stages}
@@ -35,17 +35,93 @@ def test_dvc_yaml_stages_cover_the_pipeline(monkeypatch):
     for name, st in stages.items():
         for dep in st["deps"]:
             assert dep in produced or dep == "amflow", f"{name}: dep {dep} is produced by no stage"
+    # DVC refuses a params key that its file does not state ("Parameters ... are missing from ...").
+    for name, st in stages.items():
+        for entry in st.get("params", []):
+            for file, keys in entry.items():
+                doc = yaml.safe_load((ROOT / file).read_text())
+                for key in keys:
+                    node = doc
+                    for part in key.split("."):
+                        assert isinstance(node, dict) and part in node, f"{name}: {file} does not state {key}"
+                        node = node[part]
+    # Metrics: the evaluations' numeric scores only.
+    metrics = [m for st in stages.values() for m in st.get("metrics", [])]
+    assert metrics and all(Path(m).name == "scores.json" for m in metrics), metrics
 
 
-def test_snakemake_dry_run_plans_the_table(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-F", "--cores", "2", "-d", str(ROOT),
-                          "-s", str(ROOT / "Snakefile"), "results/table1.csv"],
-                         cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A copy of the shipped project: Snakemake writes its state (.snakemake/) there, not in the checkout."""
+    return make_project_copy(tmp_path_factory.mktemp("workflow") / "project")
+
+
+def planned(out) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule -> number of jobs."""
+    lines = (out.stdout + out.stderr).splitlines()
+    start = lines.index("Job stats:") + 3
+    counts = {}
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        name, count = line.split()
+        counts[name] = int(count)
+    return counts
+
+
+def shell_params_file(out, project: Path, rule: str) -> dict:
+    """The params file a planned job of ``rule`` reads (``--params FILE`` in its shell command)."""
     text = out.stdout + out.stderr
-    for rule in ("prepare_dataset", "extract_frames", "camera_motion", "pretrain_backbone", "train", "evaluate",
-                 "table1"):
-        assert rule in text
+    block = text[text.index(f"rule {rule}:"):]
+    path = re.search(r"--params (\S+)", block).group(1)
+    return yaml.safe_load((project / path).read_text())
+
+
+def test_bare_dry_run_plans_table1_of_the_default(project):
+    out = snakemake(project, "-n", "-p")  # `rule all`: table 1 of params/default.yaml; no target, no --cores
+    counts = planned(out)
+    p = load_params(ROOT / "params" / "default.yaml")
+    n = len(p.table_datasets) * len(p.methods) * len(p.seeds)
+    assert counts["all"] == 1 and counts["table1"] == 1 and counts["train"] == n and counts["evaluate"] == n
+    assert "results/default/table1.csv" in out.stdout
+    assert shell_params_file(out, project, "train") == p.model_dump(mode="json")
+
+
+@pytest.mark.parametrize("flag", ["--dag", "--rulegraph"])
+def test_dag_and_rulegraph_need_no_cores(project, flag):
+    out = snakemake(project, flag)
+    assert out.stdout.lstrip().startswith("digraph"), out.stdout[:500] + out.stderr[-2000:]
+    for rule in ("prepare_dataset", "extract_frames", "train", "evaluate", "table1", "all"):
+        assert rule in out.stdout, rule
+
+
+def test_config_override_reaches_the_jobs(project):
+    out = snakemake(project, "-n", "-p", "--config", "train={epochs: 1, lr: 0.01}", "seeds=[0, 1]")
+    used = shell_params_file(out, project, "train")
+    assert used["train"]["epochs"] == 1 and used["train"]["lr"] == 0.01 and used["seeds"] == [0, 1]
+    assert used["train"]["batch_size"] == 16  # the rest of the default stays
+    assert planned(out)["train"] == 20
+
+
+def test_configfile_complete_or_extending(project):
+    # A complete params file replaces the default (no synth dataset left), in its own namespace.
+    out = snakemake(project, "-n", "--configfile", "params/k400.yaml")
+    assert "results/k400/table1.csv" in out.stdout and "synth_" not in out.stdout
+    assert planned(out)["prepare_dataset"] == 1
+    # A file that extends the default, with a --config override on top, in either order.
+    for args in (("--configfile", "params/default_seeds.yaml", "--config", "train={epochs: 1}"),
+                 ("--config", "train={epochs: 1}", "--configfile", "params/default_seeds.yaml")):
+        out = snakemake(project, "-n", "-p", *args)
+        used = shell_params_file(out, project, "train")
+        assert used["name"] == "default_seeds" and used["seeds"] == [0, 1, 2] and used["train"]["epochs"] == 1
+        assert "results/default_seeds/table1.csv" in out.stdout
+
+
+def test_bad_config_is_one_clear_line(project):
+    out = snakemake(project, "-n", "--config", "train={epochz: 1}", check=False)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "train.epochz: unknown key" in text and "Traceback" not in text, text[-3000:]
 
 
 SUBCOMMANDS = [a.dest for a in build_parser()._subparsers._group_actions[0]._choices_actions]

@@ -1,9 +1,9 @@
 """The one annotation format every dataset is converted to.
 
-A prepared dataset lives in ``data/<dataset>/``:
+A prepared dataset lives in ``data/<dataset>-<spec>/`` (:mod:`amflow.paths`):
 
 - ``classes.txt``: one class name per line; the line number (from 0) is the label index.
-- ``annotations/<split>.csv``: columns ``video`` (path relative to ``data/<dataset>/`` or absolute),
+- ``annotations/<split>.csv``: columns ``video`` (path relative to that folder or absolute),
   ``label`` (int index) and ``label_name``, plus optional dataset extras (``subject``, ``camera``,
   ``youtube_id``...), one row per video.
 - ``dataset.json``: how it was made (source, counts per split); written last, so its presence

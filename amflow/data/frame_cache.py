@@ -1,6 +1,6 @@
 """The sharded frame cache: write side (:class:`ShardWriter`) and read side (:class:`FrameCache`).
 
-Layout of ``data/<dataset>/frames/`` (docs/architecture.md, "Frame cache"):
+Layout of ``data/frames/<dataset>-<spec>/`` (docs/architecture.md, "Frame cache"):
 
 - ``shard_00000.bin``: frame records back to back, each raw uint8 HxWx3 (``encoding: raw``) or one
   JPEG file (``encoding: jpeg``). A video never straddles two shards, so a shard holds at most

@@ -1,4 +1,4 @@
-"""``amflow prepare``: make ``data/<dataset>/`` ready in the common annotation format.
+"""``amflow prepare``: make ``data/<dataset>-<spec>/`` ready in the common annotation format.
 
 Dispatch on ``DatasetSpec.source``:
 
@@ -135,7 +135,7 @@ def _builder(source: str):
 
 
 def prepare_dataset(params: Params, dataset_name: str, out_dir: Path):
-    """Generate, download or verify dataset ``dataset_name`` into ``out_dir`` (``data/<dataset>``)."""
+    """Generate, download or verify dataset ``dataset_name`` into ``out_dir`` (``data/<dataset>-<spec>``)."""
     try:
         spec = params.dataset(dataset_name)
     except KeyError as exc:

@@ -330,7 +330,7 @@ def _workers(requested: int, tasks: int) -> int:
 
 
 def generate_dataset(params: Params, dataset_name: str, out_dir: str | Path) -> dict:
-    """Generate SynthMotion dataset ``dataset_name`` into ``out_dir`` (``data/<dataset>``).
+    """Generate SynthMotion dataset ``dataset_name`` into ``out_dir`` (``data/<dataset>-<spec>``).
 
     Nothing is done when ``dataset.json`` records the same spec and generator version and every file
     is present. Otherwise the folder's SynthMotion outputs are removed and rewritten, ``dataset.json``

@@ -34,7 +34,7 @@ def _backbone_path(params, meta: dict, run_dir: Path) -> Optional[Path]:
 
     recorded = meta.get("backbone_weights")
     candidates = [Path(recorded)] if recorded else []
-    # A moved results tree: the nearest results/backbone/ above the run folder.
+    # A moved results tree: the nearest backbone/ folder above the run folder.
     candidates += [paths.backbone_file(up) for up in run_dir.resolve().parents]
     for c in candidates:
         if c.is_file():
@@ -98,7 +98,7 @@ class Predictor:
         for name in (PARAMS_YAML, CHECKPOINT):
             if not (run_dir / name).exists():
                 raise AmflowError(f"{run_dir / name}: not found; --run must be a trained run folder "
-                                  f"(results/<dataset>/<method>/seed<k>)")
+                                  f"(results/<name>/<dataset>/<method>/seed<k>)")
         params = load_params(run_dir / PARAMS_YAML)
         state = ckpt.load_checkpoint(run_dir / CHECKPOINT)
         if not (run_dir / TRAIN_JSON).exists():

@@ -1,12 +1,13 @@
 """Stage glue for ``amflow evaluate``: multi-view testing of a trained run, metrics, plots, MLflow.
 
 Test views come from the dataset's sampling params (``test_clips`` x ``test_crops``); the softmax is
-averaged over the views of a video. Outputs in the run folder: ``per_class.csv``, ``confusion.png``,
-``curves.png`` and ``metrics.json`` (written before the MLflow logging, which retries on a busy
-store). Evaluation runs in one process (rank 0 only under torchrun: the other ranks return at once);
-it is cheap next to training.
+averaged over the views of a video. Outputs in the run folder: ``per_class.csv``, ``predictions.csv``
+(true and predicted class of every test clip: DVC's confusion plot), ``confusion.png``, ``curves.png``,
+``scores.json`` (the numeric test scores alone: DVC's metrics) and ``metrics.json`` (everything; written
+before the MLflow logging, which retries on a busy store). Evaluation runs in one process (rank 0 only
+under torchrun: the other ranks return at once); it is cheap next to training.
 
-Temporal-sensitivity diagnostic: when ``data/<D>/dataset.json`` has ``time_reversal`` (label index ->
+Temporal-sensitivity diagnostic: when the dataset's ``dataset.json`` has ``time_reversal`` (label index ->
 label index of the time-reversed action, keys as strings), the test clips of classes with a partner
 are also played backwards (the T axis flipped; camera transforms reversed and inverted,
 ``H'_t = inv(H_{T-2-t})``) and scored against the partner labels: ``reversed_top1``. A model blind to
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
@@ -39,6 +41,10 @@ from amflow.progress import bar as progress_bar
 
 METRICS_JSON = "metrics.json"
 PER_CLASS_CSV = "per_class.csv"
+PREDICTIONS_CSV = "predictions.csv"
+SCORES_JSON = "scores.json"
+# metrics.json keys repeated in scores.json: the test scores, and the epochs trained for them.
+SCORES = ("top1", "top5", "mean_class_acc", "both_directions_top1", "epochs")
 CONFUSION_PNG = "confusion.png"
 CURVES_PNG = "curves.png"
 
@@ -224,6 +230,9 @@ def _evaluate_locked(params: Params, paths, *, dataset: str, method: str, seed: 
     table = M.per_class_table(out.labels, preds, classes)
     with io.atomic_path(run_dir / PER_CLASS_CSV) as tmp:
         table.to_csv(tmp, index=False)
+    with io.atomic_path(run_dir / PREDICTIONS_CSV) as tmp:
+        pd.DataFrame({"label": [classes[i] for i in out.labels],
+                      "predicted": [classes[i] for i in preds]}).to_csv(tmp, index=False)
     title = f"{dataset} / {method} / seed {seed}"
     confusion_png(M.confusion_matrix(out.labels, preds, len(classes)), classes, run_dir / CONFUSION_PNG,
                   title=f"{title}: test top-1 {scores['top1']:.3f} ({views} view(s))")
@@ -247,6 +256,7 @@ def _evaluate_locked(params: Params, paths, *, dataset: str, method: str, seed: 
         "num_classes": len(classes), "classes_in_test": scores["classes_in_test"],
         "mlflow_run_id": train_info.get("mlflow_run_id"),
     }
+    io.write_json(run_dir / SCORES_JSON, {k: result[k] for k in SCORES})
     io.write_json(run_dir / METRICS_JSON, result)  # on disk first: a tracking failure must not lose it
     logged = ("top1", "top5", "mean_class_acc", "reversed_top1", "forward_top1_paired", "both_directions_top1",
               "eval_time_s", "views")

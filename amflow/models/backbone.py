@@ -34,7 +34,7 @@ def _load_pretrain_file(model: nn.Module, spec: BackboneSpec, weights_path: Opti
 
     if weights_path is None:
         raise AmflowError(
-            "backbone.weights: pretrain needs the pretrained backbone file (results/backbone/"
+            "backbone.weights: pretrain needs the pretrained backbone file (results/<name>/backbone/"
             "backbone.safetensors); run `amflow pretrain-backbone` first, or set backbone.weights "
             "to hub, file or random")
     weights_path = Path(weights_path)

@@ -1,6 +1,6 @@
-"""``results/report.md``: every table, every plot and a paragraph per table, all generated.
+"""``results/<name>/report.md``: every table, every plot and a paragraph per table, all generated.
 
-Every number in the report is read from ``results/table1.csv`` / ``results/ablations.csv`` (so the
+Every number in the report is read from ``table1.csv`` / ``ablations.csv`` (so the
 report and the tables agree to the last digit, rounding included), from the camera-motion and backbone
 JSON files, or from the params. No number is written by hand; the paragraphs say what the numbers say,
 including when AM flow does not beat a baseline.

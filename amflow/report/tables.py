@@ -1,4 +1,4 @@
-"""The result tables: ``results/table1.csv`` and the ablation tables, pure functions of ``metrics.json``.
+"""The result tables: ``results/<name>/table1.csv`` and the ablation tables, pure functions of ``metrics.json``.
 
 Column scheme (the same whatever the number of seeds, so that scripts reading the CSV never break):
 
@@ -189,7 +189,7 @@ def ablation_axis_file(results_dir: Path, axis: str) -> Path:
 
 
 def write_tables(params: Params, results_dir: Path, which: str = "table1") -> list[Path]:
-    """``which``: ``table1`` -> ``results/table1.csv``; ``ablations`` -> one ``ablation_<axis>.csv`` per
+    """``which``: ``table1`` -> ``table1.csv``; ``ablations`` -> one ``ablation_<axis>.csv`` per
     axis with runs, then ``ablations.csv`` (last: the file Snakemake waits for). Returns the paths."""
     results_dir = Path(results_dir)
     if which == "table1":

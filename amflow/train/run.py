@@ -1,11 +1,12 @@
 """Stage glue for ``amflow train``: resolve the run's inputs, build model and data, train, write outputs.
 
-Inputs (locations from :mod:`amflow.paths`): the frame cache ``data/frames/<D>/``, the camera
-transforms ``data/motion/<D>.npz`` (aligned variant only), ``data/<D>/classes.txt``,
-``results/<D>/camera_motion.json`` (``amflow`` with ``variant: auto``) and
-``results/backbone/backbone.safetensors`` (``backbone.weights: pretrain``).
+Inputs (locations from :mod:`amflow.paths`; ``<key>`` is ``<D>-<spec hash>``, ``results/<name>`` the
+params file's namespace): the frame cache ``data/frames/<key>/``, the camera transforms
+``results/<name>/<D>/motion.npz`` (aligned variant only), ``data/<key>/classes.txt``,
+``results/<name>/<D>/camera_motion.json`` (``amflow`` with ``variant: auto``) and
+``results/<name>/backbone/backbone.safetensors`` (``backbone.weights: pretrain``).
 
-Outputs in the run folder (default ``results/<D>/<M>/seed<S>/``): ``params.yaml`` (the resolved params,
+Outputs in the run folder (default ``results/<name>/<D>/<M>/seed<S>/``): ``params.yaml`` (the resolved params,
 for predict), ``mlflow_run.json`` (when tracking), ``checkpoint.pt`` (every epoch; after the last one it
 holds the final trainable weights), ``train_log.csv`` (every epoch) and ``train.json`` (written once
 training is complete, before the final MLflow logging: the model, summary metrics and files, retried on
@@ -54,13 +55,13 @@ def run_paths(params: Params, dataset: str, method: str, seed: int, data_dir: Pa
     from amflow import paths
 
     try:
-        params.dataset(dataset)
+        key = paths.dataset_key(params, dataset)
     except KeyError as exc:
         raise AmflowError(str(exc.args[0])) from None
     data_dir, results_dir = Path(data_dir), Path(results_dir)
     weights = paths.backbone_file(results_dir) if params.backbone.weights == "pretrain" else None
-    return RunPaths(dataset_dir=paths.dataset_dir(data_dir, dataset), frames_dir=paths.frames_dir(data_dir, dataset),
-                    motion=paths.motion_file(data_dir, dataset), results_dataset_dir=paths.camera_dir(results_dir, dataset),
+    return RunPaths(dataset_dir=paths.dataset_dir(data_dir, key), frames_dir=paths.frames_dir(data_dir, key),
+                    motion=paths.motion_file(results_dir, dataset), results_dataset_dir=paths.camera_dir(results_dir, dataset),
                     backbone_weights=weights,
                     run_dir=Path(run_dir) if run_dir is not None else paths.run_dir(results_dir, dataset, method, seed))
 

@@ -1,17 +1,19 @@
 # Backbone pretraining for the embedded default (real configurations load DINOv2 weights instead).
 
 
-rule pretrain_backbone:
-    input:
-        f"{DATA}/pretrain_images/info.json",
-    output:
-        weights=str(paths.backbone_file(RESULTS)),
-        metrics=f"{RESULTS}/backbone/metrics.json",
-    params:
-        dvc_params=tracked("backbone", "pretrain", "pretrain_images"),
-    threads: workflow.cores
-    log:
-        "logs/pretrain_backbone.log",
-    shell:
-        "amflow pretrain-backbone --params {PARAMS}"
-        " > {log} 2>&1"
+if P.backbone.weights == "pretrain":
+
+    rule pretrain_backbone:
+        input:
+            pretrain_images_info(),
+        output:
+            weights=str(paths.backbone_file(RESULTS)),
+            metrics=str(paths.backbone_dir(RESULTS) / "metrics.json"),
+        params:
+            dvc_params=tracked("backbone", "pretrain", "pretrain_images"),
+        threads: 8
+        log:
+            f"{LOGS}/pretrain_backbone.log",
+        shell:
+            "amflow pretrain-backbone --params {PARAMS}"
+            " > {log} 2>&1"

@@ -5,16 +5,17 @@ rule camera_motion:
     # Ahead of training jobs: AM flow runs wait for it, and it is short.
     priority: 10
     input:
-        f"{DATA}/frames/{{dataset}}/summary.json",
+        lambda w: frames_summary(w.dataset),
     output:
-        json=f"{RESULTS}/{{dataset}}/camera_motion.json",
-        png=f"{RESULTS}/{{dataset}}/camera_motion.png",
-        motion=f"{DATA}/motion/{{dataset}}.npz",
+        json=str(paths.camera_dir(RESULTS, "{dataset}") / "camera_motion.json"),
+        png=report(str(paths.camera_dir(RESULTS, "{dataset}") / "camera_motion.png"), caption=caption("camera_motion"),
+                   category="Camera motion", labels={"dataset": "{dataset}"}),
+        motion=str(paths.motion_file(RESULTS, "{dataset}")),
     params:
         dvc_params=tracked("datasets.{dataset}", "camera_motion"),
-    threads: workflow.cores
+    threads: 8
     log:
-        "logs/camera_motion/{dataset}.log",
+        f"{LOGS}/camera_motion/{{dataset}}.log",
     shell:
         "amflow camera-motion --params {PARAMS} --dataset {wildcards.dataset}"
         " > {log} 2>&1"

@@ -1,26 +1,37 @@
-# Shared set-up: which params file drives the run, and the job lists derived from it.
+# Shared set-up: the params that drive the run, where everything goes, and the job lists.
 #
-# The params file is `params/default.yaml`, or the file given with `--configfile` (Snakemake's
-# config then comes from the same file). It is validated by amflow's schema before any job runs.
+# The params are Snakemake's config, resolved and validated by amflow's schema before any job runs:
+# params/default.yaml (the Snakefile's `configfile:`), unless the command line gives a complete params
+# file (`--configfile params/tiny.yaml`, a file with `datasets`), or a file that `extends:` another;
+# `--config key=value` overrides go on top (amflow.params.resolve_workflow_config).
 import os
-import shlex
+import sys
 
 from amflow import paths
-from amflow.params import load_params
-from amflow.workflow_plan import ablation_runs, table_runs
+from amflow.params import ParamsError, resolve_workflow_config, validate, write_resolved
+from amflow.workflow_plan import ablation_runs, find_ablation, table_runs
 
-PARAMS_FILE = str(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "params/default.yaml"
-P = load_params(PARAMS_FILE)
-# Used directly in the shell commands, not passed as a param (params are rerun triggers, and the file's
-# path must not be one: another file with the same values reuses every result); `tracked` below
-# makes the values the trigger.
-PARAMS = shlex.quote(PARAMS_FILE)
+DEFAULT_PARAMS = "params/default.yaml"
+try:
+    P = validate(resolve_workflow_config(COMMAND_LINE_CONFIG, DEFAULT_PARAMS), "the workflow's config "
+                 f"({DEFAULT_PARAMS}, then --configfile, then --config)")
+except ParamsError as exc:
+    sys.exit(f"error: {exc}")
+# `config` becomes the validated params (defaults filled in): what the jobs and the report see.
+config.clear()
+config.update(P.model_dump(mode="json"))
+# The jobs read these values from a file named by their content. It is passed in the shell commands,
+# not as a param: params are rerun triggers, and a path must not be one (`tracked` below makes the
+# values the trigger, so another params file with the same values reuses every result).
+PARAMS = str(write_resolved(P, paths.RESOLVED_PARAMS_DIR))
 DATA = "data"
-RESULTS = "results"
+RESULTS = str(paths.results_root("results", P.name))
+LOGS = str(paths.logs_root("logs", P.name))
 
 
 wildcard_constraints:
     dataset=paths.DATASET_NAME_PATTERN,
+    spec=paths.SPEC_HASH_RE,
     method="frame|aim|st_adapter|tpa|amflow",
     seed=r"\d+",
     axis=r"[a-z_]+",
@@ -47,15 +58,32 @@ def tracked(*keys):
     return values
 
 
+# Output patterns: the data folders carry the dataset's spec hash as the wildcard {spec}.
+DATASET_DIR = str(paths.dataset_dir(DATA, paths.data_key("{dataset}", "{spec}")))
+FRAMES_DIR = str(paths.frames_dir(DATA, paths.data_key("{dataset}", "{spec}")))
+RUN_DIR = str(paths.run_dir(RESULTS, "{dataset}", "{method}", "{seed}"))
+ABLATION_RUN_DIR = str(paths.ablation_run_dir(RESULTS, "{axis}", "{value}", "{dataset}", "{seed}"))
+
+
+def frames_summary(dataset):
+    """The frame cache's last-written file, for this params file's spec of ``dataset``."""
+    return str(paths.frames_dir(DATA, paths.dataset_key(P, dataset)) / "summary.json")
+
+
+def pretrain_images_info():
+    return str(paths.pretrain_images_dir(DATA, P) / "info.json")
+
+
 def backbone_inputs(wildcards=None):
     return [str(paths.backbone_file(RESULTS))] if P.backbone.weights == "pretrain" else []
 
 
 def train_inputs(wildcards, method=None):
     method = method or wildcards.method
-    deps = [f"{DATA}/frames/{wildcards.dataset}/summary.json"] + backbone_inputs()
+    deps = [frames_summary(wildcards.dataset)] + backbone_inputs()
     if method == "amflow":  # only AM flow reads the camera decision and the cached transforms
-        deps += [f"{RESULTS}/{wildcards.dataset}/camera_motion.json", f"{DATA}/motion/{wildcards.dataset}.npz"]
+        camera = paths.camera_dir(RESULTS, wildcards.dataset)
+        deps += [str(camera / "camera_motion.json"), str(paths.motion_file(RESULTS, wildcards.dataset))]
     return deps
 
 
@@ -67,11 +95,30 @@ def launcher(wildcards, resources):
 
 
 def ablation(wildcards):
-    from amflow.workflow_plan import find_ablation
-
     return find_ablation(P, wildcards.axis, wildcards.value, wildcards.dataset, wildcards.seed)
 
 
 def run_dir_of(wildcards, output):
     """The run folder of a training or evaluation job: the folder of its first output."""
     return os.path.dirname(output[0])
+
+
+def caption(name):
+    """A report caption, workflow/report/<name>.rst (paths in rules are relative to workflow/rules/)."""
+    return f"../report/{name}.rst"
+
+
+def evaluation_outputs(run_dir, category):
+    """The files an evaluation writes into a run folder; the figures go into Snakemake's report."""
+    labels = {"dataset": "{dataset}", "seed": "{seed}"}
+    labels.update({"method": "{method}"} if category == "Runs" else {"ablation": "{axis}={value}"})
+    return dict(
+        metrics=f"{run_dir}/metrics.json",
+        scores=f"{run_dir}/scores.json",
+        per_class=f"{run_dir}/per_class.csv",
+        predictions=f"{run_dir}/predictions.csv",
+        confusion=report(f"{run_dir}/confusion.png", caption=caption("confusion"), category=category,
+                         subcategory="confusion matrices", labels=labels),
+        curves=report(f"{run_dir}/curves.png", caption=caption("curves"), category=category,
+                      subcategory="training curves", labels=labels),
+    )

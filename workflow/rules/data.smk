@@ -1,49 +1,54 @@
 # Datasets: generate (SynthMotion) or download/verify (real datasets), then decode into the frame cache.
+# Data folders are keyed by the spec's hash ({spec}), so params files with equal specs share them.
 
 
 rule prepare_dataset:
     output:
-        f"{DATA}/{{dataset}}/dataset.json",
+        f"{DATASET_DIR}/dataset.json",
     params:
         dvc_params=tracked("datasets.{dataset}"),
-        dvc_outs=lambda w: [f"{DATA}/{w.dataset}"],
+        dvc_outs=lambda w: [DATASET_DIR.format(dataset=w.dataset, spec=w.spec)],
+    threads: 1
     resources:
         runtime=240,
     log:
-        "logs/prepare_dataset/{dataset}.log",
+        f"{LOGS}/prepare_dataset/{{dataset}}-{{spec}}.log",
     shell:
         "amflow prepare --params {PARAMS} --dataset {wildcards.dataset}"
         " > {log} 2>&1"
 
 
-rule pretrain_images:
-    output:
-        f"{DATA}/pretrain_images/info.json",
-    params:
-        dvc_params=tracked("pretrain_images"),
-        dvc_outs=[f"{DATA}/pretrain_images"],
-    log:
-        "logs/pretrain_images.log",
-    shell:
-        "amflow pretrain-images --params {PARAMS}"
-        " > {log} 2>&1"
+if P.pretrain_images is not None:
+
+    rule pretrain_images:
+        output:
+            pretrain_images_info(),
+        params:
+            dvc_params=tracked("pretrain_images"),
+            dvc_outs=[str(paths.pretrain_images_dir(DATA, P))],
+        threads: 1
+        log:
+            f"{LOGS}/pretrain_images.log",
+        shell:
+            "amflow pretrain-images --params {PARAMS}"
+            " > {log} 2>&1"
 
 
 rule extract_frames:
     # Ahead of training jobs: AM flow runs wait for it, and it is short.
     priority: 10
     input:
-        f"{DATA}/{{dataset}}/dataset.json",
+        f"{DATASET_DIR}/dataset.json",
     output:
-        f"{DATA}/frames/{{dataset}}/summary.json",
+        f"{FRAMES_DIR}/summary.json",
     params:
         dvc_params=tracked("datasets.{dataset}"),
-        dvc_outs=lambda w: [f"{DATA}/frames/{w.dataset}"],
-    threads: workflow.cores
+        dvc_outs=lambda w: [FRAMES_DIR.format(dataset=w.dataset, spec=w.spec)],
+    threads: 8
     resources:
         runtime=600,
     log:
-        "logs/extract_frames/{dataset}.log",
+        f"{LOGS}/extract_frames/{{dataset}}-{{spec}}.log",
     shell:
         "amflow extract --params {PARAMS} --dataset {wildcards.dataset}"
         " > {log} 2>&1"

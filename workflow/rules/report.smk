@@ -5,11 +5,12 @@ rule table1:
     input:
         [str(paths.run_dir(RESULTS, d, m, s) / "metrics.json") for d, m, s in table_runs(P)],
     output:
-        f"{RESULTS}/table1.csv",
+        report(f"{RESULTS}/table1.csv", caption=caption("table1"), category="Tables"),
     params:
         dvc_params=tracked("table_datasets", "methods", "seeds"),
+    threads: 1
     log:
-        "logs/table1.log",
+        f"{LOGS}/table1.log",
     shell:
         "amflow tables --params {PARAMS} --which table1"
         " > {log} 2>&1"
@@ -20,13 +21,16 @@ rule ablations:
         [str(paths.ablation_run_dir(RESULTS, r.axis, r.value, r.dataset, r.seed) / "metrics.json")
          for r in ablation_runs(P)],
     output:
-        f"{RESULTS}/ablations.csv",
+        report(f"{RESULTS}/ablations.csv", caption=caption("ablations"), category="Tables"),
         # one table per axis these params ablate (amflow.report.tables.write_tables)
-        [f"{RESULTS}/ablation_{axis}.csv" for axis in dict.fromkeys(r.axis for r in ablation_runs(P))],
+        [report(f"{RESULTS}/ablation_{axis}.csv", caption=caption("ablation_axis"), category="Tables",
+                labels={"table": f"ablation: {axis}"})
+         for axis in dict.fromkeys(r.axis for r in ablation_runs(P))],
     params:
         dvc_params=tracked("ablations", "seeds"),
+    threads: 1
     log:
-        "logs/ablations.log",
+        f"{LOGS}/ablations.log",
     shell:
         "amflow tables --params {PARAMS} --which ablations"
         " > {log} 2>&1"
@@ -35,13 +39,14 @@ rule ablations:
 rule amflow_heatmaps:
     input:
         [str(paths.run_dir(RESULTS, d, "amflow", P.seeds[0]) / "metrics.json") for d in P.table_datasets],
-        [f"{DATA}/motion/{d}.npz" for d in P.table_datasets],
+        [str(paths.motion_file(RESULTS, d)) for d in P.table_datasets],
     output:
-        png=f"{RESULTS}/plots/amflow_heatmaps.png",
+        png=report(f"{RESULTS}/plots/amflow_heatmaps.png", caption=caption("amflow_heatmaps"), category="Figures"),
         gif=f"{RESULTS}/plots/amflow_heatmaps.gif",
         json=f"{RESULTS}/plots/amflow_heatmaps.json",
+    threads: 1
     log:
-        "logs/amflow_heatmaps.log",
+        f"{LOGS}/amflow_heatmaps.log",
     shell:
         "amflow heatmaps --params {PARAMS}"
         " > {log} 2>&1"
@@ -53,11 +58,12 @@ rule report:
         f"{RESULTS}/ablations.csv",
         f"{RESULTS}/plots/amflow_heatmaps.png",
     output:
-        f"{RESULTS}/plots/convergence.png",
-        f"{RESULTS}/plots/accuracy.png",
+        report(f"{RESULTS}/plots/convergence.png", caption=caption("convergence"), category="Figures"),
+        report(f"{RESULTS}/plots/accuracy.png", caption=caption("accuracy"), category="Figures"),
         f"{RESULTS}/report.md",
+    threads: 1
     log:
-        "logs/report.log",
+        f"{LOGS}/report.log",
     shell:
         "amflow report --params {PARAMS}"
         " > {log} 2>&1"

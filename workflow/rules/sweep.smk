@@ -7,9 +7,9 @@ rule sweep:
         sweep_spec="params/sweep.yaml",
     output:
         f"{RESULTS}/sweeps/{{dataset}}/{{method}}/best.yaml",
-    threads: workflow.cores
+    threads: 8
     log:
-        "logs/sweep/{dataset}/{method}.log",
+        f"{LOGS}/sweep/{{dataset}}/{{method}}.log",
     shell:
         "amflow sweep --params {PARAMS} --space {input.sweep_spec} --dataset {wildcards.dataset} "
         "--method {wildcards.method}"

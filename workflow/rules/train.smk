@@ -8,7 +8,7 @@ rule train:
     input:
         train_inputs,
     output:
-        f"{RESULTS}/{{dataset}}/{{method}}/seed{{seed}}/train.json",
+        f"{RUN_DIR}/train.json",
     params:
         launch=launcher,
         dvc_params=tracked("datasets.{dataset}", "sampling", "model", "train", "backbone", "camera_motion"),
@@ -16,7 +16,7 @@ rule train:
     resources:
         gpu=0,
     log:
-        "logs/train/{dataset}/{method}/seed{seed}.log",
+        f"{LOGS}/train/{{dataset}}/{{method}}/seed{{seed}}.log",
     shell:
         "{params.launch} train --params {PARAMS} --dataset {wildcards.dataset} "
         "--method {wildcards.method} --seed {wildcards.seed}"
@@ -25,17 +25,14 @@ rule train:
 
 rule evaluate:
     input:
-        f"{RESULTS}/{{dataset}}/{{method}}/seed{{seed}}/train.json",
+        f"{RUN_DIR}/train.json",
     output:
-        metrics=f"{RESULTS}/{{dataset}}/{{method}}/seed{{seed}}/metrics.json",
-        per_class=f"{RESULTS}/{{dataset}}/{{method}}/seed{{seed}}/per_class.csv",
-        confusion=f"{RESULTS}/{{dataset}}/{{method}}/seed{{seed}}/confusion.png",
-        curves=f"{RESULTS}/{{dataset}}/{{method}}/seed{{seed}}/curves.png",
+        **evaluation_outputs(RUN_DIR, "Runs"),
     params:
         dvc_params=tracked("datasets.{dataset}", "sampling"),
     threads: 1
     log:
-        "logs/evaluate/{dataset}/{method}/seed{seed}.log",
+        f"{LOGS}/evaluate/{{dataset}}/{{method}}/seed{{seed}}.log",
     shell:
         "amflow evaluate --params {PARAMS} --dataset {wildcards.dataset} "
         "--method {wildcards.method} --seed {wildcards.seed}"
@@ -46,7 +43,7 @@ rule train_ablation:
     input:
         lambda w: train_inputs(w, method="amflow"),
     output:
-        f"{RESULTS}/ablations/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}/train.json",
+        f"{ABLATION_RUN_DIR}/train.json",
     params:
         run_dir=run_dir_of,
         launch=launcher,
@@ -56,7 +53,7 @@ rule train_ablation:
     resources:
         gpu=0,
     log:
-        "logs/train_ablation/{axis}/{value}/{dataset}/seed{seed}.log",
+        f"{LOGS}/train_ablation/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}.log",
     shell:
         "{params.launch} train --params {PARAMS} --dataset {wildcards.dataset} --method amflow "
         "--seed {wildcards.seed} --run-dir {params.run_dir} {params.overrides}"
@@ -65,19 +62,16 @@ rule train_ablation:
 
 rule evaluate_ablation:
     input:
-        f"{RESULTS}/ablations/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}/train.json",
+        f"{ABLATION_RUN_DIR}/train.json",
     output:
-        metrics=f"{RESULTS}/ablations/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}/metrics.json",
-        per_class=f"{RESULTS}/ablations/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}/per_class.csv",
-        confusion=f"{RESULTS}/ablations/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}/confusion.png",
-        curves=f"{RESULTS}/ablations/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}/curves.png",
+        **evaluation_outputs(ABLATION_RUN_DIR, "Ablation runs"),
     params:
         run_dir=run_dir_of,
         overrides=lambda w: ablation(w).set_args(),
         dvc_params=tracked("datasets.{dataset}", "sampling", "ablations"),
     threads: 1
     log:
-        "logs/evaluate_ablation/{axis}/{value}/{dataset}/seed{seed}.log",
+        f"{LOGS}/evaluate_ablation/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}.log",
     shell:
         "amflow evaluate --params {PARAMS} --dataset {wildcards.dataset} --method amflow "
         "--seed {wildcards.seed} --run-dir {params.run_dir} {params.overrides}"
