@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union, get_args
 
@@ -15,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from amflow import io
-from amflow.paths import dataset_name_problem
+from amflow.paths import DATASET_NAME_PATTERN, dataset_name_problem
 
 SPLITS = ("train", "val", "test")
 METHODS = ("frame", "aim", "st_adapter", "tpa", "amflow")
@@ -293,6 +294,15 @@ class Params(Strict):
     train: TrainSpec = TrainSpec()
     tracking: TrackingSpec = TrackingSpec()
     ablations: AblationsSpec = AblationsSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, name: str) -> str:
+        # The name becomes results/<name> and logs/<name>: the same rule as a dataset's name.
+        if not re.fullmatch(DATASET_NAME_PATTERN, name):
+            raise ValueError(f"{name!r} is not allowed: use letters, digits, '_' and '-', starting with a letter "
+                             f"or digit (it becomes the folder results/<name>)")
+        return name
 
     @field_validator("datasets")
     @classmethod

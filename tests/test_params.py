@@ -170,3 +170,12 @@ def test_data_keys_share_equal_specs_and_separate_different_ones():
     spec = default.datasets["synth_static"].model_dump(mode="json")
     reordered = type(default.datasets["synth_static"]).model_validate(dict(reversed(list(spec.items()))))
     assert paths.spec_hash(reordered) == paths.spec_hash(default.datasets["synth_static"])
+
+
+@pytest.mark.parametrize("name", ["..", "a/b", "", "../../etc"])
+def test_a_params_name_that_is_not_a_plain_folder_name_is_refused(tmp_path, name):
+    data = yaml.safe_load((ROOT / "params/tiny.yaml").read_text())
+    data["name"] = name
+    with pytest.raises(ParamsError) as err:
+        load_params(_write(tmp_path, data))
+    assert "name" in str(err.value) and "results/<name>" in str(err.value)

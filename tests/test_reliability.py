@@ -21,6 +21,7 @@ from amflow import io, paths
 from amflow.cli import main
 from amflow.data.frame_cache import FrameCache, write_cache
 from amflow.errors import AmflowError
+from amflow.params import load_params
 from project_copy import ROOT, copy_of, make_project_copy, project_env, snakemake
 from standins_train import make_tiny_dataset, tiny_params
 
@@ -53,9 +54,12 @@ def test_a_dataset_named_dot_is_refused_by_validate_and_by_every_stage(tmp_path,
     with pytest.raises(SystemExit) as exit_:  # the CLI refuses the name itself, whatever the params file
         main(["extract", "--params", str(ROOT / "params/tiny.yaml"), "--dataset", "."])
     assert exit_.value.code == 2 and "dataset name '.' is not allowed" in capsys.readouterr().err
+    tiny = load_params(ROOT / "params/tiny.yaml")
     for name in (".", "..", "", "frames"):
-        with pytest.raises(AmflowError, match="dataset name"):
-            paths.frames_dir(tmp_path / "data", name)
+        for make_path in (lambda: paths.dataset_key(tiny, name), lambda: paths.camera_dir(tmp_path, name),
+                          lambda: paths.run_dir(tmp_path, name, "tpa", 0)):
+            with pytest.raises(AmflowError, match="dataset name"):
+                make_path()
 
 
 def test_the_atomic_folder_write_refuses_to_replace_a_store_of_other_outputs(tmp_path):

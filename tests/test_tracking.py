@@ -457,7 +457,7 @@ def test_pretraining_is_a_tracked_run(tmp_path, monkeypatch):
                        "backbone": {"model": "vit_tiny_patch16_224", "kwargs": {
                            "img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}},
                        "pretrain": {"epochs": 2, "batch_size": 64, "lr": 3e-3, "min_gain_over_chance": 0.0}})
-    images = paths.pretrain_images_dir(tmp_path / "data")
+    images = paths.pretrain_images_dir(tmp_path / "data", params)
     pimg.generate_pretrain_images(params, images)
     out = paths.backbone_dir(tmp_path / "results")
     client = MlflowClient(tracking_uri=uri)
