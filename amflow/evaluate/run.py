@@ -88,11 +88,12 @@ def evaluate_model(model: torch.nn.Module, dataset, *, device: torch.device, amp
                    progress: bool = True) -> EvalOutputs:
     from tqdm import tqdm
 
-    from amflow.train.trainer import clip_probs, collate_clips
+    from amflow.train.trainer import clip_probs, collate_clips, loader_worker_init
 
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_clips, pin_memory=device.type == "cuda")
+                        collate_fn=collate_clips, pin_memory=device.type == "cuda",
+                        worker_init_fn=loader_worker_init)
     probs, labels, indices, rev_probs, rev_targets, rev_rows = [], [], [], [], [], []
     seen = 0
     for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, file=sys.stderr, mininterval=1.0):

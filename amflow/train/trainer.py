@@ -40,6 +40,8 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from amflow import io
+from amflow.data.frame_cache import raise_open_file_limit
+from amflow.data.frame_codec import init_worker as init_decoder_worker
 from amflow.errors import AmflowError
 from amflow.params import TrainSpec
 from amflow.train import checkpoint as ckpt
@@ -101,12 +103,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def _worker_init(worker_id: int) -> None:
+def loader_worker_init(worker_id: int) -> None:
+    """DataLoader worker set-up (training and evaluation): seeds, one OpenCV thread, descriptors."""
     # torch gives each worker base_seed + worker_id (base_seed from the loader's generator, which we
     # reseed every epoch); derive numpy/python seeds from it so no worker shares a stream.
     s = torch.initial_seed() % 2**32
     random.seed(s)
     np.random.seed(s)
+    init_decoder_worker()      # one OpenCV thread per worker: N workers x all cores oversubscribes the node
+    raise_open_file_limit()    # a worker maps many shards over an epoch (Kinetics: thousands)
 
 
 # --------------------------------------------------------------------------- results
@@ -173,7 +178,7 @@ class Trainer:
         self.sampler = DistributedSampler(self.train_set, num_replicas=ctx.world_size, rank=ctx.rank,
                                           shuffle=True, seed=self.seed, drop_last=True)
         self.loader_gen = torch.Generator()
-        common = dict(num_workers=spec.num_workers, collate_fn=self.collate, worker_init_fn=_worker_init,
+        common = dict(num_workers=spec.num_workers, collate_fn=self.collate, worker_init_fn=loader_worker_init,
                       pin_memory=self.device.type == "cuda", persistent_workers=False)
         self.train_loader = DataLoader(self.train_set, batch_size=self.batch, sampler=self.sampler, drop_last=True,
                                        generator=self.loader_gen, **common)
