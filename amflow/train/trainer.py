@@ -204,20 +204,33 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, total, warmup)
 
     def _resume(self) -> tuple[int, list[dict], float]:
-        if not self.checkpoint_path.exists():
+        # Rank 0 alone looks at the file and decides; the others follow its word. Were every rank to
+        # check for itself, a late rank could look while rank 0 moves a stale file aside, then skip
+        # the barrier (collectives out of step: a hang until the NCCL timeout) or fail to load.
+        decision, error = "fresh", None
+        if self.ctx.is_main and self.checkpoint_path.exists():
+            try:
+                stale = self._stale_reason(ckpt.load_checkpoint(self.checkpoint_path))
+                decision = f"stale: {stale}" if stale else "resume"
+            except AmflowError as exc:  # a corrupted file: every rank stops with rank 0's message
+                error = str(exc)
+        decision, error = self.ctx.broadcast_object((decision, error))
+        if error:
+            raise AmflowError(error)
+        if decision == "fresh":
             return 0, [], 0.0
-        state = ckpt.load_checkpoint(self.checkpoint_path)
-        stale = self._stale_reason(state)
-        if stale:
+        if decision.startswith("stale"):
             # The run's settings or backbone changed since this checkpoint (Snakemake and DVC rerun the
             # job then): resuming would mix two configurations, so start over and keep the old file aside.
+            self.ctx.barrier()  # every rank is past its last use of the run folder
             if self.ctx.is_main:
                 aside = self.checkpoint_path.with_name("checkpoint.stale.pt")
                 os.replace(self.checkpoint_path, aside)
-                print(f"{self.checkpoint_path}: {stale}; moved it to {aside.name} and training from scratch",
-                      file=sys.stderr)
-            self.ctx.barrier()
+                print(f"{self.checkpoint_path}: {decision[len('stale: '):]}; moved it to {aside.name} and "
+                      "training from scratch", file=sys.stderr)
+            self.ctx.barrier()  # the file is gone before any rank goes on
             return 0, [], 0.0
+        state = ckpt.load_checkpoint(self.checkpoint_path)  # every rank reads it (a shared filesystem)
         ckpt.load_trainable_state(self.model, state["model"], self.checkpoint_path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
