@@ -156,6 +156,40 @@ def test_single_process_needs_no_process_group(monkeypatch):
 def test_cuda_requested_without_gpu_is_an_error(monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(AmflowError, match="no CUDA device"):
+    with pytest.raises(AmflowError, match="CUDA is unusable"):
         init_distributed("cuda")
     assert DistContext().device.type == "cpu"
+
+
+def test_unusable_cuda_fails_at_once_with_the_driver_and_wheel_facts(monkeypatch, tmp_path, capsys):
+    from amflow.train import distributed
+
+    proc = tmp_path / "version"
+    proc.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\n"
+                    "GCC version:  gcc version 12.3.0\n")
+    assert distributed.nvidia_driver_version(proc) == "535.104.05"
+    proc.write_text("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.65.06  Release Build\n")
+    assert distributed.nvidia_driver_version(proc) == "580.65.06"
+    assert distributed.nvidia_driver_version(tmp_path / "absent") is None
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(distributed, "nvidia_driver_version", lambda: "535.104.05")
+    with pytest.raises(AmflowError) as err:
+        distributed.resolve_device("cuda")
+    msg = str(err.value)
+    assert "CUDA 13.0" in msg and "580.65.06 or newer" in msg and "driver is 535.104.05" in msg and "\n" not in msg
+    # auto on a machine with a driver but no usable CUDA still runs, but says why on stderr
+    assert distributed.resolve_device("auto").type == "cpu"
+    assert "CUDA is unusable" in capsys.readouterr().err
+    monkeypatch.setattr(distributed, "nvidia_driver_version", lambda: None)
+    with pytest.raises(AmflowError, match="no NVIDIA driver loaded"):
+        distributed.resolve_device("cuda")
+
+
+def test_gpu_params_files_ask_for_cuda_explicitly():
+    """A GPU job must fail at once rather than train on the CPU until its time limit."""
+    from amflow.params import load_params
+
+    for name in ("k400", "ssv2", "smarthome", "synth_full"):
+        assert load_params(ROOT / "params" / f"{name}.yaml").train.device == "cuda", name

@@ -8,6 +8,8 @@ rule sweep:
     output:
         f"{RESULTS}/sweeps/{{dataset}}/{{method}}/best.yaml",
     threads: workflow.cores
+    resources:
+        gpu=GPUS_PER_JOB,
     log:
         "logs/sweep/{dataset}/{method}.log",
     shell:

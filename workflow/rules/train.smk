@@ -14,7 +14,7 @@ rule train:
         dvc_params=tracked("datasets.{dataset}", "sampling", "model", "train", "backbone", "camera_motion"),
     threads: 1
     resources:
-        gpu=0,
+        gpu=GPUS_PER_JOB,
     log:
         "logs/train/{dataset}/{method}/seed{seed}.log",
     shell:
@@ -34,6 +34,8 @@ rule evaluate:
     params:
         dvc_params=tracked("datasets.{dataset}", "sampling"),
     threads: 1
+    resources:
+        gpu=GPUS_PER_JOB,
     log:
         "logs/evaluate/{dataset}/{method}/seed{seed}.log",
     shell:
@@ -54,7 +56,7 @@ rule train_ablation:
         dvc_params=tracked("datasets.{dataset}", "sampling", "model", "train", "backbone", "camera_motion", "ablations"),
     threads: 1
     resources:
-        gpu=0,
+        gpu=GPUS_PER_JOB,
     log:
         "logs/train_ablation/{axis}/{value}/{dataset}/seed{seed}.log",
     shell:
@@ -76,6 +78,8 @@ rule evaluate_ablation:
         overrides=lambda w: ablation(w).set_args(),
         dvc_params=tracked("datasets.{dataset}", "sampling", "ablations"),
     threads: 1
+    resources:
+        gpu=GPUS_PER_JOB,
     log:
         "logs/evaluate_ablation/{axis}/{value}/{dataset}/seed{seed}.log",
     shell:
