@@ -325,3 +325,23 @@ def test_bf16_autocast_matches_fp32(case):
     torch.testing.assert_close(logits16, logits32, atol=5e-2, rtol=5e-2)
     cos = torch.nn.functional.cosine_similarity(grads16, grads32, dim=0)
     assert cos > 0.99, f"gradient direction under bf16 differs: cosine {cos.item():.4f}"
+
+
+def test_lstm_unit_runs_in_float32_under_autocast():
+    from amflow.models.tpu import LSTMTPU
+
+    torch.manual_seed(0)
+    unit = LSTMTPU(16)
+    z = torch.randn(6, 8, 16)
+    with torch.no_grad():
+        ref = unit(z)
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            seq_amp = unit.lstm(z)[0]                           # what autocast alone does to the recurrence
+            out = unit(z)
+    lstm_ref = unit.lstm(z)[0].detach()
+    assert seq_amp.dtype == torch.bfloat16  # autocast alone would run the recurrence in half precision
+    # the unit's recurrence is float32: only the (autocast) projection differs from the reference
+    with torch.no_grad(), torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        expected = z + unit.proj(lstm_ref)
+    torch.testing.assert_close(out.float(), expected.float(), atol=0, rtol=0)
+    assert (out.float() - ref).abs().max() < 0.05
