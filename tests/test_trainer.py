@@ -194,3 +194,23 @@ def test_loader_workers_use_one_opencv_thread_and_the_hard_descriptor_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert threads == 1
     assert limit == (hard if hard != resource.RLIM_INFINITY else 1 << 20)
+
+
+def test_progress_to_a_file_reads_the_loss_at_most_once_a_minute(tmp_path, monkeypatch):
+    """Each progress figure is a device sync; written to a log file it must not come every step."""
+    import sys
+
+    from amflow.train import trainer as trainer_mod
+
+    reads = []
+    real = trainer_mod.tqdm.set_postfix
+    monkeypatch.setattr(trainer_mod.tqdm, "set_postfix", lambda self, *a, **k: (reads.append(1), real(self, *a, **k)))
+    log = open(tmp_path / "train.log", "w")
+    monkeypatch.setattr(sys, "stderr", log)  # as under Snakemake: `> {log} 2>&1`
+    try:
+        t = make_trainer(tmp_path / "run", tiny_spec(epochs=2))
+        t.progress = True
+        t.fit()
+    finally:
+        log.close()
+    assert t.steps_per_epoch * 2 >= 8 and len(reads) <= 2, len(reads)  # 8 steps; at most one figure a minute

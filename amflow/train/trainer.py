@@ -348,9 +348,12 @@ class Trainer:
         count, wait = 0, 0.0
         lr = self.optimizer.param_groups[0]["lr"]
         it = iter(self.train_loader)
+        # To a terminal the bar refreshes every second; to a log file every minute. Its loss figure waits
+        # for the device (a sync), so it is computed only as often, never per step.
+        interval = 1.0 if sys.stderr.isatty() else 60.0
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{spec.epochs}", unit="step",
-                   disable=not (self.progress and ctx.is_main), leave=False, mininterval=1.0, file=sys.stderr)
-        t0 = time.perf_counter()
+                   disable=not (self.progress and ctx.is_main), leave=False, mininterval=interval, file=sys.stderr)
+        t0 = shown = time.perf_counter()
         for _ in range(self.steps_per_epoch):
             for micro in range(spec.accum_steps):
                 t_wait = time.perf_counter()
@@ -379,8 +382,11 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
             if not bar.disable:
-                rate = count * ctx.world_size / max(1e-9, time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{float(loss_sum) / count:.4f}", clips_s=f"{rate:.1f}", refresh=False)
+                now = time.perf_counter()
+                if now - shown >= interval:
+                    rate = count * ctx.world_size / max(1e-9, now - t0)
+                    bar.set_postfix(loss=f"{float(loss_sum) / count:.4f}", clips_s=f"{rate:.1f}", refresh=False)
+                    shown = now
                 bar.update(1)
         bar.close()
         train_time = time.perf_counter() - t0
