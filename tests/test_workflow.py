@@ -96,5 +96,8 @@ def test_gpu_jobs_declare_their_gpu_so_a_local_gpu_run_gives_each_its_own():
     assert len(gpu_rules) == 10  # 5 methods x (train, evaluate) on k400
     assert all(res.get("gpu") == "1" for _, res in gpu_rules), gpu_rules
     assert all(res.get("gpu", "0") == "0" for rule, res in jobs if rule not in ("train", "evaluate")), jobs
+    pretrain = _dry_run_jobs("--profile", "workflow/profiles/local_gpu", "results/backbone/metrics.json",
+                             "--configfile", "params/synth_full.yaml")
+    assert [res.get("gpu") for rule, res in pretrain if rule == "pretrain_backbone"] == ["1"]
     cpu_jobs = _dry_run_jobs("--cores", "2", "results/table1.csv", "--configfile", "params/tiny.yaml")
     assert all(res.get("gpu", "0") == "0" for _, res in cpu_jobs), cpu_jobs

@@ -131,7 +131,7 @@ def write_train_log(path: Path, history: list[dict]) -> None:
         table.to_csv(tmp, index=False)
 
 
-def _stop_after_from_env() -> Optional[int]:
+def stop_after_from_env() -> Optional[int]:
     value = os.environ.get(STOP_ENV)
     if not value:
         return None
@@ -162,7 +162,7 @@ class Trainer:
         self.ctx = ctx or DistContext()
         self.meta = dict(meta or {})
         self.callbacks = list(callbacks)
-        self.stop_after_epoch = stop_after_epoch if stop_after_epoch is not None else _stop_after_from_env()
+        self.stop_after_epoch = stop_after_epoch if stop_after_epoch is not None else stop_after_from_env()
         self.progress = progress
         self.collate = collate
         self.device = self.ctx.device

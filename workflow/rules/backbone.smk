@@ -10,6 +10,8 @@ rule pretrain_backbone:
     params:
         dvc_params=tracked("backbone", "pretrain", "pretrain_images"),
     threads: workflow.cores
+    resources:
+        gpu=GPUS_PER_JOB,
     log:
         "logs/pretrain_backbone.log",
     shell:
