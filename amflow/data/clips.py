@@ -140,11 +140,31 @@ def test_views(frames: np.ndarray, sampling: SamplingSpec):
 
 
 # --------------------------------------------------------------------------- dataset
+class Normalise:
+    """uint8 clips ``[..., 3, S, S]`` -> float32 ``(x / 255 - mean) / std``, on the device the clips are on.
+
+    Clips travel as uint8 (a quarter of float32 through the loader workers' shared memory and the host
+    to GPU copy) and are normalised where the model runs. Float input is returned unchanged.
+    """
+
+    def __init__(self, mean, std):
+        std = np.asarray(std, np.float64)
+        self.scale = torch.from_numpy((1 / (255 * std)).astype(np.float32)).view(3, 1, 1)  # x*scale + shift
+        self.shift = torch.from_numpy((-np.asarray(mean) / std).astype(np.float32)).view(3, 1, 1)
+
+    def __call__(self, video: torch.Tensor) -> torch.Tensor:
+        if video.dtype != torch.uint8:
+            return video
+        dev = video.device
+        return video.float().mul_(self.scale.to(dev, non_blocking=True)).add_(self.shift.to(dev, non_blocking=True))
+
+
 class ClipDataset(Dataset):
     """Clips of one split of a frame cache (see the module docstring for sampling and views).
 
-    Item: ``video`` float32 ``[T,3,S,S]`` (``[V,T,3,S,S]`` when testing with V > 1 views),
-    ``label`` int, ``transforms`` float32 ``[T-1,3,3]`` (``[V,T-1,3,3]``), ``index`` int.
+    Item: ``video`` uint8 ``[T,3,S,S]`` (``[V,T,3,S,S]`` when testing with V > 1 views), to be put
+    through :attr:`normalise` on the device, ``label`` int, ``transforms`` float32 ``[T-1,3,3]``
+    (``[V,T-1,3,3]``), ``index`` int.
     """
 
     def __init__(self, frames_dir: str | Path, split: str, sampling: SamplingSpec, train: bool,
@@ -165,9 +185,7 @@ class ClipDataset(Dataset):
         self._transforms = self._valid = self._moving = None
         if self.motion_path is not None:
             self._load_motion()
-        std = np.asarray(sampling.std, np.float64)
-        self._scale = (1 / (255 * std)).astype(np.float32)[:, None, None]  # (x/255 - mean)/std = x*scale + shift
-        self._shift = (-np.asarray(sampling.mean) / std).astype(np.float32)[:, None, None]
+        self.normalise = Normalise(sampling.mean, sampling.std)
 
     @property
     def num_views(self) -> int:
@@ -212,19 +230,12 @@ class ClipDataset(Dataset):
                 videos.append(view)
                 maps.append(geo.conjugate(between, c_map) if between is not None else
                             np.tile(np.eye(3), (clips.shape[1] - 1, 1, 1)))
-        video = self._normalise(np.stack(videos))
+        video = np.ascontiguousarray(np.stack(videos).transpose(0, 1, 4, 2, 3))  # uint8 [V,T,3,S,S]
         trans = np.stack(maps).astype(np.float32)
         if len(videos) == 1:
             video, trans = video[0], trans[0]
         return {"video": torch.from_numpy(video), "label": int(self.labels[index]),
                 "transforms": torch.from_numpy(np.ascontiguousarray(trans)), "index": index}
-
-    def _normalise(self, views: np.ndarray) -> np.ndarray:
-        """uint8 [V,T,S,S,3] -> float32 [V,T,3,S,S]; channels moved while still 1 byte, then 2 in-place passes."""
-        out = np.ascontiguousarray(views.transpose(0, 1, 4, 2, 3)).astype(np.float32)
-        out *= self._scale
-        out += self._shift
-        return out
 
     def _between(self, index: int, frames: np.ndarray) -> Optional[np.ndarray]:
         """Source-pixel transforms between successive sampled frames, or None for identity."""

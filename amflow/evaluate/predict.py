@@ -58,7 +58,7 @@ def _clip_transforms(frames: np.ndarray, clip: np.ndarray, view_maps: list[np.nd
 
 @torch.no_grad()
 def predict_video(video: str | Path, run_dir: str | Path, top_k: int = 5) -> list[tuple[str, float]]:
-    from amflow.data.clips import sample_indices, test_views
+    from amflow.data.clips import Normalise, sample_indices, test_views
     from amflow.data.video import read_video
     from amflow.params import load_params
     from amflow.train import checkpoint as ckpt
@@ -92,8 +92,6 @@ def predict_video(video: str | Path, run_dir: str | Path, top_k: int = 5) -> lis
     sampling = params.sampling_for(dataset)
     frames, _fps = read_video(video, short_side=params.dataset(dataset).short_side)
     clips = sample_indices(len(frames), sampling, train=False)  # [C, T]
-    mean = np.asarray(sampling.mean, np.float32)
-    std = np.asarray(sampling.std, np.float32)
     videos, transforms = [], []
     for clip in clips:
         views = test_views(frames[clip], sampling)
@@ -101,10 +99,11 @@ def predict_video(video: str | Path, run_dir: str | Path, top_k: int = 5) -> lis
             transforms += _clip_transforms(frames, clip, [c for _, c in views], params,
                                            bool(compat["identity_for_static"]))
         for view, _ in views:
-            videos.append(((view.astype(np.float32) / 255.0 - mean) / std).transpose(0, 3, 1, 2))
-    batch = torch.from_numpy(np.stack(videos)[None].astype(np.float32))        # [1, V, T, 3, S, S]
+            videos.append(view.transpose(0, 3, 1, 2))
+    batch = torch.from_numpy(np.stack(videos)[None])                            # uint8 [1, V, T, 3, S, S]
     trans = torch.from_numpy(np.stack(transforms)[None].astype(np.float32)) if transforms else None
-    probs = clip_probs(model, batch, trans, device, bool(params.train.amp and device.type == "cuda"))[0].cpu()
+    probs = clip_probs(model, batch, trans, device, bool(params.train.amp and device.type == "cuda"),
+                       Normalise(sampling.mean, sampling.std))[0].cpu()
     k = max(1, min(int(top_k), len(classes)))
     top = torch.topk(probs, k)
     return [(classes[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist())]

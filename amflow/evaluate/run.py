@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -85,7 +85,7 @@ class EvalOutputs:
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, dataset, *, device: torch.device, amp: bool, batch_size: int,
                    num_workers: int = 0, reversal: Optional[dict[int, int]] = None,
-                   progress: bool = True) -> EvalOutputs:
+                   progress: bool = True, normalise: Optional[Callable] = None) -> EvalOutputs:
     from tqdm import tqdm
 
     from amflow.train.trainer import clip_probs, collate_clips, loader_worker_init
@@ -97,7 +97,7 @@ def evaluate_model(model: torch.nn.Module, dataset, *, device: torch.device, amp
     probs, labels, indices, rev_probs, rev_targets, rev_rows = [], [], [], [], [], []
     seen = 0
     for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, file=sys.stderr, mininterval=1.0):
-        p = clip_probs(model, batch["video"], batch["transforms"], device, amp)
+        p = clip_probs(model, batch["video"], batch["transforms"], device, amp, normalise)
         y = batch["label"]
         probs.append(p.cpu().numpy())
         labels.append(y.numpy())
@@ -107,7 +107,7 @@ def evaluate_model(model: torch.nn.Module, dataset, *, device: torch.device, amp
             if keep.any():
                 tr = batch["transforms"][keep] if batch["transforms"] is not None else None
                 v_rev, t_rev = reverse_clips(batch["video"][keep], tr)
-                rev_probs.append(clip_probs(model, v_rev, t_rev, device, amp).cpu().numpy())
+                rev_probs.append(clip_probs(model, v_rev, t_rev, device, amp, normalise).cpu().numpy())
                 rev_targets.append(np.array([reversal[int(v)] for v in y[keep]], dtype=np.int64))
                 rev_rows.append(seen + np.flatnonzero(keep.numpy()))
         seen += len(y)
@@ -198,7 +198,7 @@ def evaluate_run(params: Params, *, dataset: str, method: str, seed: int, data_d
     t0 = time.perf_counter()
     out = evaluate_model(model, test_set, device=device, amp=bool(params.train.amp and device.type == "cuda"),
                          batch_size=batch, num_workers=params.train.num_workers, reversal=reversal,
-                         progress=progress)
+                         progress=progress, normalise=test_set.normalise)
     eval_time = time.perf_counter() - t0
     scores = score(out, len(classes))
 

@@ -73,9 +73,13 @@ def autocast(device: torch.device, amp: bool):
 
 
 def clip_probs(model: torch.nn.Module, video: torch.Tensor, transforms: Optional[torch.Tensor],
-               device: torch.device, amp: bool) -> torch.Tensor:
-    """Class probabilities per item, averaging the softmax over views for ``[B, V, T, 3, S, S]`` input."""
+               device: torch.device, amp: bool, normalise: Optional[Callable] = None) -> torch.Tensor:
+    """Class probabilities per item, averaging the softmax over views for ``[B, V, T, 3, S, S]`` input.
+
+    ``normalise`` turns the clips into model input once on ``device`` (uint8 clips: the dataset's)."""
     video = video.to(device, non_blocking=True)
+    if normalise is not None:
+        video = normalise(video)
     if transforms is not None:
         transforms = transforms.to(device, non_blocking=True)
     views = 1
@@ -153,7 +157,7 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, train_set: Dataset, val_set: Optional[Dataset], spec: TrainSpec, *,
                  seed: int, run_dir: Path, ctx: Optional[DistContext] = None, meta: Optional[dict] = None,
                  callbacks: Iterable[Callable[[dict], None]] = (), stop_after_epoch: Optional[int] = None,
-                 progress: bool = True, collate: Callable = collate_clips):
+                 progress: bool = True, collate: Callable = collate_clips, normalise: Optional[Callable] = None):
         self.model = model
         self.train_set, self.val_set = train_set, val_set
         self.spec = spec
@@ -165,6 +169,7 @@ class Trainer:
         self.stop_after_epoch = stop_after_epoch if stop_after_epoch is not None else stop_after_from_env()
         self.progress = progress
         self.collate = collate
+        self.normalise = normalise or (lambda video: video)  # uint8 clips become model input on the device
         self.device = self.ctx.device
         self.amp = bool(spec.amp and self.device.type == "cuda")
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
@@ -360,7 +365,7 @@ class Trainer:
                 batch = next(it)
                 wait += time.perf_counter() - t_wait
                 labels = batch["label"].to(dev, non_blocking=True)
-                video = batch["video"].to(dev, non_blocking=True)
+                video = self.normalise(batch["video"].to(dev, non_blocking=True))
                 transforms = batch["transforms"]
                 if transforms is not None:
                     transforms = transforms.to(dev, non_blocking=True)
@@ -405,7 +410,7 @@ class Trainer:
         model.eval()
         loss_sum = correct = count = 0.0
         for batch in self.val_loader:
-            probs = clip_probs(model, batch["video"], batch["transforms"], self.device, self.amp)
+            probs = clip_probs(model, batch["video"], batch["transforms"], self.device, self.amp, self.normalise)
             labels = batch["label"].to(self.device)
             loss_sum += float(F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum"))
             correct += float((probs.argmax(dim=-1) == labels).sum())
