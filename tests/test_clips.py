@@ -297,3 +297,40 @@ def test_view_maps_match_the_pixels(toy_cache):
         s = view.shape[1]
         expected = cv2.warpAffine(frames[0].astype(np.float32), c[:2], (s, s), flags=cv2.INTER_LINEAR)
         assert np.abs(expected - view[0])[1:-1, 1:-1].max() <= 2.0
+
+
+def test_motion_file_is_memory_mapped_not_copied(tmp_path):
+    """The per-frame camera table is paged in from the file (shared by all loader workers), and a
+    dataset pickled into a spawned worker carries no copy of it."""
+    import pickle
+
+    from amflow import io
+
+    rng = np.random.default_rng(0)
+    arrays = {"transforms": rng.normal(size=(50, 3, 3)).astype(np.float32), "valid": rng.random(50) > 0.3,
+              "video_moving": np.array([True, False]), "video_id": np.array(["a", "bb"]), "model": np.array("affine")}
+    np.savez(tmp_path / "m.npz", **arrays)  # what the camera-motion stage writes (uncompressed)
+    np.savez_compressed(tmp_path / "c.npz", **arrays)
+    for name in ("m.npz", "c.npz"):
+        z = io.mmap_npz(tmp_path / name)
+        assert set(z) == set(arrays)
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(z[key], value)
+        assert isinstance(z["transforms"], np.memmap) == (name == "m.npz")
+    assert isinstance(io.mmap_npz(tmp_path / "m.npz")["valid"], np.memmap)
+
+    frames = rng.integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
+    write_cache(tmp_path / "f", [{"video_id": f"v{i}", "split": "train", "label": i, "frames": frames}
+                                 for i in range(5)])
+    transforms = np.tile(np.eye(3, dtype=np.float32), (50, 1, 1))
+    transforms[:, 0, 2] = np.arange(50)  # a translation per frame, so the composed maps tell frames apart
+    np.savez(tmp_path / "motion.npz", transforms=transforms, valid=np.ones(50, bool), video_moving=np.ones(5, bool))
+    s = SamplingSpec(num_frames=4, crop_size=16, test_clips=1)
+    ds = ClipDataset(tmp_path / "f", "train", s, train=False, motion=tmp_path / "motion.npz")
+    assert isinstance(ds._transforms, np.memmap)
+    blob = pickle.dumps(ds)
+    assert len(blob) < 20000  # no copy of the table
+    clone = pickle.loads(blob)
+    for i in range(5):
+        assert torch.equal(clone[i]["transforms"], ds[i]["transforms"])
+    assert not torch.equal(ds[0]["transforms"], ds[0]["transforms"] * 0)

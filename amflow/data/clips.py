@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from amflow import io
 from amflow.data import transforms_geometry as geo
 from amflow.data.frame_cache import FrameCache
 from amflow.errors import AmflowError
@@ -201,18 +202,22 @@ class ClipDataset(Dataset):
         path = self.motion_path
         if not path.exists():
             raise AmflowError(f"{path}: motion file not found; run `amflow camera-motion` for this dataset first")
-        with np.load(path) as z:
-            transforms, valid, moving = z["transforms"], z["valid"].astype(bool), z["video_moving"].astype(bool)
+        # Memory maps: pages are read as clips need them and shared by every loader worker (Kinetics-400's
+        # transforms are about 2.6 GB: a copy per process would not fit).
+        z = io.mmap_npz(path)
+        transforms, valid, moving = z["transforms"], z["valid"], z["video_moving"]
         total, videos = self.cache.num_frames_total, len(self.cache)
         if transforms.shape != (total, 3, 3) or valid.shape != (total,) or moving.shape != (videos,):
             raise AmflowError(f"{path}: shapes transforms {transforms.shape}, valid {valid.shape}, video_moving "
                               f"{moving.shape} do not match the frame cache ({total} frames, {videos} videos); "
                               "the cache was re-extracted after it: rerun `amflow camera-motion`")
-        # A split's videos are contiguous in the manifest: keep only its frames (a copy, so the rest is freed).
-        self._g0 = int(self._start.min())
-        g1 = int((self._start + self._num).max())
-        self._transforms, self._valid = transforms[self._g0:g1].copy(), valid[self._g0:g1].copy()
-        self._moving = moving
+        self._transforms, self._valid, self._moving = transforms, valid, moving
+
+    # Pickling (DataLoader with spawn) must not copy the mapped motion arrays: reopen them lazily.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_transforms"] = state["_valid"] = state["_moving"] = None
+        return state
 
     def __getitem__(self, index: int) -> dict:
         index = int(index)
@@ -239,9 +244,11 @@ class ClipDataset(Dataset):
 
     def _between(self, index: int, frames: np.ndarray) -> Optional[np.ndarray]:
         """Source-pixel transforms between successive sampled frames, or None for identity."""
-        if self._transforms is None:
+        if self.motion_path is None:
             return None
+        if self._transforms is None:  # unpickled in a spawned worker
+            self._load_motion()
         if self.identity_for_static and not self._moving[self.positions[index]]:
             return None
-        g, n = int(self._start[index]) - self._g0, int(self._num[index])
-        return geo.compose_between(self._transforms[g:g + n], self._valid[g:g + n], frames)
+        g, n = int(self._start[index]), int(self._num[index])
+        return geo.compose_between(np.asarray(self._transforms[g:g + n]), self._valid[g:g + n].astype(bool), frames)
