@@ -9,7 +9,7 @@ CORES  ?= 8
 export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install run ablations test test-fast bench report clean-results dvc-yaml
+.PHONY: install run ablations test test-fast bench gpu-check report clean-results dvc-yaml
 
 install: $(STAMP)
 
@@ -39,6 +39,11 @@ test-fast: $(STAMP)
 # Every benchmark of the project; each prints its figures.
 bench: $(STAMP)
 	for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# Verify a GPU machine in one command (about 8 minutes on one GPU): results/gpu_check.json and .md.
+# Without CUDA it says so in one line and fails.
+gpu-check: $(STAMP)
+	$(BIN)/python bench/gpu_check.py
 
 dvc-yaml: $(STAMP)
 	amflow dvc-yaml
