@@ -40,7 +40,8 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
-# Verify a GPU machine in one command (about 8 minutes on one GPU): results/gpu_check.json and .md.
+# Verify a GPU machine in one command (sized for at most 8 minutes on one GPU): results/gpu_check.json
+# and results/gpu_check.md.
 # Without CUDA it says so in one line and fails.
 gpu-check: $(STAMP)
 	$(BIN)/python bench/gpu_check.py

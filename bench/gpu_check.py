@@ -1,4 +1,4 @@
-"""``make gpu-check``: verify a GPU machine in one command (about 8 minutes on one GPU).
+"""``make gpu-check``: verify a GPU machine in one command (sized for at most 8 minutes on one GPU).
 
     python bench/gpu_check.py                          # what `make gpu-check` runs: CUDA, paper size
     python bench/gpu_check.py --skip synth             # leave out the synth_full training
