@@ -14,7 +14,7 @@ CONFIG_ARGS = $(if $(CONFIG),--configfile $(CONFIG))
 export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install run ablations test test-fast bench report clean-results dvc-yaml
+.PHONY: install run ablations test test-fast bench gpu-check report clean-results dvc-yaml
 
 install: $(STAMP)
 
@@ -45,6 +45,12 @@ test-fast: $(STAMP)
 # Every benchmark of the project; each prints its figures.
 bench: $(STAMP)
 	for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# Verify a GPU machine in one command (sized for at most 8 minutes on one GPU): results/gpu_check.json
+# and results/gpu_check.md.
+# Without CUDA it says so in one line and fails.
+gpu-check: $(STAMP)
+	$(BIN)/python bench/gpu_check.py
 
 dvc-yaml: $(STAMP)
 	amflow dvc-yaml

@@ -64,6 +64,12 @@ def data_key(name: str, spec_digest: str) -> str:
     return f"{name}-{spec_digest}"
 
 
+def dataset_of_key(key: str) -> str:
+    """The dataset name in a data folder's name (``<name>-<spec hash>``; a plain name is its own)."""
+    m = re.fullmatch(rf"(.+)-{SPEC_HASH_RE}", key)
+    return m.group(1) if m else key
+
+
 def dataset_key(params: "Params", dataset: str) -> str:
     return data_key(check_dataset_name(dataset), spec_hash(params.dataset(dataset)))
 

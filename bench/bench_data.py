@@ -131,7 +131,6 @@ def clip_rates(dataset: Path, paths: list[Path], crop: int, repeats: int) -> tup
 
     sampling = SamplingSpec(mode="segment", num_frames=8, crop_size=crop, train_scale=(0.5, 1.0))
     ds = ClipDataset(dataset / "frames", "train", sampling, train=True)
-    mean, std = np.asarray(sampling.mean, np.float32), np.asarray(sampling.std, np.float32)
 
     def on_the_fly(i: int) -> np.ndarray:
         rng = np.random.default_rng([0, 0, i])
@@ -139,7 +138,7 @@ def clip_rates(dataset: Path, paths: list[Path], crop: int, repeats: int) -> tup
         idx = sample_indices(len(vr), sampling, True, rng)[0]
         frames = vr.get_batch(idx.tolist()).asnumpy()
         view, _ = train_view(frames, sampling, rng)
-        return ((view.astype(np.float32) / 255 - mean) / std).transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(view.transpose(0, 3, 1, 2))  # uint8, as ClipDataset ships it
 
     def once(fn) -> float:
         t = time.perf_counter()

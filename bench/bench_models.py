@@ -9,7 +9,8 @@ the peak memory of a step above the resident model and batch (CUDA: the allocato
 peak of live tensor storage, tracked by a dispatch mode in a separate, untimed step), clip GFLOPs
 (FlopCounterMode, 2 per multiply-add) and trainable parameters. For ``amflow``: the share of the
 forward spent turning attention maps into AM flow scores (timed inside the model), and the forward
-overhead over ``tpa`` (the same model without AM flow: explicit attention + scores + gating).
+overhead over ``tpa`` (the same model without AM flow: attention maps + scores + gating). On CUDA,
+bf16 autocast is on by default (``--no-amp`` for fp32), as in training.
 
 Timing: on CPU, process CPU seconds (``time.process_time``), best of ``--repeats``: the development
 machine is shared, and wall time there measures the neighbours' load more than the model. On CUDA,
@@ -73,16 +74,28 @@ class Clock:
 
 
 class AmFlowTimer:
-    """Wraps ``ClipContext.scores_from_map`` to add up the time spent turning maps into AM flow."""
+    """Wraps ``ClipContext.scores_from_map`` to add up the time spent turning maps into AM flow.
+
+    On CUDA the calls are bracketed by CUDA events, read after the forward: a synchronisation inside
+    the forward would stall the queue and inflate both the share and the forward time."""
 
     def __init__(self, clock: Clock):
         self.clock, self.total = clock, 0.0
+        self.cuda = clock.device.type == "cuda"
+        self._events: list[tuple] = []
         self._orig = ClipContext.scores_from_map
 
     def __enter__(self):
         timer = self
 
         def timed(ctx, block, patch_map):
+            if timer.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                out = timer._orig(ctx, block, patch_map)
+                end.record()
+                timer._events.append((start, end))
+                return out
             t0 = timer.clock()
             out = timer._orig(ctx, block, patch_map)
             timer.total += timer.clock() - t0
@@ -93,6 +106,10 @@ class AmFlowTimer:
 
     def __exit__(self, *exc):
         ClipContext.scores_from_map = self._orig
+        if self._events:
+            torch.cuda.synchronize(self.clock.device)
+            self.total += sum(a.elapsed_time(b) for a, b in self._events) / 1000.0
+            self._events.clear()
 
 
 class LiveTensorMemory(TorchDispatchMode):
@@ -127,7 +144,7 @@ class Bench:
     def __init__(self, method: str, variant: str, backbone, model_spec, img: int, args):
         self.name = method if variant == "none" else f"{method}/{variant}"
         self.device = torch.device(args.device)
-        self.amp = args.amp and self.device.type == "cuda"
+        self.amp = bool(args.amp) and self.device.type == "cuda"
         torch.manual_seed(0)
         self.model = build_model(method, backbone, 12, args.frames, model_spec, variant).to(self.device)
         self.gflops = clip_gflops(self.model, args.frames, img)
@@ -187,12 +204,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (the dev machine is shared)")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                    help="bf16 autocast, as training uses it (default: on for CUDA; CPU: no effect)")
     ap.add_argument("--methods", nargs="+", default=[f"{m}:{v}" for m, v in METHODS],
                     help="method:variant pairs to run (default: all)")
     args = ap.parse_args()
     if args.batch is None:
         args.batch = 1 if args.size == "vitb" else 8
+    if args.amp is None:
+        args.amp = args.device.startswith("cuda")
     torch.set_num_threads(args.threads)
 
     spec, model_spec, img = setting(args.size)

@@ -10,7 +10,7 @@ folder (with identity camera transforms, so the aligned variant runs too). Backb
 file when present, else random weights (speed does not depend on the values).
 
 Per method, with the trainer's own DataLoader settings (global batch, workers, collate):
-- ``loader``: clips/s of the DataLoader alone (decode, sample, crop, normalise);
+- ``loader``: clips/s of the DataLoader alone (decode, sample, crop; clips stay uint8);
 - ``model``: clips/s of training steps on batches already in memory (forward, backward, AdamW);
 - ``train``: clips/s of the real :class:`~amflow.train.trainer.Trainer` loop over ``--steps`` steps (no
   validation), i.e. what an epoch achieves; ``wait`` is the share of that loop spent waiting for the
@@ -148,6 +148,7 @@ def measure(method: str, args, params, dataset: str, frames_dir: Path, motion: P
     n_train = min(len(train_set), batch * (steps + 1))
     if n_train < batch * 2:
         raise SystemExit(f"the train split has {len(train_set)} clips: need at least {2 * batch} (2 batches)")
+    normalise = train_set.normalise  # clips arrive as uint8 and are normalised on the device
     train_set = Subset(train_set, range(n_train))
     train_set.set_epoch = lambda e: None  # Subset hides ClipDataset.set_epoch; the order does not matter here
     model = build_run_model(params, dataset, method, 12, variant, weights, seed=0).to(device)
@@ -172,7 +173,7 @@ def measure(method: str, args, params, dataset: str, frames_dir: Path, motion: P
     model.train()
 
     def step(b, timers: bool = False):
-        video, tr, y = b["video"].to(device), b["transforms"].to(device), b["label"].to(device)
+        video, tr, y = normalise(b["video"].to(device)), b["transforms"].to(device), b["label"].to(device)
         t_a = clock()
         with autocast(device, amp):
             loss = torch.nn.functional.cross_entropy(model(video, tr).float(), y)
@@ -194,7 +195,7 @@ def measure(method: str, args, params, dataset: str, frames_dir: Path, motion: P
     # 3. the real training loop (fresh model state does not matter for speed)
     with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stderr(_io.StringIO()):
         trainer = Trainer(model, train_set, None, spec, seed=0, run_dir=Path(run_dir),
-                          ctx=DistContext(device=device), progress=False)
+                          ctx=DistContext(device=device), progress=False, normalise=normalise)
         res = trainer.fit()
     row["train"] = res.history[0]["clips_per_s"]
     row["wait"] = res.history[0]["data_wait_frac"]
@@ -205,7 +206,8 @@ def measure(method: str, args, params, dataset: str, frames_dir: Path, motion: P
     views = sampling.test_clips * sampling.test_crops
     t0 = clock()
     evaluate_model(model, Subset(test_set, range(n_test)), device=device, amp=amp,
-                   batch_size=max(1, batch // views), num_workers=args.workers, progress=False)
+                   batch_size=max(1, batch // views), num_workers=args.workers, progress=False,
+                   normalise=normalise)
     el = clock() - t0
     row["eval_videos"], row["eval_clips"], row["views"] = n_test / el, n_test * views / el, views
 

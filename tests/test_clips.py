@@ -20,9 +20,8 @@ def texture(h: int, w: int, seed: int = 0, sigma: float = 2.5) -> np.ndarray:
 
 
 def denorm(video: torch.Tensor, sampling: SamplingSpec) -> np.ndarray:
-    """[T,3,S,S] normalised -> float [T,S,S,3] in 0..255."""
-    x = video.numpy().transpose(0, 2, 3, 1)
-    return (x * np.array(sampling.std) + np.array(sampling.mean)) * 255
+    """[T,3,S,S] uint8 clip -> float [T,S,S,3] in 0..255."""
+    return video.numpy().transpose(0, 2, 3, 1).astype(np.float64)
 
 
 # --------------------------------------------------------------------------- indices
@@ -81,7 +80,7 @@ def test_item_shapes_single_and_multi_view(toy_cache):
     train = ClipDataset(toy_cache, "train", s, train=True)
     item = train[2]
     assert len(train) == 4 and train.num_views == 1
-    assert item["video"].shape == (6, 3, 24, 24) and item["video"].dtype == torch.float32
+    assert item["video"].shape == (6, 3, 24, 24) and item["video"].dtype == torch.uint8  # normalised on the device
     assert item["transforms"].shape == (5, 3, 3) and item["label"] == 2 and item["index"] == 2
     assert torch.equal(item["transforms"], torch.eye(3).expand(5, 3, 3))  # no motion file: identity
     test = ClipDataset(toy_cache, "train", s, train=False)
@@ -99,17 +98,22 @@ def test_test_views_are_the_expected_crops(toy_cache):
     resized = cv2.resize(frame, (32, 24), interpolation=cv2.INTER_AREA)  # short side 48 -> 24
     views = ds[0]["video"]  # [3, T, 3, 24, 24]
     for v, x0 in enumerate([0, 4, 8]):  # left, centre, right along the long side
-        got = views[v, 0].numpy().transpose(1, 2, 0) * 255
-        np.testing.assert_allclose(got, resized[:, x0:x0 + 24], atol=1e-3)
+        got = views[v, 0].numpy().transpose(1, 2, 0)
+        np.testing.assert_array_equal(got, resized[:, x0:x0 + 24])
 
 
 def test_normalisation(tmp_path):
     grey = np.full((5, 16, 16, 3), (51, 102, 204), np.uint8)
     write_cache(tmp_path / "f", [{"video_id": "g", "split": "test", "label": 0, "frames": grey}])
     s = SamplingSpec(num_frames=2, crop_size=8, mean=(0.1, 0.2, 0.3), std=(0.5, 0.5, 0.25))
-    video = ClipDataset(tmp_path / "f", "test", s, train=False)[0]["video"]
+    ds = ClipDataset(tmp_path / "f", "test", s, train=False)
+    clip = ds[0]["video"]
+    assert clip.dtype == torch.uint8 and clip[:, :, 3, 3].tolist() == [[51, 102, 204]] * 2
+    video = ds.normalise(clip[None])[0]  # what the trainer does on the device, after the batch arrives
     expected = (np.array([0.2, 0.4, 0.8]) - [0.1, 0.2, 0.3]) / [0.5, 0.5, 0.25]
+    assert video.dtype == torch.float32
     np.testing.assert_allclose(video[:, :, 3, 3].numpy(), np.tile(expected, (2, 1)), atol=1e-6)
+    assert ds.normalise(video) is video  # float input is already model input
 
 
 def test_augmentation_is_the_same_for_every_frame(toy_cache):
@@ -293,3 +297,40 @@ def test_view_maps_match_the_pixels(toy_cache):
         s = view.shape[1]
         expected = cv2.warpAffine(frames[0].astype(np.float32), c[:2], (s, s), flags=cv2.INTER_LINEAR)
         assert np.abs(expected - view[0])[1:-1, 1:-1].max() <= 2.0
+
+
+def test_motion_file_is_memory_mapped_not_copied(tmp_path):
+    """The per-frame camera table is paged in from the file (shared by all loader workers), and a
+    dataset pickled into a spawned worker carries no copy of it."""
+    import pickle
+
+    from amflow import io
+
+    rng = np.random.default_rng(0)
+    arrays = {"transforms": rng.normal(size=(50, 3, 3)).astype(np.float32), "valid": rng.random(50) > 0.3,
+              "video_moving": np.array([True, False]), "video_id": np.array(["a", "bb"]), "model": np.array("affine")}
+    np.savez(tmp_path / "m.npz", **arrays)  # what the camera-motion stage writes (uncompressed)
+    np.savez_compressed(tmp_path / "c.npz", **arrays)
+    for name in ("m.npz", "c.npz"):
+        z = io.mmap_npz(tmp_path / name)
+        assert set(z) == set(arrays)
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(z[key], value)
+        assert isinstance(z["transforms"], np.memmap) == (name == "m.npz")
+    assert isinstance(io.mmap_npz(tmp_path / "m.npz")["valid"], np.memmap)
+
+    frames = rng.integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
+    write_cache(tmp_path / "f", [{"video_id": f"v{i}", "split": "train", "label": i, "frames": frames}
+                                 for i in range(5)])
+    transforms = np.tile(np.eye(3, dtype=np.float32), (50, 1, 1))
+    transforms[:, 0, 2] = np.arange(50)  # a translation per frame, so the composed maps tell frames apart
+    np.savez(tmp_path / "motion.npz", transforms=transforms, valid=np.ones(50, bool), video_moving=np.ones(5, bool))
+    s = SamplingSpec(num_frames=4, crop_size=16, test_clips=1)
+    ds = ClipDataset(tmp_path / "f", "train", s, train=False, motion=tmp_path / "motion.npz")
+    assert isinstance(ds._transforms, np.memmap)
+    blob = pickle.dumps(ds)
+    assert len(blob) < 20000  # no copy of the table
+    clone = pickle.loads(blob)
+    for i in range(5):
+        assert torch.equal(clone[i]["transforms"], ds[i]["transforms"])
+    assert not torch.equal(ds[0]["transforms"], ds[0]["transforms"] * 0)

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 SCRIPT = r'''
-import json, sys
+import json, os, sys, time
 sys.path.insert(0, {tests!r})
 import torch
 torch.set_num_threads(1)
@@ -43,15 +43,19 @@ def stop_at_2(record):
 
 
 ctx = init_distributed("cpu")
+if ctx.rank == 1:  # a late rank: it reaches the checkpoint after rank 0 has decided on it
+    time.sleep(float(os.environ.get("TEST_RANK1_DELAY_S", "0")))
 torch.manual_seed(0)
 model = TinyVideoNet(dropout=0.0)
 callbacks = [stop_at_2] if len(sys.argv) > 2 else []
 try:
     res = Trainer(model, TinyClips(40), TinyClips(10, train=False), tiny_spec(epochs=3, batch_size=8), seed=0,
-                  run_dir=sys.argv[1], ctx=ctx, progress=False, callbacks=callbacks).fit()
+                  run_dir=sys.argv[1], ctx=ctx, progress=False, callbacks=callbacks,
+                  meta={{"compat": {{"params_digest": os.environ.get("TEST_DIGEST", "a")}}}}).fit()
 except Stop:
     sys.exit(3)
 out = {{"rank": ctx.rank, "world": ctx.world_size, "history": res.history, "status": res.status,
+        "resumed_from": res.resumed_from,
         "weights": {{n: p.detach().tolist() for n, p in model.named_parameters() if p.requires_grad}}}}
 with open(f"{{sys.argv[1]}}/result_rank{{ctx.rank}}.json", "w") as f:
     json.dump(out, f)
@@ -59,8 +63,8 @@ ctx.close()
 '''
 
 
-def run(cmd, tmp_path, expect_ok=True):
-    env = {**os.environ, "AMFLOW_TRACKING": "0", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+def run(cmd, tmp_path, expect_ok=True, **env_extra):
+    env = {**os.environ, "AMFLOW_TRACKING": "0", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **env_extra}
     env.pop("AMFLOW_STOP_AFTER_EPOCH", None)
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     if expect_ok:
@@ -111,6 +115,29 @@ def test_a_stop_on_rank_0_reaches_every_rank(tmp_path):
     assert not (out / "result_rank0.json").exists()                     # rank 0 raised the callback's error
 
 
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed beside the interpreter")
+def test_rerun_after_a_params_change_sets_the_checkpoint_aside_on_every_rank(tmp_path):
+    """Rank 0 decides that the checkpoint is stale and moves it; a late rank 1 must follow that decision
+    (not look for the file itself, find it gone and skip the barrier: a hang) and train from scratch."""
+    script = tmp_path / "train_tiny.py"
+    script.write_text(SCRIPT.format(tests=str(ROOT / "tests")))
+    out = tmp_path / "run"
+    out.mkdir()
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(script), str(out)]
+    run(cmd, tmp_path, TEST_DIGEST="a")
+    first = json.loads((out / "result_rank0.json").read_text())
+    run(cmd, tmp_path, TEST_DIGEST="a")  # same params: resumes after the last epoch, nothing to train
+    assert [json.loads((out / f"result_rank{r}.json").read_text())["resumed_from"] for r in (0, 1)] == [3, 3]
+    run(cmd, tmp_path, TEST_DIGEST="b", TEST_RANK1_DELAY_S="3")  # params changed, rank 1 late
+    assert (out / "checkpoint.stale.pt").exists() and (out / "checkpoint.pt").exists()
+    for r in (0, 1):
+        again = json.loads((out / f"result_rank{r}.json").read_text())
+        assert again["status"] == "complete" and again["resumed_from"] == 0 and len(again["history"]) == 3
+        # trained from scratch: the same curve as the first run (same seed and data)
+        assert [h["train_loss"] for h in again["history"]] == pytest.approx(
+            [h["train_loss"] for h in first["history"]], rel=1e-6)
+
+
 def test_global_batch_must_divide_by_world_size():
     assert per_process_batch(16, 4) == 4
     with pytest.raises(AmflowError, match="not divisible by the 3 processes"):
@@ -129,6 +156,40 @@ def test_single_process_needs_no_process_group(monkeypatch):
 def test_cuda_requested_without_gpu_is_an_error(monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(AmflowError, match="no CUDA device"):
+    with pytest.raises(AmflowError, match="CUDA is unusable"):
         init_distributed("cuda")
     assert DistContext().device.type == "cpu"
+
+
+def test_unusable_cuda_fails_at_once_with_the_driver_and_wheel_facts(monkeypatch, tmp_path, capsys):
+    from amflow.train import distributed
+
+    proc = tmp_path / "version"
+    proc.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\n"
+                    "GCC version:  gcc version 12.3.0\n")
+    assert distributed.nvidia_driver_version(proc) == "535.104.05"
+    proc.write_text("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.65.06  Release Build\n")
+    assert distributed.nvidia_driver_version(proc) == "580.65.06"
+    assert distributed.nvidia_driver_version(tmp_path / "absent") is None
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(distributed, "nvidia_driver_version", lambda: "535.104.05")
+    with pytest.raises(AmflowError) as err:
+        distributed.resolve_device("cuda")
+    msg = str(err.value)
+    assert "CUDA 13.0" in msg and "580.65.06 or newer" in msg and "driver is 535.104.05" in msg and "\n" not in msg
+    # auto on a machine with a driver but no usable CUDA still runs, but says why on stderr
+    assert distributed.resolve_device("auto").type == "cpu"
+    assert "CUDA is unusable" in capsys.readouterr().err
+    monkeypatch.setattr(distributed, "nvidia_driver_version", lambda: None)
+    with pytest.raises(AmflowError, match="no NVIDIA driver loaded"):
+        distributed.resolve_device("cuda")
+
+
+def test_gpu_params_files_ask_for_cuda_explicitly():
+    """A GPU job must fail at once rather than train on the CPU until its time limit."""
+    from amflow.params import load_params
+
+    for name in ("k400", "ssv2", "smarthome", "synth_full"):
+        assert load_params(ROOT / "params" / f"{name}.yaml").train.device == "cuda", name

@@ -165,7 +165,8 @@ def test_predict_samples_like_the_evaluation(trained, monkeypatch):
     model = build_run_model(params, "tiny", "amflow", len(CLASSES), "aligned", None, 0)
     ckpt.load_trainable_state(model, state["model"], run_dir / "checkpoint.pt")
     with torch.no_grad():
-        probs = clip_probs(model.eval(), item["video"][None], item["transforms"][None], torch.device("cpu"), False)[0]
+        probs = clip_probs(model.eval(), item["video"][None], item["transforms"][None], torch.device("cpu"), False,
+                           test.normalise)[0]
     expected = sorted(((CLASSES[i], float(p)) for i, p in enumerate(probs)), key=lambda t: -t[1])[:3]
     assert [n for n, _ in top] == [n for n, _ in expected]
     assert np.allclose([p for _, p in top], [p for _, p in expected], atol=1e-5)

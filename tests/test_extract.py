@@ -213,7 +213,7 @@ def test_write_cache_round_trip_and_pickling(tmp_path):
     np.testing.assert_array_equal(cache.read(0, [6, 1]), frames[[6, 1]])
     cache.read(1, [0])  # opens the shard map
     clone = pickle.loads(pickle.dumps(cache))  # what a spawn DataLoader worker receives
-    assert clone._maps == {} and len(pickle.dumps(cache)) < 20000
+    assert clone.open_shards == 0 and len(pickle.dumps(cache)) < 20000
     np.testing.assert_array_equal(clone.read(1), frames[:3])
     assert cache.videos("val")["video_id"].tolist() == ["b"] and cache.num_frames_total == 10
 
@@ -373,3 +373,31 @@ def test_paths_with_spaces_and_unicode(tmp_path):
     expected, _ = read_video(root / "clips ü" / "clip 1 é.mp4", backend="pyav")
     np.testing.assert_array_equal(FrameCache(out).read(0), expected)
     assert FrameCache(out).manifest.at[0, "video"] == "clips ü/clip 1 é.mp4"
+
+
+def test_reading_more_shards_than_the_descriptor_limit(tmp_path):
+    """A worker touching thousands of shards must not run out of descriptors (Errno 24): data maps are
+    kept in a bounded LRU and the indexes are read whole, so the open files stay below the limit."""
+    import resource
+
+    rng = np.random.default_rng(0)
+    videos = [{"video_id": f"v{i}", "split": "train", "label": i % 3,
+               "frames": rng.integers(0, 256, (2, 4, 5, 3), dtype=np.uint8)} for i in range(3 * fc.MAX_OPEN_SHARDS)]
+    write_cache(tmp_path / "f", videos, shard_frames=2)  # one shard per video
+    cache = FrameCache(tmp_path / "f")
+    assert cache.summary["shards"] == len(videos)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 64
+    low = in_use + fc.MAX_OPEN_SHARDS + 16  # room for the bounded maps, far below one per shard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        for _ in range(2):  # every shard, twice: the LRU closes and reopens maps
+            for i, v in enumerate(videos):
+                np.testing.assert_array_equal(cache.read(i), v["frames"])
+        assert cache.open_shards == fc.MAX_OPEN_SHARDS
+        # What a DataLoader worker does first: lift the soft limit to the hard one.
+        raised = fc.raise_open_file_limit()
+        assert raised == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        assert raised == (hard if hard != resource.RLIM_INFINITY else 1 << 20)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from amflow.errors import AmflowError
-from amflow.models.attention import attention_branch, explicit_attention, mlp_branch
+from amflow.models.attention import attention_branch, attention_probs, explicit_attention, mlp_branch
 from amflow.models.backbone import build_backbone, embed_frames, patch_grid
 from amflow.params import BackboneSpec
 
@@ -138,3 +138,50 @@ def test_dinov2_shaped_backbone_builds():
     assert patch_grid(bb, 56, 56) == (4, 4)
     tokens = embed_frames(bb, torch.randn(2, 3, 56, 56))
     assert tokens.shape == (2, 5 + 16, 64)
+
+
+def _stepwise_attention(attn, x):
+    """The step-by-step attention the AM flow blocks used before the fused kernel (independent reference)."""
+    B, L, _ = x.shape
+    qkv = attn.qkv(x).reshape(B, L, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    probs = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+    out = (probs @ v).transpose(1, 2).reshape(B, L, attn.attn_dim)
+    return attn.proj(attn.norm(out)), probs
+
+
+def test_map_blocks_keep_no_attention_matrix_for_backward_and_match_the_stepwise_version():
+    torch.manual_seed(0)
+    kw = dict(img_size=56, patch_size=14, embed_dim=64, depth=2, num_heads=2, qk_norm=True)
+    bb = build_backbone(spec(weights="random", kwargs=kw))
+    blk = bb.blocks[1]
+    torch.nn.init.normal_(blk.attn.q_norm.weight, 1.0, 0.5)
+    x = bb.blocks[0](embed_frames(bb, torch.randn(3, 3, 56, 56))).detach().requires_grad_(True)
+    L = x.shape[1]
+    saved = []
+
+    def pack(t):
+        saved.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out, probs = explicit_attention(blk.attn, blk.norm1(x))
+    assert not any(len(s) >= 2 and s[-2:] == (L, L) for s in saved), saved  # no [.., L, L] kept for backward
+    assert not probs.requires_grad and probs.dtype == torch.float32
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    with torch.no_grad():
+        ref_out, ref_probs = _stepwise_attention(blk.attn, blk.norm1(x))
+    torch.testing.assert_close(out.detach(), ref_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(probs, ref_probs, atol=1e-6, rtol=1e-5)
+    # Under bf16 autocast the probabilities still come from float32 logits of the (bf16) q and k.
+    q, k = (torch.randn(2, 2, L, 32) * 3).bfloat16().unbind(0)
+    exact = ((q.double() * 32 ** -0.5) @ k.double().transpose(-2, -1)).softmax(-1)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        probs_amp = attention_probs(q, k, 32 ** -0.5)
+        probs_bf16 = ((q * 32 ** -0.5) @ k.transpose(-2, -1)).softmax(-1)  # what autocast alone would give
+    assert probs_amp.dtype == torch.float32
+    err_fp32 = (probs_amp.double() - exact).abs().max().item()
+    err_bf16 = (probs_bf16.double() - exact).abs().max().item()
+    assert err_fp32 < 1e-5 < err_bf16, (err_fp32, err_bf16)

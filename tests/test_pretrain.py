@@ -223,3 +223,38 @@ def test_a_zero_threshold_disables_the_check(images_dir, tmp_path):
 
     pretrain_backbone(_params(epochs=1, min_gain_over_chance=0.0), images_dir, tmp_path / "b")
     assert (tmp_path / "b" / "backbone.safetensors").is_file()
+
+
+def test_interrupted_pretraining_resumes_bitwise_equal(images_dir, tmp_path, monkeypatch):
+    """A pretraining killed after epoch 1 (a SLURM time limit) resumes from its checkpoint on the rerun
+    and ends with exactly the weights of an uninterrupted run; other settings start afresh."""
+    from safetensors.torch import load_file
+
+    from amflow.train.pretrain_backbone import CHECKPOINT, pretrain_backbone
+
+    p = _params(epochs=2, min_gain_over_chance=0.0)
+    whole = tmp_path / "whole"
+    pretrain_backbone(p, images_dir, whole)
+    assert not (whole / CHECKPOINT).exists()  # removed once the outputs are written
+
+    part = tmp_path / "part"
+    monkeypatch.setenv("AMFLOW_STOP_AFTER_EPOCH", "1")
+    assert pretrain_backbone(p, images_dir, part) == {"status": "stopped"}
+    assert (part / CHECKPOINT).exists() and not (part / "backbone.safetensors").exists()
+    monkeypatch.delenv("AMFLOW_STOP_AFTER_EPOCH")
+    metrics = pretrain_backbone(p, images_dir, part)
+    a, b = load_file(str(whole / "backbone.safetensors")), load_file(str(part / "backbone.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert metrics["epoch_loss"] == io.read_json(whole / "metrics.json")["epoch_loss"]
+    assert metrics["device"] == "cpu"
+
+    # A checkpoint from other settings is not resumed.
+    monkeypatch.setenv("AMFLOW_STOP_AFTER_EPOCH", "1")
+    pretrain_backbone(p, images_dir, part)
+    monkeypatch.delenv("AMFLOW_STOP_AFTER_EPOCH")
+    other = _params(epochs=2, min_gain_over_chance=0.0, lr=1e-3)
+    fresh = tmp_path / "fresh"
+    pretrain_backbone(other, images_dir, fresh)
+    pretrain_backbone(other, images_dir, part)
+    c, d = load_file(str(fresh / "backbone.safetensors")), load_file(str(part / "backbone.safetensors"))
+    assert all(torch.equal(c[k], d[k]) for k in c)

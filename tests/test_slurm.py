@@ -209,6 +209,7 @@ def test_profile_gives_each_rule_its_resources(cluster, tmp_path):
         for key in ("slurm_partition", "mem_mb", "runtime", "cpus_per_task"):
             assert resources.get(key) == str(want[key]), (rule, key, resources.get(key), want[key])
         assert resources.get("gpu", "0") == str(want.get("gpu", 0)), (rule, resources)
+        assert resources.get("nodes") == (str(want["nodes"]) if "nodes" in want else None), (rule, resources)
         if rule in PROFILE.get("set-threads", {}):
             assert threads == PROFILE["set-threads"][rule], (rule, threads)
         assert threads <= PROFILE["max-threads"], (rule, threads)
@@ -252,6 +253,7 @@ def test_training_runs_through_sbatch_with_the_profiles_resources(cluster, tmp_p
         assert _minutes(fields["TimeLimit"]) == want["runtime"], (rule, fields["TimeLimit"])
         gres = fields.get("TresPerJob", "") + fields.get("TresPerNode", "")
         assert re.search(rf"gpu[:=]{want['gpu']}\b", gres), (rule, gres)
+        assert fields["NumNodes"].split("-")[0] == "1", (rule, fields["NumNodes"])  # torchrun --standalone: one node
     train = json.loads((project / RUN / "train.json").read_text())
     assert train["world_size"] == 4 and train["status"] == "complete"
     assert (project / RUN / "metrics.json").is_file()

@@ -166,3 +166,51 @@ def test_short_amp_run_on_cuda(tmp_path):
     assert all(math.isfinite(r["train_loss"]) for r in res.history)
     assert t.model.last_dtype == torch.bfloat16          # autocast was on
     assert next(t.model.parameters()).device.type == "cuda"
+
+
+class _WorkerState(torch.utils.data.Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        import resource
+
+        import cv2
+
+        return torch.tensor([cv2.getNumThreads(), resource.getrlimit(resource.RLIMIT_NOFILE)[0]])
+
+
+def test_loader_workers_use_one_opencv_thread_and_the_hard_descriptor_limit():
+    import resource
+
+    from amflow.train.trainer import loader_worker_init
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))  # the worker inherits a low soft limit
+    try:
+        loader = torch.utils.data.DataLoader(_WorkerState(), num_workers=1, worker_init_fn=loader_worker_init)
+        threads, limit = next(iter(loader))[0].tolist()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert threads == 1
+    assert limit == (hard if hard != resource.RLIM_INFINITY else 1 << 20)
+
+
+def test_progress_to_a_file_reads_the_loss_at_most_once_a_minute(tmp_path, monkeypatch):
+    """Each progress figure is a device sync; written to a log file it must not come every step."""
+    import sys
+
+    from amflow.train import trainer as trainer_mod
+
+    reads = []
+    real = trainer_mod.tqdm.set_postfix
+    monkeypatch.setattr(trainer_mod.tqdm, "set_postfix", lambda self, *a, **k: (reads.append(1), real(self, *a, **k)))
+    log = open(tmp_path / "train.log", "w")
+    monkeypatch.setattr(sys, "stderr", log)  # as under Snakemake: `> {log} 2>&1`
+    try:
+        t = make_trainer(tmp_path / "run", tiny_spec(epochs=2))
+        t.progress = True
+        t.fit()
+    finally:
+        log.close()
+    assert t.steps_per_epoch * 2 >= 8 and len(reads) <= 2, len(reads)  # 8 steps; at most one figure a minute

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from amflow import io
 from amflow.data import transforms_geometry as geo
 from amflow.data.frame_cache import FrameCache
 from amflow.errors import AmflowError
@@ -140,11 +141,31 @@ def test_views(frames: np.ndarray, sampling: SamplingSpec):
 
 
 # --------------------------------------------------------------------------- dataset
+class Normalise:
+    """uint8 clips ``[..., 3, S, S]`` -> float32 ``(x / 255 - mean) / std``, on the device the clips are on.
+
+    Clips travel as uint8 (a quarter of float32 through the loader workers' shared memory and the host
+    to GPU copy) and are normalised where the model runs. Float input is returned unchanged.
+    """
+
+    def __init__(self, mean, std):
+        std = np.asarray(std, np.float64)
+        self.scale = torch.from_numpy((1 / (255 * std)).astype(np.float32)).view(3, 1, 1)  # x*scale + shift
+        self.shift = torch.from_numpy((-np.asarray(mean) / std).astype(np.float32)).view(3, 1, 1)
+
+    def __call__(self, video: torch.Tensor) -> torch.Tensor:
+        if video.dtype != torch.uint8:
+            return video
+        dev = video.device
+        return video.float().mul_(self.scale.to(dev, non_blocking=True)).add_(self.shift.to(dev, non_blocking=True))
+
+
 class ClipDataset(Dataset):
     """Clips of one split of a frame cache (see the module docstring for sampling and views).
 
-    Item: ``video`` float32 ``[T,3,S,S]`` (``[V,T,3,S,S]`` when testing with V > 1 views),
-    ``label`` int, ``transforms`` float32 ``[T-1,3,3]`` (``[V,T-1,3,3]``), ``index`` int.
+    Item: ``video`` uint8 ``[T,3,S,S]`` (``[V,T,3,S,S]`` when testing with V > 1 views), to be put
+    through :attr:`normalise` on the device, ``label`` int, ``transforms`` float32 ``[T-1,3,3]``
+    (``[V,T-1,3,3]``), ``index`` int.
     """
 
     def __init__(self, frames_dir: str | Path, split: str, sampling: SamplingSpec, train: bool,
@@ -165,9 +186,7 @@ class ClipDataset(Dataset):
         self._transforms = self._valid = self._moving = None
         if self.motion_path is not None:
             self._load_motion()
-        std = np.asarray(sampling.std, np.float64)
-        self._scale = (1 / (255 * std)).astype(np.float32)[:, None, None]  # (x/255 - mean)/std = x*scale + shift
-        self._shift = (-np.asarray(sampling.mean) / std).astype(np.float32)[:, None, None]
+        self.normalise = Normalise(sampling.mean, sampling.std)
 
     @property
     def num_views(self) -> int:
@@ -183,18 +202,22 @@ class ClipDataset(Dataset):
         path = self.motion_path
         if not path.exists():
             raise AmflowError(f"{path}: motion file not found; run `amflow camera-motion` for this dataset first")
-        with np.load(path) as z:
-            transforms, valid, moving = z["transforms"], z["valid"].astype(bool), z["video_moving"].astype(bool)
+        # Memory maps: pages are read as clips need them and shared by every loader worker (Kinetics-400's
+        # transforms are about 2.6 GB: a copy per process would not fit).
+        z = io.mmap_npz(path)
+        transforms, valid, moving = z["transforms"], z["valid"], z["video_moving"]
         total, videos = self.cache.num_frames_total, len(self.cache)
         if transforms.shape != (total, 3, 3) or valid.shape != (total,) or moving.shape != (videos,):
             raise AmflowError(f"{path}: shapes transforms {transforms.shape}, valid {valid.shape}, video_moving "
                               f"{moving.shape} do not match the frame cache ({total} frames, {videos} videos); "
                               "the cache was re-extracted after it: rerun `amflow camera-motion`")
-        # A split's videos are contiguous in the manifest: keep only its frames (a copy, so the rest is freed).
-        self._g0 = int(self._start.min())
-        g1 = int((self._start + self._num).max())
-        self._transforms, self._valid = transforms[self._g0:g1].copy(), valid[self._g0:g1].copy()
-        self._moving = moving
+        self._transforms, self._valid, self._moving = transforms, valid, moving
+
+    # Pickling (DataLoader with spawn) must not copy the mapped motion arrays: reopen them lazily.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_transforms"] = state["_valid"] = state["_moving"] = None
+        return state
 
     def __getitem__(self, index: int) -> dict:
         index = int(index)
@@ -212,25 +235,20 @@ class ClipDataset(Dataset):
                 videos.append(view)
                 maps.append(geo.conjugate(between, c_map) if between is not None else
                             np.tile(np.eye(3), (clips.shape[1] - 1, 1, 1)))
-        video = self._normalise(np.stack(videos))
+        video = np.ascontiguousarray(np.stack(videos).transpose(0, 1, 4, 2, 3))  # uint8 [V,T,3,S,S]
         trans = np.stack(maps).astype(np.float32)
         if len(videos) == 1:
             video, trans = video[0], trans[0]
         return {"video": torch.from_numpy(video), "label": int(self.labels[index]),
                 "transforms": torch.from_numpy(np.ascontiguousarray(trans)), "index": index}
 
-    def _normalise(self, views: np.ndarray) -> np.ndarray:
-        """uint8 [V,T,S,S,3] -> float32 [V,T,3,S,S]; channels moved while still 1 byte, then 2 in-place passes."""
-        out = np.ascontiguousarray(views.transpose(0, 1, 4, 2, 3)).astype(np.float32)
-        out *= self._scale
-        out += self._shift
-        return out
-
     def _between(self, index: int, frames: np.ndarray) -> Optional[np.ndarray]:
         """Source-pixel transforms between successive sampled frames, or None for identity."""
-        if self._transforms is None:
+        if self.motion_path is None:
             return None
+        if self._transforms is None:  # unpickled in a spawned worker
+            self._load_motion()
         if self.identity_for_static and not self._moving[self.positions[index]]:
             return None
-        g, n = int(self._start[index]) - self._g0, int(self._num[index])
-        return geo.compose_between(self._transforms[g:g + n], self._valid[g:g + n], frames)
+        g, n = int(self._start[index]), int(self._num[index])
+        return geo.compose_between(np.asarray(self._transforms[g:g + n]), self._valid[g:g + n].astype(bool), frames)

@@ -12,19 +12,26 @@ Layout of ``data/frames/<dataset>-<spec>/`` (docs/architecture.md, "Frame cache"
 - ``summary.json``: counts, sizes and the params used; written last, so it marks a complete cache.
 
 Shards are memory-mapped lazily and per process: a reader pickled into a DataLoader worker (fork or
-spawn) carries only paths and reopens its maps there.
+spawn) carries only paths and reopens its maps there. Each map holds one file descriptor, and a
+worker at Kinetics scale touches thousands of shards per epoch, so a reader keeps at most
+:data:`MAX_OPEN_SHARDS` data maps open (least recently used closed first) and reads each small index
+whole; :func:`raise_open_file_limit` lifts the soft descriptor limit for the rest (loader workers).
 """
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
+import resource
 import shutil
+from collections import OrderedDict
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
-from amflow import io
+from amflow import io, paths
 from amflow.data.frame_codec import decode_record, encode_frames  # noqa: F401 (re-exported)
 from amflow.errors import AmflowError
 
@@ -35,6 +42,8 @@ MANIFEST_COLUMNS = ("video_id", "split", "label", "video", "shard", "first_frame
                     "global_start", "height", "width", "fps")
 FAILURE_COLUMNS = ("video", "split", "error")
 FORMAT_VERSION = 1
+# Data maps one reader keeps open (one descriptor each); a re-open costs one open() and mmap().
+MAX_OPEN_SHARDS = 64
 
 
 def shard_name(shard: int) -> str:
@@ -217,13 +226,13 @@ class FrameCache:
         self._first = m["first_frame"].to_numpy(np.int64) if len(m) else np.zeros(0, np.int64)
         self._count = m["num_frames"].to_numpy(np.int64) if len(m) else np.zeros(0, np.int64)
         self._hw = m[["height", "width"]].to_numpy(np.int64) if len(m) else np.zeros((0, 2), np.int64)
-        self._maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._maps: OrderedDict[int, tuple[np.ndarray, np.ndarray, Optional[mmap.mmap]]] = OrderedDict()
         self._pid = os.getpid()
 
     # Pickling (DataLoader with spawn) must not copy the mapped shards: drop them, reopen lazily.
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_maps"] = {}
+        state["_maps"] = OrderedDict()
         return state
 
     def __len__(self) -> int:
@@ -273,24 +282,56 @@ class FrameCache:
     def _corrupt(self, shard: int, why: str) -> AmflowError:
         return AmflowError(f"{self.frames_dir / shard_name(shard)}: frame cache shard is damaged ({why}); rebuild "
                            f"the cache: delete {self.frames_dir} and rerun `amflow extract --dataset "
-                           f"{self.frames_dir.name}` (or the pipeline)")
+                           f"{paths.dataset_of_key(self.frames_dir.name)}` (or the pipeline)")
 
     def _open(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
         if self._pid != os.getpid():  # forked into a worker: maps are reopened per process
-            self._maps, self._pid = {}, os.getpid()
-        if shard not in self._maps:
-            path = self.frames_dir / shard_name(shard)
-            try:
-                index = np.load(self.frames_dir / index_name(shard), mmap_mode="r")
-                data = (np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size
-                        else np.zeros(0, np.uint8))
-            except (OSError, ValueError) as exc:
-                raise self._corrupt(shard, f"unreadable: {exc}") from None
-            if index.ndim != 2 or index.shape[1] != 2:
-                raise self._corrupt(shard, f"its index {index_name(shard)} has shape {index.shape}, not [n, 2]")
-            # Shards are written record after record: the last record ends exactly at the end of the file.
-            end = int((index[:, 0] + index[:, 1]).max()) if len(index) else 0
-            if end != len(data):
-                raise self._corrupt(shard, f"{len(data)} bytes where its index says {end}: truncated or overwritten")
-            self._maps[shard] = (data, index)
-        return self._maps[shard]
+            self._maps, self._pid = OrderedDict(), os.getpid()
+        if shard in self._maps:
+            self._maps.move_to_end(shard)
+            return self._maps[shard][:2]
+        while len(self._maps) >= MAX_OPEN_SHARDS:  # close the least recently used map's descriptor now
+            _, (_, _, old) = self._maps.popitem(last=False)
+            if old is not None:
+                with contextlib.suppress(BufferError):  # a caller still holds a view: closed when it is freed
+                    old.close()
+        path = self.frames_dir / shard_name(shard)
+        try:
+            # The index is 16 bytes per frame (320 kB for a full shard): read whole, it holds no descriptor.
+            index = np.load(self.frames_dir / index_name(shard))
+            size = path.stat().st_size
+        except (OSError, ValueError) as exc:
+            raise self._corrupt(shard, f"unreadable: {exc}") from None
+        if index.ndim != 2 or index.shape[1] != 2:
+            raise self._corrupt(shard, f"its index {index_name(shard)} has shape {index.shape}, not [n, 2]")
+        # Shards are written record after record: the last record ends exactly at the end of the file.
+        end = int((index[:, 0] + index[:, 1]).max()) if len(index) else 0
+        if end != size:
+            raise self._corrupt(shard, f"{size} bytes where its index says {end}: truncated or overwritten")
+        mm = None
+        if size:
+            with open(path, "rb") as f:
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # keeps one descriptor until closed
+            data = np.frombuffer(mm, dtype=np.uint8)
+        else:
+            data = np.zeros(0, np.uint8)
+        self._maps[shard] = (data, index, mm)
+        return data, index
+
+    @property
+    def open_shards(self) -> int:
+        """Data maps this reader holds open in this process (at most :data:`MAX_OPEN_SHARDS`)."""
+        return len(self._maps) if self._pid == os.getpid() else 0
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit (DataLoader workers); returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return soft
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):  # a hard limit above what the kernel allows (nr_open): keep the soft one
+        return soft
+    return target

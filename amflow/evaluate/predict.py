@@ -123,26 +123,24 @@ class Predictor:
     @torch.no_grad()
     def probabilities(self, video: str | Path) -> torch.Tensor:
         """Class probabilities of one video, averaged over the test views."""
-        from amflow.data.clips import sample_indices, test_views
+        from amflow.data.clips import Normalise, sample_indices, test_views
         from amflow.data.video import read_video
         from amflow.train.trainer import clip_probs
 
         params, sampling = self.params, self.params.sampling_for(self.dataset)
         frames, _fps = read_video(video, short_side=params.dataset(self.dataset).short_side)
         clips = sample_indices(len(frames), sampling, train=False)  # [C, T]
-        mean = np.asarray(sampling.mean, np.float32)
-        std = np.asarray(sampling.std, np.float32)
         videos, transforms = [], []
         for clip in clips:
             views = test_views(frames[clip], sampling)
             if self.variant == "aligned":
                 transforms += _clip_transforms(frames, clip, [c for _, c in views], params, self.identity_for_static)
             for view, _ in views:
-                videos.append(((view.astype(np.float32) / 255.0 - mean) / std).transpose(0, 3, 1, 2))
-        batch = torch.from_numpy(np.stack(videos)[None].astype(np.float32))        # [1, V, T, 3, S, S]
+                videos.append(view.transpose(0, 3, 1, 2))
+        batch = torch.from_numpy(np.stack(videos)[None])                            # uint8 [1, V, T, 3, S, S]
         trans = torch.from_numpy(np.stack(transforms)[None].astype(np.float32)) if transforms else None
         amp = bool(params.train.amp and self.device.type == "cuda")
-        return clip_probs(self.model, batch, trans, self.device, amp)[0].cpu()
+        return clip_probs(self.model, batch, trans, self.device, amp, Normalise(sampling.mean, sampling.std))[0].cpu()
 
     def predict(self, video: str | Path, top_k: Optional[int] = None) -> list[tuple[str, float]]:
         """The ``top_k`` most probable classes of ``video``, most probable first."""

@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -93,16 +93,17 @@ class EvalOutputs:
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, dataset, *, device: torch.device, amp: bool, batch_size: int,
                    num_workers: int = 0, reversal: Optional[dict[int, int]] = None,
-                   progress: bool = True) -> EvalOutputs:
-    from amflow.train.trainer import clip_probs, collate_clips
+                   progress: bool = True, normalise: Optional[Callable] = None) -> EvalOutputs:
+    from amflow.train.trainer import clip_probs, collate_clips, loader_worker_init
 
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_clips, pin_memory=device.type == "cuda")
+                        collate_fn=collate_clips, pin_memory=device.type == "cuda",
+                        worker_init_fn=loader_worker_init)
     probs, labels, indices, rev_probs, rev_targets, rev_rows = [], [], [], [], [], []
     seen = 0
     for batch in progress_bar(loader, desc="evaluate", unit="batch", disable=not progress):
-        p = clip_probs(model, batch["video"], batch["transforms"], device, amp)
+        p = clip_probs(model, batch["video"], batch["transforms"], device, amp, normalise)
         y = batch["label"]
         probs.append(p.cpu().numpy())
         labels.append(y.numpy())
@@ -112,7 +113,7 @@ def evaluate_model(model: torch.nn.Module, dataset, *, device: torch.device, amp
             if keep.any():
                 tr = batch["transforms"][keep] if batch["transforms"] is not None else None
                 v_rev, t_rev = reverse_clips(batch["video"][keep], tr)
-                rev_probs.append(clip_probs(model, v_rev, t_rev, device, amp).cpu().numpy())
+                rev_probs.append(clip_probs(model, v_rev, t_rev, device, amp, normalise).cpu().numpy())
                 rev_targets.append(np.array([reversal[int(v)] for v in y[keep]], dtype=np.int64))
                 rev_rows.append(seen + np.flatnonzero(keep.numpy()))
         seen += len(y)
@@ -221,7 +222,7 @@ def _evaluate_locked(params: Params, paths, *, dataset: str, method: str, seed: 
     t0 = time.perf_counter()
     out = evaluate_model(model, test_set, device=device, amp=bool(params.train.amp and device.type == "cuda"),
                          batch_size=batch, num_workers=params.train.num_workers, reversal=reversal,
-                         progress=progress)
+                         progress=progress, normalise=test_set.normalise)
     eval_time = time.perf_counter() - t0
     scores = score(out, len(classes))
 

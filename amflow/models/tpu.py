@@ -45,7 +45,12 @@ class TemporalConvTPU(nn.Module):
 
 
 class LSTMTPU(nn.Module):
-    """A bidirectional LSTM over T, projected from 2r back to r."""
+    """A bidirectional LSTM over T, projected from 2r back to r.
+
+    The recurrence runs in float32 even under autocast: autocast would run the LSTM in half
+    precision, where rounding compounds over the time steps (and cuDNN's fp16 path is the one
+    autocast picks for it on CUDA).
+    """
 
     def __init__(self, dim: int):
         super().__init__()
@@ -53,7 +58,9 @@ class LSTMTPU(nn.Module):
         self.proj = nn.Linear(2 * dim, dim)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return z + self.proj(self.lstm(z)[0])
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            seq = self.lstm(z.float())[0]
+        return z + self.proj(seq)
 
 
 def build_tpu(spec: AdapterSpec, num_frames: int) -> nn.Module:

@@ -201,13 +201,6 @@ def clip_maps(models: dict, video, transforms, block: Optional[int] = None) -> d
     return out
 
 
-def denormalise(video, sampling) -> np.ndarray:
-    """Normalised ``[T, 3, S, S]`` tensor -> uint8 ``[T, S, S, 3]``."""
-    v = video.permute(0, 2, 3, 1).cpu().numpy() * np.asarray(sampling.std, np.float32) + np.asarray(sampling.mean,
-                                                                                                        np.float32)
-    return np.clip(np.round(v * 255), 0, 255).astype(np.uint8)
-
-
 def pick_video(video_moving: np.ndarray, positions: np.ndarray, want_moving: bool) -> int:
     """Index (within the split) of the first video whose camera state is ``want_moving``, else 0."""
     hits = np.flatnonzero(np.asarray(video_moving, bool)[positions] == want_moving)
@@ -260,7 +253,8 @@ def load_clip(params: Params, dataset: str, rp, want_moving: bool):
     item = ds[index]
     manifest: pd.DataFrame = ds.cache.manifest
     video_id = str(manifest.iloc[int(ds.positions[index])]["video_id"])
-    return item, video_id, denormalise(item["video"], sampling)
+    frames = item["video"].permute(0, 2, 3, 1).numpy()  # the uint8 pixels, for display
+    return {**item, "video": ds.normalise(item["video"])}, video_id, frames
 
 
 def choose_datasets(params: Params, results_dir: Path) -> list[tuple[str, str]]:

@@ -7,7 +7,10 @@ whether it is the main process (rank 0), which alone writes files and talks to M
 from __future__ import annotations
 
 import os
+import re
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -83,15 +86,47 @@ def _env_int(name: str, default: int) -> int:
                           "(set by torchrun; do not set it by hand)") from None
 
 
+# Oldest NVIDIA driver each CUDA major version of a torch wheel runs on (minor-version compatibility).
+MIN_DRIVER = {11: "450.80.02", 12: "525.60.13", 13: "580.65.06"}
+
+
+def nvidia_driver_version(proc_file: Path = Path("/proc/driver/nvidia/version")) -> Optional[str]:
+    """The loaded NVIDIA kernel driver's version (Linux), or None when there is none."""
+    try:
+        text = Path(proc_file).read_text()
+    except OSError:
+        return None
+    match = re.search(r"Kernel Module\s+(?:for \S+\s+)?([0-9]+\.[0-9.]+)", text)
+    return match.group(1) if match else "unknown"
+
+
+def cuda_facts() -> str:
+    """What the installed torch wheel needs and what this machine has, for an unusable-CUDA message."""
+    wheel_cuda = torch.version.cuda
+    if wheel_cuda is None:
+        wheel = f"the installed torch {torch.__version__} is a CPU-only build"
+    else:
+        need = MIN_DRIVER.get(int(wheel_cuda.split(".")[0]))
+        wheel = f"the installed torch {torch.__version__} is built for CUDA {wheel_cuda}" + (
+            f" (NVIDIA driver {need} or newer)" if need else "")
+    driver = nvidia_driver_version()
+    here = f"this machine's NVIDIA driver is {driver}" if driver else "this machine has no NVIDIA driver loaded"
+    return f"{wheel}; {here}"
+
+
 def resolve_device(preference: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error, not a silent CPU run."""
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a usable GPU fails at once, naming why."""
     if preference == "cpu":
         return torch.device("cpu")
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise AmflowError("train.device is 'cuda' but no CUDA device is available; "
-                          "set train.device: auto or cpu in the params file")
-    if preference in ("cuda", "auto") and torch.cuda.is_available():
+    if torch.cuda.is_available():
         return torch.device("cuda")
+    if preference == "cuda":
+        raise AmflowError(f"train.device is 'cuda' but CUDA is unusable: {cuda_facts()}. Run on a GPU node, install "
+                          "a torch build for this driver (README, 'GPUs and clusters'), or set train.device: auto "
+                          "or cpu in the params file (--set train.device=cpu)")
+    if nvidia_driver_version() is not None:  # a GPU machine whose CUDA does not work: say so, do not hide it
+        print(f"warning: train.device is 'auto' and an NVIDIA driver is loaded, but CUDA is unusable "
+              f"({cuda_facts()}): running on the CPU", file=sys.stderr)
     return torch.device("cpu")
 
 

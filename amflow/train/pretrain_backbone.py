@@ -12,6 +12,12 @@ pixel noise: no flips, rotations, crops or hue changes, since orientation, posit
 are labels). Inputs are normalised with ``params.sampling.mean/std``, as the video models normalise
 their frames. Deterministic on CPU for a given seed and thread count.
 
+Device: ``params.train.device`` (CUDA with bf16 autocast when ``train.amp``; ``synth_full``'s 100k
+images at 64 px would take hours on a CPU). A checkpoint ``pretrain_checkpoint.pt`` is written after
+every epoch and resumed by a rerun with the same settings (a SLURM retry after a time limit), then
+deleted once the outputs are written; on CPU a resumed run ends bitwise equal to an uninterrupted one.
+``AMFLOW_STOP_AFTER_EPOCH=k`` stops after epoch k as if the job were killed (tests).
+
 Outputs: ``backbone.safetensors`` (the timm model's ``state_dict()``, heads excluded) and
 ``metrics.json``; ``amflow pretrain-backbone`` also tracks the pretraining as an MLflow run. If the
 mean accuracy gain over chance stays below ``params.pretrain.min_gain_over_chance`` (when above 0)
@@ -19,6 +25,8 @@ the stage fails with :class:`AmflowError` and writes neither. Chance is the accu
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import sys
@@ -32,9 +40,11 @@ from amflow import io, progress
 from amflow.data import pretrain_images as pimg
 from amflow.errors import AmflowError
 from amflow.params import Params
+from amflow.train.trainer import stop_after_from_env
 
 WARMUP_SHARE = 0.05  # share of the optimisation steps spent in linear warm-up
 EVAL_BATCH = 512
+CHECKPOINT = "pretrain_checkpoint.pt"
 
 
 def build_model(params: Params, attributes: list[dict]):
@@ -84,13 +94,13 @@ def _augment(x, generator):
     value to all channels and scaling around the grey mean keep the hue; nothing moves)."""
     import torch
 
-    b = x.shape[0]
-    contrast = torch.empty(b, 1, 1, 1).uniform_(0.85, 1.15, generator=generator)
-    brightness = torch.empty(b, 1, 1, 1).uniform_(-0.05, 0.05, generator=generator)
-    sigma = torch.empty(b, 1, 1, 1).uniform_(0.0, 0.02, generator=generator)
+    b, dev = x.shape[0], x.device  # ``generator`` lives on x's device
+    contrast = torch.empty(b, 1, 1, 1, device=dev).uniform_(0.85, 1.15, generator=generator)
+    brightness = torch.empty(b, 1, 1, 1, device=dev).uniform_(-0.05, 0.05, generator=generator)
+    sigma = torch.empty(b, 1, 1, 1, device=dev).uniform_(0.0, 0.02, generator=generator)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * contrast + mean + brightness
-    x = x + torch.randn(x.shape, generator=generator) * sigma
+    x = x + torch.randn(x.shape, generator=generator, device=dev) * sigma
     return x.clamp_(0.0, 1.0)
 
 
@@ -106,20 +116,31 @@ def _targets(table, attributes):
     return {a["name"]: torch.from_numpy(table[a["name"]].to_numpy(np.int64, copy=True)) for a in attributes}
 
 
-def evaluate(backbone, heads, images, targets, mean, std) -> dict[str, float]:
-    """Per-attribute accuracy of the model on uint8 images [N,3,H,W]."""
+def evaluate(backbone, heads, images, targets, mean, std, amp: bool = False) -> dict[str, float]:
+    """Per-attribute accuracy of the model on uint8 images [N,3,H,W] (moved to ``mean``'s device per batch)."""
     import torch
+
+    from amflow.train.trainer import autocast
 
     backbone.eval()
     heads.eval()
+    dev = mean.device
     correct = {name: 0 for name in targets}
     with torch.no_grad():
         for start in range(0, len(images), EVAL_BATCH):
-            feats = backbone(_normalise(images[start:start + EVAL_BATCH], mean, std))
-            for name, head in heads.items():
-                pred = head(feats).argmax(dim=1)
-                correct[name] += int((pred == targets[name][start:start + EVAL_BATCH]).sum())
+            with autocast(dev, amp):
+                feats = backbone(_normalise(images[start:start + EVAL_BATCH].to(dev, non_blocking=True), mean, std))
+                for name, head in heads.items():
+                    pred = head(feats).argmax(dim=1).cpu()
+                    correct[name] += int((pred == targets[name][start:start + EVAL_BATCH]).sum())
     return {name: c / max(1, len(images)) for name, c in correct.items()}
+
+
+def settings_digest(params: Params, info: dict) -> str:
+    """What a pretraining checkpoint may only be resumed under: recipe, model, normalisation, image set."""
+    doc = {"pretrain": params.pretrain.model_dump(mode="json"), "backbone": params.backbone.model_dump(mode="json"),
+           "mean": list(params.sampling.mean), "std": list(params.sampling.std), "images": info.get("spec")}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _clear_outputs(out_dir: Path) -> None:
@@ -128,14 +149,20 @@ def _clear_outputs(out_dir: Path) -> None:
         (out_dir / name).unlink(missing_ok=True)
 
 
-def train_attribute_model(params: Params, images_dir: str | Path,
+def train_attribute_model(params: Params, images_dir: str | Path, checkpoint: Optional[Path] = None,
+                          stop_after_epoch: Optional[int] = None,
                           on_epoch: Optional[Callable[[int, float], None]] = None):
     """Train the backbone and its attribute heads on ``images_dir``; returns (backbone, metrics).
 
-    ``on_epoch(epoch, mean_loss)`` is called after each epoch (1-based). Checks nothing and writes
-    nothing: :func:`pretrain_backbone` does both."""
+    With ``checkpoint``, the state after each epoch is saved there, and a checkpoint written under
+    the same settings is resumed. Stopped by ``stop_after_epoch`` before the last epoch: returns
+    (None, None). ``on_epoch(epoch, mean_loss)`` is called after each epoch (1-based). Checks nothing
+    and writes no outputs: :func:`pretrain_backbone` does both."""
     import torch
     import torch.nn.functional as F
+
+    from amflow.train.distributed import resolve_device
+    from amflow.train.trainer import autocast
 
     images_dir = Path(images_dir)
     spec = params.pretrain
@@ -143,6 +170,8 @@ def train_attribute_model(params: Params, images_dir: str | Path,
     attributes = info["attributes"]
     train_np, train_table = pimg.load_split(images_dir, "train")
     val_np, val_table = pimg.load_split(images_dir, "val")
+    device = resolve_device(params.train.device)
+    amp = bool(params.train.amp and device.type == "cuda")
 
     torch.manual_seed(spec.seed)  # the model's initialisation
     backbone, heads = build_model(params, attributes)
@@ -153,11 +182,15 @@ def train_attribute_model(params: Params, images_dir: str | Path,
             f"{images_dir}: images are {size[0]}x{size[1]} px but the backbone expects {expected[0]}x{expected[1]} "
             f"(params backbone.kwargs.img_size); set pretrain_images.resolution and backbone.kwargs.img_size "
             f"to the same value and rerun `amflow pretrain-images`")
+    backbone.to(device)
+    heads.to(device)
 
-    train_x, val_x = _to_tensor(train_np), _to_tensor(val_np)
+    train_x, val_x = _to_tensor(train_np), _to_tensor(val_np)  # uint8, host memory; batches go to the device
+    if device.type == "cuda":
+        train_x = train_x.pin_memory()
     train_y, val_y = _targets(train_table, attributes), _targets(val_table, attributes)
-    mean = torch.tensor(params.sampling.mean).view(1, 3, 1, 1)
-    std = torch.tensor(params.sampling.std).view(1, 3, 1, 1)
+    mean = torch.tensor(params.sampling.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(params.sampling.std, device=device).view(1, 3, 1, 1)
 
     n = len(train_x)
     batch = min(spec.batch_size, n)
@@ -166,24 +199,46 @@ def train_attribute_model(params: Params, images_dir: str | Path,
     warmup = max(1, int(WARMUP_SHARE * total))
     opt = torch.optim.AdamW(_param_groups([backbone, heads], spec.weight_decay), lr=spec.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup))
-    gen = torch.Generator().manual_seed(spec.seed)
+    gen = torch.Generator().manual_seed(spec.seed)  # the data order (and, on CPU, the augmentation)
+    # On a GPU the augmentation draws on the device, from its own seeded stream.
+    aug_gen = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(spec.seed + 1)
 
     epoch_loss: list[float] = []
-    seen = 0
-    t0 = time.perf_counter()
-    for epoch in range(spec.epochs):
+    seen, start_epoch, elapsed = 0, 0, 0.0
+    digest = settings_digest(params, info)
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = _load_checkpoint(Path(checkpoint))
+        if state.get("digest") == digest:
+            backbone.load_state_dict(state["backbone"])
+            heads.load_state_dict(state["heads"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            gen.set_state(state["generator"])
+            if aug_gen is not gen and "aug_generator" in state:
+                aug_gen.set_state(state["aug_generator"])
+            start_epoch, epoch_loss = int(state["epoch"]), list(state["epoch_loss"])
+            seen, elapsed = int(state["seen"]), float(state["elapsed_s"])
+            print(f"pretrain: resuming from epoch {start_epoch} ({checkpoint})", file=sys.stderr)
+        else:
+            print(f"pretrain: {checkpoint} was written with other settings; training from scratch", file=sys.stderr)
+
+    t0 = time.perf_counter() - elapsed
+    for epoch in range(start_epoch, spec.epochs):
         backbone.train()
         heads.train()
         perm = torch.randperm(n, generator=gen)
-        running, count = 0.0, 0
+        running = torch.zeros((), dtype=torch.float64, device=device)
+        count = 0
         bar = progress.bar(range(steps_per_epoch), desc=f"pretrain epoch {epoch + 1}/{spec.epochs}", unit="step",
                            leave=False)
         show_every = progress.every(steps_per_epoch)
         for step in bar:
             idx = perm[step * batch:(step + 1) * batch]
-            x = _augment(train_x[idx].float() / 255.0, gen)
-            feats = backbone((x - mean) / std)
-            loss = sum(F.cross_entropy(head(feats), train_y[name][idx]) for name, head in heads.items())
+            x = _augment(train_x[idx].to(device, non_blocking=True).float() / 255.0, aug_gen)
+            with autocast(device, amp):
+                feats = backbone((x - mean) / std)
+                loss = sum(F.cross_entropy(head(feats).float(), train_y[name][idx].to(device, non_blocking=True))
+                           for name, head in heads.items())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -199,9 +254,20 @@ def train_attribute_model(params: Params, images_dir: str | Path,
         print(f"pretrain epoch {epoch + 1}/{spec.epochs}: loss {epoch_loss[-1]:.4f}", file=sys.stderr)
         if on_epoch is not None:
             on_epoch(epoch + 1, epoch_loss[-1])
+        if checkpoint is not None:
+            state = {"digest": digest, "epoch": epoch + 1, "backbone": backbone.state_dict(),
+                     "heads": heads.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "generator": gen.get_state(), "epoch_loss": epoch_loss, "seen": seen,
+                     "elapsed_s": time.perf_counter() - t0}
+            if aug_gen is not gen:
+                state["aug_generator"] = aug_gen.get_state()
+            with io.atomic_path(Path(checkpoint)) as tmp:
+                torch.save(state, tmp)
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < spec.epochs:
+            return None, None
     train_time = time.perf_counter() - t0
 
-    acc = evaluate(backbone, heads, val_x, val_y, mean, std)
+    acc = evaluate(backbone, heads, val_x, val_y, mean, std, amp)
     per_attr = {}
     for a in attributes:
         counts = np.bincount(val_table[a["name"]].to_numpy(), minlength=a["classes"])
@@ -226,13 +292,24 @@ def train_attribute_model(params: Params, images_dir: str | Path,
         "train_time_s": round(train_time, 2),
         "images_per_s": round(seen / max(train_time, 1e-9), 1),
         "torch_threads": torch.get_num_threads(),
+        "device": device.type,
         "model": params.backbone.model,
         "kwargs": params.backbone.kwargs,
         "normalisation": {"mean": list(params.sampling.mean), "std": list(params.sampling.std)},
         "seed": spec.seed,
         "images": {"dir": str(images_dir), "spec": info.get("spec")},
     }
-    return backbone, metrics
+    return backbone.cpu(), metrics
+
+
+def _load_checkpoint(path: Path) -> dict:
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (zip, unpickling and EOF errors all mean "corrupt")
+        raise AmflowError(f"{path}: pretraining checkpoint is corrupted or unreadable ({type(exc).__name__}); "
+                          f"delete it (rm '{path}') to restart pretraining from epoch 0") from None
 
 
 def pretrain_backbone(params: Params, images_dir: str | Path, out_dir: str | Path, track: bool = False,
@@ -268,7 +345,11 @@ def pretrain_backbone(params: Params, images_dir: str | Path, out_dir: str | Pat
             except Exception as exc:  # noqa: BLE001  (a tracking hiccup must not end the pretraining)
                 print(f"warning: MLflow logging of pretraining epoch {epoch} failed ({exc})", file=sys.stderr)
 
-        backbone, metrics = train_attribute_model(params, images_dir, on_epoch=log_epoch)
+        backbone, metrics = train_attribute_model(params, images_dir, out_dir / CHECKPOINT, stop_after_from_env(),
+                                                  on_epoch=log_epoch)
+        if backbone is None:
+            tracker.finish("KILLED")
+            return {"status": "stopped"}
         per_attr, gain = metrics["attributes"], metrics["mean_gain_over_chance"]
         tracking.with_retries(lambda: tracker.log_metrics({
             "mean_accuracy": metrics["mean_accuracy"], "mean_gain_over_chance": gain,
@@ -287,6 +368,7 @@ def pretrain_backbone(params: Params, images_dir: str | Path, out_dir: str | Pat
             state = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
             save_file(state, str(tmp), metadata={"model": params.backbone.model, "source": "amflow pretrain-backbone"})
         io.write_json(out_dir / "metrics.json", metrics)  # results on disk before the final logging
+        (out_dir / CHECKPOINT).unlink(missing_ok=True)  # done: a rerun starts afresh
 
         def log_end() -> None:
             tracker.log_artifacts([out_dir / "metrics.json", out_dir / "backbone.safetensors"])

@@ -234,7 +234,7 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
 
         trainer = Trainer(model, train_set, val_set, params.train, seed=seed, run_dir=paths.run_dir, ctx=ctx,
                           meta=meta, callbacks=[log_epoch, *map(caller_callback, callbacks)],
-                          stop_after_epoch=stop_after_epoch, progress=progress)
+                          stop_after_epoch=stop_after_epoch, progress=progress, normalise=train_set.normalise)
         try:
             result = trainer.fit()
         except BaseException as exc:

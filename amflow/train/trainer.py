@@ -39,6 +39,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from amflow import io, progress
+from amflow.data.frame_cache import raise_open_file_limit
+from amflow.data.frame_codec import init_worker as init_decoder_worker
 from amflow.errors import AmflowError
 from amflow.params import TrainSpec
 from amflow.train import checkpoint as ckpt
@@ -70,9 +72,13 @@ def autocast(device: torch.device, amp: bool):
 
 
 def clip_probs(model: torch.nn.Module, video: torch.Tensor, transforms: Optional[torch.Tensor],
-               device: torch.device, amp: bool) -> torch.Tensor:
-    """Class probabilities per item, averaging the softmax over views for ``[B, V, T, 3, S, S]`` input."""
+               device: torch.device, amp: bool, normalise: Optional[Callable] = None) -> torch.Tensor:
+    """Class probabilities per item, averaging the softmax over views for ``[B, V, T, 3, S, S]`` input.
+
+    ``normalise`` turns the clips into model input once on ``device`` (uint8 clips: the dataset's)."""
     video = video.to(device, non_blocking=True)
+    if normalise is not None:
+        video = normalise(video)
     if transforms is not None:
         transforms = transforms.to(device, non_blocking=True)
     views = 1
@@ -100,12 +106,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def _worker_init(worker_id: int) -> None:
+def loader_worker_init(worker_id: int) -> None:
+    """DataLoader worker set-up (training and evaluation): seeds, one OpenCV thread, descriptors."""
     # torch gives each worker base_seed + worker_id (base_seed from the loader's generator, which we
     # reseed every epoch); derive numpy/python seeds from it so no worker shares a stream.
     s = torch.initial_seed() % 2**32
     random.seed(s)
     np.random.seed(s)
+    init_decoder_worker()      # one OpenCV thread per worker: N workers x all cores oversubscribes the node
+    raise_open_file_limit()    # a worker maps many shards over an epoch (Kinetics: thousands)
 
 
 # --------------------------------------------------------------------------- results
@@ -125,7 +134,7 @@ def write_train_log(path: Path, history: list[dict]) -> None:
         table.to_csv(tmp, index=False)
 
 
-def _stop_after_from_env() -> Optional[int]:
+def stop_after_from_env() -> Optional[int]:
     value = os.environ.get(STOP_ENV)
     if not value:
         return None
@@ -147,7 +156,7 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, train_set: Dataset, val_set: Optional[Dataset], spec: TrainSpec, *,
                  seed: int, run_dir: Path, ctx: Optional[DistContext] = None, meta: Optional[dict] = None,
                  callbacks: Iterable[Callable[[dict], None]] = (), stop_after_epoch: Optional[int] = None,
-                 progress: bool = True, collate: Callable = collate_clips):
+                 progress: bool = True, collate: Callable = collate_clips, normalise: Optional[Callable] = None):
         self.model = model
         self.train_set, self.val_set = train_set, val_set
         self.spec = spec
@@ -156,9 +165,10 @@ class Trainer:
         self.ctx = ctx or DistContext()
         self.meta = dict(meta or {})
         self.callbacks = list(callbacks)
-        self.stop_after_epoch = stop_after_epoch if stop_after_epoch is not None else _stop_after_from_env()
+        self.stop_after_epoch = stop_after_epoch if stop_after_epoch is not None else stop_after_from_env()
         self.progress = progress
         self.collate = collate
+        self.normalise = normalise or (lambda video: video)  # uint8 clips become model input on the device
         self.device = self.ctx.device
         self.amp = bool(spec.amp and self.device.type == "cuda")
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
@@ -172,7 +182,7 @@ class Trainer:
         self.sampler = DistributedSampler(self.train_set, num_replicas=ctx.world_size, rank=ctx.rank,
                                           shuffle=True, seed=self.seed, drop_last=True)
         self.loader_gen = torch.Generator()
-        common = dict(num_workers=spec.num_workers, collate_fn=self.collate, worker_init_fn=_worker_init,
+        common = dict(num_workers=spec.num_workers, collate_fn=self.collate, worker_init_fn=loader_worker_init,
                       pin_memory=self.device.type == "cuda", persistent_workers=False)
         self.train_loader = DataLoader(self.train_set, batch_size=self.batch, sampler=self.sampler, drop_last=True,
                                        generator=self.loader_gen, **common)
@@ -198,20 +208,33 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, total, warmup)
 
     def _resume(self) -> tuple[int, list[dict], float]:
-        if not self.checkpoint_path.exists():
+        # Rank 0 alone looks at the file and decides; the others follow its word. Were every rank to
+        # check for itself, a late rank could look while rank 0 moves a stale file aside, then skip
+        # the barrier (collectives out of step: a hang until the NCCL timeout) or fail to load.
+        decision, error = "fresh", None
+        if self.ctx.is_main and self.checkpoint_path.exists():
+            try:
+                stale = self._stale_reason(ckpt.load_checkpoint(self.checkpoint_path))
+                decision = f"stale: {stale}" if stale else "resume"
+            except AmflowError as exc:  # a corrupted file: every rank stops with rank 0's message
+                error = str(exc)
+        decision, error = self.ctx.broadcast_object((decision, error))
+        if error:
+            raise AmflowError(error)
+        if decision == "fresh":
             return 0, [], 0.0
-        state = ckpt.load_checkpoint(self.checkpoint_path)
-        stale = self._stale_reason(state)
-        if stale:
+        if decision.startswith("stale"):
             # The run's settings or backbone changed since this checkpoint (Snakemake and DVC rerun the
             # job then): resuming would mix two configurations, so start over and keep the old file aside.
+            self.ctx.barrier()  # every rank is past its last use of the run folder
             if self.ctx.is_main:
                 aside = self.checkpoint_path.with_name("checkpoint.stale.pt")
                 os.replace(self.checkpoint_path, aside)
-                print(f"{self.checkpoint_path}: {stale}; moved it to {aside.name} and training from scratch",
-                      file=sys.stderr)
-            self.ctx.barrier()
+                print(f"{self.checkpoint_path}: {decision[len('stale: '):]}; moved it to {aside.name} and "
+                      "training from scratch", file=sys.stderr)
+            self.ctx.barrier()  # the file is gone before any rank goes on
             return 0, [], 0.0
+        state = ckpt.load_checkpoint(self.checkpoint_path)  # every rank reads it (a shared filesystem)
         ckpt.load_trainable_state(self.model, state["model"], self.checkpoint_path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -340,7 +363,7 @@ class Trainer:
                 batch = next(it)
                 wait += time.perf_counter() - t_wait
                 labels = batch["label"].to(dev, non_blocking=True)
-                video = batch["video"].to(dev, non_blocking=True)
+                video = self.normalise(batch["video"].to(dev, non_blocking=True))
                 transforms = batch["transforms"]
                 if transforms is not None:
                     transforms = transforms.to(dev, non_blocking=True)
@@ -383,7 +406,7 @@ class Trainer:
         model.eval()
         loss_sum = correct = count = 0.0
         for batch in self.val_loader:
-            probs = clip_probs(model, batch["video"], batch["transforms"], self.device, self.amp)
+            probs = clip_probs(model, batch["video"], batch["transforms"], self.device, self.amp, self.normalise)
             labels = batch["label"].to(self.device)
             loss_sum += float(F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum"))
             correct += float((probs.argmax(dim=-1) == labels).sum())

@@ -12,6 +12,8 @@ if P.backbone.weights == "pretrain":
         params:
             dvc_params=tracked("backbone", "pretrain", "pretrain_images"),
         threads: 8
+        resources:
+            gpu=GPUS_PER_JOB,
         log:
             f"{LOGS}/pretrain_backbone.log",
         shell:

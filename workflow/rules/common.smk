@@ -87,6 +87,13 @@ def train_inputs(wildcards, method=None):
     return deps
 
 
+# GPUs a training, evaluation or sweep job uses; 0 when the params keep training on the CPU. The
+# SLURM profile sets them per rule; a local run that states the machine's GPUs (`--resources gpu=N`,
+# workflow/profiles/local_gpu) then never starts two GPU jobs on one device. Without it Snakemake
+# does not count GPUs, and every job would start on cuda:0.
+GPUS_PER_JOB = 0 if P.train.device == "cpu" else 1
+
+
 def launcher(wildcards, resources):
     """Several GPUs: one process per GPU under torchrun (DDP); otherwise a plain process."""
     if int(resources.gpu) > 1:

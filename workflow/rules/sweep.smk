@@ -8,6 +8,8 @@ rule sweep:
     output:
         f"{RESULTS}/sweeps/{{dataset}}/{{method}}/best.yaml",
     threads: 8
+    resources:
+        gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/sweep/{{dataset}}/{{method}}.log",
     shell:

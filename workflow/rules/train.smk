@@ -14,7 +14,7 @@ rule train:
         dvc_params=tracked("datasets.{dataset}", "sampling", "model", "train", "backbone", "camera_motion"),
     threads: 1
     resources:
-        gpu=0,
+        gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/train/{{dataset}}/{{method}}/seed{{seed}}.log",
     shell:
@@ -31,6 +31,8 @@ rule evaluate:
     params:
         dvc_params=tracked("datasets.{dataset}", "sampling"),
     threads: 1
+    resources:
+        gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/evaluate/{{dataset}}/{{method}}/seed{{seed}}.log",
     shell:
@@ -51,7 +53,7 @@ rule train_ablation:
         dvc_params=tracked("datasets.{dataset}", "sampling", "model", "train", "backbone", "camera_motion", "ablations"),
     threads: 1
     resources:
-        gpu=0,
+        gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/train_ablation/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}.log",
     shell:
@@ -70,6 +72,8 @@ rule evaluate_ablation:
         overrides=lambda w: ablation(w).set_args(),
         dvc_params=tracked("datasets.{dataset}", "sampling", "ablations"),
     threads: 1
+    resources:
+        gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/evaluate_ablation/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}.log",
     shell:
