@@ -46,7 +46,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
-from amflow import io  # noqa: E402
+from amflow import io, paths  # noqa: E402
 from amflow.models import build_backbone, build_model  # noqa: E402
 from amflow.params import BackboneSpec, load_params  # noqa: E402
 from amflow.train.distributed import cuda_facts, nvidia_driver_version  # noqa: E402
@@ -231,9 +231,17 @@ def check_ddp(args, device: torch.device) -> dict:
 
 
 # --------------------------------------------------------------------------- 5. synth_full, shortened
+SYNTH_NAME = "synth_full_gpu_check"
+
+
+def synth_metrics_file(method: str) -> Path:
+    """Where the shortened run's ``method`` writes its metrics, relative to the work folder."""
+    return paths.run_dir(paths.results_root("results", SYNTH_NAME), "synth_moving", method, 0) / "metrics.json"
+
+
 def synth_params(work: Path, epochs: int) -> Path:
     """A params file: ``params/synth_full.yaml`` with fewer videos, pretraining images and epochs."""
-    doc = {"extends": str(ROOT / "params" / "synth_full.yaml"), "name": "synth_full_gpu_check",
+    doc = {"extends": str(ROOT / "params" / "synth_full.yaml"), "name": SYNTH_NAME,
            "datasets": {"synth_moving": {"synth": {"split_sizes": {"train": 1200, "val": 300, "test": 300}}}},
            "table_datasets": ["synth_moving"], "methods": ["tpa", "amflow"], "seeds": [0],
            "pretrain_images": {"images": 20000, "val_images": 2000}, "pretrain": {"epochs": 3},
@@ -247,7 +255,7 @@ def check_synth(args) -> dict:
     work = Path(args.out) / "gpu_check" / "work"
     work.mkdir(parents=True, exist_ok=True)
     params = synth_params(work, args.synth_epochs)
-    targets = [f"results/synth_moving/{m}/seed0/metrics.json" for m in ("tpa", "amflow")]
+    targets = [str(synth_metrics_file(m)) for m in ("tpa", "amflow")]
     cmd = [str(Path(sys.executable).parent / "snakemake"), *targets, "-s", str(ROOT / "Snakefile"), "-d", str(work),
            "--cores", str(os.cpu_count() or 1), "--configfile", str(params), "--resources", "gpu=1"]
     t0 = time.perf_counter()
@@ -259,7 +267,7 @@ def check_synth(args) -> dict:
         out["error"] = (proc.stdout + proc.stderr)[-2000:]
         return out
     for m in ("tpa", "amflow"):
-        metrics = io.read_json(work / f"results/synth_moving/{m}/seed0/metrics.json")
+        metrics = io.read_json(work / synth_metrics_file(m))
         out[m] = {"val_curve": metrics["val_curve"], "top1": metrics["top1"], "train_time_s": metrics["train_time_s"]}
     return out
 

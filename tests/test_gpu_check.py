@@ -82,7 +82,8 @@ def test_shortened_synth_full_params_and_the_run_they_plan(tmp_path):
     assert p.datasets["synth_moving"].synth.split_sizes["train"] < full.datasets["synth_moving"].synth.split_sizes["train"]
     assert p.pretrain_images.images < full.pretrain_images.images and p.train.device == "cuda"
     assert p.sampling == full.sampling and p.model == full.model and p.backbone == full.backbone
-    targets = [f"results/synth_moving/{m}/seed0/metrics.json" for m in ("tpa", "amflow")]
+    targets = [str(gpu_check.synth_metrics_file(m)) for m in ("tpa", "amflow")]
+    assert targets[0] == "results/synth_full_gpu_check/synth_moving/tpa/seed0/metrics.json"
     out = subprocess.run([sys.executable, "-m", "snakemake", *targets, "-n", "-s", str(ROOT / "Snakefile"), "-d",
                           str(tmp_path), "--cores", "2", "--configfile", str(path), "--resources", "gpu=1"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)

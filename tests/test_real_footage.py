@@ -26,6 +26,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from amflow import paths
+from amflow.params import validate
 from project_copy import BIN, ROOT, make_project_copy, run, snakemake
 
 pytestmark = pytest.mark.slow
@@ -78,6 +80,13 @@ def real_params() -> dict:
     return doc
 
 
+PARAMS = validate(real_params())
+RESULTS = paths.results_root("results", PARAMS.name)
+RUN = paths.run_dir(RESULTS, "real", "amflow", 0)
+FRAMES = paths.frames_dir("data", paths.dataset_key(PARAMS, "real"))
+CAMERA = paths.camera_dir(RESULTS, "real")
+
+
 @pytest.fixture(scope="module")
 def project(clips, tmp_path_factory):
     project = make_project_copy(tmp_path_factory.mktemp("real") / "project")
@@ -95,35 +104,35 @@ def project(clips, tmp_path_factory):
                                    "clips/bikes_truncated.mp4 cycling\nclips/notes.mp4 phoning\n")
     (raw / "val.txt").write_text("clips/carphone_distorted.mp4 phoning\n")
     (raw / "test.csv").write_text("path,label\nclips/bigbuckbunny.mp4,cartoon\n")
-    snakemake(project, "--cores", "2", "results/real/amflow/seed0/metrics.json", "--configfile", "params/real.yaml")
+    snakemake(project, "--cores", "2", str(RUN / "metrics.json"), "--configfile", "params/real.yaml")
     return project
 
 
 def test_bad_files_are_listed_and_the_run_completes(project):
-    failures = pd.read_csv(project / "data" / "frames" / "real" / "failures.csv")
+    failures = pd.read_csv(project / FRAMES / "failures.csv")
     assert sorted(Path(v).name for v in failures["video"]) == ["bikes_truncated.mp4", "notes.mp4"]
     assert (failures["split"] == "train").all() and failures["error"].str.len().gt(0).all()
-    manifest = pd.read_csv(project / "data" / "frames" / "real" / "manifest.csv")
+    manifest = pd.read_csv(project / FRAMES / "manifest.csv")
     assert sorted(manifest["split"]) == ["test", "train", "train", "val"]  # every good clip, decoded
     assert (np.minimum(manifest["height"], manifest["width"]) == 32).all()  # short side 32
     assert dict(zip(manifest["video"].map(lambda v: Path(v).name), manifest["num_frames"])) == {
         "bikes.mp4": 250, "carphone_pristine.mp4": 120, "carphone_distorted.mp4": 120, "bigbuckbunny.mp4": 132}
-    metrics = json.loads((project / "results" / "real" / "amflow" / "seed0" / "metrics.json").read_text())
+    metrics = json.loads((project / RUN / "metrics.json").read_text())
     assert metrics["num_test"] == 1 and metrics["epochs"] == 1 and 0 <= metrics["top1"] <= 1
 
 
 def test_camera_decision_and_displacements_are_finite_and_stable(project):
-    first_json = json.loads((project / "results" / "real" / "camera_motion.json").read_text())
-    with np.load(project / "data" / "motion" / "real.npz") as z:
+    first_json = json.loads((project / CAMERA / "camera_motion.json").read_text())
+    with np.load(project / paths.motion_file(RESULTS, "real")) as z:
         first = {k: z[k].copy() for k in ("video_displacement", "transforms", "valid")}
     assert first_json["decision"] in ("static", "aligned")
     assert np.isfinite(first["video_displacement"]).all() and np.isfinite(first["transforms"]).all()
     assert first["valid"].any()
     # a second run of the stage, from scratch
-    (project / "results" / "real" / "camera_motion.json").unlink()
+    (project / CAMERA / "camera_motion.json").unlink()
     run([BIN / "amflow", "camera-motion", "--params", "params/real.yaml", "--dataset", "real"], project)
-    again_json = json.loads((project / "results" / "real" / "camera_motion.json").read_text())
-    with np.load(project / "data" / "motion" / "real.npz") as z:
+    again_json = json.loads((project / CAMERA / "camera_motion.json").read_text())
+    with np.load(project / paths.motion_file(RESULTS, "real")) as z:
         np.testing.assert_allclose(z["video_displacement"], first["video_displacement"], rtol=1e-6, atol=1e-9)
         np.testing.assert_allclose(z["transforms"], first["transforms"], rtol=1e-6, atol=1e-9)
         np.testing.assert_array_equal(z["valid"], first["valid"])
@@ -131,7 +140,7 @@ def test_camera_decision_and_displacements_are_finite_and_stable(project):
 
 
 def test_predict_returns_the_class_list(project):
-    out = run([BIN / "amflow", "predict", "data/raw/real/clips/bikes.mp4", "--run", "results/real/amflow/seed0",
+    out = run([BIN / "amflow", "predict", "data/raw/real/clips/bikes.mp4", "--run", RUN,
                "--top-k", "3"], project)
     rows = [line.split() for line in out.stdout.strip().splitlines()]
     assert sorted(name for _, name in rows) == sorted(CLASSES)

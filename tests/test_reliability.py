@@ -149,13 +149,15 @@ def test_leftovers_of_a_kill_inside_torch_save_are_removed_at_the_next_start(tmp
 
 # --------------------------------------------------------------------------- a Snakemake job killed mid-training
 EPOCHS = 6
-TARGET = "results/synth_static/frame/seed0/metrics.json"
-UPSTREAM = ("data/frames/synth_static/summary.json", "results/backbone/backbone.safetensors")
+# The shipped tiny params with more epochs (room for a kill between two checkpoints), as a user types it.
+CHEAPER = ("--configfile", "params/tiny.yaml", "--config", f"train={{epochs: {EPOCHS}}}")
+TINY = load_params(ROOT / "params/tiny.yaml")
+RESULTS = paths.results_root("results", TINY.name)
+RUN = paths.run_dir(RESULTS, "synth_static", "frame", 0)
+TARGET = str(RUN / "metrics.json")
+UPSTREAM = (str(paths.frames_dir("data", paths.dataset_key(TINY, "synth_static")) / "summary.json"),
+            str(paths.backbone_file(RESULTS)))
 NOT_REPRODUCIBLE = ("train_time_s", "eval_time_s", "mlflow_run_id")
-
-
-def _cheaper(doc: dict) -> None:
-    doc["train"]["epochs"] = EPOCHS  # several epochs: room for a kill between two checkpoints
 
 
 def _train_process(snake: subprocess.Popen):
@@ -171,13 +173,13 @@ def _train_process(snake: subprocess.Popen):
 
 @pytest.mark.slow
 def test_a_training_job_killed_mid_run_resumes_to_the_same_metrics_bit_for_bit(tmp_path):
-    base = make_project_copy(tmp_path / "base", edit=_cheaper)
-    snakemake(base, "--cores", "2", *UPSTREAM)
+    base = make_project_copy(tmp_path / "base")
+    snakemake(base, "--cores", "2", *UPSTREAM, *CHEAPER)
     whole, killed = copy_of(base, tmp_path / "whole"), copy_of(base, tmp_path / "killed")
-    snakemake(whole, "--cores", "2", TARGET)
+    snakemake(whole, "--cores", "2", TARGET, *CHEAPER)
 
-    run = killed / "results/synth_static/frame/seed0"
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "snakemake"), "--cores", "2", TARGET], cwd=killed,
+    run = killed / RUN
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "snakemake"), "--cores", "2", TARGET, *CHEAPER], cwd=killed,
                             env=project_env(killed), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
@@ -198,14 +200,14 @@ def test_a_training_job_killed_mid_run_resumes_to_the_same_metrics_bit_for_bit(t
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert 1 <= state["epoch"] < EPOCHS and not (run / "metrics.json").exists()
 
-    snakemake(killed, "--cores", "2", TARGET)  # the rerun: what the user types again
-    log = (killed / "logs/train/synth_static/frame/seed0.log").read_text()
+    snakemake(killed, "--cores", "2", TARGET, *CHEAPER)  # the rerun: what the user types again
+    log = (killed / paths.logs_root("logs", TINY.name) / "train/synth_static/frame/seed0.log").read_text()
     assert f"from epoch {state['epoch']}" in log  # it resumed rather than starting over
     a = json.loads((whole / TARGET).read_text())
     b = json.loads((killed / TARGET).read_text())
     assert {k: v for k, v in a.items() if k not in NOT_REPRODUCIBLE} == \
            {k: v for k, v in b.items() if k not in NOT_REPRODUCIBLE}
-    history = [json.loads((p / "results/synth_static/frame/seed0/train.json").read_text())["history"]
+    history = [json.loads((p / RUN / "train.json").read_text())["history"]
                for p in (whole, killed)]
     timeless = [[{k: v for k, v in r.items() if k not in ("epoch_time", "clips_per_s", "data_wait_frac")} for r in h]
                 for h in history]

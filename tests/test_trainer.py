@@ -196,15 +196,16 @@ def test_loader_workers_use_one_opencv_thread_and_the_hard_descriptor_limit():
     assert limit == (hard if hard != resource.RLIM_INFINITY else 1 << 20)
 
 
-def test_progress_to_a_file_reads_the_loss_at_most_once_a_minute(tmp_path, monkeypatch):
-    """Each progress figure is a device sync; written to a log file it must not come every step."""
+def test_progress_to_a_file_reads_the_loss_only_for_its_lines(tmp_path, monkeypatch):
+    """Each progress figure is a device sync; written to a log file it comes with a log line, not every step."""
     import sys
 
-    from amflow.train import trainer as trainer_mod
+    from amflow import progress
 
     reads = []
-    real = trainer_mod.tqdm.set_postfix
-    monkeypatch.setattr(trainer_mod.tqdm, "set_postfix", lambda self, *a, **k: (reads.append(1), real(self, *a, **k)))
+    real = progress.tqdm.set_postfix
+    monkeypatch.setattr(progress.tqdm, "set_postfix", lambda self, *a, **k: (reads.append(1), real(self, *a, **k)))
+    monkeypatch.setattr(progress, "LINES_PER_BAR", 2)  # a line every half epoch
     log = open(tmp_path / "train.log", "w")
     monkeypatch.setattr(sys, "stderr", log)  # as under Snakemake: `> {log} 2>&1`
     try:
@@ -213,4 +214,6 @@ def test_progress_to_a_file_reads_the_loss_at_most_once_a_minute(tmp_path, monke
         t.fit()
     finally:
         log.close()
-    assert t.steps_per_epoch * 2 >= 8 and len(reads) <= 2, len(reads)  # 8 steps; at most one figure a minute
+    steps = t.steps_per_epoch * 2
+    assert steps >= 8 and len(reads) == 2 * 2, (steps, len(reads))  # two lines an epoch, one figure each
+    assert "\r" not in (tmp_path / "train.log").read_text()

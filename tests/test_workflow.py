@@ -165,17 +165,16 @@ def _dry_run_jobs(*args):
 
 
 def test_gpu_jobs_declare_their_gpu_so_a_local_gpu_run_gives_each_its_own():
-    """`snakemake --profile workflow/profiles/local_gpu ... --configfile params/k400.yaml` (README): every
+    """`snakemake --profile workflow/profiles/local_gpu --configfile params/k400.yaml` (README): every
     training and evaluation declares one GPU and the profile states one, so they run one at a time
     instead of all together on cuda:0; a params file that trains on the CPU declares none."""
-    jobs = _dry_run_jobs("--profile", "workflow/profiles/local_gpu", "results/table1.csv",
-                         "--configfile", "params/k400.yaml")
+    jobs = _dry_run_jobs("--profile", "workflow/profiles/local_gpu", "--configfile", "params/k400.yaml")
     gpu_rules = [(rule, res) for rule, res in jobs if rule in ("train", "evaluate")]
     assert len(gpu_rules) == 10  # 5 methods x (train, evaluate) on k400
     assert all(res.get("gpu") == "1" for _, res in gpu_rules), gpu_rules
     assert all(res.get("gpu", "0") == "0" for rule, res in jobs if rule not in ("train", "evaluate")), jobs
-    pretrain = _dry_run_jobs("--profile", "workflow/profiles/local_gpu", "results/backbone/metrics.json",
+    pretrain = _dry_run_jobs("--profile", "workflow/profiles/local_gpu", "results/synth_full/backbone/metrics.json",
                              "--configfile", "params/synth_full.yaml")
     assert [res.get("gpu") for rule, res in pretrain if rule == "pretrain_backbone"] == ["1"]
-    cpu_jobs = _dry_run_jobs("--cores", "2", "results/table1.csv", "--configfile", "params/tiny.yaml")
+    cpu_jobs = _dry_run_jobs("--cores", "2", "--configfile", "params/tiny.yaml")
     assert all(res.get("gpu", "0") == "0" for _, res in cpu_jobs), cpu_jobs
