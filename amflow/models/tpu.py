@@ -5,6 +5,8 @@ shape and is residual, so the gated bottleneck signal always reaches the up-proj
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -25,8 +27,9 @@ class TransformerTPU(nn.Module):
         self.layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=4 * dim, dropout=0.0,
                                                 activation="gelu", batch_first=True, norm_first=True)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.layer(z + self.temporal_pos)
+    def forward(self, z: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``bias`` ``[S * heads, T, T]``: added to the attention logits (AM flow's ``attn_bias``)."""
+        return self.layer(z + self.temporal_pos, src_mask=bias)
 
 
 class TemporalConvTPU(nn.Module):
@@ -78,10 +81,16 @@ def build_tpu(spec: AdapterSpec, num_frames: int) -> nn.Module:
     raise AmflowError(f"model.adapter.tpu must be one of {TPUS}, got {spec.tpu!r}")
 
 
-def over_time(unit: nn.Module, z: torch.Tensor, num_frames: int) -> torch.Tensor:
+def to_sequences(z: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """``[B*T, L, ...]`` -> ``[B*L, T, ...]``: one sequence over time per clip and token position."""
+    BT, L = z.shape[:2]
+    B = BT // num_frames
+    return z.reshape(B, num_frames, L, -1).transpose(1, 2).reshape(B * L, num_frames, *z.shape[2:])
+
+
+def over_time(unit: nn.Module, z: torch.Tensor, num_frames: int, **kwargs) -> torch.Tensor:
     """Apply ``unit`` along time at every token position: ``[B*T, L, r]`` in and out."""
     BT, L, r = z.shape
     B = BT // num_frames
-    seq = z.view(B, num_frames, L, r).transpose(1, 2).reshape(B * L, num_frames, r)
-    seq = unit(seq)
+    seq = unit(to_sequences(z, num_frames), **kwargs)
     return seq.view(B, L, num_frames, r).transpose(1, 2).reshape(BT, L, r)
