@@ -29,7 +29,16 @@ class TransformerTPU(nn.Module):
 
     def forward(self, z: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``bias`` ``[S * heads, T, T]``: added to the attention logits (AM flow's ``attn_bias``)."""
-        return self.layer(z + self.temporal_pos, src_mask=bias)
+        h = z + self.temporal_pos
+        if bias is None:
+            return self.layer(h)
+        # The layer's own steps, spelled out: its inference fast path returns NaN for a per-sequence
+        # 3-D float mask (torch 2.x), so the biased layer never takes it.
+        layer = self.layer
+        a = layer.norm1(h)
+        h = h + layer.dropout1(layer.self_attn(a, a, a, attn_mask=bias, need_weights=False)[0])
+        ff = layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(h)))))
+        return h + layer.dropout2(ff)
 
 
 class TemporalConvTPU(nn.Module):
