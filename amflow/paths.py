@@ -19,6 +19,16 @@ def motion_file(data_dir: Path, dataset: str) -> Path:
     return Path(data_dir) / "motion" / f"{dataset}.npz"
 
 
+def ground_truth_file(data_dir: Path, dataset: str) -> Path:
+    """SynthMotion's motion ground truth (actor coverage, true camera motion), recomputed from the plans."""
+    return Path(data_dir) / "groundtruth" / f"{dataset}.npz"
+
+
+def localisation_dir(results_dir: Path, dataset: str) -> Path:
+    """localisation.csv, localisation.png (how well AM flow finds the actor, without training)."""
+    return Path(results_dir) / dataset / "localisation"
+
+
 def pretrain_images_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "pretrain_images"
 
