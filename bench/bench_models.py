@@ -76,9 +76,9 @@ class Clock:
 
 class AmFlowTimer:
     """Adds up the time spent computing AM flow: ``ClipContext.scores_from_map`` (maps -> scores) and
-    ``VideoModel._frozen_scores`` (pixel warp: the warp, the extra frozen pass and the scores)."""
+    ``VideoModel._warp_scores`` (pixel warp: the warp, the extra frozen pass and the scores)."""
 
-    TIMED = ((ClipContext, "scores_from_map"), (VideoModel, "_frozen_scores"))
+    TIMED = ((ClipContext, "scores_from_map"), (VideoModel, "_warp_scores"))
 
     def __init__(self, clock: Clock):
         self.clock, self.total = clock, 0.0

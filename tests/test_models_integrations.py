@@ -204,3 +204,19 @@ def test_warp_to_previous_undoes_an_integer_pan_and_marks_the_entering_border():
     assert covered[..., :, :3].logical_not().all() and covered[..., :, 3:].all()
     torch.testing.assert_close(warped[..., 3:], video[:, :-1, ..., 3:], atol=1e-5, rtol=0)
     torch.testing.assert_close(warped[..., :3], video[:, :-1, ..., :3])   # uncovered: frame t itself
+
+
+def test_pixel_warp_scores_of_a_fixed_source_block_are_recorded_and_need_transforms():
+    bb = backbone()
+    video = moving_clip()
+    H = torch.eye(3).repeat(B, T - 1, 1, 1)
+    H[..., 0, 2] = 1.5                                        # a sub-pixel pan
+    model = build_model("amflow", bb, CLASSES, T, ModelSpec(adapter=AdapterSpec(blocks=[0]), am_flow=AmFlowSpec(
+        alignment="warp", source=1)), "aligned")
+    maps = model.am_flow_maps(video, H)                       # the fixed source block, 1
+    from amflow.models.frozen_flow import frozen_scores
+
+    expected = frozen_scores(bb, video, H, model.am_flow_spec, "warp", [1])[1]
+    torch.testing.assert_close(maps.flatten(2), expected)
+    with pytest.raises(AmflowError, match="camera transforms"):
+        model(video)

@@ -85,7 +85,9 @@ class VideoModel(nn.Module):
         if self.oracle:
             ctx.oracle = self._oracle_scores(coverage, video)
         elif self.pixel_warp:
-            ctx.block_scores = self._frozen_scores(video, transforms, "warp")
+            ctx.block_scores = self._warp_scores(video, transforms)
+            if record is not None:
+                record.update(ctx.block_scores)
         x = embed_frames(self.backbone, video.flatten(0, 1))
         if self.temporal_embedding is not None:
             x = (x.view(B, T, *x.shape[1:]) + self.temporal_embedding[None, :, None, :]).flatten(0, 1)
@@ -143,11 +145,11 @@ class VideoModel(nn.Module):
             ctx.record[source] = scores
         return scores
 
-    def _frozen_scores(self, video: torch.Tensor, transforms: torch.Tensor, mode: str) -> dict[int, torch.Tensor]:
+    def _warp_scores(self, video: torch.Tensor, transforms: torch.Tensor) -> dict[int, torch.Tensor]:
         """Pixel-warp scores ``[B*T, N]`` of every block that uses them, from the frozen backbone."""
         spec = self.am_flow_spec
         blocks = [int(k) for k in self.block_adapters] if spec.source == "same" else [int(spec.source)]
-        scores = frozen_scores(self.backbone, video, transforms, spec, mode, blocks)
+        scores = frozen_scores(self.backbone, video, transforms, spec, "warp", blocks)
         return {b: s.reshape(-1, s.shape[-1]) for b, s in scores.items()}
 
     def _oracle_scores(self, coverage: Optional[torch.Tensor], video: torch.Tensor) -> torch.Tensor:
