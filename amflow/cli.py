@@ -104,6 +104,23 @@ def cmd_camera_motion(args) -> None:
                       paths.camera_dir(results, args.dataset), motion_path=paths.motion_file(results, args.dataset))
 
 
+def cmd_ground_truth(args) -> None:
+    from amflow.data.synthmotion import write_ground_truth
+
+    p = _params(args)
+    key = _dataset_key(p, args.dataset)
+    write_ground_truth(p, args.dataset, paths.dataset_dir(args.data_dir, key), paths.ground_truth_file(args.data_dir, key))
+
+
+def cmd_localise(args) -> None:
+    from amflow.localise import run_localisation
+
+    p = _params(args)
+    results = _results(args, p)
+    run_localisation(p, args.dataset, data_dir=args.data_dir, results_dir=results,
+                     out_dir=paths.localisation_dir(results, args.dataset), max_videos=args.max_videos)
+
+
 def cmd_pretrain_backbone(args) -> None:
     from amflow.train.pretrain_backbone import pretrain_backbone
 
@@ -260,6 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
         "decide the dataset's AM flow variant (static or aligned). Also caches the per-frame transforms that "
         "the aligned variant needs.\n\nOutputs: results/<name>/<dataset>/camera_motion.json, camera_motion.png, "
         "motion.npz.", dataset=True)
+    add("ground-truth", cmd_ground_truth, "SynthMotion's motion ground truth, from the render plans",
+        "Recompute, from the dataset's seed, the actor's coverage of every pixel of every frame and the true "
+        "camera motion, without re-rendering or re-encoding a video (so an existing dataset gets them).\n\n"
+        "Output: data/groundtruth/<dataset>-<spec hash>.npz.", dataset=True)
+    p = add("localise", cmd_localise, "how well AM flow finds the moving actor, without training",
+            "On the val clips, with the pretrained frozen backbone: for each AM flow variant (static, aligned "
+            "on the patch grid, aligned by pixel warp) and each block, the share of the scores on the actor's "
+            "patches divided by their share of the area (1 = no information) and the ROC AUC of the scores "
+            "against 'actor in the patch'; the same for a per-patch pixel difference with and without camera "
+            "compensation. Logged to MLflow.\n\nOutputs: results/<name>/<dataset>/localisation/localisation.csv, "
+            "localisation.png.", dataset=True)
+    p.add_argument("--max-videos", type=int, default=None, help="use only the first N val videos (quick looks)")
     add("pretrain-backbone", cmd_pretrain_backbone, "pretrain the small ViT of the embedded default",
         "Train the embedded default's small ViT on the single-image attribute set, report per-attribute "
         "accuracy, and stop with an error if it did not learn.\n\nOutputs: results/<name>/backbone/backbone.safetensors, "

@@ -238,6 +238,22 @@ class AmFlowSpec(Strict):
                     "uncompensated mean |A_t - A_t+1|, so the small residual a pure camera motion leaves "
                     "(positional embeddings, borders, sub-patch resampling) is not blown up into a peaked "
                     "map; 0 = purely relative; identity transforms give the static result whatever its value")
+    alignment: Literal["grid", "warp"] = Field(
+        "grid", description="aligned variant: 'grid' resamples frame t+1's attention map on the patch grid "
+                            "(cheap; exact for whole-patch camera motion only); 'warp' warps frame t+1 into "
+                            "frame t in pixel space and runs the frozen backbone on it (sub-patch motion; "
+                            "the scores then come from the frozen backbone's maps)")
+    integration: Literal["gate", "attn_bias", "channels", "residual_gate"] = Field(
+        "gate", description="how the scores enter the adapter: 'gate' multiplies the bottleneck patch tokens "
+                            "before the TPU; 'attn_bias' adds a learned per-head multiple of the attended "
+                            "frame's score to the transformer TPU's attention logits; 'channels' adds "
+                            "zero-initialised bottleneck channels fed from the score, its change over time "
+                            "and its 3x3 neighbourhood; 'residual_gate' scales the TPU's output by "
+                            "1 + w * (score - 1) with a learned w. All but 'gate' start at zero (= tpa)")
+    control: Literal["none", "shuffled", "oracle"] = Field(
+        "none", description="controls: 'shuffled' permutes each frame's scores across patches (same "
+                            "distribution, no location); 'oracle' replaces them by the ground-truth actor "
+                            "coverage of each patch, normalised like the scores (SynthMotion only)")
 
 
 class ModelSpec(Strict):
@@ -273,6 +289,12 @@ class AblationsSpec(Strict):
     source_layers: list[Union[Literal["same"], int]] = ["same", 0]
     num_blocks: list[int] = [2, 4]
     frames: list[int] = [4, 8]
+    alignments: list[Literal["grid", "warp"]] = Field(
+        default_factory=list, description="aligned AM flow's alignment methods (variant forced to aligned)")
+    integrations: list[Literal["gate", "attn_bias", "channels", "residual_gate"]] = Field(
+        default_factory=list, description="ways the scores enter the adapter")
+    controls: list[Literal["none", "shuffled", "oracle"]] = Field(
+        default_factory=list, description="score controls ('oracle' needs SynthMotion's ground truth)")
     dataset: str = Field("synth_moving", description="dataset for the single-axis ablations")
 
 

@@ -114,6 +114,17 @@ def motion_file(results_dir: Path, dataset: str) -> Path:
     return camera_dir(results_dir, dataset) / "motion.npz"
 
 
+def ground_truth_file(data_dir: Path, key: str) -> Path:
+    """SynthMotion's motion ground truth (actor coverage, true camera motion), recomputed from the render
+    plans; keyed like the dataset (``key``: :func:`dataset_key`)."""
+    return Path(data_dir) / "groundtruth" / f"{key}.npz"
+
+
+def localisation_dir(results_dir: Path, dataset: str) -> Path:
+    """localisation.csv, localisation.png (how well AM flow finds the actor, without training)."""
+    return camera_dir(results_dir, dataset) / "localisation"
+
+
 def backbone_dir(results_dir: Path) -> Path:
     return Path(results_dir) / "backbone"
 

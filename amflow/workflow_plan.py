@@ -13,7 +13,7 @@ import yaml
 
 from amflow.params import Params
 
-AXES = ("variant", "tpu", "source", "blocks", "frames")
+AXES = ("variant", "tpu", "source", "blocks", "frames", "alignment", "integration", "control")
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,14 @@ def ablation_runs(p: Params) -> list[AblationRun]:
                                         {"model.adapter.blocks": list(range(depth - n, depth))}))
         for t in a.frames:
             runs.append(AblationRun("frames", str(t), a.dataset, seed, {"sampling.num_frames": t}))
+        for method in a.alignments:
+            runs.append(AblationRun("alignment", method, a.dataset, seed,
+                                    {"model.am_flow.variant": "aligned", "model.am_flow.alignment": method}))
+        for integration in a.integrations:
+            runs.append(AblationRun("integration", integration, a.dataset, seed,
+                                    {"model.am_flow.integration": integration}))
+        for control in a.controls:
+            runs.append(AblationRun("control", control, a.dataset, seed, {"model.am_flow.control": control}))
     return runs
 
 

@@ -38,10 +38,12 @@ from torch.utils._pytree import tree_flatten  # noqa: E402
 from amflow.models import build_model, clip_gflops  # noqa: E402
 from amflow.models.backbone import build_backbone  # noqa: E402
 from amflow.models.context import ClipContext  # noqa: E402
+from amflow.models.video_model import VideoModel  # noqa: E402
 from amflow.params import BackboneSpec, load_params  # noqa: E402
 
+# "aligned_warp": the aligned variant with model.am_flow.alignment: warp (pixel-space compensation).
 METHODS = [("frame", "none"), ("aim", "none"), ("st_adapter", "none"), ("tpa", "none"),
-           ("amflow", "static"), ("amflow", "aligned")]
+           ("amflow", "static"), ("amflow", "aligned"), ("amflow", "aligned_warp")]
 SIZES = {
     # ViT-B/14 with the DINOv2 layout of the paper setting (random weights: speed does not depend on them)
     "vitb": dict(model="vit_base_patch14_dinov2", kwargs=dict(img_size=224), img=224),
@@ -74,38 +76,44 @@ class Clock:
 
 
 class AmFlowTimer:
-    """Wraps ``ClipContext.scores_from_map`` to add up the time spent turning maps into AM flow.
+    """Adds up the time spent computing AM flow: ``ClipContext.scores_from_map`` (maps -> scores) and
+    ``VideoModel._warp_scores`` (pixel warp: the warp, the extra frozen pass and the scores).
 
     On CUDA the calls are bracketed by CUDA events, read after the forward: a synchronisation inside
     the forward would stall the queue and inflate both the share and the forward time."""
+
+    TIMED = ((ClipContext, "scores_from_map"), (VideoModel, "_warp_scores"))
 
     def __init__(self, clock: Clock):
         self.clock, self.total = clock, 0.0
         self.cuda = clock.device.type == "cuda"
         self._events: list[tuple] = []
-        self._orig = ClipContext.scores_from_map
+        self._orig = [getattr(owner, name) for owner, name in self.TIMED]
 
     def __enter__(self):
-        timer = self
-
-        def timed(ctx, block, patch_map):
-            if timer.cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                out = timer._orig(ctx, block, patch_map)
-                end.record()
-                timer._events.append((start, end))
-                return out
-            t0 = timer.clock()
-            out = timer._orig(ctx, block, patch_map)
-            timer.total += timer.clock() - t0
-            return out
-
-        ClipContext.scores_from_map = timed
+        for (owner, name), orig in zip(self.TIMED, self._orig):
+            setattr(owner, name, self._timed(orig))
         return self
 
+    def _timed(self, orig):
+        def timed(*args, **kwargs):
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                out = orig(*args, **kwargs)
+                end.record()
+                self._events.append((start, end))
+                return out
+            t0 = self.clock()
+            out = orig(*args, **kwargs)
+            self.total += self.clock() - t0
+            return out
+
+        return timed
+
     def __exit__(self, *exc):
-        ClipContext.scores_from_map = self._orig
+        for (owner, name), orig in zip(self.TIMED, self._orig):
+            setattr(owner, name, orig)
         if self._events:
             torch.cuda.synchronize(self.clock.device)
             self.total += sum(a.elapsed_time(b) for a, b in self._events) / 1000.0
@@ -145,6 +153,9 @@ class Bench:
         self.name = method if variant == "none" else f"{method}/{variant}"
         self.device = torch.device(args.device)
         self.amp = bool(args.amp) and self.device.type == "cuda"
+        if variant == "aligned_warp":
+            flow = model_spec.am_flow.model_copy(update={"alignment": "warp"})
+            model_spec, variant = model_spec.model_copy(update={"am_flow": flow}), "aligned"
         torch.manual_seed(0)
         self.model = build_model(method, backbone, 12, args.frames, model_spec, variant).to(self.device)
         self.gflops = clip_gflops(self.model, args.frames, img)
@@ -234,14 +245,14 @@ def main() -> None:
     by = {r["method"]: r for r in rows}
     aim = by.get("aim")
     tpa = by.get("tpa")
-    print(f"{'method':<16}{'step s':>9}{'vs aim':>8}{'fwd s':>9}{'peak MiB':>10}{'GFLOPs':>9}"
+    print(f"{'method':<20}{'step s':>9}{'vs aim':>8}{'fwd s':>9}{'peak MiB':>10}{'GFLOPs':>9}"
           f"{'trainable':>11}{'AMflow %fwd':>13}{'fwd vs tpa':>12}")
     for r in rows:
         vs_aim = f"{r['step_s'] / aim['step_s']:.2f}x" if aim else "-"
         is_flow = r["method"].startswith("amflow")
         share = f"{100 * r['am_flow_share']:.1f}" if is_flow else "-"
         over = f"{100 * (r['forward_s'] / tpa['forward_s'] - 1):+.1f}%" if (is_flow and tpa) else "-"
-        print(f"{r['method']:<16}{r['step_s']:>9.4f}{vs_aim:>8}{r['forward_s']:>9.4f}{r['peak_mib']:>10.1f}"
+        print(f"{r['method']:<20}{r['step_s']:>9.4f}{vs_aim:>8}{r['forward_s']:>9.4f}{r['peak_mib']:>10.1f}"
               f"{r['gflops']:>9.3f}{r['trainable']:>11,}{share:>13}{over:>12}")
     print("targets: amflow step <= 1.3x aim; AM flow <= 15% of the forward")
 

@@ -334,3 +334,105 @@ def test_motion_file_is_memory_mapped_not_copied(tmp_path):
     for i in range(5):
         assert torch.equal(clone[i]["transforms"], ds[i]["transforms"])
     assert not torch.equal(ds[0]["transforms"], ds[0]["transforms"] * 0)
+
+
+# --------------------------------------------------------------------------- ground truth for the oracle
+def _synth_cache_with_ground_truth(tmp_path, frames_size: int = 32):
+    """Three rendered SynthMotion clips in a frame cache and their ground truth file."""
+    from amflow.data import synthmotion as sm
+    from amflow.params import SynthSpec
+
+    spec = SynthSpec(camera="moving", frames=12, split_sizes={"train": 0, "val": 3, "test": 0})
+    videos, names, cover, moves = [], [], [], []
+    for i in range(3):
+        plan = sm.sample_plan(spec, i * 4, sm.clip_rng(0, "val", i))
+        frames, info = sm.render_plan(plan)
+        if frames_size != 32:
+            frames = np.stack([cv2.resize(f, (frames_size, frames_size), interpolation=cv2.INTER_LINEAR)
+                               for f in frames])
+        name = f"videos/val/val_{i:05d}.mp4"
+        videos.append({"video_id": name[:-4], "video": name, "split": "val", "label": i, "frames": frames})
+        names.append(name)
+        cover.append(np.rint(info["mask"] * 255).astype(np.uint8))
+        moves.append(info["frame_to_next"].astype(np.float32))
+    write_cache(tmp_path / "frames", videos)
+    gt = tmp_path / "gt.npz"
+    empty = {f"{s}_{k}": np.zeros((0,)) for s in ("train", "test") for k in ("video", "actor_coverage", "frame_to_next")}
+    sm.write_npz(gt, val_video=np.array(names), val_actor_coverage=np.stack(cover),
+                 val_frame_to_next=np.stack(moves), **empty)
+    return tmp_path / "frames", gt, np.stack(cover).astype(np.float32) / 255
+
+
+def test_coverage_travels_with_the_test_views(tmp_path):
+    frames_dir, gt, cover = _synth_cache_with_ground_truth(tmp_path)
+    sampling = SamplingSpec(num_frames=4, crop_size=32)
+    plain = ClipDataset(frames_dir, "val", sampling, train=False)
+    truth = ClipDataset(frames_dir, "val", sampling, train=False, ground_truth=gt)
+    for i in range(3):
+        a, b = plain[i], truth[i]
+        assert "coverage" not in a and torch.equal(a["video"], b["video"])   # frames untouched
+        idx = sample_indices(12, sampling, train=False)[0]
+        torch.testing.assert_close(b["coverage"], torch.from_numpy(cover[i][idx]))
+    three = ClipDataset(frames_dir, "val", sampling.model_copy(update={"test_crops": 3, "test_clips": 2}),
+                        train=False, ground_truth=gt)[0]
+    assert three["coverage"].shape == (6, 4, 32, 32) and three["video"].shape == (6, 4, 3, 32, 32)
+
+
+def test_coverage_is_cropped_resized_and_flipped_with_the_training_view(tmp_path):
+    from amflow.data.clips import random_resized_crop_box
+
+    frames_dir, gt, cover = _synth_cache_with_ground_truth(tmp_path)
+    sampling = SamplingSpec(num_frames=4, crop_size=24, train_scale=(0.3, 0.6), train_flip=True)
+    plain = ClipDataset(frames_dir, "val", sampling, train=True, seed=3)
+    truth = ClipDataset(frames_dir, "val", sampling, train=True, seed=3, ground_truth=gt)
+    for i in range(3):
+        a, b = plain[i], truth[i]
+        assert torch.equal(a["video"], b["video"])
+        # Replay the item's random draws: frame indices, crop box, flip.
+        rng = np.random.default_rng([3, 0, i])
+        idx = sample_indices(12, sampling, train=True, rng=rng)[0]
+        x0, y0, cw, ch = random_resized_crop_box(32, 32, sampling.train_scale, rng)
+        flip = rng.random() < 0.5
+        interp = cv2.INTER_AREA if cw >= 24 and ch >= 24 else cv2.INTER_LINEAR   # as for the frames
+        expected = np.stack([cv2.resize(c[y0:y0 + ch, x0:x0 + cw], (24, 24), interpolation=interp)
+                             for c in cover[i][idx]])
+        if flip:
+            expected = expected[:, :, ::-1]
+        np.testing.assert_allclose(b["coverage"].numpy(), expected, atol=3 / 255)   # uint8 resampling
+
+
+def test_ground_truth_at_another_frame_size_and_the_oracle_sees_it(tmp_path):
+    from amflow.models import build_backbone, build_model
+    from amflow.models.am_flow import coverage_scores
+    from amflow.params import AmFlowSpec, BackboneSpec, ModelSpec
+    from amflow.train.trainer import clip_probs, collate_clips
+
+    frames_dir, gt, cover = _synth_cache_with_ground_truth(tmp_path, frames_size=48)
+    sampling = SamplingSpec(num_frames=4, crop_size=32)
+    ds = ClipDataset(frames_dir, "val", sampling, train=False, ground_truth=gt)
+    batch = collate_clips([ds[i] for i in range(3)])
+    assert batch["coverage"].shape == (3, 4, 32, 32)
+    idx = sample_indices(12, sampling, train=False)[0]
+    area = cover[:, idx].sum(axis=(2, 3)) * (32 / 32) ** 2          # 48 -> 32 px keeps the area share
+    np.testing.assert_allclose(batch["coverage"].sum(dim=(2, 3)).numpy(), area, rtol=0.05, atol=0.5)
+    torch.manual_seed(0)
+    bb = build_backbone(BackboneSpec(model="vit_tiny_patch16_224", weights="random",
+                                     kwargs=dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)))
+    model = build_model("amflow", bb, 3, 4, ModelSpec(am_flow=AmFlowSpec(control="oracle")), "static").eval()
+    with torch.no_grad():   # trained-looking adapters; the head keeps its small init (probabilities not saturated)
+        for name, p in model.named_parameters():
+            if p.requires_grad and not name.startswith("head"):
+                p.normal_(0, 0.2)
+    record = {}
+    video = ds.normalise(batch["video"])
+    model.features(video, record=record, coverage=batch["coverage"])
+    expected = coverage_scores(batch["coverage"].flatten(0, 1), (8, 8), "mean")
+    assert all(torch.equal(s, expected) for s in record.values())
+    with torch.no_grad():
+        cpu = torch.device("cpu")
+        probs = clip_probs(model, batch["video"], batch["transforms"], cpu, False, ds.normalise, batch["coverage"])
+        moved = clip_probs(model, batch["video"], batch["transforms"], cpu, False, ds.normalise,
+                           batch["coverage"].flip(-1))
+        same = clip_probs(model, batch["video"], batch["transforms"], cpu, False, ds.normalise, batch["coverage"])
+    # The scores come from the coverage the loader gave: the same coverage, the same output; moved, not.
+    assert torch.equal(probs, same) and (probs - moved).abs().max() > 1e-6

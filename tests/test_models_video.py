@@ -29,6 +29,11 @@ CASES = {
     "amflow_source0": ("amflow", "static", ModelSpec(am_flow=AmFlowSpec(source=0, normalise="max"))),
     "amflow_source1_block0": ("amflow", "aligned",
                               ModelSpec(adapter=AdapterSpec(blocks=[0]), am_flow=AmFlowSpec(source=1))),
+    "amflow_warp": ("amflow", "aligned", ModelSpec(am_flow=AmFlowSpec(alignment="warp"))),
+    "amflow_warp_source1_block0": ("amflow", "aligned", ModelSpec(adapter=AdapterSpec(blocks=[0]),
+                                                                  am_flow=AmFlowSpec(alignment="warp", source=1))),
+    "amflow_shuffled_tcn": ("amflow", "static", ModelSpec(adapter=AdapterSpec(tpu="tcn"),
+                                                          am_flow=AmFlowSpec(control="shuffled"))),
 }
 
 

@@ -179,3 +179,27 @@ def test_a_params_name_that_is_not_a_plain_folder_name_is_refused(tmp_path, name
     with pytest.raises(ParamsError) as err:
         load_params(_write(tmp_path, data))
     assert "name" in str(err.value) and "results/<name>" in str(err.value)
+
+
+def test_new_am_flow_values_are_ablation_axes_and_the_default_runs_none_of_them():
+    from amflow.workflow_plan import ablation_runs
+
+    default = load_params(ROOT / "params" / "default.yaml")
+    assert not {r.axis for r in ablation_runs(default)} & {"alignment", "integration", "control"}
+    assert (default.model.am_flow.alignment, default.model.am_flow.integration,
+            default.model.am_flow.control) == ("grid", "gate", "none")
+    p = load_params(ROOT / "params" / "default.yaml", {"ablations": {
+        "alignments": ["warp"], "integrations": ["attn_bias", "channels"], "controls": ["shuffled", "oracle"]}})
+    runs = [r for r in ablation_runs(p) if r.axis in ("alignment", "integration", "control")]
+    assert [(r.axis, r.value) for r in runs] == [("alignment", "warp"), ("integration", "attn_bias"),
+                                                 ("integration", "channels"), ("control", "shuffled"),
+                                                 ("control", "oracle")]
+    for r in runs:   # each run's overrides give valid params with that value
+        overrides: dict = {}
+        for key, value in r.overrides.items():
+            set_dotted(overrides, key, value)
+        spec = load_params(ROOT / "params" / "default.yaml", overrides).model.am_flow
+        assert r.value in (spec.alignment, spec.integration, spec.control)
+    assert runs[0].overrides["model.am_flow.variant"] == "aligned"
+    with pytest.raises(ParamsError, match="model.am_flow.integration"):
+        load_params(ROOT / "params" / "default.yaml", {"model": {"am_flow": {"integration": "add"}}})

@@ -11,10 +11,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from amflow.data import annotations as ann
 from amflow.data import scene
 from amflow.data import synthmotion as sm
+from amflow.errors import AmflowError
 from amflow.params import SynthSpec, validate
 
 cv2.setNumThreads(1)
@@ -391,3 +393,66 @@ def test_unknown_or_wrong_dataset_is_a_user_error(tmp_path):
 
     with pytest.raises(AmflowError, match="datasets.nope"):
         sm.generate_dataset(_params(), "nope", tmp_path)
+
+
+# --------------------------------------------------------------------------- motion ground truth
+def _digests(root: Path) -> dict:
+    import hashlib
+
+    return {f: hashlib.sha256((root / f).read_bytes()).hexdigest() for f in _files(root)}
+
+
+def test_ground_truth_comes_from_the_plans_and_leaves_the_videos_alone(generated, tmp_path):
+    root, _ = generated
+    out = root / "serial"
+    before = _digests(out)
+    gt = tmp_path / "groundtruth" / "synth.npz"
+    sm.write_ground_truth(_params(), "synth", out, gt)
+    assert _digests(out) == before                       # not one byte of the dataset changed
+    sm.generate_dataset(_params(), "synth", out)         # and it is still complete: nothing regenerated
+    assert _digests(out) == before
+    spec = _params().datasets["synth"].synth
+    for split in ("train", "val", "test"):
+        videos, coverage, motion = sm.read_ground_truth(gt, split)
+        table = ann.read_annotations(out, split)
+        assert videos.tolist() == table["video"].tolist()
+        assert coverage.shape == (len(table), 16, 32, 32) and motion.shape == (len(table), 16, 3, 3)
+        cam = np.load(out / "camera" / f"{split}.npz")
+        np.testing.assert_allclose(motion, cam["frame_to_next"], atol=1e-4)   # that file went through float32 first
+        for i in (0, len(table) - 1):
+            plan = sm.sample_plan(spec, int(table["label"][i]), sm.clip_rng(0, split, i))
+            _, info = sm.render_plan(plan)
+            assert np.array_equal(coverage[i], info["mask"])    # the renderer's own mask, bit for bit
+    # The decoded video shows the actor where the ground truth puts it (the codec blurs edges a little).
+    import av
+
+    with av.open(str(out / videos[0])) as c:
+        decoded = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(np.float32)
+    plan = sm.sample_plan(spec, int(table["label"][0]), sm.clip_rng(0, "test", 0))
+    inside = coverage[0] > 0.99
+    err_in = np.abs(decoded[inside] - plan.colour * 255).mean()
+    err_out = np.abs(decoded[coverage[0] == 0] - plan.colour * 255).mean()
+    assert err_in < 20 < err_out, (err_in, err_out)
+    # Deterministic: a second computation gives the same bytes.
+    again = tmp_path / "again.npz"
+    sm.write_ground_truth(_params(), "synth", out, again)
+    assert filecmp.cmp(gt, again, shallow=False)
+
+
+def test_ground_truth_needs_the_generated_dataset(generated, tmp_path):
+    root, _ = generated
+    with pytest.raises(AmflowError, match="amflow prepare"):
+        sm.write_ground_truth(_params(seed=5), "synth", root / "serial", tmp_path / "gt.npz")
+    with pytest.raises(AmflowError, match="amflow ground-truth"):
+        sm.read_ground_truth(tmp_path / "missing.npz", "val")
+
+
+def test_patch_coverage_is_the_mean_over_the_patch():
+    from amflow.localise import patch_means
+
+    plan = sm.sample_plan(SynthSpec(camera="static"), 0, sm.clip_rng(0, "val", 3))
+    cov = torch.from_numpy(sm.actor_coverage(plan))
+    patches = patch_means(cov[:, None], (8, 8))
+    area = sm.actor_coverage(plan).sum(axis=(1, 2))
+    np.testing.assert_allclose(patches.numpy().sum(1) * 64, area, rtol=1e-5)     # area is conserved
+    assert patches.shape == (plan.frames, 16) and float(patches.max()) <= 1

@@ -100,14 +100,15 @@ def random_resized_crop_box(h: int, w: int, scale: tuple[float, float], rng: np.
 
 
 def resize(frames: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
-    """Resize uint8 [T,h,w,3] (area averaging when shrinking, bilinear otherwise; centre-aligned)."""
+    """Resize uint8 [T,h,w,C] (area averaging when shrinking, bilinear otherwise; centre-aligned)."""
     h, w = frames.shape[1:3]
     if (h, w) == (out_h, out_w):
         return np.ascontiguousarray(frames)
     interp = cv2.INTER_AREA if out_w <= w and out_h <= h else cv2.INTER_LINEAR
-    out = np.empty((len(frames), out_h, out_w, 3), np.uint8)
+    out = np.empty((len(frames), out_h, out_w, frames.shape[3]), np.uint8)
     for i, f in enumerate(frames):
-        out[i] = cv2.resize(f, (out_w, out_h), interpolation=interp)
+        # (cv2 drops a single channel's axis)
+        out[i] = cv2.resize(f, (out_w, out_h), interpolation=interp).reshape(out.shape[1:])
     return out
 
 
@@ -165,11 +166,15 @@ class ClipDataset(Dataset):
 
     Item: ``video`` uint8 ``[T,3,S,S]`` (``[V,T,3,S,S]`` when testing with V > 1 views), to be put
     through :attr:`normalise` on the device, ``label`` int, ``transforms`` float32 ``[T-1,3,3]``
-    (``[V,T-1,3,3]``), ``index`` int.
+    (``[V,T-1,3,3]``), ``index`` int, and with ``ground_truth`` (SynthMotion's npz,
+    :func:`amflow.data.synthmotion.write_ground_truth`) ``coverage`` float32 ``[T,S,S]`` (``[V,T,S,S]``):
+    the actor's share of each pixel of the view, cropped, resized and flipped with the frames (it
+    travels as a fourth channel through the same calls).
     """
 
     def __init__(self, frames_dir: str | Path, split: str, sampling: SamplingSpec, train: bool,
-                 motion: Optional[str | Path] = None, seed: int = 0, identity_for_static: bool = False):
+                 motion: Optional[str | Path] = None, seed: int = 0, identity_for_static: bool = False,
+                 ground_truth: Optional[str | Path] = None):
         self.cache = FrameCache(frames_dir)
         self.split, self.sampling, self.train = split, sampling, bool(train)
         self.seed, self.epoch = int(seed), 0
@@ -186,6 +191,9 @@ class ClipDataset(Dataset):
         self._transforms = self._valid = self._moving = None
         if self.motion_path is not None:
             self._load_motion()
+        self._coverage: Optional[list[np.ndarray]] = None
+        if ground_truth is not None:
+            self._load_coverage(Path(ground_truth), videos)
         self.normalise = Normalise(sampling.mean, sampling.std)
 
     @property
@@ -219,6 +227,25 @@ class ClipDataset(Dataset):
         state["_transforms"] = state["_valid"] = state["_moving"] = None
         return state
 
+    def _load_coverage(self, path: Path, videos) -> None:
+        from amflow.data.synthmotion import read_ground_truth
+
+        names, coverage, _ = read_ground_truth(path, self.split)
+        row = {str(v): i for i, v in enumerate(names)}
+        missing = [v for v in videos["video"].astype(str) if v not in row]
+        if missing:
+            raise AmflowError(f"{path}: no ground truth for {len(missing)} '{self.split}' video(s) of the frame "
+                              f"cache (first: {missing[0]}); rerun `amflow ground-truth` for this dataset")
+        out = []
+        for v, n, h, w in zip(videos["video"].astype(str), self._num, videos["height"], videos["width"]):
+            cov = coverage[row[v]]
+            if len(cov) != n:
+                raise AmflowError(f"{path}: '{v}' has {len(cov)} frames of ground truth, the frame cache {n}; "
+                                  f"rerun `amflow ground-truth` for this dataset")
+            cov = np.rint(cov * 255).astype(np.uint8)[..., None]
+            out.append(resize(cov, int(w), int(h)))   # the cache may hold frames at another size
+        self._coverage = out
+
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         rng = np.random.default_rng([self.seed, self.epoch, index])
@@ -226,6 +253,8 @@ class ClipDataset(Dataset):
         clips = sample_indices(int(self._num[index]), self.sampling, self.train, rng)  # [C, T]
         needed, inverse = np.unique(clips, return_inverse=True)  # one read of the distinct frames
         frames = self.cache.read(pos, needed)
+        if self._coverage is not None:
+            frames = np.concatenate([frames, self._coverage[index][needed]], axis=-1)
         videos, maps = [], []
         for c, clip in enumerate(inverse.reshape(clips.shape)):
             views = [train_view(frames[clip], self.sampling, rng)] if self.train else \
@@ -235,12 +264,18 @@ class ClipDataset(Dataset):
                 videos.append(view)
                 maps.append(geo.conjugate(between, c_map) if between is not None else
                             np.tile(np.eye(3), (clips.shape[1] - 1, 1, 1)))
-        video = np.ascontiguousarray(np.stack(videos).transpose(0, 1, 4, 2, 3))  # uint8 [V,T,3,S,S]
+        views = np.stack(videos)
+        item = {"label": int(self.labels[index]), "index": index}
+        if self._coverage is not None:
+            coverage = views[..., 3].astype(np.float32) / 255
+            item["coverage"] = torch.from_numpy(coverage[0] if len(videos) == 1 else coverage)
+            views = views[..., :3]
+        video = np.ascontiguousarray(views.transpose(0, 1, 4, 2, 3))  # uint8 [V,T,3,S,S]
         trans = np.stack(maps).astype(np.float32)
         if len(videos) == 1:
             video, trans = video[0], trans[0]
-        return {"video": torch.from_numpy(video), "label": int(self.labels[index]),
-                "transforms": torch.from_numpy(np.ascontiguousarray(trans)), "index": index}
+        item.update(video=torch.from_numpy(video), transforms=torch.from_numpy(np.ascontiguousarray(trans)))
+        return item
 
     def _between(self, index: int, frames: np.ndarray) -> Optional[np.ndarray]:
         """Source-pixel transforms between successive sampled frames, or None for identity."""

@@ -217,6 +217,17 @@ def render_plan(plan: ClipPlan) -> tuple[np.ndarray, dict]:
     return out, info
 
 
+def actor_coverage(plan: ClipPlan) -> np.ndarray:
+    """The actor's coverage of each frame pixel, float32 [T, R, R] in [0, 1], from the plan alone.
+
+    The same polygons and rasteriser as :func:`render_plan` (which composites them), so it equals the
+    rendered mask exactly, without rendering the texture, the distractors or the noise.
+    """
+    cams = plan.cameras()
+    return np.stack([scene.coverage(scene.apply(cams[t], scene.shape_polygon(
+        plan.shape, plan.centre[t], plan.size[t], plan.angle[t])), plan.resolution) for t in range(plan.frames)])
+
+
 def render_clip(spec: SynthSpec, label: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     """Sample and render one clip of class ``label``: (frames uint8 [T, H, W, 3], ground truth)."""
     return render_plan(sample_plan(spec, label, rng))
@@ -283,6 +294,64 @@ def _make_video(task: tuple) -> tuple[int, dict, np.ndarray]:
                camera_zoom_ratio=round(float(plan.zoom[-1] / plan.zoom[0]), 4),
                actor_clipped=bool(border > 1e-3), resolution=res)
     return index, row, info["world_to_frame"].astype(np.float32)
+
+
+# --------------------------------------------------------------------------- ground truth
+def split_plans(spec: SynthSpec, split: str) -> list[ClipPlan]:
+    """The plans of every clip of ``split``, in annotation order (what the generator rendered)."""
+    n = spec.split_sizes.get(split, 0)
+    return [sample_plan(spec, int(label), clip_rng(spec.seed, split, i))
+            for i, label in enumerate(split_labels(spec.seed, split, n))]
+
+
+def write_ground_truth(params: Params, dataset_name: str, dataset_dir: str | Path, out_file: str | Path) -> Path:
+    """Motion ground truth of a generated SynthMotion dataset, recomputed from its render plans.
+
+    Deterministic from the spec's seed, so an existing dataset gets it without re-rendering or
+    re-encoding a video. ``out_file`` (npz, same bytes for the same spec) holds per split:
+    ``<split>_video`` [N] (annotation paths), ``<split>_actor_coverage`` uint8 [N, T, R, R] (the share of
+    each pixel the actor covers, times 255: exact, the renderer's coverage is a multiple of 1/255) and
+    ``<split>_frame_to_next`` float32 [N, T, 3, 3] (the true camera motion, frame t -> t+1 pixels;
+    identity for the static camera and on the last frame). A patch's coverage is the mean over its pixels.
+    """
+    if dataset_name not in params.datasets or params.datasets[dataset_name].synth is None:
+        raise AmflowError(f"datasets.{dataset_name}: ground truth exists for SynthMotion datasets only "
+                          f"(source: synthmotion with a 'synth' section)")
+    spec = params.datasets[dataset_name].synth
+    dataset_dir = Path(dataset_dir)
+    if not _is_complete(dataset_dir, spec):
+        raise AmflowError(f"{dataset_dir}: no complete SynthMotion dataset generated with these params' "
+                          f"datasets.{dataset_name}.synth; run `amflow prepare --dataset {dataset_name}` first")
+    arrays: dict[str, np.ndarray] = {}
+    for split in SPLITS:
+        table = ann.read_annotations(dataset_dir, split)
+        plans = split_plans(spec, split)
+        labels = [p.label for p in plans]
+        if table["label"].astype(int).tolist() != labels:
+            raise AmflowError(f"{ann.annotations_path(dataset_dir, split)}: labels differ from the plans of seed "
+                              f"{spec.seed}; the dataset was not made by this generator: run `amflow prepare` again")
+        cover = [np.rint(actor_coverage(p) * 255).astype(np.uint8) for p in plans]
+        moves = [frame_to_next(p.cameras()).astype(np.float32) for p in plans]
+        res, frames = spec.resolution, spec.frames
+        arrays[f"{split}_video"] = np.array(table["video"].tolist(), dtype=str)
+        arrays[f"{split}_actor_coverage"] = np.stack(cover) if cover else np.zeros((0, frames, res, res), np.uint8)
+        arrays[f"{split}_frame_to_next"] = np.stack(moves) if moves else np.zeros((0, frames, 3, 3), np.float32)
+    out_file = Path(out_file)
+    write_npz(out_file, **arrays)
+    print(f"{out_file}: actor coverage and camera motion of "
+          f"{sum(len(arrays[f'{s}_video']) for s in SPLITS)} videos", file=sys.stderr)
+    return out_file
+
+
+def read_ground_truth(path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(videos [N] str, actor coverage float32 [N, T, R, R] in [0, 1], frame_to_next [N, T, 3, 3]) of ``split``."""
+    path = Path(path)
+    if not path.is_file():
+        raise AmflowError(f"{path}: ground truth not found; run `amflow ground-truth --dataset <name>` "
+                          f"(SynthMotion datasets only)")
+    with np.load(path) as z:
+        return (z[f"{split}_video"], z[f"{split}_actor_coverage"].astype(np.float32) / 255,
+                z[f"{split}_frame_to_next"])
 
 
 # --------------------------------------------------------------------------- dataset

@@ -103,7 +103,8 @@ def evaluate_model(model: torch.nn.Module, dataset, *, device: torch.device, amp
     probs, labels, indices, rev_probs, rev_targets, rev_rows = [], [], [], [], [], []
     seen = 0
     for batch in progress_bar(loader, desc="evaluate", unit="batch", disable=not progress):
-        p = clip_probs(model, batch["video"], batch["transforms"], device, amp, normalise)
+        coverage = batch.get("coverage")
+        p = clip_probs(model, batch["video"], batch["transforms"], device, amp, normalise, coverage)
         y = batch["label"]
         probs.append(p.cpu().numpy())
         labels.append(y.numpy())
@@ -113,7 +114,8 @@ def evaluate_model(model: torch.nn.Module, dataset, *, device: torch.device, amp
             if keep.any():
                 tr = batch["transforms"][keep] if batch["transforms"] is not None else None
                 v_rev, t_rev = reverse_clips(batch["video"][keep], tr)
-                rev_probs.append(clip_probs(model, v_rev, t_rev, device, amp, normalise).cpu().numpy())
+                c_rev = None if coverage is None else torch.flip(coverage[keep], dims=(coverage.ndim - 3,))
+                rev_probs.append(clip_probs(model, v_rev, t_rev, device, amp, normalise, c_rev).cpu().numpy())
                 rev_targets.append(np.array([reversal[int(v)] for v in y[keep]], dtype=np.int64))
                 rev_rows.append(seen + np.flatnonzero(keep.numpy()))
         seen += len(y)
@@ -175,7 +177,7 @@ def _evaluate_locked(params: Params, paths, *, dataset: str, method: str, seed: 
     from amflow.evaluate.plots import confusion_png, curves_png
     from amflow.train import checkpoint as ckpt
     from amflow.train.distributed import resolve_device
-    from amflow.train.run import CHECKPOINT, TRAIN_JSON, build_run_model, params_digest
+    from amflow.train.run import CHECKPOINT, TRAIN_JSON, build_run_model, params_digest, uses_oracle
 
     train_json = paths.run_dir / TRAIN_JSON
     try:
@@ -214,7 +216,8 @@ def _evaluate_locked(params: Params, paths, *, dataset: str, method: str, seed: 
 
     motion = paths.motion if variant == "aligned" else None
     test_set = ClipDataset(paths.frames_dir, "test", sampling, train=False, motion=motion, seed=seed,
-                           identity_for_static=identity_for_static)
+                           identity_for_static=identity_for_static,
+                           ground_truth=paths.ground_truth if uses_oracle(params, method, variant) else None)
     views = sampling.test_clips * sampling.test_crops
     reversal = read_time_reversal(paths.dataset_dir)
     # Each item is V views: keep the number of clips per forward pass near the training batch.

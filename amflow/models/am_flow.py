@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 NORMALISE = ("mean", "max", "none")
 # Guards divisions by a zero mean difference (identical frames): D is then 0 and the softmax uniform.
@@ -165,3 +166,79 @@ def _am_flow(maps: torch.Tensor, temperature: float, normalise: str,
 def coefficient_of_variation(scores: torch.Tensor) -> torch.Tensor:
     """std / mean over the last axis: 0 for a uniform score; used in tests, bench and plots."""
     return scores.std(dim=-1, unbiased=False) / scores.mean(dim=-1).clamp_min(_TINY)
+
+
+# --------------------------------------------------------------------------- pixel-space compensation
+def warp_to_previous(frames: torch.Tensor, transforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame t+1 seen in frame t's pixels: ``frames`` ``[B, T, C, H, W]``, ``transforms`` ``[B, T-1, 3, 3]``.
+
+    Pixel x of frame t samples frame t+1 at ``H_t x`` (bilinear, pixel centres at integers). Returns the
+    warped frames ``[B, T-1, C, H, W]`` and ``covered`` ``[B, T-1, H, W]`` (bool): where ``H_t x`` lies
+    inside frame t+1. Uncovered pixels take frame t's own value, so the border that entered the view
+    adds nothing new to the attention of the covered part.
+    """
+    with torch.no_grad(), torch.autocast(frames.device.type, enabled=False):
+        B, T, C, H, W = frames.shape
+        dev = frames.device
+        ys, xs = torch.meshgrid(torch.arange(H, device=dev, dtype=torch.float64),
+                                torch.arange(W, device=dev, dtype=torch.float64), indexing="ij")
+        pts = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).reshape(-1, 3)         # [HW, 3]
+        mapped = torch.einsum("bpij,nj->bpni", transforms.to(dev, torch.float64), pts)  # [B, T-1, HW, 3]
+        z = mapped[..., 2]
+        u, v = mapped[..., 0] / z, mapped[..., 1] / z
+        tol = 1e-6
+        covered = ((z > 0) & (u >= -tol) & (u <= W - 1 + tol) & (v >= -tol) & (v <= H - 1 + tol))
+        # grid_sample with align_corners=True: -1 and 1 are the centres of the outer pixels.
+        grid = torch.stack([2 * u / max(W - 1, 1) - 1, 2 * v / max(H - 1, 1) - 1], dim=-1)
+        grid = torch.nan_to_num(grid, nan=-2.0).clamp(-2, 2).view(B * (T - 1), H, W, 2)
+        following = frames[:, 1:].float().reshape(B * (T - 1), C, H, W)
+        warped = F.grid_sample(following, grid.float(), mode="bilinear", padding_mode="border",
+                               align_corners=True).view(B, T - 1, C, H, W)
+        covered = covered.view(B, T - 1, H, W)
+        warped = torch.where(covered[:, :, None], warped, frames[:, :-1].float())
+        return warped.to(frames.dtype), covered
+
+
+def covered_patches(covered: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
+    """``[..., H, W]`` bool pixels -> ``[..., N]`` bool patches whose every pixel is covered."""
+    lead = covered.shape[:-2]
+    H, W = covered.shape[-2:]
+    x = covered.reshape(-1, 1, H, W).float()
+    full = -F.max_pool2d(-x, kernel_size=patch, stride=patch)     # min pool: 1 only if all pixels are
+    return (full > 0.5).reshape(*lead, -1)
+
+
+def am_flow_pairs(current: torch.Tensor, following: torch.Tensor, temperature: float, normalise: str,
+                  valid: Optional[torch.Tensor] = None, raw_following: Optional[torch.Tensor] = None,
+                  aligned_floor: float = 0.0) -> torch.Tensor:
+    """AM flow from explicit pairs: maps of frames ``current`` ``[B, T-1, N, N]`` against a compensated
+    ``following`` of the same shape (pixel-warped frames), ``valid`` ``[B, T-1, N]`` patches to keep.
+
+    ``raw_following`` (the uncompensated maps of frames t+1) sets the temperature's floor as in the
+    grid-aligned variant. Returns ``[B, T, N]`` scores, the last frame reusing the previous pair's.
+    """
+    with torch.autocast(current.device.type, enabled=False):
+        current, following = current.float(), following.float()
+        floor = None
+        if raw_following is not None:
+            raw = (current - raw_following.float()).abs()
+            floor = aligned_floor * _masked_mean(raw, torch.ones_like(raw))
+        flow = flow_from_difference((current - following).abs(), valid, temperature, floor)
+        flow = torch.cat([flow, flow[:, -1:]], dim=1)
+        return normalise_scores(flow, normalise)
+
+
+# --------------------------------------------------------------------------- controls
+def shuffle_scores(scores: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Each row of ``[M, N]`` permuted at random: the same values, no location."""
+    keys = torch.rand(scores.shape, generator=generator, device="cpu").to(scores.device)
+    return scores.gather(-1, keys.argsort(dim=-1))
+
+
+def coverage_scores(coverage: torch.Tensor, patch: tuple[int, int], normalise: str) -> torch.Tensor:
+    """Oracle scores from the actor's pixel coverage ``[M, H, W]`` in [0, 1]: the share of each patch
+    the actor covers ``[M, N]``, normalised per frame like AM flow; a frame without the actor gets the
+    neutral score 1 everywhere (what AM flow gives when nothing changes)."""
+    share = F.avg_pool2d(coverage.float()[:, None], kernel_size=patch, stride=patch).flatten(1)
+    empty = share.sum(dim=-1, keepdim=True) <= 0
+    return normalise_scores(torch.where(empty, torch.ones_like(share), share), normalise)

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from amflow.models.am_flow import PatchAlignment, am_flow
+from amflow.models.am_flow import PatchAlignment, am_flow, shuffle_scores
 from amflow.params import AmFlowSpec
 
 
@@ -25,10 +25,19 @@ class ClipContext:
     alignment: Optional[PatchAlignment] = None     # aligned variant only
     fixed_scores: Optional[torch.Tensor] = None    # [B*T, N] when flow.source is a block index
     record: Optional[dict[int, torch.Tensor]] = field(default=None)  # block -> scores, for plots
+    # Scores computed before the blocks run: block -> [B*T, N] (pixel-warp variant), or one
+    # [B*T, N] for every block (oracle control).
+    block_scores: Optional[dict[int, torch.Tensor]] = None
+    oracle: Optional[torch.Tensor] = None
 
     @property
     def same_block_source(self) -> bool:
         return self.flow is not None and self.flow.source == "same"
+
+    @property
+    def needs_own_map(self) -> bool:
+        """Whether an adapted block must compute its own attention map for its scores."""
+        return self.same_block_source and self.block_scores is None and self.oracle is None
 
     def scores_from_map(self, block: int, patch_map: torch.Tensor) -> torch.Tensor:
         """AM flow scores ``[B*T, N]`` from one block's patch maps ``[B*T, N, N]``.
@@ -48,9 +57,21 @@ class ClipContext:
         return scores
 
     def scores_for(self, block: int, patch_map: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """The gate of ``block``: its own map's AM flow, the fixed source's, or None without AM flow."""
+        """The scores of ``block``: its own map's AM flow, precomputed ones (pixel warp, oracle), the
+        fixed source's, or None without AM flow; permuted within each frame for ``control: shuffled``."""
         if self.flow is None:
             return None
-        if patch_map is not None:
-            return self.scores_from_map(block, patch_map)
-        return self.fixed_scores
+        if self.oracle is not None:
+            scores = self.oracle
+        elif self.block_scores is not None:
+            scores = self.block_scores[block if self.same_block_source else int(self.flow.source)]
+        elif patch_map is not None:
+            scores = self.scores_from_map(block, patch_map)
+        else:
+            scores = self.fixed_scores
+        if self.flow.control == "shuffled":
+            scores = shuffle_scores(scores)
+        if self.record is not None and (self.oracle is not None or self.block_scores is not None
+                                        or self.flow.control == "shuffled"):
+            self.record[block] = scores
+        return scores

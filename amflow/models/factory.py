@@ -58,7 +58,8 @@ def build_model(method: str, backbone: nn.Module, num_classes: int, num_frames: 
             elif method == "st_adapter":
                 blocks[i] = STAdapterBlock(dim, adapter)
             else:  # tpa, amflow
-                blocks[i] = TPABlock(dim, adapter, num_frames, use_am_flow=use_flow)
+                blocks[i] = TPABlock(dim, adapter, num_frames, use_am_flow=use_flow,
+                                     integration=model_spec.am_flow.integration)
     return VideoModel(method, backbone, num_classes, num_frames, blocks, am_flow=flow,
                       aligned=use_flow and am_flow_variant == "aligned",
                       temporal_embedding=method == "aim")

@@ -5,6 +5,8 @@ shape and is residual, so the gated bottleneck signal always reaches the up-proj
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -25,8 +27,18 @@ class TransformerTPU(nn.Module):
         self.layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=4 * dim, dropout=0.0,
                                                 activation="gelu", batch_first=True, norm_first=True)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.layer(z + self.temporal_pos)
+    def forward(self, z: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``bias`` ``[S * heads, T, T]``: added to the attention logits (AM flow's ``attn_bias``)."""
+        h = z + self.temporal_pos
+        if bias is None:
+            return self.layer(h)
+        # The layer's own steps, spelled out: its inference fast path returns NaN for a per-sequence
+        # 3-D float mask (torch 2.x), so the biased layer never takes it.
+        layer = self.layer
+        a = layer.norm1(h)
+        h = h + layer.dropout1(layer.self_attn(a, a, a, attn_mask=bias, need_weights=False)[0])
+        ff = layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(h)))))
+        return h + layer.dropout2(ff)
 
 
 class TemporalConvTPU(nn.Module):
@@ -85,10 +97,16 @@ def build_tpu(spec: AdapterSpec, num_frames: int) -> nn.Module:
     raise AmflowError(f"model.adapter.tpu must be one of {TPUS}, got {spec.tpu!r}")
 
 
-def over_time(unit: nn.Module, z: torch.Tensor, num_frames: int) -> torch.Tensor:
+def to_sequences(z: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """``[B*T, L, ...]`` -> ``[B*L, T, ...]``: one sequence over time per clip and token position."""
+    BT, L = z.shape[:2]
+    B = BT // num_frames
+    return z.reshape(B, num_frames, L, -1).transpose(1, 2).reshape(B * L, num_frames, *z.shape[2:])
+
+
+def over_time(unit: nn.Module, z: torch.Tensor, num_frames: int, **kwargs) -> torch.Tensor:
     """Apply ``unit`` along time at every token position: ``[B*T, L, r]`` in and out."""
     BT, L, r = z.shape
     B = BT // num_frames
-    seq = z.view(B, num_frames, L, r).transpose(1, 2).reshape(B * L, num_frames, r)
-    seq = unit(seq)
+    seq = unit(to_sequences(z, num_frames), **kwargs)
     return seq.view(B, L, num_frames, r).transpose(1, 2).reshape(BT, L, r)

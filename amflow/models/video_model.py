@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from amflow.errors import AmflowError
-from amflow.models.am_flow import PatchAlignment, patch_alignment
-from amflow.models.attention import attention_branch
+from amflow.models.am_flow import PatchAlignment, coverage_scores, patch_alignment
 from amflow.models.backbone import embed_frames, freeze, num_prefix_tokens, patch_grid, patch_size
 from amflow.models.context import ClipContext
+from amflow.models.frozen_flow import frozen_scores
 from amflow.params import AmFlowSpec
 
 
@@ -55,27 +55,44 @@ class VideoModel(nn.Module):
                 "total": sum(p.numel() for p in params)}
 
     @property
+    def oracle(self) -> bool:
+        return self.am_flow_spec is not None and self.am_flow_spec.control == "oracle"
+
+    @property
     def needs_transforms(self) -> bool:
-        return self.am_flow_spec is not None and self.aligned
+        return self.am_flow_spec is not None and self.aligned and not self.oracle
+
+    @property
+    def pixel_warp(self) -> bool:
+        return self.needs_transforms and self.am_flow_spec.alignment == "warp"
 
     # ------------------------------------------------------------------ forward
-    def forward(self, video: torch.Tensor, transforms: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``video`` ``[B, T, 3, H, W]``, ``transforms`` ``[B, T-1, 3, 3]`` (aligned AM flow) -> logits."""
-        return self.head(self.features(video, transforms))
+    def forward(self, video: torch.Tensor, transforms: Optional[torch.Tensor] = None,
+                coverage: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``video`` ``[B, T, 3, H, W]``, ``transforms`` ``[B, T-1, 3, 3]`` (aligned AM flow), ``coverage``
+        ``[B, T, H, W]`` (the actor's pixel coverage, ``control: oracle``) -> logits."""
+        return self.head(self.features(video, transforms, coverage=coverage))
 
     def features(self, video: torch.Tensor, transforms: Optional[torch.Tensor] = None,
-                 record: Optional[dict[int, torch.Tensor]] = None) -> torch.Tensor:
+                 record: Optional[dict[int, torch.Tensor]] = None,
+                 coverage: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Pre-head features ``[B, D]``: final-norm CLS averaged over time.
 
         ``record``, if given, receives the AM flow scores ``[B*T, N]`` of every block that computes them.
         """
         B, T = self._check_video(video)
         ctx = self._context(video, transforms, record)
+        if self.oracle:
+            ctx.oracle = self._oracle_scores(coverage, video)
+        elif self.pixel_warp:
+            ctx.block_scores = self._warp_scores(video, transforms)
+            if record is not None:
+                record.update(ctx.block_scores)
         x = embed_frames(self.backbone, video.flatten(0, 1))
         if self.temporal_embedding is not None:
             x = (x.view(B, T, *x.shape[1:]) + self.temporal_embedding[None, :, None, :]).flatten(0, 1)
-        if ctx.flow is not None and not ctx.same_block_source:
-            ctx.fixed_scores = self._fixed_source_scores(x, ctx)
+        if ctx.flow is not None and not ctx.same_block_source and ctx.block_scores is None and ctx.oracle is None:
+            ctx.fixed_scores = self._fixed_source_scores(video, transforms, ctx)
         for i, blk in enumerate(self.backbone.blocks):
             adapter = self.block_adapters[str(i)] if str(i) in self.block_adapters else None
             x = blk(x) if adapter is None else adapter(blk, x, ctx, i)
@@ -113,18 +130,37 @@ class VideoModel(nn.Module):
                               f"got {list(transforms.shape)}")
         return patch_alignment(transforms, grid, patch_size(self.backbone))
 
-    def _fixed_source_scores(self, x: torch.Tensor, ctx: ClipContext) -> torch.Tensor:
-        """AM flow of one fixed block of the *frozen* backbone (``am_flow.source: <index>``).
+    def _fixed_source_scores(self, video: torch.Tensor, transforms: Optional[torch.Tensor],
+                             ctx: ClipContext) -> torch.Tensor:
+        """AM flow ``[B*T, N]`` of one fixed block of the *frozen* backbone (``am_flow.source: <index>``).
 
         Adapters in earlier blocks need the score before the adapted stream reaches that block, so the
-        frozen blocks up to it run once more without adapters (nothing for source 0).
+        frozen blocks up to it run once more without adapters.
         """
         source = int(ctx.flow.source)
-        with torch.no_grad():
-            for blk in self.backbone.blocks[:source]:
-                x = blk(x)
-            _, patch_map = attention_branch(self.backbone.blocks[source], x, ctx.num_prefix, need_map=True)
-            return ctx.scores_from_map(source, patch_map)
+        mode = "grid" if self.needs_transforms else "static"
+        scores = frozen_scores(self.backbone, video, transforms, ctx.flow, mode, [source])[source]
+        scores = scores.reshape(-1, scores.shape[-1])
+        if ctx.record is not None:
+            ctx.record[source] = scores
+        return scores
+
+    def _warp_scores(self, video: torch.Tensor, transforms: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Pixel-warp scores ``[B*T, N]`` of every block that uses them, from the frozen backbone."""
+        spec = self.am_flow_spec
+        blocks = [int(k) for k in self.block_adapters] if spec.source == "same" else [int(spec.source)]
+        scores = frozen_scores(self.backbone, video, transforms, spec, "warp", blocks)
+        return {b: s.reshape(-1, s.shape[-1]) for b, s in scores.items()}
+
+    def _oracle_scores(self, coverage: Optional[torch.Tensor], video: torch.Tensor) -> torch.Tensor:
+        if coverage is None:
+            raise AmflowError("model.am_flow.control: oracle needs the actor's ground-truth coverage "
+                              "(SynthMotion only): run `amflow ground-truth` for the dataset, or use control: "
+                              "none or shuffled")
+        B, T, _, H, W = video.shape
+        if tuple(coverage.shape) != (B, T, H, W):
+            raise AmflowError(f"coverage must be [B, T, H, W] = {[B, T, H, W]}, got {list(coverage.shape)}")
+        return coverage_scores(coverage.flatten(0, 1), patch_size(self.backbone), self.am_flow_spec.normalise)
 
     # ------------------------------------------------------------------ inspection
     def am_flow_maps(self, video: torch.Tensor, transforms: Optional[torch.Tensor] = None,

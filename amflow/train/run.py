@@ -2,7 +2,8 @@
 
 Inputs (locations from :mod:`amflow.paths`; ``<key>`` is ``<D>-<spec hash>``, ``results/<name>`` the
 params file's namespace): the frame cache ``data/frames/<key>/``, the camera transforms
-``results/<name>/<D>/motion.npz`` (aligned variant only), ``data/<key>/classes.txt``,
+``results/<name>/<D>/motion.npz`` (aligned variant only), the ground truth
+``data/groundtruth/<key>.npz`` (``model.am_flow.control: oracle`` only), ``data/<key>/classes.txt``,
 ``results/<name>/<D>/camera_motion.json`` (``amflow`` with ``variant: auto``) and
 ``results/<name>/backbone/backbone.safetensors`` (``backbone.weights: pretrain``).
 
@@ -47,6 +48,7 @@ class RunPaths:
     results_dataset_dir: Path
     backbone_weights: Optional[Path]
     run_dir: Path
+    ground_truth: Path
 
 
 def run_paths(params: Params, dataset: str, method: str, seed: int, data_dir: Path, results_dir: Path,
@@ -63,7 +65,8 @@ def run_paths(params: Params, dataset: str, method: str, seed: int, data_dir: Pa
     return RunPaths(dataset_dir=paths.dataset_dir(data_dir, key), frames_dir=paths.frames_dir(data_dir, key),
                     motion=paths.motion_file(results_dir, dataset), results_dataset_dir=paths.camera_dir(results_dir, dataset),
                     backbone_weights=weights,
-                    run_dir=Path(run_dir) if run_dir is not None else paths.run_dir(results_dir, dataset, method, seed))
+                    run_dir=Path(run_dir) if run_dir is not None else paths.run_dir(results_dir, dataset, method, seed),
+                    ground_truth=paths.ground_truth_file(data_dir, key))
 
 
 def resolve_method_variant(params: Params, method: str, results_dataset_dir: Path) -> tuple[str, bool]:
@@ -73,6 +76,11 @@ def resolve_method_variant(params: Params, method: str, results_dataset_dir: Pat
     from amflow.camera.stage import resolve_variant
 
     return resolve_variant(params.model.am_flow.variant, results_dataset_dir)
+
+
+def uses_oracle(params: Params, method: str, variant: str) -> bool:
+    """Whether the model reads the actor's ground-truth coverage (``model.am_flow.control: oracle``)."""
+    return method == "amflow" and variant != "none" and params.model.am_flow.control == "oracle"
 
 
 def single_view(sampling: SamplingSpec) -> SamplingSpec:
@@ -179,10 +187,11 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
         classes = read_classes(paths.dataset_dir)
         sampling = params.sampling_for(dataset)
         motion = paths.motion if variant == "aligned" else None
+        truth = paths.ground_truth if uses_oracle(params, method, variant) else None
         train_set = ClipDataset(paths.frames_dir, "train", sampling, train=True, motion=motion, seed=seed,
-                                identity_for_static=identity_for_static)
+                                identity_for_static=identity_for_static, ground_truth=truth)
         val_set = ClipDataset(paths.frames_dir, "val", single_view(sampling), train=False, motion=motion,
-                              seed=seed, identity_for_static=identity_for_static)
+                              seed=seed, identity_for_static=identity_for_static, ground_truth=truth)
         model = build_run_model(params, dataset, method, len(classes), variant, paths.backbone_weights, seed)
         counts = param_counts(model)
         from amflow.models import clip_gflops

@@ -53,7 +53,8 @@ STOP_ENV = "AMFLOW_STOP_AFTER_EPOCH"
 
 # --------------------------------------------------------------------------- batches
 def collate_clips(items: list[dict]) -> dict[str, Any]:
-    """Stack clip dicts; ``transforms`` only when every item has them (else None)."""
+    """Stack clip dicts; ``transforms`` only when every item has them (else None), ``coverage`` (the
+    actor's ground truth, for the oracle control) only when every item has it (else absent)."""
     out = {
         "video": torch.stack([torch.as_tensor(it["video"]) for it in items]),
         "label": torch.as_tensor([int(it["label"]) for it in items], dtype=torch.long),
@@ -61,7 +62,15 @@ def collate_clips(items: list[dict]) -> dict[str, Any]:
     }
     tr = [it.get("transforms") for it in items]
     out["transforms"] = None if any(t is None for t in tr) else torch.stack([torch.as_tensor(t) for t in tr])
+    if items and all("coverage" in it for it in items):
+        out["coverage"] = torch.stack([torch.as_tensor(it["coverage"]) for it in items])
     return out
+
+
+def coverage_input(coverage: Optional[torch.Tensor], device: torch.device) -> dict:
+    """The model's ``coverage`` keyword when the batch carries it; nothing otherwise, so models without
+    the argument (every method but ``amflow``) are called as before."""
+    return {} if coverage is None else {"coverage": coverage.to(device, non_blocking=True)}
 
 
 def autocast(device: torch.device, amp: bool):
@@ -72,10 +81,12 @@ def autocast(device: torch.device, amp: bool):
 
 
 def clip_probs(model: torch.nn.Module, video: torch.Tensor, transforms: Optional[torch.Tensor],
-               device: torch.device, amp: bool, normalise: Optional[Callable] = None) -> torch.Tensor:
+               device: torch.device, amp: bool, normalise: Optional[Callable] = None,
+               coverage: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Class probabilities per item, averaging the softmax over views for ``[B, V, T, 3, S, S]`` input.
 
-    ``normalise`` turns the clips into model input once on ``device`` (uint8 clips: the dataset's)."""
+    ``normalise`` turns the clips into model input once on ``device`` (uint8 clips: the dataset's);
+    ``coverage`` is the ground-truth actor coverage an ``oracle`` control reads."""
     video = video.to(device, non_blocking=True)
     if normalise is not None:
         video = normalise(video)
@@ -87,8 +98,10 @@ def clip_probs(model: torch.nn.Module, video: torch.Tensor, transforms: Optional
         video = video.flatten(0, 1)
         if transforms is not None:
             transforms = transforms.flatten(0, 1)
+        if coverage is not None:
+            coverage = coverage.flatten(0, 1)
     with autocast(device, amp):
-        logits = model(video, transforms)
+        logits = model(video, transforms, **coverage_input(coverage, device))
     probs = logits.float().softmax(dim=-1)
     if views > 1:
         probs = probs.view(b, views, -1).mean(dim=1)
@@ -371,7 +384,7 @@ class Trainer:
                 sync = micro == spec.accum_steps - 1 or not ctx.distributed
                 with (contextlib.nullcontext() if sync else self.net.no_sync()):
                     with autocast(dev, self.amp):
-                        logits = self.net(video, transforms)
+                        logits = self.net(video, transforms, **coverage_input(batch.get("coverage"), dev))
                     loss = F.cross_entropy(logits.float(), labels, label_smoothing=spec.label_smoothing)
                     (loss / spec.accum_steps).backward()
                 n = labels.shape[0]
@@ -406,7 +419,8 @@ class Trainer:
         model.eval()
         loss_sum = correct = count = 0.0
         for batch in self.val_loader:
-            probs = clip_probs(model, batch["video"], batch["transforms"], self.device, self.amp, self.normalise)
+            probs = clip_probs(model, batch["video"], batch["transforms"], self.device, self.amp, self.normalise,
+                               batch.get("coverage"))
             labels = batch["label"].to(self.device)
             loss_sum += float(F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum"))
             correct += float((probs.argmax(dim=-1) == labels).sum())

@@ -78,13 +78,26 @@ def backbone_inputs(wildcards=None):
     return [str(paths.backbone_file(RESULTS))] if P.backbone.weights == "pretrain" else []
 
 
-def train_inputs(wildcards, method=None):
+def ground_truth_input(dataset):
+    """SynthMotion's ground truth for this params file's spec of ``dataset``."""
+    return str(paths.ground_truth_file(DATA, paths.dataset_key(P, dataset)))
+
+
+def train_inputs(wildcards, method=None, control=None):
     method = method or wildcards.method
     deps = [frames_summary(wildcards.dataset)] + backbone_inputs()
     if method == "amflow":  # only AM flow reads the camera decision and the cached transforms
         camera = paths.camera_dir(RESULTS, wildcards.dataset)
         deps += [str(camera / "camera_motion.json"), str(paths.motion_file(RESULTS, wildcards.dataset))]
+        if (control or P.model.am_flow.control) == "oracle":  # the oracle control reads the actor's coverage
+            deps.append(ground_truth_input(wildcards.dataset))
     return deps
+
+
+def ablation_inputs(wildcards):
+    """An ablation run's inputs: an amflow run's, with the ablation's own AM flow control."""
+    control = ablation(wildcards).overrides.get("model.am_flow.control")
+    return train_inputs(wildcards, method="amflow", control=control)
 
 
 # GPUs a training, evaluation or sweep job uses; 0 when the params keep training on the CPU. The

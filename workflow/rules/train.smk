@@ -43,7 +43,7 @@ rule evaluate:
 
 rule train_ablation:
     input:
-        lambda w: train_inputs(w, method="amflow"),
+        ablation_inputs,
     output:
         f"{ABLATION_RUN_DIR}/train.json",
     params:

@@ -1,0 +1,213 @@
+"""Does AM flow find the moving actor? Measured against SynthMotion's ground truth, without training.
+
+For the val clips (the test sampling with one view) and the pipeline's frozen backbone, every block's
+AM flow is computed with each variant (:mod:`amflow.models.frozen_flow`): ``static``,
+``aligned_grid`` (attention maps resampled on the patch grid) and ``aligned_warp`` (frame t+1 warped
+into frame t in pixel space). Two baselines use no backbone: the per-patch mean absolute pixel
+difference of frames t and t+1 (``pixel_diff``) and the same after warping frame t+1 into frame t
+(``pixel_diff_compensated``, uncovered border patches set to the frame's mean score). The camera
+transforms are the cached estimates of the camera-motion stage, the ones the models use.
+
+Against "actor present in the patch" (the actor covers some of it in frame t, from
+``data/groundtruth/<D>.npz``), two figures per method and block:
+
+- ``mass_ratio``: the share of a frame's scores on the actor's patches divided by their share of the
+  patches, averaged over frames where the actor covers some but not all patches; 1 means the
+  scores carry no information about where the actor is.
+- ``auc``: ROC AUC of the scores against presence, over every patch of every such frame (0.5 = chance).
+
+Scores are normalised per frame to mean 1 (as AM flow's), so pooling frames for the AUC compares
+like with like. Static actors (``stay``), fades and rotations in place are included: the figures
+measure where the actor is, moving or not, as the oracle control sees it.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from scipy.stats import rankdata
+
+from amflow import io
+from amflow.errors import AmflowError
+from amflow.models.am_flow import covered_patches, normalise_scores, warp_to_previous
+from amflow.models.backbone import patch_size
+from amflow.models.frozen_flow import frozen_scores
+from amflow.params import Params
+
+CSV = "localisation.csv"
+PNG = "localisation.png"
+# Method name in the CSV -> frozen_flow mode.
+VARIANTS = {"static": "static", "aligned_grid": "grid", "aligned_warp": "warp"}
+BASELINES = ("pixel_diff", "pixel_diff_compensated")
+COLUMNS = ("method", "block", "mass_ratio", "auc", "frames", "patches")
+
+
+def patch_means(x: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
+    """``[M, C, H, W]`` -> ``[M, N]``: the mean over each patch's pixels and channels."""
+    return F.avg_pool2d(x.float(), kernel_size=patch, stride=patch).mean(dim=1).flatten(1)
+
+
+def pixel_difference_scores(video: torch.Tensor, patch: tuple[int, int],
+                            transforms: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-patch mean ``|frame t+1 - frame t|`` ``[B, T, N]``, normalised to mean 1 per frame.
+
+    With ``transforms`` frame t+1 is first warped into frame t; patches the warp does not fully cover
+    get the mean of the frame's other scores (neutral). The last frame reuses the previous pair's.
+    """
+    B, T = video.shape[:2]
+    if transforms is None:
+        following, valid = video[:, 1:].float(), None
+    else:
+        following, covered = warp_to_previous(video, transforms)
+        valid = covered_patches(covered, patch)
+    diff = patch_means((following - video[:, :-1].float()).abs().flatten(0, 1), patch).view(B, T - 1, -1)
+    if valid is not None:
+        keep = valid.float()
+        neutral = (diff * keep).sum(-1, keepdim=True) / keep.sum(-1, keepdim=True).clamp_min(1)
+        diff = torch.where(valid, diff, neutral)
+    diff = torch.cat([diff, diff[:, -1:]], dim=1)
+    return normalise_scores(diff, "mean")
+
+
+def auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """ROC AUC (Mann-Whitney, ties counted half) of ``scores`` for the boolean ``positive``; NaN if one
+    class is empty."""
+    scores, positive = np.asarray(scores, np.float64).ravel(), np.asarray(positive, bool).ravel()
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def localisation_metrics(scores: np.ndarray, coverage: np.ndarray) -> dict:
+    """``scores``, ``coverage`` ``[F, N]`` (frames x patches; coverage = share of the patch the actor
+    covers) -> ``mass_ratio``, ``auc`` over the frames where the actor covers some but not all patches."""
+    present = np.asarray(coverage) > 0
+    scores = np.asarray(scores, np.float64)
+    count = present.sum(axis=1)
+    use = (count > 0) & (count < present.shape[1])
+    if not use.any():
+        return {"mass_ratio": float("nan"), "auc": float("nan"), "frames": 0, "patches": 0}
+    s, p = scores[use], present[use]
+    mass = (s * p).sum(axis=1) / np.maximum(s.sum(axis=1), 1e-12)
+    area = p.mean(axis=1)
+    return {"mass_ratio": float(np.mean(mass / area)), "auc": auc(s, p), "frames": int(use.sum()),
+            "patches": int(s.size)}
+
+
+def measure(backbone: torch.nn.Module, batches: Iterable[dict], flow_spec, blocks: list[int]) -> pd.DataFrame:
+    """The localisation table for clip batches (``video``, ``transforms``, ``coverage`` as the clip loader
+    gives them): one row per (variant, block) and per baseline, columns :data:`COLUMNS`."""
+    patch = patch_size(backbone)
+    scores: dict[tuple[str, Optional[int]], list[np.ndarray]] = {}
+    cover: list[np.ndarray] = []
+
+    def add(key, s: torch.Tensor) -> None:
+        scores.setdefault(key, []).append(s.flatten(0, 1).cpu().numpy())
+
+    with torch.no_grad():
+        for batch in batches:
+            video, transforms = batch["video"], batch["transforms"]
+            cover.append(patch_means(batch["coverage"].flatten(0, 1)[:, None], patch).numpy())
+            for name, mode in VARIANTS.items():
+                for block, s in frozen_scores(backbone, video, transforms, flow_spec, mode, blocks).items():
+                    add((name, block), s)
+            add(("pixel_diff", None), pixel_difference_scores(video, patch))
+            add(("pixel_diff_compensated", None), pixel_difference_scores(video, patch, transforms))
+    coverage = np.concatenate(cover)
+    rows = [{"method": name, "block": block, **localisation_metrics(np.concatenate(parts), coverage)}
+            for (name, block), parts in scores.items()]
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    table["block"] = table["block"].astype("Int64")
+    return table
+
+
+def plot_localisation(table: pd.DataFrame, path: Path, title: str = "") -> None:
+    """Mass ratio and AUC per block for each variant; the pixel baselines as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
+    try:
+        for ax, col, chance in ((axes[0], "mass_ratio", 1.0), (axes[1], "auc", 0.5)):
+            for name in VARIANTS:
+                rows = table[table["method"] == name]
+                ax.plot(rows["block"].astype(int), rows[col], marker="o", label=name)
+            for name, style in zip(BASELINES, ("--", ":")):
+                value = table.loc[table["method"] == name, col]
+                if len(value):
+                    ax.axhline(float(value.iloc[0]), color="grey", linestyle=style, label=name)
+            ax.axhline(chance, color="black", linewidth=0.6)
+            ax.set_xlabel("block")
+            ax.set_ylabel({"mass_ratio": "mass share / area share on actor patches",
+                           "auc": "ROC AUC, actor in patch"}[col], fontsize=8)
+        axes[1].legend(fontsize=7)
+        if title:
+            fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        with io.atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+
+
+def run_localisation(params: Params, dataset: str, data_dir: Path, results_dir: Path, out_dir: Path,
+                     max_videos: Optional[int] = None) -> pd.DataFrame:
+    """The ``amflow localise`` stage: measure, plot, log to MLflow, then write the CSV (last)."""
+    from torch.utils.data import DataLoader, Subset
+
+    from amflow import paths, tracking
+    from amflow.data.clips import ClipDataset
+    from amflow.models import build_backbone
+    from amflow.train.run import single_view
+    from amflow.train.trainer import collate_clips
+
+    try:
+        params.dataset(dataset)
+    except KeyError as exc:
+        raise AmflowError(str(exc.args[0])) from None
+    data_dir, results_dir, out_dir = Path(data_dir), Path(results_dir), Path(out_dir)
+    if params.train.threads > 0:
+        torch.set_num_threads(params.train.threads)
+    weights = paths.backbone_file(results_dir) if params.backbone.weights == "pretrain" else None
+    backbone = build_backbone(params.backbone, weights)
+    sampling = single_view(params.sampling_for(dataset))
+    key = paths.dataset_key(params, dataset)
+    val = ClipDataset(paths.frames_dir(data_dir, key), "val", sampling, train=False,
+                      motion=paths.motion_file(results_dir, dataset),
+                      ground_truth=paths.ground_truth_file(data_dir, key))
+    if max_videos is not None:
+        val = Subset(val, range(min(max_videos, len(val))))
+    loader = DataLoader(val, batch_size=params.train.batch_size, shuffle=False, collate_fn=collate_clips)
+    blocks = list(range(len(backbone.blocks)))
+    table = measure(backbone, loader, params.model.am_flow, blocks)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_localisation(table, out_dir / PNG, title=f"{dataset}: AM flow vs the actor ({len(val)} val clips)")
+    tracker = tracking.Tracker.open_for_training(params, dataset=dataset, method="localise", seed=0,
+                                                 run_dir=out_dir, tags={"stage": "localise"})
+    tracker.log_params({**tracking.flatten(params.model.am_flow.model_dump(mode="json"), "model.am_flow."),
+                        **tracking.flatten(params.backbone.model_dump(mode="json"), "backbone."),
+                        "val_videos": str(len(val))})
+    metrics = {}
+    for row in table.itertuples():
+        key = row.method if pd.isna(row.block) else f"{row.method}.block{int(row.block)}"
+        metrics[f"{key}.mass_ratio"], metrics[f"{key}.auc"] = row.mass_ratio, row.auc
+    tracker.log_metrics(metrics)
+    tracker.log_artifacts([out_dir / PNG])
+    text = table.to_csv(index=False, float_format="%.4f", lineterminator="\n")
+    tracker.log_json(json.loads(table.to_json(orient="records")), "localisation.json")
+    tracker.finish()
+    io.write_text(out_dir / CSV, text)
+    print(f"{out_dir / CSV}: {len(table)} rows from {len(val)} val clips", file=sys.stderr)
+    return table

@@ -1,0 +1,76 @@
+"""AM flow of the *frozen* backbone's blocks, computed apart from any adapter.
+
+Used where the scores must not depend on the adapted stream: a fixed source block
+(``am_flow.source: <index>``), the pixel-warp aligned variant (``am_flow.alignment: warp``) and the
+localisation measurement (:mod:`amflow.localise`), which has no adapters at all.
+
+Variants (``mode``):
+
+- ``static``: ``|A_t - A_{t+1}|``.
+- ``grid``: frame t+1's map resampled on frame t's patch grid (:func:`amflow.models.am_flow.patch_alignment`).
+- ``warp``: frame t+1 is warped into frame t in pixel space with the camera transform, the frozen blocks
+  run on the warped frame, and its maps are compared with frame t's; patches the warp leaves
+  (partly) uncovered are left out and get the neutral score. Sub-patch camera motion is then
+  compensated where the grid variant can only interpolate between patches. Costs one more frozen
+  pass over T-1 frames up to the deepest block asked for.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+from amflow.models.am_flow import am_flow, am_flow_pairs, covered_patches, patch_alignment, warp_to_previous
+from amflow.models.attention import attention_branch, mlp_branch
+from amflow.models.backbone import embed_frames, num_prefix_tokens, patch_grid, patch_size
+from amflow.params import AmFlowSpec
+
+MODES = ("static", "grid", "warp")
+
+
+def frozen_block_maps(backbone: nn.Module, frames: torch.Tensor, blocks: Iterable[int]) -> dict[int, torch.Tensor]:
+    """Patch attention maps ``[M, N, N]`` of ``blocks`` for frames ``[M, 3, H, W]`` (no gradients)."""
+    wanted = sorted(set(int(b) for b in blocks))
+    prefix = num_prefix_tokens(backbone)
+    maps: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        x = embed_frames(backbone, frames)
+        for i, blk in enumerate(backbone.blocks[:wanted[-1] + 1]):
+            if i not in wanted:
+                x = blk(x)
+                continue
+            update, maps[i] = attention_branch(blk, x, prefix, need_map=True)
+            x = x + update
+            x = x + mlp_branch(blk, x)
+    return maps
+
+
+def frozen_scores(backbone: nn.Module, video: torch.Tensor, transforms: Optional[torch.Tensor],
+                  spec: AmFlowSpec, mode: str, blocks: Iterable[int]) -> dict[int, torch.Tensor]:
+    """AM flow ``[B, T, N]`` of each of ``blocks`` of the frozen ``backbone`` for ``video`` ``[B, T, 3, H, W]``.
+
+    ``transforms`` ``[B, T-1, 3, 3]`` (frame t -> t+1 pixels) are needed by ``grid`` and ``warp``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    B, T, _, H, W = video.shape
+    blocks = sorted(set(int(b) for b in blocks))
+    if mode == "warp" and T > 1:
+        warped, covered = warp_to_previous(video, transforms)
+        frames = torch.cat([video.flatten(0, 1), warped.flatten(0, 1)])
+        maps = frozen_block_maps(backbone, frames, blocks)
+        valid = covered_patches(covered, patch_size(backbone))
+        out = {}
+        for b, m in maps.items():
+            N = m.shape[-1]
+            own = m[:B * T].view(B, T, N, N)
+            out[b] = am_flow_pairs(own[:, :-1], m[B * T:].view(B, T - 1, N, N), spec.temperature, spec.normalise,
+                                   valid=valid, raw_following=own[:, 1:], aligned_floor=spec.aligned_floor)
+        return out
+    alignment = None
+    if mode == "grid":
+        alignment = patch_alignment(transforms, patch_grid(backbone, H, W), patch_size(backbone))
+    maps = frozen_block_maps(backbone, video.flatten(0, 1), blocks)
+    return {b: am_flow(m.view(B, T, *m.shape[-2:]), spec.temperature, spec.normalise, alignment,
+                       spec.aligned_floor) for b, m in maps.items()}

@@ -1,0 +1,37 @@
+# SynthMotion's motion ground truth, and how well AM flow finds the actor without training.
+#   snakemake --cores 8 results/default/synth_moving/localisation/localisation.csv
+
+
+rule ground_truth:
+    input:
+        f"{DATASET_DIR}/dataset.json",
+    output:
+        str(paths.ground_truth_file(DATA, paths.data_key("{dataset}", "{spec}"))),
+    params:
+        dvc_params=tracked("datasets.{dataset}"),
+    threads: 1
+    log:
+        f"{LOGS}/ground_truth/{{dataset}}-{{spec}}.log",
+    shell:
+        "amflow ground-truth --params {PARAMS} --dataset {wildcards.dataset}"
+        " > {log} 2>&1"
+
+
+rule localise:
+    input:
+        lambda w: ground_truth_input(w.dataset),
+        lambda w: frames_summary(w.dataset),
+        str(paths.motion_file(RESULTS, "{dataset}")),
+        backbone_inputs,
+    output:
+        csv=str(paths.localisation_dir(RESULTS, "{dataset}") / "localisation.csv"),
+        png=report(str(paths.localisation_dir(RESULTS, "{dataset}") / "localisation.png"),
+                   caption=caption("localisation"), category="Localisation", labels={"dataset": "{dataset}"}),
+    params:
+        dvc_params=tracked("datasets.{dataset}", "sampling", "backbone", "model.am_flow"),
+    threads: 8
+    log:
+        f"{LOGS}/localise/{{dataset}}.log",
+    shell:
+        "amflow localise --params {PARAMS} --dataset {wildcards.dataset}"
+        " > {log} 2>&1"
