@@ -21,6 +21,22 @@ rule all:
     default_target: True
 
 
+# `snakemake --cores 8 results/table1.csv`: table 1 of the params in use, built in its own namespace
+# (results/<name>/table1.csv) and copied to this fixed place, so the main command and scripts reading
+# it need not know the params file's name. The copy is the table of the params last asked for.
+rule latest_table1:
+    input:
+        f"{RESULTS}/table1.csv",
+    output:
+        "results/table1.csv",
+    localrule: True
+    threads: 1
+    log:
+        f"{LOGS}/latest_table1.log",
+    shell:
+        "cp -v {input} {output} > {log} 2>&1"
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/camera.smk"
 include: "workflow/rules/backbone.smk"

@@ -342,6 +342,18 @@ def test_config_override_reaches_the_run(project, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_main_command_copies_table1_of_the_params_in_use(project, tmp_path):
+    """`snakemake --cores 8 results/table1.csv` (README, `make run`): the namespaced table, built once,
+    copied to the fixed place; another params file's table would replace the copy, never the original."""
+    work = copy_of(project, tmp_path / "project")
+    snakemake(work, "--cores", "2", "results/table1.csv", *TINY)
+    assert (work / "results/table1.csv").read_bytes() == (work / TINY_RESULTS / "table1.csv").read_bytes()
+    plan = snakemake(work, "-n", "--cores", "2", "results/table1.csv")  # the default params: a new table
+    text = plan.stdout + plan.stderr
+    assert "rule latest_table1:" in text and "results/default/table1.csv" in text
+
+
+@pytest.mark.slow
 def test_second_params_file_overwrites_nothing(project):
     """The default beside the tiny run: every file it would write is a new one, in its own namespace."""
     out = snakemake(project, "-n", "--cores", "2")

@@ -129,7 +129,7 @@ def test_bad_config_is_one_clear_line(project):
 
 def test_snakemake_dry_run_plans_the_localisation():
     """The README's localisation target: ground truth from the plans, then `amflow localise`."""
-    target = "results/synth_moving/localisation/localisation.csv"
+    target = "results/default/synth_moving/localisation/localisation.csv"
     out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "-F", "--cores", "2", "-d", str(ROOT),
                           "-s", str(ROOT / "Snakefile"), target], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -138,7 +138,7 @@ def test_snakemake_dry_run_plans_the_localisation():
     stats = {line.split()[0] for line in text.split("Job stats")[-1].splitlines() if line.strip()}
     assert {"prepare_dataset", "extract_frames", "camera_motion", "pretrain_backbone", "ground_truth",
             "localise"} <= stats, stats
-    assert "amflow localise --params params/default.yaml --dataset synth_moving" in text
+    assert re.search(r"amflow localise --params \S+ --dataset synth_moving", text)
 
 
 SUBCOMMANDS = [a.dest for a in build_parser()._subparsers._group_actions[0]._choices_actions]
