@@ -92,6 +92,19 @@ def snakemake(project: Path, *args: str, check: bool = True, timeout: float = PI
     return run([BIN / "snakemake", *args], project, check=check, timeout=timeout, env=env)
 
 
+def job_counts(out) -> dict[str, int]:
+    """The 'Job stats' table of a Snakemake dry run: rule -> number of jobs (and 'total')."""
+    lines = (out.stdout + out.stderr).splitlines()
+    start = lines.index("Job stats:") + 3  # past the header and its rule of dashes
+    counts = {}
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        name, count = line.split()
+        counts[name] = int(count)
+    return counts
+
+
 def nothing_to_do(out) -> bool:
     """Snakemake's dry-run verdict when every target is up to date."""
     return "Nothing to be done" in out.stdout + out.stderr

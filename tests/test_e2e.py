@@ -27,7 +27,7 @@ import yaml
 
 from amflow import paths
 
-from project_copy import (BIN, ROOT, TINY, TINY_RESULTS, copy_of, make_project_copy, nothing_to_do, run,
+from project_copy import (BIN, ROOT, TINY, TINY_RESULTS, copy_of, job_counts, make_project_copy, nothing_to_do, run,
                           shared_pipeline_run, snakemake)
 
 # The table columns as amflow/report/tables.py's docstring documents them (written out here, not
@@ -130,19 +130,6 @@ def test_pipeline_writes_every_expected_file(project, params):
 def test_second_dry_run_has_nothing_to_do(project):
     out = snakemake(project, "-n", "--cores", "2", "report", *TINY)
     assert nothing_to_do(out), out.stdout[-3000:]
-
-
-def job_counts(out) -> dict[str, int]:
-    """The 'Job stats' table of a Snakemake dry run: rule -> number of jobs (and 'total')."""
-    lines = (out.stdout + out.stderr).splitlines()
-    start = lines.index("Job stats:") + 3  # past the header and its rule of dashes
-    counts = {}
-    for line in lines[start:]:
-        if not line.strip():
-            break
-        name, count = line.split()
-        counts[name] = int(count)
-    return counts
 
 
 @pytest.mark.slow

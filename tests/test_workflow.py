@@ -10,7 +10,7 @@ import yaml
 
 from amflow.cli import build_parser
 from amflow.params import load_params
-from project_copy import make_project_copy, snakemake
+from project_copy import job_counts, make_project_copy, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,19 +59,6 @@ def project(tmp_path_factory):
     return make_project_copy(tmp_path_factory.mktemp("workflow") / "project")
 
 
-def planned(out) -> dict[str, int]:
-    """The 'Job stats' table of a dry run: rule -> number of jobs."""
-    lines = (out.stdout + out.stderr).splitlines()
-    start = lines.index("Job stats:") + 3
-    counts = {}
-    for line in lines[start:]:
-        if not line.strip():
-            break
-        name, count = line.split()
-        counts[name] = int(count)
-    return counts
-
-
 def shell_params_file(out, project: Path, rule: str) -> dict:
     """The params file a planned job of ``rule`` reads (``--params FILE`` in its shell command)."""
     text = out.stdout + out.stderr
@@ -82,7 +69,7 @@ def shell_params_file(out, project: Path, rule: str) -> dict:
 
 def test_bare_dry_run_plans_table1_of_the_default(project):
     out = snakemake(project, "-n", "-p")  # `rule all`: table 1 of params/default.yaml; no target, no --cores
-    counts = planned(out)
+    counts = job_counts(out)
     p = load_params(ROOT / "params" / "default.yaml")
     n = len(p.table_datasets) * len(p.methods) * len(p.seeds)
     assert counts["all"] == 1 and counts["table1"] == 1 and counts["train"] == n and counts["evaluate"] == n
@@ -103,14 +90,14 @@ def test_config_override_reaches_the_jobs(project):
     used = shell_params_file(out, project, "train")
     assert used["train"]["epochs"] == 1 and used["train"]["lr"] == 0.01 and used["seeds"] == [0, 1]
     assert used["train"]["batch_size"] == 16  # the rest of the default stays
-    assert planned(out)["train"] == 20
+    assert job_counts(out)["train"] == 20
 
 
 def test_configfile_complete_or_extending(project):
     # A complete params file replaces the default (no synth dataset left), in its own namespace.
     out = snakemake(project, "-n", "--configfile", "params/k400.yaml")
     assert "results/k400/table1.csv" in out.stdout and "synth_" not in out.stdout
-    assert planned(out)["prepare_dataset"] == 1
+    assert job_counts(out)["prepare_dataset"] == 1
     # A file that extends the default, with a --config override on top, in either order.
     for args in (("--configfile", "params/default_seeds.yaml", "--config", "train={epochs: 1}"),
                  ("--config", "train={epochs: 1}", "--configfile", "params/default_seeds.yaml")):
