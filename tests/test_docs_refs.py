@@ -16,8 +16,9 @@ import pytest
 from conftest import ROOT
 
 TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".smk", ".rst", ".toml", ".cfg", ".txt", ""}
-# A path into one of the project's own source folders, as written in prose or code.
-PROJECT_REF = re.compile(r"(?<![\w./{}-])((?:docs|params|workflow|amflow|tests|bench|\.ci)/[\w./*<>{}-]*[\w*>}])")
+# A file in one of the project's own source folders, as written in prose or code (a name with an
+# extension: `amflow/aim` in prose is a ratio, not a path).
+PROJECT_REF = re.compile(r"(?<![\w./{}-])((?:docs|params|workflow|amflow|tests|bench|\.ci)/[\w./*<>{}-]*\.[\w*>}]+)")
 MD_LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 DESIGN_SECTION = re.compile(r"docs/design\.md,? (\d+(?:\.\d+)?(?:, \d+(?:\.\d+)?)*)")
 OUTSIDE = re.compile(r"\.\./shared|shared/reference|\bDESIGN\.md|ecosystem\.md|reference notes")
