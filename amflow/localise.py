@@ -22,6 +22,7 @@ measure where the actor is, moving or not, as the oracle control sees it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -183,19 +184,24 @@ def run_localisation(params: Params, dataset: str, data_dir: Path, results_dir: 
     backbone = build_backbone(params.backbone, weights)
     sampling = single_view(params.sampling_for(dataset))
     key = paths.dataset_key(params, dataset)
-    val = ClipDataset(paths.frames_dir(data_dir, key), "val", sampling, train=False,
-                      motion=paths.motion_file(results_dir, dataset),
-                      ground_truth=paths.ground_truth_file(data_dir, key))
-    if max_videos is not None:
-        val = Subset(val, range(min(max_videos, len(val))))
+    clips = ClipDataset(paths.frames_dir(data_dir, key), "val", sampling, train=False,
+                        motion=paths.motion_file(results_dir, dataset),
+                        ground_truth=paths.ground_truth_file(data_dir, key))
+    val = clips if max_videos is None else Subset(clips, range(min(max_videos, len(clips))))
     loader = DataLoader(val, batch_size=params.train.batch_size, shuffle=False, collate_fn=collate_clips)
+    batches = ({**b, "video": clips.normalise(b["video"])} for b in loader)  # the loader ships uint8 clips
     blocks = list(range(len(backbone.blocks)))
-    table = measure(backbone, loader, params.model.am_flow, blocks)
+    table = measure(backbone, batches, params.model.am_flow, blocks)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_localisation(table, out_dir / PNG, title=f"{dataset}: AM flow vs the actor ({len(val)} val clips)")
-    tracker = tracking.Tracker.open_for_training(params, dataset=dataset, method="localise", seed=0,
-                                                 run_dir=out_dir, tags={"stage": "localise"})
+    settings = {"dataset": params.dataset(dataset).model_dump(mode="json"), "val_videos": len(val),
+                "sampling": sampling.model_dump(mode="json"), "backbone": params.backbone.model_dump(mode="json"),
+                "am_flow": params.model.am_flow.model_dump(mode="json")}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    tracker = tracking.Tracker.open_for_training(params, dataset=dataset, method="localise", seed=0, run_dir=out_dir,
+                                                 results_dir=results_dir, params_digest=digest, name="localise",
+                                                 tags={f"{tracking.TAG}stage": "localise"})
     tracker.log_params({**tracking.flatten(params.model.am_flow.model_dump(mode="json"), "model.am_flow."),
                         **tracking.flatten(params.backbone.model_dump(mode="json"), "backbone."),
                         "val_videos": str(len(val))})

@@ -364,7 +364,10 @@ def test_snakemake_report_holds_tables_and_figures(project, tmp_path):
     for produced in ("table1.csv", "ablations.csv", "ablation_variant.csv", "accuracy.png", "convergence.png",
                      "amflow_heatmaps.png", "camera_motion.png", "confusion.png", "curves.png"):
         assert any(n.endswith(produced) for n in names), (produced, names[:50])
-    for caption in sorted((ROOT / "workflow" / "report").glob("*.rst")):  # every caption is used
+    # Every caption is used, but the localisation's: that stage is a target of its own, not in the report's DAG.
+    for caption in sorted((ROOT / "workflow" / "report").glob("*.rst")):
+        if caption.stem == "localisation":
+            continue
         first_words = " ".join(caption.read_text().split()[:4])
         assert first_words in text, caption.name
 

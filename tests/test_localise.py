@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+from amflow import paths
 from amflow.localise import (BASELINES, VARIANTS, auc, localisation_metrics, measure, pixel_difference_scores)
 from amflow.models import build_backbone
 from amflow.params import AmFlowSpec, BackboneSpec
@@ -125,7 +126,7 @@ def test_localise_stage_from_the_command_line(tmp_path, monkeypatch):
     for stage in ("prepare", "extract", "camera-motion", "ground-truth"):
         assert main([stage, *common]) == 0
     assert main(["localise", *common]) == 0
-    out = tmp_path / "results" / "synth_moving" / "localisation"
+    out = paths.localisation_dir(paths.results_root(tmp_path / "results", "default"), "synth_moving")
     table = pd.read_csv(out / "localisation.csv")
     assert set(table["method"]) == set(VARIANTS) | set(BASELINES)
     assert len(table) == 3 * 4 + 2 and (table["frames"] > 0).all()
@@ -133,8 +134,8 @@ def test_localise_stage_from_the_command_line(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("amflow-synth_moving")
-    run = client.search_runs([exp.experiment_id], filter_string="tags.stage = 'localise'")[0]
+    exp = client.get_experiment_by_name("amflow-default-synth_moving")
+    run = client.search_runs([exp.experiment_id], filter_string="tags.`amflow.stage` = 'localise'")[0]
     logged = run.data.metrics
     row = table[(table["method"] == "aligned_warp") & (table["block"] == 3)].iloc[0]
     assert logged["aligned_warp.block3.auc"] == pytest.approx(row["auc"], abs=1e-4)

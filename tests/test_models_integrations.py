@@ -220,3 +220,17 @@ def test_pixel_warp_scores_of_a_fixed_source_block_are_recorded_and_need_transfo
     torch.testing.assert_close(maps.flatten(2), expected)
     with pytest.raises(AmflowError, match="camera transforms"):
         model(video)
+
+
+def test_flops_of_an_oracle_model_count_the_same_network_as_gate():
+    """Training counts GFLOPs before it starts: an oracle model gets an empty coverage there, and its
+    network is the gate model's, whose scores come from the attention maps instead."""
+    from amflow.models import build_backbone, build_model
+    from amflow.models.flops import clip_gflops
+    from amflow.params import AmFlowSpec, BackboneSpec, ModelSpec
+
+    bb = BackboneSpec(model="vit_tiny_patch16_224", weights="random",
+                      kwargs=dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2))
+    oracle = build_model("amflow", build_backbone(bb), 3, 4, ModelSpec(am_flow=AmFlowSpec(control="oracle")), "static")
+    gate = build_model("amflow", build_backbone(bb), 3, 4, ModelSpec(), "static")
+    assert 0 < clip_gflops(oracle, 4, 32) < clip_gflops(gate, 4, 32)  # no attention-map scores to compute

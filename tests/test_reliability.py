@@ -166,7 +166,8 @@ def _train_process(snake: subprocess.Popen):
             cmd = child.cmdline()
         except psutil.NoSuchProcess:
             continue
-        if "train" in cmd and "--dataset" in cmd and not any("snakemake" in c for c in cmd):
+        # the training itself, not Snakemake (whose resolved params sit in .snakemake/, named in both)
+        if "train" in cmd and "--dataset" in cmd and not any(Path(c).name == "snakemake" for c in cmd[:2]):
             return child
     return None
 

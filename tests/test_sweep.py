@@ -281,7 +281,7 @@ def test_readme_sweep_runs_as_typed_on_the_shipped_files(tmp_path):
     # The log is plain lines: progress every few steps, one line per epoch and per trial.
     assert "\r" not in out.stderr
     assert "epoch 1/4: 0/" in out.stderr and "trial 1: val_top1" in out.stderr
-    study = _study(f"sqlite:///{tmp_path / 'results/sweeps/synth_moving/amflow/study.db'}",
+    study = _study(f"sqlite:///{tmp_path / 'results/default/sweeps/synth_moving/amflow/study.db'}",
                    "default-synth_moving-amflow")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
     shipped_space = yaml.safe_load((ROOT / "params/sweep.yaml").read_text())["space"]
@@ -296,10 +296,10 @@ def test_readme_sweep_runs_as_typed_on_the_shipped_files(tmp_path):
         run = client.get_run(t.user_attrs["mlflow_run_id"])
         assert run.info.run_name == f"trial-{t.number}"
         parent = client.get_run(run.data.tags["mlflow.parentRunId"])
-        assert parent.data.tags["stage"] == "sweep" and parent.data.tags["amflow.sweep_study"] == study.study_name
+        assert parent.data.tags["amflow.stage"] == "sweep" and parent.data.tags["amflow.sweep_study"] == study.study_name
 
     # best.yaml: the tuned values, with the params file's full training budget (not the sweep's 4 epochs).
-    best_file = tmp_path / "results/sweeps/synth_moving/amflow/best.yaml"
+    best_file = tmp_path / "results/default/sweeps/synth_moving/amflow/best.yaml"
     best = load_params(best_file)
     shipped = yaml.safe_load((ROOT / "params/default.yaml").read_text())
     assert best.train.epochs == shipped["train"]["epochs"] != yaml.safe_load(

@@ -52,18 +52,22 @@ def count_flops(fn, *args, **kwargs) -> int:
 
 
 def clip_gflops(model: torch.nn.Module, num_frames: int, img_size: Union[int, tuple[int, int]]) -> float:
-    """Forward GFLOPs of one clip ``[1, num_frames, 3, H, W]`` (identity transforms if the model needs them)."""
+    """Forward GFLOPs of one clip ``[1, num_frames, 3, H, W]`` (identity transforms if the model needs them,
+    an empty actor coverage for an ``oracle`` control)."""
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
     ref = next(model.parameters())
     video = torch.zeros(1, num_frames, 3, h, w, device=ref.device, dtype=ref.dtype)
     transforms = None
     if getattr(model, "needs_transforms", False):
         transforms = torch.eye(3, device=ref.device).expand(1, num_frames - 1, 3, 3).contiguous()
+    extra = {}
+    if getattr(model, "oracle", False):
+        extra["coverage"] = torch.zeros(1, num_frames, h, w, device=ref.device)
     was_training = model.training
     model.eval()
     try:
         with torch.enable_grad():
-            flops = count_flops(model, video, transforms)
+            flops = count_flops(model, video, transforms, **extra)
     finally:
         model.train(was_training)
     return flops / 1e9
