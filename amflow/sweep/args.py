@@ -27,7 +27,7 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
                    help="study name; rerunning with the same name continues an interrupted sweep "
                         "(default: <params name>-<dataset>-<method>)")
     p.add_argument("--output", type=Path, default=None,
-                   help="where to write the best params (default results/sweeps/<dataset>/<method>/best.yaml)")
+                   help="where to write the best params (default results/<name>/sweeps/<dataset>/<method>/best.yaml)")
     p.add_argument("--data-dir", default="data", type=Path, help="root of datasets and frame caches (default: data)")
     p.add_argument("--results-dir", default="results", type=Path,
                    help="root of results; the sweep writes under <results-dir>/sweeps/ (default: results)")
