@@ -21,7 +21,7 @@ TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".smk", ".rst", ".toml", ".cfg",
 PROJECT_REF = re.compile(r"(?<![\w./{}-])((?:docs|params|workflow|amflow|tests|bench|\.ci)/[\w./*<>{}-]*\.[\w*>}]+)")
 MD_LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 DESIGN_SECTION = re.compile(r"docs/design\.md,? (\d+(?:\.\d+)?(?:, \d+(?:\.\d+)?)*)")
-OUTSIDE = re.compile(r"\.\./shared|shared/reference|\bDESIGN\.md|ecosystem\.md|reference notes")
+OUTSIDE = re.compile(r"\.\./shared|shared/reference|\bDESIGN\.md|ecosystem\.md|reference[ ]notes")
 
 
 def tracked_text_files() -> list[Path]:
