@@ -8,9 +8,11 @@ import json
 import os
 import shutil
 import socket
+import struct
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -152,10 +154,7 @@ def mmap_npz(path: str | Path) -> dict[str, "np.ndarray"]:
     camera transforms of Kinetics-400: about 2.6 GB) should instead be paged in as it is read, and
     shared between processes. Compressed members and arrays of Python objects are read whole.
     """
-    import struct
-    import zipfile
-
-    import numpy as np
+    import numpy as np  # lazily: `amflow --help` and the rules import this module
 
     path = Path(path)
     out = {}
