@@ -5,6 +5,7 @@ The runs use the real stage code (``train_run`` / ``evaluate_run``) with a tiny 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -536,15 +537,14 @@ def test_flatten_params():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not MLFLOW.exists(), reason="mlflow CLI not installed beside the interpreter")
-def test_against_a_real_mlflow_server(tmp_path, monkeypatch):
-    port = free_port()
+@contextlib.contextmanager
+def mlflow_serving(args: list, folder: Path, port: int):
+    """An MLflow server (`mlflow server` or `mlflow ui`) on 127.0.0.1:port, up (its /health answers) for
+    the block, then stopped with its workers."""
     uri = f"http://127.0.0.1:{port}"
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen(
-        [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server_artifacts"), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
+    log = open(folder / "server.log", "w")
+    server = subprocess.Popen([str(MLFLOW), *args, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=folder)
     try:
         deadline = time.time() + 90
         while True:
@@ -555,16 +555,9 @@ def test_against_a_real_mlflow_server(tmp_path, monkeypatch):
             except OSError:
                 pass
             if server.poll() is not None or time.time() > deadline:
-                pytest.fail(f"mlflow server did not come up: {(tmp_path / 'server.log').read_text()[-2000:]}")
+                pytest.fail(f"mlflow did not come up: {(folder / 'server.log').read_text()[-2000:]}")
             time.sleep(1)
-        make_tiny_dataset(tmp_path / "data")
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        monkeypatch.setenv("AMFLOW_TRACKING", "1")
-        _, _, run_dir = train_and_evaluate(tmp_path)
-        run = check_store(uri, run_dir, tmp_path / "data")
-        # artefacts went through the server's proxy into its artifacts destination
-        stored = [p for p in (tmp_path / "server_artifacts").rglob("metrics.json")]
-        assert stored and run.info.run_id in str(stored[0])
+        yield uri
     finally:
         os.killpg(server.pid, 15)  # the server's own process group (it started its workers there)
         try:
@@ -573,3 +566,35 @@ def test_against_a_real_mlflow_server(tmp_path, monkeypatch):
             os.killpg(server.pid, 9)
             server.wait()
         log.close()
+
+
+@pytest.mark.slow
+def test_against_a_real_mlflow_server(tmp_path, monkeypatch):
+    args = ["server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination", str(tmp_path / "server_artifacts")]
+    with mlflow_serving(args, tmp_path, free_port()) as uri:
+        make_tiny_dataset(tmp_path / "data")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        monkeypatch.setenv("AMFLOW_TRACKING", "1")
+        _, _, run_dir = train_and_evaluate(tmp_path)
+        run = check_store(uri, run_dir, tmp_path / "data")
+        # artefacts went through the server's proxy into its artifacts destination
+        stored = [p for p in (tmp_path / "server_artifacts").rglob("metrics.json")]
+        assert stored and run.info.run_id in str(stored[0])
+
+
+@pytest.mark.slow
+def test_the_readme_mlflow_ui_shows_the_runs(tmp_path, monkeypatch):
+    """`mlflow ui --backend-store-uri sqlite:///mlflow.db` (README), in the folder of a tracked run, with
+    --port added as a user would when 5000 is taken: the UI's API lists the run's experiment and run."""
+    make_tiny_dataset(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    monkeypatch.setenv("AMFLOW_TRACKING", "1")
+    _, _, run_dir = train_and_evaluate(tmp_path)
+    run_id = io.read_json(run_dir / tracking.RUN_FILE)["run_id"]
+    with mlflow_serving(["ui", "--backend-store-uri", "sqlite:///mlflow.db"], tmp_path, free_port()) as uri:
+        with urllib.request.urlopen(f"{uri}/api/2.0/mlflow/runs/get?run_id={run_id}", timeout=30) as r:
+            got = json.loads(r.read())["run"]
+    assert got["info"]["run_id"] == run_id and got["info"]["status"] == "FINISHED"
+    assert {m["key"] for m in got["data"]["metrics"]} >= {"train_loss", "test_top1"}
