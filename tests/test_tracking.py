@@ -535,8 +535,9 @@ def test_flatten_params():
     assert flat == {"a.b": "1", "a.c": "[1, 2]", "d": "x", "e": "null"}
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not MLFLOW.exists(), reason="mlflow CLI not installed beside the interpreter")
+NEEDS_MLFLOW_CLI = pytest.mark.skipif(not MLFLOW.exists(), reason="mlflow CLI not installed beside the interpreter")
+
+
 @contextlib.contextmanager
 def mlflow_serving(args: list, folder: Path, port: int):
     """An MLflow server (`mlflow server` or `mlflow ui`) on 127.0.0.1:port, up (its /health answers) for
@@ -569,6 +570,7 @@ def mlflow_serving(args: list, folder: Path, port: int):
 
 
 @pytest.mark.slow
+@NEEDS_MLFLOW_CLI
 def test_against_a_real_mlflow_server(tmp_path, monkeypatch):
     args = ["server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
             "--artifacts-destination", str(tmp_path / "server_artifacts")]
@@ -584,6 +586,7 @@ def test_against_a_real_mlflow_server(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@NEEDS_MLFLOW_CLI
 def test_the_readme_mlflow_ui_shows_the_runs(tmp_path, monkeypatch):
     """`mlflow ui --backend-store-uri sqlite:///mlflow.db` (README), in the folder of a tracked run, with
     --port added as a user would when 5000 is taken: the UI's API lists the run's experiment and run."""
