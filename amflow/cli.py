@@ -105,7 +105,7 @@ def cmd_camera_motion(args) -> None:
 
 
 def cmd_ground_truth(args) -> None:
-    from amflow.data.synthmotion import write_ground_truth
+    from amflow.data.sources.synthmotion import write_ground_truth
 
     p = _params(args)
     key = _dataset_key(p, args.dataset)

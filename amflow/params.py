@@ -83,7 +83,7 @@ class PretrainImagesSpec(Strict):
 
 
 class DownloadSpec(Strict):
-    """How Kinetics-400 is fetched from the CVDF mirror (amflow/data/download.py, kinetics.py)."""
+    """How Kinetics-400 is fetched from the CVDF mirror (amflow/data/download.py, sources/kinetics.py)."""
 
     workers: int = Field(4, ge=1, description="parallel downloads")
     retries: int = Field(3, ge=0, description="retries per file after a failed or interrupted transfer")

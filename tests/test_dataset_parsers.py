@@ -12,8 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from amflow.data import kinetics, smarthome, ssv2, video_list
-from amflow.data.prepare import holdout_val, prepare_dataset, subsample
+from amflow.data.prepare import prepare_dataset
+from amflow.data.sources import kinetics, smarthome, ssv2, video_list
+from amflow.data.sources.base import holdout_val, subsample
 from amflow.errors import AmflowError
 from amflow.params import load_params, validate
 

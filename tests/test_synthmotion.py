@@ -15,7 +15,7 @@ import torch
 
 from amflow.data import annotations as ann
 from amflow.data import scene
-from amflow.data import synthmotion as sm
+from amflow.data.sources import synthmotion as sm
 from amflow.errors import AmflowError
 from amflow.params import SynthSpec, validate
 

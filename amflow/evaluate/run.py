@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from amflow import io
+from amflow.data import transforms_geometry as geo
 from amflow.errors import AmflowError
 from amflow.evaluate import metrics as M
 from amflow.params import Params
@@ -56,9 +57,7 @@ def reverse_clips(video: torch.Tensor, transforms: Optional[torch.Tensor]):
     video = torch.flip(video, dims=(video.ndim - 4,))
     if transforms is None:
         return video, None
-    inv = torch.linalg.inv(torch.flip(transforms, dims=(transforms.ndim - 3,)).double())
-    z = inv[..., 2:3, 2:3]
-    inv = inv / torch.where(z.abs() > 1e-12, z, torch.ones_like(z))
+    inv = geo.invert(torch.flip(transforms, dims=(transforms.ndim - 3,)).double())
     return video, inv.to(transforms.dtype)
 
 
