@@ -333,6 +333,11 @@ def test_dataset_layout_and_contract(generated):
     assert np.allclose(cam["frame_to_next"][2], sm.frame_to_next(plan.cameras()), atol=1e-5)
 
 
+def test_the_common_writer_lists_no_missing_video(generated):
+    root, _ = generated
+    assert (root / "serial" / "missing.csv").read_text() == "split,video,reason\n"
+
+
 def test_parallel_generation_gives_the_same_bytes_and_seeds_matter(generated):
     root, _ = generated
     sm.generate_dataset(_params(workers=2), "synth", root / "parallel")
