@@ -166,7 +166,7 @@ def write_dataset(source: Source, spec: DatasetSpec, dataset_name: str, out_dir:
     # dataset.json means "complete": remove a stale one before anything else is rewritten.
     (out_dir / "dataset.json").unlink(missing_ok=True)
     result = source.build(spec, dataset_name, out_dir)
-    if source.generator:
+    if source.generator:  # exactly the splits its spec asks for: no holdout, no subsample
         splits = dict(result.splits)
     else:
         splits, val_policy = split_policy(result, spec)
@@ -178,7 +178,7 @@ def write_dataset(source: Source, spec: DatasetSpec, dataset_name: str, out_dir:
         missing.to_csv(tmp, index=False)
     for split in SPLITS:
         table = splits[split]
-        if len(table) == 0 and not source.generator:
+        if len(table) == 0 and not source.generator:  # a generator's empty split was asked for
             n_missing = missing_per_split[split]
             why = (f"{n_missing} listed video(s) are missing on disk, see {out_dir / 'missing.csv'}" if n_missing
                    else "too few videos to split, or none of this split's kind")
