@@ -194,7 +194,7 @@ def cmd_tables(args) -> None:
     from amflow.report.tables import write_tables
 
     p = _params(args)
-    write_tables(p, _results(args, p), which=args.which)
+    print("\n".join(map(str, write_tables(p, _results(args, p), which=args.which))))
 
 
 def cmd_heatmaps(args) -> None:
@@ -332,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--csv", action="store_true", help="print CSV: video,rank,label,probability")
     p.set_defaults(func=cmd_predict)
     p = add("tables", cmd_tables, "build results/<name>/table1.csv or the ablation tables",
-            "Read the runs' metrics.json and write results/<name>/table1.csv (--which table1) or ablations.csv "
+            "Read the runs' metrics.json and write results/<name>/table1.csv and its plots (plots/accuracy.png, "
+            "plots/convergence.png) (--which table1), or ablations.csv "
             "plus one ablation_<axis>.csv per ablation axis (--which ablations). Pure: the same inputs give "
             "the same bytes.")
     p.add_argument("--which", choices=["table1", "ablations"], default="table1",

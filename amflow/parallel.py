@@ -8,11 +8,14 @@ from typing import Callable, Optional
 
 
 def usable_cores() -> int:
-    """The cores this process may use: Snakemake, SLURM or taskset may give it fewer than the machine has."""
+    """The cores this process may use: SLURM or taskset may give it fewer than the machine has (CPU
+    affinity), and a Snakemake job its ``threads:`` (passed as ``OMP_NUM_THREADS``, which torch follows too)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # no CPU affinity on this platform
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    budget = os.environ.get("OMP_NUM_THREADS", "")
+    return min(cores, int(budget)) if budget.isdigit() and int(budget) > 0 else cores
 
 
 def worker_count(requested: int, tasks: int) -> int:

@@ -159,7 +159,7 @@ def test_data_keys_share_equal_specs_and_separate_different_ones():
     from amflow import paths
 
     default = load_params(ROOT / "params/default.yaml")
-    seeds = load_params(ROOT / "params/default_seeds.yaml")
+    seeds = load_params(ROOT / "params/default_1seed.yaml")
     tiny = load_params(ROOT / "params/tiny.yaml")
     for d in default.datasets:
         assert paths.dataset_key(default, d) == paths.dataset_key(seeds, d)

@@ -103,7 +103,7 @@ def test_table1_values_equal_the_metrics(tmp_path):
 def test_single_seed_has_empty_std(tmp_path):
     p = small_params(seeds=[0])
     write_runs(p, tmp_path)
-    t = read_csv(tables.write_tables(p, tmp_path, which="table1")[0])
+    t = read_csv(tables.write_tables(p, tmp_path, which="table1")[-1])
     assert set(t["n_seeds"]) == {"1"} and set(t["top1_pct_std"]) == {""}
     assert t.loc[0, "top1_pct_mean"] == "40.00"
 
@@ -202,3 +202,35 @@ def test_read_table_round_trips(tmp_path):
     assert pd.isna(back.loc[3, "reversed_top1_pct_mean"])
     with pytest.raises(AmflowError, match="make it"):
         tables.read_table(tmp_path / "nope.csv", "make it")
+
+
+def test_table1_paired_difference_and_convergence_to_tpa(tmp_path):
+    p = small_params()
+    write_runs(p, tmp_path)
+    # Replace the curves of synth_moving with ones whose answer is worked out by hand below.
+    curves = {("tpa", 0): [0.2, 0.5, 0.55], ("tpa", 1): [0.3, 0.55, 0.60],      # target: (0.55 + 0.60) / 2
+              ("amflow", 0): [0.4, 0.6, 0.6], ("amflow", 1): [0.58, 0.5, 0.5],  # epochs 2 and 1
+              ("frame", 0): [0.1, 0.2, 0.3], ("frame", 1): [0.1, 0.2, 0.3]}      # never reaches it
+    for (m, s), curve in curves.items():
+        path = paths.run_dir(tmp_path, "synth_moving", m, s) / "metrics.json"
+        data = json.loads(path.read_text())
+        data.update(val_curve=curve, epoch_times=[10.0 + s, 20.0, 30.0], train_clips_per_s=100.0 + s)
+        write(path, data)
+    tables.write_tables(p, tmp_path, which="table1")
+    t = read_csv(tmp_path / "table1.csv").set_index(["dataset", "method"])
+    am, tpa, fr = t.loc[("synth_moving", "amflow")], t.loc[("synth_moving", "tpa")], t.loc[("synth_moving", "frame")]
+    # amflow - tpa per seed: 0.50 - 0.55 and 0.52 - 0.59 -> -5 and -7 points: mean -6, sample std sqrt(2).
+    assert (am["top1_vs_tpa_pct_mean"], am["top1_vs_tpa_pct_std"]) == ("-6.00", "1.41")
+    assert tpa["top1_vs_tpa_pct_mean"] == "" and tpa["top1_vs_tpa_pct_std"] == ""
+    assert am["target_val_top1_pct"] == tpa["target_val_top1_pct"] == "57.50"
+    # amflow: epoch 2 (seed 0, 10 + 20 s) and epoch 1 (seed 1, 11 s).
+    assert (am["epochs_to_target_mean"], am["epochs_to_target_std"], am["seeds_reaching_target"]) == ("1.50", "0.71", "2/2")
+    assert (am["time_to_target_s_mean"], am["time_to_target_s_std"]) == ("20.5", "13.4")
+    # tpa itself: seed 0 never reaches the mean of its own final values (0.55 < 0.575), seed 1 at epoch 3.
+    assert (tpa["epochs_to_target_mean"], tpa["epochs_to_target_std"], tpa["seeds_reaching_target"]) == ("3.00", "", "1/2")
+    assert tpa["time_to_target_s_mean"] == "61.0"
+    assert (fr["epochs_to_target_mean"], fr["seeds_reaching_target"]) == ("", "0/2")
+    assert (am["train_clips_per_s_mean"], am["train_clips_per_s_std"]) == ("100.5", "0.7")
+    # The report reads the table back, the text column included.
+    back = tables.read_table(tmp_path / "table1.csv", "make it")
+    assert back.set_index(["dataset", "method"]).loc[("synth_moving", "tpa"), "seeds_reaching_target"] == "1/2"

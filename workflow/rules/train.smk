@@ -17,6 +17,8 @@ rule train:
         gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/train/{{dataset}}/{{method}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/train/{{dataset}}/{{method}}/seed{{seed}}.tsv",
     shell:
         "{params.launch} train --params {PARAMS} --dataset {wildcards.dataset} "
         "--method {wildcards.method} --seed {wildcards.seed}"
@@ -35,6 +37,8 @@ rule evaluate:
         gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/evaluate/{{dataset}}/{{method}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/evaluate/{{dataset}}/{{method}}/seed{{seed}}.tsv",
     shell:
         "amflow evaluate --params {PARAMS} --dataset {wildcards.dataset} "
         "--method {wildcards.method} --seed {wildcards.seed}"
@@ -56,6 +60,8 @@ rule train_ablation:
         gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/train_ablation/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/train_ablation/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}.tsv",
     shell:
         "{params.launch} train --params {PARAMS} --dataset {wildcards.dataset} --method amflow "
         "--seed {wildcards.seed} --run-dir {params.run_dir} {params.overrides}"
@@ -76,6 +82,8 @@ rule evaluate_ablation:
         gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/evaluate_ablation/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/evaluate_ablation/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}.tsv",
     shell:
         "amflow evaluate --params {PARAMS} --dataset {wildcards.dataset} --method amflow "
         "--seed {wildcards.seed} --run-dir {params.run_dir} {params.overrides}"
