@@ -211,6 +211,15 @@ def cmd_report(args) -> None:
     write_report(p, _results(args, p))
 
 
+def cmd_readme_results(args) -> None:
+    from amflow.report.readme import results_markdown, update_readme
+    from amflow.report.timing import latest_log
+
+    p = _params(args)
+    log = args.log if args.log is not None else (latest_log() if not args.no_timing else None)
+    print(update_readme(args.readme, results_markdown(p, _results(args, p), None if args.no_timing else log)))
+
+
 def cmd_sweep(args) -> None:
     from amflow.params import load_params
     from amflow.sweep.run import run_sweep
@@ -344,6 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
         "results/<name>/plots/amflow_heatmaps.png and amflow_heatmaps.gif.")
     add("report", cmd_report, "write results/<name>/report.md with tables and plots",
         "Generate results/<name>/report.md (every table, every plot, one paragraph per table) from the results.")
+    p = add("readme-results", cmd_readme_results, "write the README's results section from results/",
+            "Replace the README's generated results section (between its two marker lines) with table 1's "
+            "top-1 over seeds, the paired difference to tpa, the claims as the report states them, and the "
+            "run's time per stage from its Snakemake log and benchmark files (`make readme-results`).")
+    p.add_argument("--readme", type=Path, default=Path("README.md"), help="the file to update (default README.md)")
+    p.add_argument("--log", type=Path, default=None,
+                   help="the Snakemake log of the run to time (default: the latest under .snakemake/log/)")
+    p.add_argument("--no-timing", action="store_true", help="leave the timing table out")
     p = sub.add_parser("sweep", help="Optuna sweep over the adapter's hyperparameters",
                        description="Run an Optuna sweep (seeded TPE, median pruner on per-epoch validation "
                                    "accuracy) and export the best trial as a params file.")

@@ -296,6 +296,23 @@ class AblationsSpec(Strict):
     controls: list[Literal["none", "shuffled", "oracle"]] = Field(
         default_factory=list, description="score controls ('oracle' needs SynthMotion's ground truth)")
     dataset: str = Field("synth_moving", description="dataset for the single-axis ablations")
+    tpu_with_tpa: bool = Field(True, description="also run each TPU of 'tpus' with tpa (axis tpu_tpa), so "
+                               "that every TPU compares AM flow with the same adapter without it")
+    grid: Optional["AblationGridSpec"] = Field(
+        None, description="AM flow settings crossed with each other on several datasets (axis grid)")
+
+
+class AblationGridSpec(Strict):
+    """variant x integration x control, every combination on every dataset (``amflow`` runs, value
+    ``<variant>-<integration>-<control>``); compared with table 1's ``tpa`` runs of the same seeds."""
+    variants: list[Literal["static", "aligned", "auto"]] = ["static", "aligned"]
+    integrations: list[Literal["gate", "attn_bias", "channels", "residual_gate"]] = [
+        "gate", "attn_bias", "channels", "residual_gate"]
+    controls: list[Literal["none", "shuffled", "oracle"]] = ["none", "shuffled", "oracle"]
+    datasets: list[str] = ["synth_static", "synth_moving"]
+
+
+AblationsSpec.model_rebuild()
 
 
 class Params(Strict):

@@ -63,6 +63,8 @@ def write_runs(params, results: Path, top1=TOP1) -> None:
 
 
 def write_ablations(params, results: Path) -> None:
+    if not any(results.glob("synth_*/tpa/seed*/metrics.json")):
+        write_runs(params, results)  # table 1's tpa runs: the ablation rows are paired with them
     for r in ablation_runs(params):
         t = VARIANT_TOP1.get((r.value, r.dataset), 0.5 + 0.01 * len(r.value)) + 0.02 * r.seed
         write(paths.ablation_run_dir(results, r.axis, r.value, r.dataset, r.seed) / "metrics.json",
@@ -234,3 +236,31 @@ def test_table1_paired_difference_and_convergence_to_tpa(tmp_path):
     # The report reads the table back, the text column included.
     back = tables.read_table(tmp_path / "table1.csv", "make it")
     assert back.set_index(["dataset", "method"]).loc[("synth_moving", "tpa"), "seeds_reaching_target"] == "1/2"
+
+
+def test_ablation_plan_crosses_tpus_with_tpa_and_the_amflow_grid():
+    p = small_params(seeds=[0, 1, 2], ablations={
+        "variants": [], "tpus": ["tcn", "lstm"], "source_layers": [], "num_blocks": [], "frames": [],
+        "grid": {"variants": ["static", "aligned"], "integrations": ["gate", "channels"],
+                 "controls": ["none", "oracle"], "datasets": ["synth_static", "synth_moving"]}})
+    runs = ablation_runs(p)
+    tpu = {(r.axis, r.value, r.method) for r in runs if r.axis.startswith("tpu")}
+    assert tpu == {("tpu", "tcn", "amflow"), ("tpu", "lstm", "amflow"), ("tpu_tpa", "tcn", "tpa"),
+                   ("tpu_tpa", "lstm", "tpa")}
+    grid = [r for r in runs if r.axis == "grid"]
+    assert len(grid) == 2 * 2 * 2 * 2 * 3  # variants x integrations x controls x datasets x seeds
+    one = next(r for r in grid if r.value == "aligned-channels-oracle" and r.dataset == "synth_static" and r.seed == 2)
+    assert one.method == "amflow" and one.overrides == {
+        "model.am_flow.variant": "aligned", "model.am_flow.integration": "channels", "model.am_flow.control": "oracle"}
+    # Every ablated (dataset, seed) is paired with its table-1 tpa run.
+    from amflow.workflow_plan import reference_runs
+    assert sorted(reference_runs(p)) == sorted((d, "tpa", s) for d in DATASETS for s in (0, 1, 2))
+
+
+def test_ablation_rows_carry_the_paired_difference_to_tpa(tmp_path):
+    p = small_params()
+    write_ablations(p, tmp_path)
+    t = read_csv(tables.write_tables(p, tmp_path, which="ablations")[-1]).set_index(["axis", "value", "dataset"])
+    # variant aligned on synth_moving: 0.58 + 0.02 s against tpa 0.55 / 0.59 -> +3 and +1 points.
+    row = t.loc[("variant", "aligned", "synth_moving")]
+    assert (row["top1_vs_tpa_pct_mean"], row["top1_vs_tpa_pct_std"]) == ("2.00", "1.41")

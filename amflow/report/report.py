@@ -451,12 +451,15 @@ def ablation_section(params: Params, abl: Optional[pd.DataFrame], cameras: dict,
         return lines + [f"`{ABLATIONS}` not built; make it with `snakemake --cores 8 "
                         f"{Path(results_dir) / ABLATIONS}`.", ""]
     lines += [f"From `{ABLATIONS}` (one `ablation_<axis>.csv` per axis holds the same rows). Every ablation "
-              f"run is `amflow` with one setting changed. {seeds_note(abl)}", ""]
+              f"run is `amflow` with one setting changed, except `tpu_tpa` (the TPUs of `tpa`, the adapter without "
+              f"AM flow) and `grid` (variant-integration-control, crossed). The paired difference is to table 1's "
+              f"`tpa` run of the same dataset and seed. {seeds_note(abl)}", ""]
     for axis in dict.fromkeys(abl["axis"]):
         sub = abl[abl["axis"] == axis]
         display = pd.DataFrame({
             "value": sub["value"], "dataset": sub["dataset"],
             "top-1 (%)": [cell(r, "top1_pct") for _, r in sub.iterrows()],
+            "top-1 − tpa, paired (points)": [cell(r, "top1_vs_tpa_pct") for _, r in sub.iterrows()],
             "mean class acc (%)": [cell(r, "mean_class_acc_pct") for _, r in sub.iterrows()],
             "epochs to 90%": [cell(r, "epochs_to_90pct") for _, r in sub.iterrows()],
             "trainable params": [fixed(x, "trainable_params") for x in sub["trainable_params"]],

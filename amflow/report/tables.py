@@ -40,7 +40,7 @@ from amflow import io, paths
 from amflow.errors import AmflowError
 from amflow.params import Params
 from amflow.report import plots
-from amflow.workflow_plan import AXES, ablation_runs, table_runs
+from amflow.workflow_plan import AXES, REFERENCE, ablation_runs, reference_runs, table_runs
 
 TABLE1 = "table1.csv"
 ABLATIONS = "ablations.csv"
@@ -57,8 +57,6 @@ FORMATS = {f"{k}_pct": "{:.2f}" for k in ACCURACIES}
 FORMATS.update({"epochs_to_90pct": "{:.2f}", "train_time_s": "{:.1f}", "gflops_per_clip": "{:.4f}",
                 "train_clips_per_s": "{:.1f}", "top1_vs_tpa_pct": "{:.2f}", "target_val_top1_pct": "{:.2f}",
                 "epochs_to_target": "{:.2f}", "time_to_target_s": "{:.1f}"})
-# The method AM flow is measured against: the same temporal adapter without AM flow.
-REFERENCE = "tpa"
 # Table 1's comparison columns (see the module docstring), after the per-seed figures.
 COMPARISON = ["top1_vs_tpa_pct_mean", "top1_vs_tpa_pct_std", "target_val_top1_pct", "epochs_to_target_mean",
               "epochs_to_target_std", "time_to_target_s_mean", "time_to_target_s_std", "seeds_reaching_target"]
@@ -71,7 +69,7 @@ def columns(keys: Iterable[str]) -> list[str]:
 
 
 TABLE1_COLUMNS = columns(("dataset", "method")) + COMPARISON
-ABLATION_COLUMNS = columns(("axis", "value", "dataset"))
+ABLATION_COLUMNS = columns(("axis", "value", "dataset")) + COMPARISON[:2]
 
 
 # --------------------------------------------------------------------------- reading runs
@@ -199,17 +197,24 @@ def table1(params: Params, results_dir: Path, loaded: Optional[dict] = None) -> 
 
 
 def ablation_table(params: Params, results_dir: Path) -> pd.DataFrame:
-    """Long format, one row per (axis, value, dataset) of :func:`ablation_runs`, in params order."""
+    """Long format, one row per (axis, value, dataset) of :func:`ablation_runs`, in params order, with the
+    paired top-1 difference to table 1's ``tpa`` run of the same dataset and seed."""
     runs = ablation_runs(params)
+    ref = {(d, s): load_metrics(paths.run_dir(results_dir, d, m, s) / "metrics.json", dataset=d, seed=s, method=m)
+           for d, m, s in reference_runs(params)}
     rows = []
     for axis, value, dataset in _unique((r.axis, r.value, r.dataset) for r in runs):
-        loaded = []
+        loaded, diffs = [], []
         for r in runs:
             if (r.axis, r.value, r.dataset) == (axis, value, dataset):
                 path = paths.ablation_run_dir(results_dir, r.axis, r.value, r.dataset, r.seed) / "metrics.json"
-                loaded.append((path, load_metrics(path, dataset=r.dataset, seed=r.seed)))
+                m = load_metrics(path, dataset=r.dataset, seed=r.seed)
+                loaded.append((path, m))
+                diffs.append(100.0 * (float(m["top1"]) - float(ref[(r.dataset, r.seed)]["top1"])))
+        mean, std = _mean_std(diffs)
         rows.append({"axis": axis, "value": value, "dataset": dataset,
-                     **aggregate(loaded, f"ablation {axis}={value} on {dataset}")})
+                     **aggregate(loaded, f"ablation {axis}={value} on {dataset}"),
+                     "top1_vs_tpa_pct_mean": mean, "top1_vs_tpa_pct_std": std})
     return pd.DataFrame(rows, columns=ABLATION_COLUMNS)
 
 

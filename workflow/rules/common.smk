@@ -10,7 +10,7 @@ import sys
 from amflow import paths
 from amflow.parallel import usable_cores
 from amflow.params import ParamsError, resolve_workflow_config, validate, write_resolved
-from amflow.workflow_plan import ablation_runs, find_ablation, table_runs
+from amflow.workflow_plan import ablation_runs, find_ablation, reference_runs, table_runs
 
 DEFAULT_PARAMS = "params/default.yaml"
 try:
@@ -102,9 +102,9 @@ def train_inputs(wildcards, method=None, control=None):
 
 
 def ablation_inputs(wildcards):
-    """An ablation run's inputs: an amflow run's, with the ablation's own AM flow control."""
-    control = ablation(wildcards).overrides.get("model.am_flow.control")
-    return train_inputs(wildcards, method="amflow", control=control)
+    """An ablation run's inputs: those of its method's run, with the ablation's own AM flow control."""
+    run = ablation(wildcards)
+    return train_inputs(wildcards, method=run.method, control=run.overrides.get("model.am_flow.control"))
 
 
 # GPUs a training, evaluation or sweep job uses; 0 when the params keep training on the CPU. The

@@ -24,6 +24,8 @@ rule ablations:
     input:
         [str(paths.ablation_run_dir(RESULTS, r.axis, r.value, r.dataset, r.seed) / "metrics.json")
          for r in ablation_runs(P)],
+        # table 1's tpa runs of the same datasets and seeds: each row's paired difference is against them
+        [str(paths.run_dir(RESULTS, d, m, s) / "metrics.json") for d, m, s in reference_runs(P)],
     output:
         report(f"{RESULTS}/ablations.csv", caption=caption("ablations"), category="Tables"),
         # one table per axis these params ablate (amflow.report.tables.write_tables)

@@ -54,6 +54,7 @@ rule train_ablation:
         run_dir=run_dir_of,
         launch=launcher,
         overrides=lambda w: ablation(w).set_args(),
+        method=lambda w: ablation(w).method,
         dvc_params=tracked("datasets.{dataset}", "sampling", "model", "train", "backbone", "camera_motion", "ablations"),
     threads: 1
     resources:
@@ -63,7 +64,7 @@ rule train_ablation:
     benchmark:
         f"{BENCH}/train_ablation/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}.tsv",
     shell:
-        "{params.launch} train --params {PARAMS} --dataset {wildcards.dataset} --method amflow "
+        "{params.launch} train --params {PARAMS} --dataset {wildcards.dataset} --method {params.method} "
         "--seed {wildcards.seed} --run-dir {params.run_dir} {params.overrides}"
         " > {log} 2>&1"
 
@@ -76,6 +77,7 @@ rule evaluate_ablation:
     params:
         run_dir=run_dir_of,
         overrides=lambda w: ablation(w).set_args(),
+        method=lambda w: ablation(w).method,
         dvc_params=tracked("datasets.{dataset}", "sampling", "ablations"),
     threads: 1
     resources:
@@ -85,6 +87,6 @@ rule evaluate_ablation:
     benchmark:
         f"{BENCH}/evaluate_ablation/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}.tsv",
     shell:
-        "amflow evaluate --params {PARAMS} --dataset {wildcards.dataset} --method amflow "
+        "amflow evaluate --params {PARAMS} --dataset {wildcards.dataset} --method {params.method} "
         "--seed {wildcards.seed} --run-dir {params.run_dir} {params.overrides}"
         " > {log} 2>&1"
