@@ -263,3 +263,17 @@ def test_claims_and_overlap_say_what_the_seeds_show(tmp_path):
     assert "**AM flow helps** on `synth_moving`: not resolved. Paired top-1 difference `amflow` − `tpa` (the same " \
            "adapter without AM flow): +0.00 ± 7.07 points over 2 seeds." in text
     assert "the seed spreads (mean ± std of top-1) overlap for `tpa` and `amflow`" in text
+
+
+def test_localisation_section_reads_the_stage_csv(tmp_path):
+    _, text = build(tmp_path)
+    assert "Not measured: run `amflow localise`" in text
+    csv = paths.localisation_dir(tmp_path, "synth_moving") / "localisation.csv"
+    csv.parent.mkdir(parents=True)
+    csv.write_text("method,block,mass_ratio,auc,frames,patches\n"
+                   "static,0,2.2400,0.7900,100,1600\nstatic,3,3.0900,0.8500,100,1600\n"
+                   "aligned_warp,1,1.7900,0.7300,100,1600\npixel_diff,,1.7100,0.8800,100,1600\n")
+    _, text = build(tmp_path)
+    # best block per method by AUC: static block 3; the best method overall is the pixel difference
+    assert re.search(r"\| static\s+\| 3\s+\| 3\.09\s+\| 0\.850\s+\|", text)
+    assert "Best at finding the actor: `pixel_diff` (ROC AUC 0.880, mass ratio 1.71;" in text

@@ -520,6 +520,39 @@ def axis_paragraph(axis: str, sub: pd.DataFrame) -> str:
     return " ".join(out)
 
 
+def localisation_section(params: Params, results_dir: Path) -> list[str]:
+    """Does AM flow find the actor (``amflow localise``, no training): per dataset with ground truth, the
+    best block of each method, against the pixel-difference baselines."""
+    lines = ["## Localisation: does AM flow find the moving actor?", ""]
+    found = False
+    for d in params.table_datasets:
+        folder = paths.localisation_dir(results_dir, d)
+        path = folder / "localisation.csv"
+        if not path.is_file():
+            continue
+        found = True
+        table = pd.read_csv(path)
+        best = table.loc[table.groupby("method", sort=False)["auc"].idxmax()]
+        shown = pd.DataFrame({"method": best["method"], "best block": ["" if pd.isna(b) else str(int(b)) for b in best["block"]],
+                              "mass ratio": [f"{x:.2f}" for x in best["mass_ratio"]],
+                              "ROC AUC": [f"{x:.3f}" for x in best["auc"]]})
+        top = best.loc[best["auc"].idxmax()]
+        lines += [f"### `{d}`", "", markdown(shown), "",
+                  f"Best at finding the actor: `{top['method']}` (ROC AUC {top['auc']:.3f}, mass ratio "
+                  f"{top['mass_ratio']:.2f}; 0.5 and 1 mean no information). Every block: `{rel(path, results_dir)}`.",
+                  ""]
+        png = folder / "localisation.png"
+        if png.is_file():
+            lines += [f"![{d} localisation]({rel(png, results_dir)})", ""]
+    if not found:
+        return lines + ["Not measured: run `amflow localise` (a SynthMotion dataset with its ground truth; "
+                        "`snakemake --cores 8 report` does it).", ""]
+    return lines + ["Scores of the frozen backbone's AM flow per variant and block, and of per-patch pixel "
+                    "differences (with and without camera compensation), against the patches the actor covers "
+                    "(SynthMotion's render plan): the *mass ratio* is the share of the scores on the actor's "
+                    "patches over their share of the area.", ""]
+
+
 def heatmap_section(results_dir: Path) -> list[str]:
     lines = ["## AM flow heat maps", ""]
     out = plots.plots_dir(results_dir)
@@ -569,6 +602,7 @@ def build_report(params: Params, results_dir: Path) -> str:
     lines += temporal_section(params, t1)
     lines += convergence_section(params, t1)
     lines += ablation_section(params, abl, cameras, results_dir)
+    lines += localisation_section(params, results_dir)
     lines += heatmap_section(results_dir)
     return "\n".join(lines).rstrip() + "\n"
 

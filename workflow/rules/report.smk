@@ -67,6 +67,9 @@ rule report:
         f"{RESULTS}/table1.csv",
         f"{RESULTS}/ablations.csv",
         f"{RESULTS}/plots/amflow_heatmaps.png",
+        # localisation against SynthMotion's ground truth, for the table's generated datasets
+        [str(paths.localisation_dir(RESULTS, d) / "localisation.csv") for d in P.table_datasets
+         if P.datasets[d].source == "synthmotion"],
     output:
         f"{RESULTS}/report.md",
     threads: 1
