@@ -251,3 +251,15 @@ def test_write_heatmaps_end_to_end(tmp_path):
         update={"temperature": 9.0})})})
     with pytest.raises(AmflowError, match="other params"):
         hm.write_heatmaps(p2, data_dir=data, results_dir=results)
+
+
+def test_png_outputs_carry_no_matplotlib_version(tmp_path):
+    """Every figure goes through io.write_png: the same figure gives the same bytes, whatever the
+    installed matplotlib."""
+    from amflow.evaluate.plots import confusion_png
+
+    for name in ("a.png", "b.png"):
+        confusion_png(np.eye(3), ["x", "y", "z"], tmp_path / name)
+    data = (tmp_path / "a.png").read_bytes()
+    assert data == (tmp_path / "b.png").read_bytes()
+    assert data.startswith(b"\x89PNG") and b"Software" not in data and b"atplotlib" not in data

@@ -133,8 +133,7 @@ def render_png(clips: list[HeatmapClip], path: Path, gap: int = 2) -> Path:
             side.set_visible(False)
         ax.set_title(f"{clip.title}\n(colour 0..{panels[3]:.2f}, shared by both maps)", fontsize=8)
     fig.tight_layout()
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    io.write_png(fig, path, dpi=100)
     plt.close(fig)
     return path
 
