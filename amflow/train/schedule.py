@@ -41,7 +41,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int,
         optimizer, lambda s: warmup_cosine_factor(s, total_steps, warmup_steps))
 
 
-_NORMS = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm, torch.nn.Embedding)
+# Batch norms are not listed: their parameters are 1-D, which the rule below already covers.
+_NORMS = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.Embedding)
 
 
 def _no_decay_names(model: torch.nn.Module) -> set[str]:
