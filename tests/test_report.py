@@ -152,6 +152,18 @@ def test_render_heatmaps(tmp_path):
         hm.HeatmapClip("bad", frames, np.zeros((T - 1, 8, 8)), np.zeros((T, 8, 8)))
 
 
+def test_png_outputs_carry_no_matplotlib_version(tmp_path):
+    """Every figure goes through io.write_png: the same figure gives the same bytes, whatever the
+    installed matplotlib."""
+    from amflow.evaluate.plots import confusion_png
+
+    for name in ("a.png", "b.png"):
+        confusion_png(np.eye(3), ["x", "y", "z"], tmp_path / name)
+    data = (tmp_path / "a.png").read_bytes()
+    assert data == (tmp_path / "b.png").read_bytes()
+    assert data.startswith(b"\x89PNG") and b"Software" not in data and b"atplotlib" not in data
+
+
 def test_coefficient_of_variation_and_clip_choice():
     assert hm.clip_cv(np.ones((3, 4, 4))) == pytest.approx(0.0)
     peaked = np.zeros((2, 2, 2))
@@ -252,14 +264,3 @@ def test_write_heatmaps_end_to_end(tmp_path):
     with pytest.raises(AmflowError, match="other params"):
         hm.write_heatmaps(p2, data_dir=data, results_dir=results)
 
-
-def test_png_outputs_carry_no_matplotlib_version(tmp_path):
-    """Every figure goes through io.write_png: the same figure gives the same bytes, whatever the
-    installed matplotlib."""
-    from amflow.evaluate.plots import confusion_png
-
-    for name in ("a.png", "b.png"):
-        confusion_png(np.eye(3), ["x", "y", "z"], tmp_path / name)
-    data = (tmp_path / "a.png").read_bytes()
-    assert data == (tmp_path / "b.png").read_bytes()
-    assert data.startswith(b"\x89PNG") and b"Software" not in data and b"atplotlib" not in data
