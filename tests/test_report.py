@@ -263,4 +263,3 @@ def test_write_heatmaps_end_to_end(tmp_path):
         update={"temperature": 9.0})})})
     with pytest.raises(AmflowError, match="other params"):
         hm.write_heatmaps(p2, data_dir=data, results_dir=results)
-
