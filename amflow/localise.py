@@ -156,8 +156,7 @@ def plot_localisation(table: pd.DataFrame, path: Path, title: str = "") -> None:
         if title:
             fig.suptitle(title, fontsize=10)
         fig.tight_layout()
-        with io.atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
+        io.write_png(fig, path)
     finally:
         plt.close(fig)
 

@@ -140,6 +140,11 @@ def test_render_heatmaps(tmp_path):
         assert g.size == (3 * 32 * k + 4, 2 * 32 * k + 2)
     # bilinear with cell centres aligned: [0, 1] over 2 cells -> 0, 0.25, 0.75, 1 over 4
     np.testing.assert_allclose(hm.upsample(np.array([[[0.0, 1.0]]]), 1, 4)[0, 0], [0, 0.25, 0.75, 1])
+    # in both directions at once, and every frame on its own (8 frames: frame t is t everywhere)
+    np.testing.assert_allclose(hm.upsample(np.array([[[0.0, 1.0], [2.0, 3.0]]]), 4, 4)[0],
+                               [[0, 0.25, 0.75, 1], [0.5, 0.75, 1.25, 1.5], [1.5, 1.75, 2.25, 2.5], [2, 2.25, 2.75, 3]])
+    np.testing.assert_allclose(hm.upsample(np.arange(8.0)[:, None, None] * np.ones((8, 2, 3)), 5, 7),
+                               np.arange(8.0)[:, None, None] * np.ones((8, 5, 7)))
     # the overlay blends: a black frame under the colour map's top colour at weight ALPHA
     top = hm.overlay(np.zeros((1, 2, 2, 3), np.uint8), np.full((1, 2, 2), 2.0), vmax=2.0)
     assert top.dtype == np.uint8 and top.max() <= round(255 * hm.ALPHA) and top.max() > 0
@@ -147,11 +152,23 @@ def test_render_heatmaps(tmp_path):
         hm.HeatmapClip("bad", frames, np.zeros((T - 1, 8, 8)), np.zeros((T, 8, 8)))
 
 
+def test_png_outputs_carry_no_matplotlib_version(tmp_path):
+    """Every figure goes through io.write_png: the same figure gives the same bytes, whatever the
+    installed matplotlib."""
+    from amflow.evaluate.plots import confusion_png
+
+    for name in ("a.png", "b.png"):
+        confusion_png(np.eye(3), ["x", "y", "z"], tmp_path / name)
+    data = (tmp_path / "a.png").read_bytes()
+    assert data == (tmp_path / "b.png").read_bytes()
+    assert data.startswith(b"\x89PNG") and b"Software" not in data and b"atplotlib" not in data
+
+
 def test_coefficient_of_variation_and_clip_choice():
-    assert hm.coefficient_of_variation(np.ones((3, 4, 4))) == pytest.approx(0.0)
+    assert hm.clip_cv(np.ones((3, 4, 4))) == pytest.approx(0.0)
     peaked = np.zeros((2, 2, 2))
     peaked[:, 0, 0] = 4.0
-    assert hm.coefficient_of_variation(peaked) == pytest.approx(np.sqrt(3))
+    assert hm.clip_cv(peaked) == pytest.approx(np.sqrt(3))
     moving = np.array([True, False, False, True, True])
     assert hm.pick_video(moving, np.array([3, 1, 4]), want_moving=False) == 1
     assert hm.pick_video(moving, np.array([3, 4]), want_moving=False) == 0   # none: the first

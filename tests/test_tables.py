@@ -10,6 +10,7 @@ from amflow.errors import AmflowError
 from amflow.params import load_params
 from amflow.report import tables
 from amflow.workflow_plan import ablation_runs, table_runs
+from table_columns import ABLATION_COLUMNS, TABLE1_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("synth_static", "synth_moving")
@@ -81,7 +82,7 @@ def test_table1_values_equal_the_metrics(tmp_path):
     write_runs(p, tmp_path)
     tables.write_tables(p, tmp_path, which="table1")
     t = read_csv(tmp_path / "table1.csv")
-    assert list(t.columns) == tables.TABLE1_COLUMNS
+    assert list(t.columns) == TABLE1_COLUMNS
     assert list(zip(t["dataset"], t["method"])) == [(d, m) for d in DATASETS for m in ("frame", "tpa", "amflow")]
     row = t[(t["dataset"] == "synth_static") & (t["method"] == "tpa")].iloc[0]
     assert row["n_seeds"] == "2"
@@ -161,7 +162,7 @@ def test_ablation_tables_cover_every_run(tmp_path):
     written = tables.write_tables(p, tmp_path, which="ablations")
     assert written[-1] == tmp_path / "ablations.csv"
     long = read_csv(tmp_path / "ablations.csv")
-    assert list(long.columns) == tables.ABLATION_COLUMNS
+    assert list(long.columns) == ABLATION_COLUMNS
     want = list(dict.fromkeys((r.axis, r.value, r.dataset) for r in ablation_runs(p)))
     assert list(zip(long["axis"], long["value"], long["dataset"])) == want
     assert set(long["n_seeds"]) == {"2"}

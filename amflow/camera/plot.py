@@ -36,7 +36,6 @@ def plot_displacements(displacements: Sequence[float], threshold: float, path: s
             ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        with io.atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
+        io.write_png(fig, path)
     finally:
         plt.close(fig)

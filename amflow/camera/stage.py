@@ -323,15 +323,10 @@ def log_to_mlflow(params, dataset_name: str, summary: dict, png_path: Path) -> O
 
     if not tracking.enabled():
         return None
-    uri = tracking.resolve_uri(params)
-    tracking.check_reachable(uri)
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    exp_id = tracking._experiment_id(client, tracking.experiment_name(params, dataset_name), uri)
+    exp = tracking.open_experiment(params, dataset_name)
     tags = {f"{tracking.TAG}stage": "camera_motion", f"{tracking.TAG}dataset": dataset_name,
             f"{tracking.TAG}decision": summary["decision"], **tracking.git_state()}
-    tracker = tracking.Tracker(uri, client.create_run(exp_id, run_name="camera_motion", tags=tags).info.run_id)
+    tracker = tracking.Tracker(exp.uri, exp.client.create_run(exp.id, run_name="camera_motion", tags=tags).info.run_id)
     try:
         spec = params.camera_motion
         tracker.log_params({k: str(v) for k, v in spec.model_dump().items()})

@@ -130,12 +130,12 @@ def evaluate_model(model: torch.nn.Module, dataset, *, device: torch.device, amp
                        cat(rev_targets, (0,), np.int64), cat(rev_rows, (0,), np.int64))
 
 
-def score(out: EvalOutputs, num_classes: int) -> dict:
+def score(out: EvalOutputs) -> dict:
     preds = out.probs.argmax(axis=1)
     result = {
         "top1": M.topk_accuracy(out.probs, out.labels, 1),
         "top5": M.topk_accuracy(out.probs, out.labels, 5),
-        "mean_class_acc": M.mean_class_accuracy(out.labels, preds, num_classes),
+        "mean_class_acc": M.mean_class_accuracy(out.labels, preds),
         "num_test": int(len(out.labels)),
         "classes_in_test": int(len(np.unique(out.labels))),
         "reversed_top1": None, "forward_top1_paired": None, "paired_items": 0,
@@ -229,7 +229,7 @@ def _evaluate_locked(params: Params, paths, *, dataset: str, method: str, seed: 
                          batch_size=batch, num_workers=params.train.num_workers, reversal=reversal,
                          progress=progress, normalise=test_set.normalise)
     eval_time = time.perf_counter() - t0
-    scores = score(out, len(classes))
+    scores = score(out)
 
     run_dir = paths.run_dir
     preds = out.probs.argmax(axis=1)

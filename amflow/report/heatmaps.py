@@ -24,14 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import cv2
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from amflow import io  # noqa: E402
 from amflow.errors import AmflowError  # noqa: E402
+from amflow.models.am_flow import coefficient_of_variation  # noqa: E402
 from amflow.params import Params  # noqa: E402
 
 PNG = "amflow_heatmaps.png"
@@ -64,24 +67,12 @@ class HeatmapClip:
 
 
 # --------------------------------------------------------------------------- rendering
-def _linear_weights(n_in: int, n_out: int) -> np.ndarray:
-    """``[n_out, n_in]`` linear-interpolation matrix, sample centres aligned (align_corners=False)."""
-    src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-    lo = np.floor(src).astype(int)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = src - lo
-    w = np.zeros((n_out, n_in))
-    np.add.at(w, (np.arange(n_out), lo), 1 - frac)
-    np.add.at(w, (np.arange(n_out), hi), frac)
-    return w
-
-
 def upsample(maps: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``[T, h, w]`` -> ``[T, height, width]``, bilinear with patch centres at cell centres (numpy only,
-    so rendering does not need torch)."""
-    maps = np.asarray(maps, np.float64)
-    wy, wx = _linear_weights(maps.shape[1], height), _linear_weights(maps.shape[2], width)
-    return np.einsum("yh,thw,xw->tyx", wy, maps, wx).astype(np.float32)
+    """``[T, h, w]`` -> ``[T, height, width]``, bilinear with patch centres at cell centres (OpenCV's
+    ``INTER_LINEAR``); the frames go through as channels of one image."""
+    stack = np.ascontiguousarray(np.asarray(maps, np.float64).transpose(1, 2, 0))
+    out = cv2.resize(stack, (width, height), interpolation=cv2.INTER_LINEAR)
+    return out.reshape(height, width, -1).transpose(2, 0, 1).astype(np.float32)
 
 
 def overlay(frames: np.ndarray, maps: np.ndarray, vmax: float, cmap: str = "inferno") -> np.ndarray:
@@ -142,8 +133,7 @@ def render_png(clips: list[HeatmapClip], path: Path, gap: int = 2) -> Path:
             side.set_visible(False)
         ax.set_title(f"{clip.title}\n(colour 0..{panels[3]:.2f}, shared by both maps)", fontsize=8)
     fig.tight_layout()
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    io.write_png(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -184,12 +174,12 @@ def render_heatmaps(clips: list[HeatmapClip], png_path: Path, gif_path: Path) ->
 
 
 # --------------------------------------------------------------------------- computing the maps
-def coefficient_of_variation(maps: np.ndarray) -> float:
-    """Mean over frames of std/mean of a frame's scores; the last frame (a copy of the previous pair's
-    score) is left out. 0 for a uniform map."""
-    m = np.asarray(maps, np.float64).reshape(maps.shape[0], -1)
+def clip_cv(maps: np.ndarray) -> float:
+    """Mean over frames of a frame's coefficient of variation; the last frame (a copy of the previous
+    pair's score) is left out. 0 for a uniform map."""
+    m = torch.from_numpy(np.asarray(maps, np.float64)).flatten(1)
     m = m[:-1] if m.shape[0] > 1 else m
-    return float(np.mean(m.std(axis=1) / np.maximum(m.mean(axis=1), 1e-12)))
+    return float(coefficient_of_variation(m).mean())
 
 
 def clip_maps(models: dict, video, transforms, block: Optional[int] = None) -> dict[str, np.ndarray]:
@@ -270,8 +260,6 @@ def choose_datasets(params: Params, results_dir: Path) -> list[tuple[str, str]]:
 
 def write_heatmaps(params: Params, data_dir: Path, results_dir: Path) -> dict:
     """Compute and render the heat maps (module docstring); returns the summary written to the JSON."""
-    import torch
-
     results_dir = Path(results_dir)
     seed = params.seeds[0]
     clips, summary = [], {"seed": seed, "clips": []}
@@ -284,8 +272,8 @@ def write_heatmaps(params: Params, data_dir: Path, results_dir: Path) -> dict:
         block = int(source) if source != "same" else max(int(k) for k in models["static"].block_adapters)
         info = {"dataset": dataset, "decision": decision, "trained_variant": meta.get("compat", {}).get(
                     "am_flow_variant"), "video_id": video_id, "label": int(item["label"]), "block": block,
-                "static_cv": round(coefficient_of_variation(maps["static"]), 4),
-                "aligned_cv": round(coefficient_of_variation(maps["aligned"]), 4)}
+                "static_cv": round(clip_cv(maps["static"]), 4),
+                "aligned_cv": round(clip_cv(maps["aligned"]), 4)}
         title = f"{dataset} ({decision} camera decision), test video {video_id}, block {block}"
         clips.append(HeatmapClip(title, frames, maps["static"], maps["aligned"], info))
         summary["clips"].append(info)

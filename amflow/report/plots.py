@@ -46,8 +46,7 @@ def val_curves(params: Params, results_dir: Path, loaded: dict) -> pd.DataFrame:
 
 
 def _save(fig, path: Path) -> None:
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, metadata={"Software": None})
+    io.write_png(fig, path, dpi=120)
     plt.close(fig)
 
 

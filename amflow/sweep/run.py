@@ -247,8 +247,7 @@ def save_plots(study, folder: Path) -> list[Path]:
             continue
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         fig.tight_layout()
-        with io.atomic_path(folder / name) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
+        io.write_png(fig, folder / name, dpi=120)
         plt.close(fig)
         paths.append(folder / name)
     return paths

@@ -40,6 +40,7 @@ from amflow import io, progress
 from amflow.data import pretrain_images as pimg
 from amflow.errors import AmflowError
 from amflow.params import Params
+from amflow.train.schedule import build_scheduler, param_groups
 from amflow.train.trainer import stop_after_from_env
 
 WARMUP_SHARE = 0.05  # share of the optimisation steps spent in linear warm-up
@@ -61,28 +62,6 @@ def build_model(params: Params, attributes: list[dict]):
                           f"with kwargs {spec.kwargs}: {exc}") from exc
     heads = nn.ModuleDict({a["name"]: nn.Linear(backbone.num_features, a["classes"]) for a in attributes})
     return backbone, heads
-
-
-def _param_groups(modules, weight_decay: float) -> list[dict]:
-    """AdamW groups: no decay on 1-D parameters (norms, biases) nor on embeddings and tokens."""
-    decay, no_decay = [], []
-    for module in modules:
-        for name, p in module.named_parameters():
-            if not p.requires_grad:
-                continue
-            if p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "reg_token")):
-                no_decay.append(p)
-            else:
-                decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up to 1, then cosine decay to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _normalise(x_uint8, mean, std):
@@ -197,8 +176,8 @@ def train_attribute_model(params: Params, images_dir: str | Path, checkpoint: Op
     steps_per_epoch = math.ceil(n / batch)
     total = spec.epochs * steps_per_epoch
     warmup = max(1, int(WARMUP_SHARE * total))
-    opt = torch.optim.AdamW(_param_groups([backbone, heads], spec.weight_decay), lr=spec.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup))
+    opt = torch.optim.AdamW(param_groups(torch.nn.ModuleList([backbone, heads]), spec.weight_decay), lr=spec.lr)
+    sched = build_scheduler(opt, total, warmup)
     gen = torch.Generator().manual_seed(spec.seed)  # the data order (and, on CPU, the augmentation)
     # On a GPU the augmentation draws on the device, from its own seeded stream.
     aug_gen = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(spec.seed + 1)
