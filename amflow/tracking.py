@@ -587,3 +587,18 @@ def open_sweep_parent(params, *, dataset: str, study_name: str, study=None, swee
         extra["sweep.pruner"] = type(study.pruner).__name__
     tracker.log_params({**flatten(sweep_spec or {}, "sweep."), **extra})
     return SweepParent(tracker)
+
+
+# --------------------------------------------------------------------------- stages that log once
+def open_stage_run(params, *, dataset: str, name: str, tags: dict) -> Optional[Tracker]:
+    """A new MLflow run ``name`` in the dataset's experiment, tagged with ``tags`` and the git state
+    (the camera-motion stage logs its decision so); None when tracking is off (``AMFLOW_TRACKING=0``)."""
+    if not enabled():
+        return None
+    uri = resolve_uri(params)
+    check_reachable(uri)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = _experiment_id(client, experiment_name(params, dataset), uri)
+    return Tracker(uri, client.create_run(exp_id, run_name=name, tags={**tags, **git_state()}).info.run_id)

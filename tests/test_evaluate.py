@@ -147,8 +147,8 @@ def test_predict_samples_like_the_evaluation(trained, monkeypatch):
     from amflow.data.frame_cache import FrameCache
     from amflow.evaluate import predict as P
     from amflow.train import checkpoint as ckpt
-    from amflow.train.run import build_run_model
-    from amflow.train.trainer import clip_probs
+    from amflow.models.inference import clip_probs
+    from amflow.runs import build_run_model
 
     root, params, *_ = trained
     run_dir = root / "results" / "tiny" / "amflow" / "seed0"

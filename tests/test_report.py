@@ -182,8 +182,8 @@ def test_clip_maps_with_a_tiny_random_backbone():
 def test_heatmap_section_reads_the_summary(tmp_path):
     out = tmp_path / "plots"
     out.mkdir()
-    (out / hm.PNG).write_bytes(b"png")
-    (out / hm.JSON).write_text(json.dumps({"seed": 0, "clips": [
+    (out / paths.HEATMAPS_PNG).write_bytes(b"png")
+    (out / paths.HEATMAPS_JSON).write_text(json.dumps({"seed": 0, "clips": [
         {"dataset": "synth_moving", "decision": "aligned", "video_id": "v7", "block": 5,
          "static_cv": 1.5, "aligned_cv": 0.4}]}))
     text = "\n".join(report.heatmap_section(tmp_path))
@@ -198,7 +198,7 @@ def test_write_heatmaps_end_to_end(tmp_path):
 
     from amflow.params import validate
     from amflow.train import checkpoint as ckpt
-    from amflow.train.run import CHECKPOINT, build_run_model, params_digest, run_paths
+    from amflow.runs import build_run_model, params_digest, run_paths
     from standins_train import make_tiny_dataset
 
     data, results = tmp_path / "data", tmp_path / "results"
@@ -227,10 +227,11 @@ def test_write_heatmaps_end_to_end(tmp_path):
             for name, prm in model.named_parameters():
                 if prm.requires_grad:
                     prm.add_(0.05 * torch.randn_like(prm))
-        ckpt.save_checkpoint(rp.run_dir / CHECKPOINT, {
+        ckpt.save_checkpoint(rp.run_dir / paths.CHECKPOINT, {
             "format": ckpt.FORMAT, "epoch": 1, "model": ckpt.trainable_state(model), "optimizer": {},
             "scheduler": {}, "history": [], "frozen_fingerprint": ckpt.frozen_fingerprint(model),
             "meta": {"num_classes": 4, "compat": {"params_digest": params_digest(p, d), "am_flow_variant": decision}}})
+        write(rp.run_dir / paths.TRAIN_JSON, {"status": "complete", "epochs": 1, "params_digest": params_digest(p, d)})
     summary = hm.write_heatmaps(p, data_dir=data, results_dir=results)
     assert [(c["dataset"], c["decision"], c["video_id"]) for c in summary["clips"]] == \
         [("tiny_s", "static", "test000"), ("tiny_m", "aligned", "test001")]
@@ -238,9 +239,9 @@ def test_write_heatmaps_end_to_end(tmp_path):
     static_clip, moving_clip = summary["clips"]
     assert static_clip["static_cv"] == pytest.approx(static_clip["aligned_cv"])   # identity: the same maps
     assert moving_clip["static_cv"] != pytest.approx(moving_clip["aligned_cv"])
-    with Image.open(results / "plots" / hm.GIF) as g:
+    with Image.open(results / "plots" / paths.HEATMAPS_GIF) as g:
         assert g.n_frames == 4
-    assert json.loads((results / "plots" / hm.JSON).read_text()) == summary
+    assert json.loads((results / "plots" / paths.HEATMAPS_JSON).read_text()) == summary
     # a run trained with other params is refused rather than plotted
     p2 = p.model_copy(update={"model": p.model.model_copy(update={"am_flow": p.model.am_flow.model_copy(
         update={"temperature": 9.0})})})

@@ -27,15 +27,11 @@ CONVERGENCE = "convergence.png"
 ACCURACY = "accuracy.png"
 
 
-def plots_dir(results_dir: Path) -> Path:
-    return Path(results_dir) / "plots"
-
-
 def val_curves(params: Params, results_dir: Path) -> pd.DataFrame:
     """Long table ``dataset, method, seed, epoch (1-based), val_top1_pct`` of every table run."""
     rows = []
     for d, m, s in table_runs(params):
-        path = paths.run_dir(results_dir, d, m, s) / "metrics.json"
+        path = paths.run_dir(results_dir, d, m, s) / paths.METRICS_JSON
         curve = load_metrics(path, dataset=d, seed=s, method=m)["val_curve"]
         if not curve:
             raise AmflowError(f"{path}: 'val_curve' is empty; the run logged no validation epoch: rerun it")
@@ -98,7 +94,7 @@ def plot_accuracy(table: pd.DataFrame, path: Path) -> Path:
 
 def write_plots(params: Params, results_dir: Path, table: pd.DataFrame) -> dict[str, Path]:
     """``results/plots/convergence.png`` and ``accuracy.png``; returns name -> path."""
-    out = plots_dir(results_dir)
+    out = paths.plots_dir(results_dir)
     curves = val_curves(params, results_dir)
     return {"convergence": plot_convergence(curves, list(params.table_datasets), list(params.methods),
                                             out / CONVERGENCE),

@@ -131,7 +131,7 @@ def table1(params: Params, results_dir: Path) -> pd.DataFrame:
         loaded = []
         for d, m, s in runs:
             if (d, m) == (dataset, method):
-                path = paths.run_dir(results_dir, d, m, s) / "metrics.json"
+                path = paths.run_dir(results_dir, d, m, s) / paths.METRICS_JSON
                 loaded.append((path, load_metrics(path, dataset=d, seed=s, method=m)))
         rows.append({"dataset": dataset, "method": method, **aggregate(loaded, f"{dataset}/{method}")})
     return pd.DataFrame(rows, columns=TABLE1_COLUMNS)
@@ -145,7 +145,7 @@ def ablation_table(params: Params, results_dir: Path) -> pd.DataFrame:
         loaded = []
         for r in runs:
             if (r.axis, r.value, r.dataset) == (axis, value, dataset):
-                path = paths.ablation_run_dir(results_dir, r.axis, r.value, r.dataset, r.seed) / "metrics.json"
+                path = paths.ablation_run_dir(results_dir, r.axis, r.value, r.dataset, r.seed) / paths.METRICS_JSON
                 loaded.append((path, load_metrics(path, dataset=r.dataset, seed=r.seed)))
         rows.append({"axis": axis, "value": value, "dataset": dataset,
                      **aggregate(loaded, f"ablation {axis}={value} on {dataset}")})

@@ -27,6 +27,7 @@ from typing import Iterator, Optional
 
 import optuna
 import sqlalchemy
+import torch
 import yaml
 from filelock import FileLock
 from optuna.storages.journal import JournalFileBackend
@@ -171,8 +172,6 @@ def run_trial(trial, ctx: dict) -> float:
 def worker(ctx: dict) -> int:
     """Claim and run trials until the study holds the requested number of ended trials."""
     if ctx.get("threads"):
-        import torch
-
         torch.set_num_threads(int(ctx["threads"]))
     spec: SweepSpec = ctx["spec"]
     study = load_study(ctx["storage"], ctx["study_name"], spec)

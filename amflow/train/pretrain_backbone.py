@@ -40,6 +40,7 @@ from amflow import io, progress
 from amflow.data import pretrain_images as pimg
 from amflow.errors import AmflowError
 from amflow.params import Params
+from amflow.models.inference import autocast
 from amflow.train.trainer import stop_after_from_env
 
 WARMUP_SHARE = 0.05  # share of the optimisation steps spent in linear warm-up
@@ -120,8 +121,6 @@ def evaluate(backbone, heads, images, targets, mean, std, amp: bool = False) -> 
     """Per-attribute accuracy of the model on uint8 images [N,3,H,W] (moved to ``mean``'s device per batch)."""
     import torch
 
-    from amflow.train.trainer import autocast
-
     backbone.eval()
     heads.eval()
     dev = mean.device
@@ -162,7 +161,6 @@ def train_attribute_model(params: Params, images_dir: str | Path, checkpoint: Op
     import torch.nn.functional as F
 
     from amflow.train.distributed import resolve_device
-    from amflow.train.trainer import autocast
 
     images_dir = Path(images_dir)
     spec = params.pretrain
