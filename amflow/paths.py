@@ -64,6 +64,16 @@ CURVES_PNG = "curves.png"
 HEATMAPS_PNG = "amflow_heatmaps.png"
 HEATMAPS_GIF = "amflow_heatmaps.gif"
 HEATMAPS_JSON = "amflow_heatmaps.json"
+CONVERGENCE_PNG = "convergence.png"
+ACCURACY_PNG = "accuracy.png"
+# A params file's results folder (results_root):
+TABLE1_CSV = "table1.csv"
+ABLATIONS_CSV = "ablations.csv"
+REPORT_MD = "report.md"
+# A sweep folder (sweep_dir):
+SWEEP_BEST = "best.yaml"
+SWEEP_SUMMARY = "summary.json"
+SWEEP_STUDY_DB = "study.db"
 
 
 def dataset_name_problem(name: str) -> str | None:
@@ -173,6 +183,16 @@ def ablation_run_dir(results_dir: Path, axis: str, value: str, dataset: str, see
     check_dataset_name(dataset)
     return Path(results_dir) / "ablations" / axis / str(value) / dataset / f"seed{seed}"
 
+
+
+def ablation_table_file(results_dir: Path, axis: str) -> Path:
+    """The ablation table of one axis (``ablations.csv`` holds every axis)."""
+    return Path(results_dir) / f"ablation_{axis}.csv"
+
+
+def sweep_dir(results_dir: Path, dataset: str, method: str) -> Path:
+    """An Optuna sweep's study, trials and best params."""
+    return Path(results_dir) / "sweeps" / dataset / method
 
 
 def plots_dir(results_dir: Path) -> Path:

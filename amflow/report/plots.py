@@ -23,8 +23,8 @@ from amflow.workflow_plan import table_runs  # noqa: E402
 
 from amflow.report.tables import load_metrics  # noqa: E402
 
-CONVERGENCE = "convergence.png"
-ACCURACY = "accuracy.png"
+CONVERGENCE = paths.CONVERGENCE_PNG
+ACCURACY = paths.ACCURACY_PNG
 
 
 def val_curves(params: Params, results_dir: Path) -> pd.DataFrame:

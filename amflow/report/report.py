@@ -25,7 +25,7 @@ from amflow.report import plots
 from amflow.report.tables import ABLATIONS, FORMATS, TABLE1, read_table, variant_pivot
 from amflow.workflow_plan import ablation_runs, table_runs
 
-REPORT = "report.md"
+REPORT = paths.REPORT_MD
 
 
 # --------------------------------------------------------------------------- small helpers

@@ -33,8 +33,8 @@ from amflow.errors import AmflowError
 from amflow.params import Params
 from amflow.workflow_plan import AXES, ablation_runs, table_runs
 
-TABLE1 = "table1.csv"
-ABLATIONS = "ablations.csv"
+TABLE1 = paths.TABLE1_CSV
+ABLATIONS = paths.ABLATIONS_CSV
 
 REQUIRED_KEYS = ("dataset", "method", "seed", "top1", "top5", "mean_class_acc", "views", "trainable_params",
                  "total_params", "gflops_per_clip", "train_time_s", "val_curve", "epochs_to_90pct",
@@ -185,7 +185,7 @@ def to_csv_text(df: pd.DataFrame) -> str:
 
 
 def ablation_axis_file(results_dir: Path, axis: str) -> Path:
-    return Path(results_dir) / f"ablation_{axis}.csv"
+    return paths.ablation_table_file(results_dir, axis)
 
 
 def write_tables(params: Params, results_dir: Path, which: str = "table1") -> list[Path]:

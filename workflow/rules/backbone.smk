@@ -8,7 +8,7 @@ if P.backbone.weights == "pretrain":
             pretrain_images_info(),
         output:
             weights=str(paths.backbone_file(RESULTS)),
-            metrics=str(paths.backbone_dir(RESULTS) / "metrics.json"),
+            metrics=str(paths.backbone_dir(RESULTS) / paths.BACKBONE_METRICS),
         params:
             dvc_params=tracked("backbone", "pretrain", "pretrain_images"),
         threads: 8
