@@ -51,8 +51,8 @@ def run_paths(params: Params, dataset: str, method: str, seed: int, data_dir: Pa
     data_dir, results_dir = Path(data_dir), Path(results_dir)
     weights = paths.backbone_file(results_dir) if params.backbone.weights == "pretrain" else None
     return RunPaths(dataset_dir=paths.dataset_dir(data_dir, key), frames_dir=paths.frames_dir(data_dir, key),
-                    motion=paths.motion_file(results_dir, dataset), results_dataset_dir=paths.camera_dir(results_dir, dataset),
-                    backbone_weights=weights,
+                    motion=paths.motion_file(results_dir, dataset),
+                    results_dataset_dir=paths.camera_dir(results_dir, dataset), backbone_weights=weights,
                     run_dir=Path(run_dir) if run_dir is not None else paths.run_dir(results_dir, dataset, method, seed),
                     ground_truth=paths.ground_truth_file(data_dir, key))
 

@@ -97,7 +97,8 @@ def violations(root: Path) -> list[str]:
             elif layer(target) > layer(name):
                 found.append(f"{name} ({LAYERS[layer(name)][0]}) imports {target} ({LAYERS[layer(target)][0]}), "
                              f"a higher layer")
-    found += [f"ALLOWED lists {a} -> {b}, which is no longer imported: remove it" for a, b in sorted(set(ALLOWED) - used)]
+    found += [f"ALLOWED lists {a} -> {b}, which is no longer imported: remove it"
+              for a, b in sorted(set(ALLOWED) - used)]
     return found
 
 

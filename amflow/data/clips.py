@@ -13,7 +13,7 @@ Views: training uses one random resized crop (same box and flip for every frame 
 testing resizes the short side to ``crop_size`` and takes the centre crop or three crops along the
 long side, for each clip: ``V = test_clips * test_crops`` views, clip-major.
 
-Transforms: with ``motion`` (``frames/motion.npz``), the camera transforms between the *sampled*
+Transforms: with ``motion`` (the camera stage's ``motion.npz``), the camera transforms between the *sampled*
 frames are composed from the per-frame ones and carried into the output pixels of each view
 (:mod:`amflow.data.transforms_geometry`).
 

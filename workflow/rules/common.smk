@@ -63,6 +63,7 @@ DATASET_DIR = str(paths.dataset_dir(DATA, paths.data_key("{dataset}", "{spec}"))
 FRAMES_DIR = str(paths.frames_dir(DATA, paths.data_key("{dataset}", "{spec}")))
 RUN_DIR = str(paths.run_dir(RESULTS, "{dataset}", "{method}", "{seed}"))
 ABLATION_RUN_DIR = str(paths.ablation_run_dir(RESULTS, "{axis}", "{value}", "{dataset}", "{seed}"))
+PLOTS = str(paths.plots_dir(RESULTS))
 
 
 def frames_summary(dataset):

@@ -41,9 +41,9 @@ rule amflow_heatmaps:
         [str(paths.run_dir(RESULTS, d, "amflow", P.seeds[0]) / paths.METRICS_JSON) for d in P.table_datasets],
         [str(paths.motion_file(RESULTS, d)) for d in P.table_datasets],
     output:
-        png=report(str(paths.plots_dir(RESULTS) / paths.HEATMAPS_PNG), caption=caption("amflow_heatmaps"), category="Figures"),
-        gif=str(paths.plots_dir(RESULTS) / paths.HEATMAPS_GIF),
-        json=str(paths.plots_dir(RESULTS) / paths.HEATMAPS_JSON),
+        png=report(f"{PLOTS}/{paths.HEATMAPS_PNG}", caption=caption("amflow_heatmaps"), category="Figures"),
+        gif=f"{PLOTS}/{paths.HEATMAPS_GIF}",
+        json=f"{PLOTS}/{paths.HEATMAPS_JSON}",
     threads: 1
     log:
         f"{LOGS}/amflow_heatmaps.log",
@@ -56,10 +56,10 @@ rule report:
     input:
         f"{RESULTS}/{paths.TABLE1_CSV}",
         f"{RESULTS}/{paths.ABLATIONS_CSV}",
-        str(paths.plots_dir(RESULTS) / paths.HEATMAPS_PNG),
+        f"{PLOTS}/{paths.HEATMAPS_PNG}",
     output:
-        report(str(paths.plots_dir(RESULTS) / paths.CONVERGENCE_PNG), caption=caption("convergence"), category="Figures"),
-        report(str(paths.plots_dir(RESULTS) / paths.ACCURACY_PNG), caption=caption("accuracy"), category="Figures"),
+        report(f"{PLOTS}/{paths.CONVERGENCE_PNG}", caption=caption("convergence"), category="Figures"),
+        report(f"{PLOTS}/{paths.ACCURACY_PNG}", caption=caption("accuracy"), category="Figures"),
         f"{RESULTS}/{paths.REPORT_MD}",
     threads: 1
     log:
