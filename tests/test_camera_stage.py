@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from amflow import paths
 from amflow.camera import rules, stage
 from amflow.data.frame_cache import FrameCache, write_cache
 from amflow.errors import AmflowError
@@ -125,7 +126,7 @@ def test_stage_end_to_end(tiny_cache, tmp_path):
         assert moving[pos] == (vx != 0 or vy != 0)
 
     # the sample is the train split; the json is complete and consistent
-    saved = json.loads((out / "camera_motion.json").read_text())
+    saved = json.loads((out / paths.CAMERA_JSON).read_text())
     assert saved == json.loads(json.dumps(summary))
     assert [v["video_id"] for v in saved["videos"]] == [f"vid{i}" for i in range(7)]
     assert [v["moving"] for v in saved["videos"]] == [VELOCITIES[i] != (0, 0) for i in range(7)]
@@ -141,10 +142,10 @@ def test_stage_end_to_end(tiny_cache, tmp_path):
     for v in saved["videos"]:
         assert set(v) >= {"video_id", "displacement", "moving", "invalid_pairs"}
     # the plot is a PNG, and the json (which marks completion) came last
-    png = (out / "camera_motion.png").read_bytes()
+    png = (out / paths.CAMERA_PNG).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    assert os.path.getmtime(out / "camera_motion.json") >= os.path.getmtime(out / "camera_motion.png")
-    assert os.path.getmtime(out / "camera_motion.png") >= os.path.getmtime(motion_path)
+    assert os.path.getmtime(out / paths.CAMERA_JSON) >= os.path.getmtime(out / paths.CAMERA_PNG)
+    assert os.path.getmtime(out / paths.CAMERA_PNG) >= os.path.getmtime(motion_path)
     assert not [f for f in out.iterdir() if f.name.startswith(".")]  # no temporaries left
     assert rules.read_decision(out) == "static"
 
@@ -195,10 +196,10 @@ def test_default_motion_path_and_missing_cache(tiny_cache, tmp_path):
     shutil.copytree(tiny_cache, frames)
     stage.run_camera_motion(params(sample_videos=2), "tiny", frames, tmp_path / "out", track=False, workers=1,
                             progress=False)
-    assert (tmp_path / "out" / "motion.npz").exists() and not (frames / "motion.npz").exists()
+    assert (tmp_path / "out" / paths.MOTION_NPZ).exists() and not (frames / paths.MOTION_NPZ).exists()
     with pytest.raises(AmflowError, match="extract"):
         stage.run_camera_motion(params(), "tiny", tmp_path / "nowhere", tmp_path / "out2", track=False)
-    assert not (tmp_path / "out2" / "camera_motion.json").exists()
+    assert not (tmp_path / "out2" / paths.CAMERA_JSON).exists()
 
 
 def test_very_short_videos_and_stale_decision(tmp_path, monkeypatch):
@@ -211,7 +212,7 @@ def test_very_short_videos_and_stale_decision(tmp_path, monkeypatch):
                     {"video_id": "pan", "split": "test", "label": 1, "frames": panning_video(3, 32, (1, 0), 1)}])
     out = tmp_path / "out"
     out.mkdir()
-    (out / "camera_motion.json").write_text(json.dumps({"decision": "aligned"}))
+    (out / paths.CAMERA_JSON).write_text(json.dumps({"decision": "aligned"}))
 
     class Stop(Exception):
         pass
@@ -223,18 +224,18 @@ def test_very_short_videos_and_stale_decision(tmp_path, monkeypatch):
         m.setattr("amflow.camera.plot.plot_displacements", fail)
         with pytest.raises(Stop):
             stage.run_camera_motion(params(), "short", d, out, track=False, workers=1, progress=False)
-    assert not (out / "camera_motion.json").exists()  # the stale decision is gone
+    assert not (out / paths.CAMERA_JSON).exists()  # the stale decision is gone
 
     summary = stage.run_camera_motion(params(), "short", d, out, track=False, workers=1, progress=False)
     assert summary["counts"]["videos"] == 2 and summary["counts"]["without_valid_pairs"] == 2
     assert summary["decision"] == "static" and summary["share_moving"] == 0.0
     assert [v["displacement"] for v in summary["videos"]] == [None, None]
-    with np.load(out / "motion.npz") as z:
+    with np.load(out / paths.MOTION_NPZ) as z:
         assert z["transforms"].shape == (6, 3, 3)
         assert z["valid"].tolist() == [False, False, False, True, True, False]
         assert z["video_moving"].tolist() == [False, False, True]
         np.testing.assert_array_equal(z["transforms"][:3], np.tile(np.eye(3, dtype=np.float32), (3, 1, 1)))
-    assert (out / "camera_motion.png").exists()
+    assert (out / paths.CAMERA_PNG).exists()
 
 
 def test_mlflow_logging(tiny_cache, tmp_path, monkeypatch):
@@ -258,7 +259,7 @@ def test_mlflow_logging(tiny_cache, tmp_path, monkeypatch):
     assert run.data.metrics["share_moving"] == pytest.approx(summary["share_moving"])
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"camera_motion.json", "camera_motion.png"} <= arts
-    saved = json.loads((tmp_path / "out" / "camera_motion.json").read_text())
+    saved = json.loads((tmp_path / "out" / paths.CAMERA_JSON).read_text())
     assert saved["mlflow_run_id"] == run.info.run_id
     monkeypatch.setenv("AMFLOW_TRACKING", "0")  # the switch of amflow.tracking turns it off
     off = stage.run_camera_motion(params(sample_videos=3), "tiny", tiny_cache, tmp_path / "out",
@@ -273,7 +274,7 @@ def test_read_decision_and_resolve_variant(tmp_path):
         rules.read_decision(tmp_path)
     with pytest.raises(AmflowError, match="camera-motion"):
         rules.resolve_variant("auto", tmp_path)
-    (tmp_path / "camera_motion.json").write_text(json.dumps({"decision": "aligned"}))
+    (tmp_path / paths.CAMERA_JSON).write_text(json.dumps({"decision": "aligned"}))
     assert rules.read_decision(tmp_path) == "aligned"
     assert rules.resolve_variant("auto", tmp_path) == ("aligned", False)
     assert rules.resolve_variant("auto_per_video", tmp_path) == ("aligned", True)
@@ -281,10 +282,10 @@ def test_read_decision_and_resolve_variant(tmp_path):
         assert rules.resolve_variant(v, tmp_path / "missing") == (v, False)  # no file needed
     with pytest.raises(AmflowError):
         rules.resolve_variant("sometimes", tmp_path)
-    (tmp_path / "camera_motion.json").write_text(json.dumps({"decision": "wobbly"}))
+    (tmp_path / paths.CAMERA_JSON).write_text(json.dumps({"decision": "wobbly"}))
     with pytest.raises(AmflowError, match="rerun"):
         rules.read_decision(tmp_path)
-    (tmp_path / "camera_motion.json").write_text("{not json")
+    (tmp_path / paths.CAMERA_JSON).write_text("{not json")
     with pytest.raises(AmflowError):
         rules.read_decision(tmp_path)
 

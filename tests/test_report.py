@@ -17,7 +17,7 @@ from test_tables import TOP1, small_params, write, write_ablations, write_runs
 
 def write_cameras(results: Path) -> None:
     for d, decision, share in (("synth_static", "static", 0.05), ("synth_moving", "aligned", 0.95)):
-        write(paths.camera_dir(results, d) / "camera_motion.json",
+        write(paths.camera_dir(results, d) / paths.CAMERA_JSON,
               {"dataset": d, "decision": decision, "share_moving": share,
                "counts": {"videos": 60, "moving": round(60 * share)}, "thresholds": {"moving_threshold": 0.01}})
 
@@ -30,7 +30,7 @@ def build(tmp_path, top1=TOP1, ablations=True):
         write_ablations(p, tmp_path)
         tables.write_tables(p, tmp_path, which="ablations")
     write_cameras(tmp_path)
-    write(paths.backbone_dir(tmp_path) / "metrics.json", {"val": {"mean_accuracy": 0.8123}, "epochs": 3})
+    write(paths.backbone_dir(tmp_path) / paths.METRICS_JSON, {"val": {"mean_accuracy": 0.8123}, "epochs": 3})
     path = report.write_report(p, tmp_path)
     return p, path.read_text()
 
@@ -221,7 +221,7 @@ def test_write_heatmaps_end_to_end(tmp_path):
             moving[[0, 7, 8]] = True            # test videos are positions 6, 7, 8: the choice is 7
         rp.motion.parent.mkdir(parents=True, exist_ok=True)
         np.savez(rp.motion, transforms=transforms, valid=np.ones(n_frames, bool), video_moving=moving)
-        write(results / d / "camera_motion.json", {"decision": decision, "share_moving": 0.0})
+        write(results / d / paths.CAMERA_JSON, {"decision": decision, "share_moving": 0.0})
         model = build_run_model(p, d, "amflow", 4, decision, None, 3)
         with torch.no_grad():                     # trained-looking weights: non-zero up-projections
             for name, prm in model.named_parameters():
