@@ -195,6 +195,11 @@ def sweep_dir(results_dir: Path, dataset: str, method: str) -> Path:
     return Path(results_dir) / "sweeps" / dataset / method
 
 
+def sweep_trial_dir(sweep_folder: Path, number: int) -> Path:
+    """The run folder of one sweep trial (a training run like any other)."""
+    return Path(sweep_folder) / "trials" / f"trial_{number:04d}"
+
+
 def plots_dir(results_dir: Path) -> Path:
     """The figures of a params file's results: heat maps, convergence and accuracy plots."""
     return Path(results_dir) / "plots"

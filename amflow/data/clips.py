@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from amflow import io
 from amflow.data import transforms_geometry as geo
 from amflow.data.frame_cache import FrameCache
+from amflow.data.synthmotion import read_ground_truth
 from amflow.errors import AmflowError
 from amflow.params import SamplingSpec
 
@@ -228,8 +229,6 @@ class ClipDataset(Dataset):
         return state
 
     def _load_coverage(self, path: Path, videos) -> None:
-        from amflow.data.synthmotion import read_ground_truth
-
         names, coverage, _ = read_ground_truth(path, self.split)
         row = {str(v): i for i, v in enumerate(names)}
         missing = [v for v in videos["video"].astype(str) if v not in row]

@@ -137,7 +137,7 @@ def run_trial(trial, ctx: dict) -> float:
     spec: SweepSpec = ctx["spec"]
     values = suggest(trial, spec)
     params = validate(trial_params_data(ctx["base"], spec, values), f"{ctx['params_file']} (trial {trial.number})")
-    run_dir = Path(ctx["folder"]) / "trials" / f"trial_{trial.number:04d}"
+    run_dir = paths.sweep_trial_dir(ctx["folder"], trial.number)
     best = {"value": float("-inf")}
 
     def record_run_id() -> None:

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
@@ -213,8 +214,6 @@ class Trainer:
     def _wrap(self) -> torch.nn.Module:
         if not self.ctx.distributed:
             return self.model
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         # Every rank builds the same frozen backbone from the same file: check it instead of
         # broadcasting it, and leave frozen tensors out of DDP (only trainable ones are all-reduced).
         prints = self.ctx.all_gather_object(self._frozen_print)
