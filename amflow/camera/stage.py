@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 
 from amflow import io, paths, tracking
-from amflow.camera.global_motion import MotionSettings
 from amflow.camera import plot
+from amflow.camera.global_motion import MotionSettings
 from amflow.camera.rules import VideoMotion, decide, is_moving, settings_from, video_displacement, video_motion
 from amflow.data.frame_cache import FAILURES, FrameCache
 from amflow.errors import AmflowError

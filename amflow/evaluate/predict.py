@@ -24,8 +24,8 @@ import torch
 from amflow import paths
 from amflow.camera.rules import is_moving, settings_from, video_displacement, video_motion
 from amflow.data import transforms_geometry as geo
-from amflow.data.clips import Normalise, sample_indices, test_views
 from amflow.data import video as vio
+from amflow.data.clips import Normalise, sample_indices, test_views
 from amflow.errors import AmflowError
 from amflow.models.inference import clip_probs
 from amflow.params import load_params
