@@ -588,3 +588,13 @@ def open_sweep_parent(params, *, dataset: str, study_name: str, study=None, swee
         extra["sweep.pruner"] = type(study.pruner).__name__
     tracker.log_params({**flatten(sweep_spec or {}, "sweep."), **extra})
     return SweepParent(tracker)
+
+
+# --------------------------------------------------------------------------- stages that log once
+def open_stage_run(params, *, dataset: str, name: str, tags: dict) -> Optional[Tracker]:
+    """A new MLflow run ``name`` in the dataset's experiment, tagged with ``tags`` and the git state
+    (the camera-motion stage logs its decision so); None when tracking is off (``AMFLOW_TRACKING=0``)."""
+    if not enabled():
+        return None
+    exp = open_experiment(params, dataset)
+    return Tracker(exp.uri, exp.client.create_run(exp.id, run_name=name, tags={**tags, **git_state()}).info.run_id)

@@ -124,9 +124,10 @@ def measure(method: str, args, params, dataset: str, frames_dir: Path, motion: P
     from amflow.evaluate.run import evaluate_model
     from amflow.models import clip_gflops
     from amflow.train.distributed import DistContext, resolve_device
-    from amflow.train.run import build_run_model
+    from amflow.models.inference import autocast, collate_clips
+    from amflow.runs import build_run_model
     from amflow.train.schedule import param_groups
-    from amflow.train.trainer import Trainer, autocast, collate_clips
+    from amflow.train.trainer import Trainer
 
     device = resolve_device(args.device)
     clock = Clock(device)

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from amflow import paths
 from amflow.errors import AmflowError
 from amflow.params import load_params
 from project_copy import ROOT
@@ -115,13 +116,13 @@ def test_default_pretraining_groups():
 def test_learns_and_writes_log(tmp_path):
     res = make_trainer(tmp_path, tiny_spec(epochs=6, lr=0.01)).fit()
     assert res.status == "complete" and res.epochs_completed == 6
-    log = pd.read_csv(tmp_path / "train_log.csv")
+    log = pd.read_csv(tmp_path / paths.TRAIN_LOG)
     assert tuple(log.columns) == LOG_COLUMNS
     assert list(log["epoch"]) == [1, 2, 3, 4, 5, 6]
     assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0]
     assert log["val_top1"].iloc[-1] > 0.5                  # 4 classes: chance is 0.25
     assert (log["clips_per_s"] > 0).all() and (log["epoch_time"] > 0).all()
-    assert (tmp_path / "checkpoint.pt").exists()
+    assert (tmp_path / paths.CHECKPOINT).exists()
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatch):
@@ -133,7 +134,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
     part = make_trainer(tmp_path / "part", spec)
     res_part = part.fit()
     assert res_part.status == "stopped" and res_part.epochs_completed == 1
-    assert len(pd.read_csv(tmp_path / "part" / "train_log.csv")) == 1
+    assert len(pd.read_csv(tmp_path / "part" / paths.TRAIN_LOG)) == 1
     monkeypatch.delenv(STOP_ENV)
 
     # A fresh process: the same frozen part (rebuilt from its weights), but other trainable values and
@@ -152,8 +153,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name                         # bitwise on CPU
-    log_full = pd.read_csv(tmp_path / "full" / "train_log.csv").drop(columns=["epoch_time", "clips_per_s"])
-    log_part = pd.read_csv(tmp_path / "part" / "train_log.csv").drop(columns=["epoch_time", "clips_per_s"])
+    log_full = pd.read_csv(tmp_path / "full" / paths.TRAIN_LOG).drop(columns=["epoch_time", "clips_per_s"])
+    log_part = pd.read_csv(tmp_path / "part" / paths.TRAIN_LOG).drop(columns=["epoch_time", "clips_per_s"])
     pd.testing.assert_frame_equal(log_full, log_part)
 
 

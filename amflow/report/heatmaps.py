@@ -30,16 +30,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from amflow import io  # noqa: E402
+from amflow import io, paths  # noqa: E402
+from amflow.camera.rules import read_decision  # noqa: E402
+from amflow.data.clips import ClipDataset  # noqa: E402
 from amflow.errors import AmflowError  # noqa: E402
 from amflow.models.am_flow import coefficient_of_variation  # noqa: E402
+from amflow.models.inference import single_view  # noqa: E402
 from amflow.params import Params  # noqa: E402
+from amflow.runs import load_trained_run, run_paths, trained_model  # noqa: E402
 
-PNG = "amflow_heatmaps.png"
-GIF = "amflow_heatmaps.gif"
-JSON = "amflow_heatmaps.json"
 VARIANTS = ("static", "aligned")
 MIN_DISPLAY = 96       # frames are upscaled to at least this many pixels for viewing
 ALPHA = 0.55           # weight of the heat map over the frame
@@ -159,8 +162,6 @@ def gif_frames(clips: list[HeatmapClip], gap: int = 2) -> list[np.ndarray]:
 
 
 def render_gif(clips: list[HeatmapClip], path: Path) -> Path:
-    from PIL import Image
-
     images = [Image.fromarray(f) for f in gif_frames(clips)]
     with io.atomic_path(path) as tmp:
         images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=GIF_FRAME_MS, loop=0)
@@ -198,43 +199,19 @@ def pick_video(video_moving: np.ndarray, positions: np.ndarray, want_moving: boo
 
 
 def load_trained_models(params: Params, dataset: str, seed: int, data_dir: Path, results_dir: Path):
-    """The trained amflow run, as one model per variant (same trainable weights). Returns (models, meta).
-
-    There is no shared loader for a trained run yet (amflow/evaluate has none), so this follows the
-    trainer's own format (amflow/train/checkpoint.py) and refuses a run trained with other params.
-    """
-    from amflow.train import checkpoint as ckpt
-    from amflow.train.run import CHECKPOINT, build_run_model, params_digest, run_paths
-
+    """The trained amflow run, as one model per variant (same trainable weights). Returns (models, meta,
+    run paths); the run must pass :func:`amflow.runs.load_trained_run`'s policy."""
     rp = run_paths(params, dataset, "amflow", seed, data_dir, results_dir)
-    path = rp.run_dir / CHECKPOINT
-    if not path.is_file():
-        raise AmflowError(f"{path}: trained amflow run not found; make it with "
-                          f"`snakemake --cores 8 {rp.run_dir / 'metrics.json'}`")
-    state = ckpt.load_checkpoint(path)
-    meta = state["meta"]
-    digest = meta.get("compat", {}).get("params_digest")
-    if digest is not None and digest != params_digest(params, dataset):
-        raise AmflowError(f"{path}: was trained with other params than the current ones; rerun "
-                          f"`snakemake --cores 8 {rp.run_dir / 'metrics.json'}` before plotting its heat maps")
-    models = {}
-    for variant in VARIANTS:
-        model = build_run_model(params, dataset, "amflow", int(meta["num_classes"]), variant, rp.backbone_weights,
-                                seed)
-        ckpt.load_trainable_state(model, state["model"], path)
-        if "frozen_fingerprint" in state:
-            ckpt.check_fingerprint(model, state["frozen_fingerprint"], path)
-        models[variant] = model.eval()
-    return models, meta, rp
+    run = load_trained_run(rp.run_dir, params, dataset=dataset,
+                           make=f"snakemake --cores 8 {rp.run_dir / paths.METRICS_JSON}")
+    models = {variant: trained_model(params, run.state, dataset=dataset, method="amflow", seed=seed, variant=variant,
+                                     backbone=rp.backbone_weights, source=run.checkpoint).eval()
+              for variant in VARIANTS}
+    return models, run.state["meta"], rp
 
 
 def load_clip(params: Params, dataset: str, rp, want_moving: bool):
     """The chosen test clip of ``dataset``: (item, video_id, display frames)."""
-    import pandas as pd
-
-    from amflow.data.clips import ClipDataset
-    from amflow.train.run import single_view
-
     sampling = single_view(params.sampling_for(dataset))
     ds = ClipDataset(rp.frames_dir, "test", sampling, train=False, motion=rp.motion)
     with np.load(rp.motion) as z:
@@ -249,8 +226,6 @@ def load_clip(params: Params, dataset: str, rp, want_moving: bool):
 
 def choose_datasets(params: Params, results_dir: Path) -> list[tuple[str, str]]:
     """[(dataset, decision)]: the first table dataset decided static, then the first decided aligned."""
-    from amflow.camera.stage import read_decision
-
     chosen: dict[str, str] = {}
     for d in params.table_datasets:
         decision = read_decision(Path(results_dir) / d)
@@ -279,7 +254,7 @@ def write_heatmaps(params: Params, data_dir: Path, results_dir: Path) -> dict:
         summary["clips"].append(info)
     if not clips:
         raise AmflowError("no table dataset has a camera-motion decision; run `amflow camera-motion` first")
-    out = results_dir / "plots"
-    render_heatmaps(clips, out / PNG, out / GIF)
-    io.write_json(out / JSON, summary)
+    out = paths.plots_dir(results_dir)
+    render_heatmaps(clips, out / paths.HEATMAPS_PNG, out / paths.HEATMAPS_GIF)
+    io.write_json(out / paths.HEATMAPS_JSON, summary)
     return summary

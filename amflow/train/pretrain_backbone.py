@@ -36,10 +36,11 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from amflow import io, progress
+from amflow import io, paths, progress
 from amflow.data import pretrain_images as pimg
 from amflow.errors import AmflowError
 from amflow.params import Params
+from amflow.models.inference import autocast
 from amflow.train.schedule import build_scheduler, param_groups
 from amflow.train.trainer import stop_after_from_env
 
@@ -99,8 +100,6 @@ def evaluate(backbone, heads, images, targets, mean, std, amp: bool = False) -> 
     """Per-attribute accuracy of the model on uint8 images [N,3,H,W] (moved to ``mean``'s device per batch)."""
     import torch
 
-    from amflow.train.trainer import autocast
-
     backbone.eval()
     heads.eval()
     dev = mean.device
@@ -124,7 +123,7 @@ def settings_digest(params: Params, info: dict) -> str:
 
 def _clear_outputs(out_dir: Path) -> None:
     # A failed run must not leave an older backbone that looks like this run's result.
-    for name in ("backbone.safetensors", "metrics.json"):
+    for name in (paths.BACKBONE_WEIGHTS, paths.BACKBONE_METRICS):
         (out_dir / name).unlink(missing_ok=True)
 
 
@@ -141,7 +140,6 @@ def train_attribute_model(params: Params, images_dir: str | Path, checkpoint: Op
     import torch.nn.functional as F
 
     from amflow.train.distributed import resolve_device
-    from amflow.train.trainer import autocast
 
     images_dir = Path(images_dir)
     spec = params.pretrain
@@ -343,14 +341,14 @@ def pretrain_backbone(params: Params, images_dir: str | Path, out_dir: str | Pat
                 f"{metrics['train_images']} images). No backbone was written. Train longer (pretrain.epochs), on "
                 f"more images (pretrain_images.images), or with another pretrain.lr / pretrain.batch_size; a smaller "
                 f"image (pretrain_images.resolution with backbone.kwargs.img_size) also learns faster")
-        with io.atomic_path(out_dir / "backbone.safetensors") as tmp:
+        with io.atomic_path(out_dir / paths.BACKBONE_WEIGHTS) as tmp:
             state = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
             save_file(state, str(tmp), metadata={"model": params.backbone.model, "source": "amflow pretrain-backbone"})
-        io.write_json(out_dir / "metrics.json", metrics)  # results on disk before the final logging
+        io.write_json(out_dir / paths.BACKBONE_METRICS, metrics)  # results on disk before the final logging
         (out_dir / CHECKPOINT).unlink(missing_ok=True)  # done: a rerun starts afresh
 
         def log_end() -> None:
-            tracker.log_artifacts([out_dir / "metrics.json", out_dir / "backbone.safetensors"])
+            tracker.log_artifacts([out_dir / paths.BACKBONE_METRICS, out_dir / paths.BACKBONE_WEIGHTS])
             tracker.finish("FINISHED")
 
         tracking.with_retries(log_end, f"logging the end of the pretraining into {out_dir}")
