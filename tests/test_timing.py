@@ -1,5 +1,6 @@
 """Pipeline timing: stage times and the critical path from a Snakemake log and benchmark files; the
 README's generated results section."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -121,3 +122,17 @@ def test_every_rule_writes_a_benchmark_file():
             if "shell:" not in block and "run:" not in block:
                 continue  # a target rule (all) runs nothing, so there is nothing to time
             assert "benchmark:" in block, f"{src.name}: rule {name} has no benchmark: directive"
+
+
+def test_readme_results_section_from_tables(tmp_path):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_report import build
+
+    params, _ = build(tmp_path)
+    text = readme.results_markdown(params, tmp_path, None)
+    # table 1's figures and the claims, read from the table the fixture wrote
+    assert re.search(r"\| synth_moving \| amflow\s+\| 51\.00 ± 1\.41\s+\| -6\.00 ± 1\.41\s+\|", text)
+    assert "**AM flow helps** on `synth_moving`: no. Paired top-1 difference `amflow` − `tpa`" in text
+    # the ablation rows, paired with tpa: variant aligned on synth_moving is +3 and +1 points
+    assert re.search(r"\| variant \| aligned\s+\| synth_moving \| 59\.00 ± 1\.41\s+\| 2\.00 ± 1\.41\s+\|", text)
+    assert "Wall time" not in text
