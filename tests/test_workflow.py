@@ -188,3 +188,19 @@ def test_gpu_jobs_declare_their_gpu_so_a_local_gpu_run_gives_each_its_own():
     assert [res.get("gpu") for rule, res in pretrain if rule == "pretrain_backbone"] == ["1"]
     cpu_jobs = _dry_run_jobs("--cores", "2", "--configfile", "params/tiny.yaml")
     assert all(res.get("gpu", "0") == "0" for _, res in cpu_jobs), cpu_jobs
+
+
+def test_the_readmes_fair_test_command_plans_the_subset_it_describes(project):
+    # The command as the README gives it, as a dry run (-n) on the shipped default.
+    line = next(l for l in (ROOT / "README.md").read_text().splitlines()
+                if l.startswith("snakemake --cores 8 report --config 'ablations="))
+    args = line.split(" ", 3)[3]  # after "snakemake --cores 8 "
+    target, _, config = args.partition(" --config ")
+    out = snakemake(project, "-n", target, "--config", config.strip("'"))
+    counts = job_counts(out)
+    # synth_moving x 3 seeds: variants 2, TPUs 2 with and without AM flow, source 1, warp 1,
+    # integrations 3, controls 2 -> 13 settings x 3 seeds = 39 runs.
+    assert counts["train_ablation"] == 39 and counts["evaluate_ablation"] == 39
+    assert counts["localise"] == 2 and counts["report"] == 1
+    assert "ablations/tpu_tpa/lstm/synth_moving/seed2" in out.stdout
+    assert "ablations/control/oracle/synth_moving/seed0" in out.stdout
