@@ -15,7 +15,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from filelock import FileLock, Timeout
 
@@ -163,6 +163,15 @@ def read_json(path: str | Path) -> Any:
         raise FileNotFoundError(f"{path}: not found (run the stage that writes it first)") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc}); delete it and rerun the stage that writes it") from None
+
+
+def read_json_record(path: str | Path) -> Optional[Any]:
+    """A record file a stage left to mark its work: its content, or None when it is missing or damaged
+    (an interrupted write), which callers treat as "not done"."""
+    try:
+        return read_json(path)
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def mmap_npz(path: str | Path) -> dict[str, "np.ndarray"]:

@@ -421,12 +421,8 @@ def using_store(uri: str) -> Iterator[None]:
 
 def _recorded_run(run_dir: Path, uri: str) -> Optional[str]:
     """The run id this folder recorded at its last start, if it was on the same store."""
-    run_file = Path(run_dir) / RUN_FILE
-    if not run_file.exists():
-        return None
-    try:
-        rec = io.read_json(run_file)
-    except ValueError:
+    rec = io.read_json_record(Path(run_dir) / RUN_FILE)
+    if rec is None:
         return None
     return rec.get("run_id") if rec.get("tracking_uri") == uri else None
 

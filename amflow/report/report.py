@@ -58,6 +58,11 @@ def cell(row: pd.Series, name: str) -> str:
     return spec.format(mean) + ("" if std is None else f" ± {spec.format(std)}")
 
 
+def cells(table: pd.DataFrame, name: str) -> list[str]:
+    """:func:`cell` of every row of ``table``: a display column."""
+    return [cell(r, name) for _, r in table.iterrows()]
+
+
 def fixed(value, name: str) -> str:
     """A per-model figure (params, GFLOPs) as the CSV writes it; 'n/a' when the run did not report it."""
     v = _num(value)
@@ -222,20 +227,21 @@ def camera_section(params: Params, cameras: dict, results_dir: Path) -> list[str
 
 
 def table1_section(params: Params, t1: pd.DataFrame, results_dir: Path) -> list[str]:
+    # The ablation section's display is built alike from other columns (its rows are settings, not methods).
     display = pd.DataFrame({
         "dataset": t1["dataset"], "method": t1["method"],
-        "top-1 (%)": [cell(r, "top1_pct") for _, r in t1.iterrows()],
-        "top-5 (%)": [cell(r, "top5_pct") for _, r in t1.iterrows()],
-        "mean class acc (%)": [cell(r, "mean_class_acc_pct") for _, r in t1.iterrows()],
-        "reversed top-1 (%)": [cell(r, "reversed_top1_pct") for _, r in t1.iterrows()],
-        "forward top-1, paired (%)": [cell(r, "forward_top1_paired_pct") for _, r in t1.iterrows()],
-        "right both ways (%)": [cell(r, "both_directions_top1_pct") for _, r in t1.iterrows()],
-        "top-1 − tpa, paired (points)": [cell(r, "top1_vs_tpa_pct") for _, r in t1.iterrows()],
-        "epochs to target": [cell(r, "epochs_to_target") for _, r in t1.iterrows()],
+        "top-1 (%)": cells(t1, "top1_pct"),
+        "top-5 (%)": cells(t1, "top5_pct"),
+        "mean class acc (%)": cells(t1, "mean_class_acc_pct"),
+        "reversed top-1 (%)": cells(t1, "reversed_top1_pct"),
+        "forward top-1, paired (%)": cells(t1, "forward_top1_paired_pct"),
+        "right both ways (%)": cells(t1, "both_directions_top1_pct"),
+        "top-1 − tpa, paired (points)": cells(t1, "top1_vs_tpa_pct"),
+        "epochs to target": cells(t1, "epochs_to_target"),
         "seeds reaching it": [str(x) for x in t1["seeds_reaching_target"]],
-        "epochs to 90%": [cell(r, "epochs_to_90pct") for _, r in t1.iterrows()],
-        "train time (s)": [cell(r, "train_time_s") for _, r in t1.iterrows()],
-        "train clips/s": [cell(r, "train_clips_per_s") for _, r in t1.iterrows()],
+        "epochs to 90%": cells(t1, "epochs_to_90pct"),
+        "train time (s)": cells(t1, "train_time_s"),
+        "train clips/s": cells(t1, "train_clips_per_s"),
         "trainable params": [fixed(x, "trainable_params") for x in t1["trainable_params"]],
         "total params": [fixed(x, "total_params") for x in t1["total_params"]],
         "GFLOPs/clip": [fixed(x, "gflops_per_clip") for x in t1["gflops_per_clip"]],
@@ -415,8 +421,8 @@ def convergence_section(params: Params, t1: pd.DataFrame) -> list[str]:
                   markdown(pd.DataFrame({
                       "dataset": fixed_rows["dataset"], "method": fixed_rows["method"],
                       "target (%)": [FORMATS["target_val_top1_pct"].format(x) for x in fixed_rows["target_val_top1_pct"]],
-                      "epochs to target": [cell(r, "epochs_to_target") for _, r in fixed_rows.iterrows()],
-                      "time to target (s)": [cell(r, "time_to_target_s") for _, r in fixed_rows.iterrows()],
+                      "epochs to target": cells(fixed_rows, "epochs_to_target"),
+                      "time to target (s)": cells(fixed_rows, "time_to_target_s"),
                       "seeds reaching it": fixed_rows["seeds_reaching_target"].astype(str)})), ""]
     text = []
     for d in params.table_datasets:
@@ -457,10 +463,10 @@ def ablation_section(params: Params, abl: Optional[pd.DataFrame], cameras: dict,
         sub = abl[abl["axis"] == axis]
         display = pd.DataFrame({
             "value": sub["value"], "dataset": sub["dataset"],
-            "top-1 (%)": [cell(r, "top1_pct") for _, r in sub.iterrows()],
-            "top-1 − tpa, paired (points)": [cell(r, "top1_vs_tpa_pct") for _, r in sub.iterrows()],
-            "mean class acc (%)": [cell(r, "mean_class_acc_pct") for _, r in sub.iterrows()],
-            "epochs to 90%": [cell(r, "epochs_to_90pct") for _, r in sub.iterrows()],
+            "top-1 (%)": cells(sub, "top1_pct"),
+            "top-1 − tpa, paired (points)": cells(sub, "top1_vs_tpa_pct"),
+            "mean class acc (%)": cells(sub, "mean_class_acc_pct"),
+            "epochs to 90%": cells(sub, "epochs_to_90pct"),
             "trainable params": [fixed(x, "trainable_params") for x in sub["trainable_params"]],
             "GFLOPs/clip": [fixed(x, "gflops_per_clip") for x in sub["gflops_per_clip"]],
             "AM flow variant": sub["am_flow_variant"]})

@@ -361,12 +361,8 @@ def _recorded_spec(spec: SynthSpec) -> dict:
 
 
 def _is_complete(out_dir: Path, spec: SynthSpec) -> bool:
-    path = out_dir / "dataset.json"
-    if not path.is_file():
-        return False
-    try:
-        info = io.read_json(path)
-    except ValueError:
+    info = io.read_json_record(out_dir / "dataset.json")
+    if info is None:
         return False
     if info.get("spec") != _recorded_spec(spec) or info.get("generator_version") != GENERATOR_VERSION:
         return False
