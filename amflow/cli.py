@@ -12,6 +12,7 @@ from typing import Callable
 
 from amflow import paths
 from amflow.errors import AmflowError
+from amflow.params import METHODS
 from amflow.paths import dataset_name_problem
 
 PARAMS_HELP = "params file (YAML, validated by amflow/params.py); default params/default.yaml"
@@ -298,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, func, what,
                 f"{what[0].upper()}{what[1:]} on a dataset. Outputs under "
                 "results/<name>/<dataset>/<method>/seed<k>/ (or --run-dir).", dataset=True)
-        p.add_argument("--method", required=True, choices=["frame", "aim", "st_adapter", "tpa", "amflow"],
+        p.add_argument("--method", required=True, choices=METHODS,
                        help="the method (model) of the run")
         p.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
         p.add_argument("--run-dir", type=Path, default=None, help="override the run folder")

@@ -18,8 +18,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from amflow import io
 from amflow.paths import DATASET_NAME_PATTERN, dataset_name_problem
 
-SPLITS = ("train", "val", "test")
-METHODS = ("frame", "aim", "st_adapter", "tpa", "amflow")
+# Every enumeration once: the schema's fields, the CLI's choices, the models' checks and the workflow's
+# wildcard constraints take their values from here.
+Split = Literal["train", "val", "test"]
+Method = Literal["frame", "aim", "st_adapter", "tpa", "amflow"]
+CameraDecision = Literal["static", "aligned"]  # the camera stage's decision: the AM flow variants with scores
+ModelVariant = Literal[CameraDecision, "none"]  # the variant a model is built with ('none': AM flow off = tpa)
+AmFlowVariant = Literal["auto", "auto_per_video", ModelVariant]  # the params' choice, resolved before building
+Tpu = Literal["transformer", "tcn", "lstm", "none"]
+Alignment = Literal["grid", "warp"]
+Integration = Literal["gate", "attn_bias", "channels", "residual_gate"]
+Control = Literal["none", "shuffled", "oracle"]
+
+SPLITS = get_args(Split)
+METHODS = get_args(Method)
+CAMERA_DECISIONS = get_args(CameraDecision)
+MODEL_VARIANTS = get_args(ModelVariant)
+AM_FLOW_VARIANTS = get_args(AmFlowVariant)
+TPUS = get_args(Tpu)
+ALIGNMENTS = get_args(Alignment)
+INTEGRATIONS = get_args(Integration)
+CONTROLS = get_args(Control)
 
 
 class Strict(BaseModel):
@@ -66,7 +85,7 @@ class SynthSpec(Strict):
                                           "many frames; a clip of `frames` frames spreads the same motion over "
                                           "its frames, so the motion's amplitude does not depend on `frames`")
     fps: int = Field(25, ge=1)
-    split_sizes: dict[Literal["train", "val", "test"], int] = {"train": 600, "val": 120, "test": 240}
+    split_sizes: dict[Split, int] = {"train": 600, "val": 120, "test": 240}
     seed: int = 0
     workers: int = Field(0, ge=0, description="generator processes; 0 = one per core (does not change the output)")
 
@@ -90,7 +109,7 @@ class DownloadSpec(Strict):
     backoff_s: float = Field(2.0, ge=0, description="wait before retry k is backoff_s * 2**k seconds")
     timeout_s: float = Field(60.0, gt=0, description="connect/read timeout per request, seconds")
     base_url: str = "https://s3.amazonaws.com/kinetics/400"
-    splits: list[Literal["train", "val", "test"]] = ["train", "val"]
+    splits: list[Split] = ["train", "val"]
     max_archives: Optional[int] = Field(None, ge=1, description="download only the first N tarballs per split")
     replacement_url: Optional[str] = Field(
         "replacement_for_corrupted_k400.tgz",
@@ -111,7 +130,7 @@ class DatasetSpec(Strict):
     synth: Optional[SynthSpec] = None
     root: Optional[str] = Field(None, description="folder holding the user's files (ssv2, smarthome, list); "
                                                    "kinetics400: download folder (default: the dataset folder)")
-    annotations: Optional[dict[Literal["train", "val", "test"], str]] = Field(
+    annotations: Optional[dict[Split, str]] = Field(
         None, description="for source=list: one `path label` txt or csv per split")
     protocol: Optional[Literal["cs", "cv1", "cv2"]] = Field(None, description="Toyota Smarthome protocol")
     download: DownloadSpec = DownloadSpec()
@@ -119,7 +138,7 @@ class DatasetSpec(Strict):
     encoding: Literal["raw", "jpeg"] = Field("raw", description="frame cache encoding: raw uint8 or JPEG")
     jpeg_quality: int = Field(90, ge=10, le=100)
     shard_frames: int = Field(20000, ge=100, description="frames per cache shard")
-    max_videos: Optional[dict[Literal["train", "val", "test"], int]] = Field(
+    max_videos: Optional[dict[Split, int]] = Field(
         None, description="cap on videos per split (quick runs)")
     val_fraction: Optional[float] = Field(
         None, gt=0, lt=1,
@@ -217,7 +236,7 @@ class AdapterSpec(Strict):
     bottleneck: int = Field(32, ge=1)
     position: Literal["parallel_mlp", "after_attn"] = "parallel_mlp"
     blocks: Union[Literal["all"], list[int]] = "all"
-    tpu: Literal["transformer", "tcn", "lstm", "none"] = "transformer"
+    tpu: Tpu = "transformer"
     tcn_kernel: int = Field(3, ge=1)
     tcn_dilations: list[int] = [1, 2]
     drop_path: float = Field(0.0, ge=0, lt=1)
@@ -228,7 +247,7 @@ class AdapterSpec(Strict):
 
 
 class AmFlowSpec(Strict):
-    variant: Literal["auto", "auto_per_video", "static", "aligned", "none"] = "auto"
+    variant: AmFlowVariant = "auto"
     temperature: float = Field(2.0, gt=0, description="softmax temperature, in units of the mean |A_t - A_t+1|")
     source: Union[Literal["same"], int] = Field("same", description="'same' block or a fixed block index")
     normalise: Literal["mean", "max", "none"] = "mean"
@@ -238,19 +257,19 @@ class AmFlowSpec(Strict):
                     "uncompensated mean |A_t - A_t+1|, so the small residual a pure camera motion leaves "
                     "(positional embeddings, borders, sub-patch resampling) is not blown up into a peaked "
                     "map; 0 = purely relative; identity transforms give the static result whatever its value")
-    alignment: Literal["grid", "warp"] = Field(
+    alignment: Alignment = Field(
         "grid", description="aligned variant: 'grid' resamples frame t+1's attention map on the patch grid "
                             "(cheap; exact for whole-patch camera motion only); 'warp' warps frame t+1 into "
                             "frame t in pixel space and runs the frozen backbone on it (sub-patch motion; "
                             "the scores then come from the frozen backbone's maps)")
-    integration: Literal["gate", "attn_bias", "channels", "residual_gate"] = Field(
+    integration: Integration = Field(
         "gate", description="how the scores enter the adapter: 'gate' multiplies the bottleneck patch tokens "
                             "before the TPU; 'attn_bias' adds a learned per-head multiple of the attended "
                             "frame's score to the transformer TPU's attention logits; 'channels' adds "
                             "zero-initialised bottleneck channels fed from the score, its change over time "
                             "and its 3x3 neighbourhood; 'residual_gate' scales the TPU's output by "
                             "1 + w * (score - 1) with a learned w. All but 'gate' start at zero (= tpa)")
-    control: Literal["none", "shuffled", "oracle"] = Field(
+    control: Control = Field(
         "none", description="controls: 'shuffled' permutes each frame's scores across patches (same "
                             "distribution, no location); 'oracle' replaces them by the ground-truth actor "
                             "coverage of each patch, normalised like the scores (SynthMotion only)")
@@ -283,17 +302,22 @@ class TrackingSpec(Strict):
 
 
 class AblationsSpec(Strict):
-    dataset_pairs: list[str] = ["synth_static", "synth_moving"]
-    variants: list[Literal["none", "static", "aligned", "auto"]] = ["none", "static", "aligned", "auto"]
-    tpus: list[Literal["transformer", "tcn", "lstm", "none"]] = ["transformer", "tcn", "lstm", "none"]
-    source_layers: list[Union[Literal["same"], int]] = ["same", 0]
-    num_blocks: list[int] = [2, 4]
-    frames: list[int] = [4, 8]
-    alignments: list[Literal["grid", "warp"]] = Field(
+    """The ablation grid (`snakemake ablations`): one AM flow run per value and seed, each changing one
+    key of the params. The default grid (18 runs per seed, docs/method.md) is written here, once."""
+
+    dataset_pairs: list[str] = Field(["synth_static", "synth_moving"],
+                                     description="datasets on which every value of `variants` runs")
+    variants: list[Literal[ModelVariant, "auto"]] = Field(["none", "static", "aligned", "auto"],
+                                                          description="model.am_flow.variant values")
+    tpus: list[Tpu] = Field(list(TPUS), description="model.adapter.tpu values")
+    source_layers: list[Union[Literal["same"], int]] = Field(["same", 0], description="model.am_flow.source values")
+    num_blocks: list[int] = Field([2, 4], description="adapters in the last n blocks only (model.adapter.blocks)")
+    frames: list[int] = Field([4, 8], description="sampling.num_frames values")
+    alignments: list[Alignment] = Field(
         default_factory=list, description="aligned AM flow's alignment methods (variant forced to aligned)")
-    integrations: list[Literal["gate", "attn_bias", "channels", "residual_gate"]] = Field(
+    integrations: list[Integration] = Field(
         default_factory=list, description="ways the scores enter the adapter")
-    controls: list[Literal["none", "shuffled", "oracle"]] = Field(
+    controls: list[Control] = Field(
         default_factory=list, description="score controls ('oracle' needs SynthMotion's ground truth)")
     dataset: str = Field("synth_moving", description="dataset for the single-axis ablations")
 
@@ -304,7 +328,7 @@ class Params(Strict):
     name: str = Field(..., description="configuration name, used in run names")
     datasets: dict[str, DatasetSpec]
     table_datasets: list[str] = Field(..., description="datasets that table1 reports")
-    methods: list[Literal["frame", "aim", "st_adapter", "tpa", "amflow"]] = list(METHODS)
+    methods: list[Method] = list(METHODS)
     seeds: list[int] = [0]
     pretrain_images: Optional[PretrainImagesSpec] = None
     sampling: SamplingSpec = SamplingSpec()

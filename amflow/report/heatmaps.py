@@ -32,12 +32,12 @@ import numpy as np  # noqa: E402
 
 from amflow import io  # noqa: E402
 from amflow.errors import AmflowError  # noqa: E402
-from amflow.params import Params  # noqa: E402
+from amflow.params import CAMERA_DECISIONS, Params  # noqa: E402
 
 PNG = "amflow_heatmaps.png"
 GIF = "amflow_heatmaps.gif"
 JSON = "amflow_heatmaps.json"
-VARIANTS = ("static", "aligned")
+VARIANTS = CAMERA_DECISIONS  # the AM flow variants with scores: one map each
 MIN_DISPLAY = 96       # frames are upscaled to at least this many pixels for viewing
 ALPHA = 0.55           # weight of the heat map over the frame
 GIF_FRAME_MS = 400

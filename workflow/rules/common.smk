@@ -8,7 +8,7 @@ import os
 import sys
 
 from amflow import paths
-from amflow.params import ParamsError, resolve_workflow_config, validate, write_resolved
+from amflow.params import METHODS, ParamsError, resolve_workflow_config, validate, write_resolved
 from amflow.workflow_plan import ablation_runs, find_ablation, table_runs
 
 DEFAULT_PARAMS = "params/default.yaml"
@@ -32,7 +32,7 @@ LOGS = str(paths.logs_root("logs", P.name))
 wildcard_constraints:
     dataset=paths.DATASET_NAME_PATTERN,
     spec=paths.SPEC_HASH_RE,
-    method="frame|aim|st_adapter|tpa|amflow",
+    method="|".join(METHODS),
     seed=r"\d+",
     axis=r"[a-z_]+",
 
