@@ -29,6 +29,7 @@ Tpu = Literal["transformer", "tcn", "lstm", "none"]
 Alignment = Literal["grid", "warp"]
 Integration = Literal["gate", "attn_bias", "channels", "residual_gate"]
 Control = Literal["none", "shuffled", "oracle"]
+MotionModel = Literal["similarity", "homography"]  # the camera-motion estimator's transform
 
 SPLITS = get_args(Split)
 METHODS = get_args(Method)
@@ -39,6 +40,7 @@ TPUS = get_args(Tpu)
 ALIGNMENTS = get_args(Alignment)
 INTEGRATIONS = get_args(Integration)
 CONTROLS = get_args(Control)
+MOTION_MODELS = get_args(MotionModel)
 
 
 class Strict(BaseModel):
@@ -193,7 +195,7 @@ class CameraMotionSpec(Strict):
                                                 "as a fraction of the frame diagonal, above which a video is 'moving'")
     dataset_moving_share: float = Field(0.5, ge=0, le=1,
                                         description="share of moving videos above which the dataset uses 'aligned'")
-    model: Literal["similarity", "homography"] = "similarity"
+    model: MotionModel = "similarity"
     min_inlier_ratio: float = Field(0.3, ge=0, le=1,
                                     description="RANSAC inliers / textured grid points below which a frame pair is invalid")
     min_ncc: float = Field(0.5, ge=-1, le=1,
