@@ -69,7 +69,12 @@ def _add_common(p: argparse.ArgumentParser, dataset: bool = False) -> None:
 
 # --------------------------------------------------------------------------- commands
 def cmd_validate(args) -> None:
+    from amflow.params import resolved_text
+
     p = _params(args)
+    if args.show:
+        print(resolved_text(p), end="")
+        return
     print(f"{args.params}: valid ({len(p.datasets)} dataset(s): {', '.join(p.datasets)})")
 
 
@@ -254,9 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    add("validate", cmd_validate, "check a params file",
-        "Validate a params file against the schema and exit. A wrong key or type is reported with the file, "
-        "the key and what was expected.")
+    p = add("validate", cmd_validate, "check a params file",
+            "Validate a params file against the schema and exit. A wrong key or type is reported with the file, "
+            "the key and what was expected.")
+    p.add_argument("--show", action="store_true",
+                   help="print every value, the schema's defaults included (what the stages get), as YAML")
     add("prepare", cmd_prepare, "generate or download/verify a dataset",
         "Make data/<dataset>-<spec>/ ready: SynthMotion is generated (H.264 mp4 + annotations); Kinetics-400 is "
         "downloaded from the CVDF mirror (resumable, verified); SSv2, Toyota Smarthome and `list` datasets "
