@@ -404,7 +404,7 @@ def _format_errors(path: str, err: ValidationError) -> str:
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see params/default.yaml for the known keys)"
+            msg = "unknown key (check the spelling; `amflow validate --show` lists every known key)"
         got = e.get("input")
         got_s = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {got!r:.60})"
         lines.append(f"  - {key}: {msg}{got_s}")
