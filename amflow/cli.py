@@ -12,15 +12,13 @@ from typing import Callable
 
 from amflow import paths
 from amflow.errors import AmflowError
-from amflow.params import METHODS
+from amflow.params import METHODS, ParamsError, load_params, parse_override, resolved_text, set_dotted
 from amflow.paths import dataset_name_problem
 
 PARAMS_HELP = "params file (YAML, validated by amflow/params.py); default params/default.yaml"
 
 
 def _params(args):
-    from amflow.params import load_params, parse_override, set_dotted
-
     overrides: dict = {}
     for item in getattr(args, "set", None) or []:
         key, value = parse_override(item)
@@ -69,8 +67,6 @@ def _add_common(p: argparse.ArgumentParser, dataset: bool = False) -> None:
 
 # --------------------------------------------------------------------------- commands
 def cmd_validate(args) -> None:
-    from amflow.params import resolved_text
-
     p = _params(args)
     if args.show:
         print(resolved_text(p), end="")
@@ -218,7 +214,6 @@ def cmd_report(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from amflow.params import load_params
     from amflow.sweep.run import run_sweep
 
     args.results_dir = _results(args, load_params(args.params))  # the sweep works inside the namespace
@@ -371,8 +366,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from amflow.params import ParamsError
-
     try:
         rc = args.func(args)
     except ParamsError as exc:
