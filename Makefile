@@ -15,7 +15,7 @@ CONFIG_ARGS = $(if $(CONFIG),--configfile $(CONFIG))
 export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install run ablations test test-fast bench gpu-check report clean-results dvc-yaml
+.PHONY: install run ablations test test-fast bench gpu-check report clean-results dvc-yaml readme-results
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ $(STAMP): pyproject.toml
 # name a rule as the target.
 run: $(STAMP)
 	$(SNAKEMAKE) results/table1.csv $(CONFIG_ARGS)
+
+# The README's results section, generated from results/ and the latest Snakemake run's timing (after `make run`).
+readme-results: $(STAMP)
+	$(BIN)/amflow readme-results $(if $(CONFIG),--params $(CONFIG))
 
 ablations: $(STAMP)
 	$(SNAKEMAKE) ablations $(CONFIG_ARGS)

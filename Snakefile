@@ -33,6 +33,8 @@ rule latest_table1:
     threads: 1
     log:
         f"{LOGS}/latest_table1.log",
+    benchmark:
+        f"{BENCH}/latest_table1.tsv",
     shell:
         "cp -v {input} {output} > {log} 2>&1"
 

@@ -107,7 +107,7 @@ def cmd_camera_motion(args) -> None:
 
 
 def cmd_ground_truth(args) -> None:
-    from amflow.data.synthmotion import write_ground_truth
+    from amflow.data.sources.synthmotion import write_ground_truth
 
     p = _params(args)
     key = _dataset_key(p, args.dataset)
@@ -196,7 +196,7 @@ def cmd_tables(args) -> None:
     from amflow.report.tables import write_tables
 
     p = _params(args)
-    write_tables(p, _results(args, p), which=args.which)
+    print("\n".join(map(str, write_tables(p, _results(args, p), which=args.which))))
 
 
 def cmd_heatmaps(args) -> None:
@@ -211,6 +211,15 @@ def cmd_report(args) -> None:
 
     p = _params(args)
     write_report(p, _results(args, p))
+
+
+def cmd_readme_results(args) -> None:
+    from amflow.report.readme import results_markdown, update_readme
+    from amflow.report.timing import latest_log
+
+    p = _params(args)
+    log = args.log if args.log is not None else (latest_log() if not args.no_timing else None)
+    print(update_readme(args.readme, results_markdown(p, _results(args, p), None if args.no_timing else log)))
 
 
 def cmd_sweep(args) -> None:
@@ -335,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--csv", action="store_true", help="print CSV: video,rank,label,probability")
     p.set_defaults(func=cmd_predict)
     p = add("tables", cmd_tables, "build results/<name>/table1.csv or the ablation tables",
-            "Read the runs' metrics.json and write results/<name>/table1.csv (--which table1) or ablations.csv "
+            "Read the runs' metrics.json and write results/<name>/table1.csv and its plots (plots/accuracy.png, "
+            "plots/convergence.png) (--which table1), or ablations.csv "
             "plus one ablation_<axis>.csv per ablation axis (--which ablations). Pure: the same inputs give "
             "the same bytes.")
     p.add_argument("--which", choices=["table1", "ablations"], default="table1",
@@ -346,6 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
         "results/<name>/plots/amflow_heatmaps.png and amflow_heatmaps.gif.")
     add("report", cmd_report, "write results/<name>/report.md with tables and plots",
         "Generate results/<name>/report.md (every table, every plot, one paragraph per table) from the results.")
+    p = add("readme-results", cmd_readme_results, "write the README's results section from results/",
+            "Replace the README's generated results section (between its two marker lines) with table 1's "
+            "top-1 over seeds, the paired difference to tpa, the claims as the report states them, and the "
+            "run's time per stage from its Snakemake log and benchmark files (`make readme-results`).")
+    p.add_argument("--readme", type=Path, default=Path("README.md"), help="the file to update (default README.md)")
+    p.add_argument("--log", type=Path, default=None,
+                   help="the Snakemake log of the run to time (default: the latest under .snakemake/log/)")
+    p.add_argument("--no-timing", action="store_true", help="leave the timing table out")
     p = sub.add_parser("sweep", help="Optuna sweep over the adapter's hyperparameters",
                        description="Run an Optuna sweep (seeded TPE, median pruner on per-epoch validation "
                                    "accuracy) and export the best trial as a params file.")

@@ -104,7 +104,7 @@ class PretrainImagesSpec(Strict):
 
 
 class DownloadSpec(Strict):
-    """How Kinetics-400 is fetched from the CVDF mirror (amflow/data/download.py, kinetics.py)."""
+    """How Kinetics-400 is fetched from the CVDF mirror (amflow/data/download.py, sources/kinetics.py)."""
 
     workers: int = Field(4, ge=1, description="parallel downloads")
     retries: int = Field(3, ge=0, description="retries per file after a failed or interrupted transfer")
@@ -316,8 +316,8 @@ class TrackingSpec(Strict):
 
 
 class AblationsSpec(Strict):
-    """The ablation grid (`snakemake ablations`): one AM flow run per value and seed, each changing one
-    key of the params. The default grid (18 runs per seed, docs/method.md) is written here, once."""
+    """The ablation grid (`snakemake ablations`): one run per value and seed, each changing one key of the
+    params. The default grid (22 runs per seed, docs/method.md) is written here, once."""
 
     dataset_pairs: list[str] = Field(["synth_static", "synth_moving"],
                                      description="datasets on which every value of `variants` runs")
@@ -334,6 +334,22 @@ class AblationsSpec(Strict):
     controls: list[Control] = Field(
         default_factory=list, description="score controls ('oracle' needs SynthMotion's ground truth)")
     dataset: str = Field("synth_moving", description="dataset for the single-axis ablations")
+    tpu_with_tpa: bool = Field(True, description="also run each TPU of 'tpus' with tpa (axis tpu_tpa), so "
+                               "that every TPU compares AM flow with the same adapter without it")
+    grid: Optional["AblationGridSpec"] = Field(
+        None, description="AM flow settings crossed with each other on several datasets (axis grid)")
+
+
+class AblationGridSpec(Strict):
+    """variant x integration x control, every combination on every dataset (``amflow`` runs, value
+    ``<variant>-<integration>-<control>``); compared with table 1's ``tpa`` runs of the same seeds."""
+    variants: list[Literal[CameraDecision, "auto"]] = list(CAMERA_DECISIONS)
+    integrations: list[Integration] = list(INTEGRATIONS)
+    controls: list[Control] = list(CONTROLS)
+    datasets: list[str] = ["synth_static", "synth_moving"]
+
+
+AblationsSpec.model_rebuild()
 
 
 class Params(Strict):

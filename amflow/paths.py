@@ -84,6 +84,12 @@ def logs_root(logs_dir: Path, name: str) -> Path:
     return Path(logs_dir) / name
 
 
+def benchmarks_root(benchmarks_dir: Path, name: str) -> Path:
+    """A params file's Snakemake benchmark files (time and memory per job): ``benchmarks/<name>/<rule>/...``,
+    the same layout as its logs."""
+    return Path(benchmarks_dir) / name
+
+
 # Where the workflow writes the params its jobs read (amflow.params.write_resolved): Snakemake's own
 # working folder, not a results folder (the file is a means, not a result).
 RESOLVED_PARAMS_DIR = Path(".snakemake") / "amflow_params"

@@ -217,11 +217,7 @@ def file_sha256(path: Path) -> Optional[str]:
     path = Path(path)
     if not path.exists():
         return None
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return io.file_digest(path)
 
 
 def git_state(cwd: Optional[Path] = None) -> dict[str, str]:

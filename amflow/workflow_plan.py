@@ -5,6 +5,7 @@ always agree on what exists.
 """
 from __future__ import annotations
 
+import itertools
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +14,9 @@ import yaml
 
 from amflow.params import Params
 
-AXES = ("variant", "tpu", "source", "blocks", "frames", "alignment", "integration", "control")
+# The method AM flow is measured against: the same temporal adapter without AM flow.
+REFERENCE = "tpa"
+AXES = ("variant", "tpu", "tpu_tpa", "source", "blocks", "frames", "alignment", "integration", "control", "grid")
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,7 @@ class AblationRun:
     dataset: str
     seed: int
     overrides: dict[str, Any] = field(hash=False, compare=False)
+    method: str = "amflow"  # every axis ablates amflow but tpu_tpa, the TPUs of the adapter without AM flow
 
     def set_args(self) -> str:
         """The ``--set key=value`` arguments that turn the default amflow run into this ablation."""
@@ -53,6 +57,9 @@ def ablation_runs(p: Params) -> list[AblationRun]:
                 runs.append(AblationRun("variant", variant, dataset, seed, {"model.am_flow.variant": variant}))
         for tpu in a.tpus:
             runs.append(AblationRun("tpu", tpu, a.dataset, seed, {"model.adapter.tpu": tpu}))
+        if a.tpu_with_tpa:
+            for tpu in a.tpus:
+                runs.append(AblationRun("tpu_tpa", tpu, a.dataset, seed, {"model.adapter.tpu": tpu}, method="tpa"))
         for source in a.source_layers:
             runs.append(AblationRun("source", str(source), a.dataset, seed, {"model.am_flow.source": source}))
         if a.num_blocks:
@@ -73,7 +80,20 @@ def ablation_runs(p: Params) -> list[AblationRun]:
                                     {"model.am_flow.integration": integration}))
         for control in a.controls:
             runs.append(AblationRun("control", control, a.dataset, seed, {"model.am_flow.control": control}))
+        if a.grid is not None:
+            for dataset in a.grid.datasets:
+                for variant, integration, control in itertools.product(a.grid.variants, a.grid.integrations,
+                                                                       a.grid.controls):
+                    runs.append(AblationRun("grid", f"{variant}-{integration}-{control}", dataset, seed,
+                                            {"model.am_flow.variant": variant,
+                                             "model.am_flow.integration": integration,
+                                             "model.am_flow.control": control}))
     return runs
+
+
+def reference_runs(p: Params) -> list[tuple[str, str, int]]:
+    """The table-1 runs of REFERENCE that the ablation rows are paired with: one per (dataset, seed) ablated."""
+    return list(dict.fromkeys((r.dataset, REFERENCE, r.seed) for r in ablation_runs(p)))
 
 
 def find_ablation(p: Params, axis: str, value: str, dataset: str, seed: int) -> AblationRun:

@@ -98,7 +98,7 @@ def bench_clip(size: int, videos: list[np.ndarray], tmp: Path, repeats: int, spe
     from amflow.data import video as vio
     from amflow.data.clips import segment_indices
     from amflow.data.frame_cache import FrameCache
-    from amflow.data.synthmotion import encode_mp4
+    from amflow.data.sources.synthmotion import encode_mp4
 
     settings = stage.settings_from(spec)
     cache = FrameCache(tmp / f"frames{size}")

@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
 
-    from amflow.data import synthmotion as sm
+    from amflow.data.sources import synthmotion as sm
     from amflow.params import load_params
 
     params = load_params(args.params)

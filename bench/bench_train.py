@@ -56,7 +56,7 @@ METHODS = ("frame", "aim", "st_adapter", "tpa", "amflow")
 def synth_cache(params, dataset: str, out: Path, per_split: dict[str, int]) -> Path:
     """A small frame cache rendered by the SynthMotion generator, plus identity camera transforms."""
     from amflow.data.frame_cache import write_cache
-    from amflow.data.synthmotion import clip_rng, render_clip
+    from amflow.data.sources.synthmotion import clip_rng, render_clip
 
     spec = params.dataset(dataset).synth
     if spec is None:

@@ -295,7 +295,7 @@ CLIPS = 40
 
 
 def _synth(name: str):
-    synthmotion = pytest.importorskip("amflow.data.synthmotion")
+    synthmotion = pytest.importorskip("amflow.data.sources.synthmotion")
     p = load_params(ROOT / "params" / "default.yaml")
     spec = p.datasets[name].synth
     for i in range(CLIPS):

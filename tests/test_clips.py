@@ -339,7 +339,7 @@ def test_motion_file_is_memory_mapped_not_copied(tmp_path):
 # --------------------------------------------------------------------------- ground truth for the oracle
 def _synth_cache_with_ground_truth(tmp_path, frames_size: int = 32):
     """Three rendered SynthMotion clips in a frame cache and their ground truth file."""
-    from amflow.data import synthmotion as sm
+    from amflow.data.sources import synthmotion as sm
     from amflow.params import SynthSpec
 
     spec = SynthSpec(camera="moving", frames=12, split_sizes={"train": 0, "val": 3, "test": 0})

@@ -12,8 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from amflow.data import kinetics, smarthome, ssv2, video_list
-from amflow.data.prepare import holdout_val, prepare_dataset, subsample
+from amflow.data.prepare import prepare_dataset
+from amflow.data.sources import kinetics, smarthome, ssv2, video_list
+from amflow.data.sources.base import holdout_val, subsample
 from amflow.errors import AmflowError
 from amflow.params import load_params, validate
 
@@ -380,3 +381,17 @@ def test_real_dataset_params_files_validate_with_the_paper_setting():
     assert load_params(REPO / "params" / "smarthome.yaml").datasets["smarthome"].protocol == "cs"
     custom = load_params(REPO / "params" / "custom_list.yaml")
     assert custom.datasets["my_videos"].source == "list"
+
+
+def test_every_source_the_schema_accepts_has_an_implementation():
+    from typing import get_args
+
+    from amflow.data import sources
+    from amflow.params import DatasetSpec
+
+    accepted = set(get_args(DatasetSpec.model_fields["source"].annotation))
+    assert accepted == {"synthmotion", "kinetics400", "ssv2", "smarthome", "list"}
+    assert set(sources.SOURCES) == accepted
+    assert all(sources.get(name).name == name for name in accepted)
+    with pytest.raises(AmflowError, match="unknown dataset source 'nope'"):
+        sources.get("nope")

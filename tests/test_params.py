@@ -160,7 +160,7 @@ def test_data_keys_share_equal_specs_and_separate_different_ones():
     from amflow import paths
 
     default = load_params(ROOT / "params/default.yaml")
-    seeds = load_params(ROOT / "params/default_seeds.yaml")
+    seeds = load_params(ROOT / "params/default_1seed.yaml")
     tiny = load_params(ROOT / "params/tiny.yaml")
     for d in default.datasets:
         assert paths.dataset_key(default, d) == paths.dataset_key(seeds, d)
@@ -235,7 +235,7 @@ def test_a_real_data_file_states_its_frame_size_and_backbone(name):
 
 def test_the_synthmotion_files_are_the_default_changed():
     default = load_params(ROOT / "params/default.yaml")
-    for name in ("tiny.yaml", "synth_full.yaml", "default_seeds.yaml"):
+    for name in ("tiny.yaml", "synth_full.yaml", "default_1seed.yaml"):
         assert read_yaml(ROOT / "params" / name)["extends"] == "default.yaml"
     # What the default leaves to the schema is the toy run: 32 px SynthMotion, the 4-block ViT.
     assert default.backbone.kwargs == {"img_size": 32, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3}

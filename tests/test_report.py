@@ -246,3 +246,34 @@ def test_write_heatmaps_end_to_end(tmp_path):
         update={"temperature": 9.0})})})
     with pytest.raises(AmflowError, match="other params"):
         hm.write_heatmaps(p2, data_dir=data, results_dir=results)
+
+
+def test_claims_and_overlap_say_what_the_seeds_show(tmp_path):
+    # synth_static: amflow - tpa = +10 points on both seeds (yes); synth_moving: -5 and -7 (no).
+    _, text = build(tmp_path)
+    assert ("**AM flow helps** on `synth_static`: yes. Paired top-1 difference `amflow` − `tpa` (the same adapter "
+            "without AM flow): +10.00 ± 0.00 points over 2 seeds.") in text
+    assert "**AM flow helps** on `synth_moving`: no. Paired top-1 difference `amflow` − `tpa` (the same adapter " \
+           "without AM flow): -6.00 ± 1.41 points over 2 seeds." in text
+    assert "On `synth_moving`, no two methods' seed spreads overlap." in text
+    # Seeds that disagree: amflow 50 and 64 against tpa 55 and 59 -> -5 and +5: 0 ± 7.07 points, spreads overlap.
+    top1 = dict(TOP1)
+    top1[("synth_moving", "amflow")] = (0.50, 0.64)
+    _, text = build(tmp_path / "mixed", top1)
+    assert "**AM flow helps** on `synth_moving`: not resolved. Paired top-1 difference `amflow` − `tpa` (the same " \
+           "adapter without AM flow): +0.00 ± 7.07 points over 2 seeds." in text
+    assert "the seed spreads (mean ± std of top-1) overlap for `tpa` and `amflow`" in text
+
+
+def test_localisation_section_reads_the_stage_csv(tmp_path):
+    _, text = build(tmp_path)
+    assert "Not measured: run `amflow localise`" in text
+    csv = paths.localisation_dir(tmp_path, "synth_moving") / "localisation.csv"
+    csv.parent.mkdir(parents=True)
+    csv.write_text("method,block,mass_ratio,auc,frames,patches\n"
+                   "static,0,2.2400,0.7900,100,1600\nstatic,3,3.0900,0.8500,100,1600\n"
+                   "aligned_warp,1,1.7900,0.7300,100,1600\npixel_diff,,1.7100,0.8800,100,1600\n")
+    _, text = build(tmp_path)
+    # best block per method by AUC: static block 3; the best method overall is the pixel difference
+    assert re.search(r"\| static\s+\| 3\s+\| 3\.09\s+\| 0\.850\s+\|", text)
+    assert "Best at finding the actor: `pixel_diff` (ROC AUC 0.880, mass ratio 1.71;" in text

@@ -15,7 +15,7 @@ import torch
 
 from amflow.data import annotations as ann
 from amflow.data import scene
-from amflow.data import synthmotion as sm
+from amflow.data.sources import synthmotion as sm
 from amflow.errors import AmflowError
 from amflow.params import SynthSpec, validate
 
@@ -331,6 +331,11 @@ def test_dataset_layout_and_contract(generated):
     cam = np.load(out / "camera" / "train.npz")
     assert np.allclose(cam["world_to_frame"][2], plan.cameras(), atol=1e-4)
     assert np.allclose(cam["frame_to_next"][2], sm.frame_to_next(plan.cameras()), atol=1e-5)
+
+
+def test_the_common_writer_lists_no_missing_video(generated):
+    root, _ = generated
+    assert (root / "serial" / "missing.csv").read_text() == "split,video,reason\n"
 
 
 def test_parallel_generation_gives_the_same_bytes_and_seeds_matter(generated):

@@ -63,6 +63,8 @@ def write_runs(params, results: Path, top1=TOP1) -> None:
 
 
 def write_ablations(params, results: Path) -> None:
+    if not any(results.glob("synth_*/tpa/seed*/metrics.json")):
+        write_runs(params, results)  # table 1's tpa runs: the ablation rows are paired with them
     for r in ablation_runs(params):
         t = VARIANT_TOP1.get((r.value, r.dataset), 0.5 + 0.01 * len(r.value)) + 0.02 * r.seed
         write(paths.ablation_run_dir(results, r.axis, r.value, r.dataset, r.seed) / "metrics.json",
@@ -103,7 +105,7 @@ def test_table1_values_equal_the_metrics(tmp_path):
 def test_single_seed_has_empty_std(tmp_path):
     p = small_params(seeds=[0])
     write_runs(p, tmp_path)
-    t = read_csv(tables.write_tables(p, tmp_path, which="table1")[0])
+    t = read_csv(tables.write_tables(p, tmp_path, which="table1")[-1])
     assert set(t["n_seeds"]) == {"1"} and set(t["top1_pct_std"]) == {""}
     assert t.loc[0, "top1_pct_mean"] == "40.00"
 
@@ -202,3 +204,63 @@ def test_read_table_round_trips(tmp_path):
     assert pd.isna(back.loc[3, "reversed_top1_pct_mean"])
     with pytest.raises(AmflowError, match="make it"):
         tables.read_table(tmp_path / "nope.csv", "make it")
+
+
+def test_table1_paired_difference_and_convergence_to_tpa(tmp_path):
+    p = small_params()
+    write_runs(p, tmp_path)
+    # Replace the curves of synth_moving with ones whose answer is worked out by hand below.
+    curves = {("tpa", 0): [0.2, 0.5, 0.55], ("tpa", 1): [0.3, 0.55, 0.60],      # target: (0.55 + 0.60) / 2
+              ("amflow", 0): [0.4, 0.6, 0.6], ("amflow", 1): [0.58, 0.5, 0.5],  # epochs 2 and 1
+              ("frame", 0): [0.1, 0.2, 0.3], ("frame", 1): [0.1, 0.2, 0.3]}      # never reaches it
+    for (m, s), curve in curves.items():
+        path = paths.run_dir(tmp_path, "synth_moving", m, s) / "metrics.json"
+        data = json.loads(path.read_text())
+        data.update(val_curve=curve, epoch_times=[10.0 + s, 20.0, 30.0], train_clips_per_s=100.0 + s)
+        write(path, data)
+    tables.write_tables(p, tmp_path, which="table1")
+    t = read_csv(tmp_path / "table1.csv").set_index(["dataset", "method"])
+    am, tpa, fr = t.loc[("synth_moving", "amflow")], t.loc[("synth_moving", "tpa")], t.loc[("synth_moving", "frame")]
+    # amflow - tpa per seed: 0.50 - 0.55 and 0.52 - 0.59 -> -5 and -7 points: mean -6, sample std sqrt(2).
+    assert (am["top1_vs_tpa_pct_mean"], am["top1_vs_tpa_pct_std"]) == ("-6.00", "1.41")
+    assert tpa["top1_vs_tpa_pct_mean"] == "" and tpa["top1_vs_tpa_pct_std"] == ""
+    assert am["target_val_top1_pct"] == tpa["target_val_top1_pct"] == "57.50"
+    # amflow: epoch 2 (seed 0, 10 + 20 s) and epoch 1 (seed 1, 11 s).
+    assert (am["epochs_to_target_mean"], am["epochs_to_target_std"], am["seeds_reaching_target"]) == ("1.50", "0.71", "2/2")
+    assert (am["time_to_target_s_mean"], am["time_to_target_s_std"]) == ("20.5", "13.4")
+    # tpa itself: seed 0 never reaches the mean of its own final values (0.55 < 0.575), seed 1 at epoch 3.
+    assert (tpa["epochs_to_target_mean"], tpa["epochs_to_target_std"], tpa["seeds_reaching_target"]) == ("3.00", "", "1/2")
+    assert tpa["time_to_target_s_mean"] == "61.0"
+    assert (fr["epochs_to_target_mean"], fr["seeds_reaching_target"]) == ("", "0/2")
+    assert (am["train_clips_per_s_mean"], am["train_clips_per_s_std"]) == ("100.5", "0.7")
+    # The report reads the table back, the text column included.
+    back = tables.read_table(tmp_path / "table1.csv", "make it")
+    assert back.set_index(["dataset", "method"]).loc[("synth_moving", "tpa"), "seeds_reaching_target"] == "1/2"
+
+
+def test_ablation_plan_crosses_tpus_with_tpa_and_the_amflow_grid():
+    p = small_params(seeds=[0, 1, 2], ablations={
+        "variants": [], "tpus": ["tcn", "lstm"], "source_layers": [], "num_blocks": [], "frames": [],
+        "grid": {"variants": ["static", "aligned"], "integrations": ["gate", "channels"],
+                 "controls": ["none", "oracle"], "datasets": ["synth_static", "synth_moving"]}})
+    runs = ablation_runs(p)
+    tpu = {(r.axis, r.value, r.method) for r in runs if r.axis.startswith("tpu")}
+    assert tpu == {("tpu", "tcn", "amflow"), ("tpu", "lstm", "amflow"), ("tpu_tpa", "tcn", "tpa"),
+                   ("tpu_tpa", "lstm", "tpa")}
+    grid = [r for r in runs if r.axis == "grid"]
+    assert len(grid) == 2 * 2 * 2 * 2 * 3  # variants x integrations x controls x datasets x seeds
+    one = next(r for r in grid if r.value == "aligned-channels-oracle" and r.dataset == "synth_static" and r.seed == 2)
+    assert one.method == "amflow" and one.overrides == {
+        "model.am_flow.variant": "aligned", "model.am_flow.integration": "channels", "model.am_flow.control": "oracle"}
+    # Every ablated (dataset, seed) is paired with its table-1 tpa run.
+    from amflow.workflow_plan import reference_runs
+    assert sorted(reference_runs(p)) == sorted((d, "tpa", s) for d in DATASETS for s in (0, 1, 2))
+
+
+def test_ablation_rows_carry_the_paired_difference_to_tpa(tmp_path):
+    p = small_params()
+    write_ablations(p, tmp_path)
+    t = read_csv(tables.write_tables(p, tmp_path, which="ablations")[-1]).set_index(["axis", "value", "dataset"])
+    # variant aligned on synth_moving: 0.58 + 0.02 s against tpa 0.55 / 0.59 -> +3 and +1 points.
+    row = t.loc[("variant", "aligned", "synth_moving")]
+    assert (row["top1_vs_tpa_pct_mean"], row["top1_vs_tpa_pct_std"]) == ("2.00", "1.41")

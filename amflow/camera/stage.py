@@ -21,14 +21,13 @@ and ``motion.npz`` cannot disagree. The sample is drawn, seeded, from the train 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from amflow import io
+from amflow import io, parallel
 from amflow.camera.global_motion import MotionSettings, estimate_pairs, grid_displacement
 from amflow.errors import AmflowError
 from amflow.params import AM_FLOW_VARIANTS, CAMERA_DECISIONS, MODEL_VARIANTS
@@ -127,9 +126,7 @@ def compute_all(frames_dir: Path, model: str, settings: MotionSettings, workers:
     from amflow.data.frame_cache import FrameCache
 
     n_videos = len(FrameCache(frames_dir))
-    if not workers:  # the cores this process may use (Snakemake/SLURM may give fewer than the machine has)
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = max(1, min(workers, n_videos))
+    workers = parallel.worker_count(workers, n_videos)
     bar = dict(total=n_videos, desc="camera motion", unit="video", disable=not progress)
     out: dict[int, VideoMotion] = {}
     if workers == 1:
@@ -140,13 +137,9 @@ def compute_all(frames_dir: Path, model: str, settings: MotionSettings, workers:
         finally:
             _WORKER.clear()
         return out
-    import multiprocessing as mp
-
     # Videos are independent: one task each, a few per chunk to keep the pool's overhead small.
     chunk = max(1, min(16, n_videos // (workers * 8)))
-    # 'spawn', not fork: a process that already ran OpenCV holds its thread pool, and forked
-    # children deadlock in their first cv2 call (seen here). Spawning costs ~1 s of imports per worker.
-    with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(str(frames_dir), model, settings)) as pool:
+    with parallel.spawn_pool(workers, initializer=_init_worker, initargs=(str(frames_dir), model, settings)) as pool:
         for pos, res in progress_bar(pool.imap_unordered(_work, range(n_videos), chunksize=chunk), **bar):
             out[pos] = res
     return out

@@ -167,7 +167,7 @@ class ClipDataset(Dataset):
     Item: ``video`` uint8 ``[T,3,S,S]`` (``[V,T,3,S,S]`` when testing with V > 1 views), to be put
     through :attr:`normalise` on the device, ``label`` int, ``transforms`` float32 ``[T-1,3,3]``
     (``[V,T-1,3,3]``), ``index`` int, and with ``ground_truth`` (SynthMotion's npz,
-    :func:`amflow.data.synthmotion.write_ground_truth`) ``coverage`` float32 ``[T,S,S]`` (``[V,T,S,S]``):
+    :func:`amflow.data.sources.synthmotion.write_ground_truth`) ``coverage`` float32 ``[T,S,S]`` (``[V,T,S,S]``):
     the actor's share of each pixel of the view, cropped, resized and flipped with the frames (it
     travels as a fourth channel through the same calls).
     """
@@ -228,7 +228,7 @@ class ClipDataset(Dataset):
         return state
 
     def _load_coverage(self, path: Path, videos) -> None:
-        from amflow.data.synthmotion import read_ground_truth
+        from amflow.data.sources.synthmotion import read_ground_truth
 
         names, coverage, _ = read_ground_truth(path, self.split)
         row = {str(v): i for i, v in enumerate(names)}

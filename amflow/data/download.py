@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import threading
@@ -23,7 +22,7 @@ from typing import Callable, Optional
 
 import requests
 import urllib3
-from amflow import progress
+from amflow import io, progress
 from amflow.errors import AmflowError
 
 CHUNK = 1 << 20
@@ -50,14 +49,6 @@ def parse_checksum(text: str) -> tuple[str, str]:
         raise AmflowError(f"checksum {text!r} is not 'md5:<32 hex digits>' or 'sha256:<64 hex digits>'; "
                           f"fix it in download.checksums")
     return m.group(1), m.group(2).lower()
-
-
-def file_digest(path: Path, algo: str) -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def part_path(dest: Path) -> Path:
@@ -191,7 +182,7 @@ def verify_file(path: Path, *, label: Path, expected_size: Optional[int], checks
         raise AmflowError(f"{label}: size mismatch: expected {expected_size} bytes, got {size}")
     if checksum:
         algo, want = parse_checksum(checksum)
-        got = file_digest(path, algo)
+        got = io.file_digest(path, algo)
         if got != want:
             raise AmflowError(f"{label}: {algo} checksum mismatch: expected {want}, got {got}")
 

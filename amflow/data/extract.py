@@ -10,7 +10,6 @@ Everything is written into a temporary folder renamed onto ``frames/`` at the en
 """
 from __future__ import annotations
 
-import hashlib
 import multiprocessing as mp
 import os
 import sys
@@ -23,11 +22,11 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import pandas as pd
-from amflow import io, progress
+from amflow import io, parallel, progress
 from amflow.data import annotations as ann
 from amflow.data.frame_cache import FAILURES, FORMAT_VERSION, SUMMARY, CacheBuilder
 from amflow.data.frame_codec import decode_video_task, init_worker
-from amflow.data.prepare import subsample
+from amflow.data.sources.base import subsample
 from amflow.data.video import resolve_backend
 from amflow.errors import AmflowError
 from amflow.params import SPLITS, DatasetSpec, Params
@@ -45,7 +44,7 @@ def extract_frames(params: Params, dataset_name: str, dataset_dir: str | Path, f
     tables, capped = _read_splits(dataset_dir, spec)
     cache_params = _cache_params(spec)
     fingerprint = {"format_version": FORMAT_VERSION, "params": cache_params,
-                   "annotations_sha256": {s: _sha256(ann.annotations_path(dataset_dir, s)) for s in tables}}
+                   "annotations_sha256": {s: io.file_digest(ann.annotations_path(dataset_dir, s)) for s in tables}}
 
     done = _complete_summary(frames_dir)
     if done is not None and all(done.get(k) == v for k, v in fingerprint.items()):
@@ -56,7 +55,7 @@ def extract_frames(params: Params, dataset_name: str, dataset_dir: str | Path, f
 
     tasks = _tasks(dataset_dir, tables)
     backend = resolve_backend()
-    workers = max(1, min(workers or _cpu_count(), len(tasks) or 1))
+    workers = parallel.worker_count(workers, len(tasks))
     t0 = time.perf_counter()
     stats = {s: {"listed": len(t), "decoded": 0, "failed": 0, "frames": 0} for s, t in tables.items()}
 
@@ -162,14 +161,6 @@ def _tasks(dataset_dir: Path, tables: dict[str, pd.DataFrame]) -> list[dict]:
     return tasks
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _complete_summary(frames_dir: Path) -> Optional[dict]:
     try:
         return io.read_json(frames_dir / SUMMARY)
@@ -182,13 +173,6 @@ def _warn_stale_temporaries(frames_dir: Path) -> None:
     if stale:
         print(f"note: {len(stale)} leftover temporary folder(s) from an interrupted extraction: "
               f"{', '.join(str(s) for s in stale)}; delete them to free the space", file=sys.stderr)
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # respects cgroup/taskset limits on clusters
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 # --------------------------------------------------------------------------- workers

@@ -1,207 +1,23 @@
 """``amflow prepare``: make ``data/<dataset>-<spec>/`` ready in the common annotation format.
 
-Dispatch on ``DatasetSpec.source``:
-
-- ``synthmotion``: :func:`amflow.data.synthmotion.generate_dataset` writes everything itself
-  (it also records the classes' time reversals in ``dataset.json``).
-- ``kinetics400``, ``ssv2``, ``smarthome``, ``list``: the source module returns a
-  :class:`PreparedDataset` (classes, one table per split, the videos it could not find); this module
-  then applies the split policy (val holdout, ``max_videos``) and writes ``classes.txt``,
-  ``annotations/{train,val,test}.csv``, ``missing.csv`` and, last, ``dataset.json``.
-
-Split policy, the same for every real dataset:
-
-- ``val``: the dataset's own val split, unless ``val_fraction`` is set or the source provides none
-  (Smarthome CS, a list without a val file, K400/SSv2 whose official val is the test split); then a
-  seeded, class-stratified holdout of train (fraction ``val_fraction``, default 0.1), removed from train.
-- ``test``: chosen by the source module (K400 and SSv2 default to the official validation set, as in
-  published results; their val is then a holdout of train).
-- A video may appear only once across all splits (the frame cache keys videos by path): a duplicate is
-  an error naming the video and both splits.
-- ``max_videos``: a seeded random subset per split, in the original order (quick runs).
+The dataset's ``source:`` names its source in :mod:`amflow.data.sources`; every source goes through
+the same writer (:func:`amflow.data.sources.base.write_dataset`, which also states the split policy):
+``missing.csv``, ``classes.txt``, ``annotations/{train,val,test}.csv`` and, last, ``dataset.json``.
 """
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
-from amflow import io as aio
-from amflow.data import annotations
+from amflow.data import sources
+from amflow.data.sources.base import write_dataset
 from amflow.errors import AmflowError
-from amflow.params import SPLITS, DatasetSpec, Params
-
-DEFAULT_VAL_FRACTION = 0.1
-MISSING_COLUMNS = ("split", "video", "reason")
+from amflow.params import Params
 
 
-@dataclass
-class PreparedDataset:
-    """What a source module found: the class list, one table per split, and what is missing."""
-
-    classes: list[str]
-    splits: dict[str, pd.DataFrame]  # columns video, label, label_name (+ extras)
-    missing: list[dict] = field(default_factory=list)  # rows with keys split, video, reason
-    info: dict = field(default_factory=dict)  # source-specific facts for dataset.json
-
-
-def video_ref(path: Path, out_dir: Path) -> str:
-    """How an annotation names a video: relative to the dataset folder if inside it, else absolute."""
-    path = Path(path).absolute()
-    try:
-        return path.relative_to(Path(out_dir).absolute()).as_posix()
-    except ValueError:
-        return str(path)
-
-
-def split_table(rows: list[dict], classes: list[str], extras: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Rows with ``video`` and ``label_name`` (+ extras) -> the annotation table (label = class index)."""
-    index = {name: i for i, name in enumerate(classes)}
-    cols = ["video", "label", "label_name", *extras]
-    table = pd.DataFrame([{**r, "label": index[r["label_name"]]} for r in rows], columns=cols)
-    table["label"] = table["label"].astype(int)
-    return table
-
-
-def holdout_val(train: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Move a class-stratified ``fraction`` of ``train`` to val, deterministically from ``seed``.
-
-    round(N * fraction) videos in all, shared among classes in proportion to their size (largest
-    remainders get the rounding), and every class keeps at least one training video. Within a class
-    the videos are sorted by path and then shuffled by a seeded generator, so the result does not depend
-    on the order in which files were listed.
-    """
-    groups = {label: sorted(g.index, key=lambda i: str(train.at[i, "video"]))
-              for label, g in train.groupby("label")}
-    labels = sorted(groups)
-    quota = {c: len(groups[c]) * fraction for c in labels}
-    take = {c: min(int(quota[c]), len(groups[c]) - 1) for c in labels}
-    short = int(round(len(train) * fraction)) - sum(take.values())
-    for c in sorted(labels, key=lambda c: (-(quota[c] - int(quota[c])), c)):
-        if short <= 0:
-            break
-        if take[c] < len(groups[c]) - 1:
-            take[c] += 1
-            short -= 1
-    rng = random.Random(f"val-holdout:{seed}")
-    val_idx: list = []
-    for c in labels:
-        ids = groups[c]
-        rng.shuffle(ids)
-        val_idx.extend(ids[:take[c]])
-    chosen = train.index.isin(val_idx)
-    return train[~chosen].reset_index(drop=True), train[chosen].reset_index(drop=True)
-
-
-def subsample(table: pd.DataFrame, n: int, seed: int, split: str) -> pd.DataFrame:
-    """A seeded random subset of ``n`` rows (all if fewer), kept in the original order."""
-    if len(table) <= n:
-        return table
-    rng = random.Random(f"max-videos:{seed}:{split}")
-    keep = sorted(rng.sample(range(len(table)), n))
-    return table.iloc[keep].reset_index(drop=True)
-
-
-def check_unique(splits: dict[str, pd.DataFrame]) -> None:
-    """Every video once across all splits (the frame cache and fair evaluation both need it)."""
-    seen: dict[str, str] = {}
-    for split in SPLITS:
-        for video in splits[split]["video"]:
-            if video in seen:
-                where = f"twice in {split}" if seen[video] == split else f"in {seen[video]} and in {split}"
-                raise AmflowError(f"video {video} is listed {where}; each video may appear once across train, "
-                                  f"val and test. Fix the annotation lists (a val list is optional: without it, "
-                                  f"val is held out from train)")
-            seen[video] = split
-
-
-def _builder(source: str):
-    # Imported lazily: each source pulls only what it needs.
-    if source == "kinetics400":
-        from amflow.data import kinetics
-        return kinetics.build
-    if source == "ssv2":
-        from amflow.data import ssv2
-        return ssv2.build
-    if source == "smarthome":
-        from amflow.data import smarthome
-        return smarthome.build
-    if source == "list":
-        from amflow.data import video_list
-        return video_list.build
-    raise AmflowError(f"unknown dataset source '{source}'")
-
-
-def prepare_dataset(params: Params, dataset_name: str, out_dir: Path):
+def prepare_dataset(params: Params, dataset_name: str, out_dir: Path) -> dict:
     """Generate, download or verify dataset ``dataset_name`` into ``out_dir`` (``data/<dataset>-<spec>``)."""
     try:
         spec = params.dataset(dataset_name)
     except KeyError as exc:
         raise AmflowError(f"{exc.args[0]}; pass one of them with --dataset") from None
-    out_dir = Path(out_dir)
-    if spec.source == "synthmotion":
-        from amflow.data.synthmotion import generate_dataset
-
-        return generate_dataset(params, dataset_name, out_dir)
-    # dataset.json means "complete": remove a stale one before anything else is rewritten.
-    (out_dir / "dataset.json").unlink(missing_ok=True)
-    result = _builder(spec.source)(spec, out_dir)
-    return finalize(result, spec, dataset_name, out_dir)
-
-
-def finalize(result: PreparedDataset, spec: DatasetSpec, dataset_name: str, out_dir: Path) -> dict:
-    """Apply the split policy and write the dataset folder; ``dataset.json`` last. Returns its content."""
-    splits = dict(result.splits)
-    if "train" not in splits or "test" not in splits:
-        raise AssertionError(f"source module for {spec.source} returned splits {sorted(splits)}")
-    fraction = spec.val_fraction
-    if fraction is None and "val" not in splits:
-        fraction = DEFAULT_VAL_FRACTION
-    if fraction is not None:
-        splits["train"], splits["val"] = holdout_val(splits["train"], fraction, spec.split_seed)
-        val_policy = f"class-stratified holdout of {fraction:g} of train (split_seed {spec.split_seed})"
-    else:
-        val_policy = "the dataset's own val split"
-    check_unique(splits)
-    if spec.max_videos:
-        for split, n in spec.max_videos.items():
-            splits[split] = subsample(splits[split], n, spec.split_seed, split)
-
-    missing = pd.DataFrame(result.missing, columns=list(MISSING_COLUMNS))
-    # Written first, so that it is there to read when a split turns out empty.
-    with aio.atomic_path(out_dir / "missing.csv") as tmp:
-        missing.to_csv(tmp, index=False)
-    for split in SPLITS:
-        table = splits[split]
-        if len(table) == 0:
-            n_missing = int((missing["split"] == split).sum())
-            why = (f"{n_missing} listed video(s) are missing on disk, see {out_dir / 'missing.csv'}" if n_missing
-                   else "too few videos to split, or none of this split's kind")
-            raise AmflowError(f"dataset '{dataset_name}': split '{split}' has no videos ({why}). "
-                              f"Check the dataset's files under {spec.root or out_dir} and its params.")
-        bad = table[(table["label"] < 0) | (table["label"] >= len(result.classes))]
-        if len(bad):
-            raise AssertionError(f"{spec.source}: labels out of range in split {split}: {bad.head()}")
-
-    annotations.write_classes(out_dir, result.classes)
-    for split in SPLITS:
-        annotations.write_annotations(out_dir, split, splits[split])
-    info = {
-        "name": dataset_name,
-        "source": spec.source,
-        "num_classes": len(result.classes),
-        "counts": {s: int(len(splits[s])) for s in SPLITS},
-        "missing": {s: int((missing["split"] == s).sum()) for s in SPLITS},
-        "missing_file": "missing.csv",
-        "val_split": val_policy,
-        "max_videos": dict(spec.max_videos) if spec.max_videos else None,
-        "split_seed": spec.split_seed,
-        **result.info,
-    }
-    if len(missing):
-        print(f"{dataset_name}: {len(missing)} listed video(s) are missing and were left out "
-              f"(per split: {info['missing']}); see {out_dir / 'missing.csv'}")
-    annotations.write_dataset_info(out_dir, info)
-    return info
+    return write_dataset(sources.get(spec.source), spec, dataset_name, Path(out_dir))

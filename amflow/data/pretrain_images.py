@@ -23,15 +23,13 @@ depend on the number of worker processes.
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from amflow import io, progress
+from amflow import io, parallel, progress
 from amflow.data import scene
 from amflow.errors import AmflowError
 from amflow.params import Params, PretrainImagesSpec
@@ -148,12 +146,6 @@ def _render_chunk(task: tuple) -> tuple[int, np.ndarray, list[dict]]:
     return start, images, rows
 
 
-def _worker_init() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 def _recorded_spec(spec: PretrainImagesSpec) -> dict:
     """The spec as recorded in info.json: without ``workers``, which does not change the bytes."""
     return spec.model_dump(mode="json", exclude={"workers"})
@@ -210,15 +202,14 @@ def generate_pretrain_images(params: Params, out_dir: str | Path) -> dict:
     (out_dir / "info.json").unlink(missing_ok=True)
 
     counts = {"train": spec.images, "val": spec.val_images}
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     spec_dict = spec.model_dump(mode="json")
     tasks = {s: [(spec_dict, s, a, min(a + CHUNK, n)) for a in range(0, n, CHUNK)] for s, n in counts.items()}
-    workers = max(1, min(spec.workers or cores, sum(len(t) for t in tasks.values())))
+    workers = parallel.worker_count(spec.workers, sum(len(t) for t in tasks.values()))
     res = spec.resolution
     class_counts: dict = {}
     t0 = time.perf_counter()
     bar = progress.bar(total=sum(counts.values()), desc="pretrain images", unit="img")
-    pool = mp.get_context("spawn").Pool(workers, initializer=_worker_init) if workers > 1 else None
+    pool = parallel.spawn_pool(workers, initializer=parallel.one_opencv_thread) if workers > 1 else None
     try:
         for split in SPLITS:
             rows: list[dict] = [None] * counts[split]  # type: ignore[list-item]

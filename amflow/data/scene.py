@@ -90,7 +90,7 @@ class SceneStyle:
     """Every size, speed and contrast of one difficulty at one resolution (docs/design.md 3.1).
 
     Speeds are per *step*: one step is the interval between two frames of a ``speed_frames``-frame
-    clip (see :mod:`amflow.data.synthmotion`), so ``speed`` px/step over ``speed_frames - 1`` steps is
+    clip (see :mod:`amflow.data.sources.synthmotion`), so ``speed`` px/step over ``speed_frames - 1`` steps is
     the actor's whole travel.
     """
 

@@ -10,9 +10,12 @@ applied to both frames becomes ``C H C^-1``.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 import numpy as np
+import torch
+
+Matrices = TypeVar("Matrices", np.ndarray, torch.Tensor)
 
 
 def crop_resize_matrix(x0: float, y0: float, w: float, h: float, out_w: int, out_h: int) -> np.ndarray:
@@ -38,11 +41,17 @@ def conjugate(transforms: np.ndarray, c: np.ndarray) -> np.ndarray:
     return normalise(out)
 
 
-def normalise(h: np.ndarray) -> np.ndarray:
-    """Scale homographies so that ``h[..., 2, 2] == 1`` where that entry is not ~0."""
+def normalise(h: Matrices) -> Matrices:
+    """Scale homographies ``[..., 3, 3]`` (numpy or torch) so that ``h[..., 2, 2] == 1`` where that entry is not ~0."""
     z = h[..., 2:3, 2:3]
-    safe = np.where(np.abs(z) > 1e-12, z, 1.0)
-    return h / safe
+    if isinstance(h, torch.Tensor):
+        return h / torch.where(z.abs() > 1e-12, z, torch.ones_like(z))
+    return h / np.where(np.abs(z) > 1e-12, z, 1.0)
+
+
+def invert(h: Matrices) -> Matrices:
+    """The inverse homographies of ``[..., 3, 3]`` (numpy or torch, in their own dtype), normalised."""
+    return normalise(torch.linalg.inv(h) if isinstance(h, torch.Tensor) else np.linalg.inv(h))
 
 
 def compose_between(consecutive: np.ndarray, valid: np.ndarray, frames: Sequence[int]) -> np.ndarray:
@@ -60,5 +69,5 @@ def compose_between(consecutive: np.ndarray, valid: np.ndarray, frames: Sequence
         for k in range(lo, hi):
             if valid[k]:
                 m = consecutive[k].astype(np.float64) @ m
-        out[i] = normalise(m if a <= b else np.linalg.inv(m))
+        out[i] = normalise(m) if a <= b else invert(m)
     return out

@@ -231,8 +231,12 @@ def table1_section(params: Params, t1: pd.DataFrame, results_dir: Path) -> list[
         "reversed top-1 (%)": [cell(r, "reversed_top1_pct") for _, r in t1.iterrows()],
         "forward top-1, paired (%)": [cell(r, "forward_top1_paired_pct") for _, r in t1.iterrows()],
         "right both ways (%)": [cell(r, "both_directions_top1_pct") for _, r in t1.iterrows()],
+        "top-1 − tpa, paired (points)": [cell(r, "top1_vs_tpa_pct") for _, r in t1.iterrows()],
+        "epochs to target": [cell(r, "epochs_to_target") for _, r in t1.iterrows()],
+        "seeds reaching it": [str(x) for x in t1["seeds_reaching_target"]],
         "epochs to 90%": [cell(r, "epochs_to_90pct") for _, r in t1.iterrows()],
         "train time (s)": [cell(r, "train_time_s") for _, r in t1.iterrows()],
+        "train clips/s": [cell(r, "train_clips_per_s") for _, r in t1.iterrows()],
         "trainable params": [fixed(x, "trainable_params") for x in t1["trainable_params"]],
         "total params": [fixed(x, "total_params") for x in t1["total_params"]],
         "GFLOPs/clip": [fixed(x, "gflops_per_clip") for x in t1["gflops_per_clip"]],
@@ -240,8 +244,87 @@ def table1_section(params: Params, t1: pd.DataFrame, results_dir: Path) -> list[
     })
     lines = ["## Table 1: methods compared", "", f"From `{TABLE1}`. {seeds_note(t1)}", "", markdown(display), "",
              f"![test top-1 per method](plots/{plots.ACCURACY})", ""]
-    lines += [table1_paragraph(params, t1), ""]
+    lines += [table1_paragraph(params, t1), "", overlap_paragraph(params, t1), ""]
     return lines
+
+
+def _spread(row: pd.Series, col: str = "top1_pct") -> Optional[tuple[float, float]]:
+    """(mean - std, mean + std) of a per-seed figure; None with one seed (no spread to compare)."""
+    mean, std = _num(row[f"{col}_mean"]), _num(row[f"{col}_std"])
+    return None if mean is None or std is None else (mean - std, mean + std)
+
+
+def overlap_paragraph(params: Params, t1: pd.DataFrame) -> str:
+    """Per dataset, which methods' seed spreads (mean ± std of top-1) overlap: their order is not settled."""
+    out = []
+    for d in params.table_datasets:
+        rows = t1[t1["dataset"] == d].sort_values("top1_pct_mean", ascending=False, kind="stable")
+        spreads = {r["method"]: _spread(r) for _, r in rows.iterrows()}
+        if any(v is None for v in spreads.values()):
+            out.append(f"On `{d}`, one seed per method: no spread, so no ranking of methods can be trusted.")
+            continue
+        names = list(spreads)
+        pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]
+                 if spreads[a][0] <= spreads[b][1] and spreads[b][0] <= spreads[a][1]]
+        if pairs:
+            out.append(f"On `{d}`, the seed spreads (mean ± std of top-1) overlap for "
+                       + ", ".join(f"`{a}` and `{b}`" for a, b in pairs)
+                       + ": their order is within the seed-to-seed variation.")
+        else:
+            out.append(f"On `{d}`, no two methods' seed spreads overlap.")
+    return " ".join(out)
+
+
+def paired_sentence(row: pd.Series) -> tuple[str, str]:
+    """(verdict, figure) of a method's paired top-1 difference to tpa: 'yes' when mean - std > 0, 'no' when
+    mean + std < 0 (it is worse), 'not resolved' when the spread covers 0."""
+    mean, std = _num(row["top1_vs_tpa_pct_mean"]), _num(row["top1_vs_tpa_pct_std"])
+    if mean is None:
+        return "not measured", "no tpa run with the same seeds"
+    figure = f"{mean:+.2f} ± {std:.2f} points over {int(row['n_seeds'])} seeds" if std is not None else \
+        f"{mean:+.2f} points (one seed, no error estimate)"
+    if std is None:
+        return "not resolved", figure
+    return ("yes" if mean - std > 0 else "no" if mean + std < 0 else "not resolved"), figure
+
+
+def claims_section(params: Params, t1: pd.DataFrame, abl: Optional[pd.DataFrame]) -> list[str]:
+    """The paper's three claims, one sentence each, with what was measured (including 'no')."""
+    lines = ["## The paper's claims, as measured here", ""]
+    for d in params.table_datasets:
+        am, tpa = _row(t1, dataset=d, method="amflow"), _row(t1, dataset=d, method="tpa")
+        if am is None or tpa is None:
+            lines.append(f"- `{d}`: `amflow` and `tpa` are not both in table 1, so the claims are not measured.")
+            continue
+        verdict, figure = paired_sentence(am)
+        lines.append(f"- **AM flow helps** on `{d}`: {verdict}. Paired top-1 difference `amflow` − `tpa` (the same "
+                     f"adapter without AM flow): {figure}.")
+        ae, te = _num(am["epochs_to_target_mean"]), _num(tpa["epochs_to_target_mean"])
+        target = _num(am["target_val_top1_pct"])
+        reach = (f"`amflow` reaches `tpa`'s final validation top-1 ({pct(target)}) in "
+                 + (f"{ae:.2f} epochs" if ae is not None else "no epoch") + f" ({am['seeds_reaching_target']} "
+                 f"seeds), `tpa` in " + (f"{te:.2f}" if te is not None else "no epoch") +
+                 f" ({tpa['seeds_reaching_target']} seeds)") if target is not None else "no target"
+        faster = ("yes" if ae is not None and (te is None or ae < te) and am["seeds_reaching_target"].split("/")[0]
+                  == am["seeds_reaching_target"].split("/")[1] else "no")
+        lines.append(f"- **AM flow converges faster** on `{d}`: {faster}. {reach}.")
+    lines.append("- **The camera-matched variant helps**: " + variant_claim(params, abl))
+    return lines + ["", "A verdict is *yes* only when the difference minus its seed standard deviation is above 0; "
+                    "*not resolved* means the seed-to-seed spread covers 0.", ""]
+
+
+def variant_claim(params: Params, abl: Optional[pd.DataFrame]) -> str:
+    if abl is None or not (abl["axis"] == "variant").any():
+        return ("not measured by this run: the variant ablation is in `ablations.csv` "
+                "(`snakemake --cores 8 ablations`).")
+    sub = abl[abl["axis"] == "variant"]
+    parts = []
+    for d in dict.fromkeys(sub["dataset"]):
+        st, al = _row(sub, value="static", dataset=d), _row(sub, value="aligned", dataset=d)
+        if st is None or al is None:
+            continue
+        parts.append(f"on `{d}`, " + compare("aligned", al, "static", st))
+    return ("; ".join(parts) + ".") if parts else "the variant ablation has no static and aligned pair."
 
 
 def table1_paragraph(params: Params, t1: pd.DataFrame) -> str:
@@ -325,6 +408,17 @@ def temporal_section(params: Params, t1: pd.DataFrame) -> list[str]:
 
 def convergence_section(params: Params, t1: pd.DataFrame) -> list[str]:
     lines = ["## Convergence", "", f"![validation top-1 per epoch](plots/{plots.CONVERGENCE})", ""]
+    fixed_rows = t1.dropna(subset=["target_val_top1_pct"])
+    if not fixed_rows.empty:
+        lines += ["Epochs and training time to one fixed validation top-1, the same for every method of a "
+                  "dataset: `tpa`'s final validation top-1 (mean over seeds; the dashed line). Means are over the "
+                  "seeds that reach it.", "",
+                  markdown(pd.DataFrame({
+                      "dataset": fixed_rows["dataset"], "method": fixed_rows["method"],
+                      "target (%)": [FORMATS["target_val_top1_pct"].format(x) for x in fixed_rows["target_val_top1_pct"]],
+                      "epochs to target": [cell(r, "epochs_to_target") for _, r in fixed_rows.iterrows()],
+                      "time to target (s)": [cell(r, "time_to_target_s") for _, r in fixed_rows.iterrows()],
+                      "seeds reaching it": fixed_rows["seeds_reaching_target"].astype(str)})), ""]
     text = []
     for d in params.table_datasets:
         sub = t1[t1["dataset"] == d].dropna(subset=["epochs_to_90pct_mean"])
@@ -357,12 +451,15 @@ def ablation_section(params: Params, abl: Optional[pd.DataFrame], cameras: dict,
         return lines + [f"`{ABLATIONS}` not built; make it with `snakemake --cores 8 "
                         f"{Path(results_dir) / ABLATIONS}`.", ""]
     lines += [f"From `{ABLATIONS}` (one `ablation_<axis>.csv` per axis holds the same rows). Every ablation "
-              f"run is `amflow` with one setting changed. {seeds_note(abl)}", ""]
+              f"run is `amflow` with one setting changed, except `tpu_tpa` (the TPUs of `tpa`, the adapter without "
+              f"AM flow) and `grid` (variant-integration-control, crossed). The paired difference is to table 1's "
+              f"`tpa` run of the same dataset and seed. {seeds_note(abl)}", ""]
     for axis in dict.fromkeys(abl["axis"]):
         sub = abl[abl["axis"] == axis]
         display = pd.DataFrame({
             "value": sub["value"], "dataset": sub["dataset"],
             "top-1 (%)": [cell(r, "top1_pct") for _, r in sub.iterrows()],
+            "top-1 − tpa, paired (points)": [cell(r, "top1_vs_tpa_pct") for _, r in sub.iterrows()],
             "mean class acc (%)": [cell(r, "mean_class_acc_pct") for _, r in sub.iterrows()],
             "epochs to 90%": [cell(r, "epochs_to_90pct") for _, r in sub.iterrows()],
             "trainable params": [fixed(x, "trainable_params") for x in sub["trainable_params"]],
@@ -423,6 +520,39 @@ def axis_paragraph(axis: str, sub: pd.DataFrame) -> str:
     return " ".join(out)
 
 
+def localisation_section(params: Params, results_dir: Path) -> list[str]:
+    """Does AM flow find the actor (``amflow localise``, no training): per dataset with ground truth, the
+    best block of each method, against the pixel-difference baselines."""
+    lines = ["## Localisation: does AM flow find the moving actor?", ""]
+    found = False
+    for d in params.table_datasets:
+        folder = paths.localisation_dir(results_dir, d)
+        path = folder / "localisation.csv"
+        if not path.is_file():
+            continue
+        found = True
+        table = pd.read_csv(path)
+        best = table.loc[table.groupby("method", sort=False)["auc"].idxmax()]
+        shown = pd.DataFrame({"method": best["method"], "best block": ["" if pd.isna(b) else str(int(b)) for b in best["block"]],
+                              "mass ratio": [f"{x:.2f}" for x in best["mass_ratio"]],
+                              "ROC AUC": [f"{x:.3f}" for x in best["auc"]]})
+        top = best.loc[best["auc"].idxmax()]
+        lines += [f"### `{d}`", "", markdown(shown), "",
+                  f"Best at finding the actor: `{top['method']}` (ROC AUC {top['auc']:.3f}, mass ratio "
+                  f"{top['mass_ratio']:.2f}; 0.5 and 1 mean no information). Every block: `{rel(path, results_dir)}`.",
+                  ""]
+        png = folder / "localisation.png"
+        if png.is_file():
+            lines += [f"![{d} localisation]({rel(png, results_dir)})", ""]
+    if not found:
+        return lines + ["Not measured: run `amflow localise` (a SynthMotion dataset with its ground truth; "
+                        "`snakemake --cores 8 report` does it).", ""]
+    return lines + ["Scores of the frozen backbone's AM flow per variant and block, and of per-patch pixel "
+                    "differences (with and without camera compensation), against the patches the actor covers "
+                    "(SynthMotion's render plan): the *mass ratio* is the share of the scores on the actor's "
+                    "patches over their share of the area.", ""]
+
+
 def heatmap_section(results_dir: Path) -> list[str]:
     lines = ["## AM flow heat maps", ""]
     out = plots.plots_dir(results_dir)
@@ -462,16 +592,17 @@ def build_report(params: Params, results_dir: Path) -> str:
                    list(dict.fromkeys((r.axis, r.value, r.dataset) for r in ablation_runs(params))), abl_path,
                    f"amflow tables --which ablations --results-dir {results_dir}")
     cameras = read_cameras(params, results_dir)
-    plots.write_plots(params, results_dir, t1)
     lines = ["# AM Flow: results report", "",
              f"Generated by `amflow report` from the files under `{results_dir}` (params `{params.name}`). "
              "Every number is read from the tables and JSON files; regenerate rather than edit.", ""]
+    lines += claims_section(params, t1, abl)
     lines += setup_section(params, results_dir) + [""]
     lines += camera_section(params, cameras, results_dir)
     lines += table1_section(params, t1, results_dir)
     lines += temporal_section(params, t1)
     lines += convergence_section(params, t1)
     lines += ablation_section(params, abl, cameras, results_dir)
+    lines += localisation_section(params, results_dir)
     lines += heatmap_section(results_dir)
     return "\n".join(lines).rstrip() + "\n"
 

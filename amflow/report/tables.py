@@ -10,7 +10,15 @@ Column scheme (the same whatever the number of seeds, so that scripts reading th
   ``forward_top1_paired_pct`` and ``both_directions_top1_pct`` (temporal-sensitivity diagnostic:
   accuracy on time-reversed test clips against the reversed label, forward accuracy on the same class
   subset, and the share of clips right both ways, which is 0 for a model blind to frame order; empty
-  where the dataset has no time-reversal pairs), ``epochs_to_90pct`` and ``train_time_s``;
+  where the dataset has no time-reversal pairs), ``epochs_to_90pct``, ``train_time_s`` and
+  ``train_clips_per_s`` (training throughput);
+- table 1 only: ``top1_vs_tpa_pct``, the *paired* difference of top-1 to ``tpa`` (the same adapter
+  without AM flow), seed by seed (mean and std over seeds of the per-seed differences; empty in the
+  ``tpa`` row and where ``tpa`` has no run with the same seed); and convergence to one fixed accuracy
+  for every method of a dataset: ``target_val_top1_pct`` (``tpa``'s final validation top-1, mean over
+  seeds), ``epochs_to_target`` and ``time_to_target_s`` (the first epoch whose validation top-1 reaches
+  it, and the training wall time up to the end of that epoch: mean and std over the seeds that reach it)
+  and ``seeds_reaching_target``;
 - figures that depend on the model and not on the seed (``trainable_params``, ``total_params``,
   ``gflops_per_clip``, ``am_flow_variant``, ``views``) appear once; seeds that disagree on one of them
   are an error, not something to average away.
@@ -31,7 +39,8 @@ import pandas as pd
 from amflow import io, paths
 from amflow.errors import AmflowError
 from amflow.params import Params
-from amflow.workflow_plan import AXES, ablation_runs, table_runs
+from amflow.report import plots
+from amflow.workflow_plan import AXES, REFERENCE, ablation_runs, reference_runs, table_runs
 
 TABLE1 = "table1.csv"
 ABLATIONS = "ablations.csv"
@@ -41,11 +50,16 @@ REQUIRED_KEYS = ("dataset", "method", "seed", "top1", "top5", "mean_class_acc", 
                  "am_flow_variant")
 # Fractions in metrics.json -> percentages in the tables; the temporal ones may be null.
 ACCURACIES = ("top1", "top5", "mean_class_acc", "reversed_top1", "forward_top1_paired", "both_directions_top1")
-PER_SEED = tuple(f"{k}_pct" for k in ACCURACIES) + ("epochs_to_90pct", "train_time_s")
+PER_SEED = tuple(f"{k}_pct" for k in ACCURACIES) + ("epochs_to_90pct", "train_time_s", "train_clips_per_s")
 PER_MODEL = ("trainable_params", "total_params", "gflops_per_clip", "am_flow_variant", "views")
 
 FORMATS = {f"{k}_pct": "{:.2f}" for k in ACCURACIES}
-FORMATS.update({"epochs_to_90pct": "{:.2f}", "train_time_s": "{:.1f}", "gflops_per_clip": "{:.4f}"})
+FORMATS.update({"epochs_to_90pct": "{:.2f}", "train_time_s": "{:.1f}", "gflops_per_clip": "{:.4f}",
+                "train_clips_per_s": "{:.1f}", "top1_vs_tpa_pct": "{:.2f}", "target_val_top1_pct": "{:.2f}",
+                "epochs_to_target": "{:.2f}", "time_to_target_s": "{:.1f}"})
+# Table 1's comparison columns (see the module docstring), after the per-seed figures.
+COMPARISON = ["top1_vs_tpa_pct_mean", "top1_vs_tpa_pct_std", "target_val_top1_pct", "epochs_to_target_mean",
+              "epochs_to_target_std", "time_to_target_s_mean", "time_to_target_s_std", "seeds_reaching_target"]
 
 
 def columns(keys: Iterable[str]) -> list[str]:
@@ -54,8 +68,8 @@ def columns(keys: Iterable[str]) -> list[str]:
     return list(keys) + ["n_seeds"] + stats + list(PER_MODEL)
 
 
-TABLE1_COLUMNS = columns(("dataset", "method"))
-ABLATION_COLUMNS = columns(("axis", "value", "dataset"))
+TABLE1_COLUMNS = columns(("dataset", "method")) + COMPARISON
+ABLATION_COLUMNS = columns(("axis", "value", "dataset")) + COMPARISON[:2]
 
 
 # --------------------------------------------------------------------------- reading runs
@@ -90,7 +104,47 @@ def _per_seed_values(m: dict) -> dict:
     e = m.get("epochs_to_90pct")
     out["epochs_to_90pct"] = None if e is None else float(e)
     out["train_time_s"] = float(m["train_time_s"])
+    out["train_clips_per_s"] = None if m.get("train_clips_per_s") is None else float(m["train_clips_per_s"])
     return out
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof = 1; NaN below two values), NaN for no values."""
+    arr = np.asarray(xs, dtype=np.float64)
+    return (float(arr.mean()) if arr.size else math.nan, float(arr.std(ddof=1)) if arr.size > 1 else math.nan)
+
+
+def reach(m: dict, target: float) -> tuple[Optional[int], Optional[float]]:
+    """(epoch, training seconds to the end of it) at which a run's validation top-1 first reaches
+    ``target`` (a fraction), or (None, None) if it never does."""
+    curve, times = m["val_curve"], m.get("epoch_times") or []
+    for epoch, value in enumerate(curve, start=1):
+        if float(value) >= target - 1e-9:  # the curve's values are fractions k/n: no rounding slack needed
+            return epoch, (float(sum(times[:epoch])) if len(times) >= epoch else None)
+    return None, None
+
+
+def comparison(dataset: str, method: str, loaded: dict) -> dict:
+    """Table 1's comparison cells of (dataset, method): the paired difference of top-1 to REFERENCE and
+    the convergence to REFERENCE's final validation accuracy. ``loaded``: (dataset, method, seed) -> metrics."""
+    row = dict.fromkeys(COMPARISON, math.nan)
+    row["seeds_reaching_target"] = None
+    ref = {s: m for (d, mm, s), m in loaded.items() if (d, mm) == (dataset, REFERENCE)}
+    mine = {s: m for (d, mm, s), m in loaded.items() if (d, mm) == (dataset, method)}
+    if not ref:
+        return row
+    if method != REFERENCE:
+        diffs = [100.0 * (float(mine[s]["top1"]) - float(ref[s]["top1"])) for s in mine if s in ref]
+        row["top1_vs_tpa_pct_mean"], row["top1_vs_tpa_pct_std"] = _mean_std(diffs)
+    target = float(np.mean([float(m["val_curve"][-1]) for m in ref.values()]))
+    row["target_val_top1_pct"] = 100.0 * target
+    reached = [reach(m, target) for m in mine.values()]
+    epochs = [e for e, _ in reached if e is not None]
+    seconds = [t for e, t in reached if e is not None and t is not None]
+    row["epochs_to_target_mean"], row["epochs_to_target_std"] = _mean_std(epochs)
+    row["time_to_target_s_mean"], row["time_to_target_s_std"] = _mean_std(seconds)
+    row["seeds_reaching_target"] = f"{len(epochs)}/{len(mine)}"
+    return row
 
 
 def aggregate(runs: list[tuple[Path, dict]], where: str) -> dict:
@@ -123,32 +177,44 @@ def _unique(items: Iterable) -> list:
 
 
 # --------------------------------------------------------------------------- the tables (numbers)
-def table1(params: Params, results_dir: Path) -> pd.DataFrame:
+def load_table_runs(params: Params, results_dir: Path) -> dict:
+    """(dataset, method, seed) -> checked ``metrics.json`` of every run of :func:`table_runs`."""
+    return {(d, m, s): load_metrics(paths.run_dir(results_dir, d, m, s) / "metrics.json", dataset=d, seed=s,
+                                    method=m) for d, m, s in table_runs(params)}
+
+
+def table1(params: Params, results_dir: Path, loaded: Optional[dict] = None) -> pd.DataFrame:
     """One row per (dataset, method) of :func:`table_runs`, in params order; numeric values."""
     runs = table_runs(params)
+    files = {(d, m, s): paths.run_dir(results_dir, d, m, s) / "metrics.json" for d, m, s in runs}
+    loaded = loaded if loaded is not None else load_table_runs(params, results_dir)
     rows = []
     for dataset, method in _unique((d, m) for d, m, _ in runs):
-        loaded = []
-        for d, m, s in runs:
-            if (d, m) == (dataset, method):
-                path = paths.run_dir(results_dir, d, m, s) / "metrics.json"
-                loaded.append((path, load_metrics(path, dataset=d, seed=s, method=m)))
-        rows.append({"dataset": dataset, "method": method, **aggregate(loaded, f"{dataset}/{method}")})
+        mine = [(files[k], loaded[k]) for k in files if k[:2] == (dataset, method)]
+        rows.append({"dataset": dataset, "method": method, **aggregate(mine, f"{dataset}/{method}"),
+                     **comparison(dataset, method, loaded)})
     return pd.DataFrame(rows, columns=TABLE1_COLUMNS)
 
 
 def ablation_table(params: Params, results_dir: Path) -> pd.DataFrame:
-    """Long format, one row per (axis, value, dataset) of :func:`ablation_runs`, in params order."""
+    """Long format, one row per (axis, value, dataset) of :func:`ablation_runs`, in params order, with the
+    paired top-1 difference to table 1's ``tpa`` run of the same dataset and seed."""
     runs = ablation_runs(params)
+    ref = {(d, s): load_metrics(paths.run_dir(results_dir, d, m, s) / "metrics.json", dataset=d, seed=s, method=m)
+           for d, m, s in reference_runs(params)}
     rows = []
     for axis, value, dataset in _unique((r.axis, r.value, r.dataset) for r in runs):
-        loaded = []
+        loaded, diffs = [], []
         for r in runs:
             if (r.axis, r.value, r.dataset) == (axis, value, dataset):
                 path = paths.ablation_run_dir(results_dir, r.axis, r.value, r.dataset, r.seed) / "metrics.json"
-                loaded.append((path, load_metrics(path, dataset=r.dataset, seed=r.seed)))
+                m = load_metrics(path, dataset=r.dataset, seed=r.seed)
+                loaded.append((path, m))
+                diffs.append(100.0 * (float(m["top1"]) - float(ref[(r.dataset, r.seed)]["top1"])))
+        mean, std = _mean_std(diffs)
         rows.append({"axis": axis, "value": value, "dataset": dataset,
-                     **aggregate(loaded, f"ablation {axis}={value} on {dataset}")})
+                     **aggregate(loaded, f"ablation {axis}={value} on {dataset}"),
+                     "top1_vs_tpa_pct_mean": mean, "top1_vs_tpa_pct_std": std})
     return pd.DataFrame(rows, columns=ABLATION_COLUMNS)
 
 
@@ -189,13 +255,17 @@ def ablation_axis_file(results_dir: Path, axis: str) -> Path:
 
 
 def write_tables(params: Params, results_dir: Path, which: str = "table1") -> list[Path]:
-    """``which``: ``table1`` -> ``table1.csv``; ``ablations`` -> one ``ablation_<axis>.csv`` per
+    """``which``: ``table1`` -> ``plots/convergence.png``, ``plots/accuracy.png``, then ``table1.csv``
+    (last); ``ablations`` -> one ``ablation_<axis>.csv`` per
     axis with runs, then ``ablations.csv`` (last: the file Snakemake waits for). Returns the paths."""
     results_dir = Path(results_dir)
     if which == "table1":
+        loaded = load_table_runs(params, results_dir)
         path = results_dir / TABLE1
-        io.write_text(path, to_csv_text(table1(params, results_dir)))
-        return [path]
+        io.write_text(path, to_csv_text(table1(params, results_dir, loaded)))
+        # the figures read the table back, so they show its rounded numbers
+        figures = plots.write_plots(params, results_dir, read_table(path, ""), loaded)
+        return [*figures.values(), path]
     if which != "ablations":
         raise AmflowError(f"amflow tables --which {which}: expected table1 or ablations")
     table = ablation_table(params, results_dir)
@@ -221,10 +291,10 @@ def read_table(path: Path, make: str) -> pd.DataFrame:
     if not path.is_file():
         raise AmflowError(f"{path}: not found; make it with `{make}`")
     # Keys stay text ('0' is a block index, not a number); everything else numeric where it parses.
-    df = pd.read_csv(path, dtype={"dataset": str, "method": str, "axis": str, "value": str,
-                                  "am_flow_variant": str}, keep_default_na=False)
+    text = ("dataset", "method", "axis", "value", "am_flow_variant", "views", "seeds_reaching_target")
+    df = pd.read_csv(path, dtype={c: str for c in text}, keep_default_na=False)
     for col in df.columns:
-        if col in ("dataset", "method", "axis", "value", "am_flow_variant", "views"):
+        if col in text:
             continue
         df[col] = pd.to_numeric(df[col].replace("", np.nan))
     return df

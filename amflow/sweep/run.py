@@ -17,8 +17,6 @@
 from __future__ import annotations
 
 import contextlib
-import multiprocessing as mp
-import os
 import sys
 import warnings
 import zlib
@@ -32,7 +30,7 @@ from filelock import FileLock
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from amflow import io, tracking
+from amflow import io, parallel, tracking
 from amflow.errors import AmflowError
 from amflow.params import parse_override, resolve_raw, validate
 from amflow.sweep.space import (SweepSpec, check_space, decode, load_sweep_spec, suggest, trial_params_data,
@@ -285,8 +283,8 @@ def run_sweep(args) -> dict:
     if workers == 1:
         worker(ctx)
     else:
-        ctx["threads"] = max(1, (os.cpu_count() or 1) // workers)
-        with mp.get_context("spawn").Pool(workers) as pool:
+        ctx["threads"] = max(1, parallel.usable_cores() // workers)
+        with parallel.spawn_pool(workers) as pool:
             pool.map(worker, [ctx] * workers)
 
     c = counts(study)

@@ -11,11 +11,14 @@ if P.backbone.weights == "pretrain":
             metrics=str(paths.backbone_dir(RESULTS) / "metrics.json"),
         params:
             dvc_params=tracked("backbone", "pretrain", "pretrain_images"),
-        threads: 8
+        priority: 20  # the critical path: every training waits for the backbone, only amflow for the camera
+        threads: JOB_CORES
         resources:
             gpu=GPUS_PER_JOB,
         log:
             f"{LOGS}/pretrain_backbone.log",
+        benchmark:
+            f"{BENCH}/pretrain_backbone.tsv",
         shell:
             "amflow pretrain-backbone --params {PARAMS}"
             " > {log} 2>&1"

@@ -13,9 +13,11 @@ rule camera_motion:
         motion=str(paths.motion_file(RESULTS, "{dataset}")),
     params:
         dvc_params=tracked("datasets.{dataset}", "camera_motion"),
-    threads: 8
+    threads: JOB_CORES
     log:
         f"{LOGS}/camera_motion/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/camera_motion/{{dataset}}.tsv",
     shell:
         "amflow camera-motion --params {PARAMS} --dataset {wildcards.dataset}"
         " > {log} 2>&1"

@@ -8,8 +8,9 @@ import os
 import sys
 
 from amflow import paths
+from amflow.parallel import usable_cores
 from amflow.params import METHODS, ParamsError, resolve_workflow_config, validate, write_resolved
-from amflow.workflow_plan import ablation_runs, find_ablation, table_runs
+from amflow.workflow_plan import ablation_runs, find_ablation, reference_runs, table_runs
 
 DEFAULT_PARAMS = "params/default.yaml"
 try:
@@ -27,6 +28,12 @@ PARAMS = str(write_resolved(P, paths.RESOLVED_PARAMS_DIR))
 DATA = "data"
 RESULTS = str(paths.results_root("results", P.name))
 LOGS = str(paths.logs_root("logs", P.name))
+# Every rule's `benchmark:` file (wall and CPU time, memory per job): bench/bench_pipeline.py reads them.
+BENCH = str(paths.benchmarks_root("benchmarks", P.name))
+# A multi-threaded job's threads: the cores this machine has, up to 8. Snakemake passes a job's threads as
+# OMP_NUM_THREADS, which torch and amflow's worker pools follow, so a job never starts more threads than
+# cores (more only thrash); with fewer --cores Snakemake scales it down, and cluster profiles set their own.
+JOB_CORES = min(8, usable_cores())
 
 
 wildcard_constraints:
@@ -95,9 +102,9 @@ def train_inputs(wildcards, method=None, control=None):
 
 
 def ablation_inputs(wildcards):
-    """An ablation run's inputs: an amflow run's, with the ablation's own AM flow control."""
-    control = ablation(wildcards).overrides.get("model.am_flow.control")
-    return train_inputs(wildcards, method="amflow", control=control)
+    """An ablation run's inputs: those of its method's run, with the ablation's own AM flow control."""
+    run = ablation(wildcards)
+    return train_inputs(wildcards, method=run.method, control=run.overrides.get("model.am_flow.control"))
 
 
 # GPUs a training, evaluation or sweep job uses; 0 when the params keep training on the CPU. The

@@ -8,11 +8,13 @@ rule prepare_dataset:
     params:
         dvc_params=tracked("datasets.{dataset}"),
         dvc_outs=lambda w: [DATASET_DIR.format(dataset=w.dataset, spec=w.spec)],
-    threads: 1
+    threads: JOB_CORES
     resources:
         runtime=240,
     log:
         f"{LOGS}/prepare_dataset/{{dataset}}-{{spec}}.log",
+    benchmark:
+        f"{BENCH}/prepare_dataset/{{dataset}}-{{spec}}.tsv",
     shell:
         "amflow prepare --params {PARAMS} --dataset {wildcards.dataset}"
         " > {log} 2>&1"
@@ -26,9 +28,12 @@ if P.pretrain_images is not None:
         params:
             dvc_params=tracked("pretrain_images"),
             dvc_outs=[str(paths.pretrain_images_dir(DATA, P))],
-        threads: 1
+        priority: 20  # on the critical path: the backbone's pretraining waits for it
+        threads: JOB_CORES
         log:
             f"{LOGS}/pretrain_images.log",
+        benchmark:
+            f"{BENCH}/pretrain_images.tsv",
         shell:
             "amflow pretrain-images --params {PARAMS}"
             " > {log} 2>&1"
@@ -44,11 +49,13 @@ rule extract_frames:
     params:
         dvc_params=tracked("datasets.{dataset}"),
         dvc_outs=lambda w: [FRAMES_DIR.format(dataset=w.dataset, spec=w.spec)],
-    threads: 8
+    threads: JOB_CORES
     resources:
         runtime=600,
     log:
         f"{LOGS}/extract_frames/{{dataset}}-{{spec}}.log",
+    benchmark:
+        f"{BENCH}/extract_frames/{{dataset}}-{{spec}}.tsv",
     shell:
         "amflow extract --params {PARAMS} --dataset {wildcards.dataset}"
         " > {log} 2>&1"

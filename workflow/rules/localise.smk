@@ -12,6 +12,8 @@ rule ground_truth:
     threads: 1
     log:
         f"{LOGS}/ground_truth/{{dataset}}-{{spec}}.log",
+    benchmark:
+        f"{BENCH}/ground_truth/{{dataset}}-{{spec}}.tsv",
     shell:
         "amflow ground-truth --params {PARAMS} --dataset {wildcards.dataset}"
         " > {log} 2>&1"
@@ -29,9 +31,11 @@ rule localise:
                    caption=caption("localisation"), category="Localisation", labels={"dataset": "{dataset}"}),
     params:
         dvc_params=tracked("datasets.{dataset}", "sampling", "backbone", "model.am_flow"),
-    threads: 8
+    threads: JOB_CORES
     log:
         f"{LOGS}/localise/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/localise/{{dataset}}.tsv",
     shell:
         "amflow localise --params {PARAMS} --dataset {wildcards.dataset}"
         " > {log} 2>&1"

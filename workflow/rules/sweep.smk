@@ -7,11 +7,13 @@ rule sweep:
         sweep_spec="params/sweep.yaml",
     output:
         f"{RESULTS}/sweeps/{{dataset}}/{{method}}/best.yaml",
-    threads: 8
+    threads: JOB_CORES
     resources:
         gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/sweep/{{dataset}}/{{method}}.log",
+    benchmark:
+        f"{BENCH}/sweep/{{dataset}}/{{method}}.tsv",
     shell:
         "amflow sweep --params {PARAMS} --space {input.sweep_spec} --dataset {wildcards.dataset} "
         "--method {wildcards.method}"

@@ -17,6 +17,8 @@ rule train:
         gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/train/{{dataset}}/{{method}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/train/{{dataset}}/{{method}}/seed{{seed}}.tsv",
     shell:
         "{params.launch} train --params {PARAMS} --dataset {wildcards.dataset} "
         "--method {wildcards.method} --seed {wildcards.seed}"
@@ -35,6 +37,8 @@ rule evaluate:
         gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/evaluate/{{dataset}}/{{method}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/evaluate/{{dataset}}/{{method}}/seed{{seed}}.tsv",
     shell:
         "amflow evaluate --params {PARAMS} --dataset {wildcards.dataset} "
         "--method {wildcards.method} --seed {wildcards.seed}"
@@ -50,14 +54,17 @@ rule train_ablation:
         run_dir=run_dir_of,
         launch=launcher,
         overrides=lambda w: ablation(w).set_args(),
+        method=lambda w: ablation(w).method,
         dvc_params=tracked("datasets.{dataset}", "sampling", "model", "train", "backbone", "camera_motion", "ablations"),
     threads: 1
     resources:
         gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/train_ablation/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/train_ablation/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}.tsv",
     shell:
-        "{params.launch} train --params {PARAMS} --dataset {wildcards.dataset} --method amflow "
+        "{params.launch} train --params {PARAMS} --dataset {wildcards.dataset} --method {params.method} "
         "--seed {wildcards.seed} --run-dir {params.run_dir} {params.overrides}"
         " > {log} 2>&1"
 
@@ -70,13 +77,16 @@ rule evaluate_ablation:
     params:
         run_dir=run_dir_of,
         overrides=lambda w: ablation(w).set_args(),
+        method=lambda w: ablation(w).method,
         dvc_params=tracked("datasets.{dataset}", "sampling", "ablations"),
     threads: 1
     resources:
         gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/evaluate_ablation/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/evaluate_ablation/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}.tsv",
     shell:
-        "amflow evaluate --params {PARAMS} --dataset {wildcards.dataset} --method amflow "
+        "amflow evaluate --params {PARAMS} --dataset {wildcards.dataset} --method {params.method} "
         "--seed {wildcards.seed} --run-dir {params.run_dir} {params.overrides}"
         " > {log} 2>&1"

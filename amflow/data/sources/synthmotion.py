@@ -9,38 +9,38 @@ Twelve classes, defined by the actor's motion in *world* coordinates. Rendering 
   world -> frame matrices.
 
 :func:`render_clip` does both; tests use it to check the motion of every class without encoding.
-:func:`generate_dataset` renders and encodes whole splits in parallel (H.264 via PyAV), with the
-same bytes whatever the worker count: clip ``i`` of a split is drawn from its own generator,
-``SeedSequence([DOMAIN, seed, split, i])``.
+:func:`build` (the ``synthmotion`` source of ``amflow prepare``) renders and encodes whole splits in
+parallel (H.264 via PyAV), with the same bytes whatever the worker count: clip ``i`` of a split is
+drawn from its own generator, ``SeedSequence([DOMAIN, seed, split, i])``.
 
 Speeds (docs/design.md 3.1: "2 to 3 px per frame") are per step of a ``speed_frames``-frame clip (default 8:
 the frames a model samples). With 32 frames at a literal 2-3 px per frame the actor would travel
 62-93 px and leave a 32 px frame; spreading the same motion over the clip's frames keeps its
 amplitude (14-21 px) independent of the frame count.
 
-Outputs (docs/architecture.md): ``videos/<split>/<split>_<i:05d>.mp4``, ``classes.txt``,
-``annotations/<split>.csv``, ``camera/<split>.npz`` (true camera transforms) and, last,
-``dataset.json``.
+Outputs (docs/architecture.md): ``videos/<split>/<split>_<i:05d>.mp4`` and ``camera/<split>.npz``
+(true camera transforms), then, by the writer every source shares (:mod:`amflow.data.sources.base`),
+``missing.csv`` (empty), ``classes.txt``, ``annotations/<split>.csv`` and, last, ``dataset.json``.
 """
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
-import os
 import shutil
 import sys
 import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
-from amflow import io, progress
+from amflow import io, parallel, progress
 from amflow.data import annotations as ann
 from amflow.data import scene
+from amflow.data.sources.base import PreparedDataset, Source, write_dataset
 from amflow.errors import AmflowError
-from amflow.params import SPLITS, Params, SynthSpec
+from amflow.params import SPLITS, DatasetSpec, Params, SynthSpec
 
 CLASSES: tuple[str, ...] = ("move_left", "move_right", "move_up", "move_down", "rotate_cw", "rotate_ccw",
                             "grow", "shrink", "fade_in", "fade_out", "bounce", "stay")
@@ -379,42 +379,24 @@ def _is_complete(out_dir: Path, spec: SynthSpec) -> bool:
     return True
 
 
+def existing(dspec: DatasetSpec, out_dir: Path) -> Optional[dict]:
+    """dataset.json's content when ``out_dir`` holds every file of this spec and generator version."""
+    if not _is_complete(out_dir, dspec.synth):
+        return None
+    print(f"{out_dir}: SynthMotion already generated with this spec; nothing to do", file=sys.stderr)
+    return io.read_json(out_dir / "dataset.json")
+
+
 def _clean(out_dir: Path) -> None:
-    # dataset.json first: from here on the folder no longer claims to be complete.
-    (out_dir / "dataset.json").unlink(missing_ok=True)
     for name in ("videos", "annotations", "camera"):
         shutil.rmtree(out_dir / name, ignore_errors=True)
     ann.classes_path(out_dir).unlink(missing_ok=True)
 
 
-def _worker_init() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # one process per core already; OpenCV threads would only compete
-
-
-def _workers(requested: int, tasks: int) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(requested or cores, tasks))
-
-
-def generate_dataset(params: Params, dataset_name: str, out_dir: str | Path) -> dict:
-    """Generate SynthMotion dataset ``dataset_name`` into ``out_dir`` (``data/<dataset>-<spec>``).
-
-    Nothing is done when ``dataset.json`` records the same spec and generator version and every file
-    is present. Otherwise the folder's SynthMotion outputs are removed and rewritten, ``dataset.json``
-    last. Returns the content of ``dataset.json``.
-    """
-    if dataset_name not in params.datasets:
-        raise AmflowError(f"datasets.{dataset_name}: not in the params file (known: {', '.join(params.datasets)})")
-    dspec = params.datasets[dataset_name]
-    if dspec.source != "synthmotion" or dspec.synth is None:
-        raise AmflowError(f"datasets.{dataset_name}: source is '{dspec.source}', not synthmotion with a 'synth' section")
+def build(dspec: DatasetSpec, dataset_name: str, out_dir: Path) -> PreparedDataset:
+    """Render and encode every clip (``videos/``) and write the true camera (``camera/``), after removing
+    the folder's earlier SynthMotion outputs; the annotations and ``dataset.json`` are the writer's."""
     spec = dspec.synth
-    out_dir = Path(out_dir)
-    if _is_complete(out_dir, spec):
-        print(f"{out_dir}: SynthMotion already generated with this spec; nothing to do", file=sys.stderr)
-        return io.read_json(out_dir / "dataset.json")
     _clean(out_dir)
 
     spec_dict = spec.model_dump(mode="json")
@@ -423,7 +405,7 @@ def generate_dataset(params: Params, dataset_name: str, out_dir: str | Path) -> 
         n = spec.split_sizes.get(split, 0)
         for i, label in enumerate(split_labels(spec.seed, split, n)):
             tasks.append((spec_dict, split, i, int(label), f"videos/{split}/{split}_{i:05d}.mp4", str(out_dir)))
-    workers = _workers(spec.workers, len(tasks))
+    workers = parallel.worker_count(spec.workers, len(tasks))
     results: list = []
     t0 = time.perf_counter()
     bar = progress.bar(total=len(tasks), desc=f"{dataset_name}: rendering", unit="video")
@@ -432,16 +414,14 @@ def generate_dataset(params: Params, dataset_name: str, out_dir: str | Path) -> 
             results.append(_make_video(task))
             bar.update()
     else:
-        # spawn: no fork of a parent that may hold threads (OpenCV, tqdm); the output is identical.
-        with mp.get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
+        with parallel.spawn_pool(workers, initializer=parallel.one_opencv_thread) as pool:
             for r in pool.imap(_make_video, tasks, chunksize=max(1, len(tasks) // (workers * 16))):
                 results.append(r)
                 bar.update()
     bar.close()
     elapsed = time.perf_counter() - t0
 
-    ann.write_classes(out_dir, CLASSES)
-    counts, class_counts, clipped = {}, {}, {}
+    splits, counts, class_counts, clipped = {}, {}, {}, {}
     pos = 0
     for split in SPLITS:
         n = spec.split_sizes.get(split, 0)
@@ -450,7 +430,7 @@ def generate_dataset(params: Params, dataset_name: str, out_dir: str | Path) -> 
         table = pd.DataFrame([r[1] for r in part])
         if n == 0:
             table = pd.DataFrame(columns=list(ann.REQUIRED_COLUMNS))
-        ann.write_annotations(out_dir, split, table)
+        splits[split] = table
         cams = np.stack([r[2] for r in part]) if n else np.zeros((0, spec.frames, 3, 3), np.float32)
         nxt = np.stack([frame_to_next(c.astype(np.float64)) for c in cams]).astype(np.float32) if n else cams
         write_npz(out_dir / "camera" / f"{split}.npz", video=np.array(table["video"].tolist(), dtype=str),
@@ -476,8 +456,25 @@ def generate_dataset(params: Params, dataset_name: str, out_dir: str | Path) -> 
                        "frame_to_next float32 [N,T,3,3] (frame t -> t+1 pixels; identity on the last frame)",
         "actor_clipped_share": clipped,
     }
-    ann.write_dataset_info(out_dir, info)
     total = sum(counts.values())
     print(f"{out_dir}: {total} videos in {elapsed:.1f} s ({total / max(elapsed, 1e-9):.1f} videos/s, "
           f"{workers} worker(s))", file=sys.stderr)
-    return info
+    return PreparedDataset(classes=list(CLASSES), splits=splits, info=info)
+
+
+SOURCE = Source("synthmotion", build, existing=existing, generator=True)
+
+
+def generate_dataset(params: Params, dataset_name: str, out_dir: str | Path) -> dict:
+    """Generate SynthMotion dataset ``dataset_name`` into ``out_dir`` (``data/<dataset>-<spec>``).
+
+    Nothing is done when ``dataset.json`` records the same spec and generator version and every file
+    is present. Otherwise the folder's SynthMotion outputs are removed and rewritten, ``dataset.json``
+    last. Returns the content of ``dataset.json``.
+    """
+    if dataset_name not in params.datasets:
+        raise AmflowError(f"datasets.{dataset_name}: not in the params file (known: {', '.join(params.datasets)})")
+    dspec = params.datasets[dataset_name]
+    if dspec.source != "synthmotion" or dspec.synth is None:
+        raise AmflowError(f"datasets.{dataset_name}: source is '{dspec.source}', not synthmotion with a 'synth' section")
+    return write_dataset(SOURCE, dspec, dataset_name, Path(out_dir))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from amflow.data.prepare import PreparedDataset, split_table, video_ref
+from amflow.data.sources.base import PreparedDataset, Source, split_table, video_ref
 from amflow.errors import AmflowError
 from amflow.params import DatasetSpec
 
@@ -54,7 +54,7 @@ def protocol_split(protocol: str, clip: dict) -> str | None:
     return None
 
 
-def build(spec: DatasetSpec, out_dir: Path) -> PreparedDataset:
+def build(spec: DatasetSpec, dataset_name: str, out_dir: Path) -> PreparedDataset:
     root = Path(spec.root).absolute()
     files = sorted(root.rglob("*.mp4")) if root.is_dir() else []
     if not files:
@@ -99,3 +99,6 @@ def build(spec: DatasetSpec, out_dir: Path) -> PreparedDataset:
         info["note"] = ("CV protocols: classes are those present in the train cameras; the paper-era statement "
                         "of 19 classes is unverified, compare num_classes with the official split files")
     return PreparedDataset(classes=classes, splits=splits, missing=[], info=info)
+
+
+SOURCE = Source("smarthome", build)

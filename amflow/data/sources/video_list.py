@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from amflow.data.prepare import PreparedDataset, split_table, video_ref
+from amflow.data.sources.base import PreparedDataset, Source, split_table, video_ref
 from amflow.errors import AmflowError
 from amflow.params import DatasetSpec
 
@@ -89,7 +89,7 @@ def resolve_classes(root: Path, lists: dict[str, list[tuple[str, str, str]]]) ->
                       f"use one kind, or add {classes_file} (one class name per line) to map both")
 
 
-def build(spec: DatasetSpec, out_dir: Path) -> PreparedDataset:
+def build(spec: DatasetSpec, dataset_name: str, out_dir: Path) -> PreparedDataset:
     root = Path(spec.root).absolute()
     if not root.is_dir():
         raise AmflowError(f"{root}: the folder named by 'root' does not exist; set 'root' to the folder your "
@@ -117,3 +117,6 @@ def build(spec: DatasetSpec, out_dir: Path) -> PreparedDataset:
             "classes_from": "classes.txt" if (root / "classes.txt").is_file() else "labels in the lists",
             "test_from": "the test list"}
     return PreparedDataset(classes=classes, splits=splits, missing=missing, info=info)
+
+
+SOURCE = Source("list", build)

@@ -27,8 +27,8 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from amflow.data.prepare import PreparedDataset, split_table, video_ref
 from amflow.data.safe_tar import extract_stream, open_parts
+from amflow.data.sources.base import PreparedDataset, Source, split_table, video_ref
 from amflow.errors import AmflowError
 from amflow.params import DatasetSpec
 
@@ -172,7 +172,7 @@ def read_test(test_json: Path, answers: Path, known: set[str]) -> list[tuple[str
     return [(i, labels[i]) for i in ids]
 
 
-def build(spec: DatasetSpec, out_dir: Path) -> PreparedDataset:
+def build(spec: DatasetSpec, dataset_name: str, out_dir: Path) -> PreparedDataset:
     root = Path(spec.root).absolute()
     found = check_files(root, spec.test_source)
     videos = found["videos"] or extract_parts(root, found["parts"])
@@ -199,3 +199,6 @@ def build(spec: DatasetSpec, out_dir: Path) -> PreparedDataset:
     info = {"root": str(root), "videos_dir": str(videos), "test_from": f"official {ours['test']} split",
             "label_files": {k: str(v) for k, v in files.items()}}
     return PreparedDataset(classes=classes, splits=splits, missing=missing, info=info)
+
+
+SOURCE = Source("ssv2", build)

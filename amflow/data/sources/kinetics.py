@@ -33,8 +33,8 @@ from urllib.parse import urljoin
 import pandas as pd
 
 from amflow.data.download import DownloadItem, download_many
-from amflow.data.prepare import PreparedDataset, split_table, video_ref
 from amflow.data.safe_tar import MARKER_DIR, extract_tar, is_extracted
+from amflow.data.sources.base import PreparedDataset, Source, split_table, video_ref
 from amflow.errors import AmflowError
 from amflow.params import DatasetSpec
 
@@ -139,9 +139,9 @@ def fetch(spec: DatasetSpec, root: Path, progress: bool = True) -> dict:
     return {"archives": len(archives), "archives_fetched_now": len(todo)}
 
 
-def build(spec: DatasetSpec, out_dir: Path, progress: bool = True) -> PreparedDataset:
+def build(spec: DatasetSpec, dataset_name: str, out_dir: Path) -> PreparedDataset:
     root = Path(spec.root) if spec.root else Path(out_dir)
-    fetched = fetch(spec, root, progress=progress)
+    fetched = fetch(spec, root)
     ann = root / "downloads" / "annotations"
     train_csv = read_kinetics_csv(ann / "train.csv")
     classes = class_names(train_csv)
@@ -183,3 +183,6 @@ def build(spec: DatasetSpec, out_dir: Path, progress: bool = True) -> PreparedDa
         info["note"] = (f"max_archives={spec.download.max_archives}: only part of each split was downloaded, "
                         f"so most listed videos are missing by design")
     return PreparedDataset(classes=classes, splits=splits, missing=missing, info=info)
+
+
+SOURCE = Source("kinetics400", build)

@@ -1,0 +1,177 @@
+"""Where a Snakemake run's wall time went: per-stage times and the critical path.
+
+Two sources, both written by Snakemake itself:
+
+- each rule's ``benchmark:`` file (``benchmarks/<name>/<rule>/...tsv``, one row: ``s`` wall seconds,
+  ``cpu_time`` seconds, ``max_rss`` MB): the time of every job, to the hundredth of a second;
+- the run's log (``.snakemake/log/<date>.snakemake.log``): when each job started and finished (to the
+  second), and its inputs and outputs, from which the dependencies follow.
+
+The critical path is the chain that ends with the job that finished last, going back each time to the
+input-producing job that finished last: the jobs that the wall time waited for.
+"""
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from amflow.errors import AmflowError
+
+STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
+RULE = re.compile(r"^(?:local)?rule (\w+):$")
+FINISHED = re.compile(r"^Finished jobid: (\d+) \(Rule: (\w+)\)$")
+FIELD = re.compile(r"^    (input|output|jobid|benchmark): (.*)$")
+
+
+@dataclass
+class Job:
+    jobid: int
+    rule: str
+    start: datetime
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    benchmark: Optional[str] = None
+    end: Optional[datetime] = None
+
+
+def _stamp(text: str) -> datetime:
+    return datetime.strptime(" ".join(text.split()), "%a %b %d %H:%M:%S %Y")
+
+
+def parse_log(path: Path) -> tuple[datetime, list[Job]]:
+    """(the run's start, its jobs with start, end, inputs and outputs) from a Snakemake log."""
+    path = Path(path)
+    if not path.is_file():
+        raise AmflowError(f"{path}: Snakemake log not found; run the workflow first (each run writes "
+                          f".snakemake/log/<date>.snakemake.log)")
+    lines = path.read_text(errors="replace").splitlines()
+    began = next((m.group(1) for line in lines if (m := re.match(r"^  Date: (.+)$", line))), None)
+    jobs: dict[int, Job] = {}
+    stamp: Optional[datetime] = None
+    current: Optional[dict] = None
+
+    def close():
+        if current and "jobid" in current:
+            jobs[current["jobid"]] = Job(current["jobid"], current["rule"], current["start"],
+                                         current.get("input", []), current.get("output", []),
+                                         current.get("benchmark"))
+
+    for line in lines:
+        if m := STAMP.match(line):
+            close()
+            current, stamp = None, _stamp(m.group(1))
+        elif (m := RULE.match(line)) and stamp is not None:
+            close()
+            current = {"rule": m.group(1), "start": stamp}
+        elif (m := FIELD.match(line)) and current is not None:
+            key, value = m.groups()
+            if key == "jobid":
+                current["jobid"] = int(value)
+            elif key == "benchmark":
+                current["benchmark"] = value.strip()
+            else:
+                current[key] = [v.strip() for v in value.split(",") if v.strip()]
+        elif (m := FINISHED.match(line)) and stamp is not None:
+            close()
+            current = None
+            job = jobs.get(int(m.group(1)))
+            if job is not None:
+                job.end = stamp
+    close()
+    if not jobs:
+        raise AmflowError(f"{path}: no job in this Snakemake log (a dry run, or nothing to do); time a run that "
+                          f"did the work")
+    start = datetime.strptime(began, "%Y-%m-%d %H:%M:%S") if began else min(j.start for j in jobs.values())
+    return start, sorted(jobs.values(), key=lambda j: j.jobid)
+
+
+def read_benchmark(path: Path) -> Optional[dict]:
+    """One benchmark file's row (``s``, ``cpu_time``, ``max_rss``... as floats), or None if absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    if not rows:
+        return None
+
+    def num(v):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return None
+
+    return {k: num(v) for k, v in rows[-1].items()}
+
+
+def stage_table(jobs: list[Job], root: Path = Path(".")) -> pd.DataFrame:
+    """Per rule: jobs, summed and longest wall seconds (benchmark files, else the log's stamps), summed
+    CPU seconds, and the largest resident memory (MB)."""
+    rows = []
+    for j in jobs:
+        b = read_benchmark(Path(root) / j.benchmark) if j.benchmark else None
+        wall = b["s"] if b and b.get("s") is not None else (
+            (j.end - j.start).total_seconds() if j.end else None)
+        rows.append({"rule": j.rule, "wall_s": wall, "cpu_s": b.get("cpu_time") if b else None,
+                     "max_rss_mb": b.get("max_rss") if b else None})
+    df = pd.DataFrame(rows, columns=["rule", "wall_s", "cpu_s", "max_rss_mb"])
+    order = list(dict.fromkeys(df["rule"]))
+    out = df.groupby("rule", sort=False).agg(jobs=("rule", "size"), wall_s_sum=("wall_s", "sum"),
+                                             wall_s_max=("wall_s", "max"), cpu_s_sum=("cpu_s", "sum"),
+                                             max_rss_mb=("max_rss_mb", "max"))
+    return out.reindex(order).reset_index()
+
+
+def critical_path(jobs: list[Job]) -> list[Job]:
+    """The jobs the run's wall time waited for, first to last (see the module docstring)."""
+    done = [j for j in jobs if j.end is not None]
+    if not done:
+        return []
+    producer = {out: j for j in done for out in j.outputs}
+    path = [max(done, key=lambda j: (j.end, j.jobid))]
+    while True:
+        deps = [producer[i] for i in path[-1].inputs if i in producer and producer[i] is not path[-1]]
+        if not deps:
+            break
+        path.append(max(deps, key=lambda j: (j.end, j.jobid)))
+    return path[::-1]
+
+
+def latest_log(workdir: Path = Path(".")) -> Path:
+    logs = sorted((Path(workdir) / ".snakemake" / "log").glob("*.snakemake.log"))
+    if not logs:
+        raise AmflowError(f"{Path(workdir) / '.snakemake/log'}: no Snakemake log; run the workflow first")
+    return logs[-1]
+
+
+def summary(log: Path, root: Path = Path(".")) -> dict:
+    """Total wall time, the stage table and the critical path of one Snakemake run."""
+    start, jobs = parse_log(log)
+    ended = [j.end for j in jobs if j.end is not None]
+    path = critical_path(jobs)
+    return {"log": str(log), "wall_s": (max(ended) - start).total_seconds() if ended else None,
+            "jobs": len(jobs), "unfinished": sum(j.end is None for j in jobs), "stages": stage_table(jobs, root),
+            "critical_path": [{"rule": j.rule, "output": j.outputs[0] if j.outputs else "",
+                               "start_s": (j.start - start).total_seconds(),
+                               "end_s": (j.end - start).total_seconds()} for j in path]}
+
+
+def markdown(s: dict) -> str:
+    """The summary as Markdown: the total, a stage table and the critical path."""
+    stages = s["stages"].copy()
+    for col, fmt in (("wall_s_sum", "{:.1f}"), ("wall_s_max", "{:.1f}"), ("cpu_s_sum", "{:.1f}"),
+                     ("max_rss_mb", "{:.0f}")):
+        stages[col] = [("" if pd.isna(v) else fmt.format(v)) for v in stages[col]]
+    stages.columns = ["stage (rule)", "jobs", "wall s (sum)", "wall s (longest job)", "CPU s (sum)", "max RSS MB"]
+    chain = " → ".join(f"{c['rule']} ({c['end_s'] - c['start_s']:.0f} s)" for c in s["critical_path"])
+    total = "unknown" if s["wall_s"] is None else f"{s['wall_s']:.0f} s ({s['wall_s'] / 60:.1f} min)"
+    return "\n".join([f"Wall time: {total}, {s['jobs']} jobs"
+                      + (f" ({s['unfinished']} unfinished)" if s["unfinished"] else "") + ".", "",
+                      stages.to_markdown(index=False, disable_numparse=True), "",
+                      f"Critical path (log stamps, 1 s resolution): {chain}."])

@@ -1,0 +1,123 @@
+"""Pipeline timing: stage times and the critical path from a Snakemake log and benchmark files; the
+README's generated results section."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from amflow.errors import AmflowError
+from amflow.report import readme, timing
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A run of four jobs: a (0-10 s) and b (0-4 s) side by side, c needs both (10-30 s), d needs b (4-8 s).
+LOG = """\
+SNAKEMAKE
+=========
+  Date: 2026-01-05 10:00:00
+
+[Mon Jan  5 10:00:00 2026]
+localrule a:
+    output: out/a.txt
+    log: logs/a.log
+    jobid: 1
+    benchmark: bench/a.tsv
+    reason: Missing output files: out/a.txt
+
+[Mon Jan  5 10:00:00 2026]
+localrule b:
+    output: out/b.txt
+    jobid: 2
+
+[Mon Jan  5 10:00:04 2026]
+Finished jobid: 2 (Rule: b)
+
+[Mon Jan  5 10:00:04 2026]
+localrule d:
+    input: out/b.txt
+    output: out/d.txt
+    jobid: 4
+
+[Mon Jan  5 10:00:08 2026]
+Finished jobid: 4 (Rule: d)
+
+[Mon Jan  5 10:00:10 2026]
+Finished jobid: 1 (Rule: a)
+
+[Mon Jan  5 10:00:10 2026]
+rule c:
+    input: out/a.txt, out/b.txt
+    output: out/c.txt, out/c2.txt
+    jobid: 3
+
+[Mon Jan  5 10:00:30 2026]
+Finished jobid: 3 (Rule: c)
+"""
+
+
+@pytest.fixture
+def run_log(tmp_path):
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench/a.tsv").write_text("s\th:m:s\tmax_rss\tcpu_time\n9.87\t0:00:09\t123.4\t19.5\n")
+    log = tmp_path / ".snakemake/log/2026-01-05T100000.000000.snakemake.log"
+    log.parent.mkdir(parents=True)
+    log.write_text(LOG)
+    return log
+
+
+def test_stage_times_and_critical_path(run_log, tmp_path):
+    s = timing.summary(run_log, tmp_path)
+    assert s["wall_s"] == 30 and s["jobs"] == 4 and s["unfinished"] == 0
+    # c waited for a (finished at 10 s), not for b (4 s): the path is a -> c.
+    assert [(c["rule"], c["start_s"], c["end_s"]) for c in s["critical_path"]] == [("a", 0, 10), ("c", 10, 30)]
+    stages = s["stages"].set_index("rule")
+    assert stages.loc["a", "wall_s_sum"] == 9.87 and stages.loc["a", "cpu_s_sum"] == 19.5  # the benchmark file
+    assert stages.loc["c", "wall_s_sum"] == 20 and stages.loc["b", "wall_s_sum"] == 4   # the log's stamps
+    text = timing.markdown(s)
+    assert "Wall time: 30 s (0.5 min), 4 jobs." in text and "a (10 s) → c (20 s)" in text
+
+
+def test_bench_pipeline_prints_the_latest_run(run_log, tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "bench/bench_pipeline.py"), "--workdir", str(tmp_path)],
+                         capture_output=True, text=True, check=True)
+    assert "Critical path (log stamps, 1 s resolution): a (10 s) → c (20 s)." in out.stdout
+    empty = subprocess.run([sys.executable, str(ROOT / "bench/bench_pipeline.py"), "--workdir",
+                            str(tmp_path / "nothing")], capture_output=True, text=True, check=True)
+    assert "no Snakemake run to time yet" in empty.stdout
+
+
+def test_a_log_without_jobs_is_one_clear_error(tmp_path):
+    log = tmp_path / "dry.log"
+    log.write_text("Building DAG of jobs...\nNothing to be done (all requested files are present and up to date).\n")
+    with pytest.raises(AmflowError, match="no job in this Snakemake log"):
+        timing.summary(log)
+
+
+def test_readme_block_is_replaced_between_the_markers_only(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text(f"# title\nbefore\n{readme.BEGIN}\nold numbers\n{readme.END}\nafter\n")
+    readme.update_readme(path, "new numbers\n")
+    assert path.read_text() == f"# title\nbefore\n{readme.BEGIN}\nnew numbers\n{readme.END}\nafter\n"
+    path.write_text("# no markers\n")
+    with pytest.raises(AmflowError, match="README.md: needs one line"):
+        readme.update_readme(path, "x\n")
+
+
+def test_the_shipped_readme_has_one_generated_section():
+    text = (ROOT / "README.md").read_text()
+    assert text.count(readme.BEGIN) == 1 and text.count(readme.END) == 1
+    assert text.index(readme.BEGIN) < text.index(readme.END)
+
+
+def test_every_rule_writes_a_benchmark_file():
+    import re
+
+    sources = [ROOT / "Snakefile", *sorted((ROOT / "workflow/rules").glob("*.smk"))]
+    for src in sources:
+        blocks = re.split(r"\n(?=[ \t]*rule \w+:)", src.read_text())
+        for block in blocks[1:]:
+            name = re.search(r"rule (\w+):", block).group(1)
+            if "shell:" not in block and "run:" not in block:
+                continue  # a target rule (all) runs nothing, so there is nothing to time
+            assert "benchmark:" in block, f"{src.name}: rule {name} has no benchmark: directive"
