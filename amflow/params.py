@@ -560,10 +560,10 @@ def resolve_workflow_config(command_line: dict, default: str | Path) -> dict:
     """The params of a Snakemake run, from what its command line gave (``--configfile`` and ``--config``,
     which Snakemake has merged) and the workflow's default params file.
 
-    What the command line gave is complete when it has ``datasets`` (a params file such as
-    ``params/tiny.yaml``): it is used as it is. Otherwise it extends the file its ``extends:`` names
-    (relative to the default's folder: Snakemake does not tell the workflow where a config file was)
-    or, without ``extends:``, the default: overrides such as ``--config 'train={epochs: 1}'``.
+    What the command line gave extends the file its ``extends:`` names (relative to the default's folder:
+    Snakemake does not tell the workflow where a config file was), as ``params/tiny.yaml`` extends
+    ``default.yaml``. Without ``extends:``, it is complete when it has ``datasets``: it is used as it is;
+    otherwise it extends the default: overrides such as ``--config 'train={epochs: 1}'``.
     Mappings merge key by key, as Snakemake merges config files.
     """
     data = copy.deepcopy(command_line)
