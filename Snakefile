@@ -17,7 +17,7 @@ include: "workflow/rules/common.smk"
 # The default target: `snakemake --cores 8` builds table 1 of the params in use.
 rule all:
     input:
-        f"{RESULTS}/table1.csv",
+        f"{RESULTS}/{paths.TABLE1_CSV}",
     default_target: True
 
 
@@ -26,9 +26,9 @@ rule all:
 # it need not know the params file's name. The copy is the table of the params last asked for.
 rule latest_table1:
     input:
-        f"{RESULTS}/table1.csv",
+        f"{RESULTS}/{paths.TABLE1_CSV}",
     output:
-        "results/table1.csv",
+        f"results/{paths.TABLE1_CSV}",
     localrule: True
     threads: 1
     log:

@@ -125,6 +125,14 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_png(fig: Any, path: str | Path, dpi: Any = "figure", **savefig_kw: Any) -> Path:
+    """Save a matplotlib figure as a PNG, atomically and without the 'Software' text chunk (the
+    matplotlib version), so that the bytes depend on the figure alone."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None}, **savefig_kw)
+    return Path(path)
+
+
 def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
 

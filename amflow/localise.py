@@ -28,21 +28,27 @@ import sys
 from pathlib import Path
 from typing import Iterable, Optional
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
+from torch.utils.data import DataLoader, Subset
 
-from amflow import io
+from amflow import io, paths, tracking
+from amflow.data.clips import ClipDataset
 from amflow.errors import AmflowError
+from amflow.models import build_backbone
 from amflow.models.am_flow import covered_patches, normalise_scores, warp_to_previous
 from amflow.models.backbone import patch_size
 from amflow.models.frozen_flow import frozen_scores
+from amflow.models.inference import collate_clips, single_view
 from amflow.params import Params
 
-CSV = "localisation.csv"
-PNG = "localisation.png"
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
 # Method name in the CSV -> frozen_flow mode.
 VARIANTS = {"static": "static", "aligned_grid": "grid", "aligned_warp": "warp"}
 BASELINES = ("pixel_diff", "pixel_diff_compensated")
@@ -133,11 +139,6 @@ def measure(backbone: torch.nn.Module, batches: Iterable[dict], flow_spec, block
 
 def plot_localisation(table: pd.DataFrame, path: Path, title: str = "") -> None:
     """Mass ratio and AUC per block for each variant; the pixel baselines as horizontal lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
     try:
         for ax, col, chance in ((axes[0], "mass_ratio", 1.0), (axes[1], "auc", 0.5)):
@@ -156,8 +157,7 @@ def plot_localisation(table: pd.DataFrame, path: Path, title: str = "") -> None:
         if title:
             fig.suptitle(title, fontsize=10)
         fig.tight_layout()
-        with io.atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
+        io.write_png(fig, path)
     finally:
         plt.close(fig)
 
@@ -165,14 +165,6 @@ def plot_localisation(table: pd.DataFrame, path: Path, title: str = "") -> None:
 def run_localisation(params: Params, dataset: str, data_dir: Path, results_dir: Path, out_dir: Path,
                      max_videos: Optional[int] = None) -> pd.DataFrame:
     """The ``amflow localise`` stage: measure, plot, log to MLflow, then write the CSV (last)."""
-    from torch.utils.data import DataLoader, Subset
-
-    from amflow import paths, tracking
-    from amflow.data.clips import ClipDataset
-    from amflow.models import build_backbone
-    from amflow.train.run import single_view
-    from amflow.train.trainer import collate_clips
-
     try:
         params.dataset(dataset)
     except KeyError as exc:
@@ -194,7 +186,8 @@ def run_localisation(params: Params, dataset: str, data_dir: Path, results_dir: 
     table = measure(backbone, batches, params.model.am_flow, blocks)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot_localisation(table, out_dir / PNG, title=f"{dataset}: AM flow vs the actor ({len(val)} val clips)")
+    plot_localisation(table, out_dir / paths.LOCALISATION_PNG,
+                      title=f"{dataset}: AM flow vs the actor ({len(val)} val clips)")
     settings = {"dataset": params.dataset(dataset).model_dump(mode="json"), "val_videos": len(val),
                 "sampling": sampling.model_dump(mode="json"), "backbone": params.backbone.model_dump(mode="json"),
                 "am_flow": params.model.am_flow.model_dump(mode="json")}
@@ -210,10 +203,10 @@ def run_localisation(params: Params, dataset: str, data_dir: Path, results_dir: 
         key = row.method if pd.isna(row.block) else f"{row.method}.block{int(row.block)}"
         metrics[f"{key}.mass_ratio"], metrics[f"{key}.auc"] = row.mass_ratio, row.auc
     tracker.log_metrics(metrics)
-    tracker.log_artifacts([out_dir / PNG])
+    tracker.log_artifacts([out_dir / paths.LOCALISATION_PNG])
     text = table.to_csv(index=False, float_format="%.4f", lineterminator="\n")
     tracker.log_json(json.loads(table.to_json(orient="records")), "localisation.json")
     tracker.finish()
-    io.write_text(out_dir / CSV, text)
-    print(f"{out_dir / CSV}: {len(table)} rows from {len(val)} val clips", file=sys.stderr)
+    io.write_text(out_dir / paths.LOCALISATION_CSV, text)
+    print(f"{out_dir / paths.LOCALISATION_CSV}: {len(table)} rows from {len(val)} val clips", file=sys.stderr)
     return table

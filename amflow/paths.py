@@ -34,6 +34,47 @@ RESERVED_NAMES = ("frames", "motion", "pretrain_images", "backbone", "ablations"
 # The rules build their output patterns with the functions below, passing the wildcard itself.
 _WILDCARD = "{dataset}"
 
+# File names inside the folders below (the stages, the rules and the tests take them from here).
+# A dataset folder (dataset_dir) and a frame cache (frames_dir):
+DATASET_JSON = "dataset.json"
+FRAMES_SUMMARY = "summary.json"              # the frame cache's last-written file
+PRETRAIN_IMAGES_INFO = "info.json"
+# A camera folder (camera_dir):
+CAMERA_JSON = "camera_motion.json"           # written last: marks the camera-motion stage complete
+CAMERA_PNG = "camera_motion.png"
+MOTION_NPZ = "motion.npz"
+# A localisation folder (localisation_dir):
+LOCALISATION_CSV = "localisation.csv"
+LOCALISATION_PNG = "localisation.png"
+# The backbone folder (backbone_dir):
+BACKBONE_WEIGHTS = "backbone.safetensors"
+BACKBONE_METRICS = "metrics.json"
+# A run folder (run_dir, ablation_run_dir): training writes the first four, evaluation the rest.
+PARAMS_YAML = "params.yaml"
+CHECKPOINT = "checkpoint.pt"
+TRAIN_LOG = "train_log.csv"
+TRAIN_JSON = "train.json"                    # written once training is complete
+METRICS_JSON = "metrics.json"
+SCORES_JSON = "scores.json"
+PER_CLASS_CSV = "per_class.csv"
+PREDICTIONS_CSV = "predictions.csv"
+CONFUSION_PNG = "confusion.png"
+CURVES_PNG = "curves.png"
+# The plots folder (plots_dir):
+HEATMAPS_PNG = "amflow_heatmaps.png"
+HEATMAPS_GIF = "amflow_heatmaps.gif"
+HEATMAPS_JSON = "amflow_heatmaps.json"
+CONVERGENCE_PNG = "convergence.png"
+ACCURACY_PNG = "accuracy.png"
+# A params file's results folder (results_root):
+TABLE1_CSV = "table1.csv"
+ABLATIONS_CSV = "ablations.csv"
+REPORT_MD = "report.md"
+# A sweep folder (sweep_dir):
+SWEEP_BEST = "best.yaml"
+SWEEP_SUMMARY = "summary.json"
+SWEEP_STUDY_DB = "study.db"
+
 
 def dataset_name_problem(name: str) -> str | None:
     """Why ``name`` cannot be a dataset name, or None if it can."""
@@ -117,7 +158,7 @@ def camera_dir(results_dir: Path, dataset: str) -> Path:
 def motion_file(results_dir: Path, dataset: str) -> Path:
     """Per-frame global-motion transforms written by the camera-motion stage. In the results namespace,
     not under data/: they also depend on the params file's camera_motion settings."""
-    return camera_dir(results_dir, dataset) / "motion.npz"
+    return camera_dir(results_dir, dataset) / MOTION_NPZ
 
 
 def ground_truth_file(data_dir: Path, key: str) -> Path:
@@ -136,7 +177,7 @@ def backbone_dir(results_dir: Path) -> Path:
 
 
 def backbone_file(results_dir: Path) -> Path:
-    return backbone_dir(results_dir) / "backbone.safetensors"
+    return backbone_dir(results_dir) / BACKBONE_WEIGHTS
 
 
 def run_dir(results_dir: Path, dataset: str, method: str, seed: int) -> Path:
@@ -148,3 +189,23 @@ def ablation_run_dir(results_dir: Path, axis: str, value: str, dataset: str, see
     check_dataset_name(dataset)
     return Path(results_dir) / "ablations" / axis / str(value) / dataset / f"seed{seed}"
 
+
+
+def ablation_table_file(results_dir: Path, axis: str) -> Path:
+    """The ablation table of one axis (``ablations.csv`` holds every axis)."""
+    return Path(results_dir) / f"ablation_{axis}.csv"
+
+
+def sweep_dir(results_dir: Path, dataset: str, method: str) -> Path:
+    """An Optuna sweep's study, trials and best params."""
+    return Path(results_dir) / "sweeps" / dataset / method
+
+
+def sweep_trial_dir(sweep_folder: Path, number: int) -> Path:
+    """The run folder of one sweep trial (a training run like any other)."""
+    return Path(sweep_folder) / "trials" / f"trial_{number:04d}"
+
+
+def plots_dir(results_dir: Path) -> Path:
+    """The figures of a params file's results: heat maps, convergence and accuracy plots."""
+    return Path(results_dir) / "plots"

@@ -39,7 +39,7 @@ import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, TypeVar
 
 from amflow import io
 from amflow.errors import AmflowError
@@ -283,8 +283,8 @@ class Tracker:
         results folder for a run folder elsewhere, such as an ablation's)."""
         if not enabled():
             return NullTracker()
-        uri = resolve_uri(params)
-        check_reachable(uri)
+        exp = open_experiment(params, dataset)
+        uri = exp.uri
         from amflow import paths
 
         run_dir = Path(run_dir)
@@ -300,17 +300,12 @@ class Tracker:
             parent_run_id = _active_parent(uri)
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        exp_name = experiment_name(params, dataset)
 
         def open_run() -> str:
-            from mlflow.tracking import MlflowClient
-
-            client = MlflowClient(tracking_uri=uri)
-            exp_id = _experiment_id(client, exp_name, uri)
             recorded = _recorded_run(run_dir, uri)
-            run_id = _reuse_or_replace(client, exp_id, all_tags, recorded=recorded, resume=resume, name=name)
-            io.write_json(run_dir / RUN_FILE, {"tracking_uri": uri, "experiment_id": exp_id, "run_id": run_id,
-                                               "experiment": exp_name, "run_name": name})
+            run_id = _reuse_or_replace(exp.client, exp.id, all_tags, recorded=recorded, resume=resume, name=name)
+            io.write_json(run_dir / RUN_FILE, {"tracking_uri": uri, "experiment_id": exp.id, "run_id": run_id,
+                                               "experiment": exp.name, "run_name": name})
             return run_id
 
         return cls(uri, with_retries(open_run, f"opening the MLflow run of {run_dir}"))
@@ -472,6 +467,26 @@ def _reuse_or_replace(client, exp_id: str, tags: dict, *, recorded: Optional[str
     return run_id
 
 
+class Experiment(NamedTuple):
+    uri: str
+    client: Any  # an MlflowClient on ``uri``
+    id: str
+    name: str
+
+
+def open_experiment(params, dataset: str) -> Experiment:
+    """The MLflow experiment ``<prefix>-<params name>-<dataset>`` on the params' store (created when
+    missing), after checking that the store answers: where every stage opens its runs."""
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_uri(params)
+    check_reachable(uri)
+    client = MlflowClient(tracking_uri=uri)
+    name = experiment_name(params, dataset)
+    exp_id = with_retries(lambda: _experiment_id(client, name, uri), f"opening the MLflow experiment {name}")
+    return Experiment(uri, client, exp_id, name)
+
+
 def _experiment_id(client, name: str, uri: str) -> str:
     from mlflow.exceptions import MlflowException
 
@@ -512,8 +527,7 @@ def open_pretrain_run(params, *, out_dir: Path, results_dir: Path):
     never duplicated); params: the pretraining, image set and backbone sections."""
     if not enabled():
         return NullTracker()
-    uri = resolve_uri(params)
-    check_reachable(uri)
+    exp = open_experiment(params, "pretrain_images")
     key = run_key(out_dir, results_dir)
     doc = {"params_name": params.name, "pretrain": params.pretrain.model_dump(mode="json"),
            "pretrain_images": params.pretrain_images.model_dump(mode="json") if params.pretrain_images else None,
@@ -523,16 +537,11 @@ def open_pretrain_run(params, *, out_dir: Path, results_dir: Path):
     tags = {f"{TAG}stage": "pretrain_backbone", f"{TAG}params_name": params.name,
             f"{TAG}run_dir": str(Path(out_dir).resolve()), f"{TAG}run_key": _key_tag(key),
             f"{TAG}params_digest": digest, **git_state()}
-    exp_name = experiment_name(params, "pretrain_images")
 
     def open_run() -> str:
-        from mlflow.tracking import MlflowClient
+        return _reuse_or_replace(exp.client, exp.id, tags, recorded=None, resume=False, name="pretrain-backbone")
 
-        client = MlflowClient(tracking_uri=uri)
-        exp_id = _experiment_id(client, exp_name, uri)
-        return _reuse_or_replace(client, exp_id, tags, recorded=None, resume=False, name="pretrain-backbone")
-
-    tracker = Tracker(uri, with_retries(open_run, f"opening the MLflow run of {out_dir}"))
+    tracker = Tracker(exp.uri, with_retries(open_run, f"opening the MLflow run of {out_dir}"))
     with_retries(lambda: tracker.log_params(flatten(doc)), "logging the pretraining params")
     return tracker
 
@@ -562,24 +571,30 @@ def open_sweep_parent(params, *, dataset: str, study_name: str, study=None, swee
     """Create (or, when the study is resumed, reopen) the parent run ``sweep-<study>`` of a sweep."""
     if not enabled():
         return SweepParent(None)
-    uri = resolve_uri(params)
-    check_reachable(uri)
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    exp_id = _experiment_id(client, experiment_name(params, dataset), uri)
-    found = client.search_runs([exp_id], filter_string=f"tags.`{TAG}sweep_study` = '{study_name}'",
+    exp = open_experiment(params, dataset)
+    client = exp.client
+    found = client.search_runs([exp.id], filter_string=f"tags.`{TAG}sweep_study` = '{study_name}'",
                                order_by=["attributes.start_time DESC"], max_results=1)
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
     else:
         tags = {f"{TAG}stage": "sweep", f"{TAG}sweep_study": study_name, f"{TAG}dataset": dataset, **git_state()}
-        run_id = client.create_run(exp_id, run_name=f"sweep-{study_name}", tags=tags).info.run_id
-    tracker = Tracker(uri, run_id)
+        run_id = client.create_run(exp.id, run_name=f"sweep-{study_name}", tags=tags).info.run_id
+    tracker = Tracker(exp.uri, run_id)
     extra = {"sweep.study": study_name}
     if study is not None:
         extra["sweep.sampler"] = type(study.sampler).__name__
         extra["sweep.pruner"] = type(study.pruner).__name__
     tracker.log_params({**flatten(sweep_spec or {}, "sweep."), **extra})
     return SweepParent(tracker)
+
+
+# --------------------------------------------------------------------------- stages that log once
+def open_stage_run(params, *, dataset: str, name: str, tags: dict) -> Optional[Tracker]:
+    """A new MLflow run ``name`` in the dataset's experiment, tagged with ``tags`` and the git state
+    (the camera-motion stage logs its decision so); None when tracking is off (``AMFLOW_TRACKING=0``)."""
+    if not enabled():
+        return None
+    exp = open_experiment(params, dataset)
+    return Tracker(exp.uri, exp.client.create_run(exp.id, run_name=name, tags={**tags, **git_state()}).info.run_id)

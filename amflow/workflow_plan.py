@@ -43,7 +43,7 @@ def backbone_depth(p: Params) -> int:
     """Number of blocks of the backbone, from its kwargs or timm's default config."""
     if "depth" in p.backbone.kwargs:
         return int(p.backbone.kwargs["depth"])
-    import timm
+    import timm  # lazily: the Snakemake rules import this module, and timm takes seconds to import
 
     return len(timm.create_model(p.backbone.model, pretrained=False, num_classes=0, **p.backbone.kwargs).blocks)
 

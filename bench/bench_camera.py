@@ -61,15 +61,15 @@ def timed(fn, repeats: int) -> float:
 
 
 def bench_classification(size: int, videos: list[np.ndarray], repeats: int, spec) -> dict:
-    from amflow.camera import stage
+    from amflow.camera import rules
 
-    settings = stage.settings_from(spec)
+    settings = rules.settings_from(spec)
     rng = np.random.default_rng(0)
     pairs = [np.sort(rng.choice(len(v) - 1, spec.pairs_per_video, replace=False)) for v in videos]
 
     def run():
         for v, p in zip(videos, pairs):
-            stage.classify_video(v, p, spec.model, settings, spec.moving_threshold)
+            rules.classify_video(v, p, spec.model, settings, spec.moving_threshold)
 
     t = timed(run, repeats)
     n_pairs = len(videos) * spec.pairs_per_video
@@ -93,14 +93,14 @@ def bench_stage(size: int, videos: list[np.ndarray], tmp: Path, workers: int, pa
 
 
 def bench_clip(size: int, videos: list[np.ndarray], tmp: Path, repeats: int, spec) -> dict:
-    from amflow.camera import stage
+    from amflow.camera import rules
     from amflow.camera.global_motion import estimate_sequence
     from amflow.data import video as vio
     from amflow.data.clips import segment_indices
     from amflow.data.frame_cache import FrameCache
     from amflow.data.sources.synthmotion import encode_mp4
 
-    settings = stage.settings_from(spec)
+    settings = rules.settings_from(spec)
     cache = FrameCache(tmp / f"frames{size}")
     idx = segment_indices(len(videos[0]), 8, train=False)[0]
     paths = []

@@ -32,14 +32,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+# The one private torch import: torch has no public dispatch-mode base class (its public
+# FlopCounterMode counts FLOPs only) and no CPU counterpart of torch.cuda.max_memory_allocated.
+# torch is pinned in pyproject.toml; tests/test_bench_tools.py checks LiveTensorMemory with it.
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-from torch.utils._pytree import tree_flatten  # noqa: E402
 
 from amflow.models import build_model, clip_gflops  # noqa: E402
 from amflow.models.backbone import build_backbone  # noqa: E402
 from amflow.models.context import ClipContext  # noqa: E402
 from amflow.models.video_model import VideoModel  # noqa: E402
 from amflow.params import BackboneSpec, load_params  # noqa: E402
+from timing import Clock  # noqa: E402
 
 # "aligned_warp": the aligned variant with model.am_flow.alignment: warp (pixel-space compensation).
 METHODS = [("frame", "none"), ("aim", "none"), ("st_adapter", "none"), ("tpa", "none"),
@@ -60,19 +63,6 @@ def setting(size: str):
         spec = BackboneSpec(model=cfg["model"], kwargs=cfg["kwargs"], weights="random")
         img = cfg["img"]
     return spec, params.model, img
-
-
-class Clock:
-    """Seconds for benchmarking: process CPU time on CPU, synchronised wall time on CUDA."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def __call__(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            return time.perf_counter()
-        return time.process_time()
 
 
 class AmFlowTimer:
@@ -134,16 +124,24 @@ class LiveTensorMemory(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                storage = t.untyped_storage()
-                key = id(storage)
-                if key not in self._seen:     # views share their base's storage
-                    self._seen.add(key)
-                    self.live += storage.nbytes()
-                    self.peak = max(self.peak, self.live)
-                    weakref.finalize(storage, self._free, key, storage.nbytes())
+        for t in _tensors(out):
+            storage = t.untyped_storage()
+            key = id(storage)
+            if key not in self._seen:     # views share their base's storage
+                self._seen.add(key)
+                self.live += storage.nbytes()
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(storage, self._free, key, storage.nbytes())
         return out
+
+
+def _tensors(out) -> list:
+    """The tensors an operator returned: one, or a (nested) tuple or list of them."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in _tensors(item)]
+    return []
 
 
 class Bench:
@@ -229,7 +227,7 @@ def main() -> None:
     spec, model_spec, img = setting(args.size)
     backbone = build_backbone(spec).to(args.device)
     benches = [Bench(*pair.split(":"), backbone, model_spec, img, args) for pair in args.methods]
-    clock = Clock(torch.device(args.device))
+    clock = Clock(torch.device(args.device), cpu_time=time.process_time)  # see Timing above
     for b in benches:
         for _ in range(args.warmup):
             b.step()

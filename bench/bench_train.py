@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, Subset  # noqa: E402
 
 from amflow import paths  # noqa: E402
 from amflow.params import load_params  # noqa: E402
+from timing import Clock  # noqa: E402
 
 METHODS = ("frame", "aim", "st_adapter", "tpa", "amflow")
 
@@ -73,16 +74,6 @@ def synth_cache(params, dataset: str, out: Path, per_split: dict[str, int]) -> P
     np.savez(out / "motion.npz", transforms=np.tile(np.eye(3, dtype=np.float32), (total, 1, 1)),
              valid=np.ones(total, bool), video_moving=np.zeros(len(videos), bool))
     return frames_dir
-
-
-class Clock:
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def __call__(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
 
 
 # --------------------------------------------------------------------------- where the forward's time goes
@@ -133,9 +124,10 @@ def measure(method: str, args, params, dataset: str, frames_dir: Path, motion: P
     from amflow.evaluate.run import evaluate_model
     from amflow.models import clip_gflops
     from amflow.train.distributed import DistContext, resolve_device
-    from amflow.train.run import build_run_model
+    from amflow.models.inference import autocast, collate_clips
+    from amflow.runs import build_run_model
     from amflow.train.schedule import param_groups
-    from amflow.train.trainer import Trainer, autocast, collate_clips
+    from amflow.train.trainer import Trainer
 
     device = resolve_device(args.device)
     clock = Clock(device)

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from amflow.camera import global_motion as gm
-from amflow.camera import stage
+from amflow import paths
+from amflow.camera import rules, stage
 from amflow.data.frame_cache import FrameCache, write_cache
 from amflow.errors import AmflowError
 from amflow.params import load_params
@@ -63,15 +63,15 @@ def tiny_cache(tmp_path_factory):
 def test_rule_functions():
     d = np.array([0.02, 0.001, 0.03, 0.5])
     v = np.array([True, True, True, False])
-    assert stage.video_displacement(d, v) == pytest.approx(0.02)  # median of the valid ones only
-    assert np.isnan(stage.video_displacement(d, np.zeros(4, bool)))
-    assert stage.is_moving(0.02, 0.01) and not stage.is_moving(0.005, 0.01)
-    assert not stage.is_moving(float("nan"), 0.01)
+    assert rules.video_displacement(d, v) == pytest.approx(0.02)  # median of the valid ones only
+    assert np.isnan(rules.video_displacement(d, np.zeros(4, bool)))
+    assert rules.is_moving(0.02, 0.01) and not rules.is_moving(0.005, 0.01)
+    assert not rules.is_moving(float("nan"), 0.01)
     moving = np.array([True, True, False, False, False])
     evidence = np.array([True, True, True, True, False])
-    assert stage.decide(moving, evidence, 0.5) == ("static", 0.5)  # share must exceed the bar
-    assert stage.decide(moving, evidence, 0.4) == ("aligned", 0.5)
-    assert stage.decide(np.zeros(2, bool), np.zeros(2, bool), 0.5) == ("static", 0.0)
+    assert rules.decide(moving, evidence, 0.5) == ("static", 0.5)  # share must exceed the bar
+    assert rules.decide(moving, evidence, 0.4) == ("aligned", 0.5)
+    assert rules.decide(np.zeros(2, bool), np.zeros(2, bool), 0.5) == ("static", 0.0)
 
 
 def test_draw_sample_is_seeded_and_respects_the_split(tiny_cache):
@@ -126,7 +126,7 @@ def test_stage_end_to_end(tiny_cache, tmp_path):
         assert moving[pos] == (vx != 0 or vy != 0)
 
     # the sample is the train split; the json is complete and consistent
-    saved = json.loads((out / "camera_motion.json").read_text())
+    saved = json.loads((out / paths.CAMERA_JSON).read_text())
     assert saved == json.loads(json.dumps(summary))
     assert [v["video_id"] for v in saved["videos"]] == [f"vid{i}" for i in range(7)]
     assert [v["moving"] for v in saved["videos"]] == [VELOCITIES[i] != (0, 0) for i in range(7)]
@@ -142,17 +142,17 @@ def test_stage_end_to_end(tiny_cache, tmp_path):
     for v in saved["videos"]:
         assert set(v) >= {"video_id", "displacement", "moving", "invalid_pairs"}
     # the plot is a PNG, and the json (which marks completion) came last
-    png = (out / "camera_motion.png").read_bytes()
+    png = (out / paths.CAMERA_PNG).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    assert os.path.getmtime(out / "camera_motion.json") >= os.path.getmtime(out / "camera_motion.png")
-    assert os.path.getmtime(out / "camera_motion.png") >= os.path.getmtime(motion_path)
+    assert os.path.getmtime(out / paths.CAMERA_JSON) >= os.path.getmtime(out / paths.CAMERA_PNG)
+    assert os.path.getmtime(out / paths.CAMERA_PNG) >= os.path.getmtime(motion_path)
     assert not [f for f in out.iterdir() if f.name.startswith(".")]  # no temporaries left
-    assert stage.read_decision(out) == "static"
+    assert rules.read_decision(out) == "static"
 
 
 def test_thresholds_change_the_decision(tiny_cache, tmp_path, monkeypatch):
     # The transforms do not depend on the thresholds: estimate once, then only the rule reruns.
-    computed = stage.compute_all(tiny_cache, "similarity", stage.settings_from(params().camera_motion), workers=1,
+    computed = stage.compute_all(tiny_cache, "similarity", rules.settings_from(params().camera_motion), workers=1,
                                  progress=False)
     monkeypatch.setattr(stage, "compute_all", lambda *a, **k: computed)
 
@@ -196,10 +196,10 @@ def test_default_motion_path_and_missing_cache(tiny_cache, tmp_path):
     shutil.copytree(tiny_cache, frames)
     stage.run_camera_motion(params(sample_videos=2), "tiny", frames, tmp_path / "out", track=False, workers=1,
                             progress=False)
-    assert (frames / "motion.npz").exists()
+    assert (tmp_path / "out" / paths.MOTION_NPZ).exists() and not (frames / paths.MOTION_NPZ).exists()
     with pytest.raises(AmflowError, match="extract"):
         stage.run_camera_motion(params(), "tiny", tmp_path / "nowhere", tmp_path / "out2", track=False)
-    assert not (tmp_path / "out2" / "camera_motion.json").exists()
+    assert not (tmp_path / "out2" / paths.CAMERA_JSON).exists()
 
 
 def test_very_short_videos_and_stale_decision(tmp_path, monkeypatch):
@@ -212,7 +212,7 @@ def test_very_short_videos_and_stale_decision(tmp_path, monkeypatch):
                     {"video_id": "pan", "split": "test", "label": 1, "frames": panning_video(3, 32, (1, 0), 1)}])
     out = tmp_path / "out"
     out.mkdir()
-    (out / "camera_motion.json").write_text(json.dumps({"decision": "aligned"}))
+    (out / paths.CAMERA_JSON).write_text(json.dumps({"decision": "aligned"}))
 
     class Stop(Exception):
         pass
@@ -224,18 +224,18 @@ def test_very_short_videos_and_stale_decision(tmp_path, monkeypatch):
         m.setattr("amflow.camera.plot.plot_displacements", fail)
         with pytest.raises(Stop):
             stage.run_camera_motion(params(), "short", d, out, track=False, workers=1, progress=False)
-    assert not (out / "camera_motion.json").exists()  # the stale decision is gone
+    assert not (out / paths.CAMERA_JSON).exists()  # the stale decision is gone
 
     summary = stage.run_camera_motion(params(), "short", d, out, track=False, workers=1, progress=False)
     assert summary["counts"]["videos"] == 2 and summary["counts"]["without_valid_pairs"] == 2
     assert summary["decision"] == "static" and summary["share_moving"] == 0.0
     assert [v["displacement"] for v in summary["videos"]] == [None, None]
-    with np.load(d / "motion.npz") as z:
+    with np.load(out / paths.MOTION_NPZ) as z:
         assert z["transforms"].shape == (6, 3, 3)
         assert z["valid"].tolist() == [False, False, False, True, True, False]
         assert z["video_moving"].tolist() == [False, False, True]
         np.testing.assert_array_equal(z["transforms"][:3], np.tile(np.eye(3, dtype=np.float32), (3, 1, 1)))
-    assert (out / "camera_motion.png").exists()
+    assert (out / paths.CAMERA_PNG).exists()
 
 
 def test_mlflow_logging(tiny_cache, tmp_path, monkeypatch):
@@ -259,7 +259,7 @@ def test_mlflow_logging(tiny_cache, tmp_path, monkeypatch):
     assert run.data.metrics["share_moving"] == pytest.approx(summary["share_moving"])
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"camera_motion.json", "camera_motion.png"} <= arts
-    saved = json.loads((tmp_path / "out" / "camera_motion.json").read_text())
+    saved = json.loads((tmp_path / "out" / paths.CAMERA_JSON).read_text())
     assert saved["mlflow_run_id"] == run.info.run_id
     monkeypatch.setenv("AMFLOW_TRACKING", "0")  # the switch of amflow.tracking turns it off
     off = stage.run_camera_motion(params(sample_videos=3), "tiny", tiny_cache, tmp_path / "out",
@@ -271,23 +271,23 @@ def test_mlflow_logging(tiny_cache, tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- consumers
 def test_read_decision_and_resolve_variant(tmp_path):
     with pytest.raises(AmflowError, match="camera-motion"):
-        stage.read_decision(tmp_path)
+        rules.read_decision(tmp_path)
     with pytest.raises(AmflowError, match="camera-motion"):
-        stage.resolve_variant("auto", tmp_path)
-    (tmp_path / "camera_motion.json").write_text(json.dumps({"decision": "aligned"}))
-    assert stage.read_decision(tmp_path) == "aligned"
-    assert stage.resolve_variant("auto", tmp_path) == ("aligned", False)
-    assert stage.resolve_variant("auto_per_video", tmp_path) == ("aligned", True)
+        rules.resolve_variant("auto", tmp_path)
+    (tmp_path / paths.CAMERA_JSON).write_text(json.dumps({"decision": "aligned"}))
+    assert rules.read_decision(tmp_path) == "aligned"
+    assert rules.resolve_variant("auto", tmp_path) == ("aligned", False)
+    assert rules.resolve_variant("auto_per_video", tmp_path) == ("aligned", True)
     for v in ("static", "aligned", "none"):
-        assert stage.resolve_variant(v, tmp_path / "missing") == (v, False)  # no file needed
+        assert rules.resolve_variant(v, tmp_path / "missing") == (v, False)  # no file needed
     with pytest.raises(AmflowError):
-        stage.resolve_variant("sometimes", tmp_path)
-    (tmp_path / "camera_motion.json").write_text(json.dumps({"decision": "wobbly"}))
+        rules.resolve_variant("sometimes", tmp_path)
+    (tmp_path / paths.CAMERA_JSON).write_text(json.dumps({"decision": "wobbly"}))
     with pytest.raises(AmflowError, match="rerun"):
-        stage.read_decision(tmp_path)
-    (tmp_path / "camera_motion.json").write_text("{not json")
+        rules.read_decision(tmp_path)
+    (tmp_path / paths.CAMERA_JSON).write_text("{not json")
     with pytest.raises(AmflowError):
-        stage.read_decision(tmp_path)
+        rules.read_decision(tmp_path)
 
 
 # --------------------------------------------------------------------------- SynthMotion
@@ -309,7 +309,7 @@ def synth_results():
     corner errors of the estimated transforms against the generator's true camera transforms."""
     p = load_params(ROOT / "params" / "default.yaml")
     spec = p.camera_motion
-    settings = stage.settings_from(spec)
+    settings = rules.settings_from(spec)
     rng = np.random.default_rng(0)
     out = {}
     for name in ("synth_static", "synth_moving"):
@@ -317,15 +317,13 @@ def synth_results():
         for frames, info in _synth(name):
             h, w = frames.shape[1:3]
             pairs = np.sort(rng.choice(len(frames) - 1, spec.pairs_per_video, replace=False))
-            ests = gm.estimate_pairs(frames, pairs, spec.model, settings)
-            valid = np.array([e.valid for e in ests])
-            invalid += int((~valid).sum())
-            d = np.array([gm.grid_displacement(e.matrix, h, w) for e in ests])
-            disp.append(stage.video_displacement(d, valid))
+            motion = rules.pair_motion(frames, pairs, spec.model, settings)
+            invalid += int((~motion.valid).sum())
+            disp.append(rules.video_displacement(motion.displacement, motion.valid))
             c = np.array([[0, w - 1, w - 1, 0], [0, 0, h - 1, h - 1], [1, 1, 1, 1]], np.float64)
-            for e, t in zip(ests, pairs):
-                if e.valid:
-                    a, b = e.matrix @ c, info["frame_to_next"][t] @ c
+            for matrix, valid, t in zip(motion.transforms, motion.valid, pairs):
+                if valid:
+                    a, b = matrix.astype(np.float64) @ c, info["frame_to_next"][t] @ c
                     errors.append(np.linalg.norm(a[:2] / a[2] - b[:2] / b[2], axis=0).max())
         out[name] = dict(disp=np.array(disp), errors=np.array(errors), invalid=invalid)
         e = out[name]["errors"]
@@ -344,14 +342,14 @@ SYNTH_THRESHOLD = 0.005
 
 def test_synthmotion_static_and_moving_cameras(synth_results):
     static, moving = synth_results["synth_static"]["disp"], synth_results["synth_moving"]["disp"]
-    assert np.mean([not stage.is_moving(d, SYNTH_THRESHOLD) for d in static]) >= 0.95
-    assert np.mean([stage.is_moving(d, SYNTH_THRESHOLD) for d in moving]) >= 0.95
+    assert np.mean([not rules.is_moving(d, SYNTH_THRESHOLD) for d in static]) >= 0.95
+    assert np.mean([rules.is_moving(d, SYNTH_THRESHOLD) for d in moving]) >= 0.95
     spec = load_params(ROOT / "params" / "default.yaml").camera_motion
     for name, expected in (("synth_static", "static"), ("synth_moving", "aligned")):
         d = synth_results[name]["disp"]
         for threshold in {SYNTH_THRESHOLD, spec.moving_threshold}:  # also with the params' own threshold
-            moving_flags = np.array([stage.is_moving(x, threshold) for x in d])
-            assert stage.decide(moving_flags, np.isfinite(d), spec.dataset_moving_share)[0] == expected
+            moving_flags = np.array([rules.is_moving(x, threshold) for x in d])
+            assert rules.decide(moving_flags, np.isfinite(d), spec.dataset_moving_share)[0] == expected
 
 
 def test_synthmotion_transforms_match_the_true_camera(synth_results):

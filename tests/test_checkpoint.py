@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from amflow import paths
 from amflow.errors import AmflowError
 from amflow.train import checkpoint as ckpt
 from amflow.train.trainer import Trainer
@@ -26,7 +27,7 @@ def trained_run(run_dir, epochs=1):
     model = TinyVideoNet()
     Trainer(model, TinyClips(16), TinyClips(8, train=False), tiny_spec(epochs=epochs), seed=0, run_dir=run_dir,
             progress=False, meta={"compat": {"method": "x"}}).fit()
-    return model, run_dir / "checkpoint.pt"
+    return model, run_dir / paths.CHECKPOINT
 
 
 def test_checkpoint_holds_only_safe_types_and_trainable_weights(tmp_path):
@@ -56,7 +57,7 @@ def test_corrupted_checkpoint_is_a_clear_error_naming_the_file(tmp_path, damage)
 
 
 def test_a_foreign_torch_file_is_refused(tmp_path):
-    path = tmp_path / "checkpoint.pt"
+    path = tmp_path / paths.CHECKPOINT
     torch.save({"weights": torch.zeros(2)}, path)
     with pytest.raises(AmflowError, match="not an amflow training checkpoint"):
         ckpt.load_checkpoint(path)

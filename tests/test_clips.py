@@ -405,7 +405,7 @@ def test_ground_truth_at_another_frame_size_and_the_oracle_sees_it(tmp_path):
     from amflow.models import build_backbone, build_model
     from amflow.models.am_flow import coverage_scores
     from amflow.params import AmFlowSpec, BackboneSpec, ModelSpec
-    from amflow.train.trainer import clip_probs, collate_clips
+    from amflow.models.inference import clip_probs, collate_clips
 
     frames_dir, gt, cover = _synth_cache_with_ground_truth(tmp_path, frames_size=48)
     sampling = SamplingSpec(num_frames=4, crop_size=32)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from amflow import paths
 from amflow.errors import AmflowError
 from amflow.train.distributed import DistContext, init_distributed, per_process_batch
 
@@ -129,7 +130,7 @@ def test_rerun_after_a_params_change_sets_the_checkpoint_aside_on_every_rank(tmp
     run(cmd, tmp_path, TEST_DIGEST="a")  # same params: resumes after the last epoch, nothing to train
     assert [json.loads((out / f"result_rank{r}.json").read_text())["resumed_from"] for r in (0, 1)] == [3, 3]
     run(cmd, tmp_path, TEST_DIGEST="b", TEST_RANK1_DELAY_S="3")  # params changed, rank 1 late
-    assert (out / "checkpoint.stale.pt").exists() and (out / "checkpoint.pt").exists()
+    assert (out / "checkpoint.stale.pt").exists() and (out / paths.CHECKPOINT).exists()
     for r in (0, 1):
         again = json.loads((out / f"result_rank{r}.json").read_text())
         assert again["status"] == "complete" and again["resumed_from"] == 0 and len(again["history"]) == 3

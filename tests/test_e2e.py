@@ -29,15 +29,8 @@ from amflow import paths
 
 from project_copy import (BIN, ROOT, TINY, TINY_RESULTS, copy_of, job_counts, make_project_copy, nothing_to_do, run,
                           shared_pipeline_run, snakemake)
+from table_columns import ABLATION_COLUMNS, TABLE1_COLUMNS
 
-# The table columns as amflow/report/tables.py's docstring documents them (written out here, not
-# imported, so that a change of the scheme has to change this test too).
-PER_SEED = ("top1_pct", "top5_pct", "mean_class_acc_pct", "reversed_top1_pct", "forward_top1_paired_pct",
-            "both_directions_top1_pct", "epochs_to_90pct", "train_time_s")
-PER_MODEL = ("trainable_params", "total_params", "gflops_per_clip", "am_flow_variant", "views")
-STATS = [f"{name}_{s}" for name in PER_SEED for s in ("mean", "std")]
-TABLE1_COLUMNS = ["dataset", "method", "n_seeds", *STATS, *PER_MODEL]
-ABLATION_COLUMNS = ["axis", "value", "dataset", "n_seeds", *STATS, *PER_MODEL]
 DECIMALS = {"top1_pct": 2, "top5_pct": 2, "mean_class_acc_pct": 2, "reversed_top1_pct": 2,
             "forward_top1_paired_pct": 2, "both_directions_top1_pct": 2, "epochs_to_90pct": 2, "train_time_s": 1}
 

@@ -68,20 +68,20 @@ def test_train_outputs(trained):
     root, params, kw, info, _ = trained
     run_dir = root / "results" / "tiny" / "amflow" / "seed0"
     assert {"checkpoint.pt", "train_log.csv", "params.yaml", "train.json"} <= {p.name for p in run_dir.iterdir()}
-    saved = io.read_json(run_dir / "train.json")
+    saved = io.read_json(run_dir / paths.TRAIN_JSON)
     assert saved["status"] == "complete" and saved["epochs"] == 2 and len(saved["history"]) == 2
     assert saved["am_flow_variant"] == "aligned"
     assert 0 < saved["trainable_params"] < saved["total_params"] and saved["gflops_per_clip"] > 0
     assert saved["epochs_to_90pct"] in (1, 2) and len(saved["val_curve"]) == 2
     from amflow.params import load_params
 
-    assert load_params(run_dir / "params.yaml") == params          # resolved params, reloadable
+    assert load_params(run_dir / paths.PARAMS_YAML) == params          # resolved params, reloadable
 
 
 def test_metrics_json_has_the_contract_keys(trained):
     root, *_, metrics = trained
     run_dir = root / "results" / "tiny" / "amflow" / "seed0"
-    saved = io.read_json(run_dir / "metrics.json")
+    saved = io.read_json(run_dir / paths.METRICS_JSON)
     assert METRICS_KEYS <= set(saved) and saved == metrics
     assert saved["views"] == 1 and saved["am_flow_variant"] == "aligned"
     assert 0 <= saved["top1"] <= saved["top5"] <= 1
@@ -90,7 +90,7 @@ def test_metrics_json_has_the_contract_keys(trained):
     assert saved["forward_top1_paired"] == pytest.approx(saved["top1"])
     assert saved["directional_items"] == 8                          # no tiny class is its own reversal
     assert 0 <= saved["both_directions_top1"] <= min(saved["reversed_top1"], saved["forward_top1_paired"])
-    table = pd.read_csv(run_dir / "per_class.csv")
+    table = pd.read_csv(run_dir / paths.PER_CLASS_CSV)
     assert table["class_name"].tolist() == CLASSES and table["support"].sum() == 8
     for png in ("confusion.png", "curves.png"):
         assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -127,17 +127,17 @@ def test_evaluate_refuses_a_checkpoint_that_train_json_does_not_describe(trained
     assert early["status"] == "stopped"
     finished = paths.run_dir(root / "results", "tiny", "amflow", 0)
     mixed = shutil.copytree(finished, tmp_path / "mixed", ignore=shutil.ignore_patterns("metrics.json"))
-    shutil.copyfile(tmp_path / "early" / "checkpoint.pt", mixed / "checkpoint.pt")
+    shutil.copyfile(tmp_path / "early" / paths.CHECKPOINT, mixed / paths.CHECKPOINT)
     with pytest.raises(AmflowError, match=f"{mixed / 'checkpoint.pt'}: not the checkpoint that .*epoch 1.*"
                                           f"train.json: epoch {info['epochs']}"):
         evaluate_run(params, progress=False, run_dir=mixed, **kw)
     # The final checkpoint, but train.json from a run with other params.
-    shutil.copyfile(finished / "checkpoint.pt", mixed / "checkpoint.pt")
-    io.write_json(mixed / "train.json", {**info, "params_digest": "0123456789abcdef"})
+    shutil.copyfile(finished / paths.CHECKPOINT, mixed / paths.CHECKPOINT)
+    io.write_json(mixed / paths.TRAIN_JSON, {**info, "params_digest": "0123456789abcdef"})
     with pytest.raises(AmflowError, match="not the checkpoint that .*digest 0123456789abcdef"):
         evaluate_run(params, progress=False, run_dir=mixed, **kw)
-    assert not (mixed / "metrics.json").exists()
-    io.write_json(mixed / "train.json", info)  # the run's own pair evaluates
+    assert not (mixed / paths.METRICS_JSON).exists()
+    io.write_json(mixed / paths.TRAIN_JSON, info)  # the run's own pair evaluates
     assert evaluate_run(params, progress=False, run_dir=mixed, **kw)["top1"] == trained[4]["top1"]
 
 
@@ -147,8 +147,8 @@ def test_predict_samples_like_the_evaluation(trained, monkeypatch):
     from amflow.data.frame_cache import FrameCache
     from amflow.evaluate import predict as P
     from amflow.train import checkpoint as ckpt
-    from amflow.train.run import build_run_model
-    from amflow.train.trainer import clip_probs
+    from amflow.models.inference import clip_probs
+    from amflow.runs import build_run_model
 
     root, params, *_ = trained
     run_dir = root / "results" / "tiny" / "amflow" / "seed0"
@@ -161,15 +161,38 @@ def test_predict_samples_like_the_evaluation(trained, monkeypatch):
     assert len(top) == 3 and [n for n, _ in top][0] in CLASSES
     assert all(a[1] >= b[1] for a, b in zip(top, top[1:]))
 
-    state = ckpt.load_checkpoint(run_dir / "checkpoint.pt")
+    state = ckpt.load_checkpoint(run_dir / paths.CHECKPOINT)
     model = build_run_model(params, "tiny", "amflow", len(CLASSES), "aligned", None, 0)
-    ckpt.load_trainable_state(model, state["model"], run_dir / "checkpoint.pt")
+    ckpt.load_trainable_state(model, state["model"], run_dir / paths.CHECKPOINT)
     with torch.no_grad():
         probs = clip_probs(model.eval(), item["video"][None], item["transforms"][None], torch.device("cpu"), False,
                            test.normalise)[0]
     expected = sorted(((CLASSES[i], float(p)) for i, p in enumerate(probs)), key=lambda t: -t[1])[:3]
     assert [n for n, _ in top] == [n for n, _ in expected]
     assert np.allclose([p for _, p in top], [p for _, p in expected], atol=1e-5)
+
+
+def test_predict_refuses_what_evaluate_refuses(trained, tmp_path):
+    """One policy for a trained run: predict refuses an unfinished run and weights of other params."""
+    import shutil
+
+    import yaml
+
+    from amflow.evaluate.predict import Predictor
+
+    root, *_ = trained
+    finished = paths.run_dir(root / "results", "tiny", "amflow", 0)
+    copy = shutil.copytree(finished, tmp_path / "run")
+    assert Predictor.from_run_dir(copy).classes == CLASSES
+    (copy / paths.TRAIN_JSON).unlink()
+    with pytest.raises(AmflowError, match=f"{copy / 'train.json'}: training of this run is not complete"):
+        Predictor.from_run_dir(copy)
+    shutil.copyfile(finished / paths.TRAIN_JSON, copy / paths.TRAIN_JSON)
+    edited = yaml.safe_load((copy / paths.PARAMS_YAML).read_text())
+    edited["train"]["lr"] = 0.1
+    (copy / paths.PARAMS_YAML).write_text(yaml.safe_dump(edited))
+    with pytest.raises(AmflowError, match="trained with different params"):
+        Predictor.from_run_dir(copy)
 
 
 def test_predict_decodes_a_real_video_file(trained, tmp_path):

@@ -44,18 +44,22 @@ def test_mean_class_accuracy_ignores_classes_absent_from_ground_truth():
     labels = np.array([0, 0, 0, 0, 1, 1, 2, 2])
     preds = np.array([0, 0, 0, 3, 1, 0, 2, 2])
     # per class: 0 -> 3/4, 1 -> 1/2, 2 -> 2/2; mean over the 3 present classes
-    assert M.mean_class_accuracy(labels, preds, 4) == pytest.approx((0.75 + 0.5 + 1.0) / 3)
+    assert M.mean_class_accuracy(labels, preds) == 0.75                   # (3/4 + 1/2 + 2/2) / 3, exactly
     # MMAction2's union-of-labels version would count class 3 as 0 and report (0.75+0.5+1+0)/4
-    assert M.mean_class_accuracy(labels, preds, 4) != pytest.approx((0.75 + 0.5 + 1.0 + 0.0) / 4)
+    assert M.mean_class_accuracy(labels, preds) != pytest.approx((0.75 + 0.5 + 1.0 + 0.0) / 4)
     acc, support = M.per_class_accuracy(labels, preds, 4)
     assert list(support) == [4, 2, 2, 0] and math.isnan(acc[3])
+
+
+def test_mean_class_accuracy_of_an_empty_split_is_nan():
+    assert math.isnan(M.mean_class_accuracy(np.zeros(0, int), np.zeros(0, int)))
 
 
 def test_mean_class_accuracy_differs_from_top1_under_imbalance():
     labels = np.array([0] * 8 + [1] * 2)
     preds = np.zeros(10, dtype=int)                      # always class 0
     assert M.topk_accuracy(onehotish(preds, 2), labels, 1) == pytest.approx(0.8)
-    assert M.mean_class_accuracy(labels, preds, 2) == pytest.approx(0.5)
+    assert M.mean_class_accuracy(labels, preds) == pytest.approx(0.5)
 
 
 def test_per_class_table_and_confusion():
@@ -99,14 +103,14 @@ def test_score_reports_reversal_on_the_partner_subset():
     rev_probs = onehotish([1, 1, 1], 3)               # reversed clips: predicted 1, 1, 1
     rev_targets = np.array([1, 0, 1])                 # partners of labels 0, 1, 0
     out = EvalOutputs(probs, labels, np.arange(4), rev_probs, rev_targets, rev_rows)
-    s = score(out, 3)
+    s = score(out)
     assert s["top1"] == pytest.approx(0.75)
     assert s["reversed_top1"] == pytest.approx(2 / 3)
     assert s["forward_top1_paired"] == pytest.approx(2 / 3)   # rows 0,1 right, row 2 wrong
     assert s["paired_items"] == 3
     assert s["both_directions_top1"] == pytest.approx(1 / 3)  # only row 0 is right both ways
     assert s["directional_items"] == 3
-    none = score(EvalOutputs(probs, labels, np.arange(4), np.zeros((0, 3)), np.zeros(0, int), np.zeros(0, int)), 3)
+    none = score(EvalOutputs(probs, labels, np.arange(4), np.zeros((0, 3)), np.zeros(0, int), np.zeros(0, int)))
     assert none["reversed_top1"] is None and none["paired_items"] == 0
     assert none["both_directions_top1"] is None and none["directional_items"] == 0
 
@@ -120,7 +124,7 @@ def test_order_blind_model_scores_zero_both_ways_but_not_on_self_reversing_class
     reversal = {0: 1, 1: 0, 2: 2}
     out = EvalOutputs(probs, labels, np.arange(5), probs.copy(), np.array([reversal[int(y)] for y in labels]),
                       np.arange(5))
-    s = score(out, 3)
+    s = score(out)
     assert s["both_directions_top1"] == 0.0
     assert s["directional_items"] == 3
     # reversed_top1 alone does not show it: the wrong forward answer on row 2 is right reversed, and

@@ -103,6 +103,17 @@ def test_bad_kwargs_and_unsupported_models_are_user_errors():
         build_backbone(BackboneSpec(model="resnet18", kwargs={}, weights="random"))
 
 
+def test_embed_frames_then_the_blocks_is_timms_forward_features():
+    # embed_frames calls timm's private VisionTransformer._pos_embed: this pins it to timm's own path.
+    torch.manual_seed(0)
+    bb = build_backbone(spec(weights="random", kwargs={**TINY, "reg_tokens": 2}))
+    frames = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ours = bb.norm(bb.blocks(embed_frames(bb, frames)))
+        assert ours.shape == (2, 1 + 2 + 8 * 8, 64)
+        assert torch.equal(ours, bb.forward_features(frames))
+
+
 @pytest.mark.parametrize("kwargs", [
     TINY,
     dict(img_size=56, patch_size=14, embed_dim=64, depth=2, num_heads=2, qk_norm=True),

@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file
 from amflow.models import adapters
 from amflow.params import load_params
-from amflow.train.run import build_run_model
+from amflow.runs import build_run_model
 
 method, variant, weights = sys.argv[1], sys.argv[2], sys.argv[3]
 torch.set_num_threads(2)

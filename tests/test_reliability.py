@@ -100,8 +100,8 @@ def test_a_second_writer_of_a_run_folder_fails_at_once_naming_the_holder(tmp_pat
 
     run = paths.run_dir(tmp_path / "results", "tiny", "amflow", 0)
     run.mkdir(parents=True)
-    (run / "checkpoint.pt").write_bytes(b"the first writer's weights")
-    (run / "train.json").write_text("{}")
+    (run / paths.CHECKPOINT).write_bytes(b"the first writer's weights")
+    (run / paths.TRAIN_JSON).write_text("{}")
     before = _tree(run)
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -140,7 +140,7 @@ def test_leftovers_of_a_kill_inside_torch_save_are_removed_at_the_next_start(tmp
     out = subprocess.run([sys.executable, "-c", KILL_IN_SAVE, str(run)], env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == -signal.SIGKILL
     leftovers = io.temporaries(run, "checkpoint.pt")
-    assert len(leftovers) == 1 and not (run / "checkpoint.pt").exists()
+    assert len(leftovers) == 1 and not (run / paths.CHECKPOINT).exists()
     info = train_run(tiny_params(epochs=1), dataset="tiny", method="frame", seed=0, data_dir=tmp_path / "data",
                      results_dir=tmp_path / "results", progress=False)
     assert info["status"] == "complete" and io.temporaries(run) == []
@@ -154,7 +154,7 @@ CHEAPER = ("--configfile", "params/tiny.yaml", "--config", f"train={{epochs: {EP
 TINY = load_params(ROOT / "params/tiny.yaml")
 RESULTS = paths.results_root("results", TINY.name)
 RUN = paths.run_dir(RESULTS, "synth_static", "frame", 0)
-TARGET = str(RUN / "metrics.json")
+TARGET = str(RUN / paths.METRICS_JSON)
 UPSTREAM = (str(paths.frames_dir("data", paths.dataset_key(TINY, "synth_static")) / "summary.json"),
             str(paths.backbone_file(RESULTS)))
 NOT_REPRODUCIBLE = ("train_time_s", "eval_time_s", "mlflow_run_id")
@@ -185,21 +185,21 @@ def test_a_training_job_killed_mid_run_resumes_to_the_same_metrics_bit_for_bit(t
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 900
-        while not (run / "checkpoint.pt").exists():  # the first epoch is saved: training is under way
+        while not (run / paths.CHECKPOINT).exists():  # the first epoch is saved: training is under way
             assert proc.poll() is None and time.monotonic() < deadline, "training never wrote a checkpoint"
             time.sleep(0.02)
         train = _train_process(proc)
         assert train is not None
         train.send_signal(signal.SIGSTOP)  # freeze it, to check where it stands, then kill it
-        assert not (run / "train.json").exists(), "training finished before it could be killed"
+        assert not (run / paths.TRAIN_JSON).exists(), "training finished before it could be killed"
         train.kill()
         assert proc.wait(timeout=300) != 0  # Snakemake saw its job die
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    state = torch.load(run / "checkpoint.pt", weights_only=True)
-    assert 1 <= state["epoch"] < EPOCHS and not (run / "metrics.json").exists()
+    state = torch.load(run / paths.CHECKPOINT, weights_only=True)
+    assert 1 <= state["epoch"] < EPOCHS and not (run / paths.METRICS_JSON).exists()
 
     snakemake(killed, "--cores", "2", TARGET, *CHEAPER)  # the rerun: what the user types again
     log = (killed / paths.logs_root("logs", TINY.name) / "train/synth_static/frame/seed0.log").read_text()
@@ -208,7 +208,7 @@ def test_a_training_job_killed_mid_run_resumes_to_the_same_metrics_bit_for_bit(t
     b = json.loads((killed / TARGET).read_text())
     assert {k: v for k, v in a.items() if k not in NOT_REPRODUCIBLE} == \
            {k: v for k, v in b.items() if k not in NOT_REPRODUCIBLE}
-    history = [json.loads((p / RUN / "train.json").read_text())["history"]
+    history = [json.loads((p / RUN / paths.TRAIN_JSON).read_text())["history"]
                for p in (whole, killed)]
     timeless = [[{k: v for k, v in r.items() if k not in ("epoch_time", "clips_per_s", "data_wait_frac")} for r in h]
                 for h in history]

@@ -17,7 +17,7 @@ from test_tables import TOP1, small_params, write, write_ablations, write_runs
 
 def write_cameras(results: Path) -> None:
     for d, decision, share in (("synth_static", "static", 0.05), ("synth_moving", "aligned", 0.95)):
-        write(paths.camera_dir(results, d) / "camera_motion.json",
+        write(paths.camera_dir(results, d) / paths.CAMERA_JSON,
               {"dataset": d, "decision": decision, "share_moving": share,
                "counts": {"videos": 60, "moving": round(60 * share)}, "thresholds": {"moving_threshold": 0.01}})
 
@@ -30,7 +30,7 @@ def build(tmp_path, top1=TOP1, ablations=True):
         write_ablations(p, tmp_path)
         tables.write_tables(p, tmp_path, which="ablations")
     write_cameras(tmp_path)
-    write(paths.backbone_dir(tmp_path) / "metrics.json", {"val": {"mean_accuracy": 0.8123}, "epochs": 3})
+    write(paths.backbone_dir(tmp_path) / paths.METRICS_JSON, {"val": {"mean_accuracy": 0.8123}, "epochs": 3})
     path = report.write_report(p, tmp_path)
     return p, path.read_text()
 
@@ -140,6 +140,11 @@ def test_render_heatmaps(tmp_path):
         assert g.size == (3 * 32 * k + 4, 2 * 32 * k + 2)
     # bilinear with cell centres aligned: [0, 1] over 2 cells -> 0, 0.25, 0.75, 1 over 4
     np.testing.assert_allclose(hm.upsample(np.array([[[0.0, 1.0]]]), 1, 4)[0, 0], [0, 0.25, 0.75, 1])
+    # in both directions at once, and every frame on its own (8 frames: frame t is t everywhere)
+    np.testing.assert_allclose(hm.upsample(np.array([[[0.0, 1.0], [2.0, 3.0]]]), 4, 4)[0],
+                               [[0, 0.25, 0.75, 1], [0.5, 0.75, 1.25, 1.5], [1.5, 1.75, 2.25, 2.5], [2, 2.25, 2.75, 3]])
+    np.testing.assert_allclose(hm.upsample(np.arange(8.0)[:, None, None] * np.ones((8, 2, 3)), 5, 7),
+                               np.arange(8.0)[:, None, None] * np.ones((8, 5, 7)))
     # the overlay blends: a black frame under the colour map's top colour at weight ALPHA
     top = hm.overlay(np.zeros((1, 2, 2, 3), np.uint8), np.full((1, 2, 2), 2.0), vmax=2.0)
     assert top.dtype == np.uint8 and top.max() <= round(255 * hm.ALPHA) and top.max() > 0
@@ -147,11 +152,23 @@ def test_render_heatmaps(tmp_path):
         hm.HeatmapClip("bad", frames, np.zeros((T - 1, 8, 8)), np.zeros((T, 8, 8)))
 
 
+def test_png_outputs_carry_no_matplotlib_version(tmp_path):
+    """Every figure goes through io.write_png: the same figure gives the same bytes, whatever the
+    installed matplotlib."""
+    from amflow.evaluate.plots import confusion_png
+
+    for name in ("a.png", "b.png"):
+        confusion_png(np.eye(3), ["x", "y", "z"], tmp_path / name)
+    data = (tmp_path / "a.png").read_bytes()
+    assert data == (tmp_path / "b.png").read_bytes()
+    assert data.startswith(b"\x89PNG") and b"Software" not in data and b"atplotlib" not in data
+
+
 def test_coefficient_of_variation_and_clip_choice():
-    assert hm.coefficient_of_variation(np.ones((3, 4, 4))) == pytest.approx(0.0)
+    assert hm.clip_cv(np.ones((3, 4, 4))) == pytest.approx(0.0)
     peaked = np.zeros((2, 2, 2))
     peaked[:, 0, 0] = 4.0
-    assert hm.coefficient_of_variation(peaked) == pytest.approx(np.sqrt(3))
+    assert hm.clip_cv(peaked) == pytest.approx(np.sqrt(3))
     moving = np.array([True, False, False, True, True])
     assert hm.pick_video(moving, np.array([3, 1, 4]), want_moving=False) == 1
     assert hm.pick_video(moving, np.array([3, 4]), want_moving=False) == 0   # none: the first
@@ -182,8 +199,8 @@ def test_clip_maps_with_a_tiny_random_backbone():
 def test_heatmap_section_reads_the_summary(tmp_path):
     out = tmp_path / "plots"
     out.mkdir()
-    (out / hm.PNG).write_bytes(b"png")
-    (out / hm.JSON).write_text(json.dumps({"seed": 0, "clips": [
+    (out / paths.HEATMAPS_PNG).write_bytes(b"png")
+    (out / paths.HEATMAPS_JSON).write_text(json.dumps({"seed": 0, "clips": [
         {"dataset": "synth_moving", "decision": "aligned", "video_id": "v7", "block": 5,
          "static_cv": 1.5, "aligned_cv": 0.4}]}))
     text = "\n".join(report.heatmap_section(tmp_path))
@@ -198,7 +215,7 @@ def test_write_heatmaps_end_to_end(tmp_path):
 
     from amflow.params import validate
     from amflow.train import checkpoint as ckpt
-    from amflow.train.run import CHECKPOINT, build_run_model, params_digest, run_paths
+    from amflow.runs import build_run_model, params_digest, run_paths
     from standins_train import make_tiny_dataset
 
     data, results = tmp_path / "data", tmp_path / "results"
@@ -221,16 +238,17 @@ def test_write_heatmaps_end_to_end(tmp_path):
             moving[[0, 7, 8]] = True            # test videos are positions 6, 7, 8: the choice is 7
         rp.motion.parent.mkdir(parents=True, exist_ok=True)
         np.savez(rp.motion, transforms=transforms, valid=np.ones(n_frames, bool), video_moving=moving)
-        write(results / d / "camera_motion.json", {"decision": decision, "share_moving": 0.0})
+        write(results / d / paths.CAMERA_JSON, {"decision": decision, "share_moving": 0.0})
         model = build_run_model(p, d, "amflow", 4, decision, None, 3)
         with torch.no_grad():                     # trained-looking weights: non-zero up-projections
             for name, prm in model.named_parameters():
                 if prm.requires_grad:
                     prm.add_(0.05 * torch.randn_like(prm))
-        ckpt.save_checkpoint(rp.run_dir / CHECKPOINT, {
+        ckpt.save_checkpoint(rp.run_dir / paths.CHECKPOINT, {
             "format": ckpt.FORMAT, "epoch": 1, "model": ckpt.trainable_state(model), "optimizer": {},
             "scheduler": {}, "history": [], "frozen_fingerprint": ckpt.frozen_fingerprint(model),
             "meta": {"num_classes": 4, "compat": {"params_digest": params_digest(p, d), "am_flow_variant": decision}}})
+        write(rp.run_dir / paths.TRAIN_JSON, {"status": "complete", "epochs": 1, "params_digest": params_digest(p, d)})
     summary = hm.write_heatmaps(p, data_dir=data, results_dir=results)
     assert [(c["dataset"], c["decision"], c["video_id"]) for c in summary["clips"]] == \
         [("tiny_s", "static", "test000"), ("tiny_m", "aligned", "test001")]
@@ -238,9 +256,9 @@ def test_write_heatmaps_end_to_end(tmp_path):
     static_clip, moving_clip = summary["clips"]
     assert static_clip["static_cv"] == pytest.approx(static_clip["aligned_cv"])   # identity: the same maps
     assert moving_clip["static_cv"] != pytest.approx(moving_clip["aligned_cv"])
-    with Image.open(results / "plots" / hm.GIF) as g:
+    with Image.open(results / "plots" / paths.HEATMAPS_GIF) as g:
         assert g.n_frames == 4
-    assert json.loads((results / "plots" / hm.JSON).read_text()) == summary
+    assert json.loads((results / "plots" / paths.HEATMAPS_JSON).read_text()) == summary
     # a run trained with other params is refused rather than plotted
     p2 = p.model_copy(update={"model": p.model.model_copy(update={"am_flow": p.model.am_flow.model_copy(
         update={"temperature": 9.0})})})

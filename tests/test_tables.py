@@ -10,6 +10,7 @@ from amflow.errors import AmflowError
 from amflow.params import load_params
 from amflow.report import tables
 from amflow.workflow_plan import ablation_runs, table_runs
+from table_columns import ABLATION_COLUMNS, TABLE1_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("synth_static", "synth_moving")
@@ -58,7 +59,7 @@ def write_runs(params, results: Path, top1=TOP1) -> None:
         # Temporal diagnostic only on the static dataset: the frame model is order-blind (never right both ways).
         rev, fwd, both = ((0.1 if m == "frame" else t - 0.05), (0.45 if m == "frame" else t),
                           (0.0 if m == "frame" else t - 0.1)) if d == "synth_static" else (None, None, None)
-        write(paths.run_dir(results, d, m, s) / "metrics.json",
+        write(paths.run_dir(results, d, m, s) / paths.METRICS_JSON,
               metrics(d, m, s, t, reversed_top1=rev, forward=fwd, both=both))
 
 
@@ -67,7 +68,7 @@ def write_ablations(params, results: Path) -> None:
         write_runs(params, results)  # table 1's tpa runs: the ablation rows are paired with them
     for r in ablation_runs(params):
         t = VARIANT_TOP1.get((r.value, r.dataset), 0.5 + 0.01 * len(r.value)) + 0.02 * r.seed
-        write(paths.ablation_run_dir(results, r.axis, r.value, r.dataset, r.seed) / "metrics.json",
+        write(paths.ablation_run_dir(results, r.axis, r.value, r.dataset, r.seed) / paths.METRICS_JSON,
               metrics(r.dataset, "amflow", r.seed, t, am_flow_variant=r.value if r.axis == "variant" else "aligned"))
 
 
@@ -81,7 +82,7 @@ def test_table1_values_equal_the_metrics(tmp_path):
     write_runs(p, tmp_path)
     tables.write_tables(p, tmp_path, which="table1")
     t = read_csv(tmp_path / "table1.csv")
-    assert list(t.columns) == tables.TABLE1_COLUMNS
+    assert list(t.columns) == TABLE1_COLUMNS
     assert list(zip(t["dataset"], t["method"])) == [(d, m) for d in DATASETS for m in ("frame", "tpa", "amflow")]
     row = t[(t["dataset"] == "synth_static") & (t["method"] == "tpa")].iloc[0]
     assert row["n_seeds"] == "2"
@@ -125,7 +126,7 @@ def test_tables_are_pure(tmp_path):
 def test_missing_metrics_names_file_and_command(tmp_path):
     p = small_params()
     write_runs(p, tmp_path)
-    gone = paths.run_dir(tmp_path, "synth_moving", "tpa", 1) / "metrics.json"
+    gone = paths.run_dir(tmp_path, "synth_moving", "tpa", 1) / paths.METRICS_JSON
     gone.unlink()
     with pytest.raises(AmflowError) as err:
         tables.write_tables(p, tmp_path, which="table1")
@@ -136,7 +137,7 @@ def test_missing_metrics_names_file_and_command(tmp_path):
 def test_inconsistent_runs_are_errors(tmp_path):
     p = small_params()
     write_runs(p, tmp_path)
-    f = paths.run_dir(tmp_path, "synth_static", "amflow", 1) / "metrics.json"
+    f = paths.run_dir(tmp_path, "synth_static", "amflow", 1) / paths.METRICS_JSON
     m = json.loads(f.read_text())
     write(f, {**m, "trainable_params": 1})                 # seeds ran different models
     with pytest.raises(AmflowError, match="trainable_params"):
@@ -161,7 +162,7 @@ def test_ablation_tables_cover_every_run(tmp_path):
     written = tables.write_tables(p, tmp_path, which="ablations")
     assert written[-1] == tmp_path / "ablations.csv"
     long = read_csv(tmp_path / "ablations.csv")
-    assert list(long.columns) == tables.ABLATION_COLUMNS
+    assert list(long.columns) == ABLATION_COLUMNS
     want = list(dict.fromkeys((r.axis, r.value, r.dataset) for r in ablation_runs(p)))
     assert list(zip(long["axis"], long["value"], long["dataset"])) == want
     assert set(long["n_seeds"]) == {"2"}

@@ -7,8 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
+from amflow import paths
 from amflow.errors import AmflowError
-from amflow.train.schedule import param_groups, warmup_cosine_factor
+from amflow.params import load_params
+from project_copy import ROOT
+from amflow.train.schedule import build_scheduler, param_groups, warmup_cosine_factor
 from amflow.train.trainer import LOG_COLUMNS, STOP_ENV, Trainer
 from standins_train import TinyClips, TinyVideoNet, history_without_time, tiny_spec
 
@@ -69,17 +72,57 @@ def test_param_groups_skip_frozen_and_do_not_decay_norms_biases_embeddings():
         assert by_id[id(names[n])] == 0.0, n
 
 
+def test_default_pretraining_schedule_per_step():
+    """The default pretraining: 30000 images / batch 256 = 118 steps per epoch, 5 epochs = 590 steps,
+    int(0.05 * 590) = 29 warm-up steps, peak 0.002. Expected: 0.002 * (s + 1) / 29 while warming up,
+    then 0.002 * 0.5 * (1 + cos(pi * (s - 29) / 561)), written out as the numbers they evaluate to."""
+    opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=0.002)
+    sched = build_scheduler(opt, 590, 29)
+    lrs = []
+    for _ in range(591):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert {s: lrs[s] for s in (0, 1, 27, 28, 29, 30, 309, 589, 590)} == {
+        0: 6.896551724137931e-05, 1: 0.00013793103448275863, 27: 0.0019310344827586207, 28: 0.002, 29: 0.002,
+        30: 0.00199998432011431, 309: 0.0010027999897937578, 589: 1.5679885690289552e-08, 590: 0.0}
+
+
+def test_default_pretraining_groups():
+    """The default pretraining's ViT (4 blocks) and its five attribute heads: decay on the matrices
+    and the patch projection, none on the norms, biases, position embedding and CLS token."""
+    from amflow.train.pretrain_backbone import build_model
+
+    attributes = [{"name": n, "classes": c} for n, c in
+                  (("shape", 6), ("colour", 6), ("position", 9), ("orientation", 8), ("size", 3))]
+    backbone, heads = build_model(load_params(ROOT / "params" / "default.yaml"), attributes)
+    model = torch.nn.ModuleList([backbone, heads])
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = [(g["weight_decay"], [names[id(p)] for p in g["params"]]) for g in param_groups(model, 0.05)]
+    heads_ = ("shape", "colour", "position", "orientation", "size")
+    block = ("norm1.weight", "norm1.bias", "attn.qkv.bias", "attn.proj.bias", "norm2.weight", "norm2.bias",
+             "mlp.fc1.bias", "mlp.fc2.bias")
+    assert groups == [
+        (0.05, ["0.patch_embed.proj.weight"]
+         + [f"0.blocks.{b}.{w}.weight" for b in range(4) for w in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")]
+         + [f"1.{h}.weight" for h in heads_]),
+        (0.0, ["0.cls_token", "0.pos_embed", "0.patch_embed.proj.bias"]
+         + [f"0.blocks.{b}.{n}" for b in range(4) for n in block]
+         + ["0.norm.weight", "0.norm.bias"] + [f"1.{h}.bias" for h in heads_]),
+    ]
+
+
 # --------------------------------------------------------------------------- training
 def test_learns_and_writes_log(tmp_path):
     res = make_trainer(tmp_path, tiny_spec(epochs=6, lr=0.01)).fit()
     assert res.status == "complete" and res.epochs_completed == 6
-    log = pd.read_csv(tmp_path / "train_log.csv")
+    log = pd.read_csv(tmp_path / paths.TRAIN_LOG)
     assert tuple(log.columns) == LOG_COLUMNS
     assert list(log["epoch"]) == [1, 2, 3, 4, 5, 6]
     assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0]
     assert log["val_top1"].iloc[-1] > 0.5                  # 4 classes: chance is 0.25
     assert (log["clips_per_s"] > 0).all() and (log["epoch_time"] > 0).all()
-    assert (tmp_path / "checkpoint.pt").exists()
+    assert (tmp_path / paths.CHECKPOINT).exists()
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatch):
@@ -91,7 +134,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
     part = make_trainer(tmp_path / "part", spec)
     res_part = part.fit()
     assert res_part.status == "stopped" and res_part.epochs_completed == 1
-    assert len(pd.read_csv(tmp_path / "part" / "train_log.csv")) == 1
+    assert len(pd.read_csv(tmp_path / "part" / paths.TRAIN_LOG)) == 1
     monkeypatch.delenv(STOP_ENV)
 
     # A fresh process: the same frozen part (rebuilt from its weights), but other trainable values and
@@ -110,8 +153,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name                         # bitwise on CPU
-    log_full = pd.read_csv(tmp_path / "full" / "train_log.csv").drop(columns=["epoch_time", "clips_per_s"])
-    log_part = pd.read_csv(tmp_path / "part" / "train_log.csv").drop(columns=["epoch_time", "clips_per_s"])
+    log_full = pd.read_csv(tmp_path / "full" / paths.TRAIN_LOG).drop(columns=["epoch_time", "clips_per_s"])
+    log_part = pd.read_csv(tmp_path / "part" / paths.TRAIN_LOG).drop(columns=["epoch_time", "clips_per_s"])
     pd.testing.assert_frame_equal(log_full, log_part)
 
 

@@ -128,7 +128,16 @@ def test_snakemake_dry_run_plans_the_localisation():
     assert re.search(r"amflow localise --params \S+ --dataset synth_moving", text)
 
 
-SUBCOMMANDS = [a.dest for a in build_parser()._subparsers._group_actions[0]._choices_actions]
+SUBCOMMANDS = ["validate", "prepare", "pretrain-images", "extract", "camera-motion", "ground-truth", "localise",
+               "pretrain-backbone", "train", "evaluate", "predict", "tables", "heatmaps", "report", "readme-results", "sweep", "dvc-yaml"]
+
+
+def test_the_top_level_help_lists_the_subcommands_in_stage_order(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["--help"])
+    assert exit_.value.code == 0
+    section = capsys.readouterr().out.split("positional arguments:")[1].split("options:")[0]
+    assert re.findall(r"^    (\S+)", section, re.MULTILINE) == SUBCOMMANDS
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)

@@ -4,9 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import matplotlib
 import numpy as np
 
 from amflow import io
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_displacements(displacements: Sequence[float], threshold: float, path: str | Path, title: str = "") -> None:
@@ -14,11 +18,6 @@ def plot_displacements(displacements: Sequence[float], threshold: float, path: s
 
     Log-spaced bins: static videos sit near the noise floor (1e-4 to 1e-3), moving ones decades above.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     d = np.asarray([x for x in displacements if x is not None and np.isfinite(x)], dtype=np.float64)
     floor = 1e-5
     lo = min(threshold / 100, d.min() if d.size else threshold)
@@ -36,7 +35,6 @@ def plot_displacements(displacements: Sequence[float], threshold: float, path: s
             ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        with io.atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
+        io.write_png(fig, path)
     finally:
         plt.close(fig)

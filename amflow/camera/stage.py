@@ -1,17 +1,10 @@
 """The camera-motion stage (docs/design.md 2.5): classify videos as static or moving camera, decide the
-dataset's AM flow variant, and cache the per-frame transforms that the aligned variant needs.
+dataset's AM flow variant, and cache the per-frame transforms that the aligned variant needs. The rule
+itself lives in :mod:`amflow.camera.rules`.
 
-Outputs (docs/architecture.md): ``<frames_dir>/motion.npz`` (or ``motion_path``), then
+Outputs (docs/architecture.md): ``<out_dir>/motion.npz`` (or ``motion_path``), then
 ``<out_dir>/camera_motion.png``, then ``<out_dir>/camera_motion.json`` last (it marks a complete
 stage). Every file is written atomically.
-
-Rule (one rule for the sample and for every video): the background displacement of a frame pair is
-the mean displacement of a 5x5 grid spanning the frame under the estimated transform, divided by the
-frame diagonal (:func:`amflow.camera.global_motion.grid_displacement`); a video's displacement is the
-median over its *valid* pairs; a video is moving when that exceeds ``moving_threshold``. A video
-without any valid pair has no evidence of camera motion: it counts as static and is reported
-separately, and it does not enter the share of moving videos. The dataset uses ``aligned`` when the
-share of moving videos in the sample exceeds ``dataset_moving_share``.
 
 Order of work: the transforms of every consecutive pair of every cached video are computed once
 (the aligned variant needs them all); the sample's sampled pairs are read from them, so the sample
@@ -21,96 +14,26 @@ and ``motion.npz`` cannot disagree. The sample is drawn, seeded, from the train 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import cv2
 import numpy as np
 
-from amflow import io, parallel
-from amflow.camera.global_motion import MotionSettings, estimate_pairs, grid_displacement
+from amflow import io, parallel, paths, tracking
+from amflow.camera import plot
+from amflow.camera.global_motion import MotionSettings
+from amflow.camera.rules import VideoMotion, decide, is_moving, settings_from, video_displacement, video_motion
+from amflow.data.frame_cache import FAILURES, FrameCache
 from amflow.errors import AmflowError
-from amflow.params import AM_FLOW_VARIANTS, CAMERA_DECISIONS, MODEL_VARIANTS
 from amflow.progress import bar as progress_bar
-
-JSON_NAME = "camera_motion.json"
-PNG_NAME = "camera_motion.png"
-MOTION_NAME = "motion.npz"
-
-
-# --------------------------------------------------------------------------- the rule
-def video_displacement(pair_displacement: np.ndarray, valid: np.ndarray) -> float:
-    """Median background displacement over a video's valid pairs (NaN when none is valid)."""
-    d = np.asarray(pair_displacement, dtype=np.float64)[np.asarray(valid, dtype=bool)]
-    return float(np.median(d)) if d.size else float("nan")
-
-
-def is_moving(displacement: float, moving_threshold: float) -> bool:
-    """A video is moving when its displacement exceeds the threshold; NaN (no valid pair) is static."""
-    return bool(np.isfinite(displacement) and displacement > moving_threshold)
-
-
-def decide(moving: np.ndarray, has_evidence: np.ndarray, dataset_moving_share: float) -> tuple[str, float]:
-    """('aligned' | 'static', share of moving videos among those with at least one valid pair)."""
-    moving = np.asarray(moving, dtype=bool)
-    has_evidence = np.asarray(has_evidence, dtype=bool)
-    n = int(has_evidence.sum())
-    share = float((moving & has_evidence).sum() / n) if n else 0.0
-    return ("aligned" if share > dataset_moving_share else "static"), share
-
-
-def classify_video(frames: np.ndarray, pairs, model: str, settings: MotionSettings,
-                   moving_threshold: float) -> tuple[float, bool, int]:
-    """The stage's rule on frames in memory: (displacement, moving, invalid pairs) from the pairs
-    ``(t, t+1)`` for ``t`` in ``pairs``. Used by tests and benchmarks; the stage reads the same
-    figures from the transforms it computes for every pair."""
-    ests = estimate_pairs(frames, pairs, model, settings)
-    h, w = frames.shape[1:3]
-    valid = np.array([e.valid for e in ests], bool)
-    disp = np.array([grid_displacement(e.matrix, h, w) for e in ests], np.float64)
-    d = video_displacement(disp, valid)
-    return d, is_moving(d, moving_threshold), int((~valid).sum())
-
-
-def settings_from(spec) -> MotionSettings:
-    """Estimator settings from ``params.camera_motion``."""
-    return MotionSettings(min_inlier_ratio=spec.min_inlier_ratio, min_ncc=spec.min_ncc, max_side=spec.max_side)
 
 
 # --------------------------------------------------------------------------- all videos
-@dataclass
-class VideoMotion:
-    """Every consecutive pair of one video."""
-
-    transforms: np.ndarray       # float32 [n-1, 3, 3]
-    inlier_ratio: np.ndarray     # float32 [n-1]
-    valid: np.ndarray            # bool [n-1]
-    displacement: np.ndarray     # float64 [n-1], 0 where invalid
-    reasons: dict                # reason -> count over the video's pairs
-
-
-def video_motion(frames: np.ndarray, model: str, settings: MotionSettings) -> VideoMotion:
-    """Transforms, validity and per-pair displacement of one video's frames ``[T, H, W, 3]``."""
-    ests = estimate_pairs(frames, range(max(len(frames) - 1, 0)), model, settings)
-    h, w = frames.shape[1:3]
-    transforms = (np.stack([e.matrix for e in ests]).astype(np.float32) if ests
-                  else np.zeros((0, 3, 3), np.float32))
-    valid = np.array([e.valid for e in ests], dtype=bool)
-    disp = np.array([grid_displacement(e.matrix, h, w) if e.valid else 0.0 for e in ests], dtype=np.float64)
-    reasons: dict = {}
-    for e in ests:
-        reasons[e.reason] = reasons.get(e.reason, 0) + 1
-    return VideoMotion(transforms, np.array([e.inlier_ratio for e in ests], np.float32), valid, disp, reasons)
-
-
 _WORKER: dict = {}
 
 
 def _init_worker(frames_dir: str, model: str, settings: MotionSettings) -> None:
-    import cv2
-
-    from amflow.data.frame_cache import FrameCache
-
     cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
     _WORKER.update(cache=FrameCache(frames_dir), model=model, settings=settings)
 
@@ -123,8 +46,6 @@ def _work(pos: int) -> tuple[int, VideoMotion]:
 def compute_all(frames_dir: Path, model: str, settings: MotionSettings, workers: int = 0,
                 progress: bool = True) -> dict[int, VideoMotion]:
     """:class:`VideoMotion` of every cached video (manifest position -> result), in parallel."""
-    from amflow.data.frame_cache import FrameCache
-
     n_videos = len(FrameCache(frames_dir))
     workers = parallel.worker_count(workers, n_videos)
     bar = dict(total=n_videos, desc="camera motion", unit="video", disable=not progress)
@@ -137,6 +58,7 @@ def compute_all(frames_dir: Path, model: str, settings: MotionSettings, workers:
         finally:
             _WORKER.clear()
         return out
+
     # Videos are independent: one task each, a few per chunk to keep the pool's overhead small.
     chunk = max(1, min(16, n_videos // (workers * 8)))
     with parallel.spawn_pool(workers, initializer=_init_worker, initargs=(str(frames_dir), model, settings)) as pool:
@@ -175,21 +97,20 @@ def run_camera_motion(params, dataset_name: str, frames_dir: str | Path, out_dir
                       progress: bool = True) -> dict:
     """Run the stage; returns the summary written to ``camera_motion.json``.
 
-    ``motion_path`` defaults to ``<frames_dir>/motion.npz``; ``workers`` overrides
-    ``camera_motion.workers``; ``track=False`` skips MLflow.
+    ``motion_path`` defaults to ``<out_dir>/motion.npz`` (:func:`amflow.paths.motion_file` when ``out_dir``
+    is the dataset's camera folder); ``workers`` overrides ``camera_motion.workers``; ``track=False``
+    skips MLflow.
     """
-    from amflow.data.frame_cache import FrameCache
-
     frames_dir, out_dir = Path(frames_dir), Path(out_dir)
-    motion_path = Path(motion_path) if motion_path is not None else frames_dir / MOTION_NAME
+    motion_path = Path(motion_path) if motion_path is not None else out_dir / paths.MOTION_NPZ
     spec = params.camera_motion
     cache = FrameCache(frames_dir)
     manifest = cache.manifest
     if len(manifest) == 0:
-        raise AmflowError(f"{frames_dir}: the frame cache holds no videos; check {frames_dir / 'failures.csv'}")
+        raise AmflowError(f"{frames_dir}: the frame cache holds no videos; check {frames_dir / FAILURES}")
     settings = settings_from(spec)
     # A decision left by an earlier run must not sit beside the new motion file if this run stops.
-    (out_dir / JSON_NAME).unlink(missing_ok=True)
+    (out_dir / paths.CAMERA_JSON).unlink(missing_ok=True)
     per_video = compute_all(frames_dir, spec.model, settings, spec.workers if workers is None else workers, progress)
 
     # ---- motion.npz: every frame pair, indexed by global frame position
@@ -264,50 +185,15 @@ def run_camera_motion(params, dataset_name: str, frames_dir: str | Path, out_dir
         "videos": rows,
     }
 
-    from amflow.camera.plot import plot_displacements
-
-    png = out_dir / PNG_NAME
-    plot_displacements([r["displacement"] for r in rows if r["displacement"] is not None], spec.moving_threshold,
-                       png, title=f"{dataset_name}: {decision} (share moving {share:.2f})")
+    png = out_dir / paths.CAMERA_PNG
+    plot.plot_displacements([r["displacement"] for r in rows if r["displacement"] is not None],
+                            spec.moving_threshold, png, title=f"{dataset_name}: {decision} (share moving {share:.2f})")
     if track:
         run_id = log_to_mlflow(params, dataset_name, summary, png)
         if run_id is not None:
             summary["mlflow_run_id"] = run_id
-    io.write_json(out_dir / JSON_NAME, summary)  # last: marks the stage complete
+    io.write_json(out_dir / paths.CAMERA_JSON, summary)  # last: marks the stage complete
     return summary
-
-
-# --------------------------------------------------------------------------- consumers
-def read_decision(results_dataset_dir: str | Path) -> str:
-    """The dataset's AM flow variant decided by the stage: 'static' or 'aligned'."""
-    path = Path(results_dataset_dir) / JSON_NAME
-    if not path.exists():
-        raise AmflowError(f"{path}: camera-motion decision not found; run `amflow camera-motion --dataset "
-                          f"{Path(results_dataset_dir).name}` first (or set model.am_flow.variant to "
-                          "static or aligned)")
-    try:
-        decision = io.read_json(path).get("decision")
-    except ValueError as exc:
-        raise AmflowError(str(exc)) from None
-    if decision not in CAMERA_DECISIONS:
-        raise AmflowError(f"{path}: 'decision' is {decision!r}, expected 'static' or 'aligned'; "
-                          "rerun `amflow camera-motion`")
-    return decision
-
-
-def resolve_variant(am_flow_variant: str, results_dataset_dir: str | Path) -> tuple[str, bool]:
-    """``params.model.am_flow.variant`` -> (variant for the model, identity_for_static).
-
-    ``identity_for_static``: the ClipDataset gives identity transforms to videos that
-    ``motion.npz``'s ``video_moving`` marks static (``auto_per_video``).
-    """
-    if am_flow_variant in MODEL_VARIANTS:
-        return am_flow_variant, False
-    if am_flow_variant == "auto":
-        return read_decision(results_dataset_dir), False
-    if am_flow_variant == "auto_per_video":
-        return "aligned", True
-    raise AmflowError(f"model.am_flow.variant is {am_flow_variant!r}; expected one of {', '.join(AM_FLOW_VARIANTS)}")
 
 
 # --------------------------------------------------------------------------- tracking
@@ -319,19 +205,11 @@ def log_to_mlflow(params, dataset_name: str, summary: dict, png_path: Path) -> O
     Store, experiment and artefact location follow :mod:`amflow.tracking` (``MLFLOW_TRACKING_URI``,
     else ``tracking.uri``, else ``sqlite:///mlflow.db``), through an explicit client.
     """
-    from amflow import tracking
-
-    if not tracking.enabled():
-        return None
-    uri = tracking.resolve_uri(params)
-    tracking.check_reachable(uri)
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    exp_id = tracking._experiment_id(client, tracking.experiment_name(params, dataset_name), uri)
     tags = {f"{tracking.TAG}stage": "camera_motion", f"{tracking.TAG}dataset": dataset_name,
-            f"{tracking.TAG}decision": summary["decision"], **tracking.git_state()}
-    tracker = tracking.Tracker(uri, client.create_run(exp_id, run_name="camera_motion", tags=tags).info.run_id)
+            f"{tracking.TAG}decision": summary["decision"]}
+    tracker = tracking.open_stage_run(params, dataset=dataset_name, name="camera_motion", tags=tags)
+    if tracker is None:
+        return None
     try:
         spec = params.camera_motion
         tracker.log_params({k: str(v) for k, v in spec.model_dump().items()})
@@ -341,7 +219,7 @@ def log_to_mlflow(params, dataset_name: str, summary: dict, png_path: Path) -> O
                              "all_share_moving": a["share_moving"], "all_videos": a["videos"],
                              "all_invalid_pairs": a["invalid_pairs"],
                              "decision_aligned": float(summary["decision"] == "aligned")})
-        tracker.log_json(summary, JSON_NAME)
+        tracker.log_json(summary, paths.CAMERA_JSON)
         tracker.log_artifacts([Path(png_path)])
     except BaseException:
         tracker.finish("FAILED")

@@ -16,7 +16,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from amflow import io
+from amflow import io, paths
 from amflow.params import SPLITS
 
 REQUIRED_COLUMNS = ("video", "label", "label_name")
@@ -74,4 +74,4 @@ def resolve_video(dataset_dir: Path, video: str) -> Path:
 
 
 def write_dataset_info(dataset_dir: Path, info: dict) -> None:
-    io.write_json(Path(dataset_dir) / "dataset.json", info)
+    io.write_json(Path(dataset_dir) / paths.DATASET_JSON, info)

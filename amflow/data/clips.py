@@ -13,7 +13,7 @@ Views: training uses one random resized crop (same box and flip for every frame 
 testing resizes the short side to ``crop_size`` and takes the centre crop or three crops along the
 long side, for each clip: ``V = test_clips * test_crops`` views, clip-major.
 
-Transforms: with ``motion`` (``frames/motion.npz``), the camera transforms between the *sampled*
+Transforms: with ``motion`` (the camera stage's ``motion.npz``), the camera transforms between the *sampled*
 frames are composed from the per-frame ones and carried into the output pixels of each view
 (:mod:`amflow.data.transforms_geometry`).
 
@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from amflow import io
 from amflow.data import transforms_geometry as geo
 from amflow.data.frame_cache import FrameCache
+from amflow.data.sources.synthmotion import read_ground_truth
 from amflow.errors import AmflowError
 from amflow.params import SamplingSpec
 
@@ -228,8 +229,6 @@ class ClipDataset(Dataset):
         return state
 
     def _load_coverage(self, path: Path, videos) -> None:
-        from amflow.data.sources.synthmotion import read_ground_truth
-
         names, coverage, _ = read_ground_truth(path, self.split)
         row = {str(v): i for i, v in enumerate(names)}
         missing = [v for v in videos["video"].astype(str) if v not in row]

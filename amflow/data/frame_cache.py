@@ -37,7 +37,7 @@ from amflow.errors import AmflowError
 
 MANIFEST = "manifest.csv"
 FAILURES = "failures.csv"
-SUMMARY = "summary.json"
+SUMMARY = paths.FRAMES_SUMMARY
 MANIFEST_COLUMNS = ("video_id", "split", "label", "video", "shard", "first_frame", "num_frames",
                     "global_start", "height", "width", "fps")
 FAILURE_COLUMNS = ("video", "split", "error")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from amflow import io, parallel, progress
+from amflow import io, parallel, paths, progress
 from amflow.data import scene
 from amflow.errors import AmflowError
 from amflow.params import Params, PretrainImagesSpec
@@ -160,7 +160,7 @@ def labels_path(out_dir: Path, split: str) -> Path:
 
 
 def read_info(images_dir: str | Path) -> dict:
-    path = Path(images_dir) / "info.json"
+    path = Path(images_dir) / paths.PRETRAIN_IMAGES_INFO
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the pretraining image set is missing or incomplete; "
                                 f"run `amflow pretrain-images` first")
@@ -199,7 +199,7 @@ def generate_pretrain_images(params: Params, out_dir: str | Path) -> dict:
     if _is_complete(out_dir, spec):
         print(f"{out_dir}: pretraining images already generated with this spec; nothing to do", file=sys.stderr)
         return read_info(out_dir)
-    (out_dir / "info.json").unlink(missing_ok=True)
+    (out_dir / paths.PRETRAIN_IMAGES_INFO).unlink(missing_ok=True)
 
     counts = {"train": spec.images, "val": spec.val_images}
     spec_dict = spec.model_dump(mode="json")
@@ -244,7 +244,7 @@ def generate_pretrain_images(params: Params, out_dir: str | Path) -> dict:
         "class_counts": class_counts,
         "files": {s: {"images": images_path(out_dir, s).name, "labels": labels_path(out_dir, s).name} for s in SPLITS},
     }
-    io.write_json(out_dir / "info.json", info)
+    io.write_json(out_dir / paths.PRETRAIN_IMAGES_INFO, info)
     total = sum(counts.values())
     print(f"{out_dir}: {total} images in {elapsed:.1f} s ({total / max(elapsed, 1e-9):.0f} img/s, "
           f"{workers} worker(s))", file=sys.stderr)

@@ -1,6 +1,7 @@
-"""Classification metrics on (probabilities, labels); pure numpy, no torch needed.
+"""Classification metrics on (probabilities, labels); numpy and scikit-learn, no torch needed.
 
-Mean class accuracy is averaged over the classes *present in the ground truth* only. MMAction2 builds
+Mean class accuracy (scikit-learn's balanced accuracy) is averaged over the classes *present in the
+ground truth* only. MMAction2 builds
 its confusion matrix over the union of predicted and true labels and counts a class with no
 ground-truth sample as 0, so a class that is predicted but absent from the split lowers the mean;
 that matters for class-subset protocols (Toyota Smarthome CV1/CV2). Here such a class is ignored.
@@ -8,10 +9,12 @@ that matters for class-subset protocols (Toyota Smarthome CV1/CV2). Here such a 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import balanced_accuracy_score
 
 
 def _check(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -25,7 +28,12 @@ def _check(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def topk_accuracy(probs, labels, k: int) -> float:
-    """Share of items whose true class is among the k highest scores (ties broken by class index)."""
+    """Share of items whose true class is among the k highest scores (ties broken by class index).
+
+    Not scikit-learn's ``top_k_accuracy_score``: it breaks ties towards the *higher* class index, so
+    its top-1 would disagree with ``argmax`` (the predictions of the confusion matrix and the mean
+    class accuracy) whenever scores tie, and it fails on an empty split instead of giving NaN.
+    """
     probs, labels = _check(probs, labels)
     if labels.size == 0:
         return math.nan
@@ -51,11 +59,14 @@ def per_class_accuracy(labels, preds, num_classes: int) -> tuple[np.ndarray, np.
     return acc, support
 
 
-def mean_class_accuracy(labels, preds, num_classes: int) -> float:
+def mean_class_accuracy(labels, preds) -> float:
     """Mean of per-class recall over the classes present in ``labels`` (absent classes are ignored)."""
-    acc, support = per_class_accuracy(labels, preds, num_classes)
-    present = support > 0
-    return float(acc[present].mean()) if present.any() else math.nan
+    if len(labels) == 0:
+        return math.nan  # scikit-learn refuses an empty split
+    with warnings.catch_warnings():
+        # A predicted class absent from the ground truth is ignored on purpose (see above).
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return float(balanced_accuracy_score(labels, preds))
 
 
 def per_class_table(labels, preds, class_names: Sequence[str]) -> pd.DataFrame:

@@ -37,6 +37,8 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from amflow import tracking
 from amflow.errors import AmflowError
 from amflow.evaluate.predict import DEFAULT_TOP_K, Predictor
+from amflow.params import load_params
+from amflow.train import checkpoint as ckpt
 
 NAME = "model"
 ENTRY = Path(__file__).with_name("mlflow_entry.py")
@@ -60,11 +62,8 @@ class VideoClassifier(mlflow.pyfunc.PythonModel):
     """Rebuilds the run's model from the artefacts at load time; predicts a table of video paths."""
 
     def load_context(self, context) -> None:
-        from amflow.params import load_params
-
         config = context.model_config or {}
         params = load_params(context.artifacts["params"])
-        state = torch.load(context.artifacts["weights"], map_location="cpu", weights_only=True)
         backbone = None
         if params.backbone.weights == "pretrain":
             backbone = Path(config.get("backbone_file") or "")
@@ -73,7 +72,8 @@ class VideoClassifier(mlflow.pyfunc.PythonModel):
                     f"the model's frozen backbone file {config.get('backbone_file')} is not on this machine "
                     f"(sha256 {config.get('backbone_sha256')}); copy it there, or give its path with "
                     f"--backbone PATH (model_config={{'backbone_file': PATH}} in mlflow.pyfunc.load_model)")
-        self.predictor = Predictor(params, state, backbone, source=context.artifacts["weights"])
+        self.predictor = Predictor.from_model_files(Path(context.artifacts["params"]),
+                                                    Path(context.artifacts["weights"]), backbone)
 
     def predict(self, context, model_input: pd.DataFrame, params: Optional[dict] = None) -> pd.DataFrame:
         top_k = (params or {}).get("top_k")
@@ -96,8 +96,6 @@ def log_run_model(tracker, *, params_yaml: Path, checkpoint: Path, backbone: Opt
     """Log the run's model into ``tracker``'s run as :data:`NAME`; returns the model URI (None when off)."""
     if tracker.run_id is None:
         return None
-    from amflow.train import checkpoint as ckpt
-
     done = logged_model(tracker)
     if done is not None:  # a rerun after a failed final logging: the final weights are already there
         return f"models:/{done}"

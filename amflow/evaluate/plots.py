@@ -18,8 +18,7 @@ from amflow import io
 
 def _save(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    io.write_png(fig, path, dpi=120, bbox_inches="tight")
 
 
 def confusion_png(cm: np.ndarray, class_names: Sequence[str], path: Path, title: str = "") -> None:

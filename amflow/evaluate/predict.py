@@ -15,14 +15,22 @@ estimated on the fly with the camera-motion stage's estimator and settings.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
+from amflow import paths
+from amflow.camera.rules import is_moving, settings_from, video_displacement, video_motion
+from amflow.data import transforms_geometry as geo
+from amflow.data import video as vio
+from amflow.data.clips import Normalise, sample_indices, test_views
 from amflow.errors import AmflowError
+from amflow.models.inference import clip_probs
+from amflow.params import load_params
+from amflow.runs import check_digest, load_trained_run, trained_model
+from amflow.train.distributed import resolve_device
 
 DEFAULT_TOP_K = 5
 
@@ -30,8 +38,6 @@ DEFAULT_TOP_K = 5
 def _backbone_path(params, meta: dict, run_dir: Path) -> Optional[Path]:
     if params.backbone.weights != "pretrain":
         return None
-    from amflow import paths
-
     recorded = meta.get("backbone_weights")
     candidates = [Path(recorded)] if recorded else []
     # A moved results tree: the nearest backbone/ folder above the run folder.
@@ -47,9 +53,6 @@ def _backbone_path(params, meta: dict, run_dir: Path) -> Optional[Path]:
 def _clip_transforms(frames: np.ndarray, clip: np.ndarray, view_maps: list[np.ndarray], params,
                      identity_for_static: bool) -> list[np.ndarray]:
     """Per-view ``[T-1, 3, 3]`` camera transforms between the clip's frames, in the view's pixels."""
-    from amflow.camera.stage import is_moving, settings_from, video_displacement, video_motion
-    from amflow.data import transforms_geometry as geo
-
     spec = params.camera_motion
     lo, hi = int(clip.min()), int(clip.max())
     motion = video_motion(frames[lo:hi + 1], spec.model, settings_from(spec))
@@ -70,46 +73,42 @@ class Predictor:
     the weights came from, for messages."""
 
     def __init__(self, params, state: dict, backbone: Optional[Path], source: str):
-        from amflow.train import checkpoint as ckpt
-        from amflow.train.distributed import resolve_device
-        from amflow.train.run import build_run_model
-
         compat = state["meta"]["compat"]
         self.params = params
         self.dataset, self.method, self.seed = compat["dataset"], compat["method"], int(compat["seed"])
         self.classes, self.variant = list(compat["classes"]), compat["am_flow_variant"]
         self.identity_for_static = bool(compat["identity_for_static"])
-        self.model = build_run_model(params, self.dataset, self.method, len(self.classes), self.variant, backbone,
-                                     self.seed)
-        ckpt.load_trainable_state(self.model, state["model"], Path(source))
-        if "frozen_fingerprint" in state:
-            ckpt.check_fingerprint(self.model, state["frozen_fingerprint"], Path(source))
+        self.model = trained_model(params, state, dataset=self.dataset, method=self.method, seed=self.seed,
+                                   variant=self.variant, backbone=backbone, source=Path(source))
         self.device = resolve_device(params.train.device)
         self.model.to(self.device).eval()
 
     @classmethod
     def from_run_dir(cls, run_dir: str | Path, backbone: Optional[Path] = None) -> "Predictor":
-        """From a run folder; ``backbone`` overrides where the frozen backbone file is looked for."""
-        from amflow.params import load_params
-        from amflow.train import checkpoint as ckpt
-        from amflow.train.run import CHECKPOINT, PARAMS_YAML, TRAIN_JSON
-
+        """From a finished run folder (:func:`amflow.runs.load_trained_run`'s policy, with the params it
+        was trained with); ``backbone`` overrides where the frozen backbone file is looked for."""
         run_dir = Path(run_dir)
-        for name in (PARAMS_YAML, CHECKPOINT):
+        for name in (paths.PARAMS_YAML, paths.CHECKPOINT):
             if not (run_dir / name).exists():
                 raise AmflowError(f"{run_dir / name}: not found; --run must be a trained run folder "
                                   f"(results/<name>/<dataset>/<method>/seed<k>)")
-        params = load_params(run_dir / PARAMS_YAML)
-        state = ckpt.load_checkpoint(run_dir / CHECKPOINT)
-        if not (run_dir / TRAIN_JSON).exists():
-            print(f"warning: {run_dir} has not finished training (checkpoint after epoch {state['epoch']} of "
-                  f"{params.train.epochs}); predicting with it anyway", file=sys.stderr)
+        params = load_params(run_dir / paths.PARAMS_YAML)
+        run = load_trained_run(run_dir, params, make="the `amflow train` command that made this run")
         if backbone is not None and params.backbone.weights == "pretrain" and not Path(backbone).is_file():
             raise AmflowError(f"--backbone {backbone}: no such file; give the backbone.safetensors the run was "
                               f"trained with")
         backbone = Path(backbone) if backbone is not None and params.backbone.weights == "pretrain" else \
-            _backbone_path(params, state["meta"], run_dir)
-        return cls(params, state, backbone, str(run_dir / CHECKPOINT))
+            _backbone_path(params, run.state["meta"], run_dir)
+        return cls(params, run.state, backbone, str(run.checkpoint))
+
+    @classmethod
+    def from_model_files(cls, params_yaml: Path, weights: Path, backbone: Optional[Path]) -> "Predictor":
+        """From the files of the run's MLflow model (:mod:`amflow.evaluate.mlflow_model`): the params
+        and the final weights, checked against each other like a run folder's."""
+        params = load_params(params_yaml)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        check_digest(state, params, state["meta"]["compat"]["dataset"], Path(weights), Path(params_yaml))
+        return cls(params, state, backbone, str(weights))
 
     def check_top_k(self, top_k: Optional[int]) -> int:
         """``top_k`` if the run has that many classes (None: 5, or fewer if the run has fewer), else an error."""
@@ -123,12 +122,8 @@ class Predictor:
     @torch.no_grad()
     def probabilities(self, video: str | Path) -> torch.Tensor:
         """Class probabilities of one video, averaged over the test views."""
-        from amflow.data.clips import Normalise, sample_indices, test_views
-        from amflow.data.video import read_video
-        from amflow.train.trainer import clip_probs
-
         params, sampling = self.params, self.params.sampling_for(self.dataset)
-        frames, _fps = read_video(video, short_side=params.dataset(self.dataset).short_side)
+        frames, _fps = vio.read_video(video, short_side=params.dataset(self.dataset).short_side)
         clips = sample_indices(len(frames), sampling, train=False)  # [C, T]
         videos, transforms = [], []
         for clip in clips:

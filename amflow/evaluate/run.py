@@ -33,21 +33,23 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from amflow import io
+from amflow import io, tracking
 from amflow.data import transforms_geometry as geo
+from amflow.data.clips import ClipDataset
 from amflow.errors import AmflowError
 from amflow.evaluate import metrics as M
+from amflow.evaluate.plots import confusion_png, curves_png
+from amflow.models.inference import clip_probs, collate_clips
 from amflow.params import Params
+from amflow.paths import (CONFUSION_PNG, CURVES_PNG, DATASET_JSON, METRICS_JSON, PER_CLASS_CSV, PREDICTIONS_CSV,
+                          SCORES_JSON)
 from amflow.progress import bar as progress_bar
+from amflow.runs import check_complete, load_trained_run, run_paths, trained_model, uses_oracle
+from amflow.train.distributed import resolve_device
+from amflow.train.trainer import loader_worker_init
 
-METRICS_JSON = "metrics.json"
-PER_CLASS_CSV = "per_class.csv"
-PREDICTIONS_CSV = "predictions.csv"
-SCORES_JSON = "scores.json"
 # metrics.json keys repeated in scores.json: the test scores, and the epochs trained for them.
 SCORES = ("top1", "top5", "mean_class_acc", "both_directions_top1", "epochs")
-CONFUSION_PNG = "confusion.png"
-CURVES_PNG = "curves.png"
 # Clips per evaluation forward pass, in training batches (inference keeps no activations for backward).
 EVAL_BATCH_FACTOR = 4
 
@@ -64,7 +66,7 @@ def reverse_clips(video: torch.Tensor, transforms: Optional[torch.Tensor]):
 
 
 def read_time_reversal(dataset_dir: Path) -> Optional[dict[int, int]]:
-    path = Path(dataset_dir) / "dataset.json"
+    path = Path(dataset_dir) / DATASET_JSON
     if not path.exists():
         return None
     try:
@@ -95,8 +97,6 @@ class EvalOutputs:
 def evaluate_model(model: torch.nn.Module, dataset, *, device: torch.device, amp: bool, batch_size: int,
                    num_workers: int = 0, reversal: Optional[dict[int, int]] = None,
                    progress: bool = True, normalise: Optional[Callable] = None) -> EvalOutputs:
-    from amflow.train.trainer import clip_probs, collate_clips, loader_worker_init
-
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_clips, pin_memory=device.type == "cuda",
@@ -130,12 +130,12 @@ def evaluate_model(model: torch.nn.Module, dataset, *, device: torch.device, amp
                        cat(rev_targets, (0,), np.int64), cat(rev_rows, (0,), np.int64))
 
 
-def score(out: EvalOutputs, num_classes: int) -> dict:
+def score(out: EvalOutputs) -> dict:
     preds = out.probs.argmax(axis=1)
     result = {
         "top1": M.topk_accuracy(out.probs, out.labels, 1),
         "top5": M.topk_accuracy(out.probs, out.labels, 5),
-        "mean_class_acc": M.mean_class_accuracy(out.labels, preds, num_classes),
+        "mean_class_acc": M.mean_class_accuracy(out.labels, preds),
         "num_test": int(len(out.labels)),
         "classes_in_test": int(len(np.unique(out.labels))),
         "reversed_top1": None, "forward_top1_paired": None, "paired_items": 0,
@@ -158,49 +158,19 @@ def score(out: EvalOutputs, num_classes: int) -> dict:
 def evaluate_run(params: Params, *, dataset: str, method: str, seed: int, data_dir: Path, results_dir: Path,
                  run_dir: Optional[Path] = None, progress: bool = True) -> dict:
     """Evaluate the trained run on the test split; returns the content of ``metrics.json``."""
-    from amflow.train.run import TRAIN_JSON, run_paths
-
     if int(os.environ.get("RANK", "0")) != 0:
         return {}  # evaluation is single-process; see the module docstring
     paths = run_paths(params, dataset, method, seed, data_dir, results_dir, run_dir)
-    train_json = paths.run_dir / TRAIN_JSON
-    if not train_json.exists():
-        raise AmflowError(f"{train_json}: training of this run is not complete; run `amflow train --dataset "
-                          f"{dataset} --method {method} --seed {seed}` first")
+    train_command = f"amflow train --dataset {dataset} --method {method} --seed {seed}"
+    check_complete(paths.run_dir, train_command)
     # One writer per run folder: not while a training (or another evaluation) of it is running.
     with io.exclusive_folder(paths.run_dir, f"amflow evaluate --dataset {dataset} --method {method} --seed {seed}"):
-        return _evaluate_locked(params, paths, dataset=dataset, method=method, seed=seed, progress=progress)
+        run = load_trained_run(paths.run_dir, params, dataset=dataset, make=train_command)
+        return _evaluate_locked(params, paths, run, dataset=dataset, method=method, seed=seed, progress=progress)
 
 
-def _evaluate_locked(params: Params, paths, *, dataset: str, method: str, seed: int, progress: bool) -> dict:
-    from amflow import tracking
-    from amflow.data.clips import ClipDataset
-    from amflow.evaluate.plots import confusion_png, curves_png
-    from amflow.train import checkpoint as ckpt
-    from amflow.train.distributed import resolve_device
-    from amflow.train.run import CHECKPOINT, TRAIN_JSON, build_run_model, params_digest, uses_oracle
-
-    train_json = paths.run_dir / TRAIN_JSON
-    try:
-        train_info = io.read_json(train_json)
-    except ValueError as exc:
-        raise AmflowError(str(exc)) from None
-    checkpoint = paths.run_dir / CHECKPOINT
-    state = ckpt.load_checkpoint(checkpoint)
-    compat = state["meta"].get("compat", {})
-    digest = params_digest(params, dataset)
-    if compat.get("params_digest") != digest:
-        raise AmflowError(f"{paths.run_dir}: this run was trained with different params (digest "
-                          f"{compat.get('params_digest')} vs {digest} now); evaluate it with the params it was "
-                          f"trained with ({paths.run_dir / 'params.yaml'}) or retrain it")
-    # The checkpoint must be the one train.json describes: its last epoch, its params (train.json
-    # files written before the digest was recorded in them are checked on the epoch alone).
-    recorded = train_info.get("params_digest", compat.get("params_digest"))
-    if state["epoch"] != train_info.get("epochs") or compat.get("params_digest") != recorded:
-        raise AmflowError(f"{checkpoint}: not the checkpoint that {train_json} describes (epoch {state['epoch']}, "
-                          f"params digest {compat.get('params_digest')}; train.json: epoch {train_info.get('epochs')}, "
-                          f"digest {recorded}); restore the run's own checkpoint, or delete {paths.run_dir} and "
-                          f"retrain")
+def _evaluate_locked(params: Params, paths, run, *, dataset: str, method: str, seed: int, progress: bool) -> dict:
+    train_info, compat = run.info, run.compat
     tracker = tracking.Tracker.open_existing(paths.run_dir, params)  # an unreachable server fails here
     variant, identity_for_static = compat["am_flow_variant"], bool(compat["identity_for_static"])
     classes = list(compat["classes"])
@@ -209,10 +179,8 @@ def _evaluate_locked(params: Params, paths, *, dataset: str, method: str, seed: 
     if params.train.threads > 0:
         torch.set_num_threads(params.train.threads)
 
-    model = build_run_model(params, dataset, method, len(classes), variant, paths.backbone_weights, seed)
-    ckpt.load_trainable_state(model, state["model"], checkpoint)
-    if "frozen_fingerprint" in state:
-        ckpt.check_fingerprint(model, state["frozen_fingerprint"], checkpoint)
+    model = trained_model(params, run.state, dataset=dataset, method=method, seed=seed, variant=variant,
+                          backbone=paths.backbone_weights, source=run.checkpoint)
     model.to(device)
 
     motion = paths.motion if variant == "aligned" else None
@@ -229,7 +197,7 @@ def _evaluate_locked(params: Params, paths, *, dataset: str, method: str, seed: 
                          batch_size=batch, num_workers=params.train.num_workers, reversal=reversal,
                          progress=progress, normalise=test_set.normalise)
     eval_time = time.perf_counter() - t0
-    scores = score(out, len(classes))
+    scores = score(out)
 
     run_dir = paths.run_dir
     preds = out.probs.argmax(axis=1)
@@ -254,7 +222,7 @@ def _evaluate_locked(params: Params, paths, *, dataset: str, method: str, seed: 
         "gflops_per_clip": gflops, "gflops_per_video": gflops * views if gflops is not None else None,
         "train_time_s": train_info.get("train_time_s"), "eval_time_s": eval_time,
         "val_curve": [r["val_top1"] for r in history], "final_val_top1": train_info.get("final_val_top1"),
-        "epochs_to_90pct": M.epochs_to_fraction([r["val_top1"] for r in history], 0.9),
+        "epochs_to_90pct": train_info.get("epochs_to_90pct"),
         # per-epoch wall time (training and validation): the time to reach an accuracy, read off the curve
         "epoch_times": [float(r["epoch_time"]) for r in history],
         "train_clips_per_s": (float(np.mean([r["clips_per_s"] for r in history])) if history else None),

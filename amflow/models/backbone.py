@@ -15,7 +15,11 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import timm
 import torch
+from safetensors.torch import load_file
+from timm.layers import Attention
+from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from amflow.errors import AmflowError
@@ -23,15 +27,11 @@ from amflow.params import BackboneSpec
 
 
 def _create(spec: BackboneSpec, **extra) -> nn.Module:
-    import timm
-
     return timm.create_model(spec.model, num_classes=0, **spec.kwargs, **extra)
 
 
 def _load_pretrain_file(model: nn.Module, spec: BackboneSpec, weights_path: Optional[Path]) -> None:
     """Load the pipeline-pretrained ``state_dict`` (safetensors) of this very timm model."""
-    from safetensors.torch import load_file
-
     if weights_path is None:
         raise AmflowError(
             "backbone.weights: pretrain needs the pretrained backbone file (results/<name>/backbone/"
@@ -60,8 +60,6 @@ def _load_pretrain_file(model: nn.Module, spec: BackboneSpec, weights_path: Opti
 
 def build_backbone(spec: BackboneSpec, weights_path: Optional[Path] = None) -> nn.Module:
     """The frozen timm ViT of ``spec`` with its weights; see the module docstring."""
-    import timm
-
     if not timm.is_model(spec.model):
         raise AmflowError(f"backbone.model: '{spec.model}' is not a timm model name "
                           f"(see timm.list_models('vit_*'))")
@@ -107,9 +105,6 @@ def freeze(backbone: nn.Module) -> nn.Module:
 
 def check_backbone(backbone: nn.Module) -> None:
     """The wrapper needs a timm ViT with a CLS token and pre-norm blocks using timm's ``Attention``."""
-    from timm.layers import Attention
-    from timm.models.vision_transformer import Block, VisionTransformer
-
     name = type(backbone).__name__
     if not isinstance(backbone, VisionTransformer):
         raise AmflowError(f"backbone.model: {name} is not a timm VisionTransformer; choose a vit_* model")
@@ -143,6 +138,9 @@ def patch_grid(backbone: nn.Module, height: int, width: int) -> tuple[int, int]:
 def embed_frames(backbone: nn.Module, frames: torch.Tensor) -> torch.Tensor:
     """Frames ``[N, 3, H, W]`` -> tokens ``[N, prefix + h*w, D]``: timm's own steps before the blocks."""
     x = backbone.patch_embed(frames)
+    # The one private timm call: VisionTransformer has no public step between patch embedding and
+    # the blocks (forward_features runs the blocks too). timm is pinned in pyproject.toml, and
+    # tests/test_models_backbone.py checks that these steps and the blocks give forward_features.
     x = backbone._pos_embed(x)
     x = backbone.patch_drop(x)
     return backbone.norm_pre(x)

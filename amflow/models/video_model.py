@@ -123,7 +123,7 @@ class VideoModel(nn.Module):
         if transforms is None:
             raise AmflowError(
                 "aligned AM flow needs the clip's camera transforms [B, T-1, 3, 3]: run `amflow "
-                "camera-motion` for the dataset (it writes frames/motion.npz) and pass the clips' "
+                "camera-motion` for the dataset (it writes results/<name>/<dataset>/motion.npz) and pass the clips' "
                 "'transforms', or use am_flow.variant: static")
         if tuple(transforms.shape) != (B, T - 1, 3, 3):
             raise AmflowError(f"transforms must be [B, T-1, 3, 3] = {[B, T - 1, 3, 3]}, "

@@ -24,19 +24,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import cv2
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from amflow import io  # noqa: E402
+from amflow import io, paths  # noqa: E402
+from amflow.camera.rules import read_decision  # noqa: E402
+from amflow.data.clips import ClipDataset  # noqa: E402
 from amflow.errors import AmflowError  # noqa: E402
+from amflow.models.am_flow import coefficient_of_variation  # noqa: E402
+from amflow.models.inference import single_view  # noqa: E402
 from amflow.params import CAMERA_DECISIONS, Params  # noqa: E402
+from amflow.runs import load_trained_run, run_paths, trained_model  # noqa: E402
 
-PNG = "amflow_heatmaps.png"
-GIF = "amflow_heatmaps.gif"
-JSON = "amflow_heatmaps.json"
 VARIANTS = CAMERA_DECISIONS  # the AM flow variants with scores: one map each
 MIN_DISPLAY = 96       # frames are upscaled to at least this many pixels for viewing
 ALPHA = 0.55           # weight of the heat map over the frame
@@ -64,24 +70,12 @@ class HeatmapClip:
 
 
 # --------------------------------------------------------------------------- rendering
-def _linear_weights(n_in: int, n_out: int) -> np.ndarray:
-    """``[n_out, n_in]`` linear-interpolation matrix, sample centres aligned (align_corners=False)."""
-    src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-    lo = np.floor(src).astype(int)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = src - lo
-    w = np.zeros((n_out, n_in))
-    np.add.at(w, (np.arange(n_out), lo), 1 - frac)
-    np.add.at(w, (np.arange(n_out), hi), frac)
-    return w
-
-
 def upsample(maps: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``[T, h, w]`` -> ``[T, height, width]``, bilinear with patch centres at cell centres (numpy only,
-    so rendering does not need torch)."""
-    maps = np.asarray(maps, np.float64)
-    wy, wx = _linear_weights(maps.shape[1], height), _linear_weights(maps.shape[2], width)
-    return np.einsum("yh,thw,xw->tyx", wy, maps, wx).astype(np.float32)
+    """``[T, h, w]`` -> ``[T, height, width]``, bilinear with patch centres at cell centres (OpenCV's
+    ``INTER_LINEAR``); the frames go through as channels of one image."""
+    stack = np.ascontiguousarray(np.asarray(maps, np.float64).transpose(1, 2, 0))
+    out = cv2.resize(stack, (width, height), interpolation=cv2.INTER_LINEAR)
+    return out.reshape(height, width, -1).transpose(2, 0, 1).astype(np.float32)
 
 
 def overlay(frames: np.ndarray, maps: np.ndarray, vmax: float, cmap: str = "inferno") -> np.ndarray:
@@ -142,8 +136,7 @@ def render_png(clips: list[HeatmapClip], path: Path, gap: int = 2) -> Path:
             side.set_visible(False)
         ax.set_title(f"{clip.title}\n(colour 0..{panels[3]:.2f}, shared by both maps)", fontsize=8)
     fig.tight_layout()
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    io.write_png(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -169,8 +162,6 @@ def gif_frames(clips: list[HeatmapClip], gap: int = 2) -> list[np.ndarray]:
 
 
 def render_gif(clips: list[HeatmapClip], path: Path) -> Path:
-    from PIL import Image
-
     images = [Image.fromarray(f) for f in gif_frames(clips)]
     with io.atomic_path(path) as tmp:
         images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=GIF_FRAME_MS, loop=0)
@@ -184,12 +175,12 @@ def render_heatmaps(clips: list[HeatmapClip], png_path: Path, gif_path: Path) ->
 
 
 # --------------------------------------------------------------------------- computing the maps
-def coefficient_of_variation(maps: np.ndarray) -> float:
-    """Mean over frames of std/mean of a frame's scores; the last frame (a copy of the previous pair's
-    score) is left out. 0 for a uniform map."""
-    m = np.asarray(maps, np.float64).reshape(maps.shape[0], -1)
+def clip_cv(maps: np.ndarray) -> float:
+    """Mean over frames of a frame's coefficient of variation; the last frame (a copy of the previous
+    pair's score) is left out. 0 for a uniform map."""
+    m = torch.from_numpy(np.asarray(maps, np.float64)).flatten(1)
     m = m[:-1] if m.shape[0] > 1 else m
-    return float(np.mean(m.std(axis=1) / np.maximum(m.mean(axis=1), 1e-12)))
+    return float(coefficient_of_variation(m).mean())
 
 
 def clip_maps(models: dict, video, transforms, block: Optional[int] = None) -> dict[str, np.ndarray]:
@@ -208,43 +199,19 @@ def pick_video(video_moving: np.ndarray, positions: np.ndarray, want_moving: boo
 
 
 def load_trained_models(params: Params, dataset: str, seed: int, data_dir: Path, results_dir: Path):
-    """The trained amflow run, as one model per variant (same trainable weights). Returns (models, meta).
-
-    There is no shared loader for a trained run yet (amflow/evaluate has none), so this follows the
-    trainer's own format (amflow/train/checkpoint.py) and refuses a run trained with other params.
-    """
-    from amflow.train import checkpoint as ckpt
-    from amflow.train.run import CHECKPOINT, build_run_model, params_digest, run_paths
-
+    """The trained amflow run, as one model per variant (same trainable weights). Returns (models, meta,
+    run paths); the run must pass :func:`amflow.runs.load_trained_run`'s policy."""
     rp = run_paths(params, dataset, "amflow", seed, data_dir, results_dir)
-    path = rp.run_dir / CHECKPOINT
-    if not path.is_file():
-        raise AmflowError(f"{path}: trained amflow run not found; make it with "
-                          f"`snakemake --cores 8 {rp.run_dir / 'metrics.json'}`")
-    state = ckpt.load_checkpoint(path)
-    meta = state["meta"]
-    digest = meta.get("compat", {}).get("params_digest")
-    if digest is not None and digest != params_digest(params, dataset):
-        raise AmflowError(f"{path}: was trained with other params than the current ones; rerun "
-                          f"`snakemake --cores 8 {rp.run_dir / 'metrics.json'}` before plotting its heat maps")
-    models = {}
-    for variant in VARIANTS:
-        model = build_run_model(params, dataset, "amflow", int(meta["num_classes"]), variant, rp.backbone_weights,
-                                seed)
-        ckpt.load_trainable_state(model, state["model"], path)
-        if "frozen_fingerprint" in state:
-            ckpt.check_fingerprint(model, state["frozen_fingerprint"], path)
-        models[variant] = model.eval()
-    return models, meta, rp
+    run = load_trained_run(rp.run_dir, params, dataset=dataset,
+                           make=f"snakemake --cores 8 {rp.run_dir / paths.METRICS_JSON}")
+    models = {variant: trained_model(params, run.state, dataset=dataset, method="amflow", seed=seed, variant=variant,
+                                     backbone=rp.backbone_weights, source=run.checkpoint).eval()
+              for variant in VARIANTS}
+    return models, run.state["meta"], rp
 
 
 def load_clip(params: Params, dataset: str, rp, want_moving: bool):
     """The chosen test clip of ``dataset``: (item, video_id, display frames)."""
-    import pandas as pd
-
-    from amflow.data.clips import ClipDataset
-    from amflow.train.run import single_view
-
     sampling = single_view(params.sampling_for(dataset))
     ds = ClipDataset(rp.frames_dir, "test", sampling, train=False, motion=rp.motion)
     with np.load(rp.motion) as z:
@@ -259,8 +226,6 @@ def load_clip(params: Params, dataset: str, rp, want_moving: bool):
 
 def choose_datasets(params: Params, results_dir: Path) -> list[tuple[str, str]]:
     """[(dataset, decision)]: the first table dataset decided static, then the first decided aligned."""
-    from amflow.camera.stage import read_decision
-
     chosen: dict[str, str] = {}
     for d in params.table_datasets:
         decision = read_decision(Path(results_dir) / d)
@@ -270,8 +235,6 @@ def choose_datasets(params: Params, results_dir: Path) -> list[tuple[str, str]]:
 
 def write_heatmaps(params: Params, data_dir: Path, results_dir: Path) -> dict:
     """Compute and render the heat maps (module docstring); returns the summary written to the JSON."""
-    import torch
-
     results_dir = Path(results_dir)
     seed = params.seeds[0]
     clips, summary = [], {"seed": seed, "clips": []}
@@ -284,14 +247,14 @@ def write_heatmaps(params: Params, data_dir: Path, results_dir: Path) -> dict:
         block = int(source) if source != "same" else max(int(k) for k in models["static"].block_adapters)
         info = {"dataset": dataset, "decision": decision, "trained_variant": meta.get("compat", {}).get(
                     "am_flow_variant"), "video_id": video_id, "label": int(item["label"]), "block": block,
-                "static_cv": round(coefficient_of_variation(maps["static"]), 4),
-                "aligned_cv": round(coefficient_of_variation(maps["aligned"]), 4)}
+                "static_cv": round(clip_cv(maps["static"]), 4),
+                "aligned_cv": round(clip_cv(maps["aligned"]), 4)}
         title = f"{dataset} ({decision} camera decision), test video {video_id}, block {block}"
         clips.append(HeatmapClip(title, frames, maps["static"], maps["aligned"], info))
         summary["clips"].append(info)
     if not clips:
         raise AmflowError("no table dataset has a camera-motion decision; run `amflow camera-motion` first")
-    out = results_dir / "plots"
-    render_heatmaps(clips, out / PNG, out / GIF)
-    io.write_json(out / JSON, summary)
+    out = paths.plots_dir(results_dir)
+    render_heatmaps(clips, out / paths.HEATMAPS_PNG, out / paths.HEATMAPS_GIF)
+    io.write_json(out / paths.HEATMAPS_JSON, summary)
     return summary

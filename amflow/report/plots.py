@@ -23,12 +23,8 @@ from amflow.errors import AmflowError  # noqa: E402
 from amflow.params import Params  # noqa: E402
 from amflow.workflow_plan import table_runs  # noqa: E402
 
-CONVERGENCE = "convergence.png"
-ACCURACY = "accuracy.png"
-
-
-def plots_dir(results_dir: Path) -> Path:
-    return Path(results_dir) / "plots"
+CONVERGENCE = paths.CONVERGENCE_PNG
+ACCURACY = paths.ACCURACY_PNG
 
 
 def val_curves(params: Params, results_dir: Path, loaded: dict) -> pd.DataFrame:
@@ -36,7 +32,7 @@ def val_curves(params: Params, results_dir: Path, loaded: dict) -> pd.DataFrame:
     (``loaded``: (dataset, method, seed) -> its checked ``metrics.json``)."""
     rows = []
     for d, m, s in table_runs(params):
-        path = paths.run_dir(results_dir, d, m, s) / "metrics.json"
+        path = paths.run_dir(results_dir, d, m, s) / paths.METRICS_JSON
         curve = loaded[(d, m, s)]["val_curve"]
         if not curve:
             raise AmflowError(f"{path}: 'val_curve' is empty; the run logged no validation epoch: rerun it")
@@ -46,8 +42,7 @@ def val_curves(params: Params, results_dir: Path, loaded: dict) -> pd.DataFrame:
 
 
 def _save(fig, path: Path) -> None:
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, metadata={"Software": None})
+    io.write_png(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -115,7 +110,7 @@ def chance_levels(loaded: dict) -> dict[str, float]:
 def write_plots(params: Params, results_dir: Path, table: pd.DataFrame, loaded: dict) -> dict[str, Path]:
     """``results/<name>/plots/convergence.png`` and ``accuracy.png`` from table 1 and its runs' metrics
     (``loaded``: (dataset, method, seed) -> metrics); returns name -> path."""
-    out = plots_dir(results_dir)
+    out = paths.plots_dir(results_dir)
     curves = val_curves(params, results_dir, loaded)
     targets = ({r["dataset"]: float(r["target_val_top1_pct"]) for _, r in table.iterrows()}
                if "target_val_top1_pct" in table else None)

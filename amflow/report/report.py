@@ -21,12 +21,11 @@ import pandas as pd
 from amflow import io, paths
 from amflow.errors import AmflowError
 from amflow.params import Params
-from amflow.report import heatmaps as hm
 from amflow.report import plots
 from amflow.report.tables import ABLATIONS, FORMATS, TABLE1, read_table, variant_pivot
 from amflow.workflow_plan import ablation_runs, table_runs
 
-REPORT = "report.md"
+REPORT = paths.REPORT_MD
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -123,7 +122,7 @@ def read_cameras(params: Params, results_dir: Path) -> dict:
     """dataset -> camera_motion.json content, for every dataset that has one."""
     out = {}
     for d in params.datasets:
-        path = paths.camera_dir(results_dir, d) / "camera_motion.json"
+        path = paths.camera_dir(results_dir, d) / paths.CAMERA_JSON
         if path.is_file():
             try:
                 out[d] = io.read_json(path)
@@ -173,7 +172,7 @@ def setup_section(params: Params, results_dir: Path) -> list[str]:
 def backbone_lines(params: Params, results_dir: Path) -> list[str]:
     if params.backbone.weights != "pretrain":
         return [f"The backbone's weights come from `{params.backbone.weights}`; the pipeline did not pretrain it."]
-    path = paths.backbone_dir(results_dir) / "metrics.json"
+    path = paths.backbone_dir(results_dir) / paths.BACKBONE_METRICS
     m = read_optional_json(path)
     if m is None:
         return [f"Backbone pretraining metrics: `{rel(path, results_dir)}` not found (run "
@@ -208,7 +207,7 @@ def camera_section(params: Params, cameras: dict, results_dir: Path) -> list[str
                      "moving videos (sample)": f"{counts.get('moving', '')}/{counts.get('videos', '')}",
                      "share moving": "" if share is None else pct(100 * float(share)),
                      "threshold (of diagonal)": str(c.get("thresholds", {}).get("moving_threshold", ""))})
-        png = paths.camera_dir(results_dir, d) / "camera_motion.png"
+        png = paths.camera_dir(results_dir, d) / paths.CAMERA_PNG
         if png.is_file():
             links.append(f"![{d} camera motion]({rel(png, results_dir)})")
     lines += [markdown(pd.DataFrame(rows)), ""]
@@ -555,14 +554,14 @@ def localisation_section(params: Params, results_dir: Path) -> list[str]:
 
 def heatmap_section(results_dir: Path) -> list[str]:
     lines = ["## AM flow heat maps", ""]
-    out = plots.plots_dir(results_dir)
-    png, gif = out / hm.PNG, out / hm.GIF
+    out = paths.plots_dir(results_dir)
+    png, gif = out / paths.HEATMAPS_PNG, out / paths.HEATMAPS_GIF
     if not png.is_file():
         return lines + [f"Not made; run `amflow heatmaps` (`snakemake --cores 8 {png}`).", ""]
     lines += [f"![AM flow heat maps, static against aligned]({rel(png, results_dir)})", ""]
     if gif.is_file():
         lines += [f"Animated: [{rel(gif, results_dir)}]({rel(gif, results_dir)}).", ""]
-    info = read_optional_json(out / hm.JSON)
+    info = read_optional_json(out / paths.HEATMAPS_JSON)
     if info and info.get("clips"):
         parts = []
         for c in info["clips"]:

@@ -42,8 +42,8 @@ from amflow.params import Params
 from amflow.report import plots
 from amflow.workflow_plan import AXES, REFERENCE, ablation_runs, reference_runs, table_runs
 
-TABLE1 = "table1.csv"
-ABLATIONS = "ablations.csv"
+TABLE1 = paths.TABLE1_CSV
+ABLATIONS = paths.ABLATIONS_CSV
 
 REQUIRED_KEYS = ("dataset", "method", "seed", "top1", "top5", "mean_class_acc", "views", "trainable_params",
                  "total_params", "gflops_per_clip", "train_time_s", "val_curve", "epochs_to_90pct",
@@ -179,14 +179,14 @@ def _unique(items: Iterable) -> list:
 # --------------------------------------------------------------------------- the tables (numbers)
 def load_table_runs(params: Params, results_dir: Path) -> dict:
     """(dataset, method, seed) -> checked ``metrics.json`` of every run of :func:`table_runs`."""
-    return {(d, m, s): load_metrics(paths.run_dir(results_dir, d, m, s) / "metrics.json", dataset=d, seed=s,
+    return {(d, m, s): load_metrics(paths.run_dir(results_dir, d, m, s) / paths.METRICS_JSON, dataset=d, seed=s,
                                     method=m) for d, m, s in table_runs(params)}
 
 
 def table1(params: Params, results_dir: Path, loaded: Optional[dict] = None) -> pd.DataFrame:
     """One row per (dataset, method) of :func:`table_runs`, in params order; numeric values."""
     runs = table_runs(params)
-    files = {(d, m, s): paths.run_dir(results_dir, d, m, s) / "metrics.json" for d, m, s in runs}
+    files = {(d, m, s): paths.run_dir(results_dir, d, m, s) / paths.METRICS_JSON for d, m, s in runs}
     loaded = loaded if loaded is not None else load_table_runs(params, results_dir)
     rows = []
     for dataset, method in _unique((d, m) for d, m, _ in runs):
@@ -200,14 +200,14 @@ def ablation_table(params: Params, results_dir: Path) -> pd.DataFrame:
     """Long format, one row per (axis, value, dataset) of :func:`ablation_runs`, in params order, with the
     paired top-1 difference to table 1's ``tpa`` run of the same dataset and seed."""
     runs = ablation_runs(params)
-    ref = {(d, s): load_metrics(paths.run_dir(results_dir, d, m, s) / "metrics.json", dataset=d, seed=s, method=m)
+    ref = {(d, s): load_metrics(paths.run_dir(results_dir, d, m, s) / paths.METRICS_JSON, dataset=d, seed=s, method=m)
            for d, m, s in reference_runs(params)}
     rows = []
     for axis, value, dataset in _unique((r.axis, r.value, r.dataset) for r in runs):
         loaded, diffs = [], []
         for r in runs:
             if (r.axis, r.value, r.dataset) == (axis, value, dataset):
-                path = paths.ablation_run_dir(results_dir, r.axis, r.value, r.dataset, r.seed) / "metrics.json"
+                path = paths.ablation_run_dir(results_dir, r.axis, r.value, r.dataset, r.seed) / paths.METRICS_JSON
                 m = load_metrics(path, dataset=r.dataset, seed=r.seed)
                 loaded.append((path, m))
                 diffs.append(100.0 * (float(m["top1"]) - float(ref[(r.dataset, r.seed)]["top1"])))
@@ -251,7 +251,7 @@ def to_csv_text(df: pd.DataFrame) -> str:
 
 
 def ablation_axis_file(results_dir: Path, axis: str) -> Path:
-    return Path(results_dir) / f"ablation_{axis}.csv"
+    return paths.ablation_table_file(results_dir, axis)
 
 
 def write_tables(params: Params, results_dir: Path, which: str = "table1") -> list[Path]:

@@ -25,12 +25,13 @@ from typing import Iterator, Optional
 
 import optuna
 import sqlalchemy
+import torch
 import yaml
 from filelock import FileLock
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from amflow import io, parallel, tracking
+from amflow import io, parallel, paths, tracking
 from amflow.errors import AmflowError
 from amflow.params import parse_override, resolve_raw, validate
 from amflow.sweep.space import (SweepSpec, check_space, decode, load_sweep_spec, suggest, trial_params_data,
@@ -44,12 +45,8 @@ REQUEUED_ATTR = "requeued_from"  # user attr of a trial queued again: the interr
 
 
 # --------------------------------------------------------------------------- storage and locking
-def sweep_dir(results_dir: Path, dataset: str, method: str) -> Path:
-    return Path(results_dir) / "sweeps" / dataset / method
-
-
 def storage_url(arg: Optional[str], folder: Path) -> str:
-    return arg or f"sqlite:///{(folder / 'study.db').resolve()}"
+    return arg or f"sqlite:///{(folder / paths.SWEEP_STUDY_DB).resolve()}"
 
 
 def open_storage(url: str):
@@ -138,7 +135,7 @@ def run_trial(trial, ctx: dict) -> float:
     spec: SweepSpec = ctx["spec"]
     values = suggest(trial, spec)
     params = validate(trial_params_data(ctx["base"], spec, values), f"{ctx['params_file']} (trial {trial.number})")
-    run_dir = Path(ctx["folder"]) / "trials" / f"trial_{trial.number:04d}"
+    run_dir = paths.sweep_trial_dir(ctx["folder"], trial.number)
     best = {"value": float("-inf")}
 
     def record_run_id() -> None:
@@ -169,8 +166,6 @@ def run_trial(trial, ctx: dict) -> float:
 def worker(ctx: dict) -> int:
     """Claim and run trials until the study holds the requested number of ended trials."""
     if ctx.get("threads"):
-        import torch
-
         torch.set_num_threads(int(ctx["threads"]))
     spec: SweepSpec = ctx["spec"]
     study = load_study(ctx["storage"], ctx["study_name"], spec)
@@ -237,7 +232,7 @@ def save_plots(study, folder: Path) -> list[Path]:
     from optuna.visualization import matplotlib as ovm
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    paths = []
+    written = []
     for name, fn in (("optimization_history.png", ovm.plot_optimization_history),
                      ("param_importances.png", ovm.plot_param_importances)):
         try:
@@ -247,11 +242,10 @@ def save_plots(study, folder: Path) -> list[Path]:
             continue
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         fig.tight_layout()
-        with io.atomic_path(folder / name) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
+        io.write_png(fig, folder / name, dpi=120)
         plt.close(fig)
-        paths.append(folder / name)
-    return paths
+        written.append(folder / name)
+    return written
 
 
 # --------------------------------------------------------------------------- entry point
@@ -264,7 +258,7 @@ def run_sweep(args) -> dict:
     if args.trials is not None:
         spec.trials = args.trials
     check_space(base, spec, dataset=args.dataset, method=args.method, space_file=space_file, params_file=params_file)
-    folder = sweep_dir(args.results_dir, args.dataset, args.method)
+    folder = paths.sweep_dir(args.results_dir, args.dataset, args.method)
     folder.mkdir(parents=True, exist_ok=True)
     url = storage_url(args.storage, folder)
     study_name = args.study_name or f"{base_params.name}-{args.dataset}-{args.method}"
@@ -294,13 +288,13 @@ def run_sweep(args) -> dict:
         first = f"; first error: {errors[0]}" if errors else ""
         raise AmflowError(f"study '{study_name}' in {url} has no completed trial (states: {c}){first}; "
                           "fix the error, widen the space or lower the pruner's aggressiveness")
-    output = args.output or folder / "best.yaml"
+    output = args.output or folder / paths.SWEEP_BEST
     best = export_best(study, spec, ctx, Path(output))
     plots = save_plots(study, folder)
     summary = {"study": study_name, "storage": url, "trials": finished, "states": c, "best": best,
                "best_params_file": str(output)}
-    io.write_json(folder / "summary.json", summary)
-    parent.finish_sweep(best, [folder / "summary.json", Path(output), *plots])
+    io.write_json(folder / paths.SWEEP_SUMMARY, summary)
+    parent.finish_sweep(best, [folder / paths.SWEEP_SUMMARY, Path(output), *plots])
     print(f"study '{study_name}': {finished} trials ended ({c}); best {spec.metric} {best['value']:.4f} "
           f"(trial {best['number']}) -> {output}")
     return summary

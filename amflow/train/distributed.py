@@ -6,6 +6,7 @@ whether it is the main process (rank 0), which alone writes files and talks to M
 """
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import sys
@@ -149,8 +150,6 @@ def init_distributed(device_preference: str = "auto", timeout_s: Optional[float]
     ctx = DistContext(rank=rank, world_size=world, local_rank=local_rank, local_world_size=local_world,
                       device=device)
     if world > 1 and not dist.is_initialized():
-        import datetime
-
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {}
         if timeout_s is not None:

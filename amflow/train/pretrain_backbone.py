@@ -36,10 +36,12 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from amflow import io, progress
+from amflow import io, paths, progress
 from amflow.data import pretrain_images as pimg
 from amflow.errors import AmflowError
 from amflow.params import Params
+from amflow.models.inference import autocast
+from amflow.train.schedule import build_scheduler, param_groups
 from amflow.train.trainer import stop_after_from_env
 
 WARMUP_SHARE = 0.05  # share of the optimisation steps spent in linear warm-up
@@ -61,28 +63,6 @@ def build_model(params: Params, attributes: list[dict]):
                           f"with kwargs {spec.kwargs}: {exc}") from exc
     heads = nn.ModuleDict({a["name"]: nn.Linear(backbone.num_features, a["classes"]) for a in attributes})
     return backbone, heads
-
-
-def _param_groups(modules, weight_decay: float) -> list[dict]:
-    """AdamW groups: no decay on 1-D parameters (norms, biases) nor on embeddings and tokens."""
-    decay, no_decay = [], []
-    for module in modules:
-        for name, p in module.named_parameters():
-            if not p.requires_grad:
-                continue
-            if p.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "reg_token")):
-                no_decay.append(p)
-            else:
-                decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up to 1, then cosine decay to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _normalise(x_uint8, mean, std):
@@ -120,8 +100,6 @@ def evaluate(backbone, heads, images, targets, mean, std, amp: bool = False) -> 
     """Per-attribute accuracy of the model on uint8 images [N,3,H,W] (moved to ``mean``'s device per batch)."""
     import torch
 
-    from amflow.train.trainer import autocast
-
     backbone.eval()
     heads.eval()
     dev = mean.device
@@ -145,7 +123,7 @@ def settings_digest(params: Params, info: dict) -> str:
 
 def _clear_outputs(out_dir: Path) -> None:
     # A failed run must not leave an older backbone that looks like this run's result.
-    for name in ("backbone.safetensors", "metrics.json"):
+    for name in (paths.BACKBONE_WEIGHTS, paths.BACKBONE_METRICS):
         (out_dir / name).unlink(missing_ok=True)
 
 
@@ -162,7 +140,6 @@ def train_attribute_model(params: Params, images_dir: str | Path, checkpoint: Op
     import torch.nn.functional as F
 
     from amflow.train.distributed import resolve_device
-    from amflow.train.trainer import autocast
 
     images_dir = Path(images_dir)
     spec = params.pretrain
@@ -197,8 +174,8 @@ def train_attribute_model(params: Params, images_dir: str | Path, checkpoint: Op
     steps_per_epoch = math.ceil(n / batch)
     total = spec.epochs * steps_per_epoch
     warmup = max(1, int(WARMUP_SHARE * total))
-    opt = torch.optim.AdamW(_param_groups([backbone, heads], spec.weight_decay), lr=spec.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup))
+    opt = torch.optim.AdamW(param_groups(torch.nn.ModuleList([backbone, heads]), spec.weight_decay), lr=spec.lr)
+    sched = build_scheduler(opt, total, warmup)
     gen = torch.Generator().manual_seed(spec.seed)  # the data order (and, on CPU, the augmentation)
     # On a GPU the augmentation draws on the device, from its own seeded stream.
     aug_gen = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(spec.seed + 1)
@@ -364,14 +341,14 @@ def pretrain_backbone(params: Params, images_dir: str | Path, out_dir: str | Pat
                 f"{metrics['train_images']} images). No backbone was written. Train longer (pretrain.epochs), on "
                 f"more images (pretrain_images.images), or with another pretrain.lr / pretrain.batch_size; a smaller "
                 f"image (pretrain_images.resolution with backbone.kwargs.img_size) also learns faster")
-        with io.atomic_path(out_dir / "backbone.safetensors") as tmp:
+        with io.atomic_path(out_dir / paths.BACKBONE_WEIGHTS) as tmp:
             state = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
             save_file(state, str(tmp), metadata={"model": params.backbone.model, "source": "amflow pretrain-backbone"})
-        io.write_json(out_dir / "metrics.json", metrics)  # results on disk before the final logging
+        io.write_json(out_dir / paths.BACKBONE_METRICS, metrics)  # results on disk before the final logging
         (out_dir / CHECKPOINT).unlink(missing_ok=True)  # done: a rerun starts afresh
 
         def log_end() -> None:
-            tracker.log_artifacts([out_dir / "metrics.json", out_dir / "backbone.safetensors"])
+            tracker.log_artifacts([out_dir / paths.BACKBONE_METRICS, out_dir / paths.BACKBONE_WEIGHTS])
             tracker.finish("FINISHED")
 
         tracking.with_retries(log_end, f"logging the end of the pretraining into {out_dir}")

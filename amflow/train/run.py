@@ -19,102 +19,29 @@ see :mod:`amflow.train.distributed` and :mod:`amflow.train.trainer` for what is 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import pandas as pd
 import torch
 import yaml
 
-from amflow import io
+from amflow import io, tracking
+from amflow.data.annotations import read_classes
+from amflow.data.clips import ClipDataset
+from amflow.data.frame_cache import MANIFEST
 from amflow.errors import AmflowError
-from amflow.params import Params, SamplingSpec
-
-TRAIN_JSON = "train.json"
-PARAMS_YAML = "params.yaml"
-CHECKPOINT = "checkpoint.pt"
-
-
-@dataclass
-class RunPaths:
-    dataset_dir: Path
-    frames_dir: Path
-    motion: Path
-    results_dataset_dir: Path
-    backbone_weights: Optional[Path]
-    run_dir: Path
-    ground_truth: Path
-
-
-def run_paths(params: Params, dataset: str, method: str, seed: int, data_dir: Path, results_dir: Path,
-              run_dir: Optional[Path] = None) -> RunPaths:
-    """Every input and output location of a run, from :mod:`amflow.paths` (the one layout)."""
-    from amflow import paths
-
-    try:
-        key = paths.dataset_key(params, dataset)
-    except KeyError as exc:
-        raise AmflowError(str(exc.args[0])) from None
-    data_dir, results_dir = Path(data_dir), Path(results_dir)
-    weights = paths.backbone_file(results_dir) if params.backbone.weights == "pretrain" else None
-    return RunPaths(dataset_dir=paths.dataset_dir(data_dir, key), frames_dir=paths.frames_dir(data_dir, key),
-                    motion=paths.motion_file(results_dir, dataset), results_dataset_dir=paths.camera_dir(results_dir, dataset),
-                    backbone_weights=weights,
-                    run_dir=Path(run_dir) if run_dir is not None else paths.run_dir(results_dir, dataset, method, seed),
-                    ground_truth=paths.ground_truth_file(data_dir, key))
-
-
-def resolve_method_variant(params: Params, method: str, results_dataset_dir: Path) -> tuple[str, bool]:
-    """(AM flow variant for the model, identity_for_static); only ``amflow`` uses AM flow."""
-    if method != "amflow":
-        return "none", False
-    from amflow.camera.stage import resolve_variant
-
-    return resolve_variant(params.model.am_flow.variant, results_dataset_dir)
-
-
-def uses_oracle(params: Params, method: str, variant: str) -> bool:
-    """Whether the model reads the actor's ground-truth coverage (``model.am_flow.control: oracle``)."""
-    return method == "amflow" and variant != "none" and params.model.am_flow.control == "oracle"
-
-
-def single_view(sampling: SamplingSpec) -> SamplingSpec:
-    """Validation sampling: the test sampling with one clip and one crop (fast, every epoch)."""
-    return sampling.model_copy(update={"test_clips": 1, "test_crops": 1})
-
-
-def params_digest(params: Params, dataset: str) -> str:
-    """Hash of everything that defines this run's training (not workers, threads, device or tracking).
-
-    A checkpoint is only resumed under the same digest, so a run folder never mixes two settings.
-    """
-    train = params.train.model_dump(mode="json")
-    for key in ("num_workers", "threads", "device"):
-        train.pop(key, None)
-    # Test views only matter to evaluation (validation always uses one view).
-    sampling = params.sampling_for(dataset).model_dump(mode="json", exclude={"test_clips", "test_crops"})
-    doc = {"dataset": params.dataset(dataset).model_dump(mode="json"), "sampling": sampling,
-           "backbone": params.backbone.model_dump(mode="json"),
-           "model": params.model.model_dump(mode="json"), "train": train}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def build_run_model(params: Params, dataset: str, method: str, num_classes: int, variant: str,
-                    weights_path: Optional[Path], seed: int) -> torch.nn.Module:
-    """The video model, initialised from ``seed`` (so a random backbone is the same in predict)."""
-    from amflow.models import build_backbone, build_model
-    from amflow.train.trainer import seed_everything
-
-    seed_everything(seed)
-    backbone = build_backbone(params.backbone, weights_path)
-    return build_model(method, backbone, num_classes, params.sampling_for(dataset).num_frames, params.model,
-                       variant)
-
+from amflow.evaluate.metrics import epochs_to_fraction
+from amflow.models import clip_gflops
+from amflow.models.inference import single_view
+from amflow.params import Params
+from amflow.paths import CHECKPOINT, PARAMS_YAML, TRAIN_JSON, TRAIN_LOG
+from amflow.runs import RunPaths, build_run_model, params_digest, resolve_method_variant, run_paths, uses_oracle
+from amflow.train.distributed import init_distributed
+from amflow.train.trainer import Trainer
 
 def param_counts(model: torch.nn.Module) -> dict[str, int]:
     if hasattr(model, "param_counts"):
@@ -136,8 +63,6 @@ def write_params_yaml(path: Path, params: Params) -> None:
 
 
 def summarise(history: list[dict]) -> dict:
-    from amflow.evaluate.metrics import epochs_to_fraction
-
     curve = [float(r["val_top1"]) for r in history]
     finite = [(v, i) for i, v in enumerate(curve, start=1) if math.isfinite(v)]
     best = max(finite) if finite else (math.nan, None)
@@ -160,12 +85,6 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
     Returns the content of ``train.json`` (or, when stopped early by the test hook, a dict with
     ``status: stopped`` and the history so far; ``train.json`` is then not written).
     """
-    from amflow import tracking
-    from amflow.data.annotations import read_classes
-    from amflow.data.clips import ClipDataset
-    from amflow.train.distributed import init_distributed
-    from amflow.train.trainer import Trainer
-
     paths = run_paths(params, dataset, method, seed, data_dir, results_dir, run_dir)
     ctx = init_distributed(params.train.device)
     lock = contextlib.ExitStack()
@@ -194,8 +113,6 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
                               seed=seed, identity_for_static=identity_for_static, ground_truth=truth)
         model = build_run_model(params, dataset, method, len(classes), variant, paths.backbone_weights, seed)
         counts = param_counts(model)
-        from amflow.models import clip_gflops
-
         gflops = float(clip_gflops(model, sampling.num_frames, sampling.crop_size)) if ctx.is_main else None
         meta = {
             "compat": {"dataset": dataset, "method": method, "seed": int(seed), "am_flow_variant": variant,
@@ -282,11 +199,6 @@ def open_tracking(params: Params, paths: RunPaths, *, dataset: str, method: str,
                   counts: dict, gflops: Optional[float], resume: bool, results_dir: Path,
                   parent_run_id: Optional[str], tags: Optional[dict], run_name: Optional[str]):
     """Open the run's MLflow run and log what is known before training: params, tags, the frame manifest."""
-    import pandas as pd
-
-    from amflow import tracking
-    from amflow.data.frame_cache import MANIFEST
-
     def failed(exc: BaseException) -> AmflowError:
         return AmflowError(f"{paths.run_dir}: its MLflow run could not be started on {tracking.resolve_uri(params)} "
                            f"({tracking.describe(exc)}); no training was started: fix the store, or set "
@@ -327,8 +239,6 @@ def finish_tracking(tracker, info: dict, paths: RunPaths) -> None:
     """The final logging of a finished training (summary metrics, files, the MLflow model), retried on a
     busy store. ``train.json`` is already on disk: if it still fails, the error says how to log it
     without training again (the same command resumes the finished checkpoint and only logs)."""
-    from amflow import tracking
-
     if tracker.run_id is None:
         return  # tracking is off
     from amflow.evaluate.mlflow_model import log_run_model  # imports mlflow's model code: only when tracking
@@ -338,7 +248,7 @@ def finish_tracking(tracker, info: dict, paths: RunPaths) -> None:
         "summary metrics": lambda: tracker.log_metrics({k: info[k] for k in (
             "train_time_s", "final_val_top1", "best_val_top1", "epochs_to_90pct", "trainable_params",
             "total_params", "gflops_per_clip") if info[k] is not None}),
-        "files": lambda: (tracker.log_artifacts([run_dir / "train_log.csv", run_dir / PARAMS_YAML],
+        "files": lambda: (tracker.log_artifacts([run_dir / TRAIN_LOG, run_dir / PARAMS_YAML],
                                                 artifact_path="train"),
                           tracker.log_json(info, f"train/{TRAIN_JSON}")),
         "model": lambda: log_run_model(tracker, params_yaml=run_dir / PARAMS_YAML, checkpoint=run_dir / CHECKPOINT,

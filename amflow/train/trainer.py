@@ -35,13 +35,15 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from amflow import io, progress
+from amflow import io, paths, progress
 from amflow.data.frame_cache import raise_open_file_limit
 from amflow.data.frame_codec import init_worker as init_decoder_worker
 from amflow.errors import AmflowError
+from amflow.models.inference import autocast, clip_probs, collate_clips, coverage_input
 from amflow.params import TrainSpec
 from amflow.train import checkpoint as ckpt
 from amflow.train.distributed import DistContext, per_process_batch
@@ -49,63 +51,6 @@ from amflow.train.schedule import build_scheduler, param_groups
 
 LOG_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "val_top1", "val_loss", "epoch_time", "clips_per_s")
 STOP_ENV = "AMFLOW_STOP_AFTER_EPOCH"
-
-
-# --------------------------------------------------------------------------- batches
-def collate_clips(items: list[dict]) -> dict[str, Any]:
-    """Stack clip dicts; ``transforms`` only when every item has them (else None), ``coverage`` (the
-    actor's ground truth, for the oracle control) only when every item has it (else absent)."""
-    out = {
-        "video": torch.stack([torch.as_tensor(it["video"]) for it in items]),
-        "label": torch.as_tensor([int(it["label"]) for it in items], dtype=torch.long),
-        "index": torch.as_tensor([int(it.get("index", -1)) for it in items], dtype=torch.long),
-    }
-    tr = [it.get("transforms") for it in items]
-    out["transforms"] = None if any(t is None for t in tr) else torch.stack([torch.as_tensor(t) for t in tr])
-    if items and all("coverage" in it for it in items):
-        out["coverage"] = torch.stack([torch.as_tensor(it["coverage"]) for it in items])
-    return out
-
-
-def coverage_input(coverage: Optional[torch.Tensor], device: torch.device) -> dict:
-    """The model's ``coverage`` keyword when the batch carries it; nothing otherwise, so models without
-    the argument (every method but ``amflow``) are called as before."""
-    return {} if coverage is None else {"coverage": coverage.to(device, non_blocking=True)}
-
-
-def autocast(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA when asked; a no-op context on CPU (CPU autocast is slower, not faster)."""
-    if amp and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def clip_probs(model: torch.nn.Module, video: torch.Tensor, transforms: Optional[torch.Tensor],
-               device: torch.device, amp: bool, normalise: Optional[Callable] = None,
-               coverage: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Class probabilities per item, averaging the softmax over views for ``[B, V, T, 3, S, S]`` input.
-
-    ``normalise`` turns the clips into model input once on ``device`` (uint8 clips: the dataset's);
-    ``coverage`` is the ground-truth actor coverage an ``oracle`` control reads."""
-    video = video.to(device, non_blocking=True)
-    if normalise is not None:
-        video = normalise(video)
-    if transforms is not None:
-        transforms = transforms.to(device, non_blocking=True)
-    views = 1
-    if video.ndim == 6:
-        b, views = video.shape[:2]
-        video = video.flatten(0, 1)
-        if transforms is not None:
-            transforms = transforms.flatten(0, 1)
-        if coverage is not None:
-            coverage = coverage.flatten(0, 1)
-    with autocast(device, amp):
-        logits = model(video, transforms, **coverage_input(coverage, device))
-    probs = logits.float().softmax(dim=-1)
-    if views > 1:
-        probs = probs.view(b, views, -1).mean(dim=1)
-    return probs
 
 
 # --------------------------------------------------------------------------- seeding
@@ -184,8 +129,8 @@ class Trainer:
         self.normalise = normalise or (lambda video: video)  # uint8 clips become model input on the device
         self.device = self.ctx.device
         self.amp = bool(spec.amp and self.device.type == "cuda")
-        self.checkpoint_path = self.run_dir / "checkpoint.pt"
-        self.log_path = self.run_dir / "train_log.csv"
+        self.checkpoint_path = self.run_dir / paths.CHECKPOINT
+        self.log_path = self.run_dir / paths.TRAIN_LOG
 
     # ------------------------------------------------------------------ set-up
     def _loaders(self) -> None:
@@ -269,8 +214,6 @@ class Trainer:
     def _wrap(self) -> torch.nn.Module:
         if not self.ctx.distributed:
             return self.model
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         # Every rank builds the same frozen backbone from the same file: check it instead of
         # broadcasting it, and leave frozen tensors out of DDP (only trainable ones are all-reduced).
         prints = self.ctx.all_gather_object(self._frozen_print)
@@ -278,6 +221,9 @@ class Trainer:
             raise AmflowError(f"the frozen backbone differs between processes ({prints}); every process must "
                               "load the same backbone weights file")
         frozen = [n for n, p in self.model.named_parameters() if not p.requires_grad]
+        # The one private torch call: DDP has no public way to leave some parameters out of its
+        # initial broadcast (init_sync=False skips them all). Without it the result is the same, only
+        # the broadcast bigger; torch is pinned in pyproject.toml and tests/test_ddp.py runs this path.
         if hasattr(DDP, "_set_params_and_buffers_to_ignore_for_model"):
             DDP._set_params_and_buffers_to_ignore_for_model(self.model, frozen)
         ids = [self.device.index] if self.device.type == "cuda" else None

@@ -8,7 +8,7 @@ if P.backbone.weights == "pretrain":
             pretrain_images_info(),
         output:
             weights=str(paths.backbone_file(RESULTS)),
-            metrics=str(paths.backbone_dir(RESULTS) / "metrics.json"),
+            metrics=str(paths.backbone_dir(RESULTS) / paths.BACKBONE_METRICS),
         params:
             dvc_params=tracked("backbone", "pretrain", "pretrain_images"),
         priority: 20  # the critical path: every training waits for the backbone, only amflow for the camera

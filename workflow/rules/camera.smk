@@ -7,8 +7,8 @@ rule camera_motion:
     input:
         lambda w: frames_summary(w.dataset),
     output:
-        json=str(paths.camera_dir(RESULTS, "{dataset}") / "camera_motion.json"),
-        png=report(str(paths.camera_dir(RESULTS, "{dataset}") / "camera_motion.png"), caption=caption("camera_motion"),
+        json=str(paths.camera_dir(RESULTS, "{dataset}") / paths.CAMERA_JSON),
+        png=report(str(paths.camera_dir(RESULTS, "{dataset}") / paths.CAMERA_PNG), caption=caption("camera_motion"),
                    category="Camera motion", labels={"dataset": "{dataset}"}),
         motion=str(paths.motion_file(RESULTS, "{dataset}")),
     params:

@@ -70,15 +70,16 @@ DATASET_DIR = str(paths.dataset_dir(DATA, paths.data_key("{dataset}", "{spec}"))
 FRAMES_DIR = str(paths.frames_dir(DATA, paths.data_key("{dataset}", "{spec}")))
 RUN_DIR = str(paths.run_dir(RESULTS, "{dataset}", "{method}", "{seed}"))
 ABLATION_RUN_DIR = str(paths.ablation_run_dir(RESULTS, "{axis}", "{value}", "{dataset}", "{seed}"))
+PLOTS = str(paths.plots_dir(RESULTS))
 
 
 def frames_summary(dataset):
     """The frame cache's last-written file, for this params file's spec of ``dataset``."""
-    return str(paths.frames_dir(DATA, paths.dataset_key(P, dataset)) / "summary.json")
+    return str(paths.frames_dir(DATA, paths.dataset_key(P, dataset)) / paths.FRAMES_SUMMARY)
 
 
 def pretrain_images_info():
-    return str(paths.pretrain_images_dir(DATA, P) / "info.json")
+    return str(paths.pretrain_images_dir(DATA, P) / paths.PRETRAIN_IMAGES_INFO)
 
 
 def backbone_inputs(wildcards=None):
@@ -95,7 +96,7 @@ def train_inputs(wildcards, method=None, control=None):
     deps = [frames_summary(wildcards.dataset)] + backbone_inputs()
     if method == "amflow":  # only AM flow reads the camera decision and the cached transforms
         camera = paths.camera_dir(RESULTS, wildcards.dataset)
-        deps += [str(camera / "camera_motion.json"), str(paths.motion_file(RESULTS, wildcards.dataset))]
+        deps += [str(camera / paths.CAMERA_JSON), str(paths.motion_file(RESULTS, wildcards.dataset))]
         if (control or P.model.am_flow.control) == "oracle":  # the oracle control reads the actor's coverage
             deps.append(ground_truth_input(wildcards.dataset))
     return deps
@@ -140,12 +141,12 @@ def evaluation_outputs(run_dir, category):
     labels = {"dataset": "{dataset}", "seed": "{seed}"}
     labels.update({"method": "{method}"} if category == "Runs" else {"ablation": "{axis}={value}"})
     return dict(
-        metrics=f"{run_dir}/metrics.json",
-        scores=f"{run_dir}/scores.json",
-        per_class=f"{run_dir}/per_class.csv",
-        predictions=f"{run_dir}/predictions.csv",
-        confusion=report(f"{run_dir}/confusion.png", caption=caption("confusion"), category=category,
+        metrics=f"{run_dir}/{paths.METRICS_JSON}",
+        scores=f"{run_dir}/{paths.SCORES_JSON}",
+        per_class=f"{run_dir}/{paths.PER_CLASS_CSV}",
+        predictions=f"{run_dir}/{paths.PREDICTIONS_CSV}",
+        confusion=report(f"{run_dir}/{paths.CONFUSION_PNG}", caption=caption("confusion"), category=category,
                          subcategory="confusion matrices", labels=labels),
-        curves=report(f"{run_dir}/curves.png", caption=caption("curves"), category=category,
+        curves=report(f"{run_dir}/{paths.CURVES_PNG}", caption=caption("curves"), category=category,
                       subcategory="training curves", labels=labels),
     )

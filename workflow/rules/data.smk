@@ -4,7 +4,7 @@
 
 rule prepare_dataset:
     output:
-        f"{DATASET_DIR}/dataset.json",
+        f"{DATASET_DIR}/{paths.DATASET_JSON}",
     params:
         dvc_params=tracked("datasets.{dataset}"),
         dvc_outs=lambda w: [DATASET_DIR.format(dataset=w.dataset, spec=w.spec)],
@@ -43,9 +43,9 @@ rule extract_frames:
     # Ahead of training jobs: AM flow runs wait for it, and it is short.
     priority: 10
     input:
-        f"{DATASET_DIR}/dataset.json",
+        f"{DATASET_DIR}/{paths.DATASET_JSON}",
     output:
-        f"{FRAMES_DIR}/summary.json",
+        f"{FRAMES_DIR}/{paths.FRAMES_SUMMARY}",
     params:
         dvc_params=tracked("datasets.{dataset}"),
         dvc_outs=lambda w: [FRAMES_DIR.format(dataset=w.dataset, spec=w.spec)],

@@ -4,7 +4,7 @@
 
 rule ground_truth:
     input:
-        f"{DATASET_DIR}/dataset.json",
+        f"{DATASET_DIR}/{paths.DATASET_JSON}",
     output:
         str(paths.ground_truth_file(DATA, paths.data_key("{dataset}", "{spec}"))),
     params:
@@ -26,8 +26,8 @@ rule localise:
         str(paths.motion_file(RESULTS, "{dataset}")),
         backbone_inputs,
     output:
-        csv=str(paths.localisation_dir(RESULTS, "{dataset}") / "localisation.csv"),
-        png=report(str(paths.localisation_dir(RESULTS, "{dataset}") / "localisation.png"),
+        csv=str(paths.localisation_dir(RESULTS, "{dataset}") / paths.LOCALISATION_CSV),
+        png=report(str(paths.localisation_dir(RESULTS, "{dataset}") / paths.LOCALISATION_PNG),
                    caption=caption("localisation"), category="Localisation", labels={"dataset": "{dataset}"}),
     params:
         dvc_params=tracked("datasets.{dataset}", "sampling", "backbone", "model.am_flow"),

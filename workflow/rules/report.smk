@@ -3,11 +3,11 @@
 
 rule table1:
     input:
-        [str(paths.run_dir(RESULTS, d, m, s) / "metrics.json") for d, m, s in table_runs(P)],
+        [str(paths.run_dir(RESULTS, d, m, s) / paths.METRICS_JSON) for d, m, s in table_runs(P)],
     output:
-        report(f"{RESULTS}/table1.csv", caption=caption("table1"), category="Tables"),
-        report(f"{RESULTS}/plots/convergence.png", caption=caption("convergence"), category="Figures"),
-        report(f"{RESULTS}/plots/accuracy.png", caption=caption("accuracy"), category="Figures"),
+        report(f"{RESULTS}/{paths.TABLE1_CSV}", caption=caption("table1"), category="Tables"),
+        report(f"{PLOTS}/{paths.CONVERGENCE_PNG}", caption=caption("convergence"), category="Figures"),
+        report(f"{PLOTS}/{paths.ACCURACY_PNG}", caption=caption("accuracy"), category="Figures"),
     params:
         dvc_params=tracked("table_datasets", "methods", "seeds"),
     threads: 1
@@ -22,14 +22,14 @@ rule table1:
 
 rule ablations:
     input:
-        [str(paths.ablation_run_dir(RESULTS, r.axis, r.value, r.dataset, r.seed) / "metrics.json")
+        [str(paths.ablation_run_dir(RESULTS, r.axis, r.value, r.dataset, r.seed) / paths.METRICS_JSON)
          for r in ablation_runs(P)],
         # table 1's tpa runs of the same datasets and seeds: each row's paired difference is against them
-        [str(paths.run_dir(RESULTS, d, m, s) / "metrics.json") for d, m, s in reference_runs(P)],
+        [str(paths.run_dir(RESULTS, d, m, s) / paths.METRICS_JSON) for d, m, s in reference_runs(P)],
     output:
-        report(f"{RESULTS}/ablations.csv", caption=caption("ablations"), category="Tables"),
+        report(f"{RESULTS}/{paths.ABLATIONS_CSV}", caption=caption("ablations"), category="Tables"),
         # one table per axis these params ablate (amflow.report.tables.write_tables)
-        [report(f"{RESULTS}/ablation_{axis}.csv", caption=caption("ablation_axis"), category="Tables",
+        [report(str(paths.ablation_table_file(RESULTS, axis)), caption=caption("ablation_axis"), category="Tables",
                 labels={"table": f"ablation: {axis}"})
          for axis in dict.fromkeys(r.axis for r in ablation_runs(P))],
     params:
@@ -46,12 +46,12 @@ rule ablations:
 
 rule amflow_heatmaps:
     input:
-        [str(paths.run_dir(RESULTS, d, "amflow", P.seeds[0]) / "metrics.json") for d in P.table_datasets],
+        [str(paths.run_dir(RESULTS, d, "amflow", P.seeds[0]) / paths.METRICS_JSON) for d in P.table_datasets],
         [str(paths.motion_file(RESULTS, d)) for d in P.table_datasets],
     output:
-        png=report(f"{RESULTS}/plots/amflow_heatmaps.png", caption=caption("amflow_heatmaps"), category="Figures"),
-        gif=f"{RESULTS}/plots/amflow_heatmaps.gif",
-        json=f"{RESULTS}/plots/amflow_heatmaps.json",
+        png=report(f"{PLOTS}/{paths.HEATMAPS_PNG}", caption=caption("amflow_heatmaps"), category="Figures"),
+        gif=f"{PLOTS}/{paths.HEATMAPS_GIF}",
+        json=f"{PLOTS}/{paths.HEATMAPS_JSON}",
     threads: 1
     log:
         f"{LOGS}/amflow_heatmaps.log",
@@ -64,14 +64,14 @@ rule amflow_heatmaps:
 
 rule report:
     input:
-        f"{RESULTS}/table1.csv",
-        f"{RESULTS}/ablations.csv",
-        f"{RESULTS}/plots/amflow_heatmaps.png",
+        f"{RESULTS}/{paths.TABLE1_CSV}",
+        f"{RESULTS}/{paths.ABLATIONS_CSV}",
+        f"{PLOTS}/{paths.HEATMAPS_PNG}",
         # localisation against SynthMotion's ground truth, for the table's generated datasets
-        [str(paths.localisation_dir(RESULTS, d) / "localisation.csv") for d in P.table_datasets
+        [str(paths.localisation_dir(RESULTS, d) / paths.LOCALISATION_CSV) for d in P.table_datasets
          if P.datasets[d].source == "synthmotion"],
     output:
-        f"{RESULTS}/report.md",
+        f"{RESULTS}/{paths.REPORT_MD}",
     threads: 1
     log:
         f"{LOGS}/report.log",

@@ -6,7 +6,7 @@ rule sweep:
         lambda w: train_inputs(w),
         sweep_spec="params/sweep.yaml",
     output:
-        f"{RESULTS}/sweeps/{{dataset}}/{{method}}/best.yaml",
+        str(paths.sweep_dir(RESULTS, "{dataset}", "{method}") / paths.SWEEP_BEST),
     threads: JOB_CORES
     resources:
         gpu=GPUS_PER_JOB,

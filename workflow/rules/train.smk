@@ -8,7 +8,7 @@ rule train:
     input:
         train_inputs,
     output:
-        f"{RUN_DIR}/train.json",
+        f"{RUN_DIR}/{paths.TRAIN_JSON}",
     params:
         launch=launcher,
         dvc_params=tracked("datasets.{dataset}", "sampling", "model", "train", "backbone", "camera_motion"),
@@ -27,7 +27,7 @@ rule train:
 
 rule evaluate:
     input:
-        f"{RUN_DIR}/train.json",
+        f"{RUN_DIR}/{paths.TRAIN_JSON}",
     output:
         **evaluation_outputs(RUN_DIR, "Runs"),
     params:
@@ -49,7 +49,7 @@ rule train_ablation:
     input:
         ablation_inputs,
     output:
-        f"{ABLATION_RUN_DIR}/train.json",
+        f"{ABLATION_RUN_DIR}/{paths.TRAIN_JSON}",
     params:
         run_dir=run_dir_of,
         launch=launcher,
@@ -71,7 +71,7 @@ rule train_ablation:
 
 rule evaluate_ablation:
     input:
-        f"{ABLATION_RUN_DIR}/train.json",
+        f"{ABLATION_RUN_DIR}/{paths.TRAIN_JSON}",
     output:
         **evaluation_outputs(ABLATION_RUN_DIR, "Ablation runs"),
     params:

@@ -1,0 +1,167 @@
+"""A trained run: where its files are, the digest of the params that define it, its model, and loading
+it back with one compatibility policy.
+
+A run folder (:func:`amflow.paths.run_dir`, or ``--run-dir``) holds ``params.yaml``, ``checkpoint.pt``
+(every epoch; after the last one the final trainable weights), ``train_log.csv``, ``train.json`` (written
+once training is complete) and, after evaluation, ``metrics.json`` and its companions; the names are
+:mod:`amflow.paths`'s.
+
+The policy (:func:`load_trained_run`), for evaluation, prediction and the heat maps alike: training is
+complete (``train.json`` exists); the checkpoint records the params digest of the params it is used with
+(a missing digest is refused like a different one); and the checkpoint is the one ``train.json``
+describes (the same last epoch and digest). Each refusal names the file and the fix.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from amflow import io, paths
+from amflow.camera.rules import resolve_variant
+from amflow.errors import AmflowError
+from amflow.models import build_backbone, build_model
+from amflow.params import Params
+from amflow.train import checkpoint as ckpt
+from amflow.train.trainer import seed_everything
+
+
+@dataclass
+class RunPaths:
+    dataset_dir: Path
+    frames_dir: Path
+    motion: Path
+    results_dataset_dir: Path
+    backbone_weights: Optional[Path]
+    run_dir: Path
+    ground_truth: Path
+
+
+def run_paths(params: Params, dataset: str, method: str, seed: int, data_dir: Path, results_dir: Path,
+              run_dir: Optional[Path] = None) -> RunPaths:
+    """Every input and output location of a run, from :mod:`amflow.paths` (the one layout)."""
+    try:
+        key = paths.dataset_key(params, dataset)
+    except KeyError as exc:
+        raise AmflowError(str(exc.args[0])) from None
+    data_dir, results_dir = Path(data_dir), Path(results_dir)
+    weights = paths.backbone_file(results_dir) if params.backbone.weights == "pretrain" else None
+    return RunPaths(dataset_dir=paths.dataset_dir(data_dir, key), frames_dir=paths.frames_dir(data_dir, key),
+                    motion=paths.motion_file(results_dir, dataset),
+                    results_dataset_dir=paths.camera_dir(results_dir, dataset), backbone_weights=weights,
+                    run_dir=Path(run_dir) if run_dir is not None else paths.run_dir(results_dir, dataset, method, seed),
+                    ground_truth=paths.ground_truth_file(data_dir, key))
+
+
+def resolve_method_variant(params: Params, method: str, results_dataset_dir: Path) -> tuple[str, bool]:
+    """(AM flow variant for the model, identity_for_static); only ``amflow`` uses AM flow."""
+    if method != "amflow":
+        return "none", False
+    return resolve_variant(params.model.am_flow.variant, results_dataset_dir)
+
+
+def uses_oracle(params: Params, method: str, variant: str) -> bool:
+    """Whether the model reads the actor's ground-truth coverage (``model.am_flow.control: oracle``)."""
+    return method == "amflow" and variant != "none" and params.model.am_flow.control == "oracle"
+
+
+def params_digest(params: Params, dataset: str) -> str:
+    """Hash of everything that defines this run's training (not workers, threads, device or tracking).
+
+    A checkpoint is only resumed under the same digest, so a run folder never mixes two settings.
+    """
+    train = params.train.model_dump(mode="json")
+    for key in ("num_workers", "threads", "device"):
+        train.pop(key, None)
+    # Test views only matter to evaluation (validation always uses one view).
+    sampling = params.sampling_for(dataset).model_dump(mode="json", exclude={"test_clips", "test_crops"})
+    doc = {"dataset": params.dataset(dataset).model_dump(mode="json"), "sampling": sampling,
+           "backbone": params.backbone.model_dump(mode="json"),
+           "model": params.model.model_dump(mode="json"), "train": train}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_run_model(params: Params, dataset: str, method: str, num_classes: int, variant: str,
+                    weights_path: Optional[Path], seed: int) -> torch.nn.Module:
+    """The video model, initialised from ``seed`` (so a random backbone is the same in predict)."""
+    seed_everything(seed)
+    backbone = build_backbone(params.backbone, weights_path)
+    return build_model(method, backbone, num_classes, params.sampling_for(dataset).num_frames, params.model,
+                       variant)
+
+
+# --------------------------------------------------------------------------- loading a trained run
+@dataclass
+class TrainedRun:
+    """A finished run folder: ``info`` is ``train.json``, ``state`` the checkpoint (``model``: the trainable
+    weights; ``meta``: ``num_classes`` and ``compat`` with the classes and the resolved AM flow variant)."""
+
+    run_dir: Path
+    info: dict
+    state: dict
+
+    @property
+    def compat(self) -> dict:
+        return self.state["meta"].get("compat", {})
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / paths.CHECKPOINT
+
+
+def check_complete(run_dir: Path, make: str) -> None:
+    """Refuse a run whose training is not complete; ``make`` is the command that completes it."""
+    train_json = Path(run_dir) / paths.TRAIN_JSON
+    if not train_json.exists():
+        raise AmflowError(f"{train_json}: training of this run is not complete; run `{make}` first")
+
+
+def check_digest(state: dict, params: Params, dataset: str, source: Path, trained_params: Path) -> None:
+    """Refuse weights trained with params other than ``params`` (a missing digest counts as other)."""
+    recorded = state["meta"].get("compat", {}).get("params_digest")
+    digest = params_digest(params, dataset)
+    if recorded != digest:
+        raise AmflowError(f"{source}: this run was trained with different params (digest {recorded} vs {digest} "
+                          f"now); use the params it was trained with ({trained_params}), or retrain it with the "
+                          f"other params")
+
+
+def load_trained_run(run_dir: Path, params: Params, *, make: str, dataset: Optional[str] = None) -> TrainedRun:
+    """The finished run in ``run_dir``, checked against ``params`` under the module's one policy.
+
+    ``dataset`` defaults to the one the checkpoint records; ``make`` is the command that (re)makes the
+    run, for the error of an unfinished one."""
+    run_dir = Path(run_dir)
+    check_complete(run_dir, make)
+    train_json, checkpoint = run_dir / paths.TRAIN_JSON, run_dir / paths.CHECKPOINT
+    try:
+        info = io.read_json(train_json)
+    except ValueError as exc:
+        raise AmflowError(str(exc)) from None
+    state = ckpt.load_checkpoint(checkpoint)
+    compat = state["meta"].get("compat", {})
+    check_digest(state, params, dataset or compat.get("dataset"), run_dir, run_dir / paths.PARAMS_YAML)
+    # The checkpoint must be the one train.json describes: its last epoch, its params (train.json
+    # files written before the digest was recorded in them are checked on the epoch alone).
+    recorded = info.get("params_digest", compat.get("params_digest"))
+    if state["epoch"] != info.get("epochs") or compat.get("params_digest") != recorded:
+        raise AmflowError(f"{checkpoint}: not the checkpoint that {train_json} describes (epoch {state['epoch']}, "
+                          f"params digest {compat.get('params_digest')}; train.json: epoch {info.get('epochs')}, "
+                          f"digest {recorded}); restore the run's own checkpoint, or delete {run_dir} and "
+                          f"retrain")
+    return TrainedRun(run_dir, info, state)
+
+
+def trained_model(params: Params, state: dict, *, dataset: str, method: str, seed: int, variant: str,
+                  backbone: Optional[Path], source: Path) -> torch.nn.Module:
+    """The run's model with the trained weights of ``state`` (a checkpoint, or the MLflow model's weights
+    read from ``source``), its frozen backbone checked against the one it was trained with."""
+    model = build_run_model(params, dataset, method, int(state["meta"]["num_classes"]), variant, backbone, seed)
+    ckpt.load_trainable_state(model, state["model"], source)
+    if "frozen_fingerprint" in state:
+        ckpt.check_fingerprint(model, state["frozen_fingerprint"], source)
+    return model
