@@ -12,14 +12,13 @@ from typing import Callable
 
 from amflow import paths
 from amflow.errors import AmflowError
+from amflow.params import METHODS, ParamsError, load_params, parse_override, resolved_text, set_dotted
 from amflow.paths import dataset_name_problem
 
 PARAMS_HELP = "params file (YAML, validated by amflow/params.py); default params/default.yaml"
 
 
 def _params(args):
-    from amflow.params import load_params, parse_override, set_dotted
-
     overrides: dict = {}
     for item in getattr(args, "set", None) or []:
         key, value = parse_override(item)
@@ -69,6 +68,9 @@ def _add_common(p: argparse.ArgumentParser, dataset: bool = False) -> None:
 # --------------------------------------------------------------------------- commands
 def cmd_validate(args) -> None:
     p = _params(args)
+    if args.show:
+        print(resolved_text(p), end="")
+        return
     print(f"{args.params}: valid ({len(p.datasets)} dataset(s): {', '.join(p.datasets)})")
 
 
@@ -221,7 +223,6 @@ def cmd_readme_results(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from amflow.params import load_params
     from amflow.sweep.run import run_sweep
 
     args.results_dir = _results(args, load_params(args.params))  # the sweep works inside the namespace
@@ -262,9 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    add("validate", cmd_validate, "check a params file",
-        "Validate a params file against the schema and exit. A wrong key or type is reported with the file, "
-        "the key and what was expected.")
+    p = add("validate", cmd_validate, "check a params file",
+            "Validate a params file against the schema and exit. A wrong key or type is reported with the file, "
+            "the key and what was expected.")
+    p.add_argument("--show", action="store_true",
+                   help="print every value, the schema's defaults included (what the stages get), as YAML")
     add("prepare", cmd_prepare, "generate or download/verify a dataset",
         "Make data/<dataset>-<spec>/ ready: SynthMotion is generated (H.264 mp4 + annotations); Kinetics-400 is "
         "downloaded from the CVDF mirror (resumable, verified); SSv2, Toyota Smarthome and `list` datasets "
@@ -307,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, func, what,
                 f"{what[0].upper()}{what[1:]} on a dataset. Outputs under "
                 "results/<name>/<dataset>/<method>/seed<k>/ (or --run-dir).", dataset=True)
-        p.add_argument("--method", required=True, choices=["frame", "aim", "st_adapter", "tpa", "amflow"],
+        p.add_argument("--method", required=True, choices=METHODS,
                        help="the method (model) of the run")
         p.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
         p.add_argument("--run-dir", type=Path, default=None, help="override the run folder")
@@ -381,8 +384,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from amflow.params import ParamsError
-
     try:
         rc = args.func(args)
     except ParamsError as exc:

@@ -18,8 +18,29 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from amflow import io
 from amflow.paths import DATASET_NAME_PATTERN, dataset_name_problem
 
-SPLITS = ("train", "val", "test")
-METHODS = ("frame", "aim", "st_adapter", "tpa", "amflow")
+# Every enumeration once: the schema's fields, the CLI's choices, the models' checks and the workflow's
+# wildcard constraints take their values from here.
+Split = Literal["train", "val", "test"]
+Method = Literal["frame", "aim", "st_adapter", "tpa", "amflow"]
+CameraDecision = Literal["static", "aligned"]  # the camera stage's decision: the AM flow variants with scores
+ModelVariant = Literal[CameraDecision, "none"]  # the variant a model is built with ('none': AM flow off = tpa)
+AmFlowVariant = Literal["auto", "auto_per_video", ModelVariant]  # the params' choice, resolved before building
+Tpu = Literal["transformer", "tcn", "lstm", "none"]
+Alignment = Literal["grid", "warp"]
+Integration = Literal["gate", "attn_bias", "channels", "residual_gate"]
+Control = Literal["none", "shuffled", "oracle"]
+MotionModel = Literal["similarity", "homography"]  # the camera-motion estimator's transform
+
+SPLITS = get_args(Split)
+METHODS = get_args(Method)
+CAMERA_DECISIONS = get_args(CameraDecision)
+MODEL_VARIANTS = get_args(ModelVariant)
+AM_FLOW_VARIANTS = get_args(AmFlowVariant)
+TPUS = get_args(Tpu)
+ALIGNMENTS = get_args(Alignment)
+INTEGRATIONS = get_args(Integration)
+CONTROLS = get_args(Control)
+MOTION_MODELS = get_args(MotionModel)
 
 
 class Strict(BaseModel):
@@ -66,7 +87,7 @@ class SynthSpec(Strict):
                                           "many frames; a clip of `frames` frames spreads the same motion over "
                                           "its frames, so the motion's amplitude does not depend on `frames`")
     fps: int = Field(25, ge=1)
-    split_sizes: dict[Literal["train", "val", "test"], int] = {"train": 600, "val": 120, "test": 240}
+    split_sizes: dict[Split, int] = {"train": 600, "val": 120, "test": 240}
     seed: int = 0
     workers: int = Field(0, ge=0, description="generator processes; 0 = one per core (does not change the output)")
 
@@ -90,7 +111,7 @@ class DownloadSpec(Strict):
     backoff_s: float = Field(2.0, ge=0, description="wait before retry k is backoff_s * 2**k seconds")
     timeout_s: float = Field(60.0, gt=0, description="connect/read timeout per request, seconds")
     base_url: str = "https://s3.amazonaws.com/kinetics/400"
-    splits: list[Literal["train", "val", "test"]] = ["train", "val"]
+    splits: list[Split] = ["train", "val"]
     max_archives: Optional[int] = Field(None, ge=1, description="download only the first N tarballs per split")
     replacement_url: Optional[str] = Field(
         "replacement_for_corrupted_k400.tgz",
@@ -111,7 +132,7 @@ class DatasetSpec(Strict):
     synth: Optional[SynthSpec] = None
     root: Optional[str] = Field(None, description="folder holding the user's files (ssv2, smarthome, list); "
                                                    "kinetics400: download folder (default: the dataset folder)")
-    annotations: Optional[dict[Literal["train", "val", "test"], str]] = Field(
+    annotations: Optional[dict[Split, str]] = Field(
         None, description="for source=list: one `path label` txt or csv per split")
     protocol: Optional[Literal["cs", "cv1", "cv2"]] = Field(None, description="Toyota Smarthome protocol")
     download: DownloadSpec = DownloadSpec()
@@ -119,7 +140,7 @@ class DatasetSpec(Strict):
     encoding: Literal["raw", "jpeg"] = Field("raw", description="frame cache encoding: raw uint8 or JPEG")
     jpeg_quality: int = Field(90, ge=10, le=100)
     shard_frames: int = Field(20000, ge=100, description="frames per cache shard")
-    max_videos: Optional[dict[Literal["train", "val", "test"], int]] = Field(
+    max_videos: Optional[dict[Split, int]] = Field(
         None, description="cap on videos per split (quick runs)")
     val_fraction: Optional[float] = Field(
         None, gt=0, lt=1,
@@ -169,12 +190,15 @@ class CameraMotionSpec(Strict):
     sample_videos: int = Field(60, ge=1)
     pairs_per_video: int = Field(8, ge=1)
     seed: int = 0
-    moving_threshold: float = Field(0.01, gt=0,
+    moving_threshold: float = Field(0.005, gt=0,
                                     description="median background displacement per frame pair, "
-                                                "as a fraction of the frame diagonal, above which a video is 'moving'")
+                                                "as a fraction of the frame diagonal, above which a video is "
+                                                "'moving'; measured on 32 px easy SynthMotion clips: static "
+                                                "<= 0.004, moving >= 0.0066 (params/paper.yaml: 0.01 for real "
+                                                "footage)")
     dataset_moving_share: float = Field(0.5, ge=0, le=1,
                                         description="share of moving videos above which the dataset uses 'aligned'")
-    model: Literal["similarity", "homography"] = "similarity"
+    model: MotionModel = "similarity"
     min_inlier_ratio: float = Field(0.3, ge=0, le=1,
                                     description="RANSAC inliers / textured grid points below which a frame pair is invalid")
     min_ncc: float = Field(0.5, ge=-1, le=1,
@@ -189,8 +213,13 @@ class CameraMotionSpec(Strict):
 
 # --------------------------------------------------------------------------- model
 class BackboneSpec(Strict):
+    """The frozen ViT. The defaults are the embedded default's: a 4-block, 96-wide ViT with 8 px patches on
+    32 px frames (a 4 x 4 patch grid), sized for a 10-minute CPU run and pretrained by the pipeline."""
+
     model: str = Field("vit_tiny_patch16_224", description="timm model name")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model arguments")
+    kwargs: dict[str, Any] = Field(
+        default_factory=lambda: {"img_size": 32, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3},
+        description="extra timm.create_model arguments ({} for the model's own); state them with `model`")
     weights: Literal["pretrain", "hub", "file", "random"] = "pretrain"
     weights_file: Optional[str] = None
 
@@ -198,6 +227,10 @@ class BackboneSpec(Strict):
     def _file(self):
         if self.weights == "file" and not self.weights_file:
             raise ValueError("weights: file needs weights_file")
+        if self.model != type(self).model_fields["model"].default and "kwargs" not in self.model_fields_set:
+            # The default kwargs size the default model down to 32 px: never apply them to another model.
+            raise ValueError(f"model {self.model!r} needs its own 'kwargs' next to it ({{}} for the model's "
+                             f"own settings): the default kwargs shrink the default model to 32 px")
         return self
 
 
@@ -217,7 +250,7 @@ class AdapterSpec(Strict):
     bottleneck: int = Field(32, ge=1)
     position: Literal["parallel_mlp", "after_attn"] = "parallel_mlp"
     blocks: Union[Literal["all"], list[int]] = "all"
-    tpu: Literal["transformer", "tcn", "lstm", "none"] = "transformer"
+    tpu: Tpu = "transformer"
     tcn_kernel: int = Field(3, ge=1)
     tcn_dilations: list[int] = [1, 2]
     drop_path: float = Field(0.0, ge=0, lt=1)
@@ -228,7 +261,7 @@ class AdapterSpec(Strict):
 
 
 class AmFlowSpec(Strict):
-    variant: Literal["auto", "auto_per_video", "static", "aligned", "none"] = "auto"
+    variant: AmFlowVariant = "auto"
     temperature: float = Field(2.0, gt=0, description="softmax temperature, in units of the mean |A_t - A_t+1|")
     source: Union[Literal["same"], int] = Field("same", description="'same' block or a fixed block index")
     normalise: Literal["mean", "max", "none"] = "mean"
@@ -238,19 +271,19 @@ class AmFlowSpec(Strict):
                     "uncompensated mean |A_t - A_t+1|, so the small residual a pure camera motion leaves "
                     "(positional embeddings, borders, sub-patch resampling) is not blown up into a peaked "
                     "map; 0 = purely relative; identity transforms give the static result whatever its value")
-    alignment: Literal["grid", "warp"] = Field(
+    alignment: Alignment = Field(
         "grid", description="aligned variant: 'grid' resamples frame t+1's attention map on the patch grid "
                             "(cheap; exact for whole-patch camera motion only); 'warp' warps frame t+1 into "
                             "frame t in pixel space and runs the frozen backbone on it (sub-patch motion; "
                             "the scores then come from the frozen backbone's maps)")
-    integration: Literal["gate", "attn_bias", "channels", "residual_gate"] = Field(
+    integration: Integration = Field(
         "gate", description="how the scores enter the adapter: 'gate' multiplies the bottleneck patch tokens "
                             "before the TPU; 'attn_bias' adds a learned per-head multiple of the attended "
                             "frame's score to the transformer TPU's attention logits; 'channels' adds "
                             "zero-initialised bottleneck channels fed from the score, its change over time "
                             "and its 3x3 neighbourhood; 'residual_gate' scales the TPU's output by "
                             "1 + w * (score - 1) with a learned w. All but 'gate' start at zero (= tpa)")
-    control: Literal["none", "shuffled", "oracle"] = Field(
+    control: Control = Field(
         "none", description="controls: 'shuffled' permutes each frame's scores across patches (same "
                             "distribution, no location); 'oracle' replaces them by the ground-truth actor "
                             "coverage of each patch, normalised like the scores (SynthMotion only)")
@@ -283,17 +316,22 @@ class TrackingSpec(Strict):
 
 
 class AblationsSpec(Strict):
-    dataset_pairs: list[str] = ["synth_static", "synth_moving"]
-    variants: list[Literal["none", "static", "aligned", "auto"]] = ["none", "static", "aligned", "auto"]
-    tpus: list[Literal["transformer", "tcn", "lstm", "none"]] = ["transformer", "tcn", "lstm", "none"]
-    source_layers: list[Union[Literal["same"], int]] = ["same", 0]
-    num_blocks: list[int] = [2, 4]
-    frames: list[int] = [4, 8]
-    alignments: list[Literal["grid", "warp"]] = Field(
+    """The ablation grid (`snakemake ablations`): one run per value and seed, each changing one key of the
+    params. The default grid (22 runs per seed, docs/method.md) is written here, once."""
+
+    dataset_pairs: list[str] = Field(["synth_static", "synth_moving"],
+                                     description="datasets on which every value of `variants` runs")
+    variants: list[Literal[ModelVariant, "auto"]] = Field(["none", "static", "aligned", "auto"],
+                                                          description="model.am_flow.variant values")
+    tpus: list[Tpu] = Field(list(TPUS), description="model.adapter.tpu values")
+    source_layers: list[Union[Literal["same"], int]] = Field(["same", 0], description="model.am_flow.source values")
+    num_blocks: list[int] = Field([2, 4], description="adapters in the last n blocks only (model.adapter.blocks)")
+    frames: list[int] = Field([4, 8], description="sampling.num_frames values")
+    alignments: list[Alignment] = Field(
         default_factory=list, description="aligned AM flow's alignment methods (variant forced to aligned)")
-    integrations: list[Literal["gate", "attn_bias", "channels", "residual_gate"]] = Field(
+    integrations: list[Integration] = Field(
         default_factory=list, description="ways the scores enter the adapter")
-    controls: list[Literal["none", "shuffled", "oracle"]] = Field(
+    controls: list[Control] = Field(
         default_factory=list, description="score controls ('oracle' needs SynthMotion's ground truth)")
     dataset: str = Field("synth_moving", description="dataset for the single-axis ablations")
     tpu_with_tpa: bool = Field(True, description="also run each TPU of 'tpus' with tpa (axis tpu_tpa), so "
@@ -305,10 +343,9 @@ class AblationsSpec(Strict):
 class AblationGridSpec(Strict):
     """variant x integration x control, every combination on every dataset (``amflow`` runs, value
     ``<variant>-<integration>-<control>``); compared with table 1's ``tpa`` runs of the same seeds."""
-    variants: list[Literal["static", "aligned", "auto"]] = ["static", "aligned"]
-    integrations: list[Literal["gate", "attn_bias", "channels", "residual_gate"]] = [
-        "gate", "attn_bias", "channels", "residual_gate"]
-    controls: list[Literal["none", "shuffled", "oracle"]] = ["none", "shuffled", "oracle"]
+    variants: list[Literal[CameraDecision, "auto"]] = list(CAMERA_DECISIONS)
+    integrations: list[Integration] = list(INTEGRATIONS)
+    controls: list[Control] = list(CONTROLS)
     datasets: list[str] = ["synth_static", "synth_moving"]
 
 
@@ -321,7 +358,7 @@ class Params(Strict):
     name: str = Field(..., description="configuration name, used in run names")
     datasets: dict[str, DatasetSpec]
     table_datasets: list[str] = Field(..., description="datasets that table1 reports")
-    methods: list[Literal["frame", "aim", "st_adapter", "tpa", "amflow"]] = list(METHODS)
+    methods: list[Method] = list(METHODS)
     seeds: list[int] = [0]
     pretrain_images: Optional[PretrainImagesSpec] = None
     sampling: SamplingSpec = SamplingSpec()
@@ -383,7 +420,7 @@ def _format_errors(path: str, err: ValidationError) -> str:
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see params/default.yaml for the known keys)"
+            msg = "unknown key (check the spelling; `amflow validate --show` lists every known key)"
         got = e.get("input")
         got_s = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {got!r:.60})"
         lines.append(f"  - {key}: {msg}{got_s}")
@@ -523,10 +560,10 @@ def resolve_workflow_config(command_line: dict, default: str | Path) -> dict:
     """The params of a Snakemake run, from what its command line gave (``--configfile`` and ``--config``,
     which Snakemake has merged) and the workflow's default params file.
 
-    What the command line gave is complete when it has ``datasets`` (a params file such as
-    ``params/tiny.yaml``): it is used as it is. Otherwise it extends the file its ``extends:`` names
-    (relative to the default's folder: Snakemake does not tell the workflow where a config file was)
-    or, without ``extends:``, the default: overrides such as ``--config 'train={epochs: 1}'``.
+    What the command line gave extends the file its ``extends:`` names (relative to the default's folder:
+    Snakemake does not tell the workflow where a config file was), as ``params/tiny.yaml`` extends
+    ``default.yaml``. Without ``extends:``, it is complete when it has ``datasets``: it is used as it is;
+    otherwise it extends the default: overrides such as ``--config 'train={epochs: 1}'``.
     Mappings merge key by key, as Snakemake merges config files.
     """
     data = copy.deepcopy(command_line)
@@ -540,10 +577,15 @@ def resolve_workflow_config(command_line: dict, default: str | Path) -> dict:
     return deep_merge(base, data)
 
 
+def resolved_text(params: Params) -> str:
+    """``params`` as a complete params file: every value, the schema's defaults included."""
+    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
+
+
 def write_resolved(params: Params, folder: str | Path) -> Path:
     """Write ``params`` as a complete params file named by its content (``<name>-<hash>.yaml``), so that
     workflow jobs read exactly the values the workflow validated; the same values give the same file."""
-    text = yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
+    text = resolved_text(params)
     path = Path(folder) / f"{params.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
     if not path.exists() or path.read_text() != text:
         io.write_text(path, text)

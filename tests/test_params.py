@@ -4,10 +4,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from amflow.params import ParamsError, load_params, parse_override, set_dotted
+from amflow.params import ParamsError, load_params, parse_override, read_yaml, resolve_raw, set_dotted
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = sorted(p for p in (ROOT / "params").glob("*.yaml") if p.name != "sweep.yaml")
+# paper.yaml is a base the real-data files extend, not a run of its own (it has no datasets).
+SHIPPED = sorted(p for p in (ROOT / "params").glob("*.yaml") if p.name not in ("sweep.yaml", "paper.yaml"))
 
 
 SYNTH = ["synth_static", "synth_moving"]
@@ -87,7 +88,7 @@ def _child(tmp_path, text: str, name: str = "child.yaml") -> Path:
 
 @pytest.mark.parametrize("name", [".", "", "..", "a/b", "frames", "Motion", "pretrain_images"])
 def test_a_dataset_name_that_is_not_a_plain_folder_name_is_refused(tmp_path, name):
-    data = yaml.safe_load((ROOT / "params/tiny.yaml").read_text())
+    data = resolve_raw(ROOT / "params/tiny.yaml")
     data["datasets"][name] = data["datasets"]["synth_static"]
     with pytest.raises(ParamsError) as err:
         load_params(_write(tmp_path, data))
@@ -122,7 +123,7 @@ def test_params_file_misuse_gets_one_line_naming_the_file(tmp_path, case, capsys
     ("train.epochs", True, "train.epochs"), ("train.lr", False, "train.lr"), ("seeds", [0, True], "seeds"),
     ("datasets.synth_static.synth.split_sizes.train", True, "datasets.synth_static.synth.split_sizes")])
 def test_a_boolean_where_a_number_is_expected_is_an_error(tmp_path, key, value, reported):
-    data = yaml.safe_load((ROOT / "params/tiny.yaml").read_text())
+    data = resolve_raw(ROOT / "params/tiny.yaml")
     set_dotted(data, key, value)
     with pytest.raises(ParamsError) as err:
         load_params(_write(tmp_path, data))
@@ -182,7 +183,7 @@ def test_data_keys_share_equal_specs_and_separate_different_ones():
 
 @pytest.mark.parametrize("name", ["..", "a/b", "", "../../etc"])
 def test_a_params_name_that_is_not_a_plain_folder_name_is_refused(tmp_path, name):
-    data = yaml.safe_load((ROOT / "params/tiny.yaml").read_text())
+    data = resolve_raw(ROOT / "params/tiny.yaml")
     data["name"] = name
     with pytest.raises(ParamsError) as err:
         load_params(_write(tmp_path, data))
@@ -211,3 +212,64 @@ def test_new_am_flow_values_are_ablation_axes_and_the_default_runs_none_of_them(
     assert runs[0].overrides["model.am_flow.variant"] == "aligned"
     with pytest.raises(ParamsError, match="model.am_flow.integration"):
         load_params(ROOT / "params" / "default.yaml", {"model": {"am_flow": {"integration": "add"}}})
+
+
+# --------------------------------------------------------------------------- one place for every default
+# The paper setting's frame size per real-data file (docs/design.md 3.2): the short side each caches.
+REAL_DATA_SHORT_SIDE = {"k400.yaml": 256, "ssv2.yaml": 240, "smarthome.yaml": 256, "custom_list.yaml": 256}
+
+
+def test_every_shipped_real_data_file_is_checked_below():
+    real = {p.name for p in SHIPPED if any(d.source != "synthmotion" for d in load_params(p).datasets.values())}
+    assert real == set(REAL_DATA_SHORT_SIDE)
+
+
+@pytest.mark.parametrize("name", REAL_DATA_SHORT_SIDE)
+def test_a_real_data_file_states_its_frame_size_and_backbone(name):
+    # The schema's defaults are the CPU toy run's (32 px frames and crops, a 4-block ViT, the 32 px
+    # camera-motion threshold): a real-data file states every such value, itself or in the paper base it
+    # extends, and never inherits the toy one. resolve_raw is the files' own text, without the schema.
+    stated = resolve_raw(ROOT / "params" / name)
+    assert read_yaml(ROOT / "params" / name)["extends"] == "paper.yaml"
+    [spec] = stated["datasets"].values()
+    assert spec["short_side"] == REAL_DATA_SHORT_SIDE[name]
+    assert stated["sampling"]["crop_size"] == 224 and stated["sampling"]["train_scale"] == [0.25, 1.0]
+    assert stated["backbone"] == {"model": "vit_base_patch14_dinov2.lvd142m", "kwargs": {"img_size": 224},
+                                  "weights": "hub"}
+    assert stated["camera_motion"]["moving_threshold"] == 0.01
+    assert stated["model"]["adapter"]["bottleneck"] == 192 and stated["train"]["lr"] == 0.0003
+    assert load_params(ROOT / "params" / name).pretrain_images is None  # nothing pretrained by the pipeline
+
+
+def test_the_synthmotion_files_are_the_default_changed():
+    default = load_params(ROOT / "params/default.yaml")
+    for name in ("tiny.yaml", "synth_full.yaml", "default_1seed.yaml"):
+        assert read_yaml(ROOT / "params" / name)["extends"] == "default.yaml"
+    # What the default leaves to the schema is the toy run: 32 px SynthMotion, the 4-block ViT.
+    assert default.backbone.kwargs == {"img_size": 32, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3}
+    assert default.sampling.crop_size == 32 and default.camera_motion.moving_threshold == 0.005
+    assert {d.short_side for d in default.datasets.values()} == {32}
+    full = load_params(ROOT / "params/synth_full.yaml")
+    assert full.datasets["synth_moving"].synth.camera == "moving" and full.datasets["synth_moving"].synth.seed == 1
+
+
+def test_another_backbone_without_its_kwargs_is_refused(tmp_path):
+    # The default kwargs shrink the default ViT to 32 px: they must never reach another model silently.
+    child = tmp_path / "child.yaml"
+    child.write_text(f"extends: {ROOT / 'params/default.yaml'}\nbackbone: {{model: vit_small_patch16_224}}\n")
+    with pytest.raises(ParamsError) as err:
+        load_params(child)
+    assert str(child) in str(err.value) and "  - backbone: " in str(err.value) and "'kwargs'" in str(err.value)
+    assert load_params(child, {"backbone": {"kwargs": {}}}).backbone.kwargs == {}
+
+
+def test_validate_show_prints_every_value_of_a_file(capsys):
+    # `amflow validate --show`: the schema's defaults filled in, e.g. the ablation grid no file states.
+    from amflow.cli import main
+
+    assert main(["validate", "--params", str(ROOT / "params/k400.yaml"), "--show"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["ablations"]["tpus"] == ["transformer", "tcn", "lstm", "none"]
+    assert shown["ablations"]["variants"] == ["none", "static", "aligned", "auto"]
+    assert shown["datasets"]["k400"]["short_side"] == 256 and shown["train"]["epochs"] == 15
+    assert load_params(ROOT / "params/k400.yaml").model_dump(mode="json") == shown

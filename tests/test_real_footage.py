@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from amflow import paths
-from amflow.params import validate
+from amflow.params import resolve_raw, validate
 from project_copy import BIN, ROOT, make_project_copy, run, snakemake
 
 pytestmark = pytest.mark.slow
@@ -62,7 +62,7 @@ def clips(request) -> Path:
 
 
 def real_params() -> dict:
-    doc = yaml.safe_load((ROOT / "params" / "tiny.yaml").read_text())
+    doc = resolve_raw(ROOT / "params" / "tiny.yaml")  # the whole file, its base included
     for key in ("pretrain_images", "pretrain"):  # a random backbone: nothing to pretrain
         doc.pop(key, None)
     doc["ablations"].update({"dataset_pairs": ["real"], "dataset": "real"})

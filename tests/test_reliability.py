@@ -21,7 +21,7 @@ from amflow import io, paths
 from amflow.cli import main
 from amflow.data.frame_cache import FrameCache, write_cache
 from amflow.errors import AmflowError
-from amflow.params import load_params
+from amflow.params import load_params, resolve_raw
 from project_copy import ROOT, copy_of, make_project_copy, project_env, snakemake
 from standins_train import make_tiny_dataset, tiny_params
 
@@ -45,7 +45,7 @@ def _video(seed: int = 0) -> dict:
 
 # --------------------------------------------------------------------------- names that become paths
 def test_a_dataset_named_dot_is_refused_by_validate_and_by_every_stage(tmp_path, capsys):
-    data = yaml.safe_load((ROOT / "params/tiny.yaml").read_text())
+    data = resolve_raw(ROOT / "params/tiny.yaml")  # the whole file, its base included
     data["datasets"]["."] = data["datasets"]["synth_static"]
     dn = tmp_path / "dn.yaml"
     dn.write_text(yaml.safe_dump(data))

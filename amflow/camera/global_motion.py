@@ -33,32 +33,37 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence
+from typing import Optional, Sequence
 
 import cv2
 import numpy as np
 
-Model = Literal["similarity", "homography"]
-MODELS = ("similarity", "homography")
+from amflow.params import MOTION_MODELS as MODELS, CameraMotionSpec, MotionModel as Model
 
 # Reasons an estimate is invalid (``MotionEstimate.reason``); "ok" when valid.
 REASONS = ("ok", "textureless", "too_few_tracks", "fit_failed", "low_inliers", "out_of_bounds",
            "photometric")
 
 
+_SPEC = CameraMotionSpec()
+
+
 @dataclass(frozen=True)
 class MotionSettings:
-    """Tuning of the estimator. Defaults were measured on 32 to 224 px frames (bench/bench_camera.py)."""
+    """Tuning of the estimator. Defaults were measured on 32 to 224 px frames (bench/bench_camera.py).
 
-    max_side: int = 160            # frames above this long side are downscaled before tracking
+    The settings a params file can change (``camera_motion.max_side``, ``min_inlier_ratio``, ``min_ncc``)
+    take their defaults from the schema, :class:`amflow.params.CameraMotionSpec`."""
+
+    max_side: int = _SPEC.max_side  # frames above this long side are downscaled before tracking
     grid_points: int = 200         # about this many grid points are tracked
     min_std: float = 2.0           # grey-level std (0..255) below which a frame is textureless
     min_eig: float = 1e-3          # LK minimum-eigenvalue threshold: drops points in flat regions
     min_tracks: int = 10           # fewer tracked points than this: invalid
     fb_threshold: float = 0.5      # forward-backward round-trip error (px, tracking scale); 0 = no check
     ransac_threshold: float = 1.0  # RANSAC reprojection threshold (px, tracking scale)
-    min_inlier_ratio: float = 0.3  # inliers / textured grid points
-    min_ncc: float = 0.5           # photometric check: NCC of warped a vs b on the overlap
+    min_inlier_ratio: float = _SPEC.min_inlier_ratio  # inliers / textured grid points
+    min_ncc: float = _SPEC.min_ncc  # photometric check: NCC of warped a vs b on the overlap
     min_overlap: float = 0.25      # share of frame b covered by warped a
     max_scale_change: float = 1.5  # |log scale| <= log(this) per frame pair
     max_rotation_deg: float = 30.0

@@ -20,8 +20,7 @@ import numpy as np
 from amflow import io, paths
 from amflow.camera.global_motion import MotionSettings, estimate_pairs, grid_displacement
 from amflow.errors import AmflowError
-
-VARIANTS = ("auto", "auto_per_video", "static", "aligned", "none")
+from amflow.params import AM_FLOW_VARIANTS, CAMERA_DECISIONS, MODEL_VARIANTS
 
 
 # --------------------------------------------------------------------------- the rule
@@ -102,7 +101,7 @@ def read_decision(results_dataset_dir: str | Path) -> str:
         decision = io.read_json(path).get("decision")
     except ValueError as exc:
         raise AmflowError(str(exc)) from None
-    if decision not in ("static", "aligned"):
+    if decision not in CAMERA_DECISIONS:
         raise AmflowError(f"{path}: 'decision' is {decision!r}, expected 'static' or 'aligned'; "
                           "rerun `amflow camera-motion`")
     return decision
@@ -114,10 +113,11 @@ def resolve_variant(am_flow_variant: str, results_dataset_dir: str | Path) -> tu
     ``identity_for_static``: the ClipDataset gives identity transforms to videos that
     ``motion.npz``'s ``video_moving`` marks static (``auto_per_video``).
     """
-    if am_flow_variant in ("static", "aligned", "none"):
+    if am_flow_variant in MODEL_VARIANTS:
         return am_flow_variant, False
     if am_flow_variant == "auto":
         return read_decision(results_dataset_dir), False
     if am_flow_variant == "auto_per_video":
         return "aligned", True
-    raise AmflowError(f"model.am_flow.variant is {am_flow_variant!r}; expected one of {', '.join(VARIANTS)}")
+    raise AmflowError(f"model.am_flow.variant is {am_flow_variant!r}; expected one of "
+                      f"{', '.join(AM_FLOW_VARIANTS)}")

@@ -33,9 +33,8 @@ from amflow.models.attention import attention_branch, mlp_branch
 from amflow.models.context import ClipContext
 from amflow.errors import AmflowError
 from amflow.models.tpu import TransformerTPU, build_tpu, over_time, to_sequences
-from amflow.params import AdapterSpec
+from amflow.params import INTEGRATIONS, AdapterSpec
 
-INTEGRATIONS = ("gate", "attn_bias", "channels", "residual_gate")
 SCORE_FEATURES = 10  # score, its change over time, its 8 grid neighbours
 
 

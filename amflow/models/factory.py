@@ -8,9 +8,7 @@ from amflow.models.adapters import TPABlock
 from amflow.models.backbone import check_backbone
 from amflow.models.baselines import AIMBlock, STAdapterBlock
 from amflow.models.video_model import VideoModel
-from amflow.params import METHODS, AdapterSpec, ModelSpec
-
-VARIANTS = ("static", "aligned", "none")
+from amflow.params import METHODS, MODEL_VARIANTS, AdapterSpec, ModelSpec
 
 
 def adapted_blocks(spec: AdapterSpec, depth: int) -> list[int]:
@@ -36,8 +34,8 @@ def build_model(method: str, backbone: nn.Module, num_classes: int, num_frames: 
     """
     if method not in METHODS:
         raise AmflowError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
-    if am_flow_variant not in VARIANTS:
-        raise AmflowError(f"am_flow_variant must be one of {', '.join(VARIANTS)} (got '{am_flow_variant}'); "
+    if am_flow_variant not in MODEL_VARIANTS:
+        raise AmflowError(f"am_flow_variant must be one of {', '.join(MODEL_VARIANTS)} (got '{am_flow_variant}'); "
                           f"'auto' and 'auto_per_video' are resolved from the camera-motion decision first")
     if num_frames < 1 or num_classes < 1:
         raise AmflowError(f"num_frames and num_classes must be positive (got {num_frames}, {num_classes})")

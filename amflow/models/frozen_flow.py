@@ -24,9 +24,9 @@ from torch import nn
 from amflow.models.am_flow import am_flow, am_flow_pairs, covered_patches, patch_alignment, warp_to_previous
 from amflow.models.attention import attention_branch, mlp_branch
 from amflow.models.backbone import embed_frames, num_prefix_tokens, patch_grid, patch_size
-from amflow.params import AmFlowSpec
+from amflow.params import ALIGNMENTS, AmFlowSpec
 
-MODES = ("static", "grid", "warp")
+MODES = ("static", *ALIGNMENTS)
 
 
 def frozen_block_maps(backbone: nn.Module, frames: torch.Tensor, blocks: Iterable[int]) -> dict[int, torch.Tensor]:

@@ -12,9 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from amflow.errors import AmflowError
-from amflow.params import AdapterSpec
+from amflow.params import TPUS, AdapterSpec
 
-TPUS = ("transformer", "tcn", "lstm", "none")
 
 
 class TransformerTPU(nn.Module):

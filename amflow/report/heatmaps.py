@@ -40,10 +40,10 @@ from amflow.data.clips import ClipDataset  # noqa: E402
 from amflow.errors import AmflowError  # noqa: E402
 from amflow.models.am_flow import coefficient_of_variation  # noqa: E402
 from amflow.models.inference import single_view  # noqa: E402
-from amflow.params import Params  # noqa: E402
+from amflow.params import CAMERA_DECISIONS, Params  # noqa: E402
 from amflow.runs import load_trained_run, run_paths, trained_model  # noqa: E402
 
-VARIANTS = ("static", "aligned")
+VARIANTS = CAMERA_DECISIONS  # the AM flow variants with scores: one map each
 MIN_DISPLAY = 96       # frames are upscaled to at least this many pixels for viewing
 ALPHA = 0.55           # weight of the heat map over the frame
 GIF_FRAME_MS = 400

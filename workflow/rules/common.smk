@@ -9,7 +9,7 @@ import sys
 
 from amflow import paths
 from amflow.parallel import usable_cores
-from amflow.params import ParamsError, resolve_workflow_config, validate, write_resolved
+from amflow.params import METHODS, ParamsError, resolve_workflow_config, validate, write_resolved
 from amflow.workflow_plan import ablation_runs, find_ablation, reference_runs, table_runs
 
 DEFAULT_PARAMS = "params/default.yaml"
@@ -39,7 +39,7 @@ JOB_CORES = min(8, usable_cores())
 wildcard_constraints:
     dataset=paths.DATASET_NAME_PATTERN,
     spec=paths.SPEC_HASH_RE,
-    method="frame|aim|st_adapter|tpa|amflow",
+    method="|".join(METHODS),
     seed=r"\d+",
     axis=r"[a-z_]+",
 
