@@ -213,6 +213,16 @@ def cmd_report(args) -> None:
     write_report(p, _results(args, p))
 
 
+def cmd_timed(args) -> int:
+    from amflow.benchmark_file import run_timed
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise AmflowError("amflow timed: give the command after --, e.g. amflow timed --benchmark b.tsv -- amflow "
+                          "tables")
+    return run_timed(command, args.benchmark)
+
+
 def cmd_readme_results(args) -> None:
     from amflow.report.readme import results_markdown, update_readme
     from amflow.report.timing import latest_log
@@ -356,6 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
         "results/<name>/plots/amflow_heatmaps.png and amflow_heatmaps.gif.")
     add("report", cmd_report, "write results/<name>/report.md with tables and plots",
         "Generate results/<name>/report.md (every table, every plot, one paragraph per table) from the results.")
+    p = sub.add_parser("timed", help="run a command and write its Snakemake-format benchmark file (DVC stages)",
+                       description="Run CMD and, when it succeeds, write FILE with the columns of Snakemake's "
+                                   "benchmark files (wall and CPU seconds, peak memory). The DVC stages run "
+                                   "through it, so a `dvc repro` leaves the files Snakemake's `benchmark:` "
+                                   "directives name.")
+    p.add_argument("--benchmark", type=Path, required=True, metavar="FILE", help="the benchmark file to write")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command and its arguments")
+    p.set_defaults(func=cmd_timed)
     p = add("readme-results", cmd_readme_results, "write the README's results section from results/",
             "Replace the README's generated results section (between its two marker lines) with table 1's "
             "top-1 over seeds, the paired difference to tpa, the claims as the report states them, and the "

@@ -144,6 +144,12 @@ def job_to_stage(job, params_file: str, folder_outs: list[str], chain: list[tupl
     params = dict(job.params.items())
     outs = _dvc_outs(job)
     stage: dict[str, Any] = {"cmd": dvc_cmd(job, params_file)}
+    if job.benchmark:
+        # Snakemake counts a job's benchmark file among its outputs: DVC's run of the command writes it
+        # too (amflow timed) and versions it, so Snakemake agrees after a `dvc repro` or a `dvc pull`.
+        bench = str(job.benchmark)
+        stage["cmd"] = f"amflow timed --benchmark {shlex.quote(bench)} -- {stage['cmd']}"
+        outs = outs + [bench]
     stage["deps"] = sorted({_as_dvc_dep(str(i), folder_outs) for i in job.input}) + ["amflow"]
     tracked = []
     for path, raw in chain:

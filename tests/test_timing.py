@@ -1,5 +1,6 @@
 """Pipeline timing: stage times and the critical path from a Snakemake log and benchmark files; the
 README's generated results section."""
+import os
 import re
 import subprocess
 import sys
@@ -136,3 +137,31 @@ def test_readme_results_section_from_tables(tmp_path):
     # the ablation rows, paired with tpa: variant aligned on synth_moving is +3 and +1 points
     assert re.search(r"\| variant \| aligned\s+\| synth_moving \| 59\.00 ± 1\.41\s+\| 2\.00 ± 1\.41\s+\|", text)
     assert "Wall time" not in text
+
+
+def test_timed_writes_a_snakemake_format_benchmark_only_on_success(tmp_path):
+    env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+
+    def timed(bench, code):
+        return subprocess.run(["amflow", "timed", "--benchmark", str(bench), "--", sys.executable, "-c", code],
+                              capture_output=True, text=True, env=env)
+
+    bench = tmp_path / "b" / "job.tsv"
+    ok = timed(bench, "import time; time.sleep(0.3)")
+    assert ok.returncode == 0, ok.stderr
+    row = timing.read_benchmark(bench)
+    assert 0.3 <= row["s"] < 60 and row["cpu_time"] >= 0 and row["max_rss"] > 0
+    assert bench.read_text().splitlines()[0].split("\t") == [
+        "s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out", "mean_load", "cpu_time"]
+    failed = tmp_path / "failed.tsv"
+    assert timed(failed, "raise SystemExit(3)").returncode == 3 and not failed.exists()
+
+
+def test_dvc_stages_write_the_benchmark_files_snakemake_expects():
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    train = stages["train--synth_moving--amflow--0"]
+    assert train["cmd"].startswith("amflow timed --benchmark benchmarks/default/train/synth_moving/amflow/seed0.tsv -- "
+                                   "amflow train ")
+    assert "benchmarks/default/train/synth_moving/amflow/seed0.tsv" in train["outs"]
