@@ -30,9 +30,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(SNAKEMAKE) results/table1.csv $(CONFIG_ARGS)
 
-# The README's results section, generated from results/ and the latest Snakemake run's timing (after `make run`).
+# The README's results section, generated from results/ and the timing of a Snakemake run: the latest, or
+# LOG=.snakemake/log/<date>.snakemake.log (after `make run`).
 readme-results: $(STAMP)
-	$(BIN)/amflow readme-results $(if $(CONFIG),--params $(CONFIG))
+	$(BIN)/amflow readme-results $(if $(CONFIG),--params $(CONFIG)) $(if $(LOG),--log $(LOG))
 
 ablations: $(STAMP)
 	$(SNAKEMAKE) ablations $(CONFIG_ARGS)

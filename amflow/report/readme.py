@@ -31,8 +31,7 @@ def results_markdown(params: Params, results_dir: Path, log: Optional[Path]) -> 
         "test top-1 (%)": cells(t1, "top1_pct"),
         "top-1 − tpa, paired (points)": cells(t1, "top1_vs_tpa_pct"),
         "epochs to tpa's final val top-1": [cell(r, "epochs_to_target") + f" ({r['seeds_reaching_target']} seeds)"
-                                            for _, r in t1.iterrows()],
-        "train clips/s": cells(t1, "train_clips_per_s")})
+                                            for _, r in t1.iterrows()]})
     lines = [f"Params `{params.name}`, from `{path}`. {seeds_note(t1)} Floating-point results differ across "
              "CPUs (kernel choice), and training amplifies the differences: a single run can move by more than the "
              "gap between two methods, which is why every comparison has seeds.", "", markdown(wide), ""]
