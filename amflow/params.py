@@ -214,7 +214,7 @@ class CameraMotionSpec(Strict):
 # --------------------------------------------------------------------------- model
 class BackboneSpec(Strict):
     """The frozen ViT. The defaults are the embedded default's: a 4-block, 96-wide ViT with 8 px patches on
-    32 px frames (a 4 x 4 patch grid), sized for a 10-minute CPU run and pretrained by the pipeline."""
+    32 px frames (a 4 x 4 patch grid), sized for a CPU run on two cores and pretrained by the pipeline."""
 
     model: str = Field("vit_tiny_patch16_224", description="timm model name")
     kwargs: dict[str, Any] = Field(
