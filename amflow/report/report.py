@@ -314,8 +314,29 @@ def claims_section(params: Params, t1: pd.DataFrame, abl: Optional[pd.DataFrame]
                   == am["seeds_reaching_target"].split("/")[1] else "no")
         lines.append(f"- **AM flow converges faster** on `{d}`: {faster}. {reach}.")
     lines.append("- **The camera-matched variant helps**: " + variant_claim(params, abl))
+    lines += control_lines(abl)
     return lines + ["", "A verdict is *yes* only when the difference minus its seed standard deviation is above 0; "
                     "*not resolved* means the seed-to-seed spread covers 0.", ""]
+
+
+def control_lines(abl: Optional[pd.DataFrame]) -> list[str]:
+    """What the controls say: the oracle (the actor's true coverage in place of AM flow) bounds what any
+    saliency of this kind can add; the shuffled scores keep AM flow's values and lose their place."""
+    if abl is None:
+        return []
+    out = []
+    for _, row in abl[abl["axis"] == "control"].iterrows():
+        verdict, figure = paired_sentence(row)
+        if row["value"] == "oracle":
+            text = ("so saliency of this kind can help here" if verdict == "yes" else
+                    "so saliency of this kind cannot help on this benchmark, as far as these seeds tell"
+                    if verdict == "no" else "so whether saliency can help here is not resolved")
+            out.append(f"- **Control `oracle`** (the actor's true coverage in place of AM flow) on "
+                       f"`{row['dataset']}` against `tpa`: {figure}; beats `tpa`: {verdict}, {text}.")
+        elif row["value"] == "shuffled":
+            out.append(f"- **Control `shuffled`** (AM flow's scores permuted across patches) on `{row['dataset']}` "
+                       f"against `tpa`: {figure}.")
+    return out
 
 
 def variant_claim(params: Params, abl: Optional[pd.DataFrame]) -> str:
