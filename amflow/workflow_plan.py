@@ -92,7 +92,10 @@ def ablation_runs(p: Params) -> list[AblationRun]:
 
 
 def reference_runs(p: Params) -> list[tuple[str, str, int]]:
-    """The table-1 runs of REFERENCE that the ablation rows are paired with: one per (dataset, seed) ablated."""
+    """The table-1 runs of REFERENCE that the ablation rows are paired with: one per (dataset, seed) ablated;
+    none when the params' methods leave REFERENCE out (the rows then have no paired difference)."""
+    if REFERENCE not in p.methods:
+        return []
     return list(dict.fromkeys((r.dataset, REFERENCE, r.seed) for r in ablation_runs(p)))
 
 

@@ -265,3 +265,13 @@ def test_ablation_rows_carry_the_paired_difference_to_tpa(tmp_path):
     # variant aligned on synth_moving: 0.58 + 0.02 s against tpa 0.55 / 0.59 -> +3 and +1 points.
     row = t.loc[("variant", "aligned", "synth_moving")]
     assert (row["top1_vs_tpa_pct_mean"], row["top1_vs_tpa_pct_std"]) == ("2.00", "1.41")
+
+
+def test_ablations_without_tpa_in_the_methods_have_no_pairing(tmp_path):
+    from amflow.workflow_plan import reference_runs
+
+    p = small_params(methods=["frame", "amflow"])
+    assert reference_runs(p) == []
+    write_ablations(small_params(), tmp_path)  # the fixture's runs; tpa's are simply not read
+    t = read_csv(tables.write_tables(p, tmp_path, which="ablations")[-1])
+    assert set(t["top1_vs_tpa_pct_mean"]) == {""}

@@ -210,7 +210,8 @@ def ablation_table(params: Params, results_dir: Path) -> pd.DataFrame:
                 path = paths.ablation_run_dir(results_dir, r.axis, r.value, r.dataset, r.seed) / paths.METRICS_JSON
                 m = load_metrics(path, dataset=r.dataset, seed=r.seed)
                 loaded.append((path, m))
-                diffs.append(100.0 * (float(m["top1"]) - float(ref[(r.dataset, r.seed)]["top1"])))
+                if (r.dataset, r.seed) in ref:
+                    diffs.append(100.0 * (float(m["top1"]) - float(ref[(r.dataset, r.seed)]["top1"])))
         mean, std = _mean_std(diffs)
         rows.append({"axis": axis, "value": value, "dataset": dataset,
                      **aggregate(loaded, f"ablation {axis}={value} on {dataset}"),
