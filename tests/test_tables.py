@@ -274,4 +274,19 @@ def test_ablations_without_tpa_in_the_methods_have_no_pairing(tmp_path):
     assert reference_runs(p) == []
     write_ablations(small_params(), tmp_path)  # the fixture's runs; tpa's are simply not read
     t = read_csv(tables.write_tables(p, tmp_path, which="ablations")[-1])
-    assert set(t["top1_vs_tpa_pct_mean"]) == {""}
+    # Only the TPU rows keep a pairing: with the tpu_tpa runs of the same TPU, which the axis itself runs.
+    assert set(t[t["axis"] != "tpu"]["top1_vs_tpa_pct_mean"]) == {""}
+
+
+def test_amflow_with_another_tpu_is_paired_with_tpa_of_that_tpu(tmp_path):
+    p = small_params(ablations={"variants": [], "tpus": ["tcn"], "source_layers": [], "num_blocks": [], "frames": []})
+    write_runs(p, tmp_path)
+    for seed, (am, tp) in enumerate(((0.50, 0.60), (0.56, 0.62))):
+        write(paths.ablation_run_dir(tmp_path, "tpu", "tcn", "synth_moving", seed) / "metrics.json",
+              metrics("synth_moving", "amflow", seed, am))
+        write(paths.ablation_run_dir(tmp_path, "tpu_tpa", "tcn", "synth_moving", seed) / "metrics.json",
+              metrics("synth_moving", "tpa", seed, tp))
+    t = read_csv(tables.write_tables(p, tmp_path, which="ablations")[-1]).set_index(["axis", "value"])
+    # amflow-tcn - tpa-tcn: -10 and -6 points; tpa-tcn - table-1 tpa (55, 59): +5 and +3 points.
+    assert (t.loc[("tpu", "tcn"), "top1_vs_tpa_pct_mean"], t.loc[("tpu", "tcn"), "top1_vs_tpa_pct_std"]) == ("-8.00", "2.83")
+    assert t.loc[("tpu_tpa", "tcn"), "top1_vs_tpa_pct_mean"] == "4.00"

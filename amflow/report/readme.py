@@ -40,8 +40,8 @@ def results_markdown(params: Params, results_dir: Path, log: Optional[Path]) -> 
     lines += claims_section(params, t1, abl)[2:]
     if abl is not None:
         lines += [f"Ablations (`{abl_path}`; every row is `amflow` with one setting changed, except `tpu_tpa`, the "
-                  "same TPUs in `tpa`; the paired difference is to table 1's `tpa` run of the same dataset and "
-                  "seed):", "", markdown(pd.DataFrame({
+                  "same TPUs in `tpa`; the paired difference is to `tpa` of the same dataset and seed: with the "
+                  "same TPU for the `tpu` rows, table 1's run otherwise):", "", markdown(pd.DataFrame({
                       "axis": abl["axis"], "value": abl["value"], "dataset": abl["dataset"],
                       "test top-1 (%)": cells(abl, "top1_pct"),
                       "top-1 − tpa, paired (points)": cells(abl, "top1_vs_tpa_pct")})),

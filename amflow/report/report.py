@@ -478,8 +478,9 @@ def ablation_section(params: Params, abl: Optional[pd.DataFrame], cameras: dict,
                         f"{Path(results_dir) / ABLATIONS}`.", ""]
     lines += [f"From `{ABLATIONS}` (one `ablation_<axis>.csv` per axis holds the same rows). Every ablation "
               f"run is `amflow` with one setting changed, except `tpu_tpa` (the TPUs of `tpa`, the adapter without "
-              f"AM flow) and `grid` (variant-integration-control, crossed). The paired difference is to table 1's "
-              f"`tpa` run of the same dataset and seed. {seeds_note(abl)}", ""]
+              f"AM flow) and `grid` (variant-integration-control, crossed). The paired difference is to `tpa` of "
+              f"the same dataset and seed: with the same TPU for the `tpu` rows, table 1's run otherwise. "
+              f"{seeds_note(abl)}", ""]
     for axis in dict.fromkeys(abl["axis"]):
         sub = abl[abl["axis"] == axis]
         display = pd.DataFrame({

@@ -198,10 +198,13 @@ def table1(params: Params, results_dir: Path, loaded: Optional[dict] = None) -> 
 
 def ablation_table(params: Params, results_dir: Path) -> pd.DataFrame:
     """Long format, one row per (axis, value, dataset) of :func:`ablation_runs`, in params order, with the
-    paired top-1 difference to table 1's ``tpa`` run of the same dataset and seed."""
+    paired top-1 difference to ``tpa`` of the same dataset and seed: for an AM flow run with another TPU
+    (axis ``tpu``), the ``tpu_tpa`` run of that TPU when there is one (the same adapter without AM flow);
+    otherwise table 1's ``tpa`` run."""
     runs = ablation_runs(params)
     ref = {(d, s): load_metrics(paths.run_dir(results_dir, d, m, s) / paths.METRICS_JSON, dataset=d, seed=s, method=m)
            for d, m, s in reference_runs(params)}
+    top1 = {}
     rows = []
     for axis, value, dataset in _unique((r.axis, r.value, r.dataset) for r in runs):
         loaded, diffs = [], []
@@ -210,12 +213,20 @@ def ablation_table(params: Params, results_dir: Path) -> pd.DataFrame:
                 path = paths.ablation_run_dir(results_dir, r.axis, r.value, r.dataset, r.seed) / paths.METRICS_JSON
                 m = load_metrics(path, dataset=r.dataset, seed=r.seed)
                 loaded.append((path, m))
-                if (r.dataset, r.seed) in ref:
-                    diffs.append(100.0 * (float(m["top1"]) - float(ref[(r.dataset, r.seed)]["top1"])))
-        mean, std = _mean_std(diffs)
+                top1[(r.axis, r.value, r.dataset, r.seed)] = float(m["top1"])
         rows.append({"axis": axis, "value": value, "dataset": dataset,
-                     **aggregate(loaded, f"ablation {axis}={value} on {dataset}"),
-                     "top1_vs_tpa_pct_mean": mean, "top1_vs_tpa_pct_std": std})
+                     **aggregate(loaded, f"ablation {axis}={value} on {dataset}")})
+    for row in rows:
+        diffs = []
+        for (axis, value, dataset, seed), mine in top1.items():
+            if (axis, value, dataset) != (row["axis"], row["value"], row["dataset"]):
+                continue
+            same_tpu = top1.get(("tpu_tpa", value, dataset, seed)) if axis == "tpu" else None
+            base = same_tpu if same_tpu is not None else (
+                float(ref[(dataset, seed)]["top1"]) if (dataset, seed) in ref else None)
+            if base is not None:
+                diffs.append(100.0 * (mine - base))
+        row["top1_vs_tpa_pct_mean"], row["top1_vs_tpa_pct_std"] = _mean_std(diffs)
     return pd.DataFrame(rows, columns=ABLATION_COLUMNS)
 
 
