@@ -366,14 +366,6 @@ def build_parser() -> argparse.ArgumentParser:
         "results/<name>/plots/amflow_heatmaps.png and amflow_heatmaps.gif.")
     add("report", cmd_report, "write results/<name>/report.md with tables and plots",
         "Generate results/<name>/report.md (every table, every plot, one paragraph per table) from the results.")
-    p = sub.add_parser("timed", help="run a command and write its Snakemake-format benchmark file (DVC stages)",
-                       description="Run CMD and, when it succeeds, write FILE with the columns of Snakemake's "
-                                   "benchmark files (wall and CPU seconds, peak memory). The DVC stages run "
-                                   "through it, so a `dvc repro` leaves the files Snakemake's `benchmark:` "
-                                   "directives name.")
-    p.add_argument("--benchmark", type=Path, required=True, metavar="FILE", help="the benchmark file to write")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command and its arguments")
-    p.set_defaults(func=cmd_timed)
     p = add("readme-results", cmd_readme_results, "write the README's results section from results/",
             "Replace the README's generated results section (between its two marker lines) with table 1's "
             "top-1 over seeds, the paired difference to tpa, the claims as the report states them, and the "
@@ -397,6 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="dvc.yaml", help="file to write or check (default dvc.yaml)")
     p.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on a difference")
     p.set_defaults(func=cmd_dvc_yaml)
+    p = sub.add_parser("timed", help="run a command and write its Snakemake-format benchmark file (DVC stages)",
+                       description="Run CMD and, when it succeeds, write FILE with the columns of Snakemake's "
+                                   "benchmark files (wall and CPU seconds, peak memory). The DVC stages run "
+                                   "through it, so a `dvc repro` leaves the files Snakemake's `benchmark:` "
+                                   "directives name.")
+    p.add_argument("--benchmark", type=Path, required=True, metavar="FILE", help="the benchmark file to write")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command and its arguments")
+    p.set_defaults(func=cmd_timed)
     return parser
 
 

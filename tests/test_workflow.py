@@ -129,7 +129,8 @@ def test_snakemake_dry_run_plans_the_localisation():
 
 
 SUBCOMMANDS = ["validate", "prepare", "pretrain-images", "extract", "camera-motion", "ground-truth", "localise",
-               "pretrain-backbone", "train", "evaluate", "predict", "tables", "heatmaps", "report", "readme-results", "sweep", "dvc-yaml"]
+               "pretrain-backbone", "train", "evaluate", "predict", "tables", "heatmaps", "report", "readme-results", "sweep",
+               "dvc-yaml", "timed"]
 
 
 def test_the_top_level_help_lists_the_subcommands_in_stage_order(capsys):
