@@ -165,3 +165,24 @@ def test_dvc_stages_write_the_benchmark_files_snakemake_expects():
     assert train["cmd"].startswith("amflow timed --benchmark benchmarks/default/train/synth_moving/amflow/seed0.tsv -- "
                                    "amflow train ")
     assert "benchmarks/default/train/synth_moving/amflow/seed0.tsv" in train["outs"]
+
+
+def test_readme_results_command_rewrites_only_the_generated_section(tmp_path, run_log):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_report import build
+
+    results = tmp_path / "results"
+    build(results / "default")
+    shipped = (ROOT / "README.md").read_text()
+    readme_copy = tmp_path / "README.md"
+    readme_copy.write_text(shipped)
+    env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run(["amflow", "readme-results", "--params", str(ROOT / "params/default.yaml"), "--results-dir",
+                          str(results), "--readme", str(readme_copy), "--log", str(run_log)],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    text = readme_copy.read_text()
+    before, after = shipped.split(readme.BEGIN)[0], shipped.split(readme.END)[1]
+    assert text.startswith(before) and text.endswith(after)
+    block = text.split(readme.BEGIN)[1].split(readme.END)[0]
+    assert "Figures are means over 2 seeds" in block and "Wall time: 30 s (0.5 min), 4 jobs." in block
