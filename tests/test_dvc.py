@@ -56,7 +56,7 @@ table_datasets: [synth_moving]
 methods: [frame, amflow]
 train: {epochs: 2}
 ablations: {dataset_pairs: [synth_moving], variants: [none], tpus: [], source_layers: [], num_blocks: [],
-            frames: [], alignments: [], integrations: [], controls: [], dataset: synth_moving}
+            frames: [], alignments: [], integrations: [], controls: [], dataset: synth_moving, grid: null}
 """
 RESULTS = "results/tiny_dvc"
 POST_PULL = ("snakemake", "--touch", "--cores", "1", "report", "--configfile", TRIM)
