@@ -207,7 +207,7 @@ def ablation_table(params: Params, results_dir: Path) -> pd.DataFrame:
     top1 = {}
     rows = []
     for axis, value, dataset in _unique((r.axis, r.value, r.dataset) for r in runs):
-        loaded, diffs = [], []
+        loaded = []
         for r in runs:
             if (r.axis, r.value, r.dataset) == (axis, value, dataset):
                 path = paths.ablation_run_dir(results_dir, r.axis, r.value, r.dataset, r.seed) / paths.METRICS_JSON
