@@ -14,7 +14,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import balanced_accuracy_score
 
 
 def _check(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -63,6 +62,10 @@ def mean_class_accuracy(labels, preds) -> float:
     """Mean of per-class recall over the classes present in ``labels`` (absent classes are ignored)."""
     if len(labels) == 0:
         return math.nan  # scikit-learn refuses an empty split
+    # Imported here: scikit-learn (with SciPy) adds ~0.8 s to every process that imports this module,
+    # and training jobs import it only for epochs_to_fraction.
+    from sklearn.metrics import balanced_accuracy_score
+
     with warnings.catch_warnings():
         # A predicted class absent from the ground truth is ignored on purpose (see above).
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
