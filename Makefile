@@ -31,7 +31,8 @@ run: $(STAMP)
 	$(SNAKEMAKE) results/table1.csv $(CONFIG_ARGS)
 
 # The README's results section, generated from results/ and the timing of a Snakemake run: the latest, or
-# LOG=.snakemake/log/<date>.snakemake.log (after `make run`).
+# LOG=.snakemake/log/<date>.snakemake.log (after `make run`); several logs of the same run repeated (oldest
+# first, each in its own clone's .snakemake/log/) give each one's wall time and the last one by stage.
 readme-results: $(STAMP)
 	$(BIN)/amflow readme-results $(if $(CONFIG),--params $(CONFIG)) $(if $(LOG),--log $(LOG))
 

@@ -228,8 +228,8 @@ def cmd_readme_results(args) -> None:
     from amflow.report.timing import latest_log
 
     p = _params(args)
-    log = args.log if args.log is not None else (latest_log() if not args.no_timing else None)
-    print(update_readme(args.readme, results_markdown(p, _results(args, p), None if args.no_timing else log)))
+    logs = [] if args.no_timing else (args.log or [latest_log()])
+    print(update_readme(args.readme, results_markdown(p, _results(args, p), logs)))
 
 
 def cmd_sweep(args) -> None:
@@ -371,8 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
             "top-1 over seeds, the paired difference to tpa, the claims as the report states them, and the "
             "run's time per stage from its Snakemake log and benchmark files (`make readme-results`).")
     p.add_argument("--readme", type=Path, default=Path("README.md"), help="the file to update (default README.md)")
-    p.add_argument("--log", type=Path, default=None,
-                   help="the Snakemake log of the run to time (default: the latest under .snakemake/log/)")
+    p.add_argument("--log", type=Path, nargs="+", default=None,
+                   help="the Snakemake log of the run to time, or the logs of the same run repeated, oldest "
+                        "first (default: the latest under .snakemake/log/)")
     p.add_argument("--no-timing", action="store_true", help="leave the timing table out")
     p = sub.add_parser("sweep", help="Optuna sweep over the adapter's hyperparameters",
                        description="Run an Optuna sweep (seeded TPE, median pruner on per-epoch validation "

@@ -130,7 +130,7 @@ def test_readme_results_section_from_tables(tmp_path):
     from test_report import build
 
     params, _ = build(tmp_path)
-    text = readme.results_markdown(params, tmp_path, None)
+    text = readme.results_markdown(params, tmp_path)
     # table 1's figures and the claims, read from the table the fixture wrote
     assert re.search(r"\| synth_moving \| amflow\s+\| 51\.00 ± 1\.41\s+\| -6\.00 ± 1\.41\s+\|", text)
     assert "**AM flow helps** on `synth_moving`: no. Paired top-1 difference `amflow` − `tpa`" in text
@@ -186,3 +186,25 @@ def test_readme_results_command_rewrites_only_the_generated_section(tmp_path, ru
     assert text.startswith(before) and text.endswith(after)
     block = text.split(readme.BEGIN)[1].split(readme.END)[0]
     assert "Figures are means over 2 seeds" in block and "Wall time: 30 s (0.5 min), 4 jobs." in block
+
+
+def test_readme_results_times_each_repeat_and_reads_each_runs_own_benchmarks(tmp_path):
+    """`make readme-results LOG="first second"`: both wall times, and the last run by stage with the CPU
+    seconds of its own benchmark files (found beside its log, not in the current folder)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_report import build
+
+    params, _ = build(tmp_path / "results")
+    logs = []
+    for name, end, cpu in (("first", "10:00:30", "19.5"), ("second", "10:00:40", "7.25")):
+        work = tmp_path / name
+        (work / "bench").mkdir(parents=True)
+        (work / "bench/a.tsv").write_text(f"s\th:m:s\tmax_rss\tcpu_time\n9.87\t0:00:09\t123.4\t{cpu}\n")
+        log = work / ".snakemake/log/2026-01-05T100000.000000.snakemake.log"
+        log.parent.mkdir(parents=True)
+        log.write_text(LOG.replace("[Mon Jan  5 10:00:30 2026]", f"[Mon Jan  5 {end} 2026]"))
+        logs.append(log)
+    text = readme.results_markdown(params, tmp_path / "results", logs)
+    assert "each of the 2 runs timed, on the machine that ran them: 30 s (0.5 min), 4 jobs; 40 s (0.7 min), 4 jobs." in text
+    assert "Wall time: 40 s (0.7 min), 4 jobs." in text and "Wall time: 30 s" not in text
+    assert re.search(r"\| a\s+\| 1\s+\| 9\.9\s+\| 9\.9\s+\| 7\.2\s+\|", text), text

@@ -150,6 +150,15 @@ def latest_log(workdir: Path = Path(".")) -> Path:
     return logs[-1]
 
 
+def workdir_of(log: Path) -> Path:
+    """The workflow folder a log belongs to (``<workdir>/.snakemake/log/<date>.snakemake.log``), where its
+    benchmark files are; the current folder for a log kept anywhere else."""
+    log = Path(log).resolve()
+    if log.parent.name == "log" and log.parent.parent.name == ".snakemake":
+        return log.parents[2]
+    return Path(".")
+
+
 def summary(log: Path, root: Path = Path(".")) -> dict:
     """Total wall time, the stage table and the critical path of one Snakemake run."""
     start, jobs = parse_log(log)
