@@ -25,14 +25,17 @@ from amflow.report import timing  # noqa: E402
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--log", type=Path, help="a Snakemake log (default: the latest under .snakemake/log/)")
-    ap.add_argument("--workdir", type=Path, default=Path("."), help="the workflow's folder (default: .)")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="the workflow's folder, where its benchmark files are (default: the folder of --log's "
+                         ".snakemake/, else .)")
     args = ap.parse_args(argv)
-    if args.log is None and not list((args.workdir / ".snakemake" / "log").glob("*.snakemake.log")):
+    workdir = args.workdir or Path(".")
+    if args.log is None and not list((workdir / ".snakemake" / "log").glob("*.snakemake.log")):
         print("no Snakemake run to time yet: run `snakemake --cores 8 results/table1.csv` first")
         return 0
     try:
-        log = args.log or timing.latest_log(args.workdir)
-        print(timing.markdown(timing.summary(log, args.workdir)))
+        log = args.log or timing.latest_log(workdir)
+        print(timing.markdown(timing.summary(log, args.workdir or timing.workdir_of(log))))
     except AmflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

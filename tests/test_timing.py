@@ -84,6 +84,9 @@ def test_bench_pipeline_prints_the_latest_run(run_log, tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "bench/bench_pipeline.py"), "--workdir", str(tmp_path)],
                          capture_output=True, text=True, check=True)
     assert "Critical path (log stamps, 1 s resolution): a (10 s) → c (20 s)." in out.stdout
+    elsewhere = subprocess.run([sys.executable, str(ROOT / "bench/bench_pipeline.py"), "--log", str(run_log)],
+                               capture_output=True, text=True, check=True, cwd=ROOT)
+    assert re.search(r"\| a\s+\| 1\s+\| 9\.9\s+\| 9\.9\s+\| 19\.5\s+\|", elsewhere.stdout)  # the run's own benchmarks
     empty = subprocess.run([sys.executable, str(ROOT / "bench/bench_pipeline.py"), "--workdir",
                             str(tmp_path / "nothing")], capture_output=True, text=True, check=True)
     assert "no Snakemake run to time yet" in empty.stdout
