@@ -197,7 +197,7 @@ def test_readme_results_times_each_repeat_and_reads_each_runs_own_benchmarks(tmp
     sys.path.insert(0, str(ROOT / "tests"))
     from test_report import build
 
-    params, _ = build(tmp_path / "results")
+    params, _ = build(tmp_path / "results" / "default")
     logs = []
     for name, end, cpu in (("first", "10:00:30", "19.5"), ("second", "10:00:40", "7.25")):
         work = tmp_path / name
@@ -207,7 +207,16 @@ def test_readme_results_times_each_repeat_and_reads_each_runs_own_benchmarks(tmp
         log.parent.mkdir(parents=True)
         log.write_text(LOG.replace("[Mon Jan  5 10:00:30 2026]", f"[Mon Jan  5 {end} 2026]"))
         logs.append(log)
-    text = readme.results_markdown(params, tmp_path / "results", logs)
+    text = readme.results_markdown(params, tmp_path / "results" / "default", logs)
     assert "each of the 2 runs timed, on the machine that ran them: 30 s (0.5 min), 4 jobs; 40 s (0.7 min), 4 jobs." in text
     assert "Wall time: 40 s (0.7 min), 4 jobs." in text and "Wall time: 30 s" not in text
     assert re.search(r"\| a\s+\| 1\s+\| 9\.9\s+\| 9\.9\s+\| 7\.2\s+\|", text), text
+    # the command as `make readme-results LOG="first second"` types it
+    target = tmp_path / "README.md"
+    target.write_text(f"{readme.BEGIN}\n{readme.END}\n")
+    env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run(["amflow", "readme-results", "--params", str(ROOT / "params/default.yaml"), "--results-dir",
+                          str(tmp_path / "results"), "--readme", str(target), "--log", *map(str, logs)],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "30 s (0.5 min), 4 jobs; 40 s (0.7 min), 4 jobs." in target.read_text()
