@@ -204,29 +204,27 @@ def ablation_table(params: Params, results_dir: Path) -> pd.DataFrame:
     runs = ablation_runs(params)
     ref = {(d, s): load_metrics(paths.run_dir(results_dir, d, m, s) / paths.METRICS_JSON, dataset=d, seed=s, method=m)
            for d, m, s in reference_runs(params)}
-    top1 = {}
+    loaded = {}  # (axis, value, dataset) -> [(seed, path, metrics)], in params order
+    for r in runs:
+        path = paths.ablation_run_dir(results_dir, r.axis, r.value, r.dataset, r.seed) / paths.METRICS_JSON
+        loaded.setdefault((r.axis, r.value, r.dataset), []).append(
+            (r.seed, path, load_metrics(path, dataset=r.dataset, seed=r.seed)))
+    top1 = {(*key, seed): float(m["top1"]) for key, group in loaded.items() for seed, _, m in group}
+
+    def base(axis: str, value: str, dataset: str, seed: int) -> Optional[float]:
+        same_tpu = top1.get(("tpu_tpa", value, dataset, seed)) if axis == "tpu" else None
+        if same_tpu is not None:
+            return same_tpu
+        return float(ref[(dataset, seed)]["top1"]) if (dataset, seed) in ref else None
+
     rows = []
-    for axis, value, dataset in _unique((r.axis, r.value, r.dataset) for r in runs):
-        loaded = []
-        for r in runs:
-            if (r.axis, r.value, r.dataset) == (axis, value, dataset):
-                path = paths.ablation_run_dir(results_dir, r.axis, r.value, r.dataset, r.seed) / paths.METRICS_JSON
-                m = load_metrics(path, dataset=r.dataset, seed=r.seed)
-                loaded.append((path, m))
-                top1[(r.axis, r.value, r.dataset, r.seed)] = float(m["top1"])
+    for (axis, value, dataset), group in loaded.items():
+        diffs = [100.0 * (float(m["top1"]) - b) for seed, _, m in group
+                 if (b := base(axis, value, dataset, seed)) is not None]
+        mean, std = _mean_std(diffs)
         rows.append({"axis": axis, "value": value, "dataset": dataset,
-                     **aggregate(loaded, f"ablation {axis}={value} on {dataset}")})
-    for row in rows:
-        diffs = []
-        for (axis, value, dataset, seed), mine in top1.items():
-            if (axis, value, dataset) != (row["axis"], row["value"], row["dataset"]):
-                continue
-            same_tpu = top1.get(("tpu_tpa", value, dataset, seed)) if axis == "tpu" else None
-            base = same_tpu if same_tpu is not None else (
-                float(ref[(dataset, seed)]["top1"]) if (dataset, seed) in ref else None)
-            if base is not None:
-                diffs.append(100.0 * (mine - base))
-        row["top1_vs_tpa_pct_mean"], row["top1_vs_tpa_pct_std"] = _mean_std(diffs)
+                     **aggregate([(path, m) for _, path, m in group], f"ablation {axis}={value} on {dataset}"),
+                     "top1_vs_tpa_pct_mean": mean, "top1_vs_tpa_pct_std": std})
     return pd.DataFrame(rows, columns=ABLATION_COLUMNS)
 
 
