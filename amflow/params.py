@@ -30,6 +30,7 @@ Alignment = Literal["grid", "warp"]
 Integration = Literal["gate", "attn_bias", "channels", "residual_gate"]
 Control = Literal["none", "shuffled", "oracle"]
 MotionModel = Literal["similarity", "homography"]  # the camera-motion estimator's transform
+Difficulty = Literal["easy", "standard", "clutter"]  # SynthMotion's scene styles (docs/design.md 3.1)
 
 SPLITS = get_args(Split)
 METHODS = get_args(Method)
@@ -41,6 +42,7 @@ ALIGNMENTS = get_args(Alignment)
 INTEGRATIONS = get_args(Integration)
 CONTROLS = get_args(Control)
 MOTION_MODELS = get_args(MotionModel)
+DIFFICULTIES = get_args(Difficulty)
 
 
 class Strict(BaseModel):
@@ -79,7 +81,7 @@ class SynthSpec(Strict):
     """SynthMotion generator settings (docs/design.md 3.1). Fixed before any method is tuned."""
 
     camera: Literal["static", "moving"]
-    difficulty: Literal["easy", "standard"] = "easy"
+    difficulty: Difficulty = "easy"
     resolution: Literal[32, 64] = 32
     frames: int = Field(32, ge=8)
     speed_frames: int = Field(8, ge=2, le=64,
@@ -98,7 +100,7 @@ class PretrainImagesSpec(Strict):
     images: int = Field(30000, ge=100)
     val_images: int = Field(2000, ge=100)
     resolution: Literal[32, 64] = 32
-    difficulty: Literal["easy", "standard"] = "easy"
+    difficulty: Difficulty = "easy"
     seed: int = 1000
     workers: int = Field(0, ge=0, description="generator processes; 0 = one per core (does not change the output)")
 

@@ -14,6 +14,11 @@ orientation    8        angle bin of 45 degrees, centred on 0, 45, ... (clockwis
 size           3        thirds (log scale) of the range of apparent sizes (px in the frame)
 =============  =======  ==============================================================
 
+In the ``clutter`` style every image holds 3-4 lookalike objects (the actor's shape, colour and size
+distributions, none singled out), so an attribute's label is the *set* of its classes that the
+objects show: a bit mask (bit k set when some object is in class k), learnt as a multi-label target.
+The easy and standard styles label the one actor (a class index).
+
 Output folder (``data/pretrain_images/``): ``images_{train,val}.npy`` (uint8 ``[N, R, R, 3]``),
 ``labels_{train,val}.csv`` (one integer column per attribute, plus the continuous values they were
 binned from) and, last, ``info.json`` (attributes, number of classes, counts, spec).
@@ -96,13 +101,9 @@ def render_still(spec: PretrainImagesSpec, rng: np.random.Generator,
     cam = scene.camera_matrix(mid + rng.uniform(-res / 4, res / 4, 2), zoom, res)
     inv = np.linalg.inv(cam)
 
-    shape = str(rng.choice(scene.SHAPE_NAMES))
-    colour, hue = scene.actor_colour(rng)
-    lo, hi = size_range(style)
-    size_px = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))   # apparent size in the frame
-    angle = float(rng.uniform(0.0, 360.0))
-    margin = 0.3 * size_px
-    cx, cy = rng.uniform(margin, res - 1 - margin, 2)
+    if style.lookalike:
+        return _render_lookalikes(style, texture, cam, zoom, rng)
+    shape, colour, hue, size_px, angle, (cx, cy) = _object(style, rng)
     centre = scene.apply(inv, np.array([[cx, cy]]))[0]
 
     sprites = []
@@ -117,6 +118,43 @@ def render_still(spec: PretrainImagesSpec, rng: np.random.Generator,
                   shape_name=shape, hue_deg=round(hue, 2), cx=round(float(cx), 3), cy=round(float(cy), 3),
                   angle_deg=round(angle, 2), size_px=round(size_px, 3), distractors=len(sprites) - 1)
     return image, labels, masks[-1]
+
+
+def _object(style: scene.SceneStyle, rng: np.random.Generator):
+    """An actor-like object of a still: (shape, colour, hue, apparent size px, angle, frame centre)."""
+    res = style.resolution
+    shape = str(rng.choice(scene.SHAPE_NAMES))
+    colour, hue = scene.actor_colour(rng)
+    lo, hi = size_range(style)
+    size_px = float(math.exp(rng.uniform(math.log(lo), math.log(hi))))   # apparent size in the frame
+    angle = float(rng.uniform(0.0, 360.0))
+    margin = 0.3 * size_px
+    return shape, colour, hue, size_px, angle, tuple(rng.uniform(margin, res - 1 - margin, 2))
+
+
+def _render_lookalikes(style: scene.SceneStyle, texture: np.ndarray, cam: np.ndarray, zoom: float,
+                       rng: np.random.Generator) -> tuple[np.ndarray, dict, np.ndarray]:
+    """A ``clutter`` still: 1 + (2 or 3) objects drawn alike; each attribute's label is the bit mask of
+    the classes the objects show (see the module docstring). The mask returned is their union."""
+    inv = np.linalg.inv(cam)
+    objects = [_object(style, rng) for _ in range(1 + int(rng.integers(style.distractors[0],
+                                                                       style.distractors[1] + 1)))]
+    sprites = [scene.Sprite(shape, scene.apply(inv, np.array([centre]))[0], size_px / zoom, angle, colour)
+               for shape, colour, _, size_px, angle, centre in objects]
+    image, masks = scene.render_frame(texture, cam, style.resolution, sprites, rng, style.noise)
+    bins = {"shape": [scene.SHAPE_NAMES.index(o[0]) for o in objects],
+            "colour": [bin_colour(o[2]) for o in objects],
+            "position": [bin_position(*o[5], style.resolution) for o in objects],
+            "orientation": [bin_orientation(o[4]) for o in objects],
+            "size": [bin_size(o[3], style) for o in objects]}
+    labels = {name: int(sum(1 << k for k in set(classes))) for name, classes in bins.items()}
+    labels["objects"] = len(objects)
+    return image, labels, np.max(masks, axis=0)
+
+
+def multi_label(style: scene.SceneStyle) -> bool:
+    """Whether a style's labels are class sets (bit masks) rather than one class per attribute."""
+    return style.lookalike
 
 
 def still_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -144,6 +182,13 @@ def _render_chunk(task: tuple) -> tuple[int, np.ndarray, list[dict]]:
         images[k], labels, _ = render_still(spec, still_rng(spec.seed, split, i), texture)
         rows.append(labels)
     return start, images, rows
+
+
+def _class_counts(labels: np.ndarray, classes: int, multi: bool) -> list[int]:
+    """Images per class: of the class index, or (bit masks) of the images whose set holds the class."""
+    if multi:
+        return [int(((labels >> k) & 1).sum()) for k in range(classes)]
+    return np.bincount(labels, minlength=classes).tolist()
 
 
 def _recorded_spec(spec: PretrainImagesSpec) -> dict:
@@ -202,6 +247,7 @@ def generate_pretrain_images(params: Params, out_dir: str | Path) -> dict:
     (out_dir / paths.PRETRAIN_IMAGES_INFO).unlink(missing_ok=True)
 
     counts = {"train": spec.images, "val": spec.val_images}
+    multi = multi_label(scene.scene_style(spec.difficulty, spec.resolution))
     spec_dict = spec.model_dump(mode="json")
     tasks = {s: [(spec_dict, s, a, min(a + CHUNK, n)) for a in range(0, n, CHUNK)] for s, n in counts.items()}
     workers = parallel.worker_count(spec.workers, sum(len(t) for t in tasks.values()))
@@ -225,7 +271,7 @@ def generate_pretrain_images(params: Params, out_dir: str | Path) -> dict:
             table = pd.DataFrame(rows)
             with io.atomic_path(labels_path(out_dir, split)) as tmp:
                 table.to_csv(tmp, index_label="index")
-            class_counts[split] = {a: np.bincount(table[a], minlength=len(n)).tolist() for a, n in ATTRIBUTES.items()}
+            class_counts[split] = {a: _class_counts(table[a].to_numpy(), len(n), multi) for a, n in ATTRIBUTES.items()}
     finally:
         bar.close()
         if pool is not None:
@@ -239,7 +285,8 @@ def generate_pretrain_images(params: Params, out_dir: str | Path) -> dict:
         "spec": _recorded_spec(spec),
         "resolution": res,
         "difficulty": spec.difficulty,
-        "attributes": [{"name": a, "classes": len(n), "names": list(n)} for a, n in ATTRIBUTES.items()],
+        "attributes": [{"name": a, "classes": len(n), "names": list(n), "multi_label": multi}
+                       for a, n in ATTRIBUTES.items()],
         "counts": counts,
         "class_counts": class_counts,
         "files": {s: {"images": images_path(out_dir, s).name, "labels": labels_path(out_dir, s).name} for s in SPLITS},

@@ -14,8 +14,9 @@ Everything random is drawn by the caller from a ``numpy.random.Generator``; the 
 pure given their arguments, so a scene is reproducible from its seed.
 
 Difficulty (docs/design.md 3.1) is captured by :class:`SceneStyle`: ``easy`` (no distractors, background
-contrast 0.4, fixed pixel sizes whatever the resolution) and ``standard`` (full-contrast texture,
-0-2 distractors, sizes and speeds scaled with the resolution).
+contrast 0.4, fixed pixel sizes whatever the resolution), ``standard`` (full-contrast texture,
+0-2 distractors, sizes and speeds scaled with the resolution) and ``clutter`` (``easy``'s actor on a
+full-contrast texture with 2-3 lookalike distractors that sway in place and turn slowly).
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from typing import Optional, Sequence
 
 import cv2
 import numpy as np
+
+from amflow.params import DIFFICULTIES
 
 # --------------------------------------------------------------------------- shapes
 # Polygons in a unit box (x right, y down), none with a rotational symmetry (so that a rotation is
@@ -104,6 +107,11 @@ class SceneStyle:
     distractors: tuple[int, int]           # inclusive range of the number of distractors
     distractor_size: tuple[float, float]   # world px
     distractor_speed: tuple[float, float]  # world px per step
+    # Lookalike distractors (clutter): drawn from the actor's shapes, colours and sizes, swaying about a
+    # fixed point (zero drift) with this amplitude (world px) and turning at most this fast (deg per step).
+    lookalike: bool
+    sway: tuple[float, float]
+    sway_rotation: float
     pan: tuple[float, float]               # moving camera: world px per step
     zoom_ratio: float                      # moving camera: total zoom ratio within [1/r, r]
     shake: float                           # moving camera: std of the per-frame jitter, world px
@@ -117,22 +125,31 @@ class SceneStyle:
 
 def scene_style(difficulty: str, resolution: int) -> SceneStyle:
     """The fixed style of a difficulty; never tuned per method (docs/design.md 3.1)."""
-    if difficulty not in ("easy", "standard"):
-        raise ValueError(f"unknown difficulty '{difficulty}' (easy or standard)")
-    # easy: the same pixel sizes and speeds whatever the resolution; standard: scaled with it.
-    k = 1.0 if difficulty == "easy" else resolution / 32.0
-    easy = difficulty == "easy"
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"unknown difficulty '{difficulty}' ({', '.join(DIFFICULTIES)})")
+    # easy and clutter: the same pixel sizes and speeds whatever the resolution; standard: scaled with it.
+    k = resolution / 32.0 if difficulty == "standard" else 1.0
+    easy, clutter = difficulty == "easy", difficulty == "clutter"
+    actor_size = (8.0 * k, 14.0 * k)
     return SceneStyle(
         resolution=resolution,
         difficulty=difficulty,
-        actor_size=(8.0 * k, 14.0 * k),
+        actor_size=actor_size,
         speed=(2.0 * k, 3.0 * k),
         rotation=(15.0, 25.0),
         scale_ratio=(1.8, 2.4),
         contrast=0.4 if easy else 1.0,
-        distractors=(0, 0) if easy else (0, 2),
-        distractor_size=(5.0 * k, 12.0 * k),
+        distractors={"easy": (0, 0), "standard": (0, 2), "clutter": (2, 3)}[difficulty],
+        distractor_size=actor_size if clutter else (5.0 * k, 12.0 * k),
         distractor_speed=(1.0 * k, 3.0 * k),
+        # Clutter's sway: 0.4-0.8 px from the rest point per axis, 0.5-1.5 sine cycles per clip, so a
+        # distractor's peak speed (at most 0.8 * 2 pi * 1.5 / 7 = 1.1 px per step of an 8-frame clip)
+        # stays well under the actor's 2-3 and its net travel under 1.6 px per axis (a moving actor
+        # travels 14-21); its turn, at most 4 degrees per step, stays under 30 degrees per clip (a
+        # rotating actor turns 105-175).
+        lookalike=clutter,
+        sway=(0.4, 0.8),
+        sway_rotation=4.0,
         # The camera's travel is bounded so that, added to the fastest actor's, the actor's centroid
         # stays in the frame with every direction of the two motions: then the camera's direction is
         # independent of the class (no shortcut), and a staying actor still drifts 6-8 px per 32.
@@ -152,7 +169,8 @@ def hsv_to_rgb(hue_deg: float, sat: float, val: float) -> np.ndarray:
 
 
 def actor_colour(rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """A saturated, bright colour (so that the actor stands out of an ``easy`` background) and its hue."""
+    """A saturated, bright colour (so that the actor stands out of an ``easy`` background) and its hue;
+    ``clutter``'s distractors draw theirs from the same distribution."""
     hue = float(rng.uniform(0.0, 360.0))
     return hsv_to_rgb(hue, float(rng.uniform(0.55, 1.0)), float(rng.uniform(0.75, 1.0))), hue
 

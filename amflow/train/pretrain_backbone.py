@@ -3,7 +3,8 @@
 No image weights can be downloaded offline, so the pipeline pretrains its own backbone on the
 single-image attribute set (:mod:`amflow.data.pretrain_images`): one linear head per attribute
 (shape, colour, position, orientation, size) on the CLS features, trained together with the sum of
-their cross-entropies. Several attributes, position among them, push the features to say *what* is
+their cross-entropies (binary cross-entropies over the classes where a label is the set of classes
+several lookalike objects show: the ``clutter`` style). Several attributes, position among them, push the features to say *what* is
 *where*, the closest cheap stand-in for DINOv2's dense features. Labels never involve motion.
 
 Recipe: AdamW (no weight decay on norms, biases, position embedding and tokens), linear warm-up then
@@ -91,27 +92,63 @@ def _to_tensor(images: np.ndarray):
 
 
 def _targets(table, attributes):
+    """Per attribute: class indices int64 [N], or for a multi-label attribute (a bit mask per image)
+    the 0/1 set membership float32 [N, classes]."""
     import torch
 
-    return {a["name"]: torch.from_numpy(table[a["name"]].to_numpy(np.int64, copy=True)) for a in attributes}
+    out = {}
+    for a in attributes:
+        labels = torch.from_numpy(table[a["name"]].to_numpy(np.int64, copy=True))
+        if a.get("multi_label"):
+            labels = ((labels[:, None] >> torch.arange(a["classes"])) & 1).float()
+        out[a["name"]] = labels
+    return out
+
+
+def attribute_loss(logits, target):
+    """Cross-entropy for a class index; for a class set, the binary cross-entropy summed over classes
+    (a set of k classes then weighs about as much as k single labels)."""
+    import torch.nn.functional as F
+
+    if target.dim() == 2:
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(target)
+    return F.cross_entropy(logits, target)
+
+
+def _hits(logits, target):
+    """Correct predictions: the class (argmax), or for a class set every class's membership (logit > 0)."""
+    if target.dim() == 2:
+        return (logits.gt(0).float() == target).float().mean(dim=1)
+    return (logits.argmax(dim=1) == target).float()
 
 
 def evaluate(backbone, heads, images, targets, mean, std, amp: bool = False) -> dict[str, float]:
-    """Per-attribute accuracy of the model on uint8 images [N,3,H,W] (moved to ``mean``'s device per batch)."""
+    """Per-attribute accuracy of the model on uint8 images [N,3,H,W] (moved to ``mean``'s device per batch);
+    for a multi-label attribute the mean over images and classes of a correct membership."""
     import torch
 
     backbone.eval()
     heads.eval()
     dev = mean.device
-    correct = {name: 0 for name in targets}
+    correct = {name: 0.0 for name in targets}
     with torch.no_grad():
         for start in range(0, len(images), EVAL_BATCH):
             with autocast(dev, amp):
                 feats = backbone(_normalise(images[start:start + EVAL_BATCH].to(dev, non_blocking=True), mean, std))
                 for name, head in heads.items():
-                    pred = head(feats).argmax(dim=1).cpu()
-                    correct[name] += int((pred == targets[name][start:start + EVAL_BATCH]).sum())
+                    hits = _hits(head(feats).float().cpu(), targets[name][start:start + EVAL_BATCH])
+                    correct[name] += float(hits.sum())
     return {name: c / max(1, len(images)) for name, c in correct.items()}
+
+
+def chance_accuracy(target) -> float:
+    """What a constant prediction scores: the most frequent class, or for class sets each class's more
+    frequent membership."""
+    if target.dim() == 2:
+        share = target.mean(dim=0)
+        return float(np.mean(np.maximum(share.numpy(), 1 - share.numpy())))
+    counts = np.bincount(target.numpy())
+    return float(counts.max() / counts.sum())
 
 
 def settings_digest(params: Params, info: dict) -> str:
@@ -137,7 +174,6 @@ def train_attribute_model(params: Params, images_dir: str | Path, checkpoint: Op
     (None, None). ``on_epoch(epoch, mean_loss)`` is called after each epoch (1-based). Checks nothing
     and writes no outputs: :func:`pretrain_backbone` does both."""
     import torch
-    import torch.nn.functional as F
 
     from amflow.train.distributed import resolve_device
 
@@ -214,7 +250,7 @@ def train_attribute_model(params: Params, images_dir: str | Path, checkpoint: Op
             x = _augment(train_x[idx].to(device, non_blocking=True).float() / 255.0, aug_gen)
             with autocast(device, amp):
                 feats = backbone((x - mean) / std)
-                loss = sum(F.cross_entropy(head(feats).float(), train_y[name][idx].to(device, non_blocking=True))
+                loss = sum(attribute_loss(head(feats).float(), train_y[name][idx].to(device, non_blocking=True))
                            for name, head in heads.items())
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -247,10 +283,9 @@ def train_attribute_model(params: Params, images_dir: str | Path, checkpoint: Op
     acc = evaluate(backbone, heads, val_x, val_y, mean, std, amp)
     per_attr = {}
     for a in attributes:
-        counts = np.bincount(val_table[a["name"]].to_numpy(), minlength=a["classes"])
-        chance = float(counts.max() / counts.sum())  # what predicting the most frequent class scores
+        chance = chance_accuracy(val_y[a["name"]])
         per_attr[a["name"]] = {"accuracy": round(acc[a["name"]], 4), "chance": round(chance, 4),
-                               "uniform_chance": round(1.0 / a["classes"], 4), "classes": a["classes"],
+                               "uniform_chance": 0.5 if a.get("multi_label") else round(1.0 / a["classes"], 4), "classes": a["classes"],
                                "gain_over_chance": round(acc[a["name"]] - chance, 4)}
     gain = float(np.mean([v["gain_over_chance"] for v in per_attr.values()]))
     metrics = {

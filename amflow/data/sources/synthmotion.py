@@ -152,23 +152,16 @@ def sample_plan(spec: SynthSpec, label: int, rng: np.random.Generator) -> ClipPl
         zoom = np.exp(rng.uniform(-1, 1) * math.log(style.zoom_ratio) * (u - 0.5))
         cam = cam + rng.normal(0.0, style.shake, (frames, 2))
 
-    # Place the actor so that its frame trajectory stays inside the frame: fully inside when the
-    # motion allows it, else with a smaller margin (down to the centroid on the border pixel).
     cams = np.stack([scene.camera_matrix(c, z, res) for c, z in zip(cam, zoom)])
-    radius = float(np.max(np.linalg.norm(scene.SHAPES[shape], axis=1)))
-    r_frame = float(np.max(zoom * size)) * radius
-    start = np.zeros(2)
-    for margin in (r_frame, 0.5 * r_frame, 1.0, 0.0, -1e9):
-        lims = [_place(disp[:, k], cams[:, k, [k, 2]], margin, res - 1 - margin) for k in range(2)]
-        if all(a <= b for a, b in lims) or margin < -1:
-            for k, (a, b) in enumerate(lims):
-                start[k] = rng.uniform(a, b) if a <= b else (a + b) / 2
-            break
-    centre = start + disp
+    centre = _start_point(disp, cams, float(np.max(zoom * size)) * _radius(shape), res, rng) + disp
 
     distractors = []
     lo, hi = style.distractors
-    for _ in range(int(rng.integers(lo, hi + 1))):
+    count = int(rng.integers(lo, hi + 1))
+    if style.lookalike:
+        return _plan(label, res, style, rng, shape, colour, hue, centre, size, angle, opacity, cam, zoom,
+                     [_lookalike(style, tau, u, cams, zoom, res, rng) for _ in range(count)])
+    for _ in range(count):
         p0 = np.linalg.solve(cams[0], np.array([*rng.uniform(0, res - 1, 2), 1.0]))[:2]
         theta = rng.uniform(0, 2 * math.pi)
         v = float(rng.uniform(*style.distractor_speed))
@@ -178,10 +171,53 @@ def sample_plan(spec: SynthSpec, label: int, rng: np.random.Generator) -> ClipPl
             centre=p0 + np.outer(tau, (v * math.cos(theta), v * math.sin(theta))),
             angle=rng.uniform(0, 360) + rng.uniform(-20, 20) * tau))
 
+    return _plan(label, res, style, rng, shape, colour, hue, centre, size, angle, opacity, cam, zoom, distractors)
+
+
+def _plan(label, res, style, rng, shape, colour, hue, centre, size, angle, opacity, cam, zoom,
+          distractors) -> ClipPlan:
     return ClipPlan(label=label, resolution=res, style=style,
                     texture_seed=int(rng.integers(0, 2**63)), noise_seed=int(rng.integers(0, 2**63)),
                     shape=shape, colour=colour, hue=hue, centre=centre, size=size, angle=angle,
                     opacity=opacity, camera_centre=cam, zoom=zoom, distractors=distractors)
+
+
+def _radius(shape: str) -> float:
+    """The farthest vertex from the centroid of a unit-size ``shape``."""
+    return float(np.max(np.linalg.norm(scene.SHAPES[shape], axis=1)))
+
+
+def _start_point(offset: np.ndarray, cams: np.ndarray, r_frame: float, res: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """A world start point for a shape of frame radius ``r_frame`` following ``offset`` [T, 2], chosen
+    so that its frame trajectory stays inside the frame: fully inside when the motion allows it, else
+    with a smaller margin (down to the centroid on the border pixel)."""
+    start = np.zeros(2)
+    for margin in (r_frame, 0.5 * r_frame, 1.0, 0.0, -1e9):
+        lims = [_place(offset[:, k], cams[:, k, [k, 2]], margin, res - 1 - margin) for k in range(2)]
+        if all(a <= b for a, b in lims) or margin < -1:
+            for k, (a, b) in enumerate(lims):
+                start[k] = rng.uniform(a, b) if a <= b else (a + b) / 2
+            break
+    return start
+
+
+def _lookalike(style: scene.SceneStyle, tau: np.ndarray, u: np.ndarray, cams: np.ndarray, zoom: np.ndarray,
+               res: int, rng: np.random.Generator) -> dict:
+    """A ``clutter`` distractor: the actor's shape, colour and size distributions, placed like the actor
+    (its sway inside the frame), swaying about a fixed world point (0.5-1.5 sine cycles per clip on
+    each axis: zero drift) and turning slowly at a constant rate."""
+    shape = str(rng.choice(scene.SHAPE_NAMES))
+    colour, _ = scene.actor_colour(rng)
+    size = float(rng.uniform(*style.distractor_size))
+    amplitude = rng.uniform(*style.sway, 2)
+    cycles = rng.uniform(0.5, 1.5, 2)
+    phase = rng.uniform(0.0, 2 * math.pi, 2)
+    sway = amplitude * np.sin(2 * math.pi * np.outer(u, cycles) + phase)          # [T, 2]
+    turn = float(rng.uniform(-style.sway_rotation, style.sway_rotation))
+    angle = rng.uniform(0.0, 360.0) + turn * tau
+    start = _start_point(sway, cams, float(np.max(zoom)) * size * _radius(shape), res, rng)
+    return dict(shape=shape, colour=colour, size=size, centre=start + sway, angle=angle)
 
 
 def frame_to_next(world_to_frame: np.ndarray) -> np.ndarray:
