@@ -27,8 +27,8 @@ ModelVariant = Literal[CameraDecision, "none"]  # the variant a model is built w
 AmFlowVariant = Literal["auto", "auto_per_video", ModelVariant]  # the params' choice, resolved before building
 Tpu = Literal["transformer", "tcn", "lstm", "none"]
 Alignment = Literal["grid", "warp"]
-Integration = Literal["gate", "attn_bias", "channels", "residual_gate"]
-Control = Literal["none", "shuffled", "oracle"]
+Integration = Literal["gate", "attn_bias", "channels", "residual_gate", "pool"]
+Control = Literal["none", "shuffled", "oracle", "footprint", "rank_matched", "uniform"]
 MotionModel = Literal["similarity", "homography"]  # the camera-motion estimator's transform
 Difficulty = Literal["easy", "standard", "clutter"]  # SynthMotion's scene styles (docs/design.md 3.1)
 
@@ -41,6 +41,8 @@ TPUS = get_args(Tpu)
 ALIGNMENTS = get_args(Alignment)
 INTEGRATIONS = get_args(Integration)
 CONTROLS = get_args(Control)
+# The controls that read SynthMotion's ground truth (the actor's coverage of each pixel).
+GROUND_TRUTH_CONTROLS = ("oracle", "footprint", "rank_matched")
 MOTION_MODELS = get_args(MotionModel)
 DIFFICULTIES = get_args(Difficulty)
 
@@ -284,11 +286,19 @@ class AmFlowSpec(Strict):
                             "frame's score to the transformer TPU's attention logits; 'channels' adds "
                             "zero-initialised bottleneck channels fed from the score, its change over time "
                             "and its 3x3 neighbourhood; 'residual_gate' scales the TPU's output by "
-                            "1 + w * (score - 1) with a learned w. All but 'gate' start at zero (= tpa)")
+                            "1 + w * (score - 1) with a learned w; 'pool' adds to the logits a zero-initialised "
+                            "linear map of the score-weighted mean of the last adapted block's patch tokens "
+                            "(after the final norm), a path to the prediction that no norm can erase. All but "
+                            "'gate' start at zero (= tpa)")
     control: Control = Field(
         "none", description="controls: 'shuffled' permutes each frame's scores across patches (same "
-                            "distribution, no location); 'oracle' replaces them by the ground-truth actor "
-                            "coverage of each patch, normalised like the scores (SynthMotion only)")
+                            "values, no location); 'oracle' replaces them by the ground-truth actor "
+                            "coverage of each patch in each frame, normalised like the scores (SynthMotion "
+                            "only; it carries the actor's trajectory); 'footprint' by the actor's coverage "
+                            "averaged over the clip, one map for every frame (where, not how it moves); "
+                            "'rank_matched' gives each frame's own AM flow values to the patches in the order "
+                            "of the actor's coverage (same values, perfect ranking); 'uniform' by 1 everywhere "
+                            "(the integration without location)")
 
 
 class ModelSpec(Strict):
@@ -334,7 +344,8 @@ class AblationsSpec(Strict):
     integrations: list[Integration] = Field(
         default_factory=list, description="ways the scores enter the adapter")
     controls: list[Control] = Field(
-        default_factory=list, description="score controls ('oracle' needs SynthMotion's ground truth)")
+        default_factory=list, description="score controls ('oracle', 'footprint' and 'rank_matched' need "
+                                          "SynthMotion's ground truth)")
     dataset: str = Field("synth_moving", description="dataset for the single-axis ablations")
     tpu_with_tpa: bool = Field(True, description="also run each TPU of 'tpus' with tpa (axis tpu_tpa), so "
                                "that every TPU compares AM flow with the same adapter without it")

@@ -25,7 +25,7 @@ from amflow import io, paths
 from amflow.camera.rules import resolve_variant
 from amflow.errors import AmflowError
 from amflow.models import build_backbone, build_model
-from amflow.params import Params
+from amflow.params import GROUND_TRUTH_CONTROLS, Params
 from amflow.train import checkpoint as ckpt
 from amflow.train.trainer import seed_everything
 
@@ -65,8 +65,9 @@ def resolve_method_variant(params: Params, method: str, results_dataset_dir: Pat
 
 
 def uses_oracle(params: Params, method: str, variant: str) -> bool:
-    """Whether the model reads the actor's ground-truth coverage (``model.am_flow.control: oracle``)."""
-    return method == "amflow" and variant != "none" and params.model.am_flow.control == "oracle"
+    """Whether the model reads the actor's ground-truth coverage (``model.am_flow.control`` oracle,
+    footprint or rank_matched)."""
+    return method == "amflow" and variant != "none" and params.model.am_flow.control in GROUND_TRUTH_CONTROLS
 
 
 def params_digest(params: Params, dataset: str) -> str:

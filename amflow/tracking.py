@@ -343,7 +343,8 @@ class Tracker:
 
     def log_epoch(self, record: dict) -> None:
         """One batched request per epoch, step = epoch number (1-based)."""
-        self.log_metrics({k: record[k] for k in self.EPOCH_KEYS if k in record}, step=int(record["epoch"]))
+        self.log_metrics({k: record[k] for k in record if k in self.EPOCH_KEYS or k.startswith("norm.")},
+                         step=int(record["epoch"]))
 
     def sync_history(self, history: list[dict]) -> None:
         """On resume: log the epochs the store lacks (a crash between checkpoint and logging loses none)."""

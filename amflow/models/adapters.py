@@ -5,7 +5,8 @@
 block's MLP or right after its attention. The up-projection starts at zero, so an untrained adapter
 adds exactly nothing and the model equals the frozen backbone.
 
-How AM flow's scores enter (``model.am_flow.integration``):
+How AM flow's scores enter (``model.am_flow.integration``; ``pool`` acts in the head instead, see
+:mod:`amflow.models.video_model`):
 
 - ``gate``: patch tokens are multiplied by their score before the TPU (a fixed per-token scale).
 - ``attn_bias`` (transformer TPU): the attention logits from frame t to frame k get
@@ -119,19 +120,26 @@ class TemporalProcessingAdapter(nn.Module):
 
 
 class TPABlock(nn.Module):
-    """A frozen timm block with a TPA; with ``use_am_flow`` the TPA is gated by AM flow."""
+    """A frozen timm block with a TPA. With ``use_am_flow`` the block computes AM flow's scores: for its
+    TPA (the integrations but ``pool``) and, where ``scores_for_head``, for the ``pool`` integration of
+    the head (:class:`amflow.models.video_model.VideoModel`), which reads them from ``ctx.head_scores``."""
 
     def __init__(self, dim: int, spec: AdapterSpec, num_frames: int, use_am_flow: bool,
-                 integration: str = "gate"):
+                 integration: str = "gate", scores_for_head: bool = False):
         super().__init__()
-        self.adapter = TemporalProcessingAdapter(dim, spec, num_frames, integration if use_am_flow else None)
+        self.feeds_adapter = use_am_flow and integration != "pool"
+        self.adapter = TemporalProcessingAdapter(dim, spec, num_frames, integration if self.feeds_adapter else None)
         self.position = spec.position
-        self.use_am_flow = use_am_flow
+        self.scores_for_head = use_am_flow and scores_for_head
 
     def forward(self, blk: nn.Module, x: torch.Tensor, ctx: ClipContext, index: int) -> torch.Tensor:
-        own_map = self.use_am_flow and ctx.needs_own_map
-        attn_update, patch_map = attention_branch(blk, x, ctx.num_prefix, need_map=own_map)
-        scores = ctx.scores_for(index, patch_map) if self.use_am_flow else None
+        wants_scores = self.feeds_adapter or self.scores_for_head
+        attn_update, patch_map = attention_branch(blk, x, ctx.num_prefix, need_map=wants_scores and ctx.needs_own_map)
+        scores = ctx.scores_for(index, patch_map) if wants_scores else None
+        if self.scores_for_head:
+            ctx.head_scores = scores
+        if not self.feeds_adapter:
+            scores = None
         x = x + attn_update
         if self.position == "after_attn":
             x = x + self.adapter(x, ctx, scores)

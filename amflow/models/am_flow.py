@@ -235,10 +235,38 @@ def shuffle_scores(scores: torch.Tensor, generator: Optional[torch.Generator] = 
     return scores.gather(-1, keys.argsort(dim=-1))
 
 
-def coverage_scores(coverage: torch.Tensor, patch: tuple[int, int], normalise: str) -> torch.Tensor:
-    """Oracle scores from the actor's pixel coverage ``[M, H, W]`` in [0, 1]: the share of each patch
-    the actor covers ``[M, N]``, normalised per frame like AM flow; a frame without the actor gets the
+def coverage_share(coverage: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
+    """The share of each patch the actor covers ``[M, N]``, from its pixel coverage ``[M, H, W]`` in [0, 1]."""
+    return F.avg_pool2d(coverage.float()[:, None], kernel_size=patch, stride=patch).flatten(1)
+
+
+def share_scores(share: torch.Tensor, normalise: str) -> torch.Tensor:
+    """Scores from coverage shares ``[..., N]``, normalised like AM flow; a map without the actor gets the
     neutral score 1 everywhere (what AM flow gives when nothing changes)."""
-    share = F.avg_pool2d(coverage.float()[:, None], kernel_size=patch, stride=patch).flatten(1)
     empty = share.sum(dim=-1, keepdim=True) <= 0
     return normalise_scores(torch.where(empty, torch.ones_like(share), share), normalise)
+
+
+def coverage_scores(coverage: torch.Tensor, patch: tuple[int, int], normalise: str) -> torch.Tensor:
+    """Oracle scores ``[M, N]`` from the actor's pixel coverage ``[M, H, W]``: its share of each patch in
+    each frame (it carries the actor's trajectory, frame by frame)."""
+    return share_scores(coverage_share(coverage, patch), normalise)
+
+
+def footprint_scores(share: torch.Tensor, normalise: str) -> torch.Tensor:
+    """Footprint oracle ``[B, T, N]`` from per-frame shares ``[B, T, N]``: the actor's mean share of each
+    patch over the clip, the same map in every frame (where the actor is, not how it moves)."""
+    mean = share.mean(dim=1, keepdim=True)
+    return share_scores(mean, normalise).expand_as(share)
+
+
+def rank_matched_scores(scores: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+    """Each row of ``scores`` ``[M, N]`` reassigned to its patches in the order of the actor's coverage
+    ``share`` ``[M, N]``: the largest value goes to the most covered patch, and so on; patches the actor
+    covers equally keep AM flow's own order among them. Same values as AM flow, perfect ranking (the
+    mirror image of :func:`shuffle_scores`)."""
+    by_score = scores.argsort(dim=-1, descending=True, stable=True)
+    by_share = share.gather(-1, by_score).argsort(dim=-1, descending=True, stable=True)
+    order = by_score.gather(-1, by_share)            # patches by (share, then score), largest first
+    values = scores.sort(dim=-1, descending=True).values
+    return torch.empty_like(scores).scatter_(-1, order, values)

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from amflow.models.am_flow import PatchAlignment, am_flow, shuffle_scores
+from amflow.models.am_flow import PatchAlignment, am_flow, rank_matched_scores, shuffle_scores
 from amflow.params import AmFlowSpec
 
 
@@ -26,9 +26,11 @@ class ClipContext:
     fixed_scores: Optional[torch.Tensor] = None    # [B*T, N] when flow.source is a block index
     record: Optional[dict[int, torch.Tensor]] = field(default=None)  # block -> scores, for plots
     # Scores computed before the blocks run: block -> [B*T, N] (pixel-warp variant), or one
-    # [B*T, N] for every block (oracle control).
+    # [B*T, N] for every block that replaces AM flow (the oracle, footprint and uniform controls).
     block_scores: Optional[dict[int, torch.Tensor]] = None
-    oracle: Optional[torch.Tensor] = None
+    replacement: Optional[torch.Tensor] = None
+    coverage: Optional[torch.Tensor] = None        # [B*T, N] the actor's share of each patch (rank_matched)
+    head_scores: Optional[torch.Tensor] = None     # [B*T, N] what the 'pool' integration weights tokens by
 
     @property
     def same_block_source(self) -> bool:
@@ -37,7 +39,7 @@ class ClipContext:
     @property
     def needs_own_map(self) -> bool:
         """Whether an adapted block must compute its own attention map for its scores."""
-        return self.same_block_source and self.block_scores is None and self.oracle is None
+        return self.same_block_source and self.block_scores is None and self.replacement is None
 
     def scores_from_map(self, block: int, patch_map: torch.Tensor) -> torch.Tensor:
         """AM flow scores ``[B*T, N]`` from one block's patch maps ``[B*T, N, N]``.
@@ -57,12 +59,13 @@ class ClipContext:
         return scores
 
     def scores_for(self, block: int, patch_map: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """The scores of ``block``: its own map's AM flow, precomputed ones (pixel warp, oracle), the
-        fixed source's, or None without AM flow; permuted within each frame for ``control: shuffled``."""
+        """The scores of ``block``: its own map's AM flow, precomputed ones (pixel warp, a replacing
+        control), the fixed source's, or None without AM flow; permuted within each frame for
+        ``control: shuffled``, reassigned by the actor's coverage for ``control: rank_matched``."""
         if self.flow is None:
             return None
-        if self.oracle is not None:
-            scores = self.oracle
+        if self.replacement is not None:
+            scores = self.replacement
         elif self.block_scores is not None:
             scores = self.block_scores[block if self.same_block_source else int(self.flow.source)]
         elif patch_map is not None:
@@ -71,7 +74,9 @@ class ClipContext:
             scores = self.fixed_scores
         if self.flow.control == "shuffled":
             scores = shuffle_scores(scores)
-        if self.record is not None and (self.oracle is not None or self.block_scores is not None
-                                        or self.flow.control == "shuffled"):
+        elif self.flow.control == "rank_matched":
+            scores = rank_matched_scores(scores, self.coverage)
+        if self.record is not None and (self.replacement is not None or self.block_scores is not None
+                                        or self.flow.control != "none"):
             self.record[block] = scores
         return scores

@@ -50,14 +50,15 @@ def build_model(method: str, backbone: nn.Module, num_classes: int, num_frames: 
 
     blocks: dict[int, nn.Module] = {}
     if method != "frame":
-        for i in adapted_blocks(adapter, depth):
+        indices = adapted_blocks(adapter, depth)
+        for i in indices:
             if method == "aim":
                 blocks[i] = AIMBlock(dim, adapter)
             elif method == "st_adapter":
                 blocks[i] = STAdapterBlock(dim, adapter)
-            else:  # tpa, amflow
+            else:  # tpa, amflow; the 'pool' integration reads the deepest adapted block's scores
                 blocks[i] = TPABlock(dim, adapter, num_frames, use_am_flow=use_flow,
-                                     integration=model_spec.am_flow.integration)
+                                     integration=model_spec.am_flow.integration, scores_for_head=i == indices[-1])
     return VideoModel(method, backbone, num_classes, num_frames, blocks, am_flow=flow,
                       aligned=use_flow and am_flow_variant == "aligned",
                       temporal_embedding=method == "aim")

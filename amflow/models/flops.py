@@ -53,7 +53,7 @@ def count_flops(fn, *args, **kwargs) -> int:
 
 def clip_gflops(model: torch.nn.Module, num_frames: int, img_size: Union[int, tuple[int, int]]) -> float:
     """Forward GFLOPs of one clip ``[1, num_frames, 3, H, W]`` (identity transforms if the model needs them,
-    an empty actor coverage for an ``oracle`` control)."""
+    an empty actor coverage for a control that reads it)."""
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
     ref = next(model.parameters())
     video = torch.zeros(1, num_frames, 3, h, w, device=ref.device, dtype=ref.dtype)
@@ -61,7 +61,7 @@ def clip_gflops(model: torch.nn.Module, num_frames: int, img_size: Union[int, tu
     if getattr(model, "needs_transforms", False):
         transforms = torch.eye(3, device=ref.device).expand(1, num_frames - 1, 3, 3).contiguous()
     extra = {}
-    if getattr(model, "oracle", False):
+    if getattr(model, "reads_coverage", False):
         extra["coverage"] = torch.zeros(1, num_frames, h, w, device=ref.device)
     was_training = model.training
     model.eval()

@@ -5,6 +5,9 @@ Every method of the comparison (docs/design.md 2.7) is this one class with diffe
 one batch of ``B*T`` images; a block with an adapter runs through that adapter's ``forward(blk, x,
 ctx, index)`` (which calls the frozen block's own parts), any other block runs timm's forward. The head
 is the CLS token of the last block, after the backbone's final norm, averaged over time, then Linear.
+With AM flow's ``pool`` integration the logits also get ``score_pool`` (zero at start) times the
+score-weighted mean of the final-norm patch tokens, averaged over time: a path from the scores to the
+prediction that the blocks' pre-norms cannot erase.
 
 The backbone is *not* copied or modified: adapters are held apart from it (``block_adapters``), so a
 state_dict has each backbone weight once, and several models can share one backbone.
@@ -17,11 +20,15 @@ import torch
 from torch import nn
 
 from amflow.errors import AmflowError
-from amflow.models.am_flow import PatchAlignment, coverage_scores, patch_alignment
+from amflow.models.am_flow import (PatchAlignment, coverage_share, footprint_scores, patch_alignment,
+                                   share_scores)
 from amflow.models.backbone import embed_frames, freeze, num_prefix_tokens, patch_grid, patch_size
 from amflow.models.context import ClipContext
 from amflow.models.frozen_flow import frozen_scores
-from amflow.params import AmFlowSpec
+from amflow.params import GROUND_TRUTH_CONTROLS, AmFlowSpec
+
+# Controls whose scores replace AM flow's (no attention map is needed); the others transform AM flow's.
+REPLACING_CONTROLS = ("oracle", "footprint", "uniform")
 
 
 class VideoModel(nn.Module):
@@ -41,6 +48,10 @@ class VideoModel(nn.Module):
         self.head = nn.Linear(dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
+        # The 'pool' integration's weights: zeros, created without a random draw, so an untrained model
+        # equals tpa built from the same seed.
+        self.score_pool = (nn.Parameter(torch.zeros(num_classes, dim))
+                           if am_flow is not None and am_flow.integration == "pool" else None)
 
     # ------------------------------------------------------------------ mode and bookkeeping
     def train(self, mode: bool = True) -> "VideoModel":
@@ -54,13 +65,24 @@ class VideoModel(nn.Module):
         return {"trainable": sum(p.numel() for p in params if p.requires_grad),
                 "total": sum(p.numel() for p in params)}
 
+    def integration_norms(self) -> dict[str, float]:
+        """The L2 norm of every zero-initialised integration weight (``score_*``), by parameter name: a
+        weight that never left zero shows as 0."""
+        return {name: float(p.detach().norm()) for name, p in self.named_parameters()
+                if name.rsplit(".", 1)[-1].startswith("score_")}
+
     @property
-    def oracle(self) -> bool:
-        return self.am_flow_spec is not None and self.am_flow_spec.control == "oracle"
+    def reads_coverage(self) -> bool:
+        """Whether a control reads the actor's ground-truth coverage (``coverage`` in :meth:`forward`)."""
+        return self.am_flow_spec is not None and self.am_flow_spec.control in GROUND_TRUTH_CONTROLS
+
+    @property
+    def replaces_scores(self) -> bool:
+        return self.am_flow_spec is not None and self.am_flow_spec.control in REPLACING_CONTROLS
 
     @property
     def needs_transforms(self) -> bool:
-        return self.am_flow_spec is not None and self.aligned and not self.oracle
+        return self.am_flow_spec is not None and self.aligned and not self.replaces_scores
 
     @property
     def pixel_warp(self) -> bool:
@@ -70,8 +92,12 @@ class VideoModel(nn.Module):
     def forward(self, video: torch.Tensor, transforms: Optional[torch.Tensor] = None,
                 coverage: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``video`` ``[B, T, 3, H, W]``, ``transforms`` ``[B, T-1, 3, 3]`` (aligned AM flow), ``coverage``
-        ``[B, T, H, W]`` (the actor's pixel coverage, ``control: oracle``) -> logits."""
-        return self.head(self.features(video, transforms, coverage=coverage))
+        ``[B, T, H, W]`` (the actor's pixel coverage, for the controls that read it) -> logits."""
+        cls, pooled = self._encode(video, transforms, None, coverage)
+        logits = self.head(cls)
+        if pooled is not None:
+            logits = logits + pooled @ self.score_pool.t()
+        return logits
 
     def features(self, video: torch.Tensor, transforms: Optional[torch.Tensor] = None,
                  record: Optional[dict[int, torch.Tensor]] = None,
@@ -80,24 +106,39 @@ class VideoModel(nn.Module):
 
         ``record``, if given, receives the AM flow scores ``[B*T, N]`` of every block that computes them.
         """
+        return self._encode(video, transforms, record, coverage)[0]
+
+    def _encode(self, video: torch.Tensor, transforms: Optional[torch.Tensor],
+                record: Optional[dict[int, torch.Tensor]],
+                coverage: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(final-norm CLS ``[B, D]``, the ``pool`` integration's score-weighted patch mean ``[B, D]`` or
+        None), both averaged over time."""
         B, T = self._check_video(video)
         ctx = self._context(video, transforms, record)
-        if self.oracle:
-            ctx.oracle = self._oracle_scores(coverage, video)
-        elif self.pixel_warp:
+        if self.replaces_scores:
+            ctx.replacement = self._replacement_scores(video, coverage)
+        elif self.reads_coverage:
+            ctx.coverage = self._coverage_share(coverage, video)
+        if ctx.replacement is None and self.pixel_warp:
             ctx.block_scores = self._warp_scores(video, transforms)
             if record is not None:
                 record.update(ctx.block_scores)
         x = embed_frames(self.backbone, video.flatten(0, 1))
         if self.temporal_embedding is not None:
             x = (x.view(B, T, *x.shape[1:]) + self.temporal_embedding[None, :, None, :]).flatten(0, 1)
-        if ctx.flow is not None and not ctx.same_block_source and ctx.block_scores is None and ctx.oracle is None:
+        if (ctx.flow is not None and not ctx.same_block_source and ctx.block_scores is None
+                and ctx.replacement is None):
             ctx.fixed_scores = self._fixed_source_scores(video, transforms, ctx)
         for i, blk in enumerate(self.backbone.blocks):
             adapter = self.block_adapters[str(i)] if str(i) in self.block_adapters else None
             x = blk(x) if adapter is None else adapter(blk, x, ctx, i)
-        cls = self.backbone.norm(x)[:, 0]
-        return cls.view(B, T, -1).mean(dim=1)
+        x = self.backbone.norm(x)
+        cls = x[:, 0].view(B, T, -1).mean(dim=1)
+        if self.score_pool is None:
+            return cls, None
+        weights = ctx.head_scores / ctx.head_scores.sum(dim=-1, keepdim=True).clamp_min(1e-12)   # [B*T, N]
+        pooled = (weights.to(x.dtype)[..., None] * x[:, ctx.num_prefix:]).sum(dim=1)
+        return cls, pooled.view(B, T, -1).mean(dim=1)
 
     def _check_video(self, video: torch.Tensor) -> tuple[int, int]:
         if video.dim() != 5 or video.shape[2] != 3:
@@ -152,15 +193,29 @@ class VideoModel(nn.Module):
         scores = frozen_scores(self.backbone, video, transforms, spec, "warp", blocks)
         return {b: s.reshape(-1, s.shape[-1]) for b, s in scores.items()}
 
-    def _oracle_scores(self, coverage: Optional[torch.Tensor], video: torch.Tensor) -> torch.Tensor:
+    def _coverage_share(self, coverage: Optional[torch.Tensor], video: torch.Tensor) -> torch.Tensor:
+        """The actor's share of each patch ``[B*T, N]``, from its pixel coverage ``[B, T, H, W]``."""
+        control = self.am_flow_spec.control
         if coverage is None:
-            raise AmflowError("model.am_flow.control: oracle needs the actor's ground-truth coverage "
+            raise AmflowError(f"model.am_flow.control: {control} needs the actor's ground-truth coverage "
                               "(SynthMotion only): run `amflow ground-truth` for the dataset, or use control: "
-                              "none or shuffled")
+                              "none, shuffled or uniform")
         B, T, _, H, W = video.shape
         if tuple(coverage.shape) != (B, T, H, W):
             raise AmflowError(f"coverage must be [B, T, H, W] = {[B, T, H, W]}, got {list(coverage.shape)}")
-        return coverage_scores(coverage.flatten(0, 1), patch_size(self.backbone), self.am_flow_spec.normalise)
+        return coverage_share(coverage.flatten(0, 1), patch_size(self.backbone))
+
+    def _replacement_scores(self, video: torch.Tensor, coverage: Optional[torch.Tensor]) -> torch.Tensor:
+        """The scores a replacing control gives every block ``[B*T, N]``."""
+        B, T, _, H, W = video.shape
+        control, normalise = self.am_flow_spec.control, self.am_flow_spec.normalise
+        if control == "uniform":  # mean 1 (and max 1): no location
+            h, w = patch_grid(self.backbone, H, W)
+            return torch.ones(B * T, h * w, device=video.device)
+        share = self._coverage_share(coverage, video)
+        if control == "oracle":
+            return share_scores(share, normalise)
+        return footprint_scores(share.view(B, T, -1), normalise).reshape(B * T, -1)
 
     # ------------------------------------------------------------------ inspection
     def am_flow_maps(self, video: torch.Tensor, transforms: Optional[torch.Tensor] = None,

@@ -86,8 +86,12 @@ class TrainResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+NORM_PREFIX = "norm."  # an epoch record's integration weight norms (VideoModel.integration_norms)
+
+
 def write_train_log(path: Path, history: list[dict]) -> None:
-    table = pd.DataFrame([{k: row.get(k) for k in LOG_COLUMNS} for row in history], columns=list(LOG_COLUMNS))
+    columns = list(LOG_COLUMNS) + sorted({k for row in history for k in row if k.startswith(NORM_PREFIX)})
+    table = pd.DataFrame([{k: row.get(k) for k in columns} for row in history], columns=columns)
     with io.atomic_path(path) as tmp:
         table.to_csv(tmp, index=False)
 
@@ -255,6 +259,9 @@ class Trainer:
             t0 = time.perf_counter()
             record = self._train_epoch(epoch)
             record.update(self._validate())
+            # Zero-initialised integration weights that never leave zero show here, epoch by epoch.
+            norms = getattr(self.model, "integration_norms", dict)()
+            record.update({NORM_PREFIX + k: v for k, v in norms.items()})
             record["epoch_time"] = time.perf_counter() - t0
             elapsed += record["epoch_time"]
             history.append(record)

@@ -9,7 +9,7 @@ import sys
 
 from amflow import paths
 from amflow.parallel import usable_cores
-from amflow.params import METHODS, ParamsError, resolve_workflow_config, validate, write_resolved
+from amflow.params import GROUND_TRUTH_CONTROLS, METHODS, ParamsError, resolve_workflow_config, validate, write_resolved
 from amflow.workflow_plan import ablation_runs, find_ablation, reference_runs, table_runs
 
 DEFAULT_PARAMS = "params/default.yaml"
@@ -97,7 +97,7 @@ def train_inputs(wildcards, method=None, control=None):
     if method == "amflow":  # only AM flow reads the camera decision and the cached transforms
         camera = paths.camera_dir(RESULTS, wildcards.dataset)
         deps += [str(camera / paths.CAMERA_JSON), str(paths.motion_file(RESULTS, wildcards.dataset))]
-        if (control or P.model.am_flow.control) == "oracle":  # the oracle control reads the actor's coverage
+        if (control or P.model.am_flow.control) in GROUND_TRUTH_CONTROLS:  # these read the actor's coverage
             deps.append(ground_truth_input(wildcards.dataset))
     return deps
 
