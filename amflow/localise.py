@@ -19,6 +19,18 @@ Against "actor present in the patch" (the actor covers some of it in frame t, fr
 Scores are normalised per frame to mean 1 (as AM flow's), so pooling frames for the AUC compares
 like with like. Static actors (``stay``), fades and rotations in place are included: the figures
 measure where the actor is, moving or not, as the oracle control sees it.
+
+Where clips have distractors (``clutter``), ``auc_distractors`` is the ROC AUC of the scores of the
+actor's patches against those of patches that only distractors cover (frames with both): what
+finding the actor *among lookalikes* takes, beyond finding objects.
+
+**Label probe** (``label_probe.csv``): how much of the label each control's scores carry without the
+video. For every train and val clip the scores that a control would hand the model (the per-frame
+``oracle``, the clip ``footprint``, AM flow's own scores of the deepest block with the dataset's
+variant, ``rank_matched`` and ``shuffled`` from them, ``uniform``), flattened over frames and
+patches, train a logistic regression on the train clips; its val accuracy is the probe. An oracle
+whose probe beats the video models leaks the label (the per-frame coverage is the actor's
+trajectory), so its gain says little about saliency.
 """
 from __future__ import annotations
 
@@ -39,8 +51,10 @@ from torch.utils.data import DataLoader, Subset
 from amflow import io, paths, tracking
 from amflow.data.clips import ClipDataset
 from amflow.errors import AmflowError
+from amflow.camera.rules import resolve_variant
 from amflow.models import build_backbone
-from amflow.models.am_flow import covered_patches, normalise_scores, warp_to_previous
+from amflow.models.am_flow import (covered_patches, coverage_share, footprint_scores, normalise_scores,
+                                   rank_matched_scores, share_scores, shuffle_scores, warp_to_previous)
 from amflow.models.backbone import patch_size
 from amflow.models.frozen_flow import frozen_scores
 from amflow.models.inference import collate_clips, single_view
@@ -52,7 +66,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 # Method name in the CSV -> frozen_flow mode.
 VARIANTS = {"static": "static", "aligned_grid": "grid", "aligned_warp": "warp"}
 BASELINES = ("pixel_diff", "pixel_diff_compensated")
-COLUMNS = ("method", "block", "mass_ratio", "auc", "frames", "patches")
+COLUMNS = ("method", "block", "mass_ratio", "auc", "auc_distractors", "frames", "patches")
+PROBE_COLUMNS = ("scores", "val_accuracy", "train_accuracy", "features", "train_clips", "val_clips", "chance")
+PROBE_SCORES = ("oracle", "footprint", "rank_matched", "amflow", "shuffled", "uniform")
 
 
 def patch_means(x: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
@@ -94,20 +110,29 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def localisation_metrics(scores: np.ndarray, coverage: np.ndarray) -> dict:
+def localisation_metrics(scores: np.ndarray, coverage: np.ndarray, distractors: Optional[np.ndarray] = None) -> dict:
     """``scores``, ``coverage`` ``[F, N]`` (frames x patches; coverage = share of the patch the actor
-    covers) -> ``mass_ratio``, ``auc`` over the frames where the actor covers some but not all patches."""
+    covers) -> ``mass_ratio``, ``auc`` over the frames where the actor covers some but not all patches;
+    with ``distractors`` (their share of each patch, ``[F, N]``) also ``auc_distractors``: the actor's
+    patches against the patches only distractors cover, over the frames that have both."""
     present = np.asarray(coverage) > 0
     scores = np.asarray(scores, np.float64)
     count = present.sum(axis=1)
     use = (count > 0) & (count < present.shape[1])
     if not use.any():
-        return {"mass_ratio": float("nan"), "auc": float("nan"), "frames": 0, "patches": 0}
+        return {"mass_ratio": float("nan"), "auc": float("nan"), "auc_distractors": float("nan"), "frames": 0,
+                "patches": 0}
     s, p = scores[use], present[use]
     mass = (s * p).sum(axis=1) / np.maximum(s.sum(axis=1), 1e-12)
     area = p.mean(axis=1)
-    return {"mass_ratio": float(np.mean(mass / area)), "auc": auc(s, p), "frames": int(use.sum()),
-            "patches": int(s.size)}
+    against = float("nan")
+    if distractors is not None:
+        other = (np.asarray(distractors) > 0) & ~present
+        both = present.any(axis=1) & other.any(axis=1)
+        keep = (present | other)[both]
+        against = auc(scores[both][keep], present[both][keep]) if both.any() else float("nan")
+    return {"mass_ratio": float(np.mean(mass / area)), "auc": auc(s, p), "auc_distractors": against,
+            "frames": int(use.sum()), "patches": int(s.size)}
 
 
 def measure(backbone: torch.nn.Module, batches: Iterable[dict], flow_spec, blocks: list[int]) -> pd.DataFrame:
@@ -116,6 +141,7 @@ def measure(backbone: torch.nn.Module, batches: Iterable[dict], flow_spec, block
     patch = patch_size(backbone)
     scores: dict[tuple[str, Optional[int]], list[np.ndarray]] = {}
     cover: list[np.ndarray] = []
+    others: list[np.ndarray] = []
 
     def add(key, s: torch.Tensor) -> None:
         scores.setdefault(key, []).append(s.flatten(0, 1).cpu().numpy())
@@ -124,17 +150,65 @@ def measure(backbone: torch.nn.Module, batches: Iterable[dict], flow_spec, block
         for batch in batches:
             video, transforms = batch["video"], batch["transforms"]
             cover.append(patch_means(batch["coverage"].flatten(0, 1)[:, None], patch).numpy())
+            if "distractor_coverage" in batch:
+                others.append(patch_means(batch["distractor_coverage"].flatten(0, 1)[:, None], patch).numpy())
             for name, mode in VARIANTS.items():
                 for block, s in frozen_scores(backbone, video, transforms, flow_spec, mode, blocks).items():
                     add((name, block), s)
             add(("pixel_diff", None), pixel_difference_scores(video, patch))
             add(("pixel_diff_compensated", None), pixel_difference_scores(video, patch, transforms))
     coverage = np.concatenate(cover)
-    rows = [{"method": name, "block": block, **localisation_metrics(np.concatenate(parts), coverage)}
+    distractors = np.concatenate(others) if others else None
+    rows = [{"method": name, "block": block, **localisation_metrics(np.concatenate(parts), coverage, distractors)}
             for (name, block), parts in scores.items()]
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     table["block"] = table["block"].astype("Int64")
     return table
+
+
+def probe_inputs(backbone: torch.nn.Module, batch: dict, flow_spec, mode: str, block: int,
+                 generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The scores each control would give a model for ``batch``, ``[B, T*N]`` each (see the module
+    docstring); AM flow's from ``block`` of the frozen backbone with ``mode`` (static, grid or warp)."""
+    video, patch = batch["video"], patch_size(backbone)
+    B, T = video.shape[:2]
+    share = coverage_share(batch["coverage"].flatten(0, 1), patch)                       # [B*T, N]
+    flow = frozen_scores(backbone, video, batch["transforms"], flow_spec, mode, [block])[block].flatten(0, 1)
+    out = {"oracle": share_scores(share, flow_spec.normalise),
+           "footprint": footprint_scores(share.view(B, T, -1), flow_spec.normalise).flatten(0, 1),
+           "rank_matched": rank_matched_scores(flow, share), "amflow": flow,
+           "shuffled": shuffle_scores(flow, generator), "uniform": torch.ones_like(flow)}
+    return {k: v.reshape(B, -1) for k, v in out.items()}
+
+
+def label_probe(backbone: torch.nn.Module, splits: dict[str, Iterable[dict]], flow_spec, mode: str,
+                block: int, seed: int = 0) -> pd.DataFrame:
+    """A logistic regression per control on its scores alone, fit on ``splits["train"]``'s clips and
+    scored on ``splits["val"]``'s (batches as the clip loader gives them): columns :data:`PROBE_COLUMNS`."""
+    from sklearn.linear_model import LogisticRegression  # lazily: scikit-learn and SciPy take a second to import
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    generator = torch.Generator().manual_seed(seed)
+    feats: dict[str, dict[str, list[np.ndarray]]] = {s: {k: [] for k in PROBE_SCORES} for s in splits}
+    labels: dict[str, list[np.ndarray]] = {s: [] for s in splits}
+    with torch.no_grad():
+        for split, batches in splits.items():
+            for batch in batches:
+                for key, value in probe_inputs(backbone, batch, flow_spec, mode, block, generator).items():
+                    feats[split][key].append(value.cpu().numpy())
+                labels[split].append(batch["label"].numpy())
+    y = {s: np.concatenate(v) for s, v in labels.items()}
+    chance = float(np.bincount(y["val"]).max() / len(y["val"]))
+    rows = []
+    for key in PROBE_SCORES:
+        x = {s: np.concatenate(feats[s][key]) for s in splits}
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        clf.fit(x["train"], y["train"])
+        rows.append({"scores": key, "val_accuracy": float(clf.score(x["val"], y["val"])),
+                     "train_accuracy": float(clf.score(x["train"], y["train"])), "features": x["train"].shape[1],
+                     "train_clips": len(y["train"]), "val_clips": len(y["val"]), "chance": chance})
+    return pd.DataFrame(rows, columns=list(PROBE_COLUMNS))
 
 
 def plot_localisation(table: pd.DataFrame, path: Path, title: str = "") -> None:
@@ -176,19 +250,28 @@ def run_localisation(params: Params, dataset: str, data_dir: Path, results_dir: 
     backbone = build_backbone(params.backbone, weights)
     sampling = single_view(params.sampling_for(dataset))
     key = paths.dataset_key(params, dataset)
-    clips = ClipDataset(paths.frames_dir(data_dir, key), "val", sampling, train=False,
-                        motion=paths.motion_file(results_dir, dataset),
-                        ground_truth=paths.ground_truth_file(data_dir, key))
-    val = clips if max_videos is None else Subset(clips, range(min(max_videos, len(clips))))
-    loader = DataLoader(val, batch_size=params.train.batch_size, shuffle=False, collate_fn=collate_clips)
-    batches = ({**b, "video": clips.normalise(b["video"])} for b in loader)  # the loader ships uint8 clips
+
+    def batches(split: str):
+        clips = ClipDataset(paths.frames_dir(data_dir, key), split, sampling, train=False,
+                            motion=paths.motion_file(results_dir, dataset),
+                            ground_truth=paths.ground_truth_file(data_dir, key), distractors=True)
+        some = clips if max_videos is None else Subset(clips, range(min(max_videos, len(clips))))
+        loader = DataLoader(some, batch_size=params.train.batch_size, shuffle=False, collate_fn=collate_clips)
+        return len(some), ({**b, "video": clips.normalise(b["video"])} for b in loader)  # loaders ship uint8
+
     blocks = list(range(len(backbone.blocks)))
-    table = measure(backbone, batches, params.model.am_flow, blocks)
+    n_val, val = batches("val")
+    table = measure(backbone, val, params.model.am_flow, blocks)
+    # The label probe reads AM flow as a trained amflow run of this dataset would: its variant, deepest block.
+    variant, _ = resolve_variant(params.model.am_flow.variant, paths.camera_dir(results_dir, dataset))
+    mode = "static" if variant != "aligned" else params.model.am_flow.alignment
+    probe = label_probe(backbone, {"train": batches("train")[1], "val": batches("val")[1]}, params.model.am_flow,
+                        mode, blocks[-1])
 
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_localisation(table, out_dir / paths.LOCALISATION_PNG,
-                      title=f"{dataset}: AM flow vs the actor ({len(val)} val clips)")
-    settings = {"dataset": params.dataset(dataset).model_dump(mode="json"), "val_videos": len(val),
+                      title=f"{dataset}: AM flow vs the actor ({n_val} val clips)")
+    settings = {"dataset": params.dataset(dataset).model_dump(mode="json"), "val_videos": n_val,
                 "sampling": sampling.model_dump(mode="json"), "backbone": params.backbone.model_dump(mode="json"),
                 "am_flow": params.model.am_flow.model_dump(mode="json")}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -197,16 +280,21 @@ def run_localisation(params: Params, dataset: str, data_dir: Path, results_dir: 
                                                  tags={f"{tracking.TAG}stage": "localise"})
     tracker.log_params({**tracking.flatten(params.model.am_flow.model_dump(mode="json"), "model.am_flow."),
                         **tracking.flatten(params.backbone.model_dump(mode="json"), "backbone."),
-                        "val_videos": str(len(val))})
+                        "val_videos": str(n_val)})
     metrics = {}
     for row in table.itertuples():
         key = row.method if pd.isna(row.block) else f"{row.method}.block{int(row.block)}"
         metrics[f"{key}.mass_ratio"], metrics[f"{key}.auc"] = row.mass_ratio, row.auc
+        if not pd.isna(row.auc_distractors):
+            metrics[f"{key}.auc_distractors"] = row.auc_distractors
+    metrics.update({f"probe.{row.scores}.val_accuracy": row.val_accuracy for row in probe.itertuples()})
     tracker.log_metrics(metrics)
     tracker.log_artifacts([out_dir / paths.LOCALISATION_PNG])
     text = table.to_csv(index=False, float_format="%.4f", lineterminator="\n")
     tracker.log_json(json.loads(table.to_json(orient="records")), "localisation.json")
+    tracker.log_json(json.loads(probe.to_json(orient="records")), "label_probe.json")
     tracker.finish()
+    io.write_text(out_dir / paths.LABEL_PROBE_CSV, probe.to_csv(index=False, float_format="%.4f", lineterminator="\n"))
     io.write_text(out_dir / paths.LOCALISATION_CSV, text)
-    print(f"{out_dir / paths.LOCALISATION_CSV}: {len(table)} rows from {len(val)} val clips", file=sys.stderr)
+    print(f"{out_dir / paths.LOCALISATION_CSV}: {len(table)} rows from {n_val} val clips", file=sys.stderr)
     return table

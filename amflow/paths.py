@@ -46,6 +46,7 @@ MOTION_NPZ = "motion.npz"
 # A localisation folder (localisation_dir):
 LOCALISATION_CSV = "localisation.csv"
 LOCALISATION_PNG = "localisation.png"
+LABEL_PROBE_CSV = "label_probe.csv"
 # The backbone folder (backbone_dir):
 BACKBONE_WEIGHTS = "backbone.safetensors"
 BACKBONE_METRICS = "metrics.json"

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from amflow import paths
-from amflow.localise import (BASELINES, VARIANTS, auc, localisation_metrics, measure, pixel_difference_scores)
+from amflow.localise import (BASELINES, PROBE_SCORES, VARIANTS, auc, label_probe, localisation_metrics, measure,
+                             pixel_difference_scores)
 from amflow.models import build_backbone
 from amflow.params import AmFlowSpec, BackboneSpec
 
@@ -41,9 +42,17 @@ def test_metrics_by_hand():
     cover = np.zeros((3, 4))
     cover[:, 0] = 1.0                                        # the actor covers patch 0 of every frame
     peaked = np.tile([4.0, 0, 0, 0], (3, 1))
-    assert localisation_metrics(peaked, cover) == {"mass_ratio": 4.0, "auc": 1.0, "frames": 3, "patches": 12}
+    metrics = localisation_metrics(peaked, cover)
+    assert np.isnan(metrics.pop("auc_distractors"))          # no distractors given
+    assert metrics == {"mass_ratio": 4.0, "auc": 1.0, "frames": 3, "patches": 12}
     flat = localisation_metrics(np.ones((3, 4)), cover)
     assert flat["mass_ratio"] == 1.0 and flat["auc"] == 0.5
+    # A distractor on patch 1 (and on the actor's patch 0, which stays the actor's): only patch 1 is
+    # the negative class of the actor-against-distractors AUC.
+    others = np.zeros((3, 4))
+    others[:, :2] = 1.0
+    assert localisation_metrics(np.tile([4.0, 2.0, 9.0, 9.0], (3, 1)), cover, others)["auc_distractors"] == 1.0
+    assert localisation_metrics(np.tile([1.0, 3.0, 0.0, 0.0], (3, 1)), cover, others)["auc_distractors"] == 0.0
     cover[2] = 0                                             # no actor: the frame is left out
     assert localisation_metrics(peaked, cover)["frames"] == 2
 
@@ -113,6 +122,32 @@ def test_measure_gives_the_known_answer_for_pixel_differences_and_a_row_per_vari
         assert np.isfinite(table["mass_ratio"]).all() and table["auc"].between(0, 1).all()
 
 
+def test_label_probe_reads_the_label_from_an_oracle_that_carries_it_and_not_from_uniform_scores():
+    """Clips whose actor sits on the patch numbered by the label: the oracle and its footprint carry
+    the label; uniform scores carry nothing (the majority class)."""
+    torch.manual_seed(0)
+    bb = build_backbone(BackboneSpec(model="vit_tiny_patch16_224", weights="random",
+                                     kwargs=dict(img_size=S, patch_size=P, embed_dim=32, depth=2, num_heads=2)))
+    g = torch.Generator().manual_seed(1)
+
+    def batch(labels):
+        cover = torch.zeros(len(labels), T, S, S)
+        for i, label in enumerate(labels):
+            r, c = divmod(int(label), S // P)
+            cover[i, :, r * P:(r + 1) * P, c * P:(c + 1) * P] = 1.0
+        return {"video": torch.randn(len(labels), T, 3, S, S, generator=g), "transforms": None,
+                "coverage": cover, "label": torch.as_tensor(labels)}
+
+    train = [batch([0, 1, 2, 3, 1, 1] * 2), batch([3, 2, 1, 0, 1, 1] * 2)]   # class 1 the most frequent
+    val = [batch([0, 1, 2, 3, 1, 1])]
+    probe = label_probe(bb, {"train": train, "val": val}, AmFlowSpec(), "static", 1).set_index("scores")
+    assert list(probe.index) == list(PROBE_SCORES)
+    assert probe.loc["oracle", "val_accuracy"] == 1.0 and probe.loc["footprint", "val_accuracy"] == 1.0
+    assert probe.loc["uniform", "val_accuracy"] == pytest.approx(3 / 6)    # always train's majority class, 1
+    assert probe.loc["uniform", "chance"] == pytest.approx(3 / 6)
+    assert (probe["features"] == T * N).all() and (probe["train_clips"] == 24).all()
+
+
 @pytest.mark.slow
 def test_localise_stage_from_the_command_line(tmp_path, monkeypatch):
     """The documented chain on the shipped default params, cheapened by --set overrides a user could type."""
@@ -131,6 +166,8 @@ def test_localise_stage_from_the_command_line(tmp_path, monkeypatch):
     assert set(table["method"]) == set(VARIANTS) | set(BASELINES)
     assert len(table) == 3 * 4 + 2 and (table["frames"] > 0).all()
     assert (out / "localisation.png").stat().st_size > 1000
+    probe = pd.read_csv(out / "label_probe.csv")
+    assert list(probe["scores"]) == list(PROBE_SCORES) and (probe["val_clips"] == 6).all()
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")

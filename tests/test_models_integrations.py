@@ -1,8 +1,9 @@
-"""How AM flow enters the adapter (model.am_flow.integration) and the score controls (model.am_flow.control).
+"""How AM flow enters the adapter or the head (model.am_flow.integration) and the score controls
+(model.am_flow.control).
 
 Every integration but ``gate`` starts at zero: an untrained ``amflow`` equals ``tpa`` built from the same
 seed, and both equal the frozen backbone. Once its zero-initialised parameters move, the adapter's
-output depends on the scores, for every TPU.
+output (the head's logits for ``pool``) depends on the scores, for every TPU.
 """
 import os
 
@@ -25,6 +26,7 @@ S, T, B, CLASSES = 32, 4, 2, 5
 KW = dict(img_size=S, patch_size=8, embed_dim=64, depth=2, num_heads=2)
 TPUS = ("transformer", "tcn", "lstm", "none")
 COMBOS = [(i, t) for i in INTEGRATIONS for t in TPUS if i != "attn_bias" or t == "transformer"]
+ADAPTER_COMBOS = [(i, t) for i, t in COMBOS if i != "pool"]   # 'pool' acts in the head, not the adapter
 
 
 def backbone(seed: int = 0):
@@ -53,7 +55,8 @@ def perturb(params, seed: int, std: float = 0.2):
 
 
 def integration_params(model) -> list:
-    return [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in ("score_bias", "score_in", "score_gate")]
+    return [p for n, p in model.named_parameters()
+            if n.rsplit(".", 1)[-1] in ("score_bias", "score_in", "score_gate", "score_pool")]
 
 
 @pytest.mark.parametrize("integration,tpu", COMBOS)
@@ -75,13 +78,36 @@ def test_untrained_amflow_equals_tpa_and_the_frozen_backbone(integration, tpu):
     assert not unexpected and missing and all(k.rsplit(".", 1)[-1].startswith("score_") for k in missing)
     assert all(torch.count_nonzero(p) == 0 for p in integration_params(amflow))
     with torch.no_grad():
-        torch.testing.assert_close(amflow.features(video), tpa.features(video), atol=1e-6, rtol=0)
+        torch.testing.assert_close(amflow(video), tpa(video), atol=1e-6, rtol=0)
         # ... and is sensitive once its own parameters move
         perturb(integration_params(amflow), seed=3, std=3.0)
-        assert (amflow.features(video) - tpa.features(video)).abs().max() > 1e-4   # 100x the tolerance above
+        assert (amflow(video) - tpa(video)).abs().max() > 1e-4   # 100x the tolerance above
 
 
-@pytest.mark.parametrize("integration,tpu", COMBOS)
+@pytest.mark.parametrize("tpu", TPUS)
+def test_pooled_logits_depend_on_where_the_scores_point(tpu):
+    """The head's pooled path weights patch tokens by the scores: two coverage maps with the same values
+    on different patches give different logits, and uniform scores give the plain patch mean."""
+    torch.manual_seed(1)
+    model = build_model("amflow", backbone(), CLASSES, T, spec(tpu, "pool", "oracle"), "static").eval()
+    perturb([model.score_pool], seed=6, std=1.0)
+    video = moving_clip()
+    left, right = torch.zeros(B, T, S, S), torch.zeros(B, T, S, S)
+    left[..., 0:8, 0:8], right[..., 24:32, 24:32] = 1.0, 1.0
+    with torch.no_grad():
+        a, b = model(video, coverage=left), model(video, coverage=right)
+        assert (a - b).abs().max() > 1e-3
+        uniform = torch.ones(B, T, S, S)     # every patch fully covered: equal weights
+        cls = model.features(video, coverage=uniform)
+        tokens = {}
+        handle = model.backbone.norm.register_forward_hook(lambda m, i, o: tokens.update(x=o))
+        logits = model(video, coverage=uniform)
+        handle.remove()
+        patch_mean = tokens["x"][:, 1:].mean(dim=1).view(B, T, -1).mean(dim=1)
+        torch.testing.assert_close(logits, model.head(cls) + patch_mean @ model.score_pool.t(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("integration,tpu", ADAPTER_COMBOS)
 def test_adapter_output_depends_on_the_scores(integration, tpu):
     torch.manual_seed(0)
     adapter = TemporalProcessingAdapter(24, AdapterSpec(tpu=tpu, bottleneck=8, tpu_heads=2), T, integration)
@@ -106,10 +132,15 @@ def test_zero_initialised_integrations_learn(integration):
         F.cross_entropy(model(video), torch.arange(B)).backward()
         opt.step()
     # Block 0 only: in the last block only the CLS token reaches the head, and the TPU keeps token
-    # positions apart, so what the scores do to the last block's patch tokens cannot matter.
-    first = [p for n, p in model.named_parameters() if n.startswith("block_adapters.0.") and p in
-             set(integration_params(model))]
+    # positions apart, so what the scores do to the last block's patch tokens cannot matter. 'pool'
+    # has its one weight in the head.
+    first = [p for n, p in model.named_parameters() if (n.startswith("block_adapters.0.") or n == "score_pool")
+             and p in set(integration_params(model))]
     assert first and all(torch.count_nonzero(p) > 0 for p in first)
+    norms = model.integration_norms()      # what the trainer logs per epoch
+    expected = {n: float(torch.linalg.vector_norm(p.detach())) for n, p in model.named_parameters()
+                if p in set(integration_params(model))}
+    assert norms.keys() == expected.keys() and all(abs(norms[k] - expected[k]) < 1e-6 for k in norms)
 
 
 def test_attention_bias_needs_the_transformer_tpu():
@@ -180,6 +211,51 @@ def test_oracle_control_uses_the_coverage_normalised_like_the_scores():
     torch.testing.assert_close(coverage_scores(coverage.flatten(0, 1), (8, 8), "max")[0], expected / expected.max())
     with pytest.raises(AmflowError, match="ground-truth coverage"):
         model(video)
+
+
+def test_footprint_control_gives_every_frame_the_clips_mean_coverage():
+    bb = backbone()
+    video = moving_clip()
+    coverage = torch.zeros(B, T, S, S)
+    for t in range(T):                        # the actor crosses patch row 0 left to right: patch t in frame t
+        coverage[:, t, 0:8, 8 * t:8 * t + 8] = 1.0
+    model = build_model("amflow", bb, CLASSES, T, spec("transformer", "pool", "footprint"), "static")
+    record = {}
+    model.features(video, record=record, coverage=coverage)
+    expected = torch.zeros(16)
+    expected[:4] = 4.0                        # a quarter of the clip on each of 4 patches, mean 1 over 16
+    for scores in record.values():
+        torch.testing.assert_close(scores.view(B, T, 16), expected.expand(B, T, 16))
+
+
+def test_rank_matched_control_keeps_am_flows_values_and_ranks_them_by_coverage():
+    bb = backbone()
+    video = moving_clip()
+    coverage = torch.zeros(B, T, S, S)
+    coverage[:, :, 24:32, 0:8] = 1.0          # the actor fills patch 12; AM flow peaks on patch 6
+    coverage[:, :, 24:32, 8:12] = 1.0         # ... and half of patch 13
+    plain = build_model("amflow", bb, CLASSES, T, spec("transformer"), "static")
+    ranked = build_model("amflow", bb, CLASSES, T, spec("transformer", control="rank_matched"), "static")
+    a = plain.am_flow_maps(video, block=1).flatten(2)
+    record = {}
+    ranked.features(video, record=record, coverage=coverage)
+    b = record[1].view(B, T, 16)
+    torch.testing.assert_close(b.sort(-1).values, a.sort(-1).values)         # the same multiset per frame
+    values = a.sort(-1, descending=True).values
+    torch.testing.assert_close(b[..., 12], values[..., 0])                   # the largest on the actor
+    torch.testing.assert_close(b[..., 13], values[..., 1])                   # the next on its other patch
+    rest = [p for p in range(16) if p not in (12, 13)]                      # the others in AM flow's order
+    assert torch.equal(b[..., rest].argsort(dim=-1, descending=True, stable=True),
+                       a[..., rest].argsort(dim=-1, descending=True, stable=True))
+    with pytest.raises(AmflowError, match="ground-truth coverage"):
+        ranked(video)
+
+
+def test_uniform_control_needs_no_coverage_and_gives_ones():
+    model = build_model("amflow", backbone(), CLASSES, T, spec("lstm", "gate", "uniform"), "aligned")
+    record = {}
+    model.features(moving_clip(), record=record)     # aligned, yet no transforms: nothing is computed
+    assert record and all(torch.equal(s, torch.ones_like(s)) for s in record.values())
 
 
 # --------------------------------------------------------------------------- pixel warp

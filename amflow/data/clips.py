@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from amflow import io
 from amflow.data import transforms_geometry as geo
 from amflow.data.frame_cache import FrameCache
-from amflow.data.sources.synthmotion import read_ground_truth
+from amflow.data.sources.synthmotion import read_distractor_coverage, read_ground_truth
 from amflow.errors import AmflowError
 from amflow.params import SamplingSpec
 
@@ -170,12 +170,13 @@ class ClipDataset(Dataset):
     (``[V,T-1,3,3]``), ``index`` int, and with ``ground_truth`` (SynthMotion's npz,
     :func:`amflow.data.sources.synthmotion.write_ground_truth`) ``coverage`` float32 ``[T,S,S]`` (``[V,T,S,S]``):
     the actor's share of each pixel of the view, cropped, resized and flipped with the frames (it
-    travels as a fourth channel through the same calls).
+    travels as a fourth channel through the same calls); with ``distractors`` also
+    ``distractor_coverage``, the same for the union of the distractors (a fifth channel).
     """
 
     def __init__(self, frames_dir: str | Path, split: str, sampling: SamplingSpec, train: bool,
                  motion: Optional[str | Path] = None, seed: int = 0, identity_for_static: bool = False,
-                 ground_truth: Optional[str | Path] = None):
+                 ground_truth: Optional[str | Path] = None, distractors: bool = False):
         self.cache = FrameCache(frames_dir)
         self.split, self.sampling, self.train = split, sampling, bool(train)
         self.seed, self.epoch = int(seed), 0
@@ -194,7 +195,7 @@ class ClipDataset(Dataset):
             self._load_motion()
         self._coverage: Optional[list[np.ndarray]] = None
         if ground_truth is not None:
-            self._load_coverage(Path(ground_truth), videos)
+            self._load_coverage(Path(ground_truth), videos, distractors)
         self.normalise = Normalise(sampling.mean, sampling.std)
 
     @property
@@ -228,8 +229,12 @@ class ClipDataset(Dataset):
         state["_transforms"] = state["_valid"] = state["_moving"] = None
         return state
 
-    def _load_coverage(self, path: Path, videos) -> None:
+    def _load_coverage(self, path: Path, videos, distractors: bool) -> None:
         names, coverage, _ = read_ground_truth(path, self.split)
+        if distractors:
+            coverage = np.stack([coverage, read_distractor_coverage(path, self.split)], axis=-1)
+        else:
+            coverage = coverage[..., None]
         row = {str(v): i for i, v in enumerate(names)}
         missing = [v for v in videos["video"].astype(str) if v not in row]
         if missing:
@@ -241,7 +246,7 @@ class ClipDataset(Dataset):
             if len(cov) != n:
                 raise AmflowError(f"{path}: '{v}' has {len(cov)} frames of ground truth, the frame cache {n}; "
                                   f"rerun `amflow ground-truth` for this dataset")
-            cov = np.rint(cov * 255).astype(np.uint8)[..., None]
+            cov = np.rint(cov * 255).astype(np.uint8)
             out.append(resize(cov, int(w), int(h)))   # the cache may hold frames at another size
         self._coverage = out
 
@@ -266,8 +271,9 @@ class ClipDataset(Dataset):
         views = np.stack(videos)
         item = {"label": int(self.labels[index]), "index": index}
         if self._coverage is not None:
-            coverage = views[..., 3].astype(np.float32) / 255
-            item["coverage"] = torch.from_numpy(coverage[0] if len(videos) == 1 else coverage)
+            for channel, key in zip(range(3, views.shape[-1]), ("coverage", "distractor_coverage")):
+                coverage = views[..., channel].astype(np.float32) / 255
+                item[key] = torch.from_numpy(coverage[0] if len(videos) == 1 else coverage)
             views = views[..., :3]
         video = np.ascontiguousarray(views.transpose(0, 1, 4, 2, 3))  # uint8 [V,T,3,S,S]
         trans = np.stack(maps).astype(np.float32)

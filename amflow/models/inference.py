@@ -17,7 +17,8 @@ def single_view(sampling: SamplingSpec) -> SamplingSpec:
 
 def collate_clips(items: list[dict]) -> dict[str, Any]:
     """Stack clip dicts; ``transforms`` only when every item has them (else None), ``coverage`` (the
-    actor's ground truth, for the oracle control) only when every item has it (else absent)."""
+    actor's ground truth, for the controls) and ``distractor_coverage`` only when every item has it
+    (else absent)."""
     out = {
         "video": torch.stack([torch.as_tensor(it["video"]) for it in items]),
         "label": torch.as_tensor([int(it["label"]) for it in items], dtype=torch.long),
@@ -25,8 +26,9 @@ def collate_clips(items: list[dict]) -> dict[str, Any]:
     }
     tr = [it.get("transforms") for it in items]
     out["transforms"] = None if any(t is None for t in tr) else torch.stack([torch.as_tensor(t) for t in tr])
-    if items and all("coverage" in it for it in items):
-        out["coverage"] = torch.stack([torch.as_tensor(it["coverage"]) for it in items])
+    for key in ("coverage", "distractor_coverage"):
+        if items and all(key in it for it in items):
+            out[key] = torch.stack([torch.as_tensor(it[key]) for it in items])
     return out
 
 

@@ -27,6 +27,7 @@ rule localise:
         backbone_inputs,
     output:
         csv=str(paths.localisation_dir(RESULTS, "{dataset}") / paths.LOCALISATION_CSV),
+        probe=str(paths.localisation_dir(RESULTS, "{dataset}") / paths.LABEL_PROBE_CSV),
         png=report(str(paths.localisation_dir(RESULTS, "{dataset}") / paths.LOCALISATION_PNG),
                    caption=caption("localisation"), category="Localisation", labels={"dataset": "{dataset}"}),
     params:

@@ -253,15 +253,30 @@ def render_plan(plan: ClipPlan) -> tuple[np.ndarray, dict]:
     return out, info
 
 
+def _coverage(plan: ClipPlan, shape: str, centre: np.ndarray, size: np.ndarray, angle: np.ndarray) -> np.ndarray:
+    cams = plan.cameras()
+    size = np.broadcast_to(size, (plan.frames,))
+    return np.stack([scene.coverage(scene.apply(cams[t], scene.shape_polygon(shape, centre[t], size[t], angle[t])),
+                                    plan.resolution) for t in range(plan.frames)])
+
+
 def actor_coverage(plan: ClipPlan) -> np.ndarray:
     """The actor's coverage of each frame pixel, float32 [T, R, R] in [0, 1], from the plan alone.
 
     The same polygons and rasteriser as :func:`render_plan` (which composites them), so it equals the
     rendered mask exactly, without rendering the texture, the distractors or the noise.
     """
-    cams = plan.cameras()
-    return np.stack([scene.coverage(scene.apply(cams[t], scene.shape_polygon(
-        plan.shape, plan.centre[t], plan.size[t], plan.angle[t])), plan.resolution) for t in range(plan.frames)])
+    return _coverage(plan, plan.shape, plan.centre, plan.size, plan.angle)
+
+
+def distractor_coverage(plan: ClipPlan, slots: int) -> np.ndarray:
+    """Each distractor's own coverage of each frame pixel, float32 [T, slots, R, R] (the distractors in
+    drawing order; unused slots are 0), from the plan alone like :func:`actor_coverage`."""
+    res = plan.resolution
+    out = np.zeros((plan.frames, slots, res, res), np.float32)
+    for k, d in enumerate(plan.distractors[:slots]):
+        out[:, k] = _coverage(plan, d["shape"], d["centre"], d["size"], d["angle"])
+    return out
 
 
 def render_clip(spec: SynthSpec, label: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
@@ -346,7 +361,9 @@ def write_ground_truth(params: Params, dataset_name: str, dataset_dir: str | Pat
     Deterministic from the spec's seed, so an existing dataset gets it without re-rendering or
     re-encoding a video. ``out_file`` (npz, same bytes for the same spec) holds per split:
     ``<split>_video`` [N] (annotation paths), ``<split>_actor_coverage`` uint8 [N, T, R, R] (the share of
-    each pixel the actor covers, times 255: exact, the renderer's coverage is a multiple of 1/255) and
+    each pixel the actor covers, times 255: exact, the renderer's coverage is a multiple of 1/255),
+    ``<split>_distractor_coverage`` uint8 [N, T, K, R, R] (each distractor's own share, K the style's
+    largest number of distractors, unused slots 0; the actor is drawn over them) and
     ``<split>_frame_to_next`` float32 [N, T, 3, 3] (the true camera motion, frame t -> t+1 pixels;
     identity for the static camera and on the last frame). A patch's coverage is the mean over its pixels.
     """
@@ -366,11 +383,15 @@ def write_ground_truth(params: Params, dataset_name: str, dataset_dir: str | Pat
         if table["label"].astype(int).tolist() != labels:
             raise AmflowError(f"{ann.annotations_path(dataset_dir, split)}: labels differ from the plans of seed "
                               f"{spec.seed}; the dataset was not made by this generator: run `amflow prepare` again")
+        slots = scene.scene_style(spec.difficulty, spec.resolution).distractors[1]
         cover = [np.rint(actor_coverage(p) * 255).astype(np.uint8) for p in plans]
+        others = [np.rint(distractor_coverage(p, slots) * 255).astype(np.uint8) for p in plans]
         moves = [frame_to_next(p.cameras()).astype(np.float32) for p in plans]
         res, frames = spec.resolution, spec.frames
         arrays[f"{split}_video"] = np.array(table["video"].tolist(), dtype=str)
         arrays[f"{split}_actor_coverage"] = np.stack(cover) if cover else np.zeros((0, frames, res, res), np.uint8)
+        arrays[f"{split}_distractor_coverage"] = (np.stack(others) if others else
+                                                  np.zeros((0, frames, slots, res, res), np.uint8))
         arrays[f"{split}_frame_to_next"] = np.stack(moves) if moves else np.zeros((0, frames, 3, 3), np.float32)
     out_file = Path(out_file)
     write_npz(out_file, **arrays)
@@ -381,13 +402,29 @@ def write_ground_truth(params: Params, dataset_name: str, dataset_dir: str | Pat
 
 def read_ground_truth(path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(videos [N] str, actor coverage float32 [N, T, R, R] in [0, 1], frame_to_next [N, T, 3, 3]) of ``split``."""
+    with _open_ground_truth(path) as z:
+        return (z[f"{split}_video"], z[f"{split}_actor_coverage"].astype(np.float32) / 255,
+                z[f"{split}_frame_to_next"])
+
+
+def read_distractor_coverage(path: str | Path, split: str) -> np.ndarray:
+    """The union of the distractors' coverage, float32 [N, T, R, R] in [0, 1], of ``split`` (annotation order)."""
+    with _open_ground_truth(path) as z:
+        key = f"{split}_distractor_coverage"
+        if key not in z:
+            raise AmflowError(f"{path}: written before distractor coverage was recorded; rerun "
+                              f"`amflow ground-truth` for this dataset")
+        others = z[key]
+        return others.max(axis=2).astype(np.float32) / 255 if others.shape[2] else \
+            np.zeros(others.shape[:2] + others.shape[3:], np.float32)
+
+
+def _open_ground_truth(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise AmflowError(f"{path}: ground truth not found; run `amflow ground-truth --dataset <name>` "
                           f"(SynthMotion datasets only)")
-    with np.load(path) as z:
-        return (z[f"{split}_video"], z[f"{split}_actor_coverage"].astype(np.float32) / 255,
-                z[f"{split}_frame_to_next"])
+    return np.load(path)
 
 
 # --------------------------------------------------------------------------- dataset
