@@ -24,6 +24,11 @@ Where clips have distractors (``clutter``), ``auc_distractors`` is the ROC AUC o
 actor's patches against those of patches that only distractors cover (frames with both): what
 finding the actor *among lookalikes* takes, beyond finding objects.
 
+``still_cv``: the mean coefficient of variation of the scores on still clips of the val split (a clip's
+first frame held, with sensor and codec noise only: :mod:`amflow.data.still_clips`); near 0 when no
+motion gives near-uniform scores. With ``model.am_flow.noise_floor`` the scores here use the same
+absolute floor as training (calibrated on those still clips).
+
 **Label probe** (``label_probe.csv``): how much of the label each control's scores carry without the
 video. For every train and val clip the scores that a control would hand the model (the per-frame
 ``oracle``, the clip ``footprint``, AM flow's own scores of the deepest block with the dataset's
@@ -49,16 +54,19 @@ from scipy.stats import rankdata
 from torch.utils.data import DataLoader, Subset
 
 from amflow import io, paths, tracking
-from amflow.data.clips import ClipDataset
+from amflow.data.clips import ClipDataset, Normalise
+from amflow.data.still_clips import still_clips
 from amflow.errors import AmflowError
 from amflow.camera.rules import resolve_variant
 from amflow.models import build_backbone
-from amflow.models.am_flow import (covered_patches, coverage_share, footprint_scores, normalise_scores,
-                                   rank_matched_scores, share_scores, shuffle_scores, warp_to_previous)
+from amflow.models.am_flow import (coefficient_of_variation, covered_patches, coverage_share, footprint_scores,
+                                   normalise_scores, rank_matched_scores, share_scores, shuffle_scores,
+                                   warp_to_previous)
 from amflow.models.backbone import patch_size
-from amflow.models.frozen_flow import frozen_scores
+from amflow.models.frozen_flow import frozen_scores, noise_floors, noise_levels
 from amflow.models.inference import collate_clips, single_view
 from amflow.params import Params
+from amflow.runs import STILL_CLIPS
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -66,7 +74,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 # Method name in the CSV -> frozen_flow mode.
 VARIANTS = {"static": "static", "aligned_grid": "grid", "aligned_warp": "warp"}
 BASELINES = ("pixel_diff", "pixel_diff_compensated")
-COLUMNS = ("method", "block", "mass_ratio", "auc", "auc_distractors", "frames", "patches")
+COLUMNS = ("method", "block", "mass_ratio", "auc", "auc_distractors", "still_cv", "frames", "patches")
 PROBE_COLUMNS = ("scores", "val_accuracy", "train_accuracy", "features", "train_clips", "val_clips", "chance")
 PROBE_SCORES = ("oracle", "footprint", "rank_matched", "amflow", "shuffled", "uniform")
 
@@ -135,9 +143,23 @@ def localisation_metrics(scores: np.ndarray, coverage: np.ndarray, distractors: 
             "frames": int(use.sum()), "patches": int(s.size)}
 
 
-def measure(backbone: torch.nn.Module, batches: Iterable[dict], flow_spec, blocks: list[int]) -> pd.DataFrame:
+def still_cv(backbone: torch.nn.Module, still: torch.Tensor, flow_spec, blocks: list[int],
+             floors: Optional[dict[int, float]] = None) -> dict[Optional[int], float]:
+    """Mean coefficient of variation of the scores on still clips ``[M, T, 3, H, W]`` (normalised):
+    per block for AM flow (every variant equals static there: the camera does not move), under
+    ``None`` for the pixel difference. Near 0: no motion gives near-uniform scores."""
+    out: dict[Optional[int], float] = {
+        b: float(coefficient_of_variation(s).mean())
+        for b, s in frozen_scores(backbone, still, None, flow_spec, "static", blocks, floors).items()}
+    out[None] = float(coefficient_of_variation(pixel_difference_scores(still, patch_size(backbone))).mean())
+    return out
+
+
+def measure(backbone: torch.nn.Module, batches: Iterable[dict], flow_spec, blocks: list[int],
+            floors: Optional[dict[int, float]] = None, still: Optional[torch.Tensor] = None) -> pd.DataFrame:
     """The localisation table for clip batches (``video``, ``transforms``, ``coverage`` as the clip loader
-    gives them): one row per (variant, block) and per baseline, columns :data:`COLUMNS`."""
+    gives them): one row per (variant, block) and per baseline, columns :data:`COLUMNS`; ``floors``:
+    AM flow's absolute noise floors per block; ``still``: still clips for the ``still_cv`` column."""
     patch = patch_size(backbone)
     scores: dict[tuple[str, Optional[int]], list[np.ndarray]] = {}
     cover: list[np.ndarray] = []
@@ -153,27 +175,28 @@ def measure(backbone: torch.nn.Module, batches: Iterable[dict], flow_spec, block
             if "distractor_coverage" in batch:
                 others.append(patch_means(batch["distractor_coverage"].flatten(0, 1)[:, None], patch).numpy())
             for name, mode in VARIANTS.items():
-                for block, s in frozen_scores(backbone, video, transforms, flow_spec, mode, blocks).items():
+                for block, s in frozen_scores(backbone, video, transforms, flow_spec, mode, blocks, floors).items():
                     add((name, block), s)
             add(("pixel_diff", None), pixel_difference_scores(video, patch))
             add(("pixel_diff_compensated", None), pixel_difference_scores(video, patch, transforms))
     coverage = np.concatenate(cover)
     distractors = np.concatenate(others) if others else None
-    rows = [{"method": name, "block": block, **localisation_metrics(np.concatenate(parts), coverage, distractors)}
-            for (name, block), parts in scores.items()]
+    cv = still_cv(backbone, still, flow_spec, blocks, floors) if still is not None else {}
+    rows = [{"method": name, "block": block, **localisation_metrics(np.concatenate(parts), coverage, distractors),
+             "still_cv": cv.get(block, float("nan"))} for (name, block), parts in scores.items()]
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     table["block"] = table["block"].astype("Int64")
     return table
 
 
 def probe_inputs(backbone: torch.nn.Module, batch: dict, flow_spec, mode: str, block: int,
-                 generator: torch.Generator) -> dict[str, torch.Tensor]:
+                 generator: torch.Generator, floors: Optional[dict[int, float]] = None) -> dict[str, torch.Tensor]:
     """The scores each control would give a model for ``batch``, ``[B, T*N]`` each (see the module
     docstring); AM flow's from ``block`` of the frozen backbone with ``mode`` (static, grid or warp)."""
     video, patch = batch["video"], patch_size(backbone)
     B, T = video.shape[:2]
     share = coverage_share(batch["coverage"].flatten(0, 1), patch)                       # [B*T, N]
-    flow = frozen_scores(backbone, video, batch["transforms"], flow_spec, mode, [block])[block].flatten(0, 1)
+    flow = frozen_scores(backbone, video, batch["transforms"], flow_spec, mode, [block], floors)[block].flatten(0, 1)
     out = {"oracle": share_scores(share, flow_spec.normalise),
            "footprint": footprint_scores(share.view(B, T, -1), flow_spec.normalise).flatten(0, 1),
            "rank_matched": rank_matched_scores(flow, share), "amflow": flow,
@@ -182,7 +205,7 @@ def probe_inputs(backbone: torch.nn.Module, batch: dict, flow_spec, mode: str, b
 
 
 def label_probe(backbone: torch.nn.Module, splits: dict[str, Iterable[dict]], flow_spec, mode: str,
-                block: int, seed: int = 0) -> pd.DataFrame:
+                block: int, seed: int = 0, floors: Optional[dict[int, float]] = None) -> pd.DataFrame:
     """A logistic regression per control on its scores alone, fit on ``splits["train"]``'s clips and
     scored on ``splits["val"]``'s (batches as the clip loader gives them): columns :data:`PROBE_COLUMNS`."""
     from sklearn.linear_model import LogisticRegression  # lazily: scikit-learn and SciPy take a second to import
@@ -195,7 +218,7 @@ def label_probe(backbone: torch.nn.Module, splits: dict[str, Iterable[dict]], fl
     with torch.no_grad():
         for split, batches in splits.items():
             for batch in batches:
-                for key, value in probe_inputs(backbone, batch, flow_spec, mode, block, generator).items():
+                for key, value in probe_inputs(backbone, batch, flow_spec, mode, block, generator, floors).items():
                     feats[split][key].append(value.cpu().numpy())
                 labels[split].append(batch["label"].numpy())
     y = {s: np.concatenate(v) for s, v in labels.items()}
@@ -250,9 +273,10 @@ def run_localisation(params: Params, dataset: str, data_dir: Path, results_dir: 
     backbone = build_backbone(params.backbone, weights)
     sampling = single_view(params.sampling_for(dataset))
     key = paths.dataset_key(params, dataset)
+    frames_dir = paths.frames_dir(data_dir, key)
 
     def batches(split: str):
-        clips = ClipDataset(paths.frames_dir(data_dir, key), split, sampling, train=False,
+        clips = ClipDataset(frames_dir, split, sampling, train=False,
                             motion=paths.motion_file(results_dir, dataset),
                             ground_truth=paths.ground_truth_file(data_dir, key), distractors=True)
         some = clips if max_videos is None else Subset(clips, range(min(max_videos, len(clips))))
@@ -260,13 +284,17 @@ def run_localisation(params: Params, dataset: str, data_dir: Path, results_dir: 
         return len(some), ({**b, "video": clips.normalise(b["video"])} for b in loader)  # loaders ship uint8
 
     blocks = list(range(len(backbone.blocks)))
+    spec = params.model.am_flow
+    still = Normalise(sampling.mean, sampling.std)(still_clips(frames_dir, "val", sampling, STILL_CLIPS,
+                                                               spec.still_noise))
+    floors = noise_floors(spec, noise_levels(backbone, still))   # empty unless model.am_flow.noise_floor > 0
     n_val, val = batches("val")
-    table = measure(backbone, val, params.model.am_flow, blocks)
+    table = measure(backbone, val, spec, blocks, floors, still)
     # The label probe reads AM flow as a trained amflow run of this dataset would: its variant, deepest block.
     variant, _ = resolve_variant(params.model.am_flow.variant, paths.camera_dir(results_dir, dataset))
     mode = "static" if variant != "aligned" else params.model.am_flow.alignment
-    probe = label_probe(backbone, {"train": batches("train")[1], "val": batches("val")[1]}, params.model.am_flow,
-                        mode, blocks[-1])
+    probe = label_probe(backbone, {"train": batches("train")[1], "val": batches("val")[1]}, spec, mode,
+                        blocks[-1], floors=floors)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_localisation(table, out_dir / paths.LOCALISATION_PNG,

@@ -275,6 +275,17 @@ class AmFlowSpec(Strict):
                     "uncompensated mean |A_t - A_t+1|, so the small residual a pure camera motion leaves "
                     "(positional embeddings, borders, sub-patch resampling) is not blown up into a peaked "
                     "map; 0 = purely relative; identity transforms give the static result whatever its value")
+    noise_floor: float = Field(
+        0.0, ge=0, description="the temperature's reference scale is at least this multiple of the backbone's "
+                               "noise level in the block: the mean |A_t - A_t+1| of still clips (a val clip's "
+                               "first frame held for every frame, with `still_noise` sensor noise and the "
+                               "project's H.264 settings), measured when training starts and kept in the "
+                               "checkpoint; then frames that differ by noise only give near-uniform scores. "
+                               "0 = off (the scale is purely relative)")
+    still_noise: float = Field(
+        0.0235, ge=0, le=1, description="standard deviation of the sensor noise on each frame of the still clips "
+                                        "that calibrate `noise_floor`, in [0, 1] intensity units (SynthMotion "
+                                        "draws 3/255 for easy and 6/255 = 0.0235 for standard and clutter)")
     alignment: Alignment = Field(
         "grid", description="aligned variant: 'grid' resamples frame t+1's attention map on the patch grid "
                             "(cheap; exact for whole-patch camera motion only); 'warp' warps frame t+1 into "

@@ -23,11 +23,17 @@ import torch
 
 from amflow import io, paths
 from amflow.camera.rules import resolve_variant
+from amflow.data.clips import Normalise
+from amflow.data.still_clips import still_clips
 from amflow.errors import AmflowError
 from amflow.models import build_backbone, build_model
-from amflow.params import GROUND_TRUTH_CONTROLS, Params
+from amflow.models.frozen_flow import noise_levels
+from amflow.params import GROUND_TRUTH_CONTROLS, Params, SamplingSpec
 from amflow.train import checkpoint as ckpt
 from amflow.train.trainer import seed_everything
+
+
+STILL_CLIPS = 32  # still clips that calibrate AM flow's noise floor
 
 
 @dataclass
@@ -93,6 +99,14 @@ def build_run_model(params: Params, dataset: str, method: str, num_classes: int,
     backbone = build_backbone(params.backbone, weights_path)
     return build_model(method, backbone, num_classes, params.sampling_for(dataset).num_frames, params.model,
                        variant)
+
+
+def measure_noise_levels(backbone: torch.nn.Module, frames_dir: Path, sampling: SamplingSpec,
+                         still_noise: float) -> torch.Tensor:
+    """The backbone's noise level per block (``model.am_flow.noise_floor``'s unit), on still clips made
+    from the val split's frames (:mod:`amflow.data.still_clips`)."""
+    still = still_clips(frames_dir, "val", sampling, STILL_CLIPS, still_noise)
+    return noise_levels(backbone, Normalise(sampling.mean, sampling.std)(still))
 
 
 # --------------------------------------------------------------------------- loading a trained run

@@ -107,3 +107,69 @@ def test_an_actor_moving_under_a_pan_carries_the_pixel_warp_map(pretrained, pan)
         lift.append(gain)
     assert (np.mean(ratios, axis=0) > 1.4).all(), ratios    # measured 1.55-1.77
     assert (np.mean(lift, axis=0) > 0.05).all(), lift       # the mass is there because the actor is
+
+
+@pytest.fixture(scope="module")
+def clutter_cache(tmp_path_factory):
+    """A frame cache of 8 val clips of SynthMotion clutter (static camera), 8 frames each, and their plans."""
+    from amflow.data.frame_cache import write_cache
+    from amflow.data.sources import synthmotion as sm
+    from amflow.params import SynthSpec
+
+    spec = SynthSpec(camera="static", difficulty="clutter", frames=T)
+    videos, masks = [], []
+    for i, label in enumerate([0, 1, 2, 3, 4, 6, 10, 11]):   # moves, rotations, growth, bounce, stay
+        frames, info = sm.render_clip(spec, label, sm.clip_rng(9, "val", i))
+        videos.append({"video_id": f"v{i}", "split": "val", "label": label, "frames": frames})
+        masks.append(info["mask"])
+    frames_dir = tmp_path_factory.mktemp("clutter") / "frames"
+    write_cache(frames_dir, videos)
+    return frames_dir, np.stack(masks)
+
+
+def test_noise_floor_flattens_still_clips_and_leaves_a_moving_actor_peaked(pretrained, clutter_cache):
+    """Still clips (a clip's first frame held, SynthMotion clutter's sensor noise, the project's H.264):
+    with the absolute floor their scores are near uniform, far flatter than with the purely relative
+    scale, while the clips whose actor moves keep peaked scores on the actor."""
+    from amflow.data.clips import Normalise
+    from amflow.data.still_clips import still_clips
+    from amflow.models.frozen_flow import noise_floors, noise_levels
+    from amflow.params import SamplingSpec
+
+    frames_dir, masks = clutter_cache
+    sampling = SamplingSpec(num_frames=T)
+    norm = Normalise(sampling.mean, sampling.std)
+    raw = still_clips(frames_dir, "val", sampling, 8, 6 / 255)
+    assert raw.shape == (8, T, 3, 32, 32) and raw.dtype == torch.uint8
+    step = (raw[:, 1:].float() - raw[:, :-1].float()).abs().mean()
+    assert 1.0 < step < 12.0, step                # noise and codec only: a few grey levels per pixel
+    still = norm(raw)
+    levels = noise_levels(pretrained, still)
+    assert levels.shape == (4,) and (levels > 0).all()
+    moving = norm(torch.from_numpy(np.stack([v for v in _cache_clips(frames_dir)])))
+    cover = F.avg_pool2d(torch.from_numpy(masks).flatten(0, 1)[:, None], 8).view(len(masks), T, 16) > 0
+    off, on = AmFlowSpec(), AmFlowSpec(noise_floor=2.0)
+    floors = noise_floors(on, levels)
+
+    def cv(video, spec, floors=None):
+        s = frozen_scores(pretrained, video, None, spec, "static", BLOCKS, floors)
+        return np.array([float(coefficient_of_variation(s[b][:, :-1]).mean()) for b in BLOCKS]), s
+
+    still_off, _ = cv(still, off)
+    still_on, _ = cv(still, on, floors)
+    assert (still_on < 0.15).all(), still_on                       # near uniform
+    assert (still_on < 0.3 * still_off).all(), (still_on, still_off)
+    _, scores = cv(moving[:6], on, floors)                           # the six clips whose actor moves
+    for b in BLOCKS:
+        s, c = scores[b][:, :-1], cover[:6, :-1].float()
+        ratio = ((s * c).sum(-1) / s.sum(-1)) / c.mean(-1)
+        print("block", b, "still cv off/on", still_off[b], still_on[b], "actor mass ratio", float(ratio.mean()))
+        assert float(ratio.mean()) > 1.3, (b, float(ratio.mean()))     # the actor keeps more than its share
+
+
+def _cache_clips(frames_dir):
+    from amflow.data.frame_cache import FrameCache
+
+    cache = FrameCache(frames_dir)
+    for pos in range(len(cache)):
+        yield np.ascontiguousarray(cache.read(pos).transpose(0, 3, 1, 2))

@@ -134,18 +134,29 @@ def normalise_scores(scores: torch.Tensor, mode: str) -> torch.Tensor:
     raise ValueError(f"normalise must be one of {NORMALISE}, got {mode!r}")
 
 
+def with_noise_floor(floor: Optional[torch.Tensor], noise_floor: float, like: torch.Tensor) -> Optional[torch.Tensor]:
+    """The temperature's floor ``[...]`` raised to the absolute ``noise_floor`` (0: unchanged)."""
+    if noise_floor <= 0:
+        return floor
+    absolute = torch.full(like.shape[:-2], float(noise_floor), dtype=like.dtype, device=like.device)
+    return absolute if floor is None else torch.maximum(floor, absolute)
+
+
 def am_flow(maps: torch.Tensor, temperature: float, normalise: str = "mean",
-            alignment: Optional[PatchAlignment] = None, aligned_floor: float = 0.0) -> torch.Tensor:
+            alignment: Optional[PatchAlignment] = None, aligned_floor: float = 0.0,
+            noise_floor: float = 0.0) -> torch.Tensor:
     """AM flow of patch maps ``[B, T, N, N]`` -> scores ``[B, T, N]`` (static, or aligned if given).
 
+    ``noise_floor``: an absolute floor of the temperature's reference scale (the block's noise level
+    times ``model.am_flow.noise_floor``), so that maps that differ by noise only give near-uniform scores.
     Always float32, also under bf16 autocast: the differences are of entries of order 1/N.
     """
     with torch.autocast(maps.device.type, enabled=False):
-        return _am_flow(maps.float(), temperature, normalise, alignment, aligned_floor)
+        return _am_flow(maps.float(), temperature, normalise, alignment, aligned_floor, noise_floor)
 
 
 def _am_flow(maps: torch.Tensor, temperature: float, normalise: str,
-             alignment: Optional[PatchAlignment], aligned_floor: float) -> torch.Tensor:
+             alignment: Optional[PatchAlignment], aligned_floor: float, noise_floor: float) -> torch.Tensor:
     B, T, N, _ = maps.shape
     if T < 2:
         return normalise_scores(torch.ones(B, T, N, device=maps.device), normalise)
@@ -158,6 +169,7 @@ def _am_flow(maps: torch.Tensor, temperature: float, normalise: str,
         W = alignment.sampling.to(maps.device)
         following = W @ following @ W.transpose(-2, -1)
         valid = alignment.valid.to(maps.device)
+    floor = with_noise_floor(floor, noise_floor, current)
     flow = flow_from_difference((current - following).abs(), valid, temperature, floor)   # [B, T-1, N]
     flow = torch.cat([flow, flow[:, -1:]], dim=1)    # the last frame has no successor: reuse
     return normalise_scores(flow, normalise)
@@ -210,7 +222,7 @@ def covered_patches(covered: torch.Tensor, patch: tuple[int, int]) -> torch.Tens
 
 def am_flow_pairs(current: torch.Tensor, following: torch.Tensor, temperature: float, normalise: str,
                   valid: Optional[torch.Tensor] = None, raw_following: Optional[torch.Tensor] = None,
-                  aligned_floor: float = 0.0) -> torch.Tensor:
+                  aligned_floor: float = 0.0, noise_floor: float = 0.0) -> torch.Tensor:
     """AM flow from explicit pairs: maps of frames ``current`` ``[B, T-1, N, N]`` against a compensated
     ``following`` of the same shape (pixel-warped frames), ``valid`` ``[B, T-1, N]`` patches to keep.
 
@@ -223,6 +235,7 @@ def am_flow_pairs(current: torch.Tensor, following: torch.Tensor, temperature: f
         if raw_following is not None:
             raw = (current - raw_following.float()).abs()
             floor = aligned_floor * _masked_mean(raw, torch.ones_like(raw))
+        floor = with_noise_floor(floor, noise_floor, current)
         flow = flow_from_difference((current - following).abs(), valid, temperature, floor)
         flow = torch.cat([flow, flow[:, -1:]], dim=1)
         return normalise_scores(flow, normalise)

@@ -31,6 +31,7 @@ class ClipContext:
     replacement: Optional[torch.Tensor] = None
     coverage: Optional[torch.Tensor] = None        # [B*T, N] the actor's share of each patch (rank_matched)
     head_scores: Optional[torch.Tensor] = None     # [B*T, N] what the 'pool' integration weights tokens by
+    floors: dict[int, float] = field(default_factory=dict)   # block -> absolute noise floor (noise_floor)
 
     @property
     def same_block_source(self) -> bool:
@@ -52,7 +53,7 @@ class ClipContext:
         with torch.no_grad():
             maps = patch_map.view(self.batch, self.frames, N, N)
             scores = am_flow(maps, self.flow.temperature, self.flow.normalise, self.alignment,
-                             self.flow.aligned_floor)
+                             self.flow.aligned_floor, self.floors.get(block, 0.0))
             scores = scores.reshape(self.batch * self.frames, N)
         if self.record is not None:
             self.record[block] = scores

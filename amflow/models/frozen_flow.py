@@ -46,12 +46,36 @@ def frozen_block_maps(backbone: nn.Module, frames: torch.Tensor, blocks: Iterabl
     return maps
 
 
+def noise_levels(backbone: nn.Module, still: torch.Tensor) -> torch.Tensor:
+    """Each block's noise level ``[depth]``: the median over clips of the mean ``|A_t - A_{t+1}|`` of
+    ``still`` clips ``[M, T, 3, H, W]`` (normalised; :func:`amflow.data.still_clips.still_clips`), whose
+    frames differ by sensor and codec noise only."""
+    M, T = still.shape[:2]
+    depth = len(backbone.blocks)
+    maps = frozen_block_maps(backbone, still.flatten(0, 1), range(depth))
+    levels = torch.zeros(depth)
+    for b, m in maps.items():
+        m = m.float().view(M, T, *m.shape[-2:])
+        levels[b] = (m[:, :-1] - m[:, 1:]).abs().mean(dim=(1, 2, 3)).median()
+    return levels
+
+
+def noise_floors(spec: AmFlowSpec, levels: Optional[torch.Tensor]) -> dict[int, float]:
+    """Absolute floors per block: ``spec.noise_floor`` times the block's noise level (empty when off)."""
+    if levels is None or spec.noise_floor <= 0:
+        return {}
+    return {b: float(spec.noise_floor * v) for b, v in enumerate(levels.tolist())}
+
+
 def frozen_scores(backbone: nn.Module, video: torch.Tensor, transforms: Optional[torch.Tensor],
-                  spec: AmFlowSpec, mode: str, blocks: Iterable[int]) -> dict[int, torch.Tensor]:
+                  spec: AmFlowSpec, mode: str, blocks: Iterable[int],
+                  floors: Optional[dict[int, float]] = None) -> dict[int, torch.Tensor]:
     """AM flow ``[B, T, N]`` of each of ``blocks`` of the frozen ``backbone`` for ``video`` ``[B, T, 3, H, W]``.
 
-    ``transforms`` ``[B, T-1, 3, 3]`` (frame t -> t+1 pixels) are needed by ``grid`` and ``warp``.
+    ``transforms`` ``[B, T-1, 3, 3]`` (frame t -> t+1 pixels) are needed by ``grid`` and ``warp``;
+    ``floors`` are absolute noise floors per block (:func:`noise_floors`).
     """
+    floors = floors or {}
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     B, T, _, H, W = video.shape
@@ -66,11 +90,12 @@ def frozen_scores(backbone: nn.Module, video: torch.Tensor, transforms: Optional
             N = m.shape[-1]
             own = m[:B * T].view(B, T, N, N)
             out[b] = am_flow_pairs(own[:, :-1], m[B * T:].view(B, T - 1, N, N), spec.temperature, spec.normalise,
-                                   valid=valid, raw_following=own[:, 1:], aligned_floor=spec.aligned_floor)
+                                   valid=valid, raw_following=own[:, 1:], aligned_floor=spec.aligned_floor,
+                                   noise_floor=floors.get(b, 0.0))
         return out
     alignment = None
     if mode == "grid":
         alignment = patch_alignment(transforms, patch_grid(backbone, H, W), patch_size(backbone))
     maps = frozen_block_maps(backbone, video.flatten(0, 1), blocks)
     return {b: am_flow(m.view(B, T, *m.shape[-2:]), spec.temperature, spec.normalise, alignment,
-                       spec.aligned_floor) for b, m in maps.items()}
+                       spec.aligned_floor, floors.get(b, 0.0)) for b, m in maps.items()}

@@ -24,7 +24,7 @@ from amflow.models.am_flow import (PatchAlignment, coverage_share, footprint_sco
                                    share_scores)
 from amflow.models.backbone import embed_frames, freeze, num_prefix_tokens, patch_grid, patch_size
 from amflow.models.context import ClipContext
-from amflow.models.frozen_flow import frozen_scores
+from amflow.models.frozen_flow import frozen_scores, noise_floors
 from amflow.params import GROUND_TRUTH_CONTROLS, AmFlowSpec
 
 # Controls whose scores replace AM flow's (no attention map is needed); the others transform AM flow's.
@@ -52,6 +52,12 @@ class VideoModel(nn.Module):
         # equals tpa built from the same seed.
         self.score_pool = (nn.Parameter(torch.zeros(num_classes, dim))
                            if am_flow is not None and am_flow.integration == "pool" else None)
+        # Each block's noise level (model.am_flow.noise_floor): measured on still clips before training
+        # (set_noise_levels) and kept in the checkpoint with the other buffers.
+        if am_flow is not None and am_flow.noise_floor > 0:
+            self.register_buffer("flow_noise", torch.full((len(backbone.blocks),), float("nan")))
+        else:
+            self.flow_noise = None
 
     # ------------------------------------------------------------------ mode and bookkeeping
     def train(self, mode: bool = True) -> "VideoModel":
@@ -64,6 +70,19 @@ class VideoModel(nn.Module):
         params = list(self.parameters())
         return {"trainable": sum(p.numel() for p in params if p.requires_grad),
                 "total": sum(p.numel() for p in params)}
+
+    def set_noise_levels(self, levels: torch.Tensor) -> None:
+        """The backbone's noise level per block (:func:`amflow.models.frozen_flow.noise_levels`)."""
+        self.flow_noise.copy_(levels)
+
+    def _floors(self) -> dict[int, float]:
+        if self.flow_noise is None:
+            return {}
+        if torch.isnan(self.flow_noise).any():
+            raise AmflowError("model.am_flow.noise_floor is set but the model has no noise levels: they are "
+                              "measured on still clips when training starts (VideoModel.set_noise_levels) and "
+                              "stored in the checkpoint; load the run's checkpoint or train it again")
+        return noise_floors(self.am_flow_spec, self.flow_noise)
 
     def integration_norms(self) -> dict[str, float]:
         """The L2 norm of every zero-initialised integration weight (``score_*``), by parameter name: a
@@ -154,7 +173,7 @@ class VideoModel(nn.Module):
         B, T, _, H, W = video.shape
         grid = patch_grid(self.backbone, H, W)
         ctx = ClipContext(batch=B, frames=T, num_prefix=num_prefix_tokens(self.backbone), grid=grid,
-                          flow=self.am_flow_spec, record=record)
+                          flow=self.am_flow_spec, record=record, floors=self._floors())
         if self.needs_transforms:
             ctx.alignment = self._alignment(transforms, B, T, grid)
         return ctx
@@ -180,7 +199,7 @@ class VideoModel(nn.Module):
         """
         source = int(ctx.flow.source)
         mode = "grid" if self.needs_transforms else "static"
-        scores = frozen_scores(self.backbone, video, transforms, ctx.flow, mode, [source])[source]
+        scores = frozen_scores(self.backbone, video, transforms, ctx.flow, mode, [source], ctx.floors)[source]
         scores = scores.reshape(-1, scores.shape[-1])
         if ctx.record is not None:
             ctx.record[source] = scores
@@ -190,7 +209,7 @@ class VideoModel(nn.Module):
         """Pixel-warp scores ``[B*T, N]`` of every block that uses them, from the frozen backbone."""
         spec = self.am_flow_spec
         blocks = [int(k) for k in self.block_adapters] if spec.source == "same" else [int(spec.source)]
-        scores = frozen_scores(self.backbone, video, transforms, spec, "warp", blocks)
+        scores = frozen_scores(self.backbone, video, transforms, spec, "warp", blocks, self._floors())
         return {b: s.reshape(-1, s.shape[-1]) for b, s in scores.items()}
 
     def _coverage_share(self, coverage: Optional[torch.Tensor], video: torch.Tensor) -> torch.Tensor:

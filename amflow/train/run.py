@@ -39,7 +39,8 @@ from amflow.models import clip_gflops
 from amflow.models.inference import single_view
 from amflow.params import Params
 from amflow.paths import CHECKPOINT, PARAMS_YAML, TRAIN_JSON, TRAIN_LOG
-from amflow.runs import RunPaths, build_run_model, params_digest, resolve_method_variant, run_paths, uses_oracle
+from amflow.runs import (RunPaths, build_run_model, measure_noise_levels, params_digest, resolve_method_variant,
+                         run_paths, uses_oracle)
 from amflow.train.distributed import init_distributed
 from amflow.train.trainer import Trainer
 
@@ -112,6 +113,9 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
         val_set = ClipDataset(paths.frames_dir, "val", single_view(sampling), train=False, motion=motion,
                               seed=seed, identity_for_static=identity_for_static, ground_truth=truth)
         model = build_run_model(params, dataset, method, len(classes), variant, paths.backbone_weights, seed)
+        if getattr(model, "flow_noise", None) is not None:  # model.am_flow.noise_floor: calibrate on still clips
+            model.set_noise_levels(measure_noise_levels(model.backbone, paths.frames_dir, sampling,
+                                                        params.model.am_flow.still_noise))
         counts = param_counts(model)
         gflops = float(clip_gflops(model, sampling.num_frames, sampling.crop_size)) if ctx.is_main else None
         meta = {
@@ -176,8 +180,10 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
             return {"status": result.status, "history": result.history}
 
         summary = summarise(result.history)
+        noise = getattr(model, "flow_noise", None)
         info = {
             "status": "complete", "dataset": dataset, "method": method, "seed": int(seed),
+            **({"flow_noise_levels": [float(v) for v in noise]} if noise is not None else {}),
             "am_flow_variant": variant, "identity_for_static": identity_for_static,
             "epochs": len(result.history), "train_time_s": result.elapsed_s, **summary,
             "trainable_params": counts["trainable"], "total_params": counts["total"], "gflops_per_clip": gflops,

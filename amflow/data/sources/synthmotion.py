@@ -39,6 +39,7 @@ from amflow import io, parallel, progress
 from amflow.data import annotations as ann
 from amflow.data import scene
 from amflow.data.sources.base import PreparedDataset, Source, write_dataset
+from amflow.data.video import CODEC, encode_mp4
 from amflow.errors import AmflowError
 from amflow.params import SPLITS, DatasetSpec, Params, SynthSpec
 
@@ -53,10 +54,6 @@ GENERATOR_VERSION = 1
 # Seed-sequence domains: the label shuffle and the clips never share a stream, nor with other generators.
 DOMAIN_CLIP = 0x53594E01
 DOMAIN_LABELS = 0x53594E02
-# Constant quantiser, not CRF: x264's CRF rate control gave different bytes for the same frames in
-# about one encode in five here (even with one thread); constant QP was byte-stable in every check.
-# QP 16 adds 0.7 grey levels of mean error to the 3.6 of the yuv420p conversion itself (32 px, easy).
-CODEC = {"codec": "libx264", "pix_fmt": "yuv420p", "qp": 16, "preset": "veryfast", "threads": 1}
 
 
 # --------------------------------------------------------------------------- plans
@@ -296,25 +293,6 @@ def split_labels(seed: int, split: str, n: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- encoding
-def encode_mp4(frames: np.ndarray, path: Path, fps: int) -> None:
-    """H.264 (libx264, yuv420p, constant QP) mp4 with PyAV. One encoder thread: the bytes then do not
-    depend on the machine's core count."""
-    import av
-
-    h, w = frames.shape[1:3]
-    with av.open(str(path), mode="w", format="mp4") as container:
-        stream = container.add_stream(CODEC["codec"], rate=fps, options={
-            "qp": str(CODEC["qp"]), "preset": CODEC["preset"], "threads": str(CODEC["threads"])})
-        stream.width, stream.height, stream.pix_fmt = w, h, CODEC["pix_fmt"]
-        for t, f in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
-            frame.pts = t  # explicit timestamps (stream time base 1/fps): nothing left to the muxer's guess
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
     """Like ``np.savez_compressed``, but atomic and with fixed zip timestamps, so the same arrays
     give the same bytes (numpy stamps each member with the current time)."""
