@@ -91,9 +91,20 @@ class SynthSpec(Strict):
                                           "many frames; a clip of `frames` frames spreads the same motion over "
                                           "its frames, so the motion's amplitude does not depend on `frames`")
     fps: int = Field(25, ge=1)
+    distractors: Optional[tuple[int, int]] = Field(
+        None, description="inclusive range of the number of distractors per clip; default: the difficulty's "
+                          "(easy 0, standard 0-2, clutter 2-3)")
     split_sizes: dict[Split, int] = {"train": 600, "val": 120, "test": 240}
     seed: int = 0
     workers: int = Field(0, ge=0, description="generator processes; 0 = one per core (does not change the output)")
+
+
+    @field_validator("distractors")
+    @classmethod
+    def _range(cls, value):
+        if value is not None and not 0 <= value[0] <= value[1]:
+            raise ValueError(f"needs 0 <= first <= second (got {list(value)})")
+        return value
 
 
 class PretrainImagesSpec(Strict):
@@ -365,8 +376,10 @@ class AblationsSpec(Strict):
 
 
 class AblationGridSpec(Strict):
-    """variant x integration x control, every combination on every dataset (``amflow`` runs, value
-    ``<variant>-<integration>-<control>``); compared with table 1's ``tpa`` runs of the same seeds."""
+    """AM flow's fair test on several datasets (``amflow`` runs, axis ``grid``, value
+    ``<variant>-<integration>-<control>``), compared with table 1's ``tpa`` runs of the same seeds: every
+    integration with each of ``variants`` (no control), and every control of ``controls`` with every
+    integration, at the dataset's own variant (``auto``: the camera-motion stage's decision)."""
     variants: list[Literal[CameraDecision, "auto"]] = list(CAMERA_DECISIONS)
     integrations: list[Integration] = list(INTEGRATIONS)
     controls: list[Control] = list(CONTROLS)

@@ -81,9 +81,13 @@ def ablation_runs(p: Params) -> list[AblationRun]:
         for control in a.controls:
             runs.append(AblationRun("control", control, a.dataset, seed, {"model.am_flow.control": control}))
         if a.grid is not None:
-            for dataset in a.grid.datasets:
-                for variant, integration, control in itertools.product(a.grid.variants, a.grid.integrations,
-                                                                       a.grid.controls):
+            g = a.grid
+            # Controls run at the dataset's own variant: the oracles and uniform scores ignore it, and
+            # shuffled and rank-matched scores are AM flow's of that variant.
+            settings = [(v, c) for v in g.variants for c in ("none",) if c in g.controls] + \
+                [("auto", c) for c in g.controls if c != "none"]
+            for dataset in g.datasets:
+                for integration, (variant, control) in itertools.product(g.integrations, settings):
                     runs.append(AblationRun("grid", f"{variant}-{integration}-{control}", dataset, seed,
                                             {"model.am_flow.variant": variant,
                                              "model.am_flow.integration": integration,

@@ -249,10 +249,13 @@ def test_ablation_plan_crosses_tpus_with_tpa_and_the_amflow_grid():
     assert tpu == {("tpu", "tcn", "amflow"), ("tpu", "lstm", "amflow"), ("tpu_tpa", "tcn", "tpa"),
                    ("tpu_tpa", "lstm", "tpa")}
     grid = [r for r in runs if r.axis == "grid"]
-    assert len(grid) == 2 * 2 * 2 * 2 * 3  # variants x integrations x controls x datasets x seeds
-    one = next(r for r in grid if r.value == "aligned-channels-oracle" and r.dataset == "synth_static" and r.seed == 2)
+    # integrations x (each variant without a control + the control at the dataset's own variant) x datasets x seeds
+    assert len(grid) == 2 * (2 + 1) * 2 * 3
+    assert {r.value for r in grid} == {"static-gate-none", "aligned-gate-none", "auto-gate-oracle",
+                                       "static-channels-none", "aligned-channels-none", "auto-channels-oracle"}
+    one = next(r for r in grid if r.value == "auto-channels-oracle" and r.dataset == "synth_static" and r.seed == 2)
     assert one.method == "amflow" and one.overrides == {
-        "model.am_flow.variant": "aligned", "model.am_flow.integration": "channels", "model.am_flow.control": "oracle"}
+        "model.am_flow.variant": "auto", "model.am_flow.integration": "channels", "model.am_flow.control": "oracle"}
     # Every ablated (dataset, seed) is paired with its table-1 tpa run.
     from amflow.workflow_plan import reference_runs
     assert sorted(reference_runs(p)) == sorted((d, "tpa", s) for d in DATASETS for s in (0, 1, 2))

@@ -153,7 +153,7 @@ def sample_plan(spec: SynthSpec, label: int, rng: np.random.Generator) -> ClipPl
     centre = _start_point(disp, cams, float(np.max(zoom * size)) * _radius(shape), res, rng) + disp
 
     distractors = []
-    lo, hi = style.distractors
+    lo, hi = spec.distractors or style.distractors
     count = int(rng.integers(lo, hi + 1))
     if style.lookalike:
         return _plan(label, res, style, rng, shape, colour, hue, centre, size, angle, opacity, cam, zoom,
@@ -361,7 +361,7 @@ def write_ground_truth(params: Params, dataset_name: str, dataset_dir: str | Pat
         if table["label"].astype(int).tolist() != labels:
             raise AmflowError(f"{ann.annotations_path(dataset_dir, split)}: labels differ from the plans of seed "
                               f"{spec.seed}; the dataset was not made by this generator: run `amflow prepare` again")
-        slots = scene.scene_style(spec.difficulty, spec.resolution).distractors[1]
+        slots = (spec.distractors or scene.scene_style(spec.difficulty, spec.resolution).distractors)[1]
         cover = [np.rint(actor_coverage(p) * 255).astype(np.uint8) for p in plans]
         others = [np.rint(distractor_coverage(p, slots) * 255).astype(np.uint8) for p in plans]
         moves = [frame_to_next(p.cameras()).astype(np.float32) for p in plans]
