@@ -70,6 +70,7 @@ ACCURACY_PNG = "accuracy.png"
 # A params file's results folder (results_root):
 TABLE1_CSV = "table1.csv"
 ABLATIONS_CSV = "ablations.csv"
+FAIR_TEST_CSV = "fair_test.csv"
 REPORT_MD = "report.md"
 # A sweep folder (sweep_dir):
 SWEEP_BEST = "best.yaml"

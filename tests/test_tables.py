@@ -293,3 +293,38 @@ def test_amflow_with_another_tpu_is_paired_with_tpa_of_that_tpu(tmp_path):
     # amflow-tcn - tpa-tcn: -10 and -6 points; tpa-tcn - table-1 tpa (55, 59): +5 and +3 points.
     assert (t.loc[("tpu", "tcn"), "top1_vs_tpa_pct_mean"], t.loc[("tpu", "tcn"), "top1_vs_tpa_pct_std"]) == ("-8.00", "2.83")
     assert t.loc[("tpu_tpa", "tcn"), "top1_vs_tpa_pct_mean"] == "4.00"
+
+
+def test_fair_test_rows_give_the_share_of_the_footprint_oracles_gain(tmp_path):
+    """Grid runs on synth_moving (seeds 0, 1; tpa 55 and 59 %): the share of the footprint oracle's gain
+    is taken seed by seed, over the seeds where the oracle gains; hand-computed figures."""
+    p = small_params(ablations={"variants": [], "tpus": [], "source_layers": [], "num_blocks": [], "frames": [],
+                                "tpu_with_tpa": False,
+                                "grid": {"variants": ["aligned"], "integrations": ["pool"],
+                                         "controls": ["none", "footprint", "uniform"], "datasets": ["synth_moving"]}})
+    write_runs(p, tmp_path)
+    top1 = {"aligned-pool-none": (0.57, 0.60), "auto-pool-footprint": (0.65, 0.58), "auto-pool-uniform": (0.55, 0.61)}
+    for value, per_seed in top1.items():
+        for seed, t in enumerate(per_seed):
+            write(paths.ablation_run_dir(tmp_path, "grid", value, "synth_moving", seed) / "metrics.json",
+                  metrics("synth_moving", "amflow", seed, t, val_curve=[0.5, t, t]))
+    written = tables.write_tables(p, tmp_path, which="ablations")
+    fair = read_csv(tmp_path / "fair_test.csv").set_index("setting")
+    assert tmp_path / "fair_test.csv" in written
+    assert list(fair.index) == ["aligned", "footprint", "uniform"] and set(fair["integration"]) == {"pool"}
+    # amflow: +2 and +1 points; the footprint gains +10 at seed 0 and loses 1 at seed 1 (not counted).
+    row = fair.loc["aligned"]
+    assert (row["top1_vs_tpa_pct_mean"], row["top1_vs_tpa_pct_std"]) == ("1.50", "0.71")
+    assert (row["share_of_footprint_gain_mean"], row["share_of_footprint_gain_std"], row["footprint_gain_seeds"]) \
+        == ("0.200", "", "1")
+    assert (fair.loc["footprint", "top1_vs_uniform_pct_mean"], fair.loc["footprint", "top1_vs_uniform_pct_std"]) \
+        == ("3.50", "9.19")                                    # +10 and -3 points against uniform
+    assert fair.loc["footprint", "share_of_footprint_gain_mean"] == "1.000"
+    assert fair.loc["uniform", "share_of_footprint_gain_mean"] == "0.000"
+    # Convergence to tpa's final val top-1 (mean 0.57): the curves end at their top-1.
+    assert fair.loc["aligned", "target_val_top1_pct"] == "57.00"
+    assert fair.loc["aligned", "reaching_target_seeds"] == "2" and fair.loc["uniform", "reaching_target_seeds"] == "1"
+    # Params without the grid leave no stale fair test behind.
+    write_ablations(small_params(), tmp_path)
+    tables.write_tables(small_params(), tmp_path, which="ablations")
+    assert not (tmp_path / "fair_test.csv").exists()

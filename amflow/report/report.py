@@ -280,17 +280,22 @@ def overlap_paragraph(params: Params, t1: pd.DataFrame) -> str:
     return " ".join(out)
 
 
-def paired_sentence(row: pd.Series) -> tuple[str, str]:
-    """(verdict, figure) of a method's paired top-1 difference to tpa: 'yes' when mean - std > 0, 'no' when
-    mean + std < 0 (it is worse), 'not resolved' when the spread covers 0."""
-    mean, std = _num(row["top1_vs_tpa_pct_mean"]), _num(row["top1_vs_tpa_pct_std"])
+def verdict(mean: Optional[float], std: Optional[float]) -> str:
+    """'yes' when mean - std > 0, 'no' when mean + std < 0, 'not resolved' otherwise (or one seed)."""
+    if mean is None or std is None:
+        return "not resolved"
+    return "yes" if mean - std > 0 else "no" if mean + std < 0 else "not resolved"
+
+
+def paired_sentence(row: pd.Series, col: str = "top1_vs_tpa_pct") -> tuple[str, str]:
+    """(verdict, figure) of a paired top-1 difference (default: to tpa): 'yes' when mean - std > 0, 'no'
+    when mean + std < 0 (it is worse), 'not resolved' when the spread covers 0."""
+    mean, std = _num(row[f"{col}_mean"]), _num(row[f"{col}_std"])
     if mean is None:
         return "not measured", "no tpa run with the same seeds"
     figure = f"{mean:+.2f} ± {std:.2f} points over {int(row['n_seeds'])} seeds" if std is not None else \
         f"{mean:+.2f} points (one seed, no error estimate)"
-    if std is None:
-        return "not resolved", figure
-    return ("yes" if mean - std > 0 else "no" if mean + std < 0 else "not resolved"), figure
+    return verdict(mean, std), figure
 
 
 def claims_section(params: Params, t1: pd.DataFrame, abl: Optional[pd.DataFrame]) -> list[str]:
@@ -547,6 +552,96 @@ def axis_paragraph(axis: str, sub: pd.DataFrame) -> str:
     return " ".join(out)
 
 
+# What each fair-test setting's scores are, and the label probe (localise) that reads the same scores.
+SETTINGS = {"static": "AM flow, static variant", "aligned": "AM flow, aligned variant",
+            "shuffled": "AM flow's scores permuted across patches", "rank_matched": "AM flow's values ranked by the "
+            "actor's coverage", "uniform": "uniform scores (no location)", "footprint": "the actor's footprint over "
+            "the clip (where, not how it moves)", "oracle": "the actor's coverage frame by frame (its trajectory)"}
+PROBE_OF = {"static": "amflow", "aligned": "amflow", "shuffled": "shuffled", "rank_matched": "rank_matched",
+            "uniform": "uniform", "footprint": "footprint", "oracle": "oracle"}
+
+
+def fair_test_claims(fair: pd.DataFrame, probes: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The fair test's claims as data: one row per (dataset, integration, claim) with its verdict and figure."""
+    rows = []
+    for (d, integration), sub in fair.groupby(["dataset", "integration"], sort=False):
+        by = sub.set_index("setting")
+        probe = probes.get(d)
+
+        def fig(setting: str, col: str = "top1_vs_tpa_pct") -> tuple[str, str]:
+            r = by.loc[setting]
+            return paired_sentence(r, col)
+
+        def probed(setting: str) -> str:
+            if probe is None or PROBE_OF[setting] not in set(probe["scores"]):
+                return ""
+            acc = float(probe.set_index("scores").loc[PROBE_OF[setting], "val_accuracy"])
+            return f"; a linear probe on these scores alone reaches {100 * acc:.1f}% val top-1"
+
+        if "footprint" in by.index:
+            v, f = fig("footprint")
+            rows.append((d, integration, "knowing where the actor is helps (footprint oracle against tpa)", v,
+                         f + probed("footprint")))
+        if "footprint" in by.index and "uniform" in by.index:
+            v, f = fig("footprint", "top1_vs_uniform_pct")
+            rows.append((d, integration, "the gain comes from where the weights point (footprint against uniform)",
+                         v, f))
+        for setting in ("oracle", "rank_matched", "shuffled", "uniform"):
+            if setting in by.index:
+                v, f = fig(setting)
+                rows.append((d, integration, f"{SETTINGS[setting]} beats tpa", v, f + probed(setting)))
+        for variant in ("static", "aligned"):
+            if variant in by.index:
+                v, f = fig(variant)
+                r = by.loc[variant]
+                share = _num(r["share_of_footprint_gain_mean"])
+                if share is not None:
+                    sd = _num(r["share_of_footprint_gain_std"])
+                    f += (f"; it recovers {share:.2f}" + (f" ± {sd:.2f}" if sd is not None else "") +
+                          f" of the footprint oracle's gain ({int(r['footprint_gain_seeds'])} seeds where that "
+                          f"oracle gains)")
+                rows.append((d, integration, f"AM flow helps ({variant} variant against tpa)", v, f + probed(variant)))
+    return pd.DataFrame(rows, columns=["dataset", "integration", "claim", "verdict", "figure"])
+
+
+def read_probes(params: Params, results_dir: Path) -> dict[str, pd.DataFrame]:
+    out = {}
+    for d in params.datasets:
+        path = paths.localisation_dir(results_dir, d) / paths.LABEL_PROBE_CSV
+        if path.is_file():
+            out[d] = pd.read_csv(path)
+    return out
+
+
+def fair_test_section(params: Params, results_dir: Path) -> list[str]:
+    """AM flow against tpa, integration by integration, beside the controls that bound what knowing where
+    the actor is can add (``fair_test.csv``), with each control's label probe (``label_probe.csv``)."""
+    path = results_dir / paths.FAIR_TEST_CSV
+    lines = ["## The fair test: does knowing where the actor is help, and does AM flow find it?", ""]
+    if not path.is_file():
+        return lines + ["Not run: it needs `ablations.grid` (`snakemake --cores 8 ablations`).", ""]
+    fair = read_table(path, "")
+    probes = read_probes(params, results_dir)
+    shown = pd.DataFrame({
+        "dataset": fair["dataset"], "integration": fair["integration"], "scores": fair["setting"],
+        "top-1 (%)": cells(fair, "top1_pct"), "− tpa, paired": cells(fair, "top1_vs_tpa_pct"),
+        "share of footprint's gain": cells(fair, "share_of_footprint_gain"),
+        "epochs to tpa's final val": cells(fair, "epochs_to_target"),
+        "label probe (val %)": [f"{100 * float(probes[d].set_index('scores').loc[PROBE_OF[st], 'val_accuracy']):.1f}"
+                                if d in probes and PROBE_OF[st] in set(probes[d]["scores"]) else ""
+                                for d, st in zip(fair["dataset"], fair["setting"])]})
+    claims = fair_test_claims(fair, probes)
+    lines += [f"From `{paths.FAIR_TEST_CSV}`: every integration with each AM flow variant, and every control with "
+              "every integration; the paired difference is to table 1's `tpa` of the same seed. The footprint "
+              "oracle says where the actor is over the clip and nothing about how it moves; the per-frame oracle "
+              "carries its trajectory, which leaks the label (see its label probe: a linear classifier on the "
+              "scores alone, without the video). The share of the footprint oracle's gain is taken seed by seed.",
+              "", markdown(shown), ""]
+    lines += [f"- On `{r.dataset}` with `{r.integration}`: **{r.claim}**: {r.verdict}. {r.figure}."
+              for r in claims.itertuples()]
+    return lines + ["", "A verdict is *yes* only when the difference minus its seed standard deviation is above 0.", ""]
+
+
 def localisation_section(params: Params, results_dir: Path) -> list[str]:
     """Does AM flow find the actor (``amflow localise``, no training): per dataset with ground truth, the
     best block of each method, against the pixel-difference baselines."""
@@ -568,6 +663,12 @@ def localisation_section(params: Params, results_dir: Path) -> list[str]:
                   f"Best at finding the actor: `{top['method']}` (ROC AUC {top['auc']:.3f}, mass ratio "
                   f"{top['mass_ratio']:.2f}; 0.5 and 1 mean no information). Every block: `{rel(path, results_dir)}`.",
                   ""]
+        if "auc_distractors" in table and table["auc_distractors"].notna().any():
+            against = table.assign(block=["all" if pd.isna(b) else str(int(b)) for b in table["block"]]).pivot(
+                index="method", columns="block", values="auc_distractors").reindex(list(dict.fromkeys(table["method"])))
+            lines += ["The actor against the distractors (ROC AUC of the actor's patches against patches only "
+                      "distractors cover; 0.5 = no better than chance at telling them apart), per block:", "",
+                      markdown(against.map(lambda x: "" if pd.isna(x) else f"{x:.3f}").reset_index()), ""]
         png = folder / "localisation.png"
         if png.is_file():
             lines += [f"![{d} localisation]({rel(png, results_dir)})", ""]
@@ -629,6 +730,7 @@ def build_report(params: Params, results_dir: Path) -> str:
     lines += temporal_section(params, t1)
     lines += convergence_section(params, t1)
     lines += ablation_section(params, abl, cameras, results_dir)
+    lines += fair_test_section(params, results_dir)
     lines += localisation_section(params, results_dir)
     lines += heatmap_section(results_dir)
     return "\n".join(lines).rstrip() + "\n"

@@ -23,6 +23,15 @@ Column scheme (the same whatever the number of seeds, so that scripts reading th
   ``gflops_per_clip``, ``am_flow_variant``, ``views``) appear once; seeds that disagree on one of them
   are an error, not something to average away.
 
+The fair test (``fair_test.csv``, written with the ablation tables when ``ablations.grid`` runs): one
+row per (dataset, integration, setting) of the grid, ``setting`` being the AM flow variant (no
+control) or the control; beside the paired difference to ``tpa``, ``share_of_footprint_gain``: per
+seed ``(x - tpa) / (footprint - tpa)``, the footprint oracle of the same integration being the
+reference for what knowing where the actor is can add (mean and std over the seeds where that
+oracle's gain is positive, counted in ``footprint_gain_seeds``); ``top1_vs_uniform_pct``, the paired
+difference to the same integration with uniform scores (what the integration adds without knowing
+where anything is); and the convergence columns of table 1 (``reaching_target_seeds``: how many seeds reach ``tpa``'s final validation top-1).
+
 Purity: only the runs' ``metrics.json`` are read, rows follow the params' order
 (:func:`amflow.workflow_plan.table_runs` / :func:`ablation_runs`), and every float column has a fixed
 format (:data:`FORMATS`), so the same inputs give the same bytes.
@@ -54,6 +63,7 @@ PER_SEED = tuple(f"{k}_pct" for k in ACCURACIES) + ("epochs_to_90pct", "train_ti
 PER_MODEL = ("trainable_params", "total_params", "gflops_per_clip", "am_flow_variant", "views")
 
 FORMATS = {f"{k}_pct": "{:.2f}" for k in ACCURACIES}
+FORMATS.update({"top1_vs_uniform_pct": "{:.2f}", "share_of_footprint_gain": "{:.3f}", "footprint_gain_seeds": "{:.0f}", "reaching_target_seeds": "{:.0f}"})
 FORMATS.update({"epochs_to_90pct": "{:.2f}", "train_time_s": "{:.1f}", "gflops_per_clip": "{:.4f}",
                 "train_clips_per_s": "{:.1f}", "top1_vs_tpa_pct": "{:.2f}", "target_val_top1_pct": "{:.2f}",
                 "epochs_to_target": "{:.2f}", "time_to_target_s": "{:.1f}"})
@@ -70,6 +80,10 @@ def columns(keys: Iterable[str]) -> list[str]:
 
 TABLE1_COLUMNS = columns(("dataset", "method")) + COMPARISON
 ABLATION_COLUMNS = columns(("axis", "value", "dataset")) + COMPARISON[:2]
+FAIR_TEST_COLUMNS = ["dataset", "integration", "setting", "n_seeds", "top1_pct_mean", "top1_pct_std",
+                     "top1_vs_tpa_pct_mean", "top1_vs_tpa_pct_std", "top1_vs_uniform_pct_mean",
+                     "top1_vs_uniform_pct_std", "share_of_footprint_gain_mean",
+                     "share_of_footprint_gain_std", "footprint_gain_seeds", *COMPARISON[2:7], "reaching_target_seeds"]
 
 
 # --------------------------------------------------------------------------- reading runs
@@ -228,6 +242,47 @@ def ablation_table(params: Params, results_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=ABLATION_COLUMNS)
 
 
+def fair_test_table(params: Params, results_dir: Path) -> pd.DataFrame:
+    """The fair test's rows (module docstring) from the ``grid`` ablation runs and table 1's ``tpa`` runs."""
+    grid = [r for r in ablation_runs(params) if r.axis == "grid"]
+    ref = {(d, s): load_metrics(paths.run_dir(results_dir, d, m, s) / paths.METRICS_JSON, dataset=d, seed=s, method=m)
+           for d, m, s in reference_runs(params)}
+    runs: dict[tuple[str, str], dict[int, dict]] = {}
+    for r in grid:
+        path = paths.ablation_run_dir(results_dir, r.axis, r.value, r.dataset, r.seed) / paths.METRICS_JSON
+        runs.setdefault((r.dataset, r.value), {})[r.seed] = load_metrics(path, dataset=r.dataset, seed=r.seed)
+    rows = []
+    for (dataset, value), by_seed in runs.items():
+        variant, integration, control = value.split("-", 2)
+        footprint = runs.get((dataset, f"auto-{integration}-footprint"), {})
+        uniform = runs.get((dataset, f"auto-{integration}-uniform"), {})
+        to_uniform = [100.0 * (float(m["top1"]) - float(uniform[s]["top1"])) for s, m in by_seed.items() if s in uniform]
+        diffs, shares, gains = [], [], 0
+        for seed, m in by_seed.items():
+            if (dataset, seed) not in ref:
+                continue
+            base = float(ref[(dataset, seed)]["top1"])
+            diffs.append(100.0 * (float(m["top1"]) - base))
+            if seed in footprint and float(footprint[seed]["top1"]) > base:
+                gains += 1
+                shares.append((float(m["top1"]) - base) / (float(footprint[seed]["top1"]) - base))
+        top1 = [100.0 * float(m["top1"]) for m in by_seed.values()]
+        loaded = {**{(dataset, REFERENCE, s): m for (d, s), m in ref.items() if d == dataset},
+                  **{(dataset, value, s): m for s, m in by_seed.items()}}
+        conv = comparison(dataset, value, loaded)
+        rows.append({"dataset": dataset, "integration": integration,
+                     "setting": variant if control == "none" else control, "n_seeds": len(by_seed),
+                     **dict(zip(("top1_pct_mean", "top1_pct_std"), _mean_std(top1))),
+                     **dict(zip(("top1_vs_tpa_pct_mean", "top1_vs_tpa_pct_std"), _mean_std(diffs))),
+                     **dict(zip(("top1_vs_uniform_pct_mean", "top1_vs_uniform_pct_std"), _mean_std(to_uniform))),
+                     **dict(zip(("share_of_footprint_gain_mean", "share_of_footprint_gain_std"), _mean_std(shares))),
+                     "footprint_gain_seeds": gains if footprint else math.nan,
+                     **{k: conv[k] for k in COMPARISON[2:7]},
+                     "reaching_target_seeds": sum(reach(m, conv["target_val_top1_pct"] / 100)[0] is not None
+                                                  for m in by_seed.values()) if ref else math.nan})
+    return pd.DataFrame(rows, columns=FAIR_TEST_COLUMNS)
+
+
 def variant_pivot(ablations: pd.DataFrame) -> pd.DataFrame:
     """Top-1 (%) of the variant axis: one row per variant, one column per dataset, in table order."""
     v = ablations[ablations["axis"] == "variant"]
@@ -289,6 +344,12 @@ def write_tables(params: Params, results_dir: Path, which: str = "table1") -> li
             continue
         io.write_text(path, to_csv_text(rows))
         written.append(path)
+    fair = results_dir / paths.FAIR_TEST_CSV
+    if (table["axis"] == "grid").any():
+        io.write_text(fair, to_csv_text(fair_test_table(params, results_dir)))
+        written.append(fair)
+    else:
+        fair.unlink(missing_ok=True)  # left from an earlier config with the grid: stale
     path = results_dir / ABLATIONS
     io.write_text(path, to_csv_text(table))
     return written + [path]
@@ -301,7 +362,8 @@ def read_table(path: Path, make: str) -> pd.DataFrame:
     if not path.is_file():
         raise AmflowError(f"{path}: not found; make it with `{make}`")
     # Keys stay text ('0' is a block index, not a number); everything else numeric where it parses.
-    text = ("dataset", "method", "axis", "value", "am_flow_variant", "views", "seeds_reaching_target")
+    text = ("dataset", "method", "axis", "value", "am_flow_variant", "views", "seeds_reaching_target", "integration",
+            "setting")
     df = pd.read_csv(path, dtype={c: str for c in text}, keep_default_na=False)
     for col in df.columns:
         if col in text:
