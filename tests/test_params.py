@@ -13,7 +13,9 @@ SHIPPED = sorted(p for p in (ROOT / "params").glob("*.yaml") if p.name not in ("
 
 SYNTH = ["synth_static", "synth_moving"]
 # file -> (table datasets, datasets) as each shipped file states them
+CLUTTER = ["clutter_static", "clutter_moving"]
 SHIPPED_DATASETS = {"custom_list.yaml": (["my_videos"], ["my_videos"]), "default.yaml": (SYNTH, SYNTH),
+                    "clutter.yaml": (CLUTTER, SYNTH + CLUTTER),
                     "default_1seed.yaml": (SYNTH, SYNTH), "k400.yaml": (["k400"], ["k400"]),
                     "smarthome.yaml": (["smarthome"], ["smarthome"]), "ssv2.yaml": (["ssv2"], ["ssv2"]),
                     "synth_full.yaml": (SYNTH, SYNTH), "tiny.yaml": (SYNTH, SYNTH)}
