@@ -21,7 +21,8 @@ from amflow.params import SynthSpec, validate
 
 cv2.setNumThreads(1)
 
-CONFIGS = [("static", "easy", 32), ("moving", "easy", 32), ("static", "standard", 64), ("moving", "standard", 64)]
+CONFIGS = [("static", "easy", 32), ("moving", "easy", 32), ("static", "standard", 64), ("moving", "standard", 64),
+           ("static", "clutter", 32), ("moving", "clutter", 32)]
 
 
 # --------------------------------------------------------------------------- measuring a clip
@@ -272,6 +273,80 @@ def test_split_labels_are_balanced_shuffled_and_seeded():
     assert not np.array_equal(a, sm.split_labels(1, "train", 600))
     assert not np.array_equal(a, sm.split_labels(0, "val", 600))
     assert np.ptp(np.bincount(sm.split_labels(0, "test", 100))) <= 1
+
+
+# --------------------------------------------------------------------------- clutter
+def _clutter_plans(camera: str, n: int = 120):
+    spec = SynthSpec(camera=camera, difficulty="clutter")
+    return spec, [sm.sample_plan(spec, i % len(sm.CLASSES), sm.clip_rng(7, "train", i)) for i in range(n)]
+
+
+@pytest.mark.parametrize("camera", ["static", "moving"])
+def test_clutter_distractors_are_drawn_like_the_actor(camera):
+    """2 or 3 per clip, the actor's shapes, a colour like an actor's (bright and saturated: the actor's
+    colour distribution), the actor's size range; their sizes are indistinguishable from the actors'."""
+    from scipy.stats import ks_2samp
+
+    spec, plans = _clutter_plans(camera)
+    style = scene.scene_style("clutter", 32)
+    others = [d for p in plans for d in p.distractors]
+    assert {len(p.distractors) for p in plans} == {2, 3}
+    assert {d["shape"] for d in others} == set(scene.SHAPE_NAMES)
+    lo, hi = style.actor_size
+    assert all(lo <= d["size"] <= hi for d in others)
+    actor_sizes = [float(np.exp(np.log(p.size).mean())) for p in plans if sm.CLASSES[p.label] not in ("grow", "shrink")]
+    assert ks_2samp(actor_sizes, [d["size"] for d in others]).pvalue > 0.01
+    hsv = [cv2.cvtColor(np.asarray(c, np.float32)[None, None], cv2.COLOR_RGB2HSV)[0, 0]
+           for c in [d["colour"] for d in others] + [p.colour for p in plans]]
+    sat, val = np.array([h[1] for h in hsv]), np.array([h[2] for h in hsv])
+    assert sat.min() >= 0.55 - 1e-3 and val.min() >= 0.75 - 1e-3      # scene.actor_colour's range, both
+    hues = np.array([h[0] for h in hsv[:len(others)]])
+    assert ks_2samp(hues, np.array([h[0] for h in hsv[len(others):]])).pvalue > 0.01
+
+
+@pytest.mark.parametrize("camera", ["static", "moving"])
+def test_clutter_distractors_change_but_travel_and_turn_far_less_than_any_class(camera):
+    """They sway (zero drift) and turn slowly: every distractor moves between frames, but its net travel
+    and turn, and its fastest step, stay well below the slowest class motion of the actor."""
+    spec, plans = _clutter_plans(camera)
+    style = scene.scene_style("clutter", 32)
+    steps = spec.speed_frames - 1
+    per_frame = steps / (spec.frames - 1)                      # steps per video frame
+    min_travel = style.speed[0] * steps                        # a moving actor's travel, px
+    min_turn = style.rotation[0] * steps                       # a rotating actor's turn, degrees
+    for p in plans:
+        for d in p.distractors:
+            c, a = d["centre"], d["angle"]
+            assert np.ptp(c, axis=0).max() > 0.1 or np.ptp(a) > 0.5          # it changes
+            assert np.abs(c[-1] - c[0]).max() < 0.15 * min_travel            # net travel
+            assert np.abs(c - c[0]).max() < 0.15 * min_travel                # never far from where it was
+            assert abs(a[-1] - a[0]) < 0.3 * min_turn                        # net turn
+            speed = np.linalg.norm(np.diff(c, axis=0), axis=1).max() / per_frame
+            assert speed < 0.75 * style.speed[0]     # px per step at its fastest moment (measured at most 1.3)
+
+
+def test_clutter_generation_is_byte_stable_and_its_ground_truth_records_each_distractor(tmp_path):
+    def params(workers):
+        return validate({"name": "t", "datasets": {"c": {"source": "synthmotion", "synth": dict(
+            camera="moving", difficulty="clutter", frames=16, split_sizes={"train": 4, "val": 2, "test": 2}, seed=3,
+            workers=workers)}}, "table_datasets": ["c"], "pretrain_images": {}})
+
+    p = params(1)
+    out = tmp_path / "c"
+    sm.generate_dataset(p, "c", out)
+    sm.generate_dataset(params(2), "c", tmp_path / "again")          # other processes, the same bytes
+    assert _digests(out) == _digests(tmp_path / "again")
+    gt = sm.write_ground_truth(p, "c", out, tmp_path / "gt.npz")
+    spec = p.datasets["c"].synth
+    with np.load(gt) as z:
+        others = z["val_distractor_coverage"]
+    assert others.shape == (2, 16, 3, 32, 32)                      # 3 slots: clutter's largest count
+    union = sm.read_distractor_coverage(gt, "val")
+    for i in range(2):
+        plan = sm.sample_plan(spec, int(ann.read_annotations(out, "val")["label"][i]), sm.clip_rng(3, "val", i))
+        _, info = sm.render_plan(plan)
+        assert np.array_equal(np.rint(info["distractor_mask"] * 255), union[i] * 255)   # the renderer's own
+        assert np.count_nonzero(others[i].reshape(16, 3, -1).sum(-1).sum(0)) == len(plan.distractors)
 
 
 def test_render_clip_is_deterministic_per_generator():
