@@ -203,10 +203,13 @@ def test_heatmap_section_reads_the_summary(tmp_path):
     (out / paths.HEATMAPS_JSON).write_text(json.dumps({"seed": 0, "clips": [
         {"dataset": "synth_moving", "decision": "aligned", "video_id": "v7", "block": 5,
          "static_cv": 1.5, "aligned_cv": 0.4}]}))
-    text = "\n".join(report.heatmap_section(tmp_path))
+    text = "\n".join(report.heatmap_section(small_params(), tmp_path))
     assert "](plots/amflow_heatmaps.png)" in text
     assert "static map has a coefficient of variation of 1.50 and the aligned map 0.40, so the aligned map is " \
            "more uniform" in text
+    # Params whose table 1 has no amflow run: no heat maps, and the report says why (not "run it").
+    text = "\n".join(report.heatmap_section(small_params(methods=["frame", "tpa"]), tmp_path))
+    assert "no `amflow` run" in text and "](plots" not in text
 
 
 def test_write_heatmaps_end_to_end(tmp_path):

@@ -681,10 +681,12 @@ def localisation_section(params: Params, results_dir: Path) -> list[str]:
                     "patches over their share of the area.", ""]
 
 
-def heatmap_section(results_dir: Path) -> list[str]:
+def heatmap_section(params: Params, results_dir: Path) -> list[str]:
     lines = ["## AM flow heat maps", ""]
     out = paths.plots_dir(results_dir)
     png, gif = out / paths.HEATMAPS_PNG, out / paths.HEATMAPS_GIF
+    if "amflow" not in params.methods:
+        return lines + ["Not made: table 1 of these params has no `amflow` run (`methods`), whose maps they show.", ""]
     if not png.is_file():
         return lines + [f"Not made; run `amflow heatmaps` (`snakemake --cores 8 {png}`).", ""]
     lines += [f"![AM flow heat maps, static against aligned]({rel(png, results_dir)})", ""]
@@ -732,7 +734,7 @@ def build_report(params: Params, results_dir: Path) -> str:
     lines += ablation_section(params, abl, cameras, results_dir)
     lines += fair_test_section(params, results_dir)
     lines += localisation_section(params, results_dir)
-    lines += heatmap_section(results_dir)
+    lines += heatmap_section(params, results_dir)
     return "\n".join(lines).rstrip() + "\n"
 
 
