@@ -5,11 +5,13 @@ Two namespaces keep runs of different params files apart:
 - ``results/<name>/`` (:func:`results_root`): everything a params file's runs produce, keyed by the
   file's ``name``; the CLI's ``--results-dir`` is the root above it.
 - ``data/<dataset>-<spec>/`` (:func:`data_key`): a dataset's files and frame cache, keyed by a short hash
-  of the dataset's spec, so params files with equal specs share the frames and different specs under
-  one name never meet. The pretraining images are keyed the same way.
+  of the dataset's spec (and, for a dataset given as lists, of the lists' contents: :func:`list_files`),
+  so params files with equal specs share the frames and different specs, or edited lists, under one
+  name never meet. The pretraining images are keyed by their spec the same way.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -33,6 +35,9 @@ DATASET_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_\-]*"
 RESERVED_NAMES = ("frames", "motion", "pretrain_images", "backbone", "ablations", "sweeps", "plots")
 # The rules build their output patterns with the functions below, passing the wildcard itself.
 _WILDCARD = "{dataset}"
+
+# A dataset given as lists (source: list): its class list, in the folder its ``root`` names.
+LIST_CLASSES = "classes.txt"
 
 # File names inside the folders below (the stages, the rules and the tests take them from here).
 # A dataset folder (dataset_dir) and a frame cache (frames_dir):
@@ -111,8 +116,52 @@ def dataset_of_key(key: str) -> str:
     return m.group(1) if m else key
 
 
+def annotation_lists(spec) -> dict[str, Path]:
+    """A list dataset's list file per split, as its spec names them (relative to ``root``, or absolute)."""
+    root = Path(spec.root).absolute()
+    return {split: p if (p := Path(name)).is_absolute() else root / p for split, name in (spec.annotations or {}).items()}
+
+
+def list_files(spec) -> list[Path]:
+    """The files whose contents define a dataset given as lists (``source: list``): each split's list and
+    ``root/classes.txt`` (which may be absent); none for any other source."""
+    if spec.source != "list" or spec.root is None:
+        return []
+    return [*annotation_lists(spec).values(), Path(spec.root).absolute() / LIST_CLASSES]
+
+
+@functools.lru_cache(maxsize=256)
+def _content_digest(path: str, size: int, mtime_ns: int) -> str:
+    # Keyed by size and time as well: a workflow asks for the same key once per job it plans.
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def lists_digest(spec) -> str | None:
+    """Digest of the contents of :func:`list_files` (an absent file counts as absent), or None when the
+    dataset is not given as lists."""
+    files = list_files(spec)
+    if not files:
+        return None
+    contents = {}
+    for f in files:
+        st = f.stat() if f.is_file() else None
+        contents[str(f)] = _content_digest(str(f), st.st_size, st.st_mtime_ns) if st else None
+    return hashlib.sha256(json.dumps(contents, sort_keys=True).encode()).hexdigest()
+
+
 def dataset_key(params: "Params", dataset: str) -> str:
-    return data_key(check_dataset_name(dataset), spec_hash(params.dataset(dataset)))
+    """``<dataset>-<hash>``: the hash of the dataset's spec and, for a list dataset, of its lists' contents
+    (editing a list makes another dataset, with its own folders)."""
+    spec = params.dataset(dataset)
+    digest = lists_digest(spec)
+    if digest is None:
+        return data_key(check_dataset_name(dataset), spec_hash(spec))
+    text = json.dumps([spec.model_dump(mode="json"), digest], sort_keys=True, separators=(",", ":"))
+    return data_key(check_dataset_name(dataset), hashlib.sha256(text.encode()).hexdigest()[:SPEC_HASH_CHARS])
 
 
 def results_root(results_dir: Path, name: str) -> Path:

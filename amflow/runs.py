@@ -70,7 +70,8 @@ def uses_oracle(params: Params, method: str, variant: str) -> bool:
 
 
 def params_digest(params: Params, dataset: str) -> str:
-    """Hash of everything that defines this run's training (not workers, threads, device or tracking).
+    """Hash of everything that defines this run's training (not workers, threads, device or tracking),
+    the contents of a list dataset's lists included.
 
     A checkpoint is only resumed under the same digest, so a run folder never mixes two settings.
     """
@@ -79,9 +80,13 @@ def params_digest(params: Params, dataset: str) -> str:
         train.pop(key, None)
     # Test views only matter to evaluation (validation always uses one view).
     sampling = params.sampling_for(dataset).model_dump(mode="json", exclude={"test_clips", "test_crops"})
-    doc = {"dataset": params.dataset(dataset).model_dump(mode="json"), "sampling": sampling,
+    spec = params.dataset(dataset)
+    doc = {"dataset": spec.model_dump(mode="json"), "sampling": sampling,
            "backbone": params.backbone.model_dump(mode="json"),
            "model": params.model.model_dump(mode="json"), "train": train}
+    lists = paths.lists_digest(spec)
+    if lists is not None:  # a dataset given as lists is also its lists' contents (the other keys stay as they were)
+        doc["dataset_lists"] = lists
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 

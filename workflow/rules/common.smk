@@ -78,6 +78,12 @@ def frames_summary(dataset):
     return str(paths.frames_dir(DATA, paths.dataset_key(P, dataset)) / paths.FRAMES_SUMMARY)
 
 
+def dataset_lists(wildcards):
+    """A list dataset's lists (those present): DVC deps of its preparation. ancient(): their contents are
+    in the data key already, so an edit plans another dataset folder, and a new time alone reruns nothing."""
+    return [ancient(str(f)) for f in paths.list_files(P.dataset(wildcards.dataset)) if f.is_file()]
+
+
 def pretrain_images_info():
     return str(paths.pretrain_images_dir(DATA, P) / paths.PRETRAIN_IMAGES_INFO)
 
