@@ -193,6 +193,9 @@ def test_killed_sweep_resumes_to_the_requested_count(tmp_path):
     # Its parameters were queued again, marked as its replacement, and finished: nothing lost.
     redone = [t for t in study.trials if t.state == TrialState.COMPLETE and t.params == interrupted[0].params]
     assert [t.user_attrs.get("requeued_from") for t in redone] == [interrupted[0].number]
+    # The rerun's new trial is a new point: the sampler does not replay the first run's start-up points.
+    points = [tuple(sorted(t.params.items())) for t in study.trials if t.state != TrialState.FAIL]
+    assert len(points) == 3 and len(set(points)) == 3, points
 
 
 def test_bad_space_key_fails_before_any_trial(tmp_path):
