@@ -9,7 +9,7 @@ once training is complete) and, after evaluation, ``metrics.json`` and its compa
 The policy (:func:`load_trained_run`), for evaluation, prediction and the heat maps alike: training is
 complete (``train.json`` exists); the checkpoint records the params digest of the params it is used with
 (a missing digest is refused like a different one); and the checkpoint is the one ``train.json``
-describes (the same last epoch and digest). Each refusal names the file and the fix.
+describes (the same dataset, method, seed, last epoch and digest). Each refusal names the file and the fix.
 """
 from __future__ import annotations
 
@@ -150,14 +150,19 @@ def load_trained_run(run_dir: Path, params: Params, *, make: str, dataset: Optio
     state = ckpt.load_checkpoint(checkpoint)
     compat = state["meta"].get("compat", {})
     check_digest(state, params, dataset or compat.get("dataset"), run_dir, run_dir / paths.PARAMS_YAML)
-    # The checkpoint must be the one train.json describes: its last epoch, its params (train.json
-    # files written before the digest was recorded in them are checked on the epoch alone).
-    recorded = info.get("params_digest", compat.get("params_digest"))
-    if state["epoch"] != info.get("epochs") or compat.get("params_digest") != recorded:
-        raise AmflowError(f"{checkpoint}: not the checkpoint that {train_json} describes (epoch {state['epoch']}, "
-                          f"params digest {compat.get('params_digest')}; train.json: epoch {info.get('epochs')}, "
-                          f"digest {recorded}); restore the run's own checkpoint, or delete {run_dir} and "
-                          f"retrain")
+    # The checkpoint must be the one train.json describes: the same run (dataset, method, seed), its last
+    # epoch and its params (train.json files written before the digest was recorded in them are checked
+    # without it).
+    found = {"dataset": compat.get("dataset"), "method": compat.get("method"), "seed": compat.get("seed"),
+             "epoch": state["epoch"], "params digest": compat.get("params_digest")}
+    described = {"dataset": info.get("dataset"), "method": info.get("method"), "seed": info.get("seed"),
+                 "epoch": info.get("epochs"), "params digest": info.get("params_digest", compat.get("params_digest"))}
+    differ = [k for k in found if found[k] != described[k]]
+    if differ:
+        raise AmflowError(f"{checkpoint}: not the checkpoint that {train_json} describes "
+                          f"({', '.join(f'{k} {found[k]}' for k in differ)}; "
+                          f"train.json: {', '.join(f'{k} {described[k]}' for k in differ)}); restore the run's own "
+                          f"checkpoint, or delete {run_dir} and retrain")
     return TrainedRun(run_dir, info, state)
 
 

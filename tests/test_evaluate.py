@@ -141,6 +141,33 @@ def test_evaluate_refuses_a_checkpoint_that_train_json_does_not_describe(trained
     assert evaluate_run(params, progress=False, run_dir=mixed, **kw)["top1"] == trained[4]["top1"]
 
 
+def test_evaluate_refuses_another_seeds_checkpoint(trained, tmp_path):
+    """Seed 0's checkpoint copied into seed 1's folder (same params and backbone file, same epochs): refused
+    in one line, before any metric is written."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from amflow.evaluate.run import evaluate_run
+    from amflow.models import build_backbone
+    from amflow.train.run import train_run
+
+    root, params, kw, *_ = trained
+    weights = tmp_path / "backbone.safetensors"  # one backbone for both seeds, as a pretrained one is
+    save_file(build_backbone(params.backbone).state_dict(), str(weights))
+    shared = aligned_params(**{"backbone.weights": "file", "backbone.weights_file": str(weights)})
+    runs = {seed: tmp_path / f"seed{seed}" for seed in (0, 1)}
+    for seed, run in runs.items():
+        train_run(shared, progress=False, run_dir=run, **{**kw, "seed": seed})
+    shutil.copyfile(runs[0] / paths.CHECKPOINT, runs[1] / paths.CHECKPOINT)
+    with pytest.raises(AmflowError) as err:
+        evaluate_run(shared, progress=False, run_dir=runs[1], **{**kw, "seed": 1})
+    msg = str(err.value)
+    assert msg.startswith(f"{runs[1] / paths.CHECKPOINT}: not the checkpoint that {runs[1] / paths.TRAIN_JSON}"), msg
+    assert "(seed 0; train.json: seed 1)" in msg and "\n" not in msg
+    assert not (runs[1] / paths.METRICS_JSON).exists()
+
+
 def test_predict_samples_like_the_evaluation(trained, monkeypatch):
     """Fed the cached frames of a test video, predict gives the evaluation's probabilities for it."""
     from amflow.data.clips import ClipDataset
