@@ -54,9 +54,10 @@ LOCALISATION_PNG = "localisation.png"
 # The backbone folder (backbone_dir):
 BACKBONE_WEIGHTS = "backbone.safetensors"
 BACKBONE_METRICS = "metrics.json"
-# A run folder (run_dir, ablation_run_dir): training writes the first four, evaluation the rest.
+# A run folder (run_dir, ablation_run_dir): training writes the first five, evaluation the rest.
 PARAMS_YAML = "params.yaml"
-CHECKPOINT = "checkpoint.pt"
+TRAIN_STATE = "train_state.pt"               # every epoch: what an interrupted training resumes from
+CHECKPOINT = "checkpoint.pt"                 # once training is complete: its final state (the model)
 TRAIN_LOG = "train_log.csv"
 TRAIN_JSON = "train.json"                    # written once training is complete
 METRICS_JSON = "metrics.json"
@@ -156,12 +157,12 @@ def lists_digest(spec) -> str | None:
 def dataset_key(params: "Params", dataset: str) -> str:
     """``<dataset>-<hash>``: the hash of the dataset's spec and, for a list dataset, of its lists' contents
     (editing a list makes another dataset, with its own folders)."""
-    spec = params.dataset(dataset)
+    spec = params.dataset(check_dataset_name(dataset))
     digest = lists_digest(spec)
     if digest is None:
-        return data_key(check_dataset_name(dataset), spec_hash(spec))
+        return data_key(dataset, spec_hash(spec))
     text = json.dumps([spec.model_dump(mode="json"), digest], sort_keys=True, separators=(",", ":"))
-    return data_key(check_dataset_name(dataset), hashlib.sha256(text.encode()).hexdigest()[:SPEC_HASH_CHARS])
+    return data_key(dataset, hashlib.sha256(text.encode()).hexdigest()[:SPEC_HASH_CHARS])
 
 
 def results_root(results_dir: Path, name: str) -> Path:

@@ -1,10 +1,10 @@
 """A trained run: where its files are, the digest of the params that define it, its model, and loading
 it back with one compatibility policy.
 
-A run folder (:func:`amflow.paths.run_dir`, or ``--run-dir``) holds ``params.yaml``, ``checkpoint.pt``
-(every epoch; after the last one the final trainable weights), ``train_log.csv``, ``train.json`` (written
-once training is complete) and, after evaluation, ``metrics.json`` and its companions; the names are
-:mod:`amflow.paths`'s.
+A run folder (:func:`amflow.paths.run_dir`, or ``--run-dir``) holds ``params.yaml``, ``train_state.pt``
+(every epoch), ``train_log.csv``, ``checkpoint.pt`` and ``train.json`` (written once training is
+complete: the final trainable weights, and what the training was) and, after evaluation, ``metrics.json``
+and its companions; the names are :mod:`amflow.paths`'s.
 
 The policy (:func:`load_trained_run`), for evaluation, prediction and the heat maps alike: training is
 complete (``train.json`` exists); the checkpoint records the params digest of the params it is used with
@@ -73,7 +73,7 @@ def params_digest(params: Params, dataset: str) -> str:
     """Hash of everything that defines this run's training (not workers, threads, device or tracking),
     the contents of a list dataset's lists included.
 
-    A checkpoint is only resumed under the same digest, so a run folder never mixes two settings.
+    A training state is only resumed under the same digest, so a run folder never mixes two settings.
     """
     train = params.train.model_dump(mode="json")
     for key in ("num_workers", "threads", "device"):
@@ -147,6 +147,9 @@ def load_trained_run(run_dir: Path, params: Params, *, make: str, dataset: Optio
         info = io.read_json(train_json)
     except ValueError as exc:
         raise AmflowError(str(exc)) from None
+    if not checkpoint.exists():
+        raise AmflowError(f"{checkpoint}: missing, though {train_json} says training is complete; rerun `{make}` "
+                          f"(or the pipeline): it restores the checkpoint from {paths.TRAIN_STATE}, or trains again")
     state = ckpt.load_checkpoint(checkpoint)
     compat = state["meta"].get("compat", {})
     check_digest(state, params, dataset or compat.get("dataset"), run_dir, run_dir / paths.PARAMS_YAML)

@@ -22,7 +22,7 @@ from amflow.cli import main
 from amflow.data.frame_cache import FrameCache, write_cache
 from amflow.errors import AmflowError
 from amflow.params import load_params, resolve_raw
-from project_copy import ROOT, copy_of, make_project_copy, project_env, snakemake
+from project_copy import ROOT, copy_of, job_counts, make_project_copy, project_env, snakemake
 from standins_train import make_tiny_dataset, tiny_params
 
 torch.set_num_threads(1)
@@ -127,7 +127,7 @@ import os, signal, sys, torch
 from pathlib import Path
 from amflow.train import checkpoint as ckpt
 torch.save = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)  # killed inside torch.save
-ckpt.save_checkpoint(Path(sys.argv[1]) / "checkpoint.pt", {k: 0 for k in ckpt.REQUIRED_KEYS})
+ckpt.save_checkpoint(Path(sys.argv[1]) / "train_state.pt", {k: 0 for k in ckpt.REQUIRED_KEYS})
 """
 
 
@@ -139,8 +139,8 @@ def test_leftovers_of_a_kill_inside_torch_save_are_removed_at_the_next_start(tmp
     run.mkdir(parents=True)
     out = subprocess.run([sys.executable, "-c", KILL_IN_SAVE, str(run)], env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == -signal.SIGKILL
-    leftovers = io.temporaries(run, "checkpoint.pt")
-    assert len(leftovers) == 1 and not (run / paths.CHECKPOINT).exists()
+    leftovers = io.temporaries(run, paths.TRAIN_STATE)
+    assert len(leftovers) == 1 and not (run / paths.TRAIN_STATE).exists()
     info = train_run(tiny_params(epochs=1), dataset="tiny", method="frame", seed=0, data_dir=tmp_path / "data",
                      results_dir=tmp_path / "results", progress=False)
     assert info["status"] == "complete" and io.temporaries(run) == []
@@ -185,7 +185,7 @@ def test_a_training_job_killed_mid_run_resumes_to_the_same_metrics_bit_for_bit(t
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 900
-        while not (run / paths.CHECKPOINT).exists():  # the first epoch is saved: training is under way
+        while not (run / paths.TRAIN_STATE).exists():  # the first epoch is saved: training is under way
             assert proc.poll() is None and time.monotonic() < deadline, "training never wrote a checkpoint"
             time.sleep(0.02)
         train = _train_process(proc)
@@ -198,7 +198,7 @@ def test_a_training_job_killed_mid_run_resumes_to_the_same_metrics_bit_for_bit(t
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    state = torch.load(run / paths.CHECKPOINT, weights_only=True)
+    state = torch.load(run / paths.TRAIN_STATE, weights_only=True)
     assert 1 <= state["epoch"] < EPOCHS and not (run / paths.METRICS_JSON).exists()
 
     snakemake(killed, "--cores", "2", TARGET, *CHEAPER)  # the rerun: what the user types again
@@ -213,6 +213,27 @@ def test_a_training_job_killed_mid_run_resumes_to_the_same_metrics_bit_for_bit(t
     timeless = [[{k: v for k, v in r.items() if k not in ("epoch_time", "clips_per_s", "data_wait_frac")} for r in h]
                 for h in history]
     assert timeless[0] == timeless[1]
+
+
+@pytest.mark.slow
+def test_a_lost_checkpoint_is_made_again_before_the_evaluation_that_needs_it(tmp_path):
+    """The checkpoint deleted after the run's evaluation, then `snakemake --forcerun evaluate`: Snakemake
+    sees the training's output missing and makes it again first, so the evaluation succeeds and its
+    results come back equal (nothing is deleted by a job that cannot succeed)."""
+    project = make_project_copy(tmp_path / "project")
+    tiny = ("--configfile", "params/tiny.yaml", "--config", "backbone={weights: random}")  # no pretraining
+    snakemake(project, "--cores", "2", TARGET, *tiny)
+    before = json.loads((project / TARGET).read_text())
+    (project / RUN / paths.CHECKPOINT).unlink()
+    rerun = (TARGET, "--forcerun", "evaluate", *tiny)  # the target first: --forcerun takes every word after it
+    planned = snakemake(project, "-n", *rerun)
+    assert {k: v for k, v in job_counts(planned).items() if k != "total"} == {"train": 1, "evaluate": 1}
+    assert "Missing output files" in planned.stdout + planned.stderr
+    snakemake(project, "--cores", "2", *rerun)
+    after = json.loads((project / TARGET).read_text())
+    assert {k: v for k, v in after.items() if k not in NOT_REPRODUCIBLE} == \
+           {k: v for k, v in before.items() if k not in NOT_REPRODUCIBLE}
+    assert (project / RUN / paths.CHECKPOINT).is_file()
 
 
 def test_every_test_the_reliability_table_names_exists():

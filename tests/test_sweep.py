@@ -175,7 +175,7 @@ def test_killed_sweep_resumes_to_the_requested_count(tmp_path):
         while time.time() < deadline:
             time.sleep(0.2)
             assert proc.poll() is None, (tmp_path / "first_run.log").read_text()[-3000:]
-            if (trials_dir / "trial_0000/train.json").exists() and (trials_dir / "trial_0001/checkpoint.pt").exists():
+            if (trials_dir / "trial_0000/train.json").exists() and (trials_dir / "trial_0001/train_state.pt").exists():
                 break
         else:
             pytest.fail("the sweep never reached its second trial")

@@ -138,8 +138,8 @@ def test_resume_reuses_the_same_run(sqlite_run, monkeypatch):
     assert sorted(steps) == [1, 2, 3]                       # epoch 1 logged once, not twice
     names = [r.info.run_name for r in client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])]
     assert names.count("frame-seed1") == 1
-    # Deleting the checkpoint means training afresh (maybe with other params): a new MLflow run, not the old one.
-    (run_dir / paths.CHECKPOINT).unlink()
+    # Deleting the training state means training afresh (maybe with other params): a new MLflow run, not the old one.
+    (run_dir / paths.TRAIN_STATE).unlink()
     again = train_run(tiny_params(epochs=1), **kw)
     assert again["mlflow_run_id"] != run_id
     assert client.get_run(again["mlflow_run_id"]).data.params["train.epochs"] == "1"
@@ -180,7 +180,7 @@ def test_sweep_parent_nests_trials_and_a_stopping_callback_is_not_a_failure(sqli
     child = client.get_run(io.read_json(run_dir / tracking.RUN_FILE)["run_id"])
     assert child.data.tags["mlflow.parentRunId"] == parent.run_id and child.data.tags["amflow.trial"] == "0"
     assert child.info.status == "KILLED"                           # pruned, not failed
-    assert (run_dir / paths.CHECKPOINT).exists() and not (run_dir / paths.TRAIN_JSON).exists()
+    assert (run_dir / paths.TRAIN_STATE).exists() and not (run_dir / paths.TRAIN_JSON).exists()
     parent.finish_sweep({"number": 0, "value": 0.5, "params": {"train.lr": 0.01}}, [run_dir / paths.TRAIN_LOG])
     run = client.get_run(parent.run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["best_value"] == 0.5
@@ -300,7 +300,7 @@ def test_a_run_killed_before_its_first_checkpoint_is_marked_and_reused(sqlite_ru
     run_dir = paths.run_dir(root / "results", "tiny", "frame", 2)
     first = io.read_json(run_dir / tracking.RUN_FILE)["run_id"]
     client = MlflowClient(tracking_uri=uri)
-    assert client.get_run(first).info.status == "RUNNING" and not (run_dir / paths.CHECKPOINT).exists()
+    assert client.get_run(first).info.status == "RUNNING" and not (run_dir / paths.TRAIN_STATE).exists()
     capsys.readouterr()
     info = R.train_run(tiny_params(epochs=1), **kw)
     err = capsys.readouterr().err
@@ -440,7 +440,7 @@ def test_a_server_answering_503_stops_training_at_once_with_one_line(tmp_path, m
     assert uri in err[0] and "HTTP 503" in err[0] and "no training was started" in err[0]
     assert Only503.api_calls == 1                                   # asked once, not retried for minutes
     run_dir = paths.run_dir(tmp_path / "results", "tiny", "frame", 0)
-    assert not (run_dir / paths.CHECKPOINT).exists() and not (run_dir / paths.TRAIN_LOG).exists()
+    assert not (run_dir / paths.TRAIN_STATE).exists() and not (run_dir / paths.TRAIN_LOG).exists()
 
 
 def test_pretraining_is_a_tracked_run(tmp_path, monkeypatch):
@@ -486,7 +486,7 @@ def test_unreachable_server_fails_before_training(tmp_path, monkeypatch):
         train_run(tiny_params(), dataset="tiny", method="frame", seed=0, data_dir=tmp_path / "data",
                   results_dir=tmp_path / "results", progress=False)
     run_dir = tmp_path / "results" / "tiny" / "frame" / "seed0"
-    assert not (run_dir / paths.CHECKPOINT).exists() and not (run_dir / paths.TRAIN_LOG).exists()
+    assert not (run_dir / paths.TRAIN_STATE).exists() and not (run_dir / paths.TRAIN_LOG).exists()
 
 
 def test_tracking_switch_off_writes_nothing(tmp_path, monkeypatch):

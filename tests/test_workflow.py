@@ -136,6 +136,7 @@ table_datasets: [mine]
 """
 
 
+@pytest.mark.slow
 def test_editing_a_list_reruns_its_dataset_and_what_depends_on_it_and_nothing_else(tmp_path, monkeypatch):
     import numpy as np
 

@@ -8,10 +8,10 @@ params file's namespace): the frame cache ``data/frames/<key>/``, the camera tra
 ``results/<name>/backbone/backbone.safetensors`` (``backbone.weights: pretrain``).
 
 Outputs in the run folder (default ``results/<name>/<D>/<M>/seed<S>/``): ``params.yaml`` (the resolved params,
-for predict), ``mlflow_run.json`` (when tracking), ``checkpoint.pt`` (every epoch; after the last one it
-holds the final trainable weights), ``train_log.csv`` (every epoch) and ``train.json`` (written once
-training is complete, before the final MLflow logging: the model, summary metrics and files, retried on
-a busy store; see :func:`finish_tracking`).
+for predict), ``mlflow_run.json`` (when tracking), ``train_state.pt`` (every epoch: what a rerun resumes
+from), ``train_log.csv`` (every epoch), ``checkpoint.pt`` (once training is complete: the final trainable
+weights, the last training state) and ``train.json`` (then, before the final MLflow logging: the model,
+summary metrics and files, retried on a busy store; see :func:`finish_tracking`).
 
 Multi-process: start the same command under ``torchrun --nproc_per_node N -m amflow.cli train ...``;
 see :mod:`amflow.train.distributed` and :mod:`amflow.train.trainer` for what is shared how.
@@ -38,7 +38,7 @@ from amflow.evaluate.metrics import epochs_to_fraction
 from amflow.models import clip_gflops
 from amflow.models.inference import single_view
 from amflow.params import Params
-from amflow.paths import CHECKPOINT, PARAMS_YAML, TRAIN_JSON, TRAIN_LOG
+from amflow.paths import CHECKPOINT, PARAMS_YAML, TRAIN_JSON, TRAIN_LOG, TRAIN_STATE
 from amflow.runs import RunPaths, build_run_model, params_digest, resolve_method_variant, run_paths, uses_oracle
 from amflow.train.distributed import init_distributed
 from amflow.train.trainer import Trainer
@@ -75,10 +75,10 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
               run_dir: Optional[Path] = None, stop_after_epoch: Optional[int] = None, progress: bool = True,
               callbacks: Sequence[Callable[[dict], None]] = (), parent_run_id: Optional[str] = None,
               tags: Optional[dict] = None, run_name: Optional[str] = None) -> dict:
-    """Train one (dataset, method, seed) run; resume from the run folder's checkpoint if there is one.
+    """Train one (dataset, method, seed) run; resume from the run folder's training state if there is one.
 
-    ``callbacks`` get each epoch's record (rank 0, after the checkpoint); one may raise to end the run
-    (a sweep's pruner, say): the exception propagates, the checkpoint stays, and the MLflow run is
+    ``callbacks`` get each epoch's record (rank 0, after the state is saved); one may raise to end the run
+    (a sweep's pruner, say): the exception propagates, the training state stays, and the MLflow run is
     marked KILLED rather than FAILED. ``parent_run_id`` nests the MLflow run (sweep trials); ``tags``
     are added to it; ``run_name`` names it (default: see :meth:`amflow.tracking.Tracker.open_for_training`).
 
@@ -129,7 +129,7 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
             try:
                 tracker = open_tracking(params, paths, dataset=dataset, method=method, seed=seed, ctx=ctx,
                                         variant=variant, counts=counts, gflops=gflops,
-                                        resume=(paths.run_dir / CHECKPOINT).exists(), results_dir=results_dir,
+                                        resume=(paths.run_dir / TRAIN_STATE).exists(), results_dir=results_dir,
                                         parent_run_id=parent_run_id, tags=tags, run_name=run_name)
             except AmflowError as exc:
                 error = str(exc)
@@ -150,7 +150,7 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
             return run
 
         def log_epoch(record):
-            # A tracking hiccup must not end a long training: the epoch is in the checkpoint, and
+            # A tracking hiccup must not end a long training: the epoch is in the training state, and
             # sync_history logs it at the end (where a still-failing store does stop the stage).
             try:
                 tracker.log_epoch(record)
@@ -238,7 +238,7 @@ def open_tracking(params: Params, paths: RunPaths, *, dataset: str, method: str,
 def finish_tracking(tracker, info: dict, paths: RunPaths) -> None:
     """The final logging of a finished training (summary metrics, files, the MLflow model), retried on a
     busy store. ``train.json`` is already on disk: if it still fails, the error says how to log it
-    without training again (the same command resumes the finished checkpoint and only logs)."""
+    without training again (the same command resumes the finished training state and only logs)."""
     if tracker.run_id is None:
         return  # tracking is off
     from amflow.evaluate.mlflow_model import log_run_model  # imports mlflow's model code: only when tracking
