@@ -114,6 +114,17 @@ def test_bad_config_is_one_clear_line(project):
     assert "train.epochz: unknown key" in text and "Traceback" not in text, text[-3000:]
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("extends: default.yaml\ntrain: {epochz: 1}\n", "invalid params (1 problem(s)):\n  - train.epochz: unknown key"),
+    ("extends: gone.yaml\nname: x\n", "'extends: gone.yaml' names params/gone.yaml, which does not exist")])
+def test_a_bad_configfile_is_named_in_its_error(project, text, expected):
+    (project / "mine.yaml").write_text(text)
+    out = snakemake(project, "-n", "--configfile", "mine.yaml", check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and f"error: mine.yaml (--configfile): {expected}" in text, text[-3000:]
+    assert "Traceback" not in text
+
+
 def test_snakemake_dry_run_plans_the_localisation():
     """The README's localisation target: ground truth from the plans, then `amflow localise`."""
     target = "results/default/synth_moving/localisation/localisation.csv"
