@@ -122,6 +122,27 @@ def test_a_second_writer_of_a_run_folder_fails_at_once_naming_the_holder(tmp_pat
         pass
 
 
+def test_evaluate_beside_a_running_training_names_the_training(tmp_path):
+    from amflow.evaluate.run import evaluate_run
+
+    run = paths.run_dir(tmp_path / "results", "tiny", "amflow", 0)
+    run.mkdir(parents=True)
+    (run / paths.TRAIN_STATE).write_bytes(b"epoch 1 of a training under way")  # no train.json yet
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(AmflowError) as err:
+            evaluate_run(tiny_params(), dataset="tiny", method="amflow", seed=0, data_dir=tmp_path / "data",
+                         results_dir=tmp_path / "results", progress=False)
+        msg = str(err.value)
+        assert msg.startswith(f"{run}: another process is writing this run folder"), msg
+        assert f"amflow train --dataset tiny --method amflow --seed 0, pid {holder.pid}" in msg and "\n" not in msg
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+
+
 KILL_IN_SAVE = """
 import os, signal, sys, torch
 from pathlib import Path
