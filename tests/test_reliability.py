@@ -143,6 +143,45 @@ def test_evaluate_beside_a_running_training_names_the_training(tmp_path):
         holder.wait(timeout=60)
 
 
+@pytest.fixture
+def read_only():
+    """Make folders read-only for this process: their mode for a user; the immutable flag for root, whom
+    modes do not stop. Restored afterwards (tmp_path must stay deletable)."""
+    made = []
+
+    def make(folder: Path) -> None:
+        if os.geteuid() != 0:
+            folder.chmod(0o555)
+        elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("root here cannot make a folder read-only (chattr +i refused)")
+        made.append(folder)
+
+    yield make
+    for folder in made:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+
+
+def test_a_read_only_results_folder_is_one_line_naming_it(tmp_path, read_only, capsys):
+    make_tiny_dataset(tmp_path / "data")
+    params = tmp_path / "tiny.yaml"
+    params.write_text(yaml.safe_dump(tiny_params(epochs=1).model_dump(mode="json")))
+    common = ["--params", str(params), "--dataset", "tiny", "--seed", "0", "--data-dir", str(tmp_path / "data"),
+              "--results-dir", str(tmp_path / "results")]
+    results = paths.results_root(tmp_path / "results", "tiny")
+    run = paths.run_dir(results, "tiny", "frame", 0)
+    run.mkdir(parents=True)
+    (run / paths.TRAIN_JSON).write_text("{}")
+    for folder in (run, results / "tiny"):  # the run's folder and its dataset's
+        read_only(folder)
+    for command, method, where in (("train", "aim", results / "tiny/aim"), ("evaluate", "frame", run / io.LOCK_FILE)):
+        assert main([command, *common, "--method", method]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"error: {where}: cannot be written"), err
+        assert "--results-dir" in err
+
+
 KILL_IN_SAVE = """
 import os, signal, sys, torch
 from pathlib import Path
