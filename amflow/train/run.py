@@ -149,14 +149,27 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
                     raise
             return run
 
+        store_failed = []  # the store's first error other than "busy": tracking of this training stops there
+
         def log_epoch(record):
-            # A tracking hiccup must not end a long training: the epoch is in the training state, and
-            # sync_history logs it at the end (where a still-failing store does stop the stage).
+            # A tracking failure must not end a long training: the epoch is in the training state. A busy
+            # store's epoch is logged at the end (sync_history); any other error stops the tracking at once,
+            # with one line (a full disk would fail every call after it).
+            if store_failed:
+                return
             try:
                 tracker.log_epoch(record)
             except Exception as exc:  # noqa: BLE001
-                print(f"warning: MLflow logging of epoch {record['epoch']} failed ({type(exc).__name__}: {exc}); "
-                      f"will retry at the end of training", file=sys.stderr)
+                if tracking.is_busy(exc):
+                    print(f"warning: MLflow logging of epoch {record['epoch']} failed ({tracking.describe(exc)}); "
+                          f"will retry at the end of training", file=sys.stderr)
+                    return
+                store_failed.append(exc)
+                print(f"warning: {paths.run_dir}: MLflow logging failed at epoch {record['epoch']} on {tracker.uri} "
+                      f"({tracking.describe(exc)}); tracking of this training stops here (its MLflow run is marked "
+                      f"FAILED), the training goes on and writes its results to the run folder; once the store "
+                      f"works, rerun the same `amflow train` command to log them (it does not train again)",
+                      file=sys.stderr)
 
         trainer = Trainer(model, train_set, val_set, params.train, seed=seed, run_dir=paths.run_dir, ctx=ctx,
                           meta=meta, callbacks=[log_epoch, *map(caller_callback, callbacks)],
@@ -170,8 +183,12 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
             raise
         if not ctx.is_main:
             return {"status": result.status, "history": result.history}
-        tracking.with_retries(lambda: tracker.sync_history(result.history), f"logging the epochs of {paths.run_dir}")
+        run_id = tracker.run_id
+        if store_failed:  # said once already; if the store cannot even take this, the next start marks it KILLED
+            _finish_quietly(tracker, "FAILED", warn=False)
+            tracker = tracking.NullTracker()
         if result.status != "complete":
+            tracking.with_retries(lambda: tracker.sync_history(result.history), f"logging the epochs of {paths.run_dir}")
             tracker.finish("KILLED")  # resumable: the next run reopens it as RUNNING
             return {"status": result.status, "history": result.history}
 
@@ -184,7 +201,7 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
             "params_digest": meta["compat"]["params_digest"],
             "world_size": ctx.world_size, "device": ctx.device.type, "global_batch": params.train.batch_size,
             "accum_steps": params.train.accum_steps, "num_classes": len(classes),
-            "mlflow_run_id": tracker.run_id, "history": result.history,
+            "mlflow_run_id": run_id, "history": result.history,
         }
         # Results on disk first: a tracking failure after hours of training must not lose them.
         io.write_json(paths.run_dir / TRAIN_JSON, info)
@@ -245,6 +262,7 @@ def finish_tracking(tracker, info: dict, paths: RunPaths) -> None:
 
     run_dir = paths.run_dir
     steps = {
+        "epochs": lambda: tracker.sync_history(info["history"]),  # those a busy store missed
         "summary metrics": lambda: tracker.log_metrics({k: info[k] for k in (
             "train_time_s", "final_val_top1", "best_val_top1", "epochs_to_90pct", "trainable_params",
             "total_params", "gflops_per_clip") if info[k] is not None}),
@@ -266,8 +284,9 @@ def finish_tracking(tracker, info: dict, paths: RunPaths) -> None:
             f"the same `amflow train` command to log them (it does not train again)") from None
 
 
-def _finish_quietly(tracker, status: str) -> None:
+def _finish_quietly(tracker, status: str, warn: bool = True) -> None:
     try:
         tracker.finish(status)
     except Exception as exc:  # noqa: BLE001  (the original error matters more)
-        print(f"warning: could not mark the MLflow run {status}: {exc}", file=sys.stderr)
+        if warn:
+            print(f"warning: could not mark the MLflow run {status}: {tracking.describe(exc)}", file=sys.stderr)
