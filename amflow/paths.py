@@ -120,7 +120,8 @@ def dataset_of_key(key: str) -> str:
 def annotation_lists(spec) -> dict[str, Path]:
     """A list dataset's list file per split, as its spec names them (relative to ``root``, or absolute)."""
     root = Path(spec.root).absolute()
-    return {split: p if (p := Path(name)).is_absolute() else root / p for split, name in (spec.annotations or {}).items()}
+    return {split: p if (p := Path(name)).is_absolute() else root / p
+            for split, name in (spec.annotations or {}).items()}
 
 
 def list_files(spec) -> list[Path]:

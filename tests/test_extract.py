@@ -289,7 +289,8 @@ def test_shard_append_without_sendfile(tmp_path, monkeypatch):
     writer = fc.ShardWriter(tmp_path, 100)
     writer.add(data[:30], np.full(3, 10), fc.record_checksums(data[:30], np.full(3, 10)))
     monkeypatch.setattr(os, "sendfile", no_sendfile)
-    assert writer.add(part, np.full(30, 10), fc.record_checksums(data, np.full(30, 10))) == (0, 3)  # (shard, first frame)
+    # (shard, first frame in it)
+    assert writer.add(part, np.full(30, 10), fc.record_checksums(data, np.full(30, 10))) == (0, 3)
     assert writer.close() == 1
     assert (tmp_path / fc.shard_name(0)).read_bytes() == data[:30].tobytes() + data.tobytes()
     index = np.load(tmp_path / fc.index_name(0))
@@ -356,7 +357,8 @@ def test_a_damaged_jpeg_record_is_named_with_its_shard(tmp_path):
     write_cache(tmp_path / "toy", [{"video_id": "a", "split": "train", "label": 0, "frames": frames}], "jpeg")
     shard = tmp_path / "toy" / fc.shard_name(0)
     shard.write_bytes(b"\0" * shard.stat().st_size)  # same size, garbage content
-    with pytest.raises(AmflowError, match=f"{shard}: .*video a .*does not match its checksum.*amflow extract --dataset toy"):
+    with pytest.raises(AmflowError, match=f"{shard}: .*video a .*does not match its checksum.*"
+                                          f"amflow extract --dataset toy"):
         FrameCache(tmp_path / "toy").read(0)
 
 

@@ -344,7 +344,8 @@ def test_a_store_that_fills_up_stops_tracking_with_one_line_and_training_goes_on
     out = subprocess.run([sys.executable, "-c", FULL_DISK, *cmd], capture_output=True, text=True, env=env,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]                      # the training went on to its end
-    about = [line for line in out.stderr.splitlines() if "disk is full" in line or line.startswith(("warning", "error"))]
+    about = [line for line in out.stderr.splitlines()
+             if "disk is full" in line or line.startswith(("warning", "error"))]
     assert len(about) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
     run_dir = paths.run_dir(tmp_path / "results" / "tiny", "tiny", "frame", 0)
     assert about[0].startswith(f"warning: {run_dir}: MLflow logging failed at epoch 1") and \

@@ -188,7 +188,8 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
             _finish_quietly(tracker, "FAILED", warn=False)
             tracker = tracking.NullTracker()
         if result.status != "complete":
-            tracking.with_retries(lambda: tracker.sync_history(result.history), f"logging the epochs of {paths.run_dir}")
+            tracking.with_retries(lambda: tracker.sync_history(result.history),
+                                  f"logging the epochs of {paths.run_dir}")
             tracker.finish("KILLED")  # resumable: the next run reopens it as RUNNING
             return {"status": result.status, "history": result.history}
 

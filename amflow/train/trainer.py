@@ -16,8 +16,9 @@ What it guarantees (and the tests check):
   items r, r+W, ...); correct counts and loss sums are all-reduced, so the figures are exact and
   identical on every rank. ``val_loss`` is plain cross-entropy (no label smoothing).
 - Only rank 0 writes the training state (every epoch, atomically; ``checkpoint.pt`` once complete, see
-  :mod:`amflow.train.checkpoint`) and ``train_log.csv``, and calls the epoch callbacks (MLflow logging, a sweep's pruner). A callback may raise to end the run: rank 0
-  broadcasts the decision, the other ranks return ``status="stopped"`` and rank 0 re-raises.
+  :mod:`amflow.train.checkpoint`) and ``train_log.csv``, and calls the epoch callbacks (MLflow logging,
+  a sweep's pruner). A callback may raise to end the run: rank 0 broadcasts the decision, the other
+  ranks return ``status="stopped"`` and rank 0 re-raises.
 """
 from __future__ import annotations
 
