@@ -11,13 +11,13 @@ Two namespaces keep runs of different params files apart:
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from amflow import io
 from amflow.errors import AmflowError
 
 if TYPE_CHECKING:  # typing only: amflow.params imports nothing from here
@@ -132,26 +132,13 @@ def list_files(spec) -> list[Path]:
     return [*annotation_lists(spec).values(), Path(spec.root).absolute() / LIST_CLASSES]
 
 
-@functools.lru_cache(maxsize=256)
-def _content_digest(path: str, size: int, mtime_ns: int) -> str:
-    # Keyed by size and time as well: a workflow asks for the same key once per job it plans.
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def lists_digest(spec) -> str | None:
     """Digest of the contents of :func:`list_files` (an absent file counts as absent), or None when the
     dataset is not given as lists."""
     files = list_files(spec)
     if not files:
         return None
-    contents = {}
-    for f in files:
-        st = f.stat() if f.is_file() else None
-        contents[str(f)] = _content_digest(str(f), st.st_size, st.st_mtime_ns) if st else None
+    contents = {str(f): io.file_digest(f) if f.is_file() else None for f in files}
     return hashlib.sha256(json.dumps(contents, sort_keys=True).encode()).hexdigest()
 
 

@@ -7,7 +7,7 @@ Layout of ``data/frames/<dataset>-<spec>/`` (docs/architecture.md, "Frame cache"
   ``shard_frames`` frames unless one video alone is longer.
 - ``shard_00000.index.npy``: int64 ``[frames_in_shard, 3]`` = (byte offset, byte length, CRC-32) per
   record. A read checks the CRC-32 of every record it reads (a flipped bit is an error naming the shard
-  and how to rebuild the cache); it costs a small share of the decoding (``bench/bench_data.py``).
+  and how to rebuild the cache); ``bench/bench_data.py`` prints what that adds to a read.
 - ``manifest.csv``: one row per decoded video (:data:`MANIFEST_COLUMNS`), in the order train, val,
   test and annotation order within a split; ``global_start`` numbers frames across the whole cache.
 - ``failures.csv``: ``video, split, error`` for videos that could not be decoded.
@@ -281,12 +281,13 @@ class FrameCache:
         records = index[rows]
         out = np.empty((len(idx), h, w, 3), np.uint8)
         for k, (off, length, crc) in enumerate(records):
-            if zlib.crc32(data[off:off + length]) != crc:
+            record = data[off:off + length]
+            if zlib.crc32(record) != crc:
                 raise self._corrupt(shard, f"frame {int(idx[k])} of video {self.manifest.at[pos, 'video_id']} (record "
                                            f"{int(rows[k])}) does not match its checksum: its bytes changed since "
                                            f"the cache was written")
             try:
-                out[k] = decode_record(data[off:off + length], self.encoding, h, w)
+                out[k] = decode_record(record, self.encoding, h, w)
             except (AmflowError, ValueError) as exc:
                 raise self._corrupt(shard, f"a frame of video {self.manifest.at[pos, 'video_id']} does not "
                                            f"decode: {exc}") from None
