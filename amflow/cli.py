@@ -5,6 +5,7 @@ Heavy libraries (torch, cv2, mlflow) are imported inside the commands, so ``amfl
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.metadata
 import sys
 from pathlib import Path
@@ -401,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A results or data folder the stage may not write (permissions, a read-only mount): one line, not the
+# traceback of whichever mkdir, lock or open met it first.
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -411,6 +417,12 @@ def main(argv: list[str] | None = None) -> int:
     except (AmflowError, FileNotFoundError) as exc:
         # Expected failures carry the file and the fix in their message: no traceback.
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno not in NOT_WRITABLE or exc.filename is None:
+            raise
+        print(f"error: {exc.filename}: cannot be written ({exc.strerror}); make its folder writable, or give "
+              f"writable folders with --results-dir and --data-dir", file=sys.stderr)
         return 1
     return rc or 0
 

@@ -44,13 +44,13 @@ METRIC_NAMES = (paths.SCORES_JSON,)
 # confusion.png and curves.png (the confusion plots and the val_top1 curves show those numbers).
 IMAGE_SUFFIXES = (".png", ".gif")
 PER_RUN_RULES = ("evaluate", "evaluate_ablation")
-# Files a training job writes next to its Snakemake output that DVC must version too: evaluation and
-# `amflow predict` read checkpoint.pt and params.yaml, and the plots read train_log.csv. They are not
-# Snakemake outputs because Snakemake deletes a failed job's outputs, and the checkpoint is what lets an
-# interrupted training resume. DVC deletes them before it reruns a stage, so a changed param never
-# resumes an old checkpoint (e.g. under `dvc exp run -S`).
-SIDE_OUTS = {"train": (paths.CHECKPOINT, paths.PARAMS_YAML, paths.TRAIN_LOG),
-             "train_ablation": (paths.CHECKPOINT, paths.PARAMS_YAML, paths.TRAIN_LOG)}
+# Files a training job writes next to its Snakemake outputs (train.json, checkpoint.pt) that DVC must
+# version too: `amflow predict` reads params.yaml, and the plots read train_log.csv. They are rewritten
+# every epoch, and Snakemake deletes a failed job's outputs. The per-epoch train_state.pt, which an
+# interrupted training resumes from, is neither: a changed param never resumes it, because its params
+# digest differs (e.g. under `dvc exp run -S`).
+SIDE_OUTS = {"train": (paths.PARAMS_YAML, paths.TRAIN_LOG),
+             "train_ablation": (paths.PARAMS_YAML, paths.TRAIN_LOG)}
 # Top-level plots: plot id -> the training rule whose train_log.csv curves it overlays.
 CURVE_PLOTS = {"val_top1": "train", "ablation_val_top1": "train_ablation"}
 # Rules whose predictions.csv becomes a DVC confusion plot (the table runs).

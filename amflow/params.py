@@ -459,7 +459,8 @@ def _format_errors(path: str, err: ValidationError) -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; `amflow validate --show` lists every known key)"
         got = e.get("input")
-        got_s = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {got!r:.60})"
+        # A whole section echoed back, cut at 60 characters, says nothing the key does not.
+        got_s = "" if e["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r:.60})"
         lines.append(f"  - {key}: {msg}{got_s}")
     return "\n".join(lines)
 
@@ -520,9 +521,12 @@ def read_yaml(path: str | Path) -> dict:
     except OSError as exc:
         raise ParamsError(f"{path}: cannot be read ({exc.strerror}); check the file's permissions") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise ParamsError(_yaml_error(path, exc)) from None
+    if data is None:
+        raise ParamsError(f"{path}: the params file is empty; state `extends: <a params file>` and the values that "
+                          f"differ from it, or every section (params/default.yaml shows them)")
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
@@ -552,10 +556,19 @@ def resolve_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
     data = read_yaml(path)
     parent = data.pop("extends", None)
     if parent is not None:
-        if not isinstance(parent, str):
-            raise ParamsError(f"{path}: 'extends' must be the path of one params file (got {parent!r})")
-        data = deep_merge(resolve_raw(path.parent / parent, (*_chain, key)), data)
+        data = deep_merge(_extended(str(path), path.parent, parent, (*_chain, key)), data)
     return data
+
+
+def _extended(extender: str, folder: Path, parent: Any, chain: tuple[Path, ...] = ()) -> dict:
+    """The params that ``extends: parent`` (said by ``extender``) names, relative to ``folder``."""
+    if not isinstance(parent, str):
+        raise ParamsError(f"{extender}: 'extends' must be the path of one params file (got {parent!r})")
+    target = folder / parent
+    if not target.exists():
+        raise ParamsError(f"{extender}: 'extends: {parent}' names {target}, which does not exist; fix the path "
+                          f"(it is relative to {folder.absolute()})")
+    return resolve_raw(target, chain)
 
 
 def validate(data: dict, source: str = "<params>") -> Params:
@@ -590,10 +603,15 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ParamsError(f"override '{text}' must look like key.path=value")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ParamsError(f"--set '{text}': the value is not valid YAML ({problem}); write it as YAML, e.g. "
+                          f"--set train.epochs=2 or --set 'model.adapter.blocks=[4, 5]'") from None
 
 
-def resolve_workflow_config(command_line: dict, default: str | Path) -> dict:
+def resolve_workflow_config(command_line: dict, default: str | Path, source: str = "the command line's config") -> dict:
     """The params of a Snakemake run, from what its command line gave (``--configfile`` and ``--config``,
     which Snakemake has merged) and the workflow's default params file.
 
@@ -601,12 +619,13 @@ def resolve_workflow_config(command_line: dict, default: str | Path) -> dict:
     Snakemake does not tell the workflow where a config file was), as ``params/tiny.yaml`` extends
     ``default.yaml``. Without ``extends:``, it is complete when it has ``datasets``: it is used as it is;
     otherwise it extends the default: overrides such as ``--config 'train={epochs: 1}'``.
-    Mappings merge key by key, as Snakemake merges config files.
+    Mappings merge key by key, as Snakemake merges config files. ``source`` names what the command line
+    gave, for the errors.
     """
     data = copy.deepcopy(command_line)
     parent = data.pop("extends", None)
     if parent is not None:
-        base = resolve_raw(Path(default).parent / parent)
+        base = _extended(source, Path(default).parent, parent)
     elif "datasets" in data:
         base = {}
     else:

@@ -5,8 +5,9 @@ Two namespaces keep runs of different params files apart:
 - ``results/<name>/`` (:func:`results_root`): everything a params file's runs produce, keyed by the
   file's ``name``; the CLI's ``--results-dir`` is the root above it.
 - ``data/<dataset>-<spec>/`` (:func:`data_key`): a dataset's files and frame cache, keyed by a short hash
-  of the dataset's spec, so params files with equal specs share the frames and different specs under
-  one name never meet. The pretraining images are keyed the same way.
+  of the dataset's spec (and, for a dataset given as lists, of the lists' contents: :func:`list_files`),
+  so params files with equal specs share the frames and different specs, or edited lists, under one
+  name never meet. The pretraining images are keyed by their spec the same way.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from amflow import io
 from amflow.errors import AmflowError
 
 if TYPE_CHECKING:  # typing only: amflow.params imports nothing from here
@@ -34,6 +36,9 @@ RESERVED_NAMES = ("frames", "motion", "pretrain_images", "backbone", "ablations"
 # The rules build their output patterns with the functions below, passing the wildcard itself.
 _WILDCARD = "{dataset}"
 
+# A dataset given as lists (source: list): its class list, in the folder its ``root`` names.
+LIST_CLASSES = "classes.txt"
+
 # File names inside the folders below (the stages, the rules and the tests take them from here).
 # A dataset folder (dataset_dir) and a frame cache (frames_dir):
 DATASET_JSON = "dataset.json"
@@ -50,9 +55,10 @@ LABEL_PROBE_CSV = "label_probe.csv"
 # The backbone folder (backbone_dir):
 BACKBONE_WEIGHTS = "backbone.safetensors"
 BACKBONE_METRICS = "metrics.json"
-# A run folder (run_dir, ablation_run_dir): training writes the first four, evaluation the rest.
+# A run folder (run_dir, ablation_run_dir): training writes the first five, evaluation the rest.
 PARAMS_YAML = "params.yaml"
-CHECKPOINT = "checkpoint.pt"
+TRAIN_STATE = "train_state.pt"               # every epoch: what an interrupted training resumes from
+CHECKPOINT = "checkpoint.pt"                 # once training is complete: its final state (the model)
 TRAIN_LOG = "train_log.csv"
 TRAIN_JSON = "train.json"                    # written once training is complete
 METRICS_JSON = "metrics.json"
@@ -113,8 +119,40 @@ def dataset_of_key(key: str) -> str:
     return m.group(1) if m else key
 
 
+def annotation_lists(spec) -> dict[str, Path]:
+    """A list dataset's list file per split, as its spec names them (relative to ``root``, or absolute)."""
+    root = Path(spec.root).absolute()
+    return {split: p if (p := Path(name)).is_absolute() else root / p
+            for split, name in (spec.annotations or {}).items()}
+
+
+def list_files(spec) -> list[Path]:
+    """The files whose contents define a dataset given as lists (``source: list``): each split's list and
+    ``root/classes.txt`` (which may be absent); none for any other source."""
+    if spec.source != "list" or spec.root is None:
+        return []
+    return [*annotation_lists(spec).values(), Path(spec.root).absolute() / LIST_CLASSES]
+
+
+def lists_digest(spec) -> str | None:
+    """Digest of the contents of :func:`list_files` (an absent file counts as absent), or None when the
+    dataset is not given as lists."""
+    files = list_files(spec)
+    if not files:
+        return None
+    contents = {str(f): io.file_digest(f) if f.is_file() else None for f in files}
+    return hashlib.sha256(json.dumps(contents, sort_keys=True).encode()).hexdigest()
+
+
 def dataset_key(params: "Params", dataset: str) -> str:
-    return data_key(check_dataset_name(dataset), spec_hash(params.dataset(dataset)))
+    """``<dataset>-<hash>``: the hash of the dataset's spec and, for a list dataset, of its lists' contents
+    (editing a list makes another dataset, with its own folders)."""
+    spec = params.dataset(check_dataset_name(dataset))
+    digest = lists_digest(spec)
+    if digest is None:
+        return data_key(dataset, spec_hash(spec))
+    text = json.dumps([spec.model_dump(mode="json"), digest], sort_keys=True, separators=(",", ":"))
+    return data_key(dataset, hashlib.sha256(text.encode()).hexdigest()[:SPEC_HASH_CHARS])
 
 
 def results_root(results_dir: Path, name: str) -> Path:

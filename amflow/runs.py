@@ -1,15 +1,15 @@
 """A trained run: where its files are, the digest of the params that define it, its model, and loading
 it back with one compatibility policy.
 
-A run folder (:func:`amflow.paths.run_dir`, or ``--run-dir``) holds ``params.yaml``, ``checkpoint.pt``
-(every epoch; after the last one the final trainable weights), ``train_log.csv``, ``train.json`` (written
-once training is complete) and, after evaluation, ``metrics.json`` and its companions; the names are
-:mod:`amflow.paths`'s.
+A run folder (:func:`amflow.paths.run_dir`, or ``--run-dir``) holds ``params.yaml``, ``train_state.pt``
+(every epoch), ``train_log.csv``, ``checkpoint.pt`` and ``train.json`` (written once training is
+complete: the final trainable weights, and what the training was) and, after evaluation, ``metrics.json``
+and its companions; the names are :mod:`amflow.paths`'s.
 
 The policy (:func:`load_trained_run`), for evaluation, prediction and the heat maps alike: training is
 complete (``train.json`` exists); the checkpoint records the params digest of the params it is used with
 (a missing digest is refused like a different one); and the checkpoint is the one ``train.json``
-describes (the same last epoch and digest). Each refusal names the file and the fix.
+describes (the same dataset, method, seed, last epoch and digest). Each refusal names the file and the fix.
 """
 from __future__ import annotations
 
@@ -77,18 +77,23 @@ def uses_oracle(params: Params, method: str, variant: str) -> bool:
 
 
 def params_digest(params: Params, dataset: str) -> str:
-    """Hash of everything that defines this run's training (not workers, threads, device or tracking).
+    """Hash of everything that defines this run's training (not workers, threads, device or tracking),
+    the contents of a list dataset's lists included.
 
-    A checkpoint is only resumed under the same digest, so a run folder never mixes two settings.
+    A training state is only resumed under the same digest, so a run folder never mixes two settings.
     """
     train = params.train.model_dump(mode="json")
     for key in ("num_workers", "threads", "device"):
         train.pop(key, None)
     # Test views only matter to evaluation (validation always uses one view).
     sampling = params.sampling_for(dataset).model_dump(mode="json", exclude={"test_clips", "test_crops"})
-    doc = {"dataset": params.dataset(dataset).model_dump(mode="json"), "sampling": sampling,
+    spec = params.dataset(dataset)
+    doc = {"dataset": spec.model_dump(mode="json"), "sampling": sampling,
            "backbone": params.backbone.model_dump(mode="json"),
            "model": params.model.model_dump(mode="json"), "train": train}
+    lists = paths.lists_digest(spec)
+    if lists is not None:  # a dataset given as lists is also its lists' contents (the other keys stay as they were)
+        doc["dataset_lists"] = lists
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -157,17 +162,25 @@ def load_trained_run(run_dir: Path, params: Params, *, make: str, dataset: Optio
         info = io.read_json(train_json)
     except ValueError as exc:
         raise AmflowError(str(exc)) from None
+    if not checkpoint.exists():
+        raise AmflowError(f"{checkpoint}: missing, though {train_json} says training is complete; rerun `{make}` "
+                          f"(or the pipeline): it restores the checkpoint from {paths.TRAIN_STATE}, or trains again")
     state = ckpt.load_checkpoint(checkpoint)
     compat = state["meta"].get("compat", {})
     check_digest(state, params, dataset or compat.get("dataset"), run_dir, run_dir / paths.PARAMS_YAML)
-    # The checkpoint must be the one train.json describes: its last epoch, its params (train.json
-    # files written before the digest was recorded in them are checked on the epoch alone).
-    recorded = info.get("params_digest", compat.get("params_digest"))
-    if state["epoch"] != info.get("epochs") or compat.get("params_digest") != recorded:
-        raise AmflowError(f"{checkpoint}: not the checkpoint that {train_json} describes (epoch {state['epoch']}, "
-                          f"params digest {compat.get('params_digest')}; train.json: epoch {info.get('epochs')}, "
-                          f"digest {recorded}); restore the run's own checkpoint, or delete {run_dir} and "
-                          f"retrain")
+    # The checkpoint must be the one train.json describes: the same run (dataset, method, seed), its last
+    # epoch and its params (train.json files written before the digest was recorded in them are checked
+    # without it).
+    found = {"dataset": compat.get("dataset"), "method": compat.get("method"), "seed": compat.get("seed"),
+             "epoch": state["epoch"], "params digest": compat.get("params_digest")}
+    described = {"dataset": info.get("dataset"), "method": info.get("method"), "seed": info.get("seed"),
+                 "epoch": info.get("epochs"), "params digest": info.get("params_digest", compat.get("params_digest"))}
+    differ = [k for k in found if found[k] != described[k]]
+    if differ:
+        raise AmflowError(f"{checkpoint}: not the checkpoint that {train_json} describes "
+                          f"({', '.join(f'{k} {found[k]}' for k in differ)}; "
+                          f"train.json: {', '.join(f'{k} {described[k]}' for k in differ)}); restore the run's own "
+                          f"checkpoint, or delete {run_dir} and retrain")
     return TrainedRun(run_dir, info, state)
 
 

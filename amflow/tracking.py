@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -102,6 +103,21 @@ def _key_tag(key: str) -> str:
 def set_env_defaults() -> None:
     for name, value in ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    _quiet_store_tracebacks()
+
+
+class _DropStoreTracebacks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SQLAlchemy database error")
+
+
+def _quiet_store_tracebacks() -> None:
+    """MLflow's SQL store logs the whole traceback of a database error before raising it again; every
+    caller here reports that error in one line of its own, so the copy is dropped (a full disk would
+    otherwise log one traceback per call)."""
+    logger = logging.getLogger("mlflow.store.db.utils")  # the module whose session wrapper logs them
+    if not any(isinstance(f, _DropStoreTracebacks) for f in logger.filters):
+        logger.addFilter(_DropStoreTracebacks())
 
 
 def is_busy(exc: BaseException) -> bool:

@@ -1,4 +1,5 @@
-"""Data-pipeline throughput: frame extraction against raw decord decoding, cached clips against decoding.
+"""Data-pipeline throughput: frame extraction against raw decord decoding, cached clips against decoding,
+and what checking every frame's checksum adds to a read of the cache.
 
 Generates its own videos (H.264, PyAV) in a temporary folder and prints figures; it never passes or
 fails on time. Targets (docs/architecture.md, issue 3): extraction >= 80% of raw decoding speed per
@@ -19,6 +20,7 @@ import multiprocessing as mp
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +154,39 @@ def clip_rates(dataset: Path, paths: list[Path], crop: int, repeats: int) -> tup
     return cached, fly
 
 
+def checksum_cost(frames_dir: Path, frames_per_clip: int, repeats: int) -> tuple[float, float]:
+    """(seconds per clip of ``FrameCache.read``, seconds per clip of the CRC-32 of the same records alone):
+    the check a read makes of every record it reads, against the whole read (checks included)."""
+    from amflow.data import frame_cache as fc
+
+    cache = fc.FrameCache(frames_dir)
+    rng = np.random.default_rng(0)
+    m = cache.manifest
+    picks = [(row, np.sort(rng.choice(n, min(n, frames_per_clip), replace=False)))
+             for row, n in enumerate(m["num_frames"])]
+    shards = {s: (np.memmap(frames_dir / fc.shard_name(s), np.uint8, "r"), np.load(frames_dir / fc.index_name(s)))
+              for s in sorted(set(m["shard"]))}
+    records = [(shards[int(m.at[row, "shard"])], int(m.at[row, "first_frame"]) + idx) for row, idx in picks]
+
+    def reads() -> float:
+        t = time.perf_counter()
+        for row, idx in picks:
+            cache.read(row, idx)
+        return time.perf_counter() - t
+
+    def checksums() -> float:
+        t = time.perf_counter()
+        for (data, index), rows in records:
+            for off, length, _ in index[rows]:
+                zlib.crc32(data[off:off + length])
+        return time.perf_counter() - t
+
+    read = crc = float("inf")
+    for _ in range(repeats):  # interleaved, best of each
+        read, crc = min(read, reads()), min(crc, checksums())
+    return read / len(picks), crc / len(picks)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--small", type=int, default=64, help="videos at 64 px")
@@ -195,10 +230,22 @@ def main() -> None:
 
         print("\nClip loading, 8-frame segment clips + random resized crop, one process, clips/s")
         print(f"{'videos':7} {'cache':>8} {'on the fly':>11} {'speed-up':>9}")
+        loads = {}
         for name, size, paths, crop in groups:
             extract_rates(paths[0].parents[1], size, max(args.workers), 1)
             cached, fly = clip_rates(paths[0].parents[1], paths, crop, args.repeats)
+            loads[name] = 1 / cached
             print(f"{name:7} {cached:>8.0f} {fly:>11.0f} {cached / fly:>8.1f}x")
+
+        print("\nFrame checksums: the CRC-32 a read checks for every frame record it reads, 8 frames per clip")
+        print(f"{'cache':22} {'read us/clip':>12} {'crc us/clip':>11} {'of a read':>9} {'of a clip':>9}")
+        for name, size, paths, _ in groups:
+            for enc in ("raw", "jpeg"):
+                dataset = paths[0].parents[1]
+                extract_rates(dataset, size, max(args.workers), 1, enc)
+                read, crc = checksum_cost(dataset / "frames", 8, args.repeats)
+                clip = f"{crc / loads[name]:>9.1%}" if enc == "raw" else f"{'':>9}"  # clips were timed on raw
+                print(f"{name + ', ' + enc:22} {read * 1e6:>12.0f} {crc * 1e6:>11.1f} {crc / read:>9.1%} {clip}")
 
 
 if __name__ == "__main__":

@@ -45,13 +45,15 @@ def test_checkpoint_holds_only_safe_types_and_trainable_weights(tmp_path):
 def test_corrupted_checkpoint_is_a_clear_error_naming_the_file(tmp_path, damage):
     _, path = trained_run(tmp_path)
     data = path.read_bytes()
-    path.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"not a checkpoint" * 10, "empty": b""}[damage])
+    damaged = {"truncate": data[: len(data) // 2], "garbage": b"not a checkpoint" * 10, "empty": b""}[damage]
+    path.write_bytes(damaged)
     with pytest.raises(AmflowError) as err:
         ckpt.load_checkpoint(path)
     assert str(path) in str(err.value) and "delete it" in str(err.value)
-    # The trainer surfaces the same error when it finds the file on resume.
+    # The trainer surfaces the same error when it finds its training state so on resume.
+    (tmp_path / paths.TRAIN_STATE).write_bytes(damaged)
     torch.manual_seed(0)
-    with pytest.raises(AmflowError, match="corrupted"):
+    with pytest.raises(AmflowError, match=f"{tmp_path / paths.TRAIN_STATE}: checkpoint is corrupted"):
         Trainer(TinyVideoNet(), TinyClips(16), None, tiny_spec(epochs=2), seed=0, run_dir=tmp_path,
                 progress=False).fit()
 
@@ -85,11 +87,12 @@ def test_changed_frozen_backbone_is_detected(tmp_path):
 
 def test_no_temporary_files_are_left_behind(tmp_path):
     trained_run(tmp_path, epochs=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "train_log.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "train_log.csv", "train_state.pt"]
 
 
 def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    _, path = trained_run(tmp_path, epochs=1)
+    trained_run(tmp_path, epochs=1)
+    path = tmp_path / paths.TRAIN_STATE
     before = path.read_bytes()
 
     def disk_full(*args, **kwargs):
@@ -99,5 +102,5 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path, monkey
     with pytest.raises(AmflowError) as err:  # resumes from epoch 1; saving epoch 2 finds the disk full
         trained_run(tmp_path, epochs=2)
     assert str(err.value).startswith(f"{path}: the disk is full") and "intact" in str(err.value)
-    assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "train_log.csv"]
+    assert path.read_bytes() == before and (tmp_path / paths.CHECKPOINT).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "train_log.csv", "train_state.pt"]

@@ -315,6 +315,24 @@ def test_a_video_in_two_splits_is_an_error(tmp_path):
         prepare_dataset(params, "m", tmp_path / "out")
 
 
+@pytest.mark.parametrize("alias", ["clips/../clips/t.mp4", "link.mp4"])
+def test_a_test_video_listed_for_training_through_an_alias_or_a_symlink_is_an_error(tmp_path, alias):
+    root = tmp_path / "mine"
+    for name in ("a.mp4", "b.mp4", "t.mp4"):
+        touch(root / "clips" / name)
+    (root / "link.mp4").symlink_to(root / "clips" / "t.mp4")
+    (root / "train.txt").write_text(f"clips/a.mp4 0\nclips/b.mp4 1\n{alias} 0\n")
+    (root / "test.txt").write_text("clips/t.mp4 1\n")
+    params = make_params("m", {"source": "list", "root": str(root), "val_fraction": 0.5,
+                               "annotations": {"train": "train.txt", "test": "test.txt"}})
+    with pytest.raises(AmflowError) as err:
+        prepare_dataset(params, "m", tmp_path / "out")
+    msg = str(err.value)
+    assert "is listed in train and in test" in msg, msg
+    assert f"{root / alias}" in msg and f"{root / 'clips/t.mp4'}" in msg and "\n" not in msg
+    assert not (tmp_path / "out" / "dataset.json").exists()
+
+
 def test_list_needs_train_and_test(tmp_path):
     (tmp_path / "mine").mkdir()
     params = make_params("m", {"source": "list", "root": str(tmp_path / "mine"), "annotations": {"train": "t.txt"}})

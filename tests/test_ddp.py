@@ -97,7 +97,7 @@ def test_two_cpu_processes_match_one_process(tmp_path):
             assert torch.allclose(torch.tensor(rank["weights"][name]), torch.tensor(w), atol=1e-5), name
     # Only rank 0 wrote the run's files.
     assert sorted(p.name for p in two.iterdir()) == ["checkpoint.pt", "result_rank0.json", "result_rank1.json",
-                                                     "train_log.csv"]
+                                                     "train_log.csv", "train_state.pt"]
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed beside the interpreter")
@@ -130,7 +130,7 @@ def test_rerun_after_a_params_change_sets_the_checkpoint_aside_on_every_rank(tmp
     run(cmd, tmp_path, TEST_DIGEST="a")  # same params: resumes after the last epoch, nothing to train
     assert [json.loads((out / f"result_rank{r}.json").read_text())["resumed_from"] for r in (0, 1)] == [3, 3]
     run(cmd, tmp_path, TEST_DIGEST="b", TEST_RANK1_DELAY_S="3")  # params changed, rank 1 late
-    assert (out / "checkpoint.stale.pt").exists() and (out / paths.CHECKPOINT).exists()
+    assert (out / "train_state.stale.pt").exists() and (out / paths.CHECKPOINT).exists()
     for r in (0, 1):
         again = json.loads((out / f"result_rank{r}.json").read_text())
         assert again["status"] == "complete" and again["resumed_from"] == 0 and len(again["history"]) == 3

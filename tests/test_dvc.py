@@ -46,8 +46,9 @@ NOT_REPRODUCIBLE = {
     "mlflow_run_id": "a random id MLflow gives each run",
 }
 # Written by a stage but not versioned by DVC: a pointer into the local MLflow store (mlflow.db is not
-# versioned either), and training without tracking does not write it; the run folder's lock file.
-UNVERSIONED = ("mlflow_run.json", ".amflow.lock")
+# versioned either), and training without tracking does not write it; the run folder's lock file; the
+# training state an interrupted training resumes from (a finished run's model is its checkpoint.pt).
+UNVERSIONED = ("mlflow_run.json", ".amflow.lock", "train_state.pt")
 TRIM = "params/tiny_dvc.yaml"
 TRIM_TEXT = """# The tiny configuration cut to one dataset, two methods and one ablation run.
 extends: tiny.yaml

@@ -127,7 +127,7 @@ def test_evaluate_refuses_a_checkpoint_that_train_json_does_not_describe(trained
     assert early["status"] == "stopped"
     finished = paths.run_dir(root / "results", "tiny", "amflow", 0)
     mixed = shutil.copytree(finished, tmp_path / "mixed", ignore=shutil.ignore_patterns("metrics.json"))
-    shutil.copyfile(tmp_path / "early" / paths.CHECKPOINT, mixed / paths.CHECKPOINT)
+    shutil.copyfile(tmp_path / "early" / paths.TRAIN_STATE, mixed / paths.CHECKPOINT)
     with pytest.raises(AmflowError, match=f"{mixed / 'checkpoint.pt'}: not the checkpoint that .*epoch 1.*"
                                           f"train.json: epoch {info['epochs']}"):
         evaluate_run(params, progress=False, run_dir=mixed, **kw)
@@ -139,6 +139,55 @@ def test_evaluate_refuses_a_checkpoint_that_train_json_does_not_describe(trained
     assert not (mixed / paths.METRICS_JSON).exists()
     io.write_json(mixed / paths.TRAIN_JSON, info)  # the run's own pair evaluates
     assert evaluate_run(params, progress=False, run_dir=mixed, **kw)["top1"] == trained[4]["top1"]
+
+
+def test_a_lost_checkpoint_is_named_with_its_fix_and_the_same_training_restores_it(trained, tmp_path, capsys):
+    import shutil
+
+    from amflow.evaluate.run import evaluate_run
+    from amflow.train.run import train_run
+
+    root, params, kw, info, metrics = trained
+    run = shutil.copytree(paths.run_dir(root / "results", "tiny", "amflow", 0), tmp_path / "run")
+    (run / paths.CHECKPOINT).unlink()
+    before = (run / paths.METRICS_JSON).read_bytes()
+    with pytest.raises(AmflowError) as err:
+        evaluate_run(params, progress=False, run_dir=run, **kw)
+    msg = str(err.value)
+    assert msg.startswith(f"{run / paths.CHECKPOINT}: missing") and "rerun `amflow train --dataset tiny" in msg
+    assert "\n" not in msg and (run / paths.METRICS_JSON).read_bytes() == before  # nothing lost
+    capsys.readouterr()
+    again = train_run(params, progress=False, run_dir=run, **kw)  # the fix the message names
+    assert f"from epoch {info['epochs']}" in capsys.readouterr().err  # from the training state: no epoch trained
+    assert again["history"] == info["history"] and (run / paths.CHECKPOINT).exists()
+    assert evaluate_run(params, progress=False, run_dir=run, **kw)["top1"] == metrics["top1"]
+
+
+def test_evaluate_refuses_another_seeds_checkpoint(trained, tmp_path):
+    """Seed 0's checkpoint copied into seed 1's folder (same params and backbone file, same epochs): refused
+    in one line, before any metric is written."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from amflow.evaluate.run import evaluate_run
+    from amflow.models import build_backbone
+    from amflow.train.run import train_run
+
+    root, params, kw, *_ = trained
+    weights = tmp_path / "backbone.safetensors"  # one backbone for both seeds, as a pretrained one is
+    save_file(build_backbone(params.backbone).state_dict(), str(weights))
+    shared = aligned_params(**{"backbone.weights": "file", "backbone.weights_file": str(weights)})
+    runs = {seed: tmp_path / f"seed{seed}" for seed in (0, 1)}
+    for seed, run in runs.items():
+        train_run(shared, progress=False, run_dir=run, **{**kw, "seed": seed})
+    shutil.copyfile(runs[0] / paths.CHECKPOINT, runs[1] / paths.CHECKPOINT)
+    with pytest.raises(AmflowError) as err:
+        evaluate_run(shared, progress=False, run_dir=runs[1], **{**kw, "seed": 1})
+    msg = str(err.value)
+    assert msg.startswith(f"{runs[1] / paths.CHECKPOINT}: not the checkpoint that {runs[1] / paths.TRAIN_JSON}"), msg
+    assert "(seed 0; train.json: seed 1)" in msg and "\n" not in msg
+    assert not (runs[1] / paths.METRICS_JSON).exists()
 
 
 def test_predict_samples_like_the_evaluation(trained, monkeypatch):

@@ -157,11 +157,11 @@ def test_interrupted_extraction_leaves_nothing_complete(dataset, tmp_path, monke
     calls = {"n": 0}
     real_add = fc.ShardWriter.add
 
-    def flaky_add(self, blob, lengths):
+    def flaky_add(self, *args):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt  # the user pressing Ctrl-C half-way
-        return real_add(self, blob, lengths)
+        return real_add(self, *args)
 
     monkeypatch.setattr(fc.ShardWriter, "add", flaky_add)
     scratch = tmp_path / "scratch"  # where the workers' part files go ($TMPDIR)
@@ -287,15 +287,16 @@ def test_shard_append_without_sendfile(tmp_path, monkeypatch):
         raise OSError("sendfile not supported between these files")
 
     writer = fc.ShardWriter(tmp_path, 100)
-    writer.add(data[:30], np.full(3, 10))
+    writer.add(data[:30], np.full(3, 10), fc.record_checksums(data[:30], np.full(3, 10)))
     monkeypatch.setattr(os, "sendfile", no_sendfile)
-    assert writer.add(part, np.full(30, 10)) == (0, 3)  # (shard, first frame in it)
+    # (shard, first frame in it)
+    assert writer.add(part, np.full(30, 10), fc.record_checksums(data, np.full(30, 10))) == (0, 3)
     assert writer.close() == 1
     assert (tmp_path / fc.shard_name(0)).read_bytes() == data[:30].tobytes() + data.tobytes()
     index = np.load(tmp_path / fc.index_name(0))
     assert index[:, 0].tolist() == list(range(0, 330, 10)) and (index[:, 1] == 10).all()
     with pytest.raises(ValueError, match="lengths say"):
-        fc.ShardWriter(tmp_path, 100).add(part, np.full(29, 10))
+        fc.ShardWriter(tmp_path, 100).add(part, np.full(29, 10), np.zeros(29, np.int64))
 
 
 def test_extraction_decodes_widths_decord_gets_wrong(tmp_path):
@@ -356,8 +357,43 @@ def test_a_damaged_jpeg_record_is_named_with_its_shard(tmp_path):
     write_cache(tmp_path / "toy", [{"video_id": "a", "split": "train", "label": 0, "frames": frames}], "jpeg")
     shard = tmp_path / "toy" / fc.shard_name(0)
     shard.write_bytes(b"\0" * shard.stat().st_size)  # same size, garbage content
-    with pytest.raises(AmflowError, match=f"{shard}: .*video a does not decode.*amflow extract --dataset toy"):
+    with pytest.raises(AmflowError, match=f"{shard}: .*video a .*does not match its checksum.*"
+                                          f"amflow extract --dataset toy"):
         FrameCache(tmp_path / "toy").read(0)
+
+
+@pytest.mark.parametrize("encoding", ["raw", "jpeg"])
+def test_a_flipped_bit_in_a_shard_of_the_right_size_is_named_with_how_to_rebuild_it(tmp_path, encoding):
+    frames = moving_texture(4, 16, 16, 0)
+    frames_dir = tmp_path / "frames" / "toy"
+    write_cache(frames_dir, [{"video_id": "a", "split": "train", "label": 0, "frames": frames}], encoding)
+    shard = frames_dir / fc.shard_name(0)
+    data = bytearray(shard.read_bytes())
+    index = np.load(frames_dir / fc.index_name(0))
+    data[int(index[2, 0]) + 5] ^= 0x10  # one bit of frame 2
+    shard.write_bytes(bytes(data))
+    cache = FrameCache(frames_dir)
+    assert len(cache.read(0, [0, 1, 3])) == 3  # the frames around it are intact
+    with pytest.raises(AmflowError) as err:
+        cache.read(0, [1, 2])
+    msg = str(err.value)
+    assert msg.startswith(f"{shard}: frame cache shard is damaged (frame 2 of video a (record 2) does not match "
+                          f"its checksum"), msg
+    assert f"delete {frames_dir} and rerun `amflow extract --dataset toy`" in msg and "\n" not in msg
+
+
+def test_a_cache_without_checksums_is_refused_with_how_to_rebuild_it(tmp_path, dataset):
+    frames_dir = tmp_path / "frames" / "toy"
+    write_cache(frames_dir, [{"video_id": "a", "split": "train", "label": 0, "frames": moving_texture(2, 8, 8, 0)}])
+    summary = json.loads((frames_dir / fc.SUMMARY).read_text())
+    (frames_dir / fc.SUMMARY).write_text(json.dumps({**summary, "format_version": 1}))  # as an earlier amflow wrote it
+    with pytest.raises(AmflowError) as err:
+        FrameCache(frames_dir)
+    msg = str(err.value)
+    assert msg.startswith(f"{frames_dir}: frame cache of format 1") and "\n" not in msg
+    assert f"delete {frames_dir} and rerun `amflow extract --dataset toy`" in msg
+    # ... and the extraction itself sees it is not the cache these params ask for: it makes it again.
+    assert extract_frames(make_params(), "toy", dataset, frames_dir, workers=1)["format_version"] == fc.FORMAT_VERSION
 
 
 def test_paths_with_spaces_and_unicode(tmp_path):

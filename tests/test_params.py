@@ -96,6 +96,7 @@ def test_a_dataset_name_that_is_not_a_plain_folder_name_is_refused(tmp_path, nam
         load_params(_write(tmp_path, data))
     msg = str(err.value)
     assert str(tmp_path / "bad.yaml") in msg and f"dataset name {name!r}" in msg
+    assert "(got {" not in msg  # not the whole datasets section echoed back, cut short
 
 
 EDGE_CASES = {
@@ -107,6 +108,11 @@ EDGE_CASES = {
     "folder": (lambda t: t, "is a folder"),
     "not UTF-8": (lambda t: (_child(t, "name: x\n").write_bytes(b"name: caf\xe9\n"), t / "child.yaml")[-1],
                   "not UTF-8"),
+    "empty": (lambda t: ((t / "e.yaml").write_text(""), t / "e.yaml")[-1], "the params file is empty"),
+    "comments only": (lambda t: ((t / "e.yaml").write_text("# to do\n"), t / "e.yaml")[-1], "the params file is empty"),
+    "missing extends target": (lambda t: ((t / "c.yaml").write_text("extends: gone.yaml\nname: x\n"), t / "c.yaml")[-1],
+                               "'extends: gone.yaml' names"),
+    "not valid YAML": (lambda t: _child(t, "train: {epochs: [1}\n"), "line 2: not valid YAML"),
 }
 
 
@@ -133,6 +139,14 @@ def test_a_boolean_where_a_number_is_expected_is_an_error(tmp_path, key, value, 
     # ... while real booleans and free-form values still are booleans
     p = load_params(ROOT / "params/tiny.yaml", {"train": {"amp": False}, "backbone": {"kwargs": {"qkv_bias": True}}})
     assert p.train.amp is False and p.backbone.kwargs["qkv_bias"] is True
+
+
+def test_a_set_value_that_is_not_yaml_gets_one_line_naming_it(capsys):
+    from amflow.cli import main
+
+    assert main(["validate", "--params", str(ROOT / "params/tiny.yaml"), "--set", "train.epochs=[1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --set 'train.epochs=[1': the value is not valid YAML"), err
 
 
 # --------------------------------------------------------------------------- Snakemake's config

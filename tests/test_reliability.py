@@ -22,7 +22,7 @@ from amflow.cli import main
 from amflow.data.frame_cache import FrameCache, write_cache
 from amflow.errors import AmflowError
 from amflow.params import load_params, resolve_raw
-from project_copy import ROOT, copy_of, make_project_copy, project_env, snakemake
+from project_copy import ROOT, copy_of, job_counts, make_project_copy, project_env, snakemake
 from standins_train import make_tiny_dataset, tiny_params
 
 torch.set_num_threads(1)
@@ -122,12 +122,72 @@ def test_a_second_writer_of_a_run_folder_fails_at_once_naming_the_holder(tmp_pat
         pass
 
 
+def test_evaluate_beside_a_running_training_names_the_training(tmp_path):
+    from amflow.evaluate.run import evaluate_run
+
+    run = paths.run_dir(tmp_path / "results", "tiny", "amflow", 0)
+    run.mkdir(parents=True)
+    (run / paths.TRAIN_STATE).write_bytes(b"epoch 1 of a training under way")  # no train.json yet
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(AmflowError) as err:
+            evaluate_run(tiny_params(), dataset="tiny", method="amflow", seed=0, data_dir=tmp_path / "data",
+                         results_dir=tmp_path / "results", progress=False)
+        msg = str(err.value)
+        assert msg.startswith(f"{run}: another process is writing this run folder"), msg
+        assert f"amflow train --dataset tiny --method amflow --seed 0, pid {holder.pid}" in msg and "\n" not in msg
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+
+
+@pytest.fixture
+def read_only():
+    """Make folders read-only for this process: their mode for a user; the immutable flag for root, whom
+    modes do not stop. Restored afterwards (tmp_path must stay deletable)."""
+    made = []
+
+    def make(folder: Path) -> None:
+        if os.geteuid() != 0:
+            folder.chmod(0o555)
+        elif subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("root here cannot make a folder read-only (chattr +i refused)")
+        made.append(folder)
+
+    yield make
+    for folder in made:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+
+
+def test_a_read_only_results_folder_is_one_line_naming_it(tmp_path, read_only, capsys):
+    make_tiny_dataset(tmp_path / "data")
+    params = tmp_path / "tiny.yaml"
+    params.write_text(yaml.safe_dump(tiny_params(epochs=1).model_dump(mode="json")))
+    common = ["--params", str(params), "--dataset", "tiny", "--seed", "0", "--data-dir", str(tmp_path / "data"),
+              "--results-dir", str(tmp_path / "results")]
+    results = paths.results_root(tmp_path / "results", "tiny")
+    run = paths.run_dir(results, "tiny", "frame", 0)
+    run.mkdir(parents=True)
+    (run / paths.TRAIN_JSON).write_text("{}")
+    for folder in (run, results / "tiny"):  # the run's folder and its dataset's
+        read_only(folder)
+    for command, method, where in (("train", "aim", results / "tiny/aim"), ("evaluate", "frame", run / io.LOCK_FILE)):
+        assert main([command, *common, "--method", method]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"error: {where}: cannot be written"), err
+        assert "--results-dir" in err
+
+
 KILL_IN_SAVE = """
 import os, signal, sys, torch
 from pathlib import Path
 from amflow.train import checkpoint as ckpt
 torch.save = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)  # killed inside torch.save
-ckpt.save_checkpoint(Path(sys.argv[1]) / "checkpoint.pt", {k: 0 for k in ckpt.REQUIRED_KEYS})
+ckpt.save_checkpoint(Path(sys.argv[1]) / "train_state.pt", {k: 0 for k in ckpt.REQUIRED_KEYS})
 """
 
 
@@ -139,8 +199,8 @@ def test_leftovers_of_a_kill_inside_torch_save_are_removed_at_the_next_start(tmp
     run.mkdir(parents=True)
     out = subprocess.run([sys.executable, "-c", KILL_IN_SAVE, str(run)], env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == -signal.SIGKILL
-    leftovers = io.temporaries(run, "checkpoint.pt")
-    assert len(leftovers) == 1 and not (run / paths.CHECKPOINT).exists()
+    leftovers = io.temporaries(run, paths.TRAIN_STATE)
+    assert len(leftovers) == 1 and not (run / paths.TRAIN_STATE).exists()
     info = train_run(tiny_params(epochs=1), dataset="tiny", method="frame", seed=0, data_dir=tmp_path / "data",
                      results_dir=tmp_path / "results", progress=False)
     assert info["status"] == "complete" and io.temporaries(run) == []
@@ -185,7 +245,7 @@ def test_a_training_job_killed_mid_run_resumes_to_the_same_metrics_bit_for_bit(t
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 900
-        while not (run / paths.CHECKPOINT).exists():  # the first epoch is saved: training is under way
+        while not (run / paths.TRAIN_STATE).exists():  # the first epoch is saved: training is under way
             assert proc.poll() is None and time.monotonic() < deadline, "training never wrote a checkpoint"
             time.sleep(0.02)
         train = _train_process(proc)
@@ -198,7 +258,7 @@ def test_a_training_job_killed_mid_run_resumes_to_the_same_metrics_bit_for_bit(t
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    state = torch.load(run / paths.CHECKPOINT, weights_only=True)
+    state = torch.load(run / paths.TRAIN_STATE, weights_only=True)
     assert 1 <= state["epoch"] < EPOCHS and not (run / paths.METRICS_JSON).exists()
 
     snakemake(killed, "--cores", "2", TARGET, *CHEAPER)  # the rerun: what the user types again
@@ -213,6 +273,27 @@ def test_a_training_job_killed_mid_run_resumes_to_the_same_metrics_bit_for_bit(t
     timeless = [[{k: v for k, v in r.items() if k not in ("epoch_time", "clips_per_s", "data_wait_frac")} for r in h]
                 for h in history]
     assert timeless[0] == timeless[1]
+
+
+@pytest.mark.slow
+def test_a_lost_checkpoint_is_made_again_before_the_evaluation_that_needs_it(tmp_path):
+    """The checkpoint deleted after the run's evaluation, then `snakemake --forcerun evaluate`: Snakemake
+    sees the training's output missing and makes it again first, so the evaluation succeeds and its
+    results come back equal (nothing is deleted by a job that cannot succeed)."""
+    project = make_project_copy(tmp_path / "project")
+    tiny = ("--configfile", "params/tiny.yaml", "--config", "backbone={weights: random}")  # no pretraining
+    snakemake(project, "--cores", "2", TARGET, *tiny)
+    before = json.loads((project / TARGET).read_text())
+    (project / RUN / paths.CHECKPOINT).unlink()
+    rerun = (TARGET, "--forcerun", "evaluate", *tiny)  # the target first: --forcerun takes every word after it
+    planned = snakemake(project, "-n", *rerun)
+    assert {k: v for k, v in job_counts(planned).items() if k != "total"} == {"train": 1, "evaluate": 1}
+    assert "Missing output files" in planned.stdout + planned.stderr
+    snakemake(project, "--cores", "2", *rerun)
+    after = json.loads((project / TARGET).read_text())
+    assert {k: v for k, v in after.items() if k not in NOT_REPRODUCIBLE} == \
+           {k: v for k, v in before.items() if k not in NOT_REPRODUCIBLE}
+    assert (project / RUN / paths.CHECKPOINT).is_file()
 
 
 def test_every_test_the_reliability_table_names_exists():

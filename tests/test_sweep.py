@@ -175,7 +175,7 @@ def test_killed_sweep_resumes_to_the_requested_count(tmp_path):
         while time.time() < deadline:
             time.sleep(0.2)
             assert proc.poll() is None, (tmp_path / "first_run.log").read_text()[-3000:]
-            if (trials_dir / "trial_0000/train.json").exists() and (trials_dir / "trial_0001/checkpoint.pt").exists():
+            if (trials_dir / "trial_0000/train.json").exists() and (trials_dir / "trial_0001/train_state.pt").exists():
                 break
         else:
             pytest.fail("the sweep never reached its second trial")
@@ -193,6 +193,9 @@ def test_killed_sweep_resumes_to_the_requested_count(tmp_path):
     # Its parameters were queued again, marked as its replacement, and finished: nothing lost.
     redone = [t for t in study.trials if t.state == TrialState.COMPLETE and t.params == interrupted[0].params]
     assert [t.user_attrs.get("requeued_from") for t in redone] == [interrupted[0].number]
+    # The rerun's new trial is a new point: the sampler does not replay the first run's start-up points.
+    points = [tuple(sorted(t.params.items())) for t in study.trials if t.state != TrialState.FAIL]
+    assert len(points) == 3 and len(set(points)) == 3, points
 
 
 def test_bad_space_key_fails_before_any_trial(tmp_path):

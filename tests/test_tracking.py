@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from amflow import io, paths, tracking
 from amflow.errors import AmflowError
@@ -28,6 +29,7 @@ from standins_train import make_tiny_dataset, tiny_params
 
 torch.set_num_threads(1)
 MLFLOW = Path(sys.executable).parent / "mlflow"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -138,8 +140,8 @@ def test_resume_reuses_the_same_run(sqlite_run, monkeypatch):
     assert sorted(steps) == [1, 2, 3]                       # epoch 1 logged once, not twice
     names = [r.info.run_name for r in client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])]
     assert names.count("frame-seed1") == 1
-    # Deleting the checkpoint means training afresh (maybe with other params): a new MLflow run, not the old one.
-    (run_dir / paths.CHECKPOINT).unlink()
+    # Deleting the training state means training afresh (maybe with other params): a new MLflow run, not the old one.
+    (run_dir / paths.TRAIN_STATE).unlink()
     again = train_run(tiny_params(epochs=1), **kw)
     assert again["mlflow_run_id"] != run_id
     assert client.get_run(again["mlflow_run_id"]).data.params["train.epochs"] == "1"
@@ -180,7 +182,7 @@ def test_sweep_parent_nests_trials_and_a_stopping_callback_is_not_a_failure(sqli
     child = client.get_run(io.read_json(run_dir / tracking.RUN_FILE)["run_id"])
     assert child.data.tags["mlflow.parentRunId"] == parent.run_id and child.data.tags["amflow.trial"] == "0"
     assert child.info.status == "KILLED"                           # pruned, not failed
-    assert (run_dir / paths.CHECKPOINT).exists() and not (run_dir / paths.TRAIN_JSON).exists()
+    assert (run_dir / paths.TRAIN_STATE).exists() and not (run_dir / paths.TRAIN_JSON).exists()
     parent.finish_sweep({"number": 0, "value": 0.5, "params": {"train.lr": 0.01}}, [run_dir / paths.TRAIN_LOG])
     run = client.get_run(parent.run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["best_value"] == 0.5
@@ -300,7 +302,7 @@ def test_a_run_killed_before_its_first_checkpoint_is_marked_and_reused(sqlite_ru
     run_dir = paths.run_dir(root / "results", "tiny", "frame", 2)
     first = io.read_json(run_dir / tracking.RUN_FILE)["run_id"]
     client = MlflowClient(tracking_uri=uri)
-    assert client.get_run(first).info.status == "RUNNING" and not (run_dir / paths.CHECKPOINT).exists()
+    assert client.get_run(first).info.status == "RUNNING" and not (run_dir / paths.TRAIN_STATE).exists()
     capsys.readouterr()
     info = R.train_run(tiny_params(epochs=1), **kw)
     err = capsys.readouterr().err
@@ -309,6 +311,56 @@ def test_a_run_killed_before_its_first_checkpoint_is_marked_and_reused(sqlite_ru
     assert client.get_run(first).info.status == "FINISHED"
     exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     assert len(client.search_runs([exp_id], "attributes.run_name = 'frame-seed2'")) == 1
+
+
+# `amflow train` on a sqlite store whose disk fills up at the first epoch's metrics: SQLite then refuses
+# every new metric row ("database or disk is full"), through SQLAlchemy and MLflow as a real full disk does.
+FULL_DISK = """
+import sqlite3, sys
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from amflow.cli import main
+
+@event.listens_for(Engine, "before_cursor_execute")
+def full(conn, cursor, statement, parameters, context, executemany):
+    if statement.lstrip().upper().startswith(("INSERT INTO METRICS", "INSERT INTO LATEST_METRICS")):
+        raise sqlite3.OperationalError("database or disk is full")
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_store_that_fills_up_stops_tracking_with_one_line_and_training_goes_on(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    make_tiny_dataset(tmp_path / "data")
+    params = tmp_path / "tiny.yaml"
+    params.write_text(yaml.safe_dump(tiny_params(epochs=2).model_dump(mode="json")))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = ["train", "--params", str(params), "--dataset", "tiny", "--method", "frame", "--seed", "0",
+           "--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path / "results")]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "AMFLOW_TRACKING": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("AMFLOW_STOP_AFTER_EPOCH", None)
+    out = subprocess.run([sys.executable, "-c", FULL_DISK, *cmd], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]                      # the training went on to its end
+    about = [line for line in out.stderr.splitlines()
+             if "disk is full" in line or line.startswith(("warning", "error"))]
+    assert len(about) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    run_dir = paths.run_dir(tmp_path / "results" / "tiny", "tiny", "frame", 0)
+    assert about[0].startswith(f"warning: {run_dir}: MLflow logging failed at epoch 1") and \
+        "database or disk is full" in about[0] and "rerun the same `amflow train` command" in about[0]
+    info = io.read_json(run_dir / paths.TRAIN_JSON)
+    assert info["epochs"] == 2 and (run_dir / paths.CHECKPOINT).is_file()
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(info["mlflow_run_id"]).info.status == "FAILED"  # ended, not left RUNNING
+    # Space again: the same command logs what the store missed, without training again.
+    again = subprocess.run([sys.executable, "-m", "amflow.cli", *cmd], capture_output=True, text=True, env=env,
+                           timeout=600)
+    assert again.returncode == 0 and "from epoch 2" in again.stderr, again.stderr[-3000:]
+    run = client.get_run(info["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_top1")) == [1, 2]
 
 
 def test_a_busy_store_is_retried_and_a_failing_one_loses_no_results(sqlite_run, monkeypatch, capsys):
@@ -440,7 +492,7 @@ def test_a_server_answering_503_stops_training_at_once_with_one_line(tmp_path, m
     assert uri in err[0] and "HTTP 503" in err[0] and "no training was started" in err[0]
     assert Only503.api_calls == 1                                   # asked once, not retried for minutes
     run_dir = paths.run_dir(tmp_path / "results", "tiny", "frame", 0)
-    assert not (run_dir / paths.CHECKPOINT).exists() and not (run_dir / paths.TRAIN_LOG).exists()
+    assert not (run_dir / paths.TRAIN_STATE).exists() and not (run_dir / paths.TRAIN_LOG).exists()
 
 
 def test_pretraining_is_a_tracked_run(tmp_path, monkeypatch):
@@ -486,7 +538,7 @@ def test_unreachable_server_fails_before_training(tmp_path, monkeypatch):
         train_run(tiny_params(), dataset="tiny", method="frame", seed=0, data_dir=tmp_path / "data",
                   results_dir=tmp_path / "results", progress=False)
     run_dir = tmp_path / "results" / "tiny" / "frame" / "seed0"
-    assert not (run_dir / paths.CHECKPOINT).exists() and not (run_dir / paths.TRAIN_LOG).exists()
+    assert not (run_dir / paths.TRAIN_STATE).exists() and not (run_dir / paths.TRAIN_LOG).exists()
 
 
 def test_tracking_switch_off_writes_nothing(tmp_path, monkeypatch):

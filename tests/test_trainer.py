@@ -162,7 +162,7 @@ def test_a_checkpoint_made_with_other_settings_is_set_aside_not_resumed(tmp_path
     make_trainer(tmp_path, tiny_spec(epochs=1), meta={"compat": {"params_digest": "aaa"}}).fit()
     res = make_trainer(tmp_path, tiny_spec(epochs=2), meta={"compat": {"params_digest": "bbb"}}).fit()
     assert res.resumed_from == 0 and res.epochs_completed == 2          # trained from scratch
-    assert (tmp_path / "checkpoint.stale.pt").exists()                    # the old one kept aside
+    assert (tmp_path / "train_state.stale.pt").exists()                   # the old one kept aside
     assert "params_digest" in capsys.readouterr().err
 
 

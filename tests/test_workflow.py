@@ -10,7 +10,7 @@ import yaml
 
 from amflow.cli import build_parser
 from amflow.params import load_params
-from project_copy import job_counts, make_project_copy, snakemake
+from project_copy import job_counts, make_project_copy, nothing_to_do, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,6 +114,17 @@ def test_bad_config_is_one_clear_line(project):
     assert "train.epochz: unknown key" in text and "Traceback" not in text, text[-3000:]
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("extends: default.yaml\ntrain: {epochz: 1}\n", "invalid params (1 problem(s)):\n  - train.epochz: unknown key"),
+    ("extends: gone.yaml\nname: x\n", "'extends: gone.yaml' names params/gone.yaml, which does not exist")])
+def test_a_bad_configfile_is_named_in_its_error(project, text, expected):
+    (project / "mine.yaml").write_text(text)
+    out = snakemake(project, "-n", "--configfile", "mine.yaml", check=False)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and f"error: mine.yaml (--configfile): {expected}" in text, text[-3000:]
+    assert "Traceback" not in text
+
+
 def test_snakemake_dry_run_plans_the_localisation():
     """The README's localisation target: ground truth from the plans, then `amflow localise`."""
     target = "results/default/synth_moving/localisation/localisation.csv"
@@ -126,6 +137,56 @@ def test_snakemake_dry_run_plans_the_localisation():
     assert {"prepare_dataset", "extract_frames", "camera_motion", "pretrain_backbone", "ground_truth",
             "localise"} <= stats, stats
     assert re.search(r"amflow localise --params \S+ --dataset synth_moving", text)
+
+
+LIST_PARAMS = """extends: tiny.yaml
+name: mine
+datasets:
+  mine: {source: list, root: data/raw/mine, annotations: {train: train.txt, test: test.csv}}
+table_datasets: [mine]
+"""
+
+
+@pytest.mark.slow
+def test_editing_a_list_reruns_its_dataset_and_what_depends_on_it_and_nothing_else(tmp_path, monkeypatch):
+    import numpy as np
+
+    from video_files import write_mp4
+
+    project = make_project_copy(tmp_path / "project")
+    raw = project / "data/raw/mine"
+    (raw / "clips").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        write_mp4(raw / "clips" / f"v{i}.mp4", rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8))
+    (raw / "train.txt").write_text("".join(f"clips/v{i}.mp4 {i % 2}\n" for i in range(7)))
+    (raw / "test.csv").write_text("path,label\n" + "".join(f"clips/v{i}.mp4,{i % 2}\n" for i in range(7, 10)))
+    (project / "params/mine.yaml").write_text(LIST_PARAMS)
+    targets = [f"results/mine/{d}/camera_motion.json" for d in ("mine", "synth_static")]
+    cmd = ("--cores", "2", *targets, "--configfile", "params/mine.yaml")
+    snakemake(project, *cmd)
+    assert nothing_to_do(snakemake(project, "-n", *cmd))
+
+    from amflow import paths
+
+    from amflow.runs import params_digest
+
+    monkeypatch.chdir(project)  # the list's root is relative to the project, as Snakemake reads it
+    params = load_params("params/mine.yaml")
+    old_key, old_digest = paths.dataset_key(params, "mine"), params_digest(params, "mine")
+    listed = (raw / "test.csv").read_text()
+    (raw / "test.csv").write_text("".join(listed.splitlines(True)[:-1]))  # one test video fewer
+    new_key = paths.dataset_key(params, "mine")
+    assert params_digest(params, "mine") != old_digest  # a run trained on the old list is not resumed
+    out = snakemake(project, "-n", *cmd)
+    assert not nothing_to_do(out), "the edited list reran nothing"
+    counts = job_counts(out)
+    assert {k: v for k, v in counts.items() if k != "total"} == {"prepare_dataset": 1, "extract_frames": 1,
+                                                                 "camera_motion": 1}, counts
+    assert new_key != old_key and f"data/{new_key}/dataset.json" in out.stdout + out.stderr
+    assert (project / "data" / old_key / "dataset.json").exists()  # the earlier dataset stays as it was
+    (raw / "test.csv").write_text(listed)  # the same contents again, at a new time: nothing to redo
+    assert nothing_to_do(snakemake(project, "-n", *cmd))
 
 
 SUBCOMMANDS = ["validate", "prepare", "pretrain-images", "extract", "camera-motion", "ground-truth", "localise",

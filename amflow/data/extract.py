@@ -103,7 +103,7 @@ def _decode_all(builder: CacheBuilder, tasks: list[dict], job: tuple, workers: i
                     stats[split]["failed"] += 1
                 else:
                     builder.add_encoded(task["video_id"], split, task["label"], task["video"], res["blob"],
-                                        res["lengths"], res["height"], res["width"], res["fps"])
+                                        res["lengths"], res["checksums"], res["height"], res["width"], res["fps"])
                     os.unlink(res["blob"])
                     stats[split]["decoded"] += 1
                     stats[split]["frames"] += len(res["lengths"])

@@ -5,7 +5,9 @@ Layout of ``data/frames/<dataset>-<spec>/`` (docs/architecture.md, "Frame cache"
 - ``shard_00000.bin``: frame records back to back, each raw uint8 HxWx3 (``encoding: raw``) or one
   JPEG file (``encoding: jpeg``). A video never straddles two shards, so a shard holds at most
   ``shard_frames`` frames unless one video alone is longer.
-- ``shard_00000.index.npy``: int64 ``[frames_in_shard, 2]`` = (byte offset, byte length) per record.
+- ``shard_00000.index.npy``: int64 ``[frames_in_shard, 3]`` = (byte offset, byte length, CRC-32) per
+  record. A read checks the CRC-32 of every record it reads (a flipped bit is an error naming the shard
+  and how to rebuild the cache); ``bench/bench_data.py`` prints what that adds to a read.
 - ``manifest.csv``: one row per decoded video (:data:`MANIFEST_COLUMNS`), in the order train, val,
   test and annotation order within a split; ``global_start`` numbers frames across the whole cache.
 - ``failures.csv``: ``video, split, error`` for videos that could not be decoded.
@@ -24,6 +26,7 @@ import mmap
 import os
 import resource
 import shutil
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -32,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from amflow import io, paths
-from amflow.data.frame_codec import decode_record, encode_frames  # noqa: F401 (re-exported)
+from amflow.data.frame_codec import decode_record, encode_frames, record_checksums  # noqa: F401 (re-exported)
 from amflow.errors import AmflowError
 
 MANIFEST = "manifest.csv"
@@ -41,7 +44,7 @@ SUMMARY = paths.FRAMES_SUMMARY
 MANIFEST_COLUMNS = ("video_id", "split", "label", "video", "shard", "first_frame", "num_frames",
                     "global_start", "height", "width", "fps")
 FAILURE_COLUMNS = ("video", "split", "error")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a CRC-32 per record in the shard indexes
 # Data maps one reader keeps open (one descriptor each); a re-open costs one open() and mmap().
 MAX_OPEN_SHARDS = 64
 
@@ -69,8 +72,9 @@ class ShardWriter:
         self.bytes_written = 0
         self.frames_written = 0
 
-    def add(self, blob: Union[np.ndarray, str, Path], lengths: np.ndarray) -> tuple[int, int]:
-        """Write one video's records (flat uint8 array, or a file holding them); returns (shard, first frame)."""
+    def add(self, blob: Union[np.ndarray, str, Path], lengths: np.ndarray, checksums: np.ndarray) -> tuple[int, int]:
+        """Write one video's records (flat uint8 array, or a file holding them) with the CRC-32 of each
+        (:func:`record_checksums`); returns (shard, first frame)."""
         n, nbytes = len(lengths), int(np.sum(lengths))
         if self._file is None or (self._frames_in_shard and self._frames_in_shard + n > self.shard_frames):
             self._roll()
@@ -81,7 +85,7 @@ class ShardWriter:
         else:
             _append_file(blob, self._file, nbytes)
         offsets = self._offset + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        self._index.append(np.stack([offsets, lengths.astype(np.int64)], axis=1))
+        self._index.append(np.stack([offsets, lengths.astype(np.int64), np.asarray(checksums, np.int64)], axis=1))
         first = self._frames_in_shard
         self._frames_in_shard += n
         self._offset += nbytes
@@ -99,7 +103,7 @@ class ShardWriter:
         if self._file is None:
             return
         self._file.close()
-        index = np.concatenate(self._index) if self._index else np.zeros((0, 2), np.int64)
+        index = np.concatenate(self._index) if self._index else np.zeros((0, 3), np.int64)
         np.save(self.folder / index_name(self.shard), index)
         self._file = None
 
@@ -150,8 +154,8 @@ class CacheBuilder:
         self.failures: list[dict] = []
 
     def add_encoded(self, video_id: str, split: str, label: int, video: str, blob: np.ndarray, lengths: np.ndarray,
-                    height: int, width: int, fps: float) -> dict:
-        shard, first = self.writer.add(blob, lengths)
+                    checksums: np.ndarray, height: int, width: int, fps: float) -> dict:
+        shard, first = self.writer.add(blob, lengths, checksums)
         n = len(lengths)
         row = {"video_id": video_id, "split": split, "label": int(label), "video": video, "shard": shard,
                "first_frame": first, "num_frames": n, "global_start": self.writer.frames_written - n,
@@ -164,7 +168,8 @@ class CacheBuilder:
         if len(frames) == 0:
             raise ValueError(f"video {video_id}: no frames to cache")
         blob, lengths = encode_frames(frames, self.encoding, self.jpeg_quality)
-        return self.add_encoded(video_id, split, label, video, blob, lengths, frames.shape[1], frames.shape[2], fps)
+        return self.add_encoded(video_id, split, label, video, blob, lengths, record_checksums(blob, lengths),
+                                frames.shape[1], frames.shape[2], fps)
 
     def add_failure(self, video: str, split: str, error: str) -> None:
         self.failures.append({"video": video, "split": split, "error": error})
@@ -218,6 +223,10 @@ class FrameCache:
             raise AmflowError(f"{self.frames_dir}: no complete frame cache ({SUMMARY} missing); "
                               "run `amflow extract --dataset <name>` first")
         self.summary = io.read_json(summary_path)
+        if self.summary.get("format_version") != FORMAT_VERSION:
+            raise AmflowError(f"{self.frames_dir}: frame cache of format {self.summary.get('format_version')}, written "
+                              f"by an earlier amflow (format {FORMAT_VERSION} checks every frame's checksum); rebuild "
+                              f"it: {self._rebuild()}")
         self.encoding = self.summary["params"]["encoding"]
         self.manifest = pd.read_csv(self.frames_dir / MANIFEST, dtype={"video_id": str, "video": str, "split": str})
         # Plain int64 arrays: a read must not go through pandas (it dominates at these sizes).
@@ -271,18 +280,26 @@ class FrameCache:
                                        f"record {int(rows.max())}")
         records = index[rows]
         out = np.empty((len(idx), h, w, 3), np.uint8)
-        for k, (off, length) in enumerate(records):
+        for k, (off, length, crc) in enumerate(records):
+            record = data[off:off + length]
+            if zlib.crc32(record) != crc:
+                raise self._corrupt(shard, f"frame {int(idx[k])} of video {self.manifest.at[pos, 'video_id']} (record "
+                                           f"{int(rows[k])}) does not match its checksum: its bytes changed since "
+                                           f"the cache was written")
             try:
-                out[k] = decode_record(data[off:off + length], self.encoding, h, w)
+                out[k] = decode_record(record, self.encoding, h, w)
             except (AmflowError, ValueError) as exc:
                 raise self._corrupt(shard, f"a frame of video {self.manifest.at[pos, 'video_id']} does not "
                                            f"decode: {exc}") from None
         return out
 
+    def _rebuild(self) -> str:
+        return (f"delete {self.frames_dir} and rerun `amflow extract --dataset "
+                f"{paths.dataset_of_key(self.frames_dir.name)}` (or the pipeline)")
+
     def _corrupt(self, shard: int, why: str) -> AmflowError:
         return AmflowError(f"{self.frames_dir / shard_name(shard)}: frame cache shard is damaged ({why}); rebuild "
-                           f"the cache: delete {self.frames_dir} and rerun `amflow extract --dataset "
-                           f"{paths.dataset_of_key(self.frames_dir.name)}` (or the pipeline)")
+                           f"the cache: {self._rebuild()}")
 
     def _open(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
         if self._pid != os.getpid():  # forked into a worker: maps are reopened per process
@@ -302,8 +319,8 @@ class FrameCache:
             size = path.stat().st_size
         except (OSError, ValueError) as exc:
             raise self._corrupt(shard, f"unreadable: {exc}") from None
-        if index.ndim != 2 or index.shape[1] != 2:
-            raise self._corrupt(shard, f"its index {index_name(shard)} has shape {index.shape}, not [n, 2]")
+        if index.ndim != 2 or index.shape[1] != 3:
+            raise self._corrupt(shard, f"its index {index_name(shard)} has shape {index.shape}, not [n, 3]")
         # Shards are written record after record: the last record ends exactly at the end of the file.
         end = int((index[:, 0] + index[:, 1]).max()) if len(index) else 0
         if end != size:

@@ -6,6 +6,7 @@ this module (numpy, OpenCV, the video readers), so they start in a fraction of a
 from __future__ import annotations
 
 import contextlib
+import zlib
 
 import cv2
 import numpy as np
@@ -37,6 +38,12 @@ def encode_frames(frames: np.ndarray, encoding: str, jpeg_quality: int = 90) -> 
     raise ValueError(f"unknown frame encoding '{encoding}' (expected raw or jpeg)")
 
 
+def record_checksums(blob: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """CRC-32 of each record of ``blob`` (records back to back, ``lengths`` bytes each), as int64."""
+    ends = np.cumsum(lengths)
+    return np.array([zlib.crc32(blob[end - n:end]) for end, n in zip(ends, lengths)], np.int64)
+
+
 def decode_record(buf: np.ndarray, encoding: str, height: int, width: int) -> np.ndarray:
     """One stored record (uint8 bytes) -> uint8 [H,W,3] RGB."""
     if encoding == "raw":
@@ -62,7 +69,7 @@ def decode_video_task(task: tuple) -> dict:
     path, short_side, encoding, jpeg_quality, backend, part = task
 
     def consume(fps, chunks):
-        lengths, blobs, shape = [], [], (0, 0)
+        lengths, checksums, blobs, shape = [], [], [], (0, 0)
         with open(part, "wb") if part is not None else contextlib.nullcontext() as sink:  # "wb": a retry restarts
             for chunk in chunks:
                 blob, chunk_lengths = encode_frames(chunk, encoding, jpeg_quality)
@@ -71,9 +78,11 @@ def decode_video_task(task: tuple) -> dict:
                 else:
                     sink.write(blob)
                 lengths.append(chunk_lengths)
+                checksums.append(record_checksums(blob, chunk_lengths))  # while the bytes are in memory
                 shape = chunk.shape[1:3]
         return {"blob": part if sink is not None else np.concatenate(blobs), "lengths": np.concatenate(lengths),
-                "height": int(shape[0]), "width": int(shape[1]), "fps": round(float(fps), 6)}
+                "checksums": np.concatenate(checksums), "height": int(shape[0]), "width": int(shape[1]),
+                "fps": round(float(fps), 6)}
 
     try:
         return decode_video(path, consume, short_side=short_side, backend=backend)

@@ -162,8 +162,10 @@ def evaluate_run(params: Params, *, dataset: str, method: str, seed: int, data_d
         return {}  # evaluation is single-process; see the module docstring
     paths = run_paths(params, dataset, method, seed, data_dir, results_dir, run_dir)
     train_command = f"amflow train --dataset {dataset} --method {method} --seed {seed}"
-    check_complete(paths.run_dir, train_command)
-    # One writer per run folder: not while a training (or another evaluation) of it is running.
+    if not paths.run_dir.is_dir():
+        check_complete(paths.run_dir, train_command)  # never trained: no folder to lock (nor to make)
+    # One writer per run folder: not while a training (or another evaluation) of it is running; the
+    # lock comes first, so that an evaluation beside a running training names it.
     with io.exclusive_folder(paths.run_dir, f"amflow evaluate --dataset {dataset} --method {method} --seed {seed}"):
         run = load_trained_run(paths.run_dir, params, dataset=dataset, make=train_command)
         return _evaluate_locked(params, paths, run, dataset=dataset, method=method, seed=seed, progress=progress)

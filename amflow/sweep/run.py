@@ -1,6 +1,9 @@
 """``amflow sweep``: an Optuna study over the adapter's hyperparameters.
 
-- Seeded TPE sampler; median or Hyperband pruner on the per-epoch validation top-1 the trainer reports.
+- TPE sampler, seeded for each new trial from the sweep's ``seed`` and the number of trials the study
+  already holds (:func:`sampler_seed`): the same study history gives the same next point, and a rerun
+  after a kill, or a second worker, never replays the random start-up points of an earlier run.
+- Median or Hyperband pruner on the per-epoch validation top-1 the trainer reports.
 - Storage: SQLite under the sweep folder by default, ``journal:PATH`` for a journal file, or an RDB URL
   (``postgresql://...``) shared across machines. ``--workers N`` starts N processes on one storage.
 - Exactly the requested number of trials run to an end (complete, pruned, or failed with an error): a
@@ -23,6 +26,7 @@ import zlib
 from pathlib import Path
 from typing import Iterator, Optional
 
+import numpy as np
 import optuna
 import sqlalchemy
 import torch
@@ -87,11 +91,19 @@ def make_pruner(spec: SweepSpec):
     return optuna.pruners.NopPruner()
 
 
+def sampler_seed(seed: int, trials: int) -> int:
+    """The sampler's seed for the next trial of a study that holds ``trials`` trials."""
+    return int(np.random.SeedSequence([seed, trials]).generate_state(1)[0])
+
+
+def make_sampler(spec: SweepSpec, trials: int):
+    return optuna.samplers.TPESampler(seed=sampler_seed(spec.seed, trials))
+
+
 def load_study(url: str, study_name: str, spec: SweepSpec):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(study_name=study_name, storage=open_storage(url), direction="maximize",
-                               sampler=optuna.samplers.TPESampler(seed=spec.seed), pruner=make_pruner(spec),
-                               load_if_exists=True)
+                               sampler=make_sampler(spec, 0), pruner=make_pruner(spec), load_if_exists=True)
 
 
 def requeue_interrupted(study) -> int:
@@ -175,6 +187,8 @@ def worker(ctx: dict) -> int:
             trials = study.get_trials(deepcopy=False)
             if sum(ended(t) or t.state == TrialState.RUNNING for t in trials) >= ctx["trials"]:
                 return ran
+            # Under the claim lock, so every trial of the study is asked at another count.
+            study.sampler = make_sampler(spec, len(trials))
             trial = study.ask()  # takes a queued (WAITING) trial first
         try:
             value = run_trial(trial, ctx)

@@ -1,5 +1,10 @@
 """Training checkpoints: written atomically every epoch, read back with ``weights_only=True``.
 
+The trainer saves the training state after every epoch (``train_state.pt``: what an interrupted run
+resumes from) and, once training is complete, publishes the last one as the run's ``checkpoint.pt``
+(:func:`publish`), the file evaluation reads. Only the finished model is a workflow output: Snakemake
+deletes a failed job's outputs, which must not take the state a rerun resumes from.
+
 A checkpoint holds only tensors and primitive containers (dict, list, str, int, float, bool, None),
 so that loading it cannot execute code. Contents (``FORMAT`` 1):
 
@@ -18,6 +23,8 @@ world size without per-rank state.
 """
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +86,16 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     # the path (torch's own writer turns it into an opaque RuntimeError).
     with io.atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(state, f)
+
+
+def publish(state_path: Path, path: Path) -> None:
+    """Make the training state at ``state_path`` the run's checkpoint ``path``, atomically: a hard link
+    (no second copy of the weights), or a copy where the file system has no hard links."""
+    with io.atomic_path(path) as tmp:
+        try:
+            os.link(state_path, tmp)
+        except OSError:  # e.g. EPERM or ENOTSUP on some network and FUSE file systems
+            shutil.copyfile(state_path, tmp)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -8,10 +8,10 @@ params file's namespace): the frame cache ``data/frames/<key>/``, the camera tra
 ``results/<name>/backbone/backbone.safetensors`` (``backbone.weights: pretrain``).
 
 Outputs in the run folder (default ``results/<name>/<D>/<M>/seed<S>/``): ``params.yaml`` (the resolved params,
-for predict), ``mlflow_run.json`` (when tracking), ``checkpoint.pt`` (every epoch; after the last one it
-holds the final trainable weights), ``train_log.csv`` (every epoch) and ``train.json`` (written once
-training is complete, before the final MLflow logging: the model, summary metrics and files, retried on
-a busy store; see :func:`finish_tracking`).
+for predict), ``mlflow_run.json`` (when tracking), ``train_state.pt`` (every epoch: what a rerun resumes
+from), ``train_log.csv`` (every epoch), ``checkpoint.pt`` (once training is complete: the final trainable
+weights, the last training state) and ``train.json`` (then, before the final MLflow logging: the model,
+summary metrics and files, retried on a busy store; see :func:`finish_tracking`).
 
 Multi-process: start the same command under ``torchrun --nproc_per_node N -m amflow.cli train ...``;
 see :mod:`amflow.train.distributed` and :mod:`amflow.train.trainer` for what is shared how.
@@ -38,7 +38,7 @@ from amflow.evaluate.metrics import epochs_to_fraction
 from amflow.models import clip_gflops
 from amflow.models.inference import single_view
 from amflow.params import Params
-from amflow.paths import CHECKPOINT, PARAMS_YAML, TRAIN_JSON, TRAIN_LOG
+from amflow.paths import CHECKPOINT, PARAMS_YAML, TRAIN_JSON, TRAIN_LOG, TRAIN_STATE
 from amflow.runs import (RunPaths, build_run_model, measure_noise_levels, params_digest, resolve_method_variant,
                          run_paths, uses_oracle)
 from amflow.train.distributed import init_distributed
@@ -76,10 +76,10 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
               run_dir: Optional[Path] = None, stop_after_epoch: Optional[int] = None, progress: bool = True,
               callbacks: Sequence[Callable[[dict], None]] = (), parent_run_id: Optional[str] = None,
               tags: Optional[dict] = None, run_name: Optional[str] = None) -> dict:
-    """Train one (dataset, method, seed) run; resume from the run folder's checkpoint if there is one.
+    """Train one (dataset, method, seed) run; resume from the run folder's training state if there is one.
 
-    ``callbacks`` get each epoch's record (rank 0, after the checkpoint); one may raise to end the run
-    (a sweep's pruner, say): the exception propagates, the checkpoint stays, and the MLflow run is
+    ``callbacks`` get each epoch's record (rank 0, after the state is saved); one may raise to end the run
+    (a sweep's pruner, say): the exception propagates, the training state stays, and the MLflow run is
     marked KILLED rather than FAILED. ``parent_run_id`` nests the MLflow run (sweep trials); ``tags``
     are added to it; ``run_name`` names it (default: see :meth:`amflow.tracking.Tracker.open_for_training`).
 
@@ -133,7 +133,7 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
             try:
                 tracker = open_tracking(params, paths, dataset=dataset, method=method, seed=seed, ctx=ctx,
                                         variant=variant, counts=counts, gflops=gflops,
-                                        resume=(paths.run_dir / CHECKPOINT).exists(), results_dir=results_dir,
+                                        resume=(paths.run_dir / TRAIN_STATE).exists(), results_dir=results_dir,
                                         parent_run_id=parent_run_id, tags=tags, run_name=run_name)
             except AmflowError as exc:
                 error = str(exc)
@@ -153,14 +153,27 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
                     raise
             return run
 
+        store_failed = []  # the store's first error other than "busy": tracking of this training stops there
+
         def log_epoch(record):
-            # A tracking hiccup must not end a long training: the epoch is in the checkpoint, and
-            # sync_history logs it at the end (where a still-failing store does stop the stage).
+            # A tracking failure must not end a long training: the epoch is in the training state. A busy
+            # store's epoch is logged at the end (sync_history); any other error stops the tracking at once,
+            # with one line (a full disk would fail every call after it).
+            if store_failed:
+                return
             try:
                 tracker.log_epoch(record)
             except Exception as exc:  # noqa: BLE001
-                print(f"warning: MLflow logging of epoch {record['epoch']} failed ({type(exc).__name__}: {exc}); "
-                      f"will retry at the end of training", file=sys.stderr)
+                if tracking.is_busy(exc):
+                    print(f"warning: MLflow logging of epoch {record['epoch']} failed ({tracking.describe(exc)}); "
+                          f"will retry at the end of training", file=sys.stderr)
+                    return
+                store_failed.append(exc)
+                print(f"warning: {paths.run_dir}: MLflow logging failed at epoch {record['epoch']} on {tracker.uri} "
+                      f"({tracking.describe(exc)}); tracking of this training stops here (its MLflow run is marked "
+                      f"FAILED), the training goes on and writes its results to the run folder; once the store "
+                      f"works, rerun the same `amflow train` command to log them (it does not train again)",
+                      file=sys.stderr)
 
         trainer = Trainer(model, train_set, val_set, params.train, seed=seed, run_dir=paths.run_dir, ctx=ctx,
                           meta=meta, callbacks=[log_epoch, *map(caller_callback, callbacks)],
@@ -174,8 +187,13 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
             raise
         if not ctx.is_main:
             return {"status": result.status, "history": result.history}
-        tracking.with_retries(lambda: tracker.sync_history(result.history), f"logging the epochs of {paths.run_dir}")
+        run_id = tracker.run_id
+        if store_failed:  # said once already; if the store cannot even take this, the next start marks it KILLED
+            _finish_quietly(tracker, "FAILED", warn=False)
+            tracker = tracking.NullTracker()
         if result.status != "complete":
+            tracking.with_retries(lambda: tracker.sync_history(result.history),
+                                  f"logging the epochs of {paths.run_dir}")
             tracker.finish("KILLED")  # resumable: the next run reopens it as RUNNING
             return {"status": result.status, "history": result.history}
 
@@ -190,7 +208,7 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
             "params_digest": meta["compat"]["params_digest"],
             "world_size": ctx.world_size, "device": ctx.device.type, "global_batch": params.train.batch_size,
             "accum_steps": params.train.accum_steps, "num_classes": len(classes),
-            "mlflow_run_id": tracker.run_id, "history": result.history,
+            "mlflow_run_id": run_id, "history": result.history,
         }
         # Results on disk first: a tracking failure after hours of training must not lose them.
         io.write_json(paths.run_dir / TRAIN_JSON, info)
@@ -244,13 +262,14 @@ def open_tracking(params: Params, paths: RunPaths, *, dataset: str, method: str,
 def finish_tracking(tracker, info: dict, paths: RunPaths) -> None:
     """The final logging of a finished training (summary metrics, files, the MLflow model), retried on a
     busy store. ``train.json`` is already on disk: if it still fails, the error says how to log it
-    without training again (the same command resumes the finished checkpoint and only logs)."""
+    without training again (the same command resumes the finished training state and only logs)."""
     if tracker.run_id is None:
         return  # tracking is off
     from amflow.evaluate.mlflow_model import log_run_model  # imports mlflow's model code: only when tracking
 
     run_dir = paths.run_dir
     steps = {
+        "epochs": lambda: tracker.sync_history(info["history"]),  # those a busy store missed
         "summary metrics": lambda: tracker.log_metrics({k: info[k] for k in (
             "train_time_s", "final_val_top1", "best_val_top1", "epochs_to_90pct", "trainable_params",
             "total_params", "gflops_per_clip") if info[k] is not None}),
@@ -272,8 +291,9 @@ def finish_tracking(tracker, info: dict, paths: RunPaths) -> None:
             f"the same `amflow train` command to log them (it does not train again)") from None
 
 
-def _finish_quietly(tracker, status: str) -> None:
+def _finish_quietly(tracker, status: str, warn: bool = True) -> None:
     try:
         tracker.finish(status)
     except Exception as exc:  # noqa: BLE001  (the original error matters more)
-        print(f"warning: could not mark the MLflow run {status}: {exc}", file=sys.stderr)
+        if warn:
+            print(f"warning: could not mark the MLflow run {status}: {tracking.describe(exc)}", file=sys.stderr)

@@ -15,9 +15,10 @@ What it guarantees (and the tests check):
 - **Validation** runs every epoch on the val split, sharded over ranks without padding (rank r takes
   items r, r+W, ...); correct counts and loss sums are all-reduced, so the figures are exact and
   identical on every rank. ``val_loss`` is plain cross-entropy (no label smoothing).
-- Only rank 0 writes the checkpoint (every epoch, atomically) and ``train_log.csv``, and calls the
-  epoch callbacks (MLflow logging, a sweep's pruner). A callback may raise to end the run: rank 0
-  broadcasts the decision, the other ranks return ``status="stopped"`` and rank 0 re-raises.
+- Only rank 0 writes the training state (every epoch, atomically; ``checkpoint.pt`` once complete, see
+  :mod:`amflow.train.checkpoint`) and ``train_log.csv``, and calls the epoch callbacks (MLflow logging,
+  a sweep's pruner). A callback may raise to end the run: rank 0 broadcasts the decision, the other
+  ranks return ``status="stopped"`` and rank 0 re-raises.
 """
 from __future__ import annotations
 
@@ -108,10 +109,10 @@ def stop_after_from_env() -> Optional[int]:
 
 # --------------------------------------------------------------------------- the trainer
 class Trainer:
-    """Train ``model`` (whose frozen parameters have ``requires_grad=False``) and checkpoint every epoch.
+    """Train ``model`` (whose frozen parameters have ``requires_grad=False``), saving its state every epoch.
 
     ``meta`` is stored in the checkpoint; its ``compat`` dict must match on resume (so a run folder is
-    never resumed with different params). ``callbacks`` are called on rank 0 after each epoch's checkpoint with the
+    never resumed with different params). ``callbacks`` are called on rank 0 after each epoch's save with the
     epoch's record (a dict with :data:`LOG_COLUMNS`).
     """
 
@@ -133,6 +134,7 @@ class Trainer:
         self.normalise = normalise or (lambda video: video)  # uint8 clips become model input on the device
         self.device = self.ctx.device
         self.amp = bool(spec.amp and self.device.type == "cuda")
+        self.state_path = self.run_dir / paths.TRAIN_STATE
         self.checkpoint_path = self.run_dir / paths.CHECKPOINT
         self.log_path = self.run_dir / paths.TRAIN_LOG
 
@@ -174,9 +176,9 @@ class Trainer:
         # check for itself, a late rank could look while rank 0 moves a stale file aside, then skip
         # the barrier (collectives out of step: a hang until the NCCL timeout) or fail to load.
         decision, error = "fresh", None
-        if self.ctx.is_main and self.checkpoint_path.exists():
+        if self.ctx.is_main and self.state_path.exists():
             try:
-                stale = self._stale_reason(ckpt.load_checkpoint(self.checkpoint_path))
+                stale = self._stale_reason(ckpt.load_checkpoint(self.state_path))
                 decision = f"stale: {stale}" if stale else "resume"
             except AmflowError as exc:  # a corrupted file: every rank stops with rank 0's message
                 error = str(exc)
@@ -186,18 +188,18 @@ class Trainer:
         if decision == "fresh":
             return 0, [], 0.0
         if decision.startswith("stale"):
-            # The run's settings or backbone changed since this checkpoint (Snakemake and DVC rerun the
+            # The run's settings or backbone changed since this state was saved (Snakemake and DVC rerun the
             # job then): resuming would mix two configurations, so start over and keep the old file aside.
             self.ctx.barrier()  # every rank is past its last use of the run folder
             if self.ctx.is_main:
-                aside = self.checkpoint_path.with_name("checkpoint.stale.pt")
-                os.replace(self.checkpoint_path, aside)
-                print(f"{self.checkpoint_path}: {decision[len('stale: '):]}; moved it to {aside.name} and "
+                aside = self.state_path.with_name("train_state.stale.pt")
+                os.replace(self.state_path, aside)
+                print(f"{self.state_path}: {decision[len('stale: '):]}; moved it to {aside.name} and "
                       "training from scratch", file=sys.stderr)
             self.ctx.barrier()  # the file is gone before any rank goes on
             return 0, [], 0.0
-        state = ckpt.load_checkpoint(self.checkpoint_path)  # every rank reads it (a shared filesystem)
-        ckpt.load_trainable_state(self.model, state["model"], self.checkpoint_path)
+        state = ckpt.load_checkpoint(self.state_path)  # every rank reads it (a shared filesystem)
+        ckpt.load_trainable_state(self.model, state["model"], self.state_path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         return int(state["epoch"]), list(state["history"]), float(state.get("elapsed_s", 0.0))
@@ -210,7 +212,7 @@ class Trainer:
                 return f"written with a different {key} ({saved[key]!r}, now {value!r})"
         if "frozen_fingerprint" in state:
             try:
-                ckpt.check_fingerprint(self.model, state["frozen_fingerprint"], self.checkpoint_path)
+                ckpt.check_fingerprint(self.model, state["frozen_fingerprint"], self.state_path)
             except AmflowError:
                 return "written with a different frozen backbone"
         return None
@@ -253,7 +255,7 @@ class Trainer:
         self.net = self._wrap()
         resumed_from = start
         if start and self.ctx.is_main:
-            print(f"resuming {self.run_dir} from epoch {start} ({self.checkpoint_path})", file=sys.stderr)
+            print(f"resuming {self.run_dir} from epoch {start} ({self.state_path})", file=sys.stderr)
         status = "complete"
         for epoch in range(start, self.spec.epochs):
             t0 = time.perf_counter()
@@ -284,6 +286,8 @@ class Trainer:
             if self.stop_after_epoch is not None and epoch + 1 >= self.stop_after_epoch and epoch + 1 < self.spec.epochs:
                 status = "stopped"
                 break
+        if status == "complete" and self.ctx.is_main:
+            ckpt.publish(self.state_path, self.checkpoint_path)
         return TrainResult(status=status, history=history, elapsed_s=elapsed,
                            epochs_completed=len(history), resumed_from=resumed_from)
 
@@ -293,7 +297,7 @@ class Trainer:
                 f"{r['clips_per_s']:.1f} clips/s (data wait {r['data_wait_frac']:.0%}) {r['epoch_time']:.1f}s")
 
     def _save(self, epochs_done: int, history: list[dict], elapsed: float) -> None:
-        ckpt.save_checkpoint(self.checkpoint_path, {
+        ckpt.save_checkpoint(self.state_path, {
             "format": ckpt.FORMAT,
             "epoch": epochs_done,
             "model": ckpt.trainable_state(self.model),

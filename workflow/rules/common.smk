@@ -13,9 +13,20 @@ from amflow.params import GROUND_TRUTH_CONTROLS, METHODS, ParamsError, resolve_w
 from amflow.workflow_plan import ablation_runs, find_ablation, reference_runs, table_runs
 
 DEFAULT_PARAMS = "params/default.yaml"
+
+
+def given_config():
+    """What the command line gave, for the config's errors: each --configfile by name (else the default),
+    and whether --config added values."""
+    settings = workflow.config_settings
+    here = os.getcwd()
+    files = [f"{os.path.relpath(f) if os.path.abspath(f).startswith(here + os.sep) else f} (--configfile)"
+             for f in settings.configfiles]
+    return " and ".join(files or [DEFAULT_PARAMS]) + (" with --config values" if settings.config else "")
+
+
 try:
-    P = validate(resolve_workflow_config(COMMAND_LINE_CONFIG, DEFAULT_PARAMS), "the workflow's config "
-                 f"({DEFAULT_PARAMS}, then --configfile, then --config)")
+    P = validate(resolve_workflow_config(COMMAND_LINE_CONFIG, DEFAULT_PARAMS, given_config()), given_config())
 except ParamsError as exc:
     sys.exit(f"error: {exc}")
 # `config` becomes the validated params (defaults filled in): what the jobs and the report see.
@@ -76,6 +87,12 @@ PLOTS = str(paths.plots_dir(RESULTS))
 def frames_summary(dataset):
     """The frame cache's last-written file, for this params file's spec of ``dataset``."""
     return str(paths.frames_dir(DATA, paths.dataset_key(P, dataset)) / paths.FRAMES_SUMMARY)
+
+
+def dataset_lists(wildcards):
+    """A list dataset's lists (those present): DVC deps of its preparation. ancient(): their contents are
+    in the data key already, so an edit plans another dataset folder, and a new time alone reruns nothing."""
+    return [ancient(str(f)) for f in paths.list_files(P.dataset(wildcards.dataset)) if f.is_file()]
 
 
 def pretrain_images_info():

@@ -3,6 +3,8 @@
 
 
 rule prepare_dataset:
+    input:
+        dataset_lists,
     output:
         f"{DATASET_DIR}/{paths.DATASET_JSON}",
     params:

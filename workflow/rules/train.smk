@@ -2,13 +2,18 @@
 #
 # One thread per job by default: on a CPU, several single-threaded runs side by side use the cores
 # better than one multi-threaded run (small models). Cluster profiles raise it (set-threads).
+#
+# The checkpoint is an output of training, so a lost one is made again (from the run's train_state.pt, or by
+# training again) before an evaluation needs it; the per-epoch train_state.pt is not an output: Snakemake
+# deletes a failed job's outputs, and that file is what a rerun resumes from.
 
 
 rule train:
     input:
         train_inputs,
     output:
-        f"{RUN_DIR}/{paths.TRAIN_JSON}",
+        train_json=f"{RUN_DIR}/{paths.TRAIN_JSON}",
+        checkpoint=f"{RUN_DIR}/{paths.CHECKPOINT}",
     params:
         launch=launcher,
         dvc_params=tracked("datasets.{dataset}", "sampling", "model", "train", "backbone", "camera_motion"),
@@ -27,7 +32,8 @@ rule train:
 
 rule evaluate:
     input:
-        f"{RUN_DIR}/{paths.TRAIN_JSON}",
+        train_json=f"{RUN_DIR}/{paths.TRAIN_JSON}",
+        checkpoint=f"{RUN_DIR}/{paths.CHECKPOINT}",
     output:
         **evaluation_outputs(RUN_DIR, "Runs"),
     params:
@@ -49,7 +55,8 @@ rule train_ablation:
     input:
         ablation_inputs,
     output:
-        f"{ABLATION_RUN_DIR}/{paths.TRAIN_JSON}",
+        train_json=f"{ABLATION_RUN_DIR}/{paths.TRAIN_JSON}",
+        checkpoint=f"{ABLATION_RUN_DIR}/{paths.CHECKPOINT}",
     params:
         run_dir=run_dir_of,
         launch=launcher,
@@ -71,7 +78,8 @@ rule train_ablation:
 
 rule evaluate_ablation:
     input:
-        f"{ABLATION_RUN_DIR}/{paths.TRAIN_JSON}",
+        train_json=f"{ABLATION_RUN_DIR}/{paths.TRAIN_JSON}",
+        checkpoint=f"{ABLATION_RUN_DIR}/{paths.CHECKPOINT}",
     output:
         **evaluation_outputs(ABLATION_RUN_DIR, "Ablation runs"),
     params:

@@ -14,11 +14,13 @@ Split policy, the same for every real dataset (a generator makes exactly the spl
 - ``test``: chosen by the source module (K400 and SSv2 default to the official validation set, as in
   published results; their val is then a holdout of train).
 - A video may appear only once across all splits (the frame cache keys videos by path): a duplicate is
-  an error naming the video and both splits.
+  an error naming the video and both splits. Paths are compared resolved (``os.path.realpath``), so
+  ``clips/../clips/a.mp4`` or a symbolic link to a test video is the test video.
 - ``max_videos``: a seeded random subset per split, in the original order (quick runs).
 """
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,24 +126,29 @@ def subsample(table: pd.DataFrame, n: int, seed: int, split: str) -> pd.DataFram
     return table.iloc[keep].reset_index(drop=True)
 
 
-def check_unique(splits: dict[str, pd.DataFrame]) -> None:
-    """Every video once across all splits (the frame cache and fair evaluation both need it)."""
-    seen: dict[str, str] = {}
-    for split in SPLITS:
+def check_unique(splits: dict[str, pd.DataFrame], out_dir: Path) -> None:
+    """Every video once across all splits (the frame cache and fair evaluation both need it), compared by
+    the file each path leads to: a path through ``..`` or a symbolic link names the file it resolves to."""
+    seen: dict[str, tuple[str, str]] = {}
+    for split in (s for s in SPLITS if s in splits):
         for video in splits[split]["video"]:
-            if video in seen:
-                where = f"twice in {split}" if seen[video] == split else f"in {seen[video]} and in {split}"
-                raise AmflowError(f"video {video} is listed {where}; each video may appear once across train, "
-                                  f"val and test. Fix the annotation lists (a val list is optional: without it, "
-                                  f"val is held out from train)")
-            seen[video] = split
+            real = os.path.realpath(Path(out_dir) / video)  # an absolute reference stays itself
+            if real in seen:
+                first_split, first = seen[real]
+                where = f"twice in {split}" if first_split == split else f"in {first_split} and in {split}"
+                alias = "" if first == video else f" (as {first} and as {video}, both {real})"
+                raise AmflowError(f"video {video} is listed {where}{alias}; each video may appear once across "
+                                  f"train, val and test. Fix the annotation lists (a val list is optional: "
+                                  f"without it, val is held out from train)")
+            seen[real] = (split, video)
 
 
-def split_policy(result: PreparedDataset, spec: DatasetSpec) -> tuple[dict[str, pd.DataFrame], str]:
+def split_policy(result: PreparedDataset, spec: DatasetSpec, out_dir: Path) -> tuple[dict[str, pd.DataFrame], str]:
     """The real-dataset split policy (module docstring): the final splits and how val was made."""
     splits = dict(result.splits)
     if "train" not in splits or "test" not in splits:
         raise AssertionError(f"source module for {spec.source} returned splits {sorted(splits)}")
+    check_unique(splits, out_dir)  # on the splits as listed, before val is held out of train
     fraction = spec.val_fraction
     if fraction is None and "val" not in splits:
         fraction = DEFAULT_VAL_FRACTION
@@ -150,7 +157,6 @@ def split_policy(result: PreparedDataset, spec: DatasetSpec) -> tuple[dict[str, 
         val_policy = f"class-stratified holdout of {fraction:g} of train (split_seed {spec.split_seed})"
     else:
         val_policy = "the dataset's own val split"
-    check_unique(splits)
     if spec.max_videos:
         for split, n in spec.max_videos.items():
             splits[split] = subsample(splits[split], n, spec.split_seed, split)
@@ -169,7 +175,7 @@ def write_dataset(source: Source, spec: DatasetSpec, dataset_name: str, out_dir:
     if source.generator:  # exactly the splits its spec asks for: no holdout, no subsample
         splits = dict(result.splits)
     else:
-        splits, val_policy = split_policy(result, spec)
+        splits, val_policy = split_policy(result, spec, out_dir)
 
     missing = pd.DataFrame(result.missing, columns=list(MISSING_COLUMNS))
     missing_per_split = {s: int((missing["split"] == s).sum()) for s in SPLITS}

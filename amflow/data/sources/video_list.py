@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from amflow import paths
 from amflow.data.sources.base import PreparedDataset, Source, split_table, video_ref
 from amflow.errors import AmflowError
 from amflow.params import DatasetSpec
@@ -57,7 +58,7 @@ def resolve_classes(root: Path, lists: dict[str, list[tuple[str, str, str]]]) ->
     """Class names and a raw-label -> class-name map, following the rules in the module docstring."""
     labels = [(lab, where) for rows in lists.values() for _, lab, where in rows]
     is_int = [bool(INT_RE.match(lab)) for lab, _ in labels]
-    classes_file = root / "classes.txt"
+    classes_file = root / paths.LIST_CLASSES
     if classes_file.is_file():
         classes = [ln.strip() for ln in classes_file.read_text().splitlines() if ln.strip()]
         if len(set(classes)) != len(classes):
@@ -99,7 +100,7 @@ def build(spec: DatasetSpec, dataset_name: str, out_dir: Path) -> PreparedDatase
     if lacking:
         raise AmflowError(f"source 'list' needs annotation lists for train and test; missing: {lacking}. "
                           f"(val is optional: without it, val_fraction of train is held out, default 0.1.)")
-    lists = {s: read_list(p if (p := Path(f)).is_absolute() else root / p) for s, f in given.items()}
+    lists = {s: read_list(p) for s, p in paths.annotation_lists(spec).items()}
     if not any(lists.values()):
         raise AmflowError(f"the annotation lists under {root} are all empty")
     classes, mapping = resolve_classes(root, lists)
@@ -114,7 +115,7 @@ def build(spec: DatasetSpec, dataset_name: str, out_dir: Path) -> PreparedDatase
                 missing.append({"split": split, "video": str(path), "reason": f"file not found (listed at {where})"})
         splits[split] = split_table(kept, classes)
     info = {"root": str(root), "annotation_files": {s: str(f) for s, f in given.items()},
-            "classes_from": "classes.txt" if (root / "classes.txt").is_file() else "labels in the lists",
+            "classes_from": paths.LIST_CLASSES if (root / paths.LIST_CLASSES).is_file() else "labels in the lists",
             "test_from": "the test list"}
     return PreparedDataset(classes=classes, splits=splits, missing=missing, info=info)
 
