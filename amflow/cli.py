@@ -240,9 +240,12 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_dvc_yaml(args) -> None:
-    from amflow.dag import write_dvc_yaml
+    from amflow.dag import hand_over, write_dvc_yaml
 
-    write_dvc_yaml(Path(args.output), check=args.check, params_file=args.params)
+    if args.commit:
+        hand_over(params_file=args.params)
+        return
+    write_dvc_yaml(args.output, check=args.check, params_file=args.params)
 
 
 # --------------------------------------------------------------------------- parser
@@ -382,13 +385,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sweep_arguments(p)
     p.set_defaults(func=cmd_sweep)
-    p = sub.add_parser("dvc-yaml", help="generate dvc.yaml from the Snakemake workflow",
-                       description="Write dvc.yaml from the same stage definitions that the Snakemake rules use "
-                                   "(one source of truth). --check fails if the file on disk differs.")
+    p = sub.add_parser("dvc-yaml", help="generate a params file's DVC pipeline from the Snakemake workflow",
+                       description="Write pipelines/<name>/dvc.yaml, the DVC pipeline of a params file, from the "
+                                   "same stage definitions that the Snakemake rules use (one source of truth). "
+                                   "--check fails if the file on disk differs; --commit hands a finished "
+                                   "Snakemake run over to DVC (docs/dvc.md).")
     p.add_argument("--params", default="params/default.yaml",
                    help="the params file the DVC stages read and track (default params/default.yaml)")
-    p.add_argument("--output", default="dvc.yaml", help="file to write or check (default dvc.yaml)")
-    p.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on a difference")
+    p.add_argument("--output", type=Path, default=None,
+                   help="file to write or check (default pipelines/<name>/dvc.yaml)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on a difference")
+    mode.add_argument("--commit", action="store_true",
+                      help="write the pipeline, check that every training run in results/ was made with the "
+                           "params file's values (else name the run and the keys, and record nothing), then "
+                           "record the outputs in its dvc.lock (dvc commit -f)")
     p.set_defaults(func=cmd_dvc_yaml)
     p = sub.add_parser("timed", help="run a command and write its Snakemake-format benchmark file (DVC stages)",
                        description="Run CMD and, when it succeeds, write FILE with the columns of Snakemake's "

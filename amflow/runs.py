@@ -69,20 +69,34 @@ def uses_oracle(params: Params, method: str, variant: str) -> bool:
     return method == "amflow" and variant != "none" and params.model.am_flow.control == "oracle"
 
 
-def params_digest(params: Params, dataset: str) -> str:
-    """Hash of everything that defines this run's training (not workers, threads, device or tracking).
-
-    A checkpoint is only resumed under the same digest, so a run folder never mixes two settings.
-    """
+def digest_doc(params: Params, dataset: str) -> dict:
+    """Everything that defines this run's training (not workers, threads, device or tracking): what
+    :func:`params_digest` hashes."""
     train = params.train.model_dump(mode="json")
     for key in ("num_workers", "threads", "device"):
         train.pop(key, None)
     # Test views only matter to evaluation (validation always uses one view).
     sampling = params.sampling_for(dataset).model_dump(mode="json", exclude={"test_clips", "test_crops"})
-    doc = {"dataset": params.dataset(dataset).model_dump(mode="json"), "sampling": sampling,
-           "backbone": params.backbone.model_dump(mode="json"),
-           "model": params.model.model_dump(mode="json"), "train": train}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+    return {"dataset": params.dataset(dataset).model_dump(mode="json"), "sampling": sampling,
+            "backbone": params.backbone.model_dump(mode="json"),
+            "model": params.model.model_dump(mode="json"), "train": train}
+
+
+def params_digest(params: Params, dataset: str) -> str:
+    """Hash of :func:`digest_doc`. A checkpoint is only resumed under the same digest, so a run folder
+    never mixes two settings."""
+    return hashlib.sha256(json.dumps(digest_doc(params, dataset), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def digest_differences(used: Params, other: Params, dataset: str) -> dict[str, tuple]:
+    """The dotted keys of :func:`digest_doc` whose values differ, ``key -> (used, other)``."""
+    def flat(node, prefix=""):
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: node}
+
+    a, b = flat(digest_doc(used, dataset)), flat(digest_doc(other, dataset))
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
 def build_run_model(params: Params, dataset: str, method: str, num_classes: int, variant: str,

@@ -34,15 +34,11 @@ from table_columns import ABLATION_COLUMNS, TABLE1_COLUMNS
 DECIMALS = {"top1_pct": 2, "top5_pct": 2, "mean_class_acc_pct": 2, "reversed_top1_pct": 2,
             "forward_top1_paired_pct": 2, "both_directions_top1_pct": 2, "epochs_to_90pct": 2, "train_time_s": 1}
 
-# Lints the project does not satisfy, with the reason (anything else fails the test):
+# Lints the project does not satisfy, with the reason (anything else fails the test; the README says why):
 ACCEPTED_LINTS = {
     # The software is one pip environment pinned in pyproject.toml (`make install`), used by every rule;
     # a conda env file would be a second, untested place for the pins, and no container image exists.
     "Specify a conda environment or container for each rule.",
-    # The resolved params file's path goes straight into each shell command: as a rule param it would
-    # be a rerun trigger, and its name changes with any value, so every job would rerun on any change.
-    # Its values are the params that trigger reruns (`tracked(...)`); see the test on another params file.
-    "Shell command directly uses variable PARAMS from outside of the rule",
 }
 
 PNG = b"\x89PNG\r\n\x1a\n"
