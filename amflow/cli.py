@@ -12,7 +12,7 @@ from typing import Callable
 
 from amflow import paths
 from amflow.errors import AmflowError
-from amflow.params import METHODS, ParamsError, load_params, parse_override, resolved_text, set_dotted
+from amflow.params import METHODS, ParamsError, load_params, parse_override, resolved_text, set_dotted, set_source
 from amflow.paths import dataset_name_problem
 
 PARAMS_HELP = "params file (YAML, validated by amflow/params.py); default params/default.yaml"
@@ -20,10 +20,11 @@ PARAMS_HELP = "params file (YAML, validated by amflow/params.py); default params
 
 def _params(args):
     overrides: dict = {}
-    for item in getattr(args, "set", None) or []:
+    items = getattr(args, "set", None) or []
+    for item in items:
         key, value = parse_override(item)
         set_dotted(overrides, key, value)
-    return load_params(args.params, overrides or None)
+    return load_params(args.params, overrides or None, set_source(items))
 
 
 def _dataset_name(text: str) -> str:
