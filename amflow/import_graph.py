@@ -56,7 +56,7 @@ def imported(path: Path, known: set[str]) -> set[str]:
 
 
 def _with_packages(names: set[str]) -> set[str]:
-    """``names`` and every package above them: importing amflow.x.y runs amflow/__init__.py and amflow/x/__init__.py."""
+    """``names`` and every package above them: importing a submodule runs its packages' ``__init__.py`` first."""
     out = set()
     for name in names:
         parts = name.split(".")

@@ -256,3 +256,21 @@ def test_the_readmes_fair_test_command_plans_the_subset_it_describes(project):
     assert counts["localise"] == 2 and counts["report"] == 1
     assert "ablations/tpu_tpa/lstm/synth_moving/seed2" in out.stdout
     assert "ablations/control/oracle/synth_moving/seed0" in out.stdout
+
+
+@pytest.mark.slow
+def test_a_second_pipeline_writing_the_same_outputs_is_refused_naming_the_first(tmp_path):
+    """default_1seed shares the default's datasets (equal specs, same data folders): its pipeline beside
+    the default's would give DVC two stages per output, so `amflow dvc-yaml` refuses in one line, and
+    the default's pipeline is untouched. The tiny params (other specs) get their own file."""
+    from project_copy import BIN, run
+
+    project = make_project_copy(tmp_path / "project")
+    before = (project / "dvc.yaml").read_text()
+    out = run([BIN / "amflow", "dvc-yaml", "--params", "params/default_1seed.yaml"], project, check=False)
+    assert out.returncode == 1
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith("error: dvc.yaml already has a stage writing data/") and "remove that file" in line, line
+    assert not (project / "pipelines/default_1seed/dvc.yaml").exists()
+    run([BIN / "amflow", "dvc-yaml", "--params", "params/tiny.yaml"], project)
+    assert (project / "pipelines/tiny/dvc.yaml").is_file() and (project / "dvc.yaml").read_text() == before
