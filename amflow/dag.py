@@ -135,8 +135,8 @@ class Command(str):
 def _command(text: str, launch: str = "") -> Command:
     cmd = Command(text)
     spans = [m.span() for m in COMMAND_RE.finditer(text)]
-    if launch:
-        spans += [(m.start(), m.end()) for m in re.finditer(re.escape(launch), text)]
+    if launch:  # the launcher in front of the subcommand (torchrun and its options), not a value like --method amflow
+        spans += [m.span() for m in re.finditer(re.escape(launch) + r" [a-z][a-z-]*", text)]
     cmd.protected = tuple(spans)
     return cmd
 
@@ -325,7 +325,7 @@ def _matches(text: str, fields: dict[str, str]) -> dict[int, list[tuple[int, str
             i = text.find(value, i + 1)
     order = list(fields)
     for start, options in found.items():
-        before = text[:start].rstrip(" ").removeprefix("--")
+        before = text[:start].rstrip(" ")
         options.sort(key=lambda o: (not before.endswith(o[1]), order.index(o[1])))
     return found
 

@@ -359,6 +359,24 @@ def test_snakemake_report_holds_tables_and_figures(project, tmp_path):
         assert first_words in text, caption.name
 
 
+@pytest.mark.slow
+def test_make_report_runs_the_report_then_writes_snakemakes_html_report(project, tmp_path):
+    """The README's `make report`, in one step: the report target (report.md had gone, so it runs),
+    then Snakemake's HTML report of it, which needs the outputs to exist."""
+    import shutil
+
+    assert re.search(r"^make report +#", (ROOT / "README.md").read_text(), re.M)
+    work = copy_of(project, tmp_path / "project")
+    shutil.copy2(ROOT / "Makefile", work / "Makefile")
+    (work / TINY_RESULTS / "report.md").unlink()
+    run(["make", "report", "CONFIG=params/tiny.yaml", f"VENV={BIN.parent}", "CORES=2"], work)
+    assert (work / TINY_RESULTS / "report.md").is_file()
+    html = (work / "report.html").read_text(errors="replace")
+    assert html.lstrip().lower().startswith("<!doctype html") or "<html" in html[:2000]
+    for produced in ("table1.csv", "ablations.csv", "accuracy.png", "camera_motion.png"):
+        assert produced in html, produced
+
+
 # --------------------------------------------------------------------------- lint
 def test_snakemake_lint_is_clean_but_for_accepted_lints(tmp_path):
     project = make_project_copy(tmp_path / "project")

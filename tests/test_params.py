@@ -275,25 +275,16 @@ def test_validate_show_prints_every_value_of_a_file(capsys):
     assert load_params(ROOT / "params/k400.yaml").model_dump(mode="json") == shown
 
 
-@pytest.mark.parametrize("typo, meant", [("train.epochz", "train.epochs"), ("trian.epochs", "train"),
-                                         ("datasets.synth_moving.synth.framez", "datasets.synth_moving.synth.frames"),
-                                         ("ablations.grid.variantz", "ablations.grid.variants")])
-def test_an_unknown_key_gets_the_known_key_it_is_closest_to(typo, meant, capsys, monkeypatch):
+def test_an_unknown_key_gets_the_known_key_it_is_closest_to(capsys, monkeypatch):
     """`amflow validate --params params/tiny.yaml --set <typo>=1`, as typed: the error names --set (not the
-    file, which is valid), the key, and the key of the schema it is closest to."""
+    file, which is valid), the key, and the key of the schema it is closest to (none when none is close)."""
     from amflow.cli import main
 
     monkeypatch.chdir(ROOT)
-    assert main(["validate", "--params", "params/tiny.yaml", "--set", f"{typo}=1"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: --set {typo}=1 (on params/tiny.yaml): invalid params"), err
-    assert f"did you mean '{meant}'?" in err
-
-
-def test_an_unknown_key_without_a_close_one_gets_no_guess(tmp_path):
-    path = tmp_path / "p.yaml"
-    path.write_text("extends: " + str(ROOT / "params" / "tiny.yaml") + "\ntrain: {xyzzy: 1}\n")
-    with pytest.raises(ParamsError) as exc:
-        load_params(path)
-    assert str(path) in str(exc.value) and "train.xyzzy: unknown key" in str(exc.value)
-    assert "did you mean" not in str(exc.value)
+    for typo, meant in [("train.epochz", "train.epochs"), ("trian.epochs", "train"),
+                        ("datasets.synth_moving.synth.framez", "datasets.synth_moving.synth.frames"),
+                        ("ablations.grid.variantz", "ablations.grid.variants"), ("train.xyzzy", None)]:
+        assert main(["validate", "--params", "params/tiny.yaml", "--set", f"{typo}=1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --set {typo}=1 (on params/tiny.yaml): invalid params"), err
+        assert (f"did you mean '{meant}'?" in err) if meant else ("did you mean" not in err), err
