@@ -364,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLflow store holding --model-uri (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db "
                         "in the current folder)")
     p.add_argument("--backbone", type=Path, default=None, metavar="FILE",
-                   help="the frozen backbone file, when it is not where training left it")
+                   help="the frozen backbone file: where a run folder's is now (--run), or a local copy in place "
+                        "of the MLflow model's backbone artefact (--model-uri)")
     p.add_argument("--top-k", type=int, default=None, metavar="K",
                    help="how many classes to print per video, at most the run's class count (default 5, or the "
                         "class count when smaller)")
