@@ -574,7 +574,7 @@ def backbone_artifact(client, uri: str, experiment_prefix: str, weights: Path) -
     if uri.startswith("sqlite:///"):  # parallel jobs on one machine: one copy, not one each
         from filelock import FileLock
 
-        lock = FileLock(uri[len("sqlite:///"):] + ".backbones.lock")
+        lock = FileLock(uri[len("sqlite:///"):] + ".lock")  # the store's lock (see _create_sqlite_store)
     with lock:
         run_id = with_retries(log, f"logging the backbone {weights}")
     return {"backbone_uri": f"runs:/{run_id}/{BACKBONE_ARTIFACT_DIR}/{weights.name}", "backbone_sha256": sha}
