@@ -124,7 +124,7 @@ def shared_pipeline_run(tmp_path_factory) -> Path:
         project = make_project_copy(tmp_path_factory.mktemp("e2e") / "project")
         try:
             snakemake(project, "--cores", "2", "report", *TINY)
-        except AssertionError as exc:
+        except (AssertionError, subprocess.TimeoutExpired) as exc:
             _SHARED["error"] = str(exc)
             raise
         _SHARED["report"] = project
