@@ -39,8 +39,12 @@ readme-results: $(STAMP)
 ablations: $(STAMP)
 	$(SNAKEMAKE) ablations $(CONFIG_ARGS)
 
+# The report target, then Snakemake's HTML report of it (REPORT, default report.html): Snakemake writes
+# that report only from outputs that exist, so the run comes first.
+REPORT ?= report.html
 report: $(STAMP)
 	$(SNAKEMAKE) report $(CONFIG_ARGS)
+	snakemake report --report $(REPORT) $(CONFIG_ARGS)
 
 # The whole suite, end-to-end tests included (what CI runs).
 test: $(STAMP)
@@ -60,8 +64,9 @@ bench: $(STAMP)
 gpu-check: $(STAMP)
 	$(BIN)/python bench/gpu_check.py
 
+# The DVC pipeline of the params file: dvc.yaml for the default, pipelines/<name>/dvc.yaml for CONFIG.
 dvc-yaml: $(STAMP)
-	amflow dvc-yaml
+	amflow dvc-yaml $(if $(CONFIG),--params $(CONFIG))
 
 clean-results:
 	rm -rf results logs .snakemake

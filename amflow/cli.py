@@ -13,7 +13,7 @@ from typing import Callable
 
 from amflow import paths
 from amflow.errors import AmflowError
-from amflow.params import METHODS, ParamsError, load_params, parse_override, resolved_text, set_dotted
+from amflow.params import METHODS, ParamsError, load_params, parse_override, resolved_text, set_dotted, set_source
 from amflow.paths import dataset_name_problem
 
 PARAMS_HELP = "params file (YAML, validated by amflow/params.py); default params/default.yaml"
@@ -21,10 +21,11 @@ PARAMS_HELP = "params file (YAML, validated by amflow/params.py); default params
 
 def _params(args):
     overrides: dict = {}
-    for item in getattr(args, "set", None) or []:
+    items = getattr(args, "set", None) or []
+    for item in items:
         key, value = parse_override(item)
         set_dotted(overrides, key, value)
-    return load_params(args.params, overrides or None)
+    return load_params(args.params, overrides or None, set_source(items))
 
 
 def _dataset_name(text: str) -> str:
@@ -241,9 +242,12 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_dvc_yaml(args) -> None:
-    from amflow.dag import write_dvc_yaml
+    from amflow.dag import hand_over, write_dvc_yaml
 
-    write_dvc_yaml(Path(args.output), check=args.check, params_file=args.params)
+    if args.commit:
+        hand_over(params_file=args.params)
+        return
+    write_dvc_yaml(args.output, check=args.check, params_file=args.params)
 
 
 # --------------------------------------------------------------------------- parser
@@ -262,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="amflow",
         description="AM Flow experiment pipeline. Each subcommand is one stage of the DAG "
                     "(see `snakemake --cores 8` for the whole chain).",
+        epilog="`amflow COMMAND --help` gives a stage's inputs and outputs.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}",
                         help="print amflow's version and exit")
@@ -283,44 +288,59 @@ def build_parser() -> argparse.ArgumentParser:
         "Make data/<dataset>-<spec>/ ready: SynthMotion is generated (H.264 mp4 + annotations); Kinetics-400 is "
         "downloaded from the CVDF mirror (resumable, verified); SSv2, Toyota Smarthome and `list` datasets "
         "are verified in the folder you name in 'root' (missing files are listed with where to put them).\n\n"
+        "Inputs: the params file's datasets.<dataset> (and your files under its 'root').\n"
         "Outputs: data/<dataset>-<spec>/classes.txt, annotations/{train,val,test}.csv, dataset.json (written last).",
         dataset=True)
     add("pretrain-images", cmd_pretrain_images, "generate the single-image pretraining set",
         "Render the single-image set for backbone pretraining, labelled by single-image attributes only "
         "(shape, colour, position, orientation, size bins; never motion).\n\n"
-        "Output: data/pretrain_images-<spec>/ (images and labels, info.json written last).")
+        "Inputs: the params file's pretrain_images.\n"
+        "Outputs: data/pretrain_images-<spec>/ (images and labels, info.json written last).")
     p = add("extract", cmd_extract, "decode videos into the sharded frame cache",
             "Decode every video of the dataset (decord; PyAV where decord is absent), resize to the short side "
             "in params, and write a sharded frame cache. Videos that fail to decode are listed in failures.csv "
-            "and skipped.\n\nOutputs: data/frames/<dataset>-<spec>/ (shards, manifest.csv, failures.csv, "
+            "and skipped.\n\nInputs: data/<dataset>-<spec>/ (amflow prepare).\n"
+            "Outputs: data/frames/<dataset>-<spec>/ (shards, manifest.csv, failures.csv, "
             "summary.json written last).", dataset=True)
     p.add_argument("--workers", type=int, default=0, help="decoding processes (0 = one per core)")
     add("camera-motion", cmd_camera_motion, "classify camera motion and pick the AM flow variant",
         "Estimate global (camera) motion between frames, classify videos as static or moving camera, and "
         "decide the dataset's AM flow variant (static or aligned). Also caches the per-frame transforms that "
-        "the aligned variant needs.\n\nOutputs: results/<name>/<dataset>/camera_motion.json, camera_motion.png, "
+        "the aligned variant needs.\n\nInputs: data/frames/<dataset>-<spec>/ (amflow extract).\n"
+        "Outputs: results/<name>/<dataset>/camera_motion.json, camera_motion.png, "
         "motion.npz.", dataset=True)
     add("ground-truth", cmd_ground_truth, "SynthMotion's motion ground truth, from the render plans",
         "Recompute, from the dataset's seed, the actor's coverage of every pixel of every frame and the true "
         "camera motion, without re-rendering or re-encoding a video (so an existing dataset gets them).\n\n"
-        "Output: data/groundtruth/<dataset>-<spec hash>.npz.", dataset=True)
+        "Inputs: data/<dataset>-<spec>/ (amflow prepare, a SynthMotion dataset).\n"
+        "Outputs: data/groundtruth/<dataset>-<spec hash>.npz.", dataset=True)
     p = add("localise", cmd_localise, "how well AM flow finds the moving actor, without training",
             "On the val clips, with the pretrained frozen backbone: for each AM flow variant (static, aligned "
             "on the patch grid, aligned by pixel warp) and each block, the share of the scores on the actor's "
             "patches divided by their share of the area (1 = no information) and the ROC AUC of the scores "
             "against 'actor in the patch'; the same for a per-patch pixel difference with and without camera "
-            "compensation. Logged to MLflow.\n\nOutputs: results/<name>/<dataset>/localisation/localisation.csv, "
+            "compensation. Logged to MLflow.\n\nInputs: data/frames/<dataset>-<spec>/, "
+            "results/<name>/<dataset>/motion.npz, data/groundtruth/<dataset>-<spec>.npz, the backbone.\n"
+            "Outputs: results/<name>/<dataset>/localisation/localisation.csv, "
             "localisation.png.", dataset=True)
     p.add_argument("--max-videos", type=int, default=None, help="use only the first N val videos (quick looks)")
     add("pretrain-backbone", cmd_pretrain_backbone, "pretrain the small ViT of the embedded default",
         "Train the embedded default's small ViT on the single-image attribute set, report per-attribute "
-        "accuracy, and stop with an error if it did not learn.\n\nOutputs: results/<name>/backbone/backbone.safetensors, "
+        "accuracy, and stop with an error if it did not learn.\n\nInputs: data/pretrain_images-<spec>/ "
+        "(amflow pretrain-images).\nOutputs: results/<name>/backbone/backbone.safetensors, "
         "results/<name>/backbone/metrics.json.")
-    for name, func, what in (("train", cmd_train, "train one (method, seed) run"),
-                             ("evaluate", cmd_evaluate, "evaluate a trained run on the test split")):
-        p = add(name, func, what,
-                f"{what[0].upper()}{what[1:]} on a dataset. Outputs under "
-                "results/<name>/<dataset>/<method>/seed<k>/ (or --run-dir).", dataset=True)
+    run_folder = "results/<name>/<dataset>/<method>/seed<k>/ (or --run-dir)"
+    for name, func, what, files in (
+            ("train", cmd_train, "train one (method, seed) run",
+             "Inputs: data/frames/<dataset>-<spec>/ (amflow extract), results/<name>/backbone/backbone.safetensors "
+             "(backbone.weights: pretrain), results/<name>/<dataset>/camera_motion.json and motion.npz (amflow).\n"
+             f"Outputs: {run_folder}: params.yaml, checkpoint.pt, train_log.csv, train.json (written last), "
+             "mlflow_run.json."),
+            ("evaluate", cmd_evaluate, "evaluate a trained run on the test split",
+             f"Inputs: {run_folder} (train.json, checkpoint.pt), data/frames/<dataset>-<spec>/.\n"
+             "Outputs: metrics.json, scores.json, per_class.csv, predictions.csv, confusion.png, curves.png in the "
+             "run folder.")):
+        p = add(name, func, what, f"{what[0].upper()}{what[1:]} on a dataset.\n\n{files}", dataset=True)
         p.add_argument("--method", required=True, choices=METHODS,
                        help="the method (model) of the run")
         p.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
@@ -345,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLflow store holding --model-uri (default MLFLOW_TRACKING_URI, else sqlite:///mlflow.db "
                         "in the current folder)")
     p.add_argument("--backbone", type=Path, default=None, metavar="FILE",
-                   help="the frozen backbone file, when it is not where training left it")
+                   help="the frozen backbone file: where a run folder's is now (--run), or a local copy in place "
+                        "of the MLflow model's backbone artefact (--model-uri)")
     p.add_argument("--top-k", type=int, default=None, metavar="K",
                    help="how many classes to print per video, at most the run's class count (default 5, or the "
                         "class count when smaller)")
@@ -358,15 +379,20 @@ def build_parser() -> argparse.ArgumentParser:
             "Read the runs' metrics.json and write results/<name>/table1.csv and its plots (plots/accuracy.png, "
             "plots/convergence.png) (--which table1), or ablations.csv "
             "plus one ablation_<axis>.csv per ablation axis (--which ablations). Pure: the same inputs give "
-            "the same bytes.")
+            "the same bytes.\n\nInputs: every run's metrics.json (ablations: also table 1's tpa runs).\n"
+            "Outputs: results/<name>/table1.csv and plots/, or results/<name>/ablations.csv and "
+            "ablation_<axis>.csv.")
     p.add_argument("--which", choices=["table1", "ablations"], default="table1",
                    help="table1 (default) or ablations")
     add("heatmaps", cmd_heatmaps, "plot AM flow heat maps, static against aligned",
         "Render AM flow heat maps over the frames of a static-camera and a moving-camera test clip, static "
-        "against aligned variant, with the trained amflow runs' backbones.\n\nOutputs: "
+        "against aligned variant, with the trained amflow runs' backbones.\n\nInputs: the amflow runs' "
+        "metrics.json, data/frames/<dataset>-<spec>/, results/<name>/<dataset>/motion.npz.\nOutputs: "
         "results/<name>/plots/amflow_heatmaps.png and amflow_heatmaps.gif.")
     add("report", cmd_report, "write results/<name>/report.md with tables and plots",
-        "Generate results/<name>/report.md (every table, every plot, one paragraph per table) from the results.")
+        "Generate results/<name>/report.md (every table, every plot, one paragraph per table) from the results."
+        "\n\nInputs: results/<name>/table1.csv, ablations.csv, plots/, <dataset>/localisation/.\n"
+        "Outputs: results/<name>/report.md.")
     p = add("readme-results", cmd_readme_results, "write the README's results section from results/",
             "Replace the README's generated results section (between its two marker lines) with table 1's "
             "top-1 over seeds, the paired difference to tpa, the claims as the report states them, and the "
@@ -377,19 +403,31 @@ def build_parser() -> argparse.ArgumentParser:
                         "first (default: the latest under .snakemake/log/)")
     p.add_argument("--no-timing", action="store_true", help="leave the timing table out")
     p = sub.add_parser("sweep", help="Optuna sweep over the adapter's hyperparameters",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Run an Optuna sweep (seeded TPE, median pruner on per-epoch validation "
-                                   "accuracy) and export the best trial as a params file.")
+                                   "accuracy) and export the best trial as a params file.\n\n"
+                                   "Inputs: what `amflow train` reads for --dataset and --method, and --space.\n"
+                                   "Outputs: results/<name>/sweeps/<dataset>/<method>/: study.db, trials/, best.yaml, "
+                                   "plots, summary.json; the best trial's model in its MLflow run.")
     from amflow.sweep.args import add_sweep_arguments  # light: argparse only
 
     add_sweep_arguments(p)
     p.set_defaults(func=cmd_sweep)
-    p = sub.add_parser("dvc-yaml", help="generate dvc.yaml from the Snakemake workflow",
-                       description="Write dvc.yaml from the same stage definitions that the Snakemake rules use "
-                                   "(one source of truth). --check fails if the file on disk differs.")
+    p = sub.add_parser("dvc-yaml", help="generate a params file's DVC pipeline from the Snakemake workflow",
+                       description="Write pipelines/<name>/dvc.yaml, the DVC pipeline of a params file, from the "
+                                   "same stage definitions that the Snakemake rules use (one source of truth). "
+                                   "--check fails if the file on disk differs; --commit hands a finished "
+                                   "Snakemake run over to DVC (docs/dvc.md).")
     p.add_argument("--params", default="params/default.yaml",
                    help="the params file the DVC stages read and track (default params/default.yaml)")
-    p.add_argument("--output", default="dvc.yaml", help="file to write or check (default dvc.yaml)")
-    p.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on a difference")
+    p.add_argument("--output", type=Path, default=None,
+                   help="file to write or check (default pipelines/<name>/dvc.yaml)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on a difference")
+    mode.add_argument("--commit", action="store_true",
+                      help="write the pipeline, check that every training run in results/ was made with the "
+                           "params file's values (else name the run and the keys, and record nothing), then "
+                           "record the outputs in its dvc.lock (dvc commit -f)")
     p.set_defaults(func=cmd_dvc_yaml)
     p = sub.add_parser("timed", help="run a command and write its Snakemake-format benchmark file (DVC stages)",
                        description="Run CMD and, when it succeeds, write FILE with the columns of Snakemake's "

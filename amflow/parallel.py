@@ -30,6 +30,17 @@ def one_opencv_thread() -> None:
     cv2.setNumThreads(1)
 
 
+def before_forking_workers() -> None:
+    """Call before a DataLoader forks its workers. OpenCV's thread pool does not survive a fork: the
+    child inherits its condition variable still counting the parent's threads, and the worker's first
+    ``cv2.setNumThreads`` waits for them forever (seen after the parent rendered images). Stopping the
+    pool here (one OpenCV thread in this process from now on) leaves the child nothing to wait for."""
+    import sys
+
+    if "cv2" in sys.modules:  # no pool exists before OpenCV is imported
+        sys.modules["cv2"].setNumThreads(1)
+
+
 def spawn_pool(workers: int, initializer: Optional[Callable] = None, initargs: tuple = ()) -> mp.pool.Pool:
     """A pool of fresh interpreters, never forks of this process: a fork inherits the parent's threads'
     locks (OpenCV's pool, tqdm, torch) in whatever state they were, and its first cv2 call can deadlock

@@ -7,10 +7,12 @@ names the file, the key and what was expected.
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import re
+import shlex
 from pathlib import Path
-from typing import Any, Literal, Optional, Union, get_args
+from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -451,13 +453,39 @@ class ParamsError(ValueError):
     """A params file that does not validate; the message names the file and every bad key."""
 
 
+def _section(annotation: Any) -> Any:
+    """A field's type without Optional/Union around it: the section (a model) or mapping it holds."""
+    if get_origin(annotation) is dict or (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return annotation
+    inner = [_section(a) for a in get_args(annotation)]
+    return next((a for a in inner if a is not None), None)
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    """The keys the schema allows where ``loc`` (a validation error's location) ends: the field names of
+    the section that holds it (a mapping such as ``datasets`` is looked through to its values)."""
+    node: Any = Params
+    for part in loc[:-1]:
+        node = _section(node)
+        if get_origin(node) is dict:
+            node = get_args(node)[1]
+        elif node is not None and part in node.model_fields:
+            node = node.model_fields[part].annotation
+        else:
+            return []
+    node = _section(node)
+    return list(node.model_fields) if node is not None and get_origin(node) is not dict else []
+
+
 def _format_errors(path: str, err: ValidationError) -> str:
     lines = [f"{path}: invalid params ({err.error_count()} problem(s)):"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; `amflow validate --show` lists every known key)"
+            close = difflib.get_close_matches(str(e["loc"][-1]), _known_keys(e["loc"]), n=1)
+            hint = f"did you mean '{'.'.join([*map(str, e['loc'][:-1]), close[0]])}'? " if close else ""
+            msg = f"unknown key ({hint}check the spelling; `amflow validate --show` lists every known key)"
         got = e.get("input")
         # A whole section echoed back, cut at 60 characters, says nothing the key does not.
         got_s = "" if e["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r:.60})"
@@ -578,12 +606,23 @@ def validate(data: dict, source: str = "<params>") -> Params:
         raise ParamsError(_format_errors(source, err)) from None
 
 
-def load_params(path: str | Path, overrides: Optional[dict] = None) -> Params:
-    """Load and validate a params file (with ``extends``), optionally deep-merging ``overrides``."""
+def load_params(path: str | Path, overrides: Optional[dict] = None, overrides_source: str = "the overrides") -> Params:
+    """Load and validate a params file (with ``extends``), optionally deep-merging ``overrides``.
+
+    A mistake is blamed on where it is: when the file is valid alone, the errors name
+    ``overrides_source`` (``--set train.epochz=1``) and the file they apply to."""
     data = resolve_raw(path)
-    if overrides:
-        data = deep_merge(data, overrides)
-    return validate(data, str(path))
+    if not overrides:
+        return validate(data, str(path))
+    try:
+        return Params.model_validate(deep_merge(data, overrides))
+    except ValidationError as err:
+        try:
+            Params.model_validate(data)
+            source = f"{overrides_source} (on {path})"
+        except ValidationError:
+            source = f"{path} (with {overrides_source})"
+        raise ParamsError(_format_errors(source, err)) from None
 
 
 def set_dotted(data: dict, dotted: str, value: Any) -> dict:
@@ -596,6 +635,11 @@ def set_dotted(data: dict, dotted: str, value: Any) -> dict:
             raise ParamsError(f"cannot set '{dotted}': '{k}' is not a mapping")
     node[keys[-1]] = value
     return data
+
+
+def set_source(items: list[str]) -> str:
+    """How an error names the command line's ``--set KEY=VALUE`` items (as the user typed them)."""
+    return " ".join(f"--set {shlex.quote(item)}" for item in items)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

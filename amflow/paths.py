@@ -171,6 +171,19 @@ def benchmarks_root(benchmarks_dir: Path, name: str) -> Path:
     return Path(benchmarks_dir) / name
 
 
+PIPELINES_DIR = Path("pipelines")
+DVC_YAML = "dvc.yaml"
+# The embedded default's name (params/default.yaml): its DVC pipeline is the repository's own dvc.yaml.
+DEFAULT_NAME = "default"
+
+
+def dvc_pipeline_file(name: str) -> Path:
+    """The DVC pipeline of one params file (``amflow dvc-yaml``), its ``dvc.lock`` beside it: the
+    repository's ``dvc.yaml`` for the embedded default (``dvc repro`` and ``dvc dag`` need no target),
+    ``pipelines/<name>/dvc.yaml`` for any other, so a second params file never rewrites the default's."""
+    return Path(DVC_YAML) if name == DEFAULT_NAME else PIPELINES_DIR / name / DVC_YAML
+
+
 # Where the workflow writes the params its jobs read (amflow.params.write_resolved): Snakemake's own
 # working folder, not a results folder (the file is a means, not a result).
 RESOLVED_PARAMS_DIR = Path(".snakemake") / "amflow_params"

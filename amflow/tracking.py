@@ -6,10 +6,11 @@
 - Experiment ``f"{tracking.experiment_prefix}-{params.name}-{dataset}"`` (so two params files never
   share one); run name ``f"{method}-seed{seed}"`` (a run folder elsewhere than the standard one is
   named by its path under the results folder). Every tag this project sets starts with ``amflow.``.
-- A run is found again by its key (the run folder under the results folder, tag ``amflow.run_key``):
-  a rerun of the same run reuses its MLflow run (resume, or an attempt that died before logging an
-  epoch) or replaces it (soft-deletes the old one); it never adds a second run. A run left RUNNING by
-  an attempt that died is marked KILLED when the next attempt starts.
+- A run is found again by its key (the run folder under the results folder, tag ``amflow.run_key``)
+  and its params digest: a rerun with the same params reuses its MLflow run (resume, or an attempt
+  that died before logging an epoch) or replaces it; a run with other params is a new run, and the
+  old one stays as the record of what ran, tagged superseded (:func:`_reuse_or_replace`). A run left
+  RUNNING by an attempt that died is marked KILLED when the next attempt starts.
 - Training logs params (its own dataset's, not the whole file's), tags, the frame manifest as an
   MLflow dataset input, one batched call of metrics per epoch and, at the end, the model (an MLflow
   pyfunc, :mod:`amflow.evaluate.mlflow_model`); evaluation reopens the same run from
@@ -50,6 +51,7 @@ RUN_FILE = "mlflow_run.json"
 MAX_PARAM_LEN = 6000      # MLflow 3 limit on a param value
 BATCH_LIMIT = 100         # params per log_batch request
 TAG = "amflow."           # the one namespace of this project's tags
+SUPERSEDED = f"{TAG}superseded"  # "true" on a training run that a run with other params replaced
 # MLflow's own HTTP retries default to 7 with backoff factor 2 (minutes against a failing server).
 # These bound them to seconds, and keep MLflow's artefact progress bars out of log files; a value the
 # user set in the environment wins.
@@ -446,37 +448,55 @@ def _recorded_run(run_dir: Path, uri: str) -> Optional[str]:
 
 def _reuse_or_replace(client, exp_id: str, tags: dict, *, recorded: Optional[str], resume: bool,
                       name: str) -> str:
-    """The run id to train into: an existing run of the same key when it can continue, else a new one.
+    """The run id to train into: an existing run of the same key and params when it can continue, else a
+    new one. A run is a record of what ran:
 
-    Every other active run of the key is an older attempt: it is marked KILLED if an attempt died
-    leaving it RUNNING, and soft-deleted when replaced (``mlflow gc`` purges; the UI can restore)."""
+    - a run of the key with the same params digest that cannot continue (an earlier attempt, say
+      trained from scratch again after a crash) is the same record redone: it is replaced
+      (soft-deleted; ``mlflow gc`` purges, the UI can restore);
+    - a run of the key with other params stays, with its model, tagged ``amflow.superseded=true`` and
+      ``amflow.superseded_by=<the new run's id>`` (every training run carries ``amflow.superseded``, so
+      the UI's filter ``tags.amflow.superseded = 'false'`` shows the current runs);
+    - a superseded run is history: never continued, never deleted.
+
+    A run left RUNNING by an attempt that died is marked KILLED."""
     from mlflow.entities import ViewType
 
-    key_tag = tags[f"{TAG}run_key"]
+    key_tag, digest = tags[f"{TAG}run_key"], tags[f"{TAG}params_digest"]
     found = client.search_runs([exp_id], filter_string=f"tags.`{TAG}run_key` = '{key_tag}'",
                                run_view_type=ViewType.ACTIVE_ONLY, order_by=["attributes.start_time DESC"])
     found.sort(key=lambda r: r.info.run_id != recorded)  # the recorded run first
-    reuse = None
+    reuse, replaced, superseded = None, [], []
     for run in found:
         if run.info.status == "RUNNING":
             client.set_terminated(run.info.run_id, status="KILLED")
             print(f"MLflow run {run.info.run_id} ({run.info.run_name}) was left RUNNING by an attempt that ended "
                   f"without closing it; marked it KILLED", file=sys.stderr)
-        same = run.data.tags.get(f"{TAG}params_digest") == tags[f"{TAG}params_digest"]
-        if reuse is None and same and (resume or "train_loss" not in run.data.metrics):
+        if run.data.tags.get(SUPERSEDED) == "true":
+            continue
+        if run.data.tags.get(f"{TAG}params_digest") != digest:
+            superseded.append(run)
+        elif reuse is None and (resume or "train_loss" not in run.data.metrics):
             reuse = run
-    for run in found:
-        if run is not reuse:
-            client.delete_run(run.info.run_id)
-            print(f"MLflow run {run.info.run_id} ({run.info.run_name}): replaced by this training (deleted; "
-                  f"`mlflow runs restore --run-id {run.info.run_id}` brings it back)", file=sys.stderr)
+        else:
+            replaced.append(run)
+    for run in replaced:
+        client.delete_run(run.info.run_id)
+        print(f"MLflow run {run.info.run_id} ({run.info.run_name}): replaced by this training of the same params "
+              f"(deleted; `mlflow runs restore --run-id {run.info.run_id}` brings it back)", file=sys.stderr)
     if reuse is None:
-        return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
-    run_id = reuse.info.run_id
-    client.update_run(run_id, status="RUNNING", name=name)
-    for k, v in tags.items():
-        if reuse.data.tags.get(k) != v:
-            client.set_tag(run_id, k, v)
+        run_id = client.create_run(exp_id, run_name=name, tags={**tags, SUPERSEDED: "false"}).info.run_id
+    else:
+        run_id = reuse.info.run_id
+        client.update_run(run_id, status="RUNNING", name=name)
+        for k, v in {**tags, SUPERSEDED: "false"}.items():
+            if reuse.data.tags.get(k) != v:
+                client.set_tag(run_id, k, v)
+    for run in superseded:
+        client.set_tag(run.info.run_id, SUPERSEDED, "true")
+        client.set_tag(run.info.run_id, f"{TAG}superseded_by", run_id)
+        print(f"MLflow run {run.info.run_id} ({run.info.run_name}): superseded by run {run_id}, trained with other "
+              f"params (kept with its model, tagged {SUPERSEDED}=true)", file=sys.stderr)
     return run_id
 
 
@@ -533,6 +553,50 @@ def _active_parent(uri: str) -> Optional[str]:
     return None
 
 
+# --------------------------------------------------------------------------- frozen backbones
+BACKBONE_SHA = f"{TAG}backbone_sha256"
+BACKBONE_ARTIFACT_DIR = "backbone"
+
+
+def backbone_artifact(client, uri: str, experiment_prefix: str, weights: Path) -> dict[str, str]:
+    """The frozen backbone file as an MLflow artefact, logged once per content: the run
+    ``backbone-<sha256[:12]>`` of the experiment ``<prefix>-backbones``, found again by its tag
+    ``amflow.backbone_sha256``. Returns the model config that refers to it: ``backbone_uri``
+    (``runs:/<id>/backbone/<file name>``) and ``backbone_sha256``, so that a logged model carries no path
+    of the machine that trained it, and every model of every run shares one copy of a 340 MB backbone."""
+    weights = Path(weights)
+    sha = io.file_digest(weights)
+    name = f"{experiment_prefix}-backbones"
+
+    def find() -> Optional[str]:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            return None
+        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{BACKBONE_SHA}` = '{sha}' and "
+                                  f"attributes.status = 'FINISHED'", order_by=["attributes.start_time ASC"],
+                                  max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def log() -> str:
+        run_id = find()
+        if run_id is None:
+            exp_id = _experiment_id(client, name, uri)
+            run_id = client.create_run(exp_id, run_name=f"backbone-{sha[:12]}", tags={
+                BACKBONE_SHA: sha, f"{TAG}stage": "backbone", f"{TAG}backbone_file": weights.name}).info.run_id
+            client.log_artifact(run_id, str(weights), BACKBONE_ARTIFACT_DIR)
+            client.set_terminated(run_id, status="FINISHED")  # complete: only now does find() see it
+        return run_id
+
+    lock = contextlib.nullcontext()
+    if uri.startswith("sqlite:///"):  # parallel jobs on one machine: one copy, not one each
+        from filelock import FileLock
+
+        lock = FileLock(uri[len("sqlite:///"):] + ".lock")  # the store's lock (see _create_sqlite_store)
+    with lock:
+        run_id = with_retries(log, f"logging the backbone {weights}")
+    return {"backbone_uri": f"runs:/{run_id}/{BACKBONE_ARTIFACT_DIR}/{weights.name}", "backbone_sha256": sha}
+
+
 # --------------------------------------------------------------------------- backbone pretraining
 def open_pretrain_run(params, *, out_dir: Path, results_dir: Path):
     """The MLflow run of ``amflow pretrain-backbone``: experiment ``<prefix>-<params name>-pretrain_images``,
@@ -568,13 +632,16 @@ class SweepParent:
         self.run_id = tracker.run_id if tracker is not None else None
 
     def finish_sweep(self, best: dict, artifacts: Iterable[Path] = ()) -> None:
-        """Record the best trial (metric ``best_value``, tags ``amflow.best.<param>``) and the study's files."""
+        """Record the best trial (metric ``best_value``, tags ``amflow.best.<param>`` and ``amflow.best_model``)
+        and the study's files."""
         if self.tracker is None:
             return
         self.tracker.log_metrics({"best_value": best["value"], "best_trial": best["number"]})
         # Tags, not params: a resumed study may find a better trial later, and params are immutable.
         self.tracker.set_tags({f"{TAG}best.{k}": json.dumps(v) if not isinstance(v, str) else v
                                for k, v in best.get("params", {}).items()})
+        if best.get("model_uri"):  # the best trial's model, the one model of the sweep
+            self.tracker.set_tags({f"{TAG}best_model": best["model_uri"]})
         self.tracker.log_artifacts([Path(p) for p in artifacts], artifact_path="sweep")
         self.tracker.finish("FINISHED")
 

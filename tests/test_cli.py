@@ -40,3 +40,26 @@ def test_predict_needs_a_run_or_a_model(capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(["predict", "video.mp4"])
     assert exc.value.code == 2 and "one of the arguments --run --model-uri is required" in capsys.readouterr().err
+
+
+def test_every_stage_command_names_its_inputs_and_outputs(capsys):
+    """The README's `amflow --help` line: the top-level help points to each stage's help, and every
+    command that a Snakemake rule runs lists its inputs and outputs there."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    assert re.search(r"^amflow --help +# .*`amflow <stage> --help`: its inputs and outputs", readme, re.M), \
+        "the README's amflow --help line"
+    rules = "".join(p.read_text() for p in (root / "workflow" / "rules").glob("*.smk"))
+    commands = set(re.findall(r'"(?:amflow|\{params\.launch\}) ([a-z][a-z-]+) --params', rules))
+    assert {"prepare", "extract", "train", "evaluate", "tables", "report", "sweep"} <= commands
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    assert "`amflow COMMAND --help` gives a stage's inputs and outputs" in capsys.readouterr().out
+    for command in sorted(commands):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        text = capsys.readouterr().out
+        assert re.search(r"^Inputs: \S", text, re.M) and re.search(r"^Outputs: \S", text, re.M), command

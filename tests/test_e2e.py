@@ -34,15 +34,11 @@ from table_columns import ABLATION_COLUMNS, TABLE1_COLUMNS
 DECIMALS = {"top1_pct": 2, "top5_pct": 2, "mean_class_acc_pct": 2, "reversed_top1_pct": 2,
             "forward_top1_paired_pct": 2, "both_directions_top1_pct": 2, "epochs_to_90pct": 2, "train_time_s": 1}
 
-# Lints the project does not satisfy, with the reason (anything else fails the test):
+# Lints the project does not satisfy, with the reason (anything else fails the test; the README says why):
 ACCEPTED_LINTS = {
     # The software is one pip environment pinned in pyproject.toml (`make install`), used by every rule;
     # a conda env file would be a second, untested place for the pins, and no container image exists.
     "Specify a conda environment or container for each rule.",
-    # The resolved params file's path goes straight into each shell command: as a rule param it would
-    # be a rerun trigger, and its name changes with any value, so every job would rerun on any change.
-    # Its values are the params that trigger reruns (`tracked(...)`); see the test on another params file.
-    "Shell command directly uses variable PARAMS from outside of the rule",
 }
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -361,6 +357,24 @@ def test_snakemake_report_holds_tables_and_figures(project, tmp_path):
     for caption in sorted((ROOT / "workflow" / "report").glob("*.rst")):
         first_words = " ".join(caption.read_text().split()[:4])
         assert first_words in text, caption.name
+
+
+@pytest.mark.slow
+def test_make_report_runs_the_report_then_writes_snakemakes_html_report(project, tmp_path):
+    """The README's `make report`, in one step: the report target (report.md had gone, so it runs),
+    then Snakemake's HTML report of it, which needs the outputs to exist."""
+    import shutil
+
+    assert re.search(r"^make report +#", (ROOT / "README.md").read_text(), re.M)
+    work = copy_of(project, tmp_path / "project")
+    shutil.copy2(ROOT / "Makefile", work / "Makefile")
+    (work / TINY_RESULTS / "report.md").unlink()
+    run(["make", "report", "CONFIG=params/tiny.yaml", f"VENV={BIN.parent}", "CORES=2"], work)
+    assert (work / TINY_RESULTS / "report.md").is_file()
+    html = (work / "report.html").read_text(errors="replace")
+    assert html.lstrip().lower().startswith("<!doctype html") or "<html" in html[:2000]
+    for produced in ("table1.csv", "ablations.csv", "accuracy.png", "camera_motion.png"):
+        assert produced in html, produced
 
 
 # --------------------------------------------------------------------------- lint

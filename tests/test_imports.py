@@ -1,13 +1,14 @@
 """The import graph of amflow/ flows one way (docs/architecture.md, "Import graph"): a library imports
 only its own layer and the layers below it, and stage modules, which `amflow <command>` runs, are
-imported by cli.py alone. Every import counts, also one inside a function."""
+imported by cli.py alone. Every import counts, also one inside a function. The graph is read by
+:mod:`amflow.import_graph`, which also gives each pipeline stage its code dependencies."""
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 
+from amflow.import_graph import imported, modules
 from conftest import ROOT
 
 PACKAGE = ROOT / "amflow"
@@ -15,7 +16,7 @@ PACKAGE = ROOT / "amflow"
 # Libraries, lowest first: a module may import its own layer and the ones before it.
 LAYERS = [
     ("base", ("amflow", "amflow.params", "amflow.paths", "amflow.io", "amflow.errors", "amflow.progress",
-              "amflow.tracking", "amflow.workflow_plan")),
+              "amflow.tracking", "amflow.workflow_plan", "amflow.import_graph")),
     ("data", ("amflow.data",)),
     ("camera", ("amflow.camera",)),
     ("models", ("amflow.models",)),
@@ -40,31 +41,6 @@ ALLOWED = {
     ("amflow.report.readme", "amflow.report.report"): "the README states the claims in the report's words",
     ("amflow.report.readme", "amflow.report.tables"): "the README quotes table 1, read with its reader",
 }
-
-
-def module_name(path: Path, root: Path) -> str:
-    parts = list(path.relative_to(root).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def modules(root: Path) -> dict[str, Path]:
-    return {module_name(p, root): p for p in sorted((root / "amflow").rglob("*.py"))}
-
-
-def imported(path: Path, known: set[str]) -> set[str]:
-    """The amflow modules ``path`` imports (``from amflow.x import y`` counts as amflow.x.y when that is
-    a module, else as amflow.x)."""
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names if a.name.split(".")[0] == "amflow"}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "amflow":
-            for a in node.names:
-                sub = f"{node.module}.{a.name}"
-                out.add(sub if sub in known else node.module)
-    return out
 
 
 def layer(module: str) -> int:
@@ -125,3 +101,43 @@ def test_a_library_importing_a_stage_or_a_higher_layer_is_caught(tmp_path):
 @pytest.mark.parametrize("module", sorted(STAGES))
 def test_stages_exist(module):
     assert module in modules(ROOT)
+
+
+# --------------------------------------------------------------------------- a stage's code
+def test_every_command_runs_the_function_its_code_is_read_from():
+    """amflow.import_graph finds `amflow <command>`'s own imports in cli.py's cmd_<command>."""
+    import argparse
+
+    from amflow.cli import build_parser
+    from amflow.import_graph import command_function
+
+    [sub] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, parser in sub.choices.items():
+        assert parser.get_default("func").__name__ == command_function(name), name
+
+
+def test_a_commands_code_is_what_it_imports_and_no_more():
+    from amflow.import_graph import command_files
+
+    report, tables, train = (set(command_files(ROOT, c)) for c in ("report", "tables", "train"))
+    assert "amflow/report/report.py" in report and "amflow/report/tables.py" in report  # the report quotes the tables
+    assert "amflow/report/report.py" not in tables
+    assert not any(f.startswith("amflow/report/") for f in train), sorted(train)
+    assert {"amflow/train/run.py", "amflow/train/trainer.py", "amflow/evaluate/mlflow_model.py",  # lazily imported
+            "amflow/__init__.py", "amflow/train/__init__.py", "amflow/cli.py"} <= train
+    assert all((ROOT / f).is_file() for f in report | train)
+
+
+def test_an_import_inside_a_function_counts_for_its_command_only(tmp_path):
+    """A new module imported lazily by the report stage is the report's code, not the training's."""
+    import shutil
+
+    from amflow.import_graph import command_files
+
+    shutil.copytree(PACKAGE, tmp_path / "amflow", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "amflow" / "report" / "extra.py").write_text("VALUE = 1\n")
+    with (tmp_path / "amflow" / "report" / "report.py").open("a") as fh:
+        fh.write("\n\ndef _later():\n    from amflow.report.extra import VALUE  # noqa: F401\n")
+    assert "amflow/report/extra.py" in command_files(tmp_path, "report")
+    assert "amflow/report/extra.py" not in command_files(tmp_path, "train")
+    assert "amflow/report/extra.py" not in command_files(ROOT, "report")

@@ -289,3 +289,18 @@ def test_validate_show_prints_every_value_of_a_file(capsys):
     assert shown["ablations"]["variants"] == ["none", "static", "aligned", "auto"]
     assert shown["datasets"]["k400"]["short_side"] == 256 and shown["train"]["epochs"] == 15
     assert load_params(ROOT / "params/k400.yaml").model_dump(mode="json") == shown
+
+
+def test_an_unknown_key_gets_the_known_key_it_is_closest_to(capsys, monkeypatch):
+    """`amflow validate --params params/tiny.yaml --set <typo>=1`, as typed: the error names --set (not the
+    file, which is valid), the key, and the key of the schema it is closest to (none when none is close)."""
+    from amflow.cli import main
+
+    monkeypatch.chdir(ROOT)
+    for typo, meant in [("train.epochz", "train.epochs"), ("trian.epochs", "train"),
+                        ("datasets.synth_moving.synth.framez", "datasets.synth_moving.synth.frames"),
+                        ("ablations.grid.variantz", "ablations.grid.variants"), ("train.xyzzy", None)]:
+        assert main(["validate", "--params", "params/tiny.yaml", "--set", f"{typo}=1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --set {typo}=1 (on params/tiny.yaml): invalid params"), err
+        assert (f"did you mean '{meant}'?" in err) if meant else ("did you mean" not in err), err

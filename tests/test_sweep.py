@@ -354,3 +354,60 @@ def test_two_workers_share_a_postgresql_study(tmp_path, postgres):
     summary = run_sweep(_args(tmp_path, params_file, space_file, workers=2, storage=postgres))
     assert summary["storage"] == postgres
     _check_exact(_study(postgres), results_dir / "sweeps/tiny/frame/trials", 3)
+
+
+SHIPPED = sorted(p.stem for p in (ROOT / "params").glob("*.yaml") if p.name not in ("sweep.yaml", "paper.yaml"))
+# Paper-size backbones (DINOv2 ViT-B/14 at 224 px) take most of a minute to build for every probe.
+PAPER_SIZE = {"custom_list", "k400", "smarthome", "ssv2", "synth_full"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in PAPER_SIZE else n
+                                  for n in SHIPPED])
+def test_the_shipped_space_fits_every_shipped_params_file(name):
+    """params/sweep.yaml's every choice and range end builds the model of every shipped params file
+    (the adapter blocks count from the backbone's last block, so a 2-block backbone takes them too)."""
+    from amflow.params import load_params, resolve_raw
+    from amflow.sweep.space import check_space, load_sweep_spec
+
+    path = ROOT / "params" / f"{name}.yaml"
+    check_space(resolve_raw(path), load_sweep_spec(ROOT / "params" / "sweep.yaml"),
+                dataset=load_params(path).table_datasets[0], method="amflow", space_file="params/sweep.yaml",
+                params_file=str(path))
+
+
+README_MINUTE = ("snakemake --cores 2 results/tiny/backbone/metrics.json", "amflow sweep --params params/tiny.yaml")
+
+
+@pytest.mark.slow
+def test_the_readmes_one_minute_sweep_runs_as_typed_and_keeps_one_model(tmp_path):
+    """The README's short sweep, its two lines as typed, in a copy of the project: four trials end;
+    each trial's MLflow run has its params and metrics and no model, but the best one, whose model is
+    logged once; only the best trial keeps its checkpoint."""
+    import shlex
+
+    from mlflow.tracking import MlflowClient
+    from optuna.trial import TrialState
+
+    from project_copy import make_project_copy, project_env
+
+    lines = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith(README_MINUTE)]
+    assert len(lines) == 2, "the README's one-minute sweep"
+    project = make_project_copy(tmp_path / "project")
+    env = project_env(project)
+    for line in lines:
+        out = subprocess.run(shlex.split(line), cwd=project, env=env, capture_output=True, text=True, timeout=1500)
+        assert out.returncode == 0, f"{line}\n{out.stderr[-4000:]}"
+    folder = project / "results/tiny/sweeps/synth_moving/tpa"
+    study = _study(f"sqlite:///{folder / 'study.db'}", "tiny-synth_moving-tpa")
+    assert len([t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 4
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    best = study.best_trial
+    for t in study.trials:
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.data.params["train.epochs"] == "4" and "val_top1" in run.data.metrics
+        models = run.outputs.model_outputs
+        assert len(models) == (1 if t.number == best.number else 0), t.number
+        kept = (folder / "trials" / f"trial_{t.number:04d}" / "checkpoint.pt").exists()
+        assert kept == (t.number == best.number), t.number
+    parent = client.get_run(client.get_run(best.user_attrs["mlflow_run_id"]).data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["amflow.best_model"].endswith("/model")

@@ -116,7 +116,7 @@ def test_sqlite_store_holds_params_epoch_metrics_and_artefacts(sqlite_run):
     assert (root / "mlartifacts" / EXPERIMENT / run.info.run_id).is_dir()
 
 
-def test_resume_reuses_the_same_run(sqlite_run, monkeypatch):
+def test_a_rerun_continues_its_run_and_other_params_make_a_new_record(sqlite_run, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from amflow.train.run import train_run
@@ -140,16 +140,29 @@ def test_resume_reuses_the_same_run(sqlite_run, monkeypatch):
     assert sorted(steps) == [1, 2, 3]                       # epoch 1 logged once, not twice
     names = [r.info.run_name for r in client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])]
     assert names.count("frame-seed1") == 1
-    # Deleting the training state means training afresh (maybe with other params): a new MLflow run, not the old one.
+    # Training afresh with other params (training state deleted): a new MLflow run; the old one is the
+    # record of what ran, kept with its model and tagged superseded.
     (run_dir / paths.TRAIN_STATE).unlink()
     again = train_run(tiny_params(epochs=1), **kw)
     assert again["mlflow_run_id"] != run_id
     assert client.get_run(again["mlflow_run_id"]).data.params["train.epochs"] == "1"
-    # ... which replaces the old one: one active run per run folder, the old one soft-deleted
+    old = client.get_run(run_id)
+    assert old.info.lifecycle_stage == "active" and old.data.params["train.epochs"] == "3"
+    assert old.data.tags["amflow.superseded"] == "true" and old.data.tags["amflow.superseded_by"] == again["mlflow_run_id"]
+    [model] = old.outputs.model_outputs
+    assert client.get_logged_model(model.model_id).status.name == "READY"   # the old run's model stays usable
     exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    assert [r.info.run_id for r in client.search_runs([exp_id], "attributes.run_name = 'frame-seed1'")] \
-        == [again["mlflow_run_id"]]
-    assert client.get_run(run_id).info.lifecycle_stage == "deleted"
+    current = "attributes.run_name = 'frame-seed1' and tags.amflow.superseded = 'false'"  # the README's filter
+    assert [r.info.run_id for r in client.search_runs([exp_id], current)] == [again["mlflow_run_id"]]
+    # The same params again from scratch (a lost run folder): that run is redone, not added.
+    (run_dir / paths.TRAIN_STATE).unlink()
+    (run_dir / paths.CHECKPOINT).unlink()
+    third = train_run(tiny_params(epochs=1), **kw)
+    assert client.get_run(again["mlflow_run_id"]).info.lifecycle_stage == "deleted"
+    assert [r.info.run_id for r in client.search_runs([exp_id], current)] == [third["mlflow_run_id"]]
+    assert sorted(r.info.run_id for r in client.search_runs([exp_id], "attributes.run_name = 'frame-seed1'")) \
+        == sorted([run_id, third["mlflow_run_id"]])
+    assert client.get_run(run_id).data.tags["amflow.superseded"] == "true"  # history stays history
 
 
 class Pruned(Exception):
@@ -230,49 +243,78 @@ def test_the_logged_model_predicts_like_the_run_folder(sqlite_run, tmp_path, cap
     assert [p["label"] for p in answer["predictions"]] == [n for n, _ in from_folder.predict(video, 4)]
 
 
-def test_the_model_refers_to_the_pretrained_backbone_file(tmp_path, monkeypatch, capsys):
-    """With the pipeline's pretrained backbone the model carries a reference to its file, not a copy: it
-    loads while the file is where training found it, and names the fix (--backbone) when it has moved."""
-    import shutil
-
+def train_with_pretrained_backbone(root: Path, seeds=(0,)) -> tuple[str, list[dict]]:
+    """Runs of the tiny dataset on a pipeline-pretrained backbone file (random weights saved as the
+    pretraining would), tracked in root/mlflow.db; returns the store's URI and each run's train.json."""
     import timm
     from safetensors.torch import save_file
 
-    from amflow.cli import main
-    from amflow.evaluate.mlflow_model import load_predictor
     from amflow.params import validate
     from amflow.train.run import train_run
-    from standins_train import moving_square
-    from video_files import write_mp4
 
-    make_tiny_dataset(tmp_path / "data")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("AMFLOW_TRACKING", "1")
+    make_tiny_dataset(root / "data")
     data = tiny_params(epochs=1).model_dump(mode="json")
     data["backbone"]["weights"] = "pretrain"
     data["pretrain_images"] = {"images": 100, "val_images": 100}
     params = validate(data)
-    backbone = paths.backbone_file(tmp_path / "results")
+    backbone = paths.backbone_file(root / "results" / "tiny")
     backbone.parent.mkdir(parents=True)
     torch.manual_seed(0)
     net = timm.create_model(params.backbone.model, pretrained=False, num_classes=0, **params.backbone.kwargs)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(backbone))
-    info = train_run(params, dataset="tiny", method="frame", seed=0, data_dir=tmp_path / "data",
-                     results_dir=tmp_path / "results", progress=False)
-    model_uri = f"runs:/{info['mlflow_run_id']}/model"
+    infos = [train_run(params, dataset="tiny", method="frame", seed=seed, data_dir=root / "data",
+                       results_dir=root / "results" / "tiny", progress=False) for seed in seeds]
+    return f"sqlite:///{root / 'mlflow.db'}", infos
+
+
+def test_the_model_carries_its_backbone_as_one_artefact(tmp_path, monkeypatch, capsys):
+    """The models of two runs on the pipeline's pretrained backbone refer to one MLflow artefact of it
+    (logged once, with its hash), not to its path: with the results folder gone, backbone included, the
+    model loads from its store and predicts what the run folder predicted."""
+    import shutil
+
+    import mlflow.pyfunc
+    from mlflow.tracking import MlflowClient
+
+    from amflow.cli import main
+    from amflow.evaluate.mlflow_model import load_predictor
+    from amflow.evaluate.predict import Predictor
+    from standins_train import moving_square
+    from video_files import write_mp4
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("AMFLOW_TRACKING", "1")
+    uri, infos = train_with_pretrained_backbone(tmp_path, seeds=(0, 1))
+    client = MlflowClient(tracking_uri=uri)
     video = tmp_path / "clip.mp4"
     write_mp4(video, moving_square(1, 12, 32, np.random.default_rng(2)))
-    expected = load_predictor(model_uri, tracking_uri=uri).predict(video, 3)
+    run_dirs = [paths.run_dir(tmp_path / "results" / "tiny", "tiny", "frame", seed) for seed in (0, 1)]
+    expected = [Predictor.from_run_dir(d).predict(video, 3) for d in run_dirs]
+    configs = []
+    for info in infos:
+        with tracking.using_store(uri):
+            configs.append(mlflow.pyfunc.load_model(f"runs:/{info['mlflow_run_id']}/model").model_config)
+    assert configs[0] == configs[1] and not configs[0]["backbone_file"]  # no path of this machine
+    backbone = paths.backbone_file(tmp_path / "results" / "tiny")
+    assert configs[0]["backbone_sha256"] == io.file_digest(backbone)
+    [store] = client.search_runs([client.get_experiment_by_name("amflow-backbones").experiment_id])
+    assert configs[0]["backbone_uri"] == f"runs:/{store.info.run_id}/backbone/backbone.safetensors"
 
-    moved = shutil.move(backbone, tmp_path / "elsewhere.safetensors")
+    shutil.rmtree(tmp_path / "results")  # the run folders and the backbone file
+    for info, want in zip(infos, expected):
+        got = load_predictor(f"runs:/{info['mlflow_run_id']}/model", tracking_uri=uri).predict(video, 3)
+        assert [n for n, _ in got] == [n for n, _ in want]
+        assert np.allclose([p for _, p in got], [p for _, p in want], atol=1e-6)
+    # A local copy of the backbone still stands in for the artefact (--backbone), and is checked.
     capsys.readouterr()
-    assert main(["predict", str(video), "--model-uri", model_uri, "--tracking-uri", uri]) == 1
+    other = tmp_path / "other.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(other))
+    assert main(["predict", str(video), "--model-uri", f"runs:/{infos[0]['mlflow_run_id']}/model",
+                 "--tracking-uri", uri, "--backbone", str(other)]) == 1
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("error:") and str(backbone.resolve()) in line and "--backbone PATH" in line
-    got = load_predictor(model_uri, backbone=moved, tracking_uri=uri).predict(video, 3)
-    assert [n for n, _ in got] == [n for n, _ in expected]
-    assert np.allclose([p for _, p in got], [p for _, p in expected], atol=1e-6)
+    assert line.startswith("error:") and "other.safetensors" in line
 
 
 def test_a_run_killed_before_its_first_checkpoint_is_marked_and_reused(sqlite_run, monkeypatch, capsys):
@@ -653,3 +695,45 @@ def test_the_readme_mlflow_ui_shows_the_runs(tmp_path, monkeypatch):
             got = json.loads(r.read())["run"]
     assert got["info"]["run_id"] == run_id and got["info"]["status"] == "FINISHED"
     assert {m["key"] for m in got["data"]["metrics"]} >= {"train_loss", "test_top1"}
+
+
+@pytest.mark.slow
+@NEEDS_MLFLOW_CLI
+def test_a_copied_tracking_store_serves_the_model_without_the_run_folder(tmp_path, monkeypatch):
+    """The logged model is portable: a run tracked by an MLflow server (its store and artefacts in one
+    folder) is copied to another folder, the original folder (run folder, backbone, store) removed, a
+    server started on the copy, and the model from it predicts the same top-5 as `amflow predict --run`
+    did on the original run folder."""
+    import shutil
+
+    from standins_train import moving_square
+    from video_files import write_mp4
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    video = tmp_path / "clip.mp4"
+    write_mp4(video, moving_square(1, 12, 32, np.random.default_rng(2)))
+    args = ["server", "--backend-store-uri", "sqlite:///store.db", "--artifacts-destination", "artifacts"]
+    with mlflow_serving(args, first, free_port()) as uri:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        monkeypatch.setenv("AMFLOW_TRACKING", "1")
+        _, [info] = train_with_pretrained_backbone(first)
+    run_dir = paths.run_dir(first / "results" / "tiny", "tiny", "frame", 0)
+
+    def predict(*how) -> list:
+        out = subprocess.run([sys.executable, "-m", "amflow.cli", "predict", str(video), "--json", *how],
+                             capture_output=True, text=True, env={**os.environ, "AMFLOW_TRACKING": "1"}, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout)[0]["predictions"]
+
+    expected = predict("--run", str(run_dir))
+    assert len(expected) == 4  # the tiny dataset's classes (fewer than 5)
+    second.mkdir()
+    for name in ("store.db", "artifacts"):
+        src = first / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, second / name)
+    shutil.rmtree(first)
+    with mlflow_serving(args, second, free_port()) as uri:
+        got = predict("--model-uri", f"runs:/{info['mlflow_run_id']}/model", "--tracking-uri", uri)
+    assert [p["label"] for p in got] == [p["label"] for p in expected]
+    assert np.allclose([p["probability"] for p in got], [p["probability"] for p in expected], atol=1e-6)

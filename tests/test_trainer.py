@@ -197,6 +197,18 @@ def test_workers_do_not_change_the_result(tmp_path):
     assert history_without_time(h0) == history_without_time(h2)
 
 
+@pytest.mark.timeout(300, method="thread")  # the fault is a wait that never ends, even for signals
+def test_loader_workers_start_after_opencv_ran_threads_in_this_process(tmp_path):
+    import cv2
+    import numpy as np
+
+    cv2.setNumThreads(2)     # OpenCV's thread pool, busy in this process before the loader forks
+    for _ in range(3):
+        cv2.resize(np.zeros((1024, 1024, 3), np.uint8), (2048, 2048))
+    res = make_trainer(tmp_path, tiny_spec(epochs=1, num_workers=2)).fit()
+    assert res.status == "complete"
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_short_amp_run_on_cuda(tmp_path):

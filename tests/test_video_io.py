@@ -1,6 +1,8 @@
 """Video decoding: decord and PyAV agree, resizing, and every kind of broken file is reported."""
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 
 import av
@@ -141,3 +143,19 @@ def test_falls_back_to_pyav_without_decord(monkeypatch):
     assert resolve_backend() == "pyav"
     with pytest.raises(AmflowError, match="not installed"):
         resolve_backend("decord")
+
+
+def test_decords_native_log_lines_stay_off_the_terminal(clip_path, tmp_path):
+    """Decoding a good file and one that is not a video, in a fresh process: stderr holds the one-line
+    error naming the file and nothing of decord's C++ or FFmpeg's logging, and still works afterwards."""
+    bad = tmp_path / "not_a_video.mp4"
+    bad.write_text("no video here\n")
+    code = ("import sys; from amflow.data.video import read_video, video_info\n"
+            f"print(video_info({str(clip_path)!r}))\n"
+            f"try:\n    read_video({str(bad)!r})\nexcept Exception as exc:\n    print('caught', exc, file=sys.stderr)\n"
+            "import os; os.write(2, b'still here\\n')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, video_mod.BACKEND_ENV: "auto"})
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert lines[0].startswith(f"caught {bad}: cannot decode video") and lines[1:] == ["still here"], out.stderr

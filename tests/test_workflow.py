@@ -24,20 +24,19 @@ def test_dvc_yaml_matches_snakemake_workflow(monkeypatch):
 
 
 def test_dvc_yaml_stages_cover_the_pipeline(monkeypatch):
+    from amflow.dag import expand_pipeline, stage_outputs
+
     monkeypatch.chdir(ROOT)
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    rules = {name.split("--")[0] for name in stages}
+    stages = expand_pipeline(yaml.safe_load((ROOT / "dvc.yaml").read_text()))
+    rules = {name.split("@")[0].split("-")[0] for name in stages}
     assert {"prepare_dataset", "extract_frames", "camera_motion", "pretrain_backbone", "train", "evaluate",
             "table1", "ablations", "report"} <= rules
-    # Every dep is either produced by another stage or is source code: the DAG is closed.
-    produced = set()
-    for st in stages.values():
-        for key in ("outs", "metrics", "plots"):
-            for out in st.get(key, []):
-                produced.add(next(iter(out)) if isinstance(out, dict) else out)
+    # Every dep is either produced by another stage or a source file of the package: the DAG is closed.
+    produced = {path for st in stages.values() for path in stage_outputs(st)}
     for name, st in stages.items():
         for dep in st["deps"]:
-            assert dep in produced or dep == "amflow", f"{name}: dep {dep} is produced by no stage"
+            assert dep in produced or (dep.startswith("amflow/") and (ROOT / dep).is_file()), \
+                f"{name}: dep {dep} is produced by no stage"
     # DVC refuses a params key that its file does not state ("Parameters ... are missing from ...").
     for name, st in stages.items():
         for entry in st.get("params", []):
@@ -51,6 +50,58 @@ def test_dvc_yaml_stages_cover_the_pipeline(monkeypatch):
     # Metrics: the evaluations' numeric scores only.
     metrics = [m for st in stages.values() for m in st.get("metrics", [])]
     assert metrics and all(Path(m).name == "scores.json" for m in metrics), metrics
+
+
+def test_each_stage_depends_on_the_code_its_command_imports_in_both_tools(monkeypatch):
+    """The same source files are a Snakemake job's inputs and its DVC stage's deps; a training imports
+    no report module, the report no training module."""
+    from amflow.dag import amflow_command, build_dvc_yaml, expand_pipeline, pipeline_jobs
+    from amflow.import_graph import command_files
+
+    monkeypatch.chdir(ROOT)
+    jobs = pipeline_jobs("params/tiny.yaml")
+    stages = expand_pipeline(yaml.safe_load(build_dvc_yaml("params/tiny.yaml", jobs=jobs).split("\n", 3)[3]))
+    assert len(stages) == len(jobs)
+    by_benchmark = {o: st for st in stages.values() for o in st.get("outs", []) if o.startswith("benchmarks/")}
+    for job in jobs:
+        command = amflow_command(job)
+        code = sorted(str(f) for f in job.input if str(f).startswith("amflow/"))
+        assert code == (command_files(ROOT, command) if command else []), job.rule.name
+        stage = by_benchmark[str(job.benchmark)]
+        assert sorted(d for d in stage["deps"] if d.startswith("amflow/")) == code, job.rule.name
+        if job.rule.name in ("train", "train_ablation"):
+            assert not any(f.startswith("amflow/report/") for f in code)
+        if job.rule.name == "report":
+            assert "amflow/report/report.py" in code and not any(f.startswith("amflow/train/") for f in code)
+
+
+def test_dvc_yaml_is_one_family_per_rule_and_dvc_reads_one_stage_per_job(monkeypatch, tmp_path):
+    """The shipped dvc.yaml, as DVC reads it in a fresh clone: a matrix or foreach per rule (a few for the
+    rules whose stages differ in shape), expanding to exactly Snakemake's jobs; `dvc dag
+    --collapse-foreach-matrix` draws one node per family, in a terminal's width."""
+    from amflow.dag import expand_pipeline, job_name, pipeline_jobs
+
+    monkeypatch.chdir(ROOT)
+    text = (ROOT / "dvc.yaml").read_text()
+    doc = yaml.safe_load(text)
+    jobs = pipeline_jobs("params/default.yaml")
+    rules = {job.rule.name for job in jobs}
+    assert len(doc["stages"]) <= len(rules) + 3, sorted(doc["stages"])
+    assert len(text) < 100_000 and len(jobs) > 200
+    project = make_project_copy(tmp_path / "clone")
+    dvc = [str(Path(sys.executable).parent / "dvc")]
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    listed = subprocess.run(dvc + ["stage", "list", "--name-only"], cwd=project, capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    names = listed.stdout.split()
+    assert sorted(names) == sorted(expand_pipeline(doc)) and len(names) == len(jobs)
+    by_job = {job_name(job) for job in jobs}
+    assert len(by_job) == len(names)
+    dag = subprocess.run(dvc + ["dag", "--collapse-foreach-matrix"], cwd=project, capture_output=True, text=True)
+    assert dag.returncode == 0, dag.stderr
+    assert max(map(len, dag.stdout.splitlines())) <= 300, "dvc dag is wider than a wide terminal"
+    for family in doc["stages"]:
+        assert f"| {family} |" in dag.stdout, family
 
 
 @pytest.fixture(scope="module")
@@ -266,3 +317,21 @@ def test_the_readmes_fair_test_command_plans_the_subset_it_describes(project):
     assert counts["localise"] == 2 and counts["report"] == 1
     assert "ablations/tpu_tpa/lstm/synth_moving/seed2" in out.stdout
     assert "ablations/control/oracle/synth_moving/seed0" in out.stdout
+
+
+@pytest.mark.slow
+def test_a_second_pipeline_writing_the_same_outputs_is_refused_naming_the_first(tmp_path):
+    """default_1seed shares the default's datasets (equal specs, same data folders): its pipeline beside
+    the default's would give DVC two stages per output, so `amflow dvc-yaml` refuses in one line, and
+    the default's pipeline is untouched. The tiny params (other specs) get their own file."""
+    from project_copy import BIN, run
+
+    project = make_project_copy(tmp_path / "project")
+    before = (project / "dvc.yaml").read_text()
+    out = run([BIN / "amflow", "dvc-yaml", "--params", "params/default_1seed.yaml"], project, check=False)
+    assert out.returncode == 1
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith("error: dvc.yaml already has a stage writing data/") and "remove that file" in line, line
+    assert not (project / "pipelines/default_1seed/dvc.yaml").exists()
+    run([BIN / "amflow", "dvc-yaml", "--params", "params/tiny.yaml"], project)
+    assert (project / "pipelines/tiny/dvc.yaml").is_file() and (project / "dvc.yaml").read_text() == before

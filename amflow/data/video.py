@@ -4,13 +4,20 @@ Both backends return the same RGB frames for H.264 files (tests/test_video_io.py
 Every decoding problem (unreadable container, truncated stream, zero frames) raises
 :class:`VideoDecodeError` naming the file, so that extraction can list the video and go on.
 
+decord's native code writes log lines to the process's stderr (its own C++ messages, and those of its
+bundled FFmpeg) with no switch for the former; every failure also reaches us as an exception, which
+names the file. Its calls therefore run with file descriptor 2 sent to /dev/null
+(:func:`_decord_quietly`): a user sees the one-line errors of this module, not the library's.
+
 Frames are decoded in chunks and resized chunk by chunk (:func:`decode_video`), so that a long
 high-resolution video never sits in memory at full resolution, and extraction can write each chunk
 out as soon as it is decoded.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, TypeVar
 
@@ -167,7 +174,8 @@ def video_info(path: str | Path, backend: Optional[str] = None) -> tuple[int, fl
     if name != "pyav":
         try:
             vr = _open_decord(path)
-            first = vr[0].asnumpy()
+            with _decord_quietly():
+                first = vr[0].asnumpy()
             if first.ndim != 3 or first.shape[2] != 3:
                 raise VideoDecodeError(path, f"decord returned frames of shape {first.shape}")
             return len(vr), float(vr.get_avg_fps()), first.shape[0], first.shape[1]
@@ -209,12 +217,28 @@ def _check_file(path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _decord_quietly() -> Iterator[None]:
+    """Run a decord call with the process's stderr (file descriptor 2) sent to /dev/null; Python's own
+    ``sys.stderr`` is flushed first, so nothing written before is lost."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _open_decord(path: Path):
     import decord
 
     try:
         # One reader per call and one thread: readers shared between processes deadlock (decord #294).
-        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        with _decord_quietly():
+            vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     except Exception as exc:
         raise VideoDecodeError(path, _short(exc)) from None
     if len(vr) == 0:
@@ -233,7 +257,8 @@ def _chunks_decord(path: Path, indices, short_side):
         pos, step = 0, _FIRST_CHUNK
         while pos < len(wanted):
             ids = wanted[pos:pos + step]
-            batch = vr.get_batch(ids.tolist()).asnumpy()
+            with _decord_quietly():
+                batch = vr.get_batch(ids.tolist()).asnumpy()
             if batch.ndim != 4 or batch.shape[3] != 3:
                 raise RuntimeError(f"decord returned frames of shape {batch.shape[1:]} (dmlc/decord#336)")
             step = max(_FIRST_CHUNK, _CHUNK_BYTES // max(1, batch[0].nbytes))

@@ -7,16 +7,21 @@ needs and nothing heavier:
 - artefact ``params``: the run's resolved ``params.yaml``;
 - artefact ``weights``: ``weights.pt``, the trainable weights (adapters, head), the class names, the
   resolved AM flow variant and the frozen backbone's checksum (no optimizer state);
-- model config ``backbone_file`` / ``backbone_sha256``: a reference to the frozen backbone file, which
-  is not copied (every run of a params file shares it, and a paper-size backbone is 340 MB);
+- model config ``backbone_uri`` / ``backbone_sha256``: the frozen backbone file (the pipeline's pretrained
+  one, or ``backbone.weights: file``), as an MLflow artefact logged once per content
+  (:func:`amflow.tracking.backbone_artifact`: every run of a params file shares it, and a paper-size
+  backbone is 340 MB), downloaded from the same store when the model is loaded and checked against
+  its hash; the model holds no path of the machine that trained it;
 - a signature: input a ``video`` column of paths; output one row per (video, rank) with ``video``,
   ``rank`` (1 = most probable), ``label``, ``probability``; param ``top_k`` (default 5, or the
   class count when smaller).
 
 The model is stored as code (:mod:`amflow.evaluate.mlflow_entry`), not as a pickle. It needs the
-``amflow`` package and its pinned dependencies (the model's requirements) where it is loaded. When the backbone file is not where training left it, pass its path:
-``mlflow.pyfunc.load_model(uri, model_config={"backbone_file": PATH})``, or
-``amflow predict --model-uri URI --backbone PATH``.
+``amflow`` package and its pinned dependencies (the model's requirements) where it is loaded, and the
+tracking store it was logged to (copied or served elsewhere, its runs and artefacts together). A local
+backbone file can stand in for the artefact: ``mlflow.pyfunc.load_model(uri, model_config={"backbone_file":
+PATH})``, or ``amflow predict --model-uri URI --backbone PATH`` (models logged before the artefact
+existed need it).
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+import mlflow.artifacts
 import mlflow.pyfunc
 import pandas as pd
 import torch
@@ -58,22 +64,45 @@ def signature(num_classes: int) -> ModelSignature:
     )
 
 
+def frozen_backbone_file(params) -> Optional[Path]:
+    """The file a run's frozen backbone was read from, when it has one: pretrained by the pipeline
+    (``None`` here: the run's paths know it) or ``backbone.weights: file``."""
+    return Path(params.backbone.weights_file) if params.backbone.weights == "file" else None
+
+
+def _backbone_file(params, config: dict, folder: Path) -> Optional[Path]:
+    """The frozen backbone for the model: a local file given in ``backbone_file``, else the artefact
+    ``backbone_uri`` downloaded into ``folder`` and checked against ``backbone_sha256``."""
+    if params.backbone.weights not in ("pretrain", "file"):
+        return None
+    given = config.get("backbone_file")
+    if given and Path(given).is_file():
+        return Path(given)
+    fix = "give a local copy with --backbone PATH (model_config={'backbone_file': PATH} in mlflow.pyfunc.load_model)"
+    if given or not config.get("backbone_uri"):
+        raise AmflowError(f"the model's frozen backbone file {given} is not on this machine (sha256 "
+                          f"{config.get('backbone_sha256')}); {fix}")
+    uri = config["backbone_uri"]
+    try:
+        path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
+    except (MlflowException, OSError) as exc:
+        raise AmflowError(f"the model's frozen backbone {uri} cannot be read from the MLflow store "
+                          f"{mlflow.get_tracking_uri()} ({tracking.describe(exc)}); {fix}") from None
+    if tracking.file_sha256(path) != config.get("backbone_sha256"):
+        raise AmflowError(f"the model's frozen backbone {uri} does not have the sha256 the model recorded "
+                          f"({config.get('backbone_sha256')}); the store was changed: {fix}")
+    return path
+
+
 class VideoClassifier(mlflow.pyfunc.PythonModel):
     """Rebuilds the run's model from the artefacts at load time; predicts a table of video paths."""
 
     def load_context(self, context) -> None:
-        config = context.model_config or {}
         params = load_params(context.artifacts["params"])
-        backbone = None
-        if params.backbone.weights == "pretrain":
-            backbone = Path(config.get("backbone_file") or "")
-            if not backbone.is_file():
-                raise AmflowError(
-                    f"the model's frozen backbone file {config.get('backbone_file')} is not on this machine "
-                    f"(sha256 {config.get('backbone_sha256')}); copy it there, or give its path with "
-                    f"--backbone PATH (model_config={{'backbone_file': PATH}} in mlflow.pyfunc.load_model)")
-        self.predictor = Predictor.from_model_files(Path(context.artifacts["params"]),
-                                                    Path(context.artifacts["weights"]), backbone)
+        with tempfile.TemporaryDirectory() as tmp:  # the backbone is read into the model while loading
+            backbone = _backbone_file(params, context.model_config or {}, Path(tmp))
+            self.predictor = Predictor.from_model_files(Path(context.artifacts["params"]),
+                                                        Path(context.artifacts["weights"]), backbone)
 
     def predict(self, context, model_input: pd.DataFrame, params: Optional[dict] = None) -> pd.DataFrame:
         top_k = (params or {}).get("top_k")
@@ -100,9 +129,13 @@ def log_run_model(tracker, *, params_yaml: Path, checkpoint: Path, backbone: Opt
     if done is not None:  # a rerun after a failed final logging: the final weights are already there
         return f"models:/{done}"
     state = ckpt.load_checkpoint(checkpoint)
+    params = load_params(params_yaml)
+    backbone = backbone or frozen_backbone_file(params)
     config = {}
     if backbone is not None:
-        config = {"backbone_file": str(Path(backbone).resolve()), "backbone_sha256": tracking.file_sha256(backbone)}
+        config = tracking.backbone_artifact(tracker.client, tracker.uri, params.tracking.experiment_prefix, backbone)
+        # The key a local copy is given in at load time: MLflow overrides only the keys a model has.
+        config["backbone_file"] = ""
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         # MLflow asks for an input example; one would be a video file path, which only exists here.
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")

@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from amflow import io, tracking
+from amflow import io, parallel, tracking
 from amflow.data import transforms_geometry as geo
 from amflow.data.clips import ClipDataset
 from amflow.errors import AmflowError
@@ -98,6 +98,8 @@ def evaluate_model(model: torch.nn.Module, dataset, *, device: torch.device, amp
                    num_workers: int = 0, reversal: Optional[dict[int, int]] = None,
                    progress: bool = True, normalise: Optional[Callable] = None) -> EvalOutputs:
     model.eval()
+    if num_workers > 0:
+        parallel.before_forking_workers()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         collate_fn=collate_clips, pin_memory=device.type == "cuda",
                         worker_init_fn=loader_worker_init)

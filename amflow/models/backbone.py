@@ -73,7 +73,7 @@ def build_backbone(spec: BackboneSpec, weights_path: Optional[Path] = None) -> n
                 f"{offline}: {exc}. Download them on a machine with internet and set "
                 f"backbone.weights: file with backbone.weights_file: <path to the .safetensors/.bin>") from exc
     elif spec.weights == "file":
-        path = Path(spec.weights_file or "")
+        path = Path(weights_path or spec.weights_file or "")  # weights_path: the same file found elsewhere
         if not path.is_file():
             raise AmflowError(f"backbone.weights_file: '{path}' not found; point it at the weights "
                               f"file of '{spec.model}' (safetensors or a torch checkpoint)")

@@ -13,9 +13,11 @@
   failed when the sweep is rerun, and their parameters are queued again (user attr ``requeued_from``),
   so none is lost and none is run twice.
 - Each trial is an MLflow run ``trial-<n>`` nested under one parent run per study (its id is the
-  trial's user attr ``mlflow_run_id``); the parent gets the best value and params. The best trial is
-  exported as a complete params file (``best.yaml``) with the base file's training budget: the sweep's
-  ``fixed`` keys (a shortened budget) are left out, the tuned values kept.
+  trial's user attr ``mlflow_run_id``) with its params and per-epoch metrics, and no model; the parent
+  gets the best value and params. The best trial's model is logged once, into its run, and the other
+  ended trials' checkpoints are deleted (:func:`keep_the_best`). The best trial is exported as a
+  complete params file (``best.yaml``) with the base file's training budget: the sweep's ``fixed``
+  keys (a shortened budget) are left out, the tuned values kept.
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ from optuna.trial import TrialState
 
 from amflow import io, parallel, paths, tracking
 from amflow.errors import AmflowError
-from amflow.params import parse_override, resolve_raw, validate
+from amflow.params import load_params, parse_override, resolve_raw, set_source, validate
+from amflow.runs import run_paths
 from amflow.sweep.space import (SweepSpec, check_space, decode, load_sweep_spec, suggest, trial_params_data,
                                 with_values)
 from amflow.train.run import train_run
@@ -167,7 +170,7 @@ def run_trial(trial, ctx: dict) -> float:
         train_run(params, dataset=ctx["dataset"], method=ctx["method"], seed=ctx["seed"],
                   data_dir=Path(ctx["data_dir"]), results_dir=Path(ctx["results_dir"]), run_dir=run_dir,
                   callbacks=[report], parent_run_id=ctx.get("parent_run_id"), run_name=f"trial-{trial.number}",
-                  tags={"amflow.sweep": ctx["study_name"], "amflow.trial": str(trial.number)})
+                  tags={"amflow.sweep": ctx["study_name"], "amflow.trial": str(trial.number)}, log_model=False)
     except _Pruned:
         raise optuna.TrialPruned() from None
     finally:
@@ -238,6 +241,30 @@ def export_best(study, spec: SweepSpec, ctx: dict, output: Path) -> dict:
     return {"number": best.number, "value": best.value, "params": values}
 
 
+def keep_the_best(study, ctx: dict, params) -> Optional[str]:
+    """The sweep's one model: the best trial's, logged into its MLflow run (once: a resumed sweep with
+    the same best logs nothing); the checkpoints of the other ended trials are deleted (a trial still
+    running in another process keeps its own). Returns the model's URI (None without tracking)."""
+    from amflow.evaluate.mlflow_model import log_run_model  # imports mlflow's model code
+
+    best = study.best_trial
+    uri = None
+    run_id = best.user_attrs.get(RUN_ID_ATTR)
+    best_dir = paths.sweep_trial_dir(ctx["folder"], best.number)
+    if run_id and tracking.enabled():
+        weights = run_paths(params, ctx["dataset"], ctx["method"], ctx["seed"], Path(ctx["data_dir"]),
+                            Path(ctx["results_dir"])).backbone_weights
+        tracker = tracking.Tracker(tracking.resolve_uri(params), run_id)
+        uri = tracking.with_retries(lambda: log_run_model(tracker, params_yaml=best_dir / paths.PARAMS_YAML,
+                                                          checkpoint=best_dir / paths.CHECKPOINT, backbone=weights),
+                                    f"logging the model of the best trial {best.number}")
+    for t in study.get_trials(deepcopy=False):
+        if t.number != best.number and t.state != TrialState.RUNNING and t.state != TrialState.WAITING:
+            for name in (paths.CHECKPOINT, "checkpoint.stale.pt"):
+                (paths.sweep_trial_dir(ctx["folder"], t.number) / name).unlink(missing_ok=True)
+    return uri
+
+
 def save_plots(study, folder: Path) -> list[Path]:
     import matplotlib
 
@@ -265,9 +292,10 @@ def save_plots(study, folder: Path) -> list[Path]:
 # --------------------------------------------------------------------------- entry point
 def run_sweep(args) -> dict:
     params_file, space_file = str(args.params), str(args.space)
-    overrides = [parse_override(item) for item in getattr(args, "set", None) or []]
+    items = getattr(args, "set", None) or []
+    overrides = [parse_override(item) for item in items]
     base = with_values(resolve_raw(params_file), dict(overrides))
-    base_params = validate(base, params_file)
+    base_params = load_params(params_file, with_values({}, dict(overrides)) or None, set_source(items))
     spec = load_sweep_spec(space_file)
     if args.trials is not None:
         spec.trials = args.trials
@@ -304,6 +332,7 @@ def run_sweep(args) -> dict:
                           "fix the error, widen the space or lower the pruner's aggressiveness")
     output = args.output or folder / paths.SWEEP_BEST
     best = export_best(study, spec, ctx, Path(output))
+    best["model_uri"] = keep_the_best(study, ctx, base_params)
     plots = save_plots(study, folder)
     summary = {"study": study_name, "storage": url, "trials": finished, "states": c, "best": best,
                "best_params_file": str(output)}

@@ -75,13 +75,14 @@ def summarise(history: list[dict]) -> dict:
 def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir: Path, results_dir: Path,
               run_dir: Optional[Path] = None, stop_after_epoch: Optional[int] = None, progress: bool = True,
               callbacks: Sequence[Callable[[dict], None]] = (), parent_run_id: Optional[str] = None,
-              tags: Optional[dict] = None, run_name: Optional[str] = None) -> dict:
+              tags: Optional[dict] = None, run_name: Optional[str] = None, log_model: bool = True) -> dict:
     """Train one (dataset, method, seed) run; resume from the run folder's training state if there is one.
 
     ``callbacks`` get each epoch's record (rank 0, after the state is saved); one may raise to end the run
     (a sweep's pruner, say): the exception propagates, the training state stays, and the MLflow run is
     marked KILLED rather than FAILED. ``parent_run_id`` nests the MLflow run (sweep trials); ``tags``
-    are added to it; ``run_name`` names it (default: see :meth:`amflow.tracking.Tracker.open_for_training`).
+    are added to it; ``run_name`` names it (default: see :meth:`amflow.tracking.Tracker.open_for_training`);
+    ``log_model=False`` logs no model into it (a sweep logs its best trial's model once, at the end).
 
     Returns the content of ``train.json`` (or, when stopped early by the test hook, a dict with
     ``status: stopped`` and the history so far; ``train.json`` is then not written).
@@ -212,7 +213,7 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
         }
         # Results on disk first: a tracking failure after hours of training must not lose them.
         io.write_json(paths.run_dir / TRAIN_JSON, info)
-        finish_tracking(tracker, info, paths)
+        finish_tracking(tracker, info, paths, log_model=log_model)
         return info
     finally:
         lock.close()
@@ -259,7 +260,7 @@ def open_tracking(params: Params, paths: RunPaths, *, dataset: str, method: str,
     return tracker
 
 
-def finish_tracking(tracker, info: dict, paths: RunPaths) -> None:
+def finish_tracking(tracker, info: dict, paths: RunPaths, log_model: bool = True) -> None:
     """The final logging of a finished training (summary metrics, files, the MLflow model), retried on a
     busy store. ``train.json`` is already on disk: if it still fails, the error says how to log it
     without training again (the same command resumes the finished training state and only logs)."""
@@ -280,6 +281,8 @@ def finish_tracking(tracker, info: dict, paths: RunPaths) -> None:
                                        backbone=paths.backbone_weights),
         "status": lambda: tracker.finish("FINISHED"),
     }
+    if not log_model:
+        del steps["model"]
     try:
         for what, step in steps.items():  # one at a time: a retry repeats only the step that failed
             tracking.with_retries(step, f"logging the {what} of {run_dir}")

@@ -40,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
-from amflow import io, paths, progress
+from amflow import io, parallel, paths, progress
 from amflow.data.frame_cache import raise_open_file_limit
 from amflow.data.frame_codec import init_worker as init_decoder_worker
 from amflow.errors import AmflowError
@@ -146,6 +146,8 @@ class Trainer:
         self.sampler = DistributedSampler(self.train_set, num_replicas=ctx.world_size, rank=ctx.rank,
                                           shuffle=True, seed=self.seed, drop_last=True)
         self.loader_gen = torch.Generator()
+        if spec.num_workers > 0:
+            parallel.before_forking_workers()
         common = dict(num_workers=spec.num_workers, collate_fn=self.collate, worker_init_fn=loader_worker_init,
                       pin_memory=self.device.type == "cuda", persistent_workers=False)
         self.train_loader = DataLoader(self.train_set, batch_size=self.batch, sampler=self.sampler, drop_last=True,

@@ -6,10 +6,12 @@ if P.backbone.weights == "pretrain":
     rule pretrain_backbone:
         input:
             pretrain_images_info(),
+            code=code("pretrain-backbone"),
         output:
             weights=str(paths.backbone_file(RESULTS)),
             metrics=str(paths.backbone_dir(RESULTS) / paths.BACKBONE_METRICS),
         params:
+            file=params_file,
             dvc_params=tracked("backbone", "pretrain", "pretrain_images"),
         priority: 20  # the critical path: every training waits for the backbone, only amflow for the camera
         threads: JOB_CORES
@@ -20,5 +22,5 @@ if P.backbone.weights == "pretrain":
         benchmark:
             f"{BENCH}/pretrain_backbone.tsv",
         shell:
-            "amflow pretrain-backbone --params {PARAMS}"
+            "amflow pretrain-backbone --params {params.file}"
             " > {log} 2>&1"

@@ -6,12 +6,14 @@ rule camera_motion:
     priority: 10
     input:
         lambda w: frames_summary(w.dataset),
+        code=code("camera-motion"),
     output:
         json=str(paths.camera_dir(RESULTS, "{dataset}") / paths.CAMERA_JSON),
         png=report(str(paths.camera_dir(RESULTS, "{dataset}") / paths.CAMERA_PNG), caption=caption("camera_motion"),
                    category="Camera motion", labels={"dataset": "{dataset}"}),
         motion=str(paths.motion_file(RESULTS, "{dataset}")),
     params:
+        file=params_file,
         dvc_params=tracked("datasets.{dataset}", "camera_motion"),
     threads: JOB_CORES
     log:
@@ -19,5 +21,5 @@ rule camera_motion:
     benchmark:
         f"{BENCH}/camera_motion/{{dataset}}.tsv",
     shell:
-        "amflow camera-motion --params {PARAMS} --dataset {wildcards.dataset}"
+        "amflow camera-motion --params {params.file} --dataset {wildcards.dataset}"
         " > {log} 2>&1"

@@ -8,6 +8,7 @@ import os
 import sys
 
 from amflow import paths
+from amflow.import_graph import command_files
 from amflow.parallel import usable_cores
 from amflow.params import GROUND_TRUTH_CONTROLS, METHODS, ParamsError, resolve_workflow_config, validate, write_resolved
 from amflow.workflow_plan import ablation_runs, find_ablation, reference_runs, table_runs
@@ -32,9 +33,7 @@ except ParamsError as exc:
 # `config` becomes the validated params (defaults filled in): what the jobs and the report see.
 config.clear()
 config.update(P.model_dump(mode="json"))
-# The jobs read these values from a file named by their content. It is passed in the shell commands,
-# not as a param: params are rerun triggers, and a path must not be one (`tracked` below makes the
-# values the trigger, so another params file with the same values reuses every result).
+# The jobs read these values from a file named by their content (`params_file` below).
 PARAMS = str(write_resolved(P, paths.RESOLVED_PARAMS_DIR))
 DATA = "data"
 RESULTS = str(paths.results_root("results", P.name))
@@ -53,6 +52,24 @@ wildcard_constraints:
     method="|".join(METHODS),
     seed=r"\d+",
     axis=r"[a-z_]+",
+
+
+def params_file(wildcards, input):
+    """Every rule's ``params.file``, the resolved params file its command reads (``--params {params.file}``).
+
+    Its path changes with any value, so it must not be a rerun trigger: Snakemake leaves params derived
+    from a job's input out of its "params" trigger. The values a job depends on are the trigger
+    (``params.dvc_params``, see `tracked`), so another params file with the same values reuses every
+    result.
+    """
+    return PARAMS
+
+
+def code(command):
+    """The source files ``amflow <command>`` imports (:func:`amflow.import_graph.command_files`), as a rule's
+    input ``code``: an edit to one of them reruns the jobs whose command imports it, and no other (the
+    DVC stages of `amflow dvc-yaml` get the same files as deps)."""
+    return [os.path.relpath(os.path.join(workflow.basedir, f)) for f in command_files(workflow.basedir, command)]
 
 
 def tracked(*keys):

@@ -5,9 +5,11 @@
 rule prepare_dataset:
     input:
         dataset_lists,
+        code=code("prepare"),
     output:
         f"{DATASET_DIR}/{paths.DATASET_JSON}",
     params:
+        file=params_file,
         dvc_params=tracked("datasets.{dataset}"),
         dvc_outs=lambda w: [DATASET_DIR.format(dataset=w.dataset, spec=w.spec)],
     threads: JOB_CORES
@@ -18,16 +20,19 @@ rule prepare_dataset:
     benchmark:
         f"{BENCH}/prepare_dataset/{{dataset}}-{{spec}}.tsv",
     shell:
-        "amflow prepare --params {PARAMS} --dataset {wildcards.dataset}"
+        "amflow prepare --params {params.file} --dataset {wildcards.dataset}"
         " > {log} 2>&1"
 
 
 if P.pretrain_images is not None:
 
     rule pretrain_images:
+        input:
+            code=code("pretrain-images"),
         output:
             pretrain_images_info(),
         params:
+            file=params_file,
             dvc_params=tracked("pretrain_images"),
             dvc_outs=[str(paths.pretrain_images_dir(DATA, P))],
         priority: 20  # on the critical path: the backbone's pretraining waits for it
@@ -37,7 +42,7 @@ if P.pretrain_images is not None:
         benchmark:
             f"{BENCH}/pretrain_images.tsv",
         shell:
-            "amflow pretrain-images --params {PARAMS}"
+            "amflow pretrain-images --params {params.file}"
             " > {log} 2>&1"
 
 
@@ -46,9 +51,11 @@ rule extract_frames:
     priority: 10
     input:
         f"{DATASET_DIR}/{paths.DATASET_JSON}",
+        code=code("extract"),
     output:
         f"{FRAMES_DIR}/{paths.FRAMES_SUMMARY}",
     params:
+        file=params_file,
         dvc_params=tracked("datasets.{dataset}"),
         dvc_outs=lambda w: [FRAMES_DIR.format(dataset=w.dataset, spec=w.spec)],
     threads: JOB_CORES
@@ -59,5 +66,5 @@ rule extract_frames:
     benchmark:
         f"{BENCH}/extract_frames/{{dataset}}-{{spec}}.tsv",
     shell:
-        "amflow extract --params {PARAMS} --dataset {wildcards.dataset}"
+        "amflow extract --params {params.file} --dataset {wildcards.dataset}"
         " > {log} 2>&1"

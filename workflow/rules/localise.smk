@@ -5,9 +5,11 @@
 rule ground_truth:
     input:
         f"{DATASET_DIR}/{paths.DATASET_JSON}",
+        code=code("ground-truth"),
     output:
         str(paths.ground_truth_file(DATA, paths.data_key("{dataset}", "{spec}"))),
     params:
+        file=params_file,
         dvc_params=tracked("datasets.{dataset}"),
     threads: 1
     log:
@@ -15,7 +17,7 @@ rule ground_truth:
     benchmark:
         f"{BENCH}/ground_truth/{{dataset}}-{{spec}}.tsv",
     shell:
-        "amflow ground-truth --params {PARAMS} --dataset {wildcards.dataset}"
+        "amflow ground-truth --params {params.file} --dataset {wildcards.dataset}"
         " > {log} 2>&1"
 
 
@@ -25,12 +27,14 @@ rule localise:
         lambda w: frames_summary(w.dataset),
         str(paths.motion_file(RESULTS, "{dataset}")),
         backbone_inputs,
+        code=code("localise"),
     output:
         csv=str(paths.localisation_dir(RESULTS, "{dataset}") / paths.LOCALISATION_CSV),
         probe=str(paths.localisation_dir(RESULTS, "{dataset}") / paths.LABEL_PROBE_CSV),
         png=report(str(paths.localisation_dir(RESULTS, "{dataset}") / paths.LOCALISATION_PNG),
                    caption=caption("localisation"), category="Localisation", labels={"dataset": "{dataset}"}),
     params:
+        file=params_file,
         dvc_params=tracked("datasets.{dataset}", "sampling", "backbone", "model.am_flow"),
     threads: JOB_CORES
     log:
@@ -38,5 +42,5 @@ rule localise:
     benchmark:
         f"{BENCH}/localise/{{dataset}}.tsv",
     shell:
-        "amflow localise --params {PARAMS} --dataset {wildcards.dataset}"
+        "amflow localise --params {params.file} --dataset {wildcards.dataset}"
         " > {log} 2>&1"

@@ -4,11 +4,13 @@
 rule table1:
     input:
         [str(paths.run_dir(RESULTS, d, m, s) / paths.METRICS_JSON) for d, m, s in table_runs(P)],
+        code=code("tables"),
     output:
         report(f"{RESULTS}/{paths.TABLE1_CSV}", caption=caption("table1"), category="Tables"),
         report(f"{PLOTS}/{paths.CONVERGENCE_PNG}", caption=caption("convergence"), category="Figures"),
         report(f"{PLOTS}/{paths.ACCURACY_PNG}", caption=caption("accuracy"), category="Figures"),
     params:
+        file=params_file,
         dvc_params=tracked("table_datasets", "methods", "seeds"),
     threads: 1
     log:
@@ -16,7 +18,7 @@ rule table1:
     benchmark:
         f"{BENCH}/table1.tsv",
     shell:
-        "amflow tables --params {PARAMS} --which table1"
+        "amflow tables --params {params.file} --which table1"
         " > {log} 2>&1"
 
 
@@ -26,6 +28,7 @@ rule ablations:
          for r in ablation_runs(P)],
         # table 1's tpa runs of the same datasets and seeds: each row's paired difference is against them
         [str(paths.run_dir(RESULTS, d, m, s) / paths.METRICS_JSON) for d, m, s in reference_runs(P)],
+        code=code("tables"),
     output:
         report(f"{RESULTS}/{paths.ABLATIONS_CSV}", caption=caption("ablations"), category="Tables"),
         # one table per axis these params ablate (amflow.report.tables.write_tables)
@@ -33,6 +36,7 @@ rule ablations:
                 labels={"table": f"ablation: {axis}"})
          for axis in dict.fromkeys(r.axis for r in ablation_runs(P))],
     params:
+        file=params_file,
         dvc_params=tracked("ablations", "seeds"),
     threads: 1
     log:
@@ -40,7 +44,7 @@ rule ablations:
     benchmark:
         f"{BENCH}/ablations.tsv",
     shell:
-        "amflow tables --params {PARAMS} --which ablations"
+        "amflow tables --params {params.file} --which ablations"
         " > {log} 2>&1"
 
 
@@ -48,17 +52,20 @@ rule amflow_heatmaps:
     input:
         [str(paths.run_dir(RESULTS, d, "amflow", P.seeds[0]) / paths.METRICS_JSON) for d in P.table_datasets],
         [str(paths.motion_file(RESULTS, d)) for d in P.table_datasets],
+        code=code("heatmaps"),
     output:
         png=report(f"{PLOTS}/{paths.HEATMAPS_PNG}", caption=caption("amflow_heatmaps"), category="Figures"),
         gif=f"{PLOTS}/{paths.HEATMAPS_GIF}",
         json=f"{PLOTS}/{paths.HEATMAPS_JSON}",
+    params:
+        file=params_file,
     threads: 1
     log:
         f"{LOGS}/amflow_heatmaps.log",
     benchmark:
         f"{BENCH}/amflow_heatmaps.tsv",
     shell:
-        "amflow heatmaps --params {PARAMS}"
+        "amflow heatmaps --params {params.file}"
         " > {log} 2>&1"
 
 
@@ -71,13 +78,16 @@ rule report:
         # localisation against SynthMotion's ground truth, for the table's generated datasets
         [str(paths.localisation_dir(RESULTS, d) / paths.LOCALISATION_CSV) for d in P.table_datasets
          if P.datasets[d].source == "synthmotion"],
+        code=code("report"),
     output:
         f"{RESULTS}/{paths.REPORT_MD}",
+    params:
+        file=params_file,
     threads: 1
     log:
         f"{LOGS}/report.log",
     benchmark:
         f"{BENCH}/report.tsv",
     shell:
-        "amflow report --params {PARAMS}"
+        "amflow report --params {params.file}"
         " > {log} 2>&1"

@@ -5,8 +5,11 @@ rule sweep:
     input:
         lambda w: train_inputs(w),
         sweep_spec="params/sweep.yaml",
+        code=code("sweep"),
     output:
         str(paths.sweep_dir(RESULTS, "{dataset}", "{method}") / paths.SWEEP_BEST),
+    params:
+        file=params_file,
     threads: JOB_CORES
     resources:
         gpu=GPUS_PER_JOB,
@@ -15,6 +18,6 @@ rule sweep:
     benchmark:
         f"{BENCH}/sweep/{{dataset}}/{{method}}.tsv",
     shell:
-        "amflow sweep --params {PARAMS} --space {input.sweep_spec} --dataset {wildcards.dataset} "
+        "amflow sweep --params {params.file} --space {input.sweep_spec} --dataset {wildcards.dataset} "
         "--method {wildcards.method}"
         " > {log} 2>&1"

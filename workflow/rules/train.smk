@@ -11,10 +11,12 @@
 rule train:
     input:
         train_inputs,
+        code=code("train"),
     output:
         train_json=f"{RUN_DIR}/{paths.TRAIN_JSON}",
         checkpoint=f"{RUN_DIR}/{paths.CHECKPOINT}",
     params:
+        file=params_file,
         launch=launcher,
         dvc_params=tracked("datasets.{dataset}", "sampling", "model", "train", "backbone", "camera_motion"),
     threads: 1
@@ -25,7 +27,7 @@ rule train:
     benchmark:
         f"{BENCH}/train/{{dataset}}/{{method}}/seed{{seed}}.tsv",
     shell:
-        "{params.launch} train --params {PARAMS} --dataset {wildcards.dataset} "
+        "{params.launch} train --params {params.file} --dataset {wildcards.dataset} "
         "--method {wildcards.method} --seed {wildcards.seed}"
         " > {log} 2>&1"
 
@@ -34,9 +36,11 @@ rule evaluate:
     input:
         train_json=f"{RUN_DIR}/{paths.TRAIN_JSON}",
         checkpoint=f"{RUN_DIR}/{paths.CHECKPOINT}",
+        code=code("evaluate"),
     output:
         **evaluation_outputs(RUN_DIR, "Runs"),
     params:
+        file=params_file,
         dvc_params=tracked("datasets.{dataset}", "sampling"),
     threads: 1
     resources:
@@ -46,7 +50,7 @@ rule evaluate:
     benchmark:
         f"{BENCH}/evaluate/{{dataset}}/{{method}}/seed{{seed}}.tsv",
     shell:
-        "amflow evaluate --params {PARAMS} --dataset {wildcards.dataset} "
+        "amflow evaluate --params {params.file} --dataset {wildcards.dataset} "
         "--method {wildcards.method} --seed {wildcards.seed}"
         " > {log} 2>&1"
 
@@ -54,10 +58,12 @@ rule evaluate:
 rule train_ablation:
     input:
         ablation_inputs,
+        code=code("train"),
     output:
         train_json=f"{ABLATION_RUN_DIR}/{paths.TRAIN_JSON}",
         checkpoint=f"{ABLATION_RUN_DIR}/{paths.CHECKPOINT}",
     params:
+        file=params_file,
         run_dir=run_dir_of,
         launch=launcher,
         overrides=lambda w: ablation(w).set_args(),
@@ -71,7 +77,7 @@ rule train_ablation:
     benchmark:
         f"{BENCH}/train_ablation/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}.tsv",
     shell:
-        "{params.launch} train --params {PARAMS} --dataset {wildcards.dataset} --method {params.method} "
+        "{params.launch} train --params {params.file} --dataset {wildcards.dataset} --method {params.method} "
         "--seed {wildcards.seed} --run-dir {params.run_dir} {params.overrides}"
         " > {log} 2>&1"
 
@@ -80,9 +86,11 @@ rule evaluate_ablation:
     input:
         train_json=f"{ABLATION_RUN_DIR}/{paths.TRAIN_JSON}",
         checkpoint=f"{ABLATION_RUN_DIR}/{paths.CHECKPOINT}",
+        code=code("evaluate"),
     output:
         **evaluation_outputs(ABLATION_RUN_DIR, "Ablation runs"),
     params:
+        file=params_file,
         run_dir=run_dir_of,
         overrides=lambda w: ablation(w).set_args(),
         method=lambda w: ablation(w).method,
@@ -95,6 +103,6 @@ rule evaluate_ablation:
     benchmark:
         f"{BENCH}/evaluate_ablation/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}.tsv",
     shell:
-        "amflow evaluate --params {PARAMS} --dataset {wildcards.dataset} --method {params.method} "
+        "amflow evaluate --params {params.file} --dataset {wildcards.dataset} --method {params.method} "
         "--seed {wildcards.seed} --run-dir {params.run_dir} {params.overrides}"
         " > {log} 2>&1"

@@ -1,0 +1,114 @@
+"""The import graph of the ``amflow`` package, read from its source (nothing is imported).
+
+One parser serves three readers: the layering test (tests/test_imports.py), and the code dependencies of
+the pipeline's stages, which the Snakemake rules take as inputs (``workflow/rules/common.smk``) and
+``amflow dvc-yaml`` writes as DVC deps. A stage's code is the set of source files its command
+``amflow <command>`` can import: ``amflow/cli.py`` with what it imports at module level and in every
+function but the other commands' ``cmd_*``, then everything those import, transitively (an import
+inside a function counts too), with the ``__init__.py`` of every package on the way.
+"""
+from __future__ import annotations
+
+import ast
+from functools import lru_cache
+from pathlib import Path
+
+PACKAGE = "amflow"
+CLI = f"{PACKAGE}.cli"
+COMMAND_PREFIX = "cmd_"
+
+
+def module_name(path: Path, root: Path) -> str:
+    """``amflow.x.y`` of the file ``root/amflow/x/y.py`` (a package's ``__init__.py`` is the package)."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules(root: Path) -> dict[str, Path]:
+    """Every module of the package under ``root`` (the folder that holds ``amflow/``), by name."""
+    return {module_name(p, root): p for p in sorted((Path(root) / PACKAGE).rglob("*.py"))}
+
+
+def _imports_in(nodes, known: set[str]) -> set[str]:
+    """The amflow modules that the statements ``nodes`` (and everything nested in them) import
+    (``from amflow.x import y`` counts as amflow.x.y when that is a module, else as amflow.x)."""
+    out = set()
+    for top in nodes:
+        for node in ast.walk(top):
+            if isinstance(node, ast.Import):
+                out |= {a.name for a in node.names if a.name.split(".")[0] == PACKAGE}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == PACKAGE:
+                for a in node.names:
+                    sub = f"{node.module}.{a.name}"
+                    out.add(sub if sub in known else node.module)
+    return out
+
+
+def _parse(path: Path) -> ast.Module:
+    return ast.parse(Path(path).read_text(), str(path))
+
+
+def imported(path: Path, known: set[str]) -> set[str]:
+    """The amflow modules the file ``path`` imports, anywhere in it."""
+    return _imports_in([_parse(path)], known)
+
+
+def _with_packages(names: set[str]) -> set[str]:
+    """``names`` and every package above them: importing a submodule runs its packages' ``__init__.py`` first."""
+    out = set()
+    for name in names:
+        parts = name.split(".")
+        out |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    return out
+
+
+@lru_cache(maxsize=8)
+def _graph(root: Path) -> tuple[dict[str, Path], dict[str, frozenset[str]]]:
+    mods = modules(root)
+    known = set(mods)
+    return mods, {name: frozenset(_with_packages(imported(path, known)) - {name}) for name, path in mods.items()}
+
+
+def closure(root: Path, start: set[str], opaque: frozenset[str] = frozenset()) -> set[str]:
+    """``start`` and every amflow module they import, transitively; the imports of an ``opaque`` module
+    are not followed (the CLI: only the command's own imports run)."""
+    mods, edges = _graph(Path(root).resolve())
+    seen, todo = set(), list(_with_packages(set(start)))
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in mods:
+            continue
+        seen.add(name)
+        if name not in opaque:
+            todo.extend(edges[name])
+    return seen
+
+
+def command_function(command: str) -> str:
+    """The function of ``amflow.cli`` that runs ``amflow <command>`` (``camera-motion`` -> ``cmd_camera_motion``)."""
+    return COMMAND_PREFIX + command.replace("-", "_")
+
+
+def command_modules(root: Path, command: str) -> set[str]:
+    """The modules ``amflow <command>`` can import (see the module docstring)."""
+    root = Path(root).resolve()
+    mods, _ = _graph(root)
+    tree = _parse(mods[CLI])
+    wanted = command_function(command)
+    functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    if wanted not in functions:
+        raise KeyError(f"amflow/cli.py has no function {wanted} for the command `amflow {command}`")
+    # Everything that runs whatever the command: module level, the parser and the helpers.
+    shared = [node for node in tree.body
+              if not (isinstance(node, ast.FunctionDef) and node.name.startswith(COMMAND_PREFIX))]
+    start = {CLI} | _imports_in(shared + [functions[wanted]], set(mods))
+    return closure(root, start, opaque=frozenset({CLI}))
+
+
+def command_files(root: Path, command: str) -> list[str]:
+    """The source files of ``amflow <command>``, relative to ``root`` (``amflow/cli.py``, ...), sorted."""
+    root = Path(root).resolve()
+    mods, _ = _graph(root)
+    return sorted(mods[name].relative_to(root).as_posix() for name in command_modules(root, command))
