@@ -50,7 +50,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 # Method name in the CSV -> frozen_flow mode.
-VARIANTS = {"static": "static", "aligned_grid": "grid", "aligned_warp": "warp"}
+VARIANTS = {"static": "static", "aligned_grid": "grid", "aligned_warp": "warp", "aligned_warp_fill": "warp_fill"}
 BASELINES = ("pixel_diff", "pixel_diff_compensated")
 COLUMNS = ("method", "block", "mass_ratio", "auc", "frames", "patches")
 

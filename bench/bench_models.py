@@ -44,9 +44,10 @@ from amflow.models.video_model import VideoModel  # noqa: E402
 from amflow.params import BackboneSpec, load_params  # noqa: E402
 from timing import Clock  # noqa: E402
 
-# "aligned_warp": the aligned variant with model.am_flow.alignment: warp (pixel-space compensation).
+# "aligned_<alignment>": the aligned variant with that model.am_flow.alignment ("aligned" alone: the default's).
 METHODS = [("frame", "none"), ("aim", "none"), ("st_adapter", "none"), ("tpa", "none"),
-           ("amflow", "static"), ("amflow", "aligned"), ("amflow", "aligned_warp")]
+           ("amflow", "static"), ("amflow", "aligned_grid"), ("amflow", "aligned_warp"),
+           ("amflow", "aligned_warp_fill")]
 SIZES = {
     # ViT-B/14 with the DINOv2 layout of the paper setting (random weights: speed does not depend on them)
     "vitb": dict(model="vit_base_patch14_dinov2", kwargs=dict(img_size=224), img=224),
@@ -151,8 +152,8 @@ class Bench:
         self.name = method if variant == "none" else f"{method}/{variant}"
         self.device = torch.device(args.device)
         self.amp = bool(args.amp) and self.device.type == "cuda"
-        if variant == "aligned_warp":
-            flow = model_spec.am_flow.model_copy(update={"alignment": "warp"})
+        if variant.startswith("aligned_"):
+            flow = model_spec.am_flow.model_copy(update={"alignment": variant.removeprefix("aligned_")})
             model_spec, variant = model_spec.model_copy(update={"am_flow": flow}), "aligned"
         torch.manual_seed(0)
         self.model = build_model(method, backbone, 12, args.frames, model_spec, variant).to(self.device)

@@ -20,7 +20,7 @@ from amflow.errors import AmflowError
 from amflow.models.am_flow import PatchAlignment, coverage_scores, patch_alignment
 from amflow.models.backbone import embed_frames, freeze, num_prefix_tokens, patch_grid, patch_size
 from amflow.models.context import ClipContext
-from amflow.models.frozen_flow import frozen_scores
+from amflow.models.frozen_flow import PIXEL_WARPS, frozen_scores
 from amflow.params import AmFlowSpec
 
 
@@ -64,7 +64,7 @@ class VideoModel(nn.Module):
 
     @property
     def pixel_warp(self) -> bool:
-        return self.needs_transforms and self.am_flow_spec.alignment == "warp"
+        return self.needs_transforms and self.am_flow_spec.alignment in PIXEL_WARPS
 
     # ------------------------------------------------------------------ forward
     def forward(self, video: torch.Tensor, transforms: Optional[torch.Tensor] = None,
@@ -149,7 +149,7 @@ class VideoModel(nn.Module):
         """Pixel-warp scores ``[B*T, N]`` of every block that uses them, from the frozen backbone."""
         spec = self.am_flow_spec
         blocks = [int(k) for k in self.block_adapters] if spec.source == "same" else [int(spec.source)]
-        scores = frozen_scores(self.backbone, video, transforms, spec, "warp", blocks)
+        scores = frozen_scores(self.backbone, video, transforms, spec, spec.alignment, blocks)
         return {b: s.reshape(-1, s.shape[-1]) for b, s in scores.items()}
 
     def _oracle_scores(self, coverage: Optional[torch.Tensor], video: torch.Tensor) -> torch.Tensor:
