@@ -2,8 +2,9 @@
 
 For the val clips (the test sampling with one view) and the pipeline's frozen backbone, every block's
 AM flow is computed with each variant (:mod:`amflow.models.frozen_flow`): ``static``,
-``aligned_grid`` (attention maps resampled on the patch grid) and ``aligned_warp`` (frame t+1 warped
-into frame t in pixel space). Two baselines use no backbone: the per-patch mean absolute pixel
+``aligned_grid`` (attention maps resampled on the patch grid), ``aligned_warp`` (frame t+1 warped
+into frame t in pixel space, patches the warp leaves partly uncovered left out) and
+``aligned_warp_fill`` (the same, every patch scored). Two baselines use no backbone: the per-patch mean absolute pixel
 difference of frames t and t+1 (``pixel_diff``) and the same after warping frame t+1 into frame t
 (``pixel_diff_compensated``, uncovered border patches set to the frame's mean score). The camera
 transforms are the cached estimates of the camera-motion stage, the ones the models use.
@@ -19,6 +20,12 @@ Against "actor present in the patch" (the actor covers some of it in frame t, fr
 Scores are normalised per frame to mean 1 (as AM flow's), so pooling frames for the AUC compares
 like with like. Static actors (``stay``), fades and rotations in place are included: the figures
 measure where the actor is, moving or not, as the oracle control sees it.
+
+The stage also checks the camera-motion stage's decision against the table
+(:func:`amflow.camera.rules.localisation_evidence`): whether the variant the dataset's models use
+localises the actor at least as well as ``static``, and whether any aligned variant beats ``static``.
+It logs the answer with the run (tags ``amflow.variant_used``, ``amflow.aligned_beats_static``) and
+in the stage's log.
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ from scipy.stats import rankdata
 from torch.utils.data import DataLoader, Subset
 
 from amflow import io, paths, tracking
+from amflow.camera.rules import localisation_evidence, localisation_name, resolve_variant
 from amflow.data.clips import ClipDataset
 from amflow.errors import AmflowError
 from amflow.models import build_backbone
@@ -44,13 +52,13 @@ from amflow.models.am_flow import covered_patches, normalise_scores, warp_to_pre
 from amflow.models.backbone import patch_size
 from amflow.models.frozen_flow import frozen_scores
 from amflow.models.inference import collate_clips, single_view
-from amflow.params import Params
+from amflow.params import ALIGNMENTS, Params
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-# Method name in the CSV -> frozen_flow mode.
-VARIANTS = {"static": "static", "aligned_grid": "grid", "aligned_warp": "warp", "aligned_warp_fill": "warp_fill"}
+# Method name in the CSV -> frozen_flow mode: static and every alignment.
+VARIANTS = {localisation_name(None): "static", **{localisation_name(a): a for a in ALIGNMENTS}}
 BASELINES = ("pixel_diff", "pixel_diff_compensated")
 COLUMNS = ("method", "block", "mass_ratio", "auc", "frames", "patches")
 
@@ -170,6 +178,8 @@ def run_localisation(params: Params, dataset: str, data_dir: Path, results_dir: 
     except KeyError as exc:
         raise AmflowError(str(exc.args[0])) from None
     data_dir, results_dir, out_dir = Path(data_dir), Path(results_dir), Path(out_dir)
+    # The variant the dataset's models use (auto: the camera-motion stage's decision), before the work.
+    variant, _ = resolve_variant(params.model.am_flow.variant, paths.camera_dir(results_dir, dataset))
     if params.train.threads > 0:
         torch.set_num_threads(params.train.threads)
     weights = paths.backbone_file(results_dir) if params.backbone.weights == "pretrain" else None
@@ -202,11 +212,17 @@ def run_localisation(params: Params, dataset: str, data_dir: Path, results_dir: 
     for row in table.itertuples():
         key = row.method if pd.isna(row.block) else f"{row.method}.block{int(row.block)}"
         metrics[f"{key}.mass_ratio"], metrics[f"{key}.auc"] = row.mass_ratio, row.auc
-    tracker.log_metrics(metrics)
+    evidence = localisation_evidence(variant, params.model.am_flow.alignment, table)
+    tracker.set_tags({f"{tracking.TAG}variant_used": evidence["used"],
+                      f"{tracking.TAG}aligned_beats_static": str(evidence["aligned_beats_static"]).lower()})
+    tracker.log_metrics({**metrics, "variant_used.mean_auc": evidence["used_auc"],
+                         "static.mean_auc": evidence["static_auc"]})
+    tracker.log_json(evidence, "variant_evidence.json")
     tracker.log_artifacts([out_dir / paths.LOCALISATION_PNG])
     text = table.to_csv(index=False, float_format="%.4f", lineterminator="\n")
     tracker.log_json(json.loads(table.to_json(orient="records")), "localisation.json")
     tracker.finish()
     io.write_text(out_dir / paths.LOCALISATION_CSV, text)
     print(f"{out_dir / paths.LOCALISATION_CSV}: {len(table)} rows from {len(val)} val clips", file=sys.stderr)
+    print(f"{dataset}: {evidence['sentence']}", file=sys.stderr)
     return table

@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import itertools
+import json
 
 import numpy as np
 import pandas as pd
@@ -140,3 +141,13 @@ def test_localise_stage_from_the_command_line(tmp_path, monkeypatch):
     row = table[(table["method"] == "aligned_warp") & (table["block"] == 3)].iloc[0]
     assert logged["aligned_warp.block3.auc"] == pytest.approx(row["auc"], abs=1e-4)
     assert "pixel_diff_compensated.mass_ratio" in logged
+    # the check of the camera-motion decision: the variant the dataset's models use, against static
+    decision = json.loads((paths.camera_dir(paths.results_root(tmp_path / "results", "default"), "synth_moving")
+                           / paths.CAMERA_JSON).read_text())["decision"]
+    used = "static" if decision == "static" else "aligned_grid"     # the default alignment
+    tags = run.data.tags
+    assert tags["amflow.variant_used"] == used
+    mean = table[table["block"].notna()].groupby("method")["auc"].mean()
+    assert logged["variant_used.mean_auc"] == pytest.approx(mean[used], abs=1e-4)
+    beats = max(mean[m] for m in VARIANTS if m != "static") > mean["static"]
+    assert tags["amflow.aligned_beats_static"] == str(beats).lower()
