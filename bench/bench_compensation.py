@@ -169,14 +169,18 @@ def report(title: str, table: dict, speeds, blocks, column: int, label: str) -> 
     cost = nopan - base
     print(f"\n{title}\nROC AUC against {label}")
     head = "".join(f"{'block ' + str(b):>9}" for b in blocks)
-    print(f"{'variant':<44}{head}{'mean':>8}" + "".join(f"{str(s) + ' px':>8}" for s in speeds) + f"{'won back':>10}")
+    print(f"{'variant':<44}{head}{'mean':>8}" + "".join(f"{str(s) + ' px':>8}" for s in speeds)
+          + f"{'won back':>10}  (per speed)")
     for name in names:
         per_block, mean, per_speed = value[name]
         blocks_txt = "".join(f"{x:>9.3f}" for x in per_block) if per_block else " " * (9 * len(blocks))
-        compensated = name.startswith(("pan, aligned", "pan, warp"))
-        won = (mean - base) / cost if compensated and cost >= MIN_COST else None
-        print(f"{name:<44}{blocks_txt}{mean:>8.3f}" + "".join(f"{x:>8.3f}" for x in per_speed)
-              + (f"{100 * won:>9.0f}%" if won is not None else ""))
+        won = ""
+        if name.startswith(("pan, aligned", "pan, warp")) and cost >= MIN_COST:
+            costs = [n - p for n, p in zip(value["no pan, static"][2], value["pan, static"][2])]
+            shares = [f"{100 * (x - p) / c:.0f}%" if c >= MIN_COST else "-"
+                      for x, p, c in zip(per_speed, value["pan, static"][2], costs)]
+            won = f"{100 * (mean - base) / cost:>9.0f}%  (" + " / ".join(shares) + ")"
+        print(f"{name:<44}{blocks_txt}{mean:>8.3f}" + "".join(f"{x:>8.3f}" for x in per_speed) + won)
     print(f"pan cost (no pan - pan, static): {cost:.3f}"
           + ("" if cost >= MIN_COST else f" (below {MIN_COST}: nothing to win back, no share shown)"))
 

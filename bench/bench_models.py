@@ -244,14 +244,14 @@ def main() -> None:
     by = {r["method"]: r for r in rows}
     aim = by.get("aim")
     tpa = by.get("tpa")
-    print(f"{'method':<20}{'step s':>9}{'vs aim':>8}{'fwd s':>9}{'peak MiB':>10}{'GFLOPs':>9}"
+    print(f"{'method':<26}{'step s':>9}{'vs aim':>8}{'fwd s':>9}{'peak MiB':>10}{'GFLOPs':>9}"
           f"{'trainable':>11}{'AMflow %fwd':>13}{'fwd vs tpa':>12}")
     for r in rows:
         vs_aim = f"{r['step_s'] / aim['step_s']:.2f}x" if aim else "-"
         is_flow = r["method"].startswith("amflow")
         share = f"{100 * r['am_flow_share']:.1f}" if is_flow else "-"
         over = f"{100 * (r['forward_s'] / tpa['forward_s'] - 1):+.1f}%" if (is_flow and tpa) else "-"
-        print(f"{r['method']:<20}{r['step_s']:>9.4f}{vs_aim:>8}{r['forward_s']:>9.4f}{r['peak_mib']:>10.1f}"
+        print(f"{r['method']:<26}{r['step_s']:>9.4f}{vs_aim:>8}{r['forward_s']:>9.4f}{r['peak_mib']:>10.1f}"
               f"{r['gflops']:>9.3f}{r['trainable']:>11,}{share:>13}{over:>12}")
     print("targets: amflow step <= 1.3x aim; AM flow <= 15% of the forward")
 
