@@ -153,8 +153,9 @@ def localisation_evidence(variant: str, alignment: str, table: pd.DataFrame) -> 
     aligned = {k: v for k, v in mean_auc.items() if k.startswith(_ALIGNED) and not np.isnan(v)}
     used = localisation_name(alignment if variant == "aligned" else None)
     if np.isnan(mean_auc.get(used, float("nan"))) or np.isnan(static) or not aligned:
-        raise AmflowError(f"the localisation table has no AUC for '{used}', 'static' or any aligned variant; "
-                          "rerun `amflow localise` for the dataset")
+        raise AmflowError(f"the localisation table has no AUC for '{used}', 'static' or any aligned variant "
+                          "(written before that variant existed, or too few val clips show the actor); rerun "
+                          "`amflow localise` for the dataset")
     best = max(aligned, key=aligned.get)
     out = {"variant": variant, "used": used, "used_auc": mean_auc[used], "static_auc": static,
            "best_aligned": best, "best_aligned_auc": aligned[best],
