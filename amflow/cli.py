@@ -316,10 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Outputs: data/groundtruth/<dataset>-<spec hash>.npz.", dataset=True)
     p = add("localise", cmd_localise, "how well AM flow finds the moving actor, without training",
             "On the val clips, with the pretrained frozen backbone: for each AM flow variant (static, aligned "
-            "on the patch grid, aligned by pixel warp) and each block, the share of the scores on the actor's "
+            "with each alignment: grid, warp, warp_fill) and each block, the share of the scores on the actor's "
             "patches divided by their share of the area (1 = no information) and the ROC AUC of the scores "
             "against 'actor in the patch'; the same for a per-patch pixel difference with and without camera "
-            "compensation. Logged to MLflow.\n\nInputs: data/frames/<dataset>-<spec>/, "
+            "compensation. Then whether the variant the dataset uses (the camera-motion decision) localises at "
+            "least as well as static, and whether any aligned variant beats static. Logged to MLflow."
+            "\n\nInputs: data/frames/<dataset>-<spec>/, "
             "results/<name>/<dataset>/motion.npz, data/groundtruth/<dataset>-<spec>.npz, the backbone.\n"
             "Outputs: results/<name>/<dataset>/localisation/localisation.csv, "
             "localisation.png.", dataset=True)

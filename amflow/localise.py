@@ -2,8 +2,9 @@
 
 For the val clips (the test sampling with one view) and the pipeline's frozen backbone, every block's
 AM flow is computed with each variant (:mod:`amflow.models.frozen_flow`): ``static``,
-``aligned_grid`` (attention maps resampled on the patch grid) and ``aligned_warp`` (frame t+1 warped
-into frame t in pixel space). Two baselines use no backbone: the per-patch mean absolute pixel
+``aligned_grid`` (attention maps resampled on the patch grid), ``aligned_warp`` (frame t+1 warped
+into frame t in pixel space, patches the warp leaves partly uncovered left out) and
+``aligned_warp_fill`` (the same, every patch scored). Two baselines use no backbone: the per-patch mean absolute pixel
 difference of frames t and t+1 (``pixel_diff``) and the same after warping frame t+1 into frame t
 (``pixel_diff_compensated``, uncovered border patches set to the frame's mean score). The camera
 transforms are the cached estimates of the camera-motion stage, the ones the models use.
@@ -36,6 +37,12 @@ variant, ``rank_matched`` and ``shuffled`` from them, ``uniform``), flattened ov
 patches, train a logistic regression on the train clips; its val accuracy is the probe. An oracle
 whose probe beats the video models leaks the label (the per-frame coverage is the actor's
 trajectory), so its gain says little about saliency.
+
+The stage also checks the camera-motion stage's decision against the table
+(:func:`amflow.camera.rules.localisation_evidence`): whether the variant the dataset's models use
+localises the actor at least as well as ``static``, and whether any aligned variant beats ``static``.
+It logs the answer with the run (tags ``amflow.variant_used``, ``amflow.aligned_beats_static``) and
+in the stage's log.
 """
 from __future__ import annotations
 
@@ -54,10 +61,10 @@ from scipy.stats import rankdata
 from torch.utils.data import DataLoader, Subset
 
 from amflow import io, paths, tracking
+from amflow.camera.rules import localisation_evidence, localisation_name, resolve_variant
 from amflow.data.clips import ClipDataset, Normalise
 from amflow.data.still_clips import still_clips
 from amflow.errors import AmflowError
-from amflow.camera.rules import resolve_variant
 from amflow.models import build_backbone
 from amflow.models.am_flow import (coefficient_of_variation, covered_patches, coverage_share, footprint_scores,
                                    normalise_scores, rank_matched_scores, share_scores, shuffle_scores,
@@ -65,14 +72,14 @@ from amflow.models.am_flow import (coefficient_of_variation, covered_patches, co
 from amflow.models.backbone import patch_size
 from amflow.models.frozen_flow import frozen_scores, noise_floors, noise_levels
 from amflow.models.inference import collate_clips, single_view
-from amflow.params import Params
+from amflow.params import ALIGNMENTS, Params
 from amflow.runs import STILL_CLIPS
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-# Method name in the CSV -> frozen_flow mode.
-VARIANTS = {"static": "static", "aligned_grid": "grid", "aligned_warp": "warp"}
+# Method name in the CSV -> frozen_flow mode: static and every alignment.
+VARIANTS = {localisation_name(None): "static", **{localisation_name(a): a for a in ALIGNMENTS}}
 BASELINES = ("pixel_diff", "pixel_diff_compensated")
 COLUMNS = ("method", "block", "mass_ratio", "auc", "auc_distractors", "still_cv", "frames", "patches")
 PROBE_COLUMNS = ("scores", "val_accuracy", "train_accuracy", "features", "train_clips", "val_clips", "chance")
@@ -267,6 +274,8 @@ def run_localisation(params: Params, dataset: str, data_dir: Path, results_dir: 
     except KeyError as exc:
         raise AmflowError(str(exc.args[0])) from None
     data_dir, results_dir, out_dir = Path(data_dir), Path(results_dir), Path(out_dir)
+    # The variant the dataset's models use (auto: the camera-motion stage's decision), before the work.
+    variant, _ = resolve_variant(params.model.am_flow.variant, paths.camera_dir(results_dir, dataset))
     if params.train.threads > 0:
         torch.set_num_threads(params.train.threads)
     weights = paths.backbone_file(results_dir) if params.backbone.weights == "pretrain" else None
@@ -291,7 +300,6 @@ def run_localisation(params: Params, dataset: str, data_dir: Path, results_dir: 
     n_val, val = batches("val")
     table = measure(backbone, val, spec, blocks, floors, still)
     # The label probe reads AM flow as a trained amflow run of this dataset would: its variant, deepest block.
-    variant, _ = resolve_variant(params.model.am_flow.variant, paths.camera_dir(results_dir, dataset))
     mode = "static" if variant != "aligned" else params.model.am_flow.alignment
     probe = label_probe(backbone, {"train": batches("train")[1], "val": batches("val")[1]}, spec, mode,
                         blocks[-1], floors=floors)
@@ -316,6 +324,15 @@ def run_localisation(params: Params, dataset: str, data_dir: Path, results_dir: 
         if not pd.isna(row.auc_distractors):
             metrics[f"{key}.auc_distractors"] = row.auc_distractors
     metrics.update({f"probe.{row.scores}.val_accuracy": row.val_accuracy for row in probe.itertuples()})
+    try:
+        evidence = localisation_evidence(variant, params.model.am_flow.alignment, table)
+    except AmflowError as exc:   # too few clips with the actor for an AUC: the table still counts
+        evidence = {"sentence": f"the camera decision is not checked: {exc}"}
+    else:
+        tracker.set_tags({f"{tracking.TAG}variant_used": evidence["used"],
+                          f"{tracking.TAG}aligned_beats_static": str(evidence["aligned_beats_static"]).lower()})
+        metrics.update({"variant_used.mean_auc": evidence["used_auc"], "static.mean_auc": evidence["static_auc"]})
+        tracker.log_json(evidence, "variant_evidence.json")
     tracker.log_metrics(metrics)
     tracker.log_artifacts([out_dir / paths.LOCALISATION_PNG])
     text = table.to_csv(index=False, float_format="%.4f", lineterminator="\n")
@@ -325,4 +342,5 @@ def run_localisation(params: Params, dataset: str, data_dir: Path, results_dir: 
     io.write_text(out_dir / paths.LABEL_PROBE_CSV, probe.to_csv(index=False, float_format="%.4f", lineterminator="\n"))
     io.write_text(out_dir / paths.LOCALISATION_CSV, text)
     print(f"{out_dir / paths.LOCALISATION_CSV}: {len(table)} rows from {n_val} val clips", file=sys.stderr)
+    print(f"{dataset}: {evidence['sentence']}", file=sys.stderr)
     return table

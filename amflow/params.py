@@ -28,7 +28,7 @@ CameraDecision = Literal["static", "aligned"]  # the camera stage's decision: th
 ModelVariant = Literal[CameraDecision, "none"]  # the variant a model is built with ('none': AM flow off = tpa)
 AmFlowVariant = Literal["auto", "auto_per_video", ModelVariant]  # the params' choice, resolved before building
 Tpu = Literal["transformer", "tcn", "lstm", "none"]
-Alignment = Literal["grid", "warp"]
+Alignment = Literal["grid", "warp", "warp_fill"]
 Integration = Literal["gate", "attn_bias", "channels", "residual_gate", "pool"]
 Control = Literal["none", "shuffled", "oracle", "footprint", "rank_matched", "uniform"]
 MotionModel = Literal["similarity", "homography"]  # the camera-motion estimator's transform
@@ -303,7 +303,9 @@ class AmFlowSpec(Strict):
         "grid", description="aligned variant: 'grid' resamples frame t+1's attention map on the patch grid "
                             "(cheap; exact for whole-patch camera motion only); 'warp' warps frame t+1 into "
                             "frame t in pixel space and runs the frozen backbone on it (sub-patch motion; "
-                            "the scores then come from the frozen backbone's maps)")
+                            "the scores then come from the frozen backbone's maps), leaving out every patch "
+                            "the warp does not fully cover; 'warp_fill' is 'warp' keeping every patch: the "
+                            "strip frame t+1 does not cover holds frame t's own pixels, so it shows no change")
     integration: Integration = Field(
         "gate", description="how the scores enter the adapter: 'gate' multiplies the bottleneck patch tokens "
                             "before the TPU; 'attn_bias' adds a learned per-head multiple of the attended "

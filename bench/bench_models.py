@@ -44,9 +44,10 @@ from amflow.models.video_model import VideoModel  # noqa: E402
 from amflow.params import BackboneSpec, load_params  # noqa: E402
 from timing import Clock  # noqa: E402
 
-# "aligned_warp": the aligned variant with model.am_flow.alignment: warp (pixel-space compensation).
+# "aligned_<alignment>": the aligned variant with that model.am_flow.alignment ("aligned" alone: the default's).
 METHODS = [("frame", "none"), ("aim", "none"), ("st_adapter", "none"), ("tpa", "none"),
-           ("amflow", "static"), ("amflow", "aligned"), ("amflow", "aligned_warp")]
+           ("amflow", "static"), ("amflow", "aligned_grid"), ("amflow", "aligned_warp"),
+           ("amflow", "aligned_warp_fill")]
 SIZES = {
     # ViT-B/14 with the DINOv2 layout of the paper setting (random weights: speed does not depend on them)
     "vitb": dict(model="vit_base_patch14_dinov2", kwargs=dict(img_size=224), img=224),
@@ -151,8 +152,8 @@ class Bench:
         self.name = method if variant == "none" else f"{method}/{variant}"
         self.device = torch.device(args.device)
         self.amp = bool(args.amp) and self.device.type == "cuda"
-        if variant == "aligned_warp":
-            flow = model_spec.am_flow.model_copy(update={"alignment": "warp"})
+        if variant.startswith("aligned_"):
+            flow = model_spec.am_flow.model_copy(update={"alignment": variant.removeprefix("aligned_")})
             model_spec, variant = model_spec.model_copy(update={"am_flow": flow}), "aligned"
         torch.manual_seed(0)
         self.model = build_model(method, backbone, 12, args.frames, model_spec, variant).to(self.device)
@@ -243,14 +244,14 @@ def main() -> None:
     by = {r["method"]: r for r in rows}
     aim = by.get("aim")
     tpa = by.get("tpa")
-    print(f"{'method':<20}{'step s':>9}{'vs aim':>8}{'fwd s':>9}{'peak MiB':>10}{'GFLOPs':>9}"
+    print(f"{'method':<26}{'step s':>9}{'vs aim':>8}{'fwd s':>9}{'peak MiB':>10}{'GFLOPs':>9}"
           f"{'trainable':>11}{'AMflow %fwd':>13}{'fwd vs tpa':>12}")
     for r in rows:
         vs_aim = f"{r['step_s'] / aim['step_s']:.2f}x" if aim else "-"
         is_flow = r["method"].startswith("amflow")
         share = f"{100 * r['am_flow_share']:.1f}" if is_flow else "-"
         over = f"{100 * (r['forward_s'] / tpa['forward_s'] - 1):+.1f}%" if (is_flow and tpa) else "-"
-        print(f"{r['method']:<20}{r['step_s']:>9.4f}{vs_aim:>8}{r['forward_s']:>9.4f}{r['peak_mib']:>10.1f}"
+        print(f"{r['method']:<26}{r['step_s']:>9.4f}{vs_aim:>8}{r['forward_s']:>9.4f}{r['peak_mib']:>10.1f}"
               f"{r['gflops']:>9.3f}{r['trainable']:>11,}{share:>13}{over:>12}")
     print("targets: amflow step <= 1.3x aim; AM flow <= 15% of the forward")
 

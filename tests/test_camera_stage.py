@@ -290,6 +290,40 @@ def test_read_decision_and_resolve_variant(tmp_path):
         rules.read_decision(tmp_path)
 
 
+def localisation_table(auc: dict) -> "pd.DataFrame":
+    """A localisation table (``amflow localise``'s columns) with blocks 0 and 1 at auc -/+ 0.01."""
+    import pandas as pd
+
+    rows = [{"method": m, "block": b, "mass_ratio": 2.0, "auc": a + (0.01 if b else -0.01)}
+            for m, a in auc.items() for b in (0, 1)]
+    return pd.DataFrame(rows + [{"method": "pixel_diff", "block": None, "mass_ratio": 2.0, "auc": 0.99}])
+
+
+def test_localisation_evidence_for_the_variant_a_dataset_uses():
+    table = localisation_table({"static": 0.80, "aligned_grid": 0.82, "aligned_warp": 0.70, "aligned_warp_fill": 0.79})
+    ev = rules.localisation_evidence("aligned", "grid", table)
+    assert (ev["used"], ev["best_aligned"], ev["aligned_beats_static"], ev["used_at_least_static"]) == \
+        ("aligned_grid", "aligned_grid", True, True)
+    assert ev["used_auc"] == pytest.approx(0.82) and ev["static_auc"] == pytest.approx(0.80)
+    assert ev["sentence"] == ("the variant used, `aligned_grid`, localises the actor at least as well as `static` "
+                              "(ROC AUC 0.820 against 0.800, mean over blocks)")
+    ev = rules.localisation_evidence("aligned", "warp_fill", table)
+    assert (ev["aligned_beats_static"], ev["used_at_least_static"]) == (True, False)
+    assert ev["sentence"].endswith("worse than `static` (ROC AUC 0.790 against 0.800, mean over blocks); the best "
+                                   "aligned variant is `aligned_grid` (0.820)")
+    # No aligned variant beats static: the record says so, whatever the decision.
+    worse = localisation_table({"static": 0.85, "aligned_grid": 0.82, "aligned_warp_fill": 0.84})
+    ev = rules.localisation_evidence("aligned", "grid", worse)
+    assert not ev["aligned_beats_static"] and "no aligned variant beats `static` (the best, `aligned_warp_fill`, " \
+        "reaches 0.840)" in ev["sentence"]
+    ev = rules.localisation_evidence("static", "grid", worse)
+    assert ev["used"] == "static" and ev["used_at_least_static"]
+    assert ev["sentence"] == ("`static` is used (ROC AUC 0.850, mean over blocks; the best aligned variant, "
+                              "`aligned_warp_fill`, 0.840)")
+    with pytest.raises(AmflowError, match="aligned_warp.*rerun `amflow localise`"):
+        rules.localisation_evidence("aligned", "warp", worse)
+
+
 # --------------------------------------------------------------------------- SynthMotion
 CLIPS = 40
 

@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import itertools
+import json
 
 import numpy as np
 import pandas as pd
@@ -103,7 +104,7 @@ def test_measure_gives_the_known_answer_for_pixel_differences_and_a_row_per_vari
         video, H, cover = block_clip(pan)
         table = measure(bb, [{"video": video, "transforms": H, "coverage": cover}], AmFlowSpec(), [0, 1])
         assert list(table["method"]) == [m for m in VARIANTS for _ in (0, 1)] + list(BASELINES)
-        assert table.loc[table["method"].isin(list(VARIANTS)), "block"].tolist() == [0, 1] * 3
+        assert table.loc[table["method"].isin(list(VARIANTS)), "block"].tolist() == [0, 1] * len(VARIANTS)
         assert table.loc[table["method"].isin(BASELINES), "block"].isna().all()
         comp = table[table["method"] == "pixel_diff_compensated"].iloc[0]
         plain = table[table["method"] == "pixel_diff"].iloc[0]
@@ -164,7 +165,7 @@ def test_localise_stage_from_the_command_line(tmp_path, monkeypatch):
     out = paths.localisation_dir(paths.results_root(tmp_path / "results", "default"), "synth_moving")
     table = pd.read_csv(out / "localisation.csv")
     assert set(table["method"]) == set(VARIANTS) | set(BASELINES)
-    assert len(table) == 3 * 4 + 2 and (table["frames"] > 0).all()
+    assert len(table) == len(VARIANTS) * 4 + 2 and (table["frames"] > 0).all()
     assert (out / "localisation.png").stat().st_size > 1000
     probe = pd.read_csv(out / "label_probe.csv")
     assert list(probe["scores"]) == list(PROBE_SCORES) and (probe["val_clips"] == 6).all()
@@ -177,3 +178,13 @@ def test_localise_stage_from_the_command_line(tmp_path, monkeypatch):
     row = table[(table["method"] == "aligned_warp") & (table["block"] == 3)].iloc[0]
     assert logged["aligned_warp.block3.auc"] == pytest.approx(row["auc"], abs=1e-4)
     assert "pixel_diff_compensated.mass_ratio" in logged
+    # the check of the camera-motion decision: the variant the dataset's models use, against static
+    decision = json.loads((paths.camera_dir(paths.results_root(tmp_path / "results", "default"), "synth_moving")
+                           / paths.CAMERA_JSON).read_text())["decision"]
+    used = "static" if decision == "static" else "aligned_grid"     # the default alignment
+    tags = run.data.tags
+    assert tags["amflow.variant_used"] == used
+    mean = table[table["block"].notna()].groupby("method")["auc"].mean()
+    assert logged["variant_used.mean_auc"] == pytest.approx(mean[used], abs=1e-4)
+    beats = max(mean[m] for m in VARIANTS if m != "static") > mean["static"]
+    assert tags["amflow.aligned_beats_static"] == str(beats).lower()

@@ -259,12 +259,13 @@ def test_uniform_control_needs_no_coverage_and_gives_ones():
 
 
 # --------------------------------------------------------------------------- pixel warp
-def test_pixel_warp_with_identity_transforms_is_the_static_flow():
+@pytest.mark.parametrize("alignment", ["warp", "warp_fill"])
+def test_pixel_warp_with_identity_transforms_is_the_static_flow(alignment):
     bb = backbone()
     video = moving_clip()
     identity = torch.eye(3).repeat(B, T - 1, 1, 1)
     static = build_model("amflow", bb, CLASSES, T, spec("transformer"), "static")
-    warp = build_model("amflow", bb, CLASSES, T, spec("transformer", alignment="warp"), "aligned")
+    warp = build_model("amflow", bb, CLASSES, T, spec("transformer", alignment=alignment), "aligned")
     for block in (0, 1):
         torch.testing.assert_close(warp.am_flow_maps(video, identity, block=block),
                                    static.am_flow_maps(video, block=block), atol=1e-4, rtol=1e-4)
@@ -280,6 +281,38 @@ def test_warp_to_previous_undoes_an_integer_pan_and_marks_the_entering_border():
     assert covered[..., :, :3].logical_not().all() and covered[..., :, 3:].all()
     torch.testing.assert_close(warped[..., 3:], video[:, :-1, ..., 3:], atol=1e-5, rtol=0)
     torch.testing.assert_close(warped[..., :3], video[:, :-1, ..., :3])   # uncovered: frame t itself
+    # The paddings the compensation measurements compare instead: frame t+1's border column, or 0.
+    border, _ = warp_to_previous(video, H, fill="border")
+    torch.testing.assert_close(border[..., :3], video[:, 1:, ..., :1].expand(-1, -1, -1, -1, 3), atol=1e-5, rtol=0)
+    zeros, _ = warp_to_previous(video, H, fill="zeros")
+    assert zeros[..., :2].abs().max() == 0 and torch.equal(zeros[..., 3:], warped[..., 3:])
+    with pytest.raises(ValueError, match="fill"):
+        warp_to_previous(video, H, fill="mirror")
+
+
+def test_warp_fill_scores_the_border_patches_that_warp_leaves_out():
+    """A pan of 3 px/frame over a still texture, and an 8 px block of fresh noise every frame in the
+    patch at row 1, column 0 of the frame. The pan uncovers a 3 px strip of column 0 in every pair:
+    ``warp`` leaves that column out (neutral score 1 for all of it), ``warp_fill`` scores it. Frame
+    t+1's block lands 3 px to the right once warped into frame t, so the block's patch and its right
+    neighbour change: under ``warp_fill`` they get the two highest scores."""
+    bb = backbone()
+    g = torch.Generator().manual_seed(1)
+    scene = torch.rand(B, 3, S, S + 3 * T, generator=g)
+    video = torch.stack([scene[..., 3 * t: 3 * t + S] for t in range(T)], dim=1)
+    video[:, :, :, 8:16, 0:8] = torch.randn(B, T, 3, 8, 8, generator=g)
+    H = torch.eye(3).repeat(B, T - 1, 1, 1)
+    H[..., 0, 2] = -3.0
+    models = {a: build_model("amflow", bb, CLASSES, T, spec("transformer", alignment=a), "aligned")
+              for a in ("warp", "warp_fill")}
+    for block in (0, 1):
+        maps = {a: m.am_flow_maps(video, H, block=block)[:, :-1] for a, m in models.items()}  # [B, T-1, 4, 4]
+        # neutral before the per-frame normalisation: 1 up to the frame's mean, which is ~1
+        torch.testing.assert_close(maps["warp"][..., 0], torch.ones_like(maps["warp"][..., 0]), atol=0.02, rtol=0)
+        fill = maps["warp_fill"].flatten(-2)
+        top2 = fill.topk(2, dim=-1).indices.sort(dim=-1).values
+        assert (top2 == torch.tensor([4, 5])).all(), fill           # patches (1, 0) and (1, 1)
+        assert fill[..., 4].mean() > 2                                # warp: 1, left out
 
 
 def test_pixel_warp_scores_of_a_fixed_source_block_are_recorded_and_need_transforms():

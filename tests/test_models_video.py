@@ -30,6 +30,7 @@ CASES = {
     "amflow_source1_block0": ("amflow", "aligned",
                               ModelSpec(adapter=AdapterSpec(blocks=[0]), am_flow=AmFlowSpec(source=1))),
     "amflow_warp": ("amflow", "aligned", ModelSpec(am_flow=AmFlowSpec(alignment="warp"))),
+    "amflow_warp_fill": ("amflow", "aligned", ModelSpec(am_flow=AmFlowSpec(alignment="warp_fill"))),
     "amflow_warp_source1_block0": ("amflow", "aligned", ModelSpec(adapter=AdapterSpec(blocks=[0]),
                                                                   am_flow=AmFlowSpec(alignment="warp", source=1))),
     "amflow_shuffled_tcn": ("amflow", "static", ModelSpec(adapter=AdapterSpec(tpu="tcn"),

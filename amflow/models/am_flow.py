@@ -181,14 +181,22 @@ def coefficient_of_variation(scores: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- pixel-space compensation
-def warp_to_previous(frames: torch.Tensor, transforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+FILLS = ("previous", "border", "reflection", "zeros")
+
+
+def warp_to_previous(frames: torch.Tensor, transforms: torch.Tensor,
+                     fill: str = "previous") -> tuple[torch.Tensor, torch.Tensor]:
     """Frame t+1 seen in frame t's pixels: ``frames`` ``[B, T, C, H, W]``, ``transforms`` ``[B, T-1, 3, 3]``.
 
     Pixel x of frame t samples frame t+1 at ``H_t x`` (bilinear, pixel centres at integers). Returns the
     warped frames ``[B, T-1, C, H, W]`` and ``covered`` ``[B, T-1, H, W]`` (bool): where ``H_t x`` lies
-    inside frame t+1. Uncovered pixels take frame t's own value, so the border that entered the view
-    adds nothing new to the attention of the covered part.
+    inside frame t+1. Uncovered pixels take frame t's own value (``fill: previous``), so the strip that
+    left the view shows no change and adds nothing new to the attention of the covered part. The other
+    fills pad frame t+1 instead (``grid_sample``'s padding modes), which the compensation measurements
+    compare (docs/method.md).
     """
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
     with torch.no_grad(), torch.autocast(frames.device.type, enabled=False):
         B, T, C, H, W = frames.shape
         dev = frames.device
@@ -204,10 +212,12 @@ def warp_to_previous(frames: torch.Tensor, transforms: torch.Tensor) -> tuple[to
         grid = torch.stack([2 * u / max(W - 1, 1) - 1, 2 * v / max(H - 1, 1) - 1], dim=-1)
         grid = torch.nan_to_num(grid, nan=-2.0).clamp(-2, 2).view(B * (T - 1), H, W, 2)
         following = frames[:, 1:].float().reshape(B * (T - 1), C, H, W)
-        warped = F.grid_sample(following, grid.float(), mode="bilinear", padding_mode="border",
+        warped = F.grid_sample(following, grid.float(), mode="bilinear",
+                               padding_mode="border" if fill == "previous" else fill,
                                align_corners=True).view(B, T - 1, C, H, W)
         covered = covered.view(B, T - 1, H, W)
-        warped = torch.where(covered[:, :, None], warped, frames[:, :-1].float())
+        if fill == "previous":
+            warped = torch.where(covered[:, :, None], warped, frames[:, :-1].float())
         return warped.to(frames.dtype), covered
 
 

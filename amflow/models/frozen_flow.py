@@ -13,6 +13,10 @@ Variants (``mode``):
   (partly) uncovered are left out and get the neutral score. Sub-patch camera motion is then
   compensated where the grid variant can only interpolate between patches. Costs one more frozen
   pass over T-1 frames up to the deepest block asked for.
+- ``warp_fill``: ``warp`` scoring every patch. The strip frame t+1 does not cover already holds frame
+  t's own pixels (:func:`amflow.models.am_flow.warp_to_previous`), so it shows no change and the
+  covered part of a border patch keeps its signal; leaving those patches out costs a 4 x 4 grid 4 to
+  7 of its 16 patches under a pan, and most of the localisation the compensation wins (docs/method.md).
 """
 from __future__ import annotations
 
@@ -27,15 +31,22 @@ from amflow.models.backbone import embed_frames, num_prefix_tokens, patch_grid, 
 from amflow.params import ALIGNMENTS, AmFlowSpec
 
 MODES = ("static", *ALIGNMENTS)
+PIXEL_WARPS = ("warp", "warp_fill")   # the alignments that warp frames, not attention maps
 
 
 def frozen_block_maps(backbone: nn.Module, frames: torch.Tensor, blocks: Iterable[int]) -> dict[int, torch.Tensor]:
     """Patch attention maps ``[M, N, N]`` of ``blocks`` for frames ``[M, 3, H, W]`` (no gradients)."""
+    with torch.no_grad():
+        return token_block_maps(backbone, embed_frames(backbone, frames), blocks)
+
+
+def token_block_maps(backbone: nn.Module, x: torch.Tensor, blocks: Iterable[int]) -> dict[int, torch.Tensor]:
+    """:func:`frozen_block_maps` from the embedded tokens ``[M, prefix + N, D]`` (the compensation
+    measurements embed frames their own way, with moved position embeddings)."""
     wanted = sorted(set(int(b) for b in blocks))
     prefix = num_prefix_tokens(backbone)
     maps: dict[int, torch.Tensor] = {}
     with torch.no_grad():
-        x = embed_frames(backbone, frames)
         for i, blk in enumerate(backbone.blocks[:wanted[-1] + 1]):
             if i not in wanted:
                 x = blk(x)
@@ -72,7 +83,7 @@ def frozen_scores(backbone: nn.Module, video: torch.Tensor, transforms: Optional
                   floors: Optional[dict[int, float]] = None) -> dict[int, torch.Tensor]:
     """AM flow ``[B, T, N]`` of each of ``blocks`` of the frozen ``backbone`` for ``video`` ``[B, T, 3, H, W]``.
 
-    ``transforms`` ``[B, T-1, 3, 3]`` (frame t -> t+1 pixels) are needed by ``grid`` and ``warp``;
+    ``transforms`` ``[B, T-1, 3, 3]`` (frame t -> t+1 pixels) are needed by every mode but ``static``;
     ``floors`` are absolute noise floors per block (:func:`noise_floors`).
     """
     floors = floors or {}
@@ -80,11 +91,11 @@ def frozen_scores(backbone: nn.Module, video: torch.Tensor, transforms: Optional
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     B, T, _, H, W = video.shape
     blocks = sorted(set(int(b) for b in blocks))
-    if mode == "warp" and T > 1:
+    if mode in PIXEL_WARPS and T > 1:
         warped, covered = warp_to_previous(video, transforms)
         frames = torch.cat([video.flatten(0, 1), warped.flatten(0, 1)])
         maps = frozen_block_maps(backbone, frames, blocks)
-        valid = covered_patches(covered, patch_size(backbone))
+        valid = covered_patches(covered, patch_size(backbone)) if mode == "warp" else None
         out = {}
         for b, m in maps.items():
             N = m.shape[-1]

@@ -24,7 +24,7 @@ from amflow.models.am_flow import (PatchAlignment, coverage_share, footprint_sco
                                    share_scores)
 from amflow.models.backbone import embed_frames, freeze, num_prefix_tokens, patch_grid, patch_size
 from amflow.models.context import ClipContext
-from amflow.models.frozen_flow import frozen_scores, noise_floors
+from amflow.models.frozen_flow import PIXEL_WARPS, frozen_scores, noise_floors
 from amflow.params import GROUND_TRUTH_CONTROLS, AmFlowSpec
 
 # Controls whose scores replace AM flow's (no attention map is needed); the others transform AM flow's.
@@ -105,7 +105,7 @@ class VideoModel(nn.Module):
 
     @property
     def pixel_warp(self) -> bool:
-        return self.needs_transforms and self.am_flow_spec.alignment == "warp"
+        return self.needs_transforms and self.am_flow_spec.alignment in PIXEL_WARPS
 
     # ------------------------------------------------------------------ forward
     def forward(self, video: torch.Tensor, transforms: Optional[torch.Tensor] = None,
@@ -209,7 +209,7 @@ class VideoModel(nn.Module):
         """Pixel-warp scores ``[B*T, N]`` of every block that uses them, from the frozen backbone."""
         spec = self.am_flow_spec
         blocks = [int(k) for k in self.block_adapters] if spec.source == "same" else [int(spec.source)]
-        scores = frozen_scores(self.backbone, video, transforms, spec, "warp", blocks, self._floors())
+        scores = frozen_scores(self.backbone, video, transforms, spec, spec.alignment, blocks, self._floors())
         return {b: s.reshape(-1, s.shape[-1]) for b, s in scores.items()}
 
     def _coverage_share(self, coverage: Optional[torch.Tensor], video: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from typing import Optional
 import pandas as pd
 
 from amflow import io, paths
+from amflow.camera.rules import localisation_evidence, resolve_variant
 from amflow.errors import AmflowError
 from amflow.params import Params
 from amflow.report import plots
@@ -223,7 +224,26 @@ def camera_section(params: Params, cameras: dict, results_dir: Path) -> list[str
                  f"aligned above {pct(100 * share_limit)})" for d, dec, s in decided if s is not None]
         lines += ["The camera-motion stage decides each dataset's AM flow variant: " + "; ".join(parts) + ".", ""]
     lines += links + ([""] if links else [])
+    checked = [f"on `{d}`, {text}" for d, text in variant_evidence(params, cameras, results_dir).items()]
+    if checked:
+        lines += ["Checked against the localisation of the actor (`amflow localise`, no training): "
+                  + "; ".join(checked) + ".", ""]
     return lines
+
+
+def variant_evidence(params: Params, cameras: dict, results_dir: Path) -> dict:
+    """dataset -> the sentence of :func:`amflow.camera.rules.localisation_evidence`, for every dataset with
+    a decision and a localisation table (or why the table cannot tell)."""
+    out = {}
+    for d in cameras:
+        path = paths.localisation_dir(results_dir, d) / paths.LOCALISATION_CSV
+        if path.is_file():
+            try:
+                variant, _ = resolve_variant(params.model.am_flow.variant, paths.camera_dir(results_dir, d))
+                out[d] = localisation_evidence(variant, params.model.am_flow.alignment, pd.read_csv(path))["sentence"]
+            except AmflowError as exc:
+                out[d] = f"not checked (`{rel(path, results_dir)}`: {exc})"
+    return out
 
 
 def table1_section(params: Params, t1: pd.DataFrame, results_dir: Path) -> list[str]:
