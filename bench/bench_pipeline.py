@@ -1,7 +1,8 @@
-"""Where the wall time of a Snakemake run went: each stage's time and the critical path.
+"""Where the wall time of a Snakemake run went: each stage's time, the critical path, and the overhead
+(the CPU seconds outside training epochs and evaluation forward passes, as a share of the run's).
 
     snakemake --cores 8 results/table1.csv       # the run to time (from empty data/ and results/)
-    python bench/bench_pipeline.py               # the latest run's log, .snakemake/log/
+    python bench/bench_pipeline.py               # the latest log of a run that did work, .snakemake/log/
     python bench/bench_pipeline.py --log .snakemake/log/<date>.snakemake.log
 
 Reads every job's ``benchmark:`` file (``benchmarks/<name>/<rule>/...tsv``: wall and CPU seconds, memory)

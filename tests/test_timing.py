@@ -92,6 +92,75 @@ def test_bench_pipeline_prints_the_latest_run(run_log, tmp_path):
     assert "no Snakemake run to time yet" in empty.stdout
 
 
+def test_the_latest_run_that_did_work_is_timed_not_a_later_dry_run(run_log, tmp_path):
+    """`snakemake -n` after a run writes a newer log with no job: bench_pipeline still times the run."""
+    dry = run_log.parent / "2026-01-06T090000.000000.snakemake.log"
+    dry.write_text("Building DAG of jobs...\nNothing to be done (all requested files are present and up to date).\n")
+    assert timing.latest_log(tmp_path) == run_log
+    out = subprocess.run([sys.executable, str(ROOT / "bench/bench_pipeline.py"), "--workdir", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "a (10 s) → c (20 s)" in out.stdout, out.stderr
+    run_log.unlink()
+    with pytest.raises(AmflowError, match="none of its 1 Snakemake logs ran a job"):
+        timing.latest_log(tmp_path)
+
+
+def test_overhead_is_the_cpu_outside_epochs_and_forward_passes(tmp_path):
+    """A hand-made run: data (6 CPU s, no learning), a 2-thread training (10 s wall, 20 CPU s, of which its
+    epochs took 5 s of wall: 10 CPU s) and an evaluation (4 s, 4 CPU s, forward passes 2 s; its
+    metrics.json repeats the training's 5 s, which must not count). Overhead: 18 of 30 CPU s."""
+    import json
+
+    log = tmp_path / ".snakemake/log/2026-01-05T100000.000000.snakemake.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("""\
+[Mon Jan  5 10:00:00 2026]
+rule prepare:
+    output: data/d.json
+    jobid: 1
+    benchmark: bench/prepare.tsv
+
+[Mon Jan  5 10:00:06 2026]
+Finished jobid: 1 (Rule: prepare)
+
+[Mon Jan  5 10:00:06 2026]
+rule train:
+    input: data/d.json
+    output: results/r/train.json, results/r/checkpoint.pt
+    jobid: 2
+    benchmark: bench/train.tsv
+
+[Mon Jan  5 10:00:16 2026]
+Finished jobid: 2 (Rule: train)
+
+[Mon Jan  5 10:00:16 2026]
+rule evaluate:
+    input: results/r/train.json
+    output: results/r/metrics.json, results/r/scores.json
+    jobid: 3
+    benchmark: bench/evaluate.tsv
+
+[Mon Jan  5 10:00:20 2026]
+Finished jobid: 3 (Rule: evaluate)
+""")
+    (tmp_path / "bench").mkdir()
+    for rule, wall, cpu in (("prepare", 6, 6), ("train", 10, 20), ("evaluate", 4, 4)):
+        (tmp_path / f"bench/{rule}.tsv").write_text(f"s\th:m:s\tmax_rss\tcpu_time\n{wall}\t0:00:{wall:02d}\t100\t{cpu}\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/d.json").write_text("{}")
+    (tmp_path / "results/r").mkdir(parents=True)
+    (tmp_path / "results/r/train.json").write_text(json.dumps({"train_time_s": 5.0}))
+    (tmp_path / "results/r/metrics.json").write_text(json.dumps({"train_time_s": 5.0, "eval_time_s": 2.0}))
+    (tmp_path / "results/r/scores.json").write_text(json.dumps({"top1": 0.5}))
+    s = timing.summary(log, tmp_path)
+    assert s["cpu_s"] == 30 and s["overhead_cpu_s"] == pytest.approx(18)
+    learning = s["stages"].set_index("rule")["learning_cpu_s"]
+    assert learning.to_dict() == pytest.approx({"prepare": 0.0, "train": 10.0, "evaluate": 2.0})
+    text = timing.markdown(s)
+    assert "Overhead: 18 of 30 CPU s (60%) outside training epochs and evaluation forward passes." in text
+    assert re.search(r"\| train\s+\| 1\s+\| 10\.0\s+\| 10\.0\s+\| 20\.0\s+\| 100\s+\| 50%\s+\|", text), text
+
+
 def test_a_log_without_jobs_is_one_clear_error(tmp_path):
     log = tmp_path / "dry.log"
     log.write_text("Building DAG of jobs...\nNothing to be done (all requested files are present and up to date).\n")
@@ -163,8 +232,10 @@ def test_timed_writes_a_snakemake_format_benchmark_only_on_success(tmp_path):
 def test_dvc_stages_write_the_benchmark_files_snakemake_expects():
     import yaml
 
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    train = stages["train--synth_moving--amflow--0"]
+    from amflow.dag import expand_pipeline
+
+    stages = expand_pipeline(yaml.safe_load((ROOT / "dvc.yaml").read_text()))   # DVC's names (test_workflow.py)
+    train = stages["train-amflow@synth_moving-amflow-0"]
     assert train["cmd"].startswith("amflow timed --benchmark benchmarks/default/train/synth_moving/amflow/seed0.tsv -- "
                                    "amflow train ")
     assert "benchmarks/default/train/synth_moving/amflow/seed0.tsv" in train["outs"]

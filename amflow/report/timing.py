@@ -9,10 +9,17 @@ Two sources, both written by Snakemake itself:
 
 The critical path is the chain that ends with the job that finished last, going back each time to the
 input-producing job that finished last: the jobs that the wall time waited for.
+
+The overhead is every CPU second that is not learning: learning is a training's epochs (``train_time_s``
+in ``train.json`` and in the pretraining's ``metrics.json``) and an evaluation's forward passes
+(``eval_time_s`` in its ``metrics.json``), the jobs' own records of their wall time, counted at the job's
+mean CPU rate (its benchmark's CPU over wall seconds). Everything else is overhead: start-up, tracking,
+checkpoints, data, camera motion, tables and the report.
 """
 from __future__ import annotations
 
 import csv
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -110,21 +117,45 @@ def read_benchmark(path: Path) -> Optional[dict]:
     return {k: num(v) for k, v in rows[-1].items()}
 
 
+def learning_wall_s(job: Job, root: Path = Path(".")) -> float:
+    """The wall seconds a job's JSON outputs record as learning (see the module docstring); 0 for a job
+    that records none (data, camera motion, tables) or whose outputs are gone."""
+    total = 0.0
+    for out in job.outputs:
+        if not out.endswith(".json"):
+            continue
+        try:
+            doc = json.loads((Path(root) / out).read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(doc, dict):
+            continue
+        # An evaluation's metrics.json repeats its training's train_time_s: only its own forward passes count.
+        seconds = doc.get("eval_time_s") if "eval_time_s" in doc else doc.get("train_time_s")
+        total += float(seconds or 0.0)
+    return total
+
+
 def stage_table(jobs: list[Job], root: Path = Path(".")) -> pd.DataFrame:
     """Per rule: jobs, summed and longest wall seconds (benchmark files, else the log's stamps), summed
-    CPU seconds, and the largest resident memory (MB)."""
+    CPU seconds, the largest resident memory (MB), and the summed CPU seconds of learning."""
     rows = []
     for j in jobs:
         b = read_benchmark(Path(root) / j.benchmark) if j.benchmark else None
         wall = b["s"] if b and b.get("s") is not None else (
             (j.end - j.start).total_seconds() if j.end else None)
-        rows.append({"rule": j.rule, "wall_s": wall, "cpu_s": b.get("cpu_time") if b else None,
-                     "max_rss_mb": b.get("max_rss") if b else None})
-    df = pd.DataFrame(rows, columns=["rule", "wall_s", "cpu_s", "max_rss_mb"])
+        cpu = b.get("cpu_time") if b else None
+        learning = None
+        if cpu is not None and wall:
+            learning = min(cpu, learning_wall_s(j, root) * cpu / wall)
+        rows.append({"rule": j.rule, "wall_s": wall, "cpu_s": cpu,
+                     "max_rss_mb": b.get("max_rss") if b else None, "learning_cpu_s": learning})
+    df = pd.DataFrame(rows, columns=["rule", "wall_s", "cpu_s", "max_rss_mb", "learning_cpu_s"])
     order = list(dict.fromkeys(df["rule"]))
     out = df.groupby("rule", sort=False).agg(jobs=("rule", "size"), wall_s_sum=("wall_s", "sum"),
                                              wall_s_max=("wall_s", "max"), cpu_s_sum=("cpu_s", "sum"),
-                                             max_rss_mb=("max_rss_mb", "max"))
+                                             max_rss_mb=("max_rss_mb", "max"),
+                                             learning_cpu_s=("learning_cpu_s", "sum"))
     return out.reindex(order).reset_index()
 
 
@@ -144,10 +175,20 @@ def critical_path(jobs: list[Job]) -> list[Job]:
 
 
 def latest_log(workdir: Path = Path(".")) -> Path:
-    logs = sorted((Path(workdir) / ".snakemake" / "log").glob("*.snakemake.log"))
+    """The newest log of a run that did work: a dry run (``snakemake -n``) or a run with nothing to do
+    writes a log too, and is passed over."""
+    folder = Path(workdir) / ".snakemake" / "log"
+    logs = sorted(folder.glob("*.snakemake.log"))
     if not logs:
-        raise AmflowError(f"{Path(workdir) / '.snakemake/log'}: no Snakemake log; run the workflow first")
-    return logs[-1]
+        raise AmflowError(f"{folder}: no Snakemake log; run the workflow first")
+    for log in reversed(logs):
+        try:
+            parse_log(log)
+        except AmflowError:
+            continue
+        return log
+    raise AmflowError(f"{folder}: none of its {len(logs)} Snakemake logs ran a job (dry runs, or nothing to do); "
+                      f"time a run that did the work")
 
 
 def workdir_of(log: Path) -> Path:
@@ -164,8 +205,11 @@ def summary(log: Path, root: Path = Path(".")) -> dict:
     start, jobs = parse_log(log)
     ended = [j.end for j in jobs if j.end is not None]
     path = critical_path(jobs)
+    stages = stage_table(jobs, root)
+    cpu = float(stages["cpu_s_sum"].sum())
     return {"log": str(log), "wall_s": (max(ended) - start).total_seconds() if ended else None,
-            "jobs": len(jobs), "unfinished": sum(j.end is None for j in jobs), "stages": stage_table(jobs, root),
+            "jobs": len(jobs), "unfinished": sum(j.end is None for j in jobs), "stages": stages,
+            "cpu_s": cpu, "overhead_cpu_s": cpu - float(stages["learning_cpu_s"].sum()),
             "critical_path": [{"rule": j.rule, "output": j.outputs[0] if j.outputs else "",
                                "start_s": (j.start - start).total_seconds(),
                                "end_s": (j.end - start).total_seconds()} for j in path]}
@@ -174,13 +218,20 @@ def summary(log: Path, root: Path = Path(".")) -> dict:
 def markdown(s: dict) -> str:
     """The summary as Markdown: the total, a stage table and the critical path."""
     stages = s["stages"].copy()
+    cpu = stages["cpu_s_sum"].where(stages["cpu_s_sum"] > 0)
+    stages["overhead"] = 100 * (cpu - stages["learning_cpu_s"]) / cpu
+    stages = stages.drop(columns="learning_cpu_s")
     for col, fmt in (("wall_s_sum", "{:.1f}"), ("wall_s_max", "{:.1f}"), ("cpu_s_sum", "{:.1f}"),
-                     ("max_rss_mb", "{:.0f}")):
+                     ("max_rss_mb", "{:.0f}"), ("overhead", "{:.0f}%")):
         stages[col] = [("" if pd.isna(v) else fmt.format(v)) for v in stages[col]]
-    stages.columns = ["stage (rule)", "jobs", "wall s (sum)", "wall s (longest job)", "CPU s (sum)", "max RSS MB"]
+    stages.columns = ["stage (rule)", "jobs", "wall s (sum)", "wall s (longest job)", "CPU s (sum)", "max RSS MB",
+                      "overhead (CPU)"]
     chain = " → ".join(f"{c['rule']} ({c['end_s'] - c['start_s']:.0f} s)" for c in s["critical_path"])
     total = "unknown" if s["wall_s"] is None else f"{s['wall_s']:.0f} s ({s['wall_s'] / 60:.1f} min)"
+    overhead = ("unknown (no benchmark files)" if not s["cpu_s"] else
+                f"{s['overhead_cpu_s']:.0f} of {s['cpu_s']:.0f} CPU s ({100 * s['overhead_cpu_s'] / s['cpu_s']:.0f}%)")
     return "\n".join([f"Wall time: {total}, {s['jobs']} jobs"
                       + (f" ({s['unfinished']} unfinished)" if s["unfinished"] else "") + ".", "",
+                      f"Overhead: {overhead} outside training epochs and evaluation forward passes.", "",
                       stages.to_markdown(index=False, disable_numparse=True), "",
                       f"Critical path (log stamps, 1 s resolution): {chain}."])
