@@ -14,6 +14,7 @@ text file named like a video, and ``snakemake`` runs prepare -> extract -> camer
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -68,7 +69,6 @@ def real_params() -> dict:
 PARAMS = validate(real_params())
 RESULTS = paths.results_root("results", PARAMS.name)
 RUN = paths.run_dir(RESULTS, "real", "amflow", 0)
-FRAMES = paths.frames_dir("data", paths.dataset_key(PARAMS, "real"))
 CAMERA = paths.camera_dir(RESULTS, "real")
 
 
@@ -93,11 +93,18 @@ def project(clips, tmp_path_factory):
     return project
 
 
-def test_bad_files_are_listed_and_the_run_completes(project):
-    failures = pd.read_csv(project / FRAMES / "failures.csv")
+@pytest.fixture(scope="module")
+def frames(project) -> Path:
+    """The dataset's frame folder. Its key digests the lists' contents, so it is known once they exist."""
+    with contextlib.chdir(project):  # the lists' paths are relative to the project, as Snakemake reads them
+        return project / paths.frames_dir("data", paths.dataset_key(PARAMS, "real"))
+
+
+def test_bad_files_are_listed_and_the_run_completes(project, frames):
+    failures = pd.read_csv(frames / "failures.csv")
     assert sorted(Path(v).name for v in failures["video"]) == ["bikes_truncated.mp4", "notes.mp4"]
     assert (failures["split"] == "train").all() and failures["error"].str.len().gt(0).all()
-    manifest = pd.read_csv(project / FRAMES / "manifest.csv")
+    manifest = pd.read_csv(frames / "manifest.csv")
     assert sorted(manifest["split"]) == ["test", "train", "train", "val"]  # every good clip, decoded
     assert (np.minimum(manifest["height"], manifest["width"]) == 32).all()  # short side 32
     assert dict(zip(manifest["video"].map(lambda v: Path(v).name), manifest["num_frames"])) == {
