@@ -335,3 +335,16 @@ def test_a_second_pipeline_writing_the_same_outputs_is_refused_naming_the_first(
     assert not (project / "pipelines/default_1seed/dvc.yaml").exists()
     run([BIN / "amflow", "dvc-yaml", "--params", "params/tiny.yaml"], project)
     assert (project / "pipelines/tiny/dvc.yaml").is_file() and (project / "dvc.yaml").read_text() == before
+
+
+def test_the_clutter_benchmarks_first_command_plans_data_backbone_camera_and_tpa(project):
+    """docs/method.md's command that makes what the clutter controls train on, as typed (a dry run)."""
+    text = (ROOT / "docs" / "method.md").read_text()
+    start = text.index("snakemake --cores 8 results/clutter/clutter_static/tpa/seed0/train.json")
+    line = text[start:text.index("\n", text.index("\\\n", start) + 2)].replace("\\\n", " ")
+    args = line.split()[1:]
+    assert args[-2:] == ["--configfile", "params/clutter.yaml"]
+    out = snakemake(project, "-n", *args)
+    assert {k: v for k, v in job_counts(out).items() if k != "total"} == {
+        "prepare_dataset": 2, "pretrain_images": 1, "extract_frames": 2, "pretrain_backbone": 1,
+        "camera_motion": 1, "train": 1}
