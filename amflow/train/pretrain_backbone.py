@@ -219,12 +219,11 @@ def settings(params: Params, info: dict) -> dict:
 
 
 def train_spec(params: Params) -> TrainSpec:
-    """The trainer's settings for the pretraining recipe: no gradient clipping or label smoothing, one
-    process without loader workers; the warm-up is :class:`AttributeTask`'s; device and amp as training's."""
+    """The trainer's settings for the pretraining recipe: no gradient clipping or label smoothing; the
+    warm-up is :class:`AttributeTask`'s; device and amp as training's."""
     spec = params.pretrain
     return TrainSpec(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, weight_decay=spec.weight_decay,
-                     grad_clip=0.0, label_smoothing=0.0, amp=params.train.amp, device=params.train.device,
-                     num_workers=0, threads=params.train.threads)
+                     grad_clip=0.0, label_smoothing=0.0, amp=params.train.amp, device=params.train.device)
 
 
 def _clear_outputs(out_dir: Path) -> None:
