@@ -23,7 +23,7 @@ from amflow import io, paths
 from amflow.camera.rules import localisation_evidence, resolve_variant
 from amflow.errors import AmflowError
 from amflow.params import Params
-from amflow.report import display, plots, verdicts, wording
+from amflow.report import display, verdicts, wording
 from amflow.report.display import markdown, show
 from amflow.report.tables import ABLATIONS, TABLE1, read_table, variant_pivot
 from amflow.report.wording import pct
@@ -43,6 +43,11 @@ def seeds_note(table: pd.DataFrame) -> str:
 
 def rel(path: Path, results_dir: Path) -> str:
     return Path(os.path.relpath(path, results_dir)).as_posix()
+
+
+def plot(name: str, results_dir: Path) -> str:
+    """A figure of ``amflow tables`` (``paths.plots_dir``), as the report links it."""
+    return rel(paths.plots_dir(results_dir) / name, results_dir)
 
 
 def check_rows(table: pd.DataFrame, keys: list[str], expected: list[tuple], path: Path, make: str) -> None:
@@ -188,7 +193,7 @@ def variant_evidence(params: Params, cameras: dict, results_dir: Path) -> dict:
 
 def table1_section(params: Params, t1: pd.DataFrame, results_dir: Path) -> list[str]:
     lines = ["## Table 1: methods compared", "", f"From `{TABLE1}`. {seeds_note(t1)}", "",
-             markdown(show(t1, display.TABLE1)), "", f"![test top-1 per method](plots/{plots.ACCURACY})", ""]
+             markdown(show(t1, display.TABLE1)), "", f"![test top-1 per method]({plot(paths.ACCURACY_PNG, results_dir)})", ""]
     rankings = [r for d in params.table_datasets if (r := verdicts.ranking(d, t1)) is not None]
     lines += [" ".join(wording.ranking_text(r) for r in rankings), "",
               wording.overlap_paragraph(verdicts.overlaps(params.table_datasets, t1)), ""]
@@ -227,8 +232,8 @@ def temporal_section(params: Params, t1: pd.DataFrame) -> list[str]:
         "and of their reversals.", "", markdown(show(pd.concat(shown), display.TEMPORAL)), "", " ".join(text), ""]
 
 
-def convergence_section(params: Params, t1: pd.DataFrame) -> list[str]:
-    lines = ["## Convergence", "", f"![validation top-1 per epoch](plots/{plots.CONVERGENCE})", ""]
+def convergence_section(params: Params, t1: pd.DataFrame, results_dir: Path) -> list[str]:
+    lines = ["## Convergence", "", f"![validation top-1 per epoch]({plot(paths.CONVERGENCE_PNG, results_dir)})", ""]
     fixed_rows = t1.dropna(subset=["target_val_top1_pct"])
     if not fixed_rows.empty:
         lines += ["Epochs and training time to one fixed validation top-1, the same for every method of a "
@@ -389,7 +394,7 @@ def build_report(params: Params, results_dir: Path) -> str:
     lines += camera_section(params, cameras, results_dir)
     lines += table1_section(params, t1, results_dir)
     lines += temporal_section(params, t1)
-    lines += convergence_section(params, t1)
+    lines += convergence_section(params, t1, results_dir)
     lines += ablation_section(params, abl, cameras, results_dir)
     lines += fair_test_section(params, results_dir)
     lines += localisation_section(params, results_dir)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+from amflow import paths
+
 from amflow.report.verdicts import (NO, YES, AxisRange, Claims, Comparison, Control, Epochs90, FairClaim,
                                     FrameOrder, Overlap, Paired, Ranking, VariantResult)
 
@@ -29,7 +31,7 @@ TEMPLATES = {
     "no_target": "no target",
     "variant_claim": "- **The camera-matched variant helps**: {text}",
     "variant_claim_one": "on `{dataset}`, {comparison}",
-    "variant_unmeasured": "not measured by this run: the variant ablation is in `ablations.csv` "
+    "variant_unmeasured": "not measured by this run: the variant ablation is in `{ablations}` "
                           "(`snakemake --cores 8 ablations`).",
     "variant_no_pair": "the variant ablation has no static and aligned pair.",
     "oracle": "- **Control `oracle`** (the actor's true coverage in place of AM flow) on `{dataset}` against `tpa`: "
@@ -153,7 +155,7 @@ def claim_lines(claims: list[Claims], variants: Optional[list[VariantResult]], c
 
 def variant_claim(variants: Optional[list[VariantResult]]) -> str:
     if variants is None:
-        return TEMPLATES["variant_unmeasured"]
+        return say("variant_unmeasured", ablations=paths.ABLATIONS_CSV)
     parts = [say("variant_claim_one", dataset=v.dataset, comparison=comparison(v.aligned_vs_static, "aligned", "static"))
              for v in variants if v.aligned_vs_static is not None]
     return ("; ".join(parts) + ".") if parts else TEMPLATES["variant_no_pair"]
