@@ -577,7 +577,8 @@ def test_localisation_files_are_named_by_paths(tmp_path, monkeypatch):
 
 
 def test_frame_order_and_epochs_to_90_verdicts():
-    rows = pd.DataFrame({"method": ["frame", "tpa", "amflow", "aim"], "both_directions_top1_pct_mean": [0.5, 0.0, 12.0, 20.0],
+    rows = pd.DataFrame({"method": ["frame", "tpa", "amflow", "aim"],
+                         "both_directions_top1_pct_mean": [0.5, 0.0, 12.0, 20.0],
                          "epochs_to_90pct_mean": [3.0, 2.0, 2.0, 1.0]})
     f = verdicts.frame_order("d", rows)
     assert f.users == ["aim", "amflow", "frame"]           # most first; tpa is never right both ways

@@ -193,7 +193,8 @@ def variant_evidence(params: Params, cameras: dict, results_dir: Path) -> dict:
 
 def table1_section(params: Params, t1: pd.DataFrame, results_dir: Path) -> list[str]:
     lines = ["## Table 1: methods compared", "", f"From `{TABLE1}`. {seeds_note(t1)}", "",
-             markdown(show(t1, display.TABLE1)), "", f"![test top-1 per method]({plot(paths.ACCURACY_PNG, results_dir)})", ""]
+             markdown(show(t1, display.TABLE1)), "",
+             f"![test top-1 per method]({plot(paths.ACCURACY_PNG, results_dir)})", ""]
     rankings = [r for d in params.table_datasets if (r := verdicts.ranking(d, t1)) is not None]
     lines += [" ".join(wording.ranking_text(r) for r in rankings), "",
               wording.overlap_paragraph(verdicts.overlaps(params.table_datasets, t1)), ""]

@@ -64,8 +64,8 @@ TEMPLATES = {
     "amflow_both": " `amflow` is right both ways on {share}{against}.",
     # epochs to 90% of the final accuracy (verdicts.epochs_to_90)
     "epochs90": "On `{dataset}`, epochs to reach 90% of the final validation accuracy: {epochs}; fewest: {fewest}.",
-    "epochs90_amflow": " Of the {n} other methods, `amflow` needs fewer epochs than {fewer}, as many as {same} and more "
-                       "than {more}{meaning}.",
+    "epochs90_amflow": " Of the {n} other methods, `amflow` needs fewer epochs than {fewer}, as many as {same} "
+                       "and more than {more}{meaning}.",
     "epochs90_yes": ", which supports the faster-convergence claim here",
     "epochs90_no": ", so the faster-convergence claim is not supported here",
     "epochs90_in_part": ", so the faster-convergence claim holds only in part here",
@@ -156,7 +156,8 @@ def claim_lines(claims: list[Claims], variants: Optional[list[VariantResult]], c
 def variant_claim(variants: Optional[list[VariantResult]]) -> str:
     if variants is None:
         return say("variant_unmeasured", ablations=paths.ABLATIONS_CSV)
-    parts = [say("variant_claim_one", dataset=v.dataset, comparison=comparison(v.aligned_vs_static, "aligned", "static"))
+    parts = [say("variant_claim_one", dataset=v.dataset,
+                 comparison=comparison(v.aligned_vs_static, "aligned", "static"))
              for v in variants if v.aligned_vs_static is not None]
     return ("; ".join(parts) + ".") if parts else TEMPLATES["variant_no_pair"]
 
@@ -243,7 +244,8 @@ def variant_paragraph(variants: list[VariantResult], cameras: dict[str, Optional
                 t += TEMPLATES["static_camera"]
         t += "."
         if v.best_vs_none is not None:
-            t += say("against_none", comparison=comparison(v.best_vs_none, f"the better variant, `{v.best_vs_none.a}`,"))
+            better = f"the better variant, `{v.best_vs_none.a}`,"
+            t += say("against_none", comparison=comparison(v.best_vs_none, better))
         out.append(t)
     return " ".join(out)
 
