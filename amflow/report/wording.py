@@ -66,6 +66,7 @@ TEMPLATES = {
     "epochs90": "On `{dataset}`, epochs to reach 90% of the final validation accuracy: {epochs}; fewest: {fewest}.",
     "epochs90_amflow": " Of the {n} other methods, `amflow` needs fewer epochs than {fewer}, as many as {same} "
                        "and more than {more}{meaning}.",
+    # epochs90_<verdict>, the verdict's spaces as underscores
     "epochs90_yes": ", which supports the faster-convergence claim here",
     "epochs90_no": ", so the faster-convergence claim is not supported here",
     "epochs90_in_part": ", so the faster-convergence claim holds only in part here",
@@ -75,6 +76,7 @@ TEMPLATES = {
     "aligned_beats": "aligned beats static by {diff}",
     "aligned_loses": "aligned does not beat static (it is {diff} lower)",
     "aligned_ties": "they tie",
+    # aligned_<outcome>_not_clear: the same within one seed standard deviation
     "aligned_beats_not_clear": "aligned beats static by {diff} (within one seed standard deviation: not a clear "
                                "difference)",
     "aligned_loses_not_clear": "aligned does not beat static (it is {diff} lower, within one seed standard "
