@@ -239,6 +239,8 @@ def test_report_numbers_are_the_tables_numbers(project, params):
         assert (md["dataset"], md["method"]) == (row["dataset"], row["method"])
         for header, column in cols.items():
             assert md[header] == row[column], (row["dataset"], row["method"], header, md[header], row[column])
+        # the count of seeds reaching tpa's final val top-1 is a number in the table, "k/n" where shown
+        assert md["seeds reaching it"] == f"{row['reaching_target_seeds']}/{row['n_seeds']}", md
 
     ablations = read_csv(project / TINY_RESULTS / "ablations.csv")
     acols = {"top-1 (%)": "top1_pct_mean", "mean class acc (%)": "mean_class_acc_pct_mean",
