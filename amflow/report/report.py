@@ -18,7 +18,7 @@ from typing import Optional
 
 import pandas as pd
 
-from amflow import io, paths
+from amflow import io, methods, paths
 from amflow.camera.rules import localisation_evidence, resolve_variant
 from amflow.errors import AmflowError
 from amflow.params import Params
@@ -117,9 +117,9 @@ def camera_kind(params: Params, cameras: dict, dataset: str) -> Optional[str]:
     """'aligned' (moving camera) or 'static' for a dataset: the stage's decision, else the synth spec."""
     if dataset in cameras:
         return cameras[dataset].get("decision")
-    spec = params.datasets.get(dataset)
-    if spec is not None and spec.synth is not None:
-        return "aligned" if spec.synth.camera == "moving" else "static"
+    synth = getattr(params.datasets.get(dataset), "synth", None)  # SynthMotion's settings
+    if synth is not None:
+        return "aligned" if synth.camera == "moving" else "static"
     return None
 
 
@@ -150,7 +150,7 @@ def read_optional_json(path: Path) -> Optional[dict]:
 def setup_section(params: Params, results_dir: Path) -> list[str]:
     rows = []
     for name, spec in params.datasets.items():
-        s = spec.synth
+        s = getattr(spec, "synth", None)  # SynthMotion's settings
         rows.append({"dataset": name, "source": spec.source, "in table 1": "yes" if name in params.table_datasets
                      else "no",
                      "camera": s.camera if s else "", "difficulty": s.difficulty if s else "",
@@ -402,7 +402,7 @@ def table1_paragraph(params: Params, t1: pd.DataFrame) -> str:
             # rank = 1 + methods strictly ahead, so a tie for first is reported as first
             rank = 1 + int((rows["top1_pct_mean"] > am["top1_pct_mean"]).sum())
             cmp = [compare("`amflow`", am, f"`{b}`", _row(rows, method=b))
-                   for b in ("tpa", "aim", "st_adapter", "frame") if b in set(rows["method"])]
+                   for b in methods.comparison_order("amflow", set(rows["method"]))]
             text += (f" AM flow (`amflow`, {am['am_flow_variant']} variant) reaches {pct(am['top1_pct_mean'])} "
                      f"and ranks {rank} of {len(rows)}" + (": " + "; ".join(cmp) if cmp else "") + ".")
         fr = _row(rows, method="frame")
