@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from amflow import paths
+from amflow import methods, paths
 from amflow.errors import AmflowError
-from amflow.params import METHODS, ParamsError, load_params, parse_override, resolved_text, set_dotted, set_source
+from amflow.params import SOURCE_SCHEMAS, source_summary
+from amflow.params_io import ParamsError, load_params, parse_override, resolved_text, set_dotted, set_source
 from amflow.paths import dataset_name_problem
 
 PARAMS_HELP = "params file (YAML, validated by amflow/params.py); default params/default.yaml"
@@ -285,9 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true",
                    help="print every value, the schema's defaults included (what the stages get), as YAML")
     add("prepare", cmd_prepare, "generate or download/verify a dataset",
-        "Make data/<dataset>-<spec>/ ready: SynthMotion is generated (H.264 mp4 + annotations); Kinetics-400 is "
-        "downloaded from the CVDF mirror (resumable, verified); SSv2, Toyota Smarthome and `list` datasets "
-        "are verified in the folder you name in 'root' (missing files are listed with where to put them).\n\n"
+        "Make data/<dataset>-<spec>/ ready, as its 'source:' says (the keys of each: `amflow validate --show`):\n"
+        + "".join(f"  {name}: {source_summary(name)}\n" for name in SOURCE_SCHEMAS.names()) + "\n"
         "Inputs: the params file's datasets.<dataset> (and your files under its 'root').\n"
         "Outputs: data/<dataset>-<spec>/classes.txt, annotations/{train,val,test}.csv, dataset.json (written last).",
         dataset=True)
@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
              "Outputs: metrics.json, scores.json, per_class.csv, predictions.csv, confusion.png, curves.png in the "
              "run folder.")):
         p = add(name, func, what, f"{what[0].upper()}{what[1:]} on a dataset.\n\n{files}", dataset=True)
-        p.add_argument("--method", required=True, choices=METHODS,
+        p.add_argument("--method", required=True, choices=methods.names(),
                        help="the method (model) of the run")
         p.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
         p.add_argument("--run-dir", type=Path, default=None, help="override the run folder")

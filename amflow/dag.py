@@ -51,7 +51,7 @@ from amflow import io
 from amflow import paths
 from amflow.errors import AmflowError
 from amflow.import_graph import PACKAGE, command_files
-from amflow.params import deep_merge, load_params, read_yaml, set_dotted, validate
+from amflow.params_io import deep_merge, load_params, read_yaml, set_dotted, validate
 from amflow.runs import digest_differences, params_digest
 from amflow.workflow_plan import find_ablation
 

@@ -184,7 +184,7 @@ def dvc_pipeline_file(name: str) -> Path:
     return Path(DVC_YAML) if name == DEFAULT_NAME else PIPELINES_DIR / name / DVC_YAML
 
 
-# Where the workflow writes the params its jobs read (amflow.params.write_resolved): Snakemake's own
+# Where the workflow writes the params its jobs read (amflow.params_io.write_resolved): Snakemake's own
 # working folder, not a results folder (the file is a means, not a result).
 RESOLVED_PARAMS_DIR = Path(".snakemake") / "amflow_params"
 

@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from amflow import io, paths
+from amflow import io, methods, paths
 from amflow.camera.rules import resolve_variant
 from amflow.data.clips import Normalise
 from amflow.data.still_clips import still_clips
@@ -64,8 +64,8 @@ def run_paths(params: Params, dataset: str, method: str, seed: int, data_dir: Pa
 
 
 def resolve_method_variant(params: Params, method: str, results_dataset_dir: Path) -> tuple[str, bool]:
-    """(AM flow variant for the model, identity_for_static); only ``amflow`` uses AM flow."""
-    if method != "amflow":
+    """(AM flow variant for the model, identity_for_static); 'none' for a method that reads no AM flow."""
+    if not methods.get(method).am_flow:
         return "none", False
     return resolve_variant(params.model.am_flow.variant, results_dataset_dir)
 
@@ -73,7 +73,8 @@ def resolve_method_variant(params: Params, method: str, results_dataset_dir: Pat
 def uses_oracle(params: Params, method: str, variant: str) -> bool:
     """Whether the model reads the actor's ground-truth coverage (``model.am_flow.control`` oracle,
     footprint or rank_matched)."""
-    return method == "amflow" and variant != "none" and params.model.am_flow.control in GROUND_TRUTH_CONTROLS
+    return (methods.get(method).ground_truth_controls and variant != "none"
+            and params.model.am_flow.control in GROUND_TRUTH_CONTROLS)
 
 
 def digest_doc(params: Params, dataset: str) -> dict:

@@ -43,7 +43,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, TypeVar
 
-from amflow import io
+from amflow import io, methods
 from amflow.errors import AmflowError
 
 SWITCH_ENV = "AMFLOW_TRACKING"
@@ -217,7 +217,7 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
 
 def run_params(params, dataset: str, method: str) -> dict[str, str]:
     """The params that define one run, flattened: its own dataset and sampling (not every dataset's in
-    the file), the backbone, model and training sections, and camera motion for AM flow."""
+    the file), the backbone, model and training sections, and camera motion for a method that reads it."""
     doc = {"params_name": params.name,
            "dataset": params.dataset(dataset).model_dump(mode="json"),
            "sampling": params.sampling_for(dataset).model_dump(mode="json"),
@@ -226,7 +226,7 @@ def run_params(params, dataset: str, method: str) -> dict[str, str]:
            "train": params.train.model_dump(mode="json")}
     if params.backbone.weights == "pretrain":
         doc["pretrain"] = params.pretrain.model_dump(mode="json")
-    if method == "amflow":
+    if methods.get(method).camera_motion:
         doc["camera_motion"] = params.camera_motion.model_dump(mode="json")
     return flatten(doc)
 

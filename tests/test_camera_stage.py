@@ -13,7 +13,7 @@ from amflow import paths
 from amflow.camera import rules, stage
 from amflow.data.frame_cache import FrameCache, write_cache
 from amflow.errors import AmflowError
-from amflow.params import load_params
+from amflow.params_io import load_params
 
 from conftest import ROOT
 

@@ -51,7 +51,7 @@ def project(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def params(project):
-    from amflow.params import load_params
+    from amflow.params_io import load_params
 
     return load_params(project / "params" / "tiny.yaml")
 

@@ -35,7 +35,7 @@ def aligned_params(**overrides):
         for k in keys:
             node = node[k]
         node[last] = value
-    from amflow.params import validate
+    from amflow.params_io import validate
 
     return validate(data)
 
@@ -73,7 +73,7 @@ def test_train_outputs(trained):
     assert saved["am_flow_variant"] == "aligned"
     assert 0 < saved["trainable_params"] < saved["total_params"] and saved["gflops_per_clip"] > 0
     assert saved["epochs_to_90pct"] in (1, 2) and len(saved["val_curve"]) == 2
-    from amflow.params import load_params
+    from amflow.params_io import load_params
 
     assert load_params(run_dir / paths.PARAMS_YAML) == params          # resolved params, reloadable
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from amflow.params import ParamsError, load_params, parse_override, read_yaml, resolve_raw, set_dotted
+from amflow.params_io import ParamsError, load_params, parse_override, read_yaml, resolve_raw, set_dotted
 
 ROOT = Path(__file__).resolve().parents[1]
 # paper.yaml is a base the real-data files extend, not a run of its own (it has no datasets).
@@ -151,7 +151,7 @@ def test_a_set_value_that_is_not_yaml_gets_one_line_naming_it(capsys):
 
 # --------------------------------------------------------------------------- Snakemake's config
 def resolved(command_line: dict):
-    from amflow.params import resolve_workflow_config, validate
+    from amflow.params_io import resolve_workflow_config, validate
 
     return validate(resolve_workflow_config(command_line, ROOT / "params/default.yaml"))
 
@@ -170,7 +170,7 @@ def test_config_overrides_merge_over_the_default():
 
 
 def test_written_params_are_named_by_their_content(tmp_path):
-    from amflow.params import write_resolved
+    from amflow.params_io import write_resolved
 
     default = load_params(ROOT / "params/default.yaml")
     a = write_resolved(default, tmp_path)
@@ -306,3 +306,42 @@ def test_an_unknown_key_gets_the_known_key_it_is_closest_to(capsys, monkeypatch)
         err = capsys.readouterr().err
         assert err.startswith(f"error: --set {typo}=1 (on params/tiny.yaml): invalid params"), err
         assert (f"did you mean '{meant}'?" in err) if meant else ("did you mean" not in err), err
+
+
+# Every dataset's data key (its folders under data/) and run digest (checkpoint compatibility), as the
+# code before each source had its own schema computed them (with the working folder "/", since a list
+# dataset's key hashes the absolute paths of its lists): the schema's layout may change, these may not,
+# or every user's data are made again and every run retrained.
+SHIPPED_KEYS = {
+    "clutter.yaml:clutter_moving": ("clutter_moving-23734ad3", "13587acb8af23e7a"),
+    "clutter.yaml:clutter_static": ("clutter_static-f95eb884", "7cbc4409517391d9"),
+    "clutter.yaml:synth_moving": ("synth_moving-8d583cd0", "75ad372f5b3d898e"),
+    "clutter.yaml:synth_static": ("synth_static-85c0909b", "d42323b8440334d5"),
+    "custom_list.yaml:my_videos": ("my_videos-473cb632", "3c6a14bc4ea256a8"),
+    "default.yaml:synth_moving": ("synth_moving-8d583cd0", "ad637c59de75bedb"),
+    "default.yaml:synth_static": ("synth_static-85c0909b", "822477165bcccae7"),
+    "default_1seed.yaml:synth_moving": ("synth_moving-8d583cd0", "ad637c59de75bedb"),
+    "default_1seed.yaml:synth_static": ("synth_static-85c0909b", "822477165bcccae7"),
+    "k400.yaml:k400": ("k400-7205f58f", "63c9d6f0cf8d1e96"),
+    "smarthome.yaml:smarthome": ("smarthome-37b3d390", "a95cd16b985cf445"),
+    "ssv2.yaml:ssv2": ("ssv2-e651d760", "16eec8f8627856e3"),
+    "synth_full.yaml:synth_moving": ("synth_moving-032e5828", "4d4c85bf8a3fbd9f"),
+    "synth_full.yaml:synth_static": ("synth_static-f3f2b66c", "aa7d181148b3c393"),
+    "tiny.yaml:synth_moving": ("synth_moving-bbe91e9c", "f352a282a89abae4"),
+    "tiny.yaml:synth_static": ("synth_static-d6a100e2", "bb1b250974ca833b"),
+}
+
+
+def test_every_shipped_dataset_keeps_its_data_key_and_run_digest(monkeypatch):
+    from amflow.paths import dataset_key
+    from amflow.runs import params_digest
+
+    files = {f.name: f for f in (ROOT / "params").glob("*.yaml")}
+    found = {}
+    monkeypatch.chdir("/")
+    for name, path in sorted(files.items()):
+        if name in ("sweep.yaml", "paper.yaml"):  # a sweep's space; the base the real-data files extend
+            continue
+        p = load_params(path)
+        found.update({f"{name}:{d}": (dataset_key(p, d), params_digest(p, d)) for d in p.datasets})
+    assert found == SHIPPED_KEYS

@@ -16,7 +16,8 @@ from amflow import io
 from amflow.data import pretrain_images as pimg
 from amflow.data import scene
 from amflow.errors import AmflowError
-from amflow.params import PretrainImagesSpec, validate
+from amflow.params import PretrainImagesSpec
+from amflow.params_io import validate
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)

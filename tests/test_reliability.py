@@ -21,7 +21,7 @@ from amflow import io, paths
 from amflow.cli import main
 from amflow.data.frame_cache import FrameCache, write_cache
 from amflow.errors import AmflowError
-from amflow.params import load_params, resolve_raw
+from amflow.params_io import load_params, resolve_raw
 from project_copy import ROOT, copy_of, job_counts, make_project_copy, project_env, snakemake
 from standins_train import make_tiny_dataset, tiny_params
 

@@ -217,7 +217,7 @@ def test_write_heatmaps_end_to_end(tmp_path):
     """Real frame caches, motion files, camera decisions and a checkpoint in the trainer's format."""
     import torch
 
-    from amflow.params import validate
+    from amflow.params_io import validate
     from amflow.train import checkpoint as ckpt
     from amflow.runs import build_run_model, params_digest, run_paths
     from standins_train import make_tiny_dataset

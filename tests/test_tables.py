@@ -7,7 +7,7 @@ import pytest
 
 from amflow import paths
 from amflow.errors import AmflowError
-from amflow.params import load_params
+from amflow.params_io import load_params
 from amflow.report import display, tables
 from amflow.workflow_plan import ablation_runs, table_runs
 from table_columns import ABLATION_COLUMNS, TABLE1_COLUMNS

@@ -249,7 +249,7 @@ def train_with_pretrained_backbone(root: Path, seeds=(0,)) -> tuple[str, list[di
     import timm
     from safetensors.torch import save_file
 
-    from amflow.params import validate
+    from amflow.params_io import validate
     from amflow.train.run import train_run
 
     make_tiny_dataset(root / "data")
@@ -541,7 +541,7 @@ def test_pretraining_is_a_tracked_run(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from amflow.data import pretrain_images as pimg
-    from amflow.params import validate
+    from amflow.params_io import validate
     from amflow.train.pretrain_backbone import pretrain_backbone
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

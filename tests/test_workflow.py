@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from amflow.cli import build_parser
-from amflow.params import load_params
+from amflow.params_io import load_params
 from project_copy import job_counts, make_project_copy, nothing_to_do, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]

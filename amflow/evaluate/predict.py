@@ -28,7 +28,7 @@ from amflow.data import video as vio
 from amflow.data.clips import Normalise, sample_indices, test_views
 from amflow.errors import AmflowError
 from amflow.models.inference import clip_probs
-from amflow.params import load_params
+from amflow.params_io import load_params
 from amflow.runs import check_digest, load_trained_run, trained_model
 from amflow.train.distributed import resolve_device
 

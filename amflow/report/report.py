@@ -62,9 +62,9 @@ def camera_kind(params: Params, cameras: dict, dataset: str) -> Optional[str]:
     """'aligned' (moving camera) or 'static' for a dataset: the stage's decision, else the synth spec."""
     if dataset in cameras:
         return cameras[dataset].get("decision")
-    spec = params.datasets.get(dataset)
-    if spec is not None and spec.synth is not None:
-        return "aligned" if spec.synth.camera == "moving" else "static"
+    synth = getattr(params.datasets.get(dataset), "synth", None)  # SynthMotion's settings
+    if synth is not None:
+        return "aligned" if synth.camera == "moving" else "static"
     return None
 
 
@@ -95,7 +95,7 @@ def read_optional_json(path: Path) -> Optional[dict]:
 def setup_section(params: Params, results_dir: Path) -> list[str]:
     rows = []
     for name, spec in params.datasets.items():
-        s = spec.synth
+        s = getattr(spec, "synth", None)  # SynthMotion's settings
         rows.append({"dataset": name, "source": spec.source, "in table 1": "yes" if name in params.table_datasets
                      else "no",
                      "camera": s.camera if s else "", "difficulty": s.difficulty if s else "",

@@ -16,11 +16,10 @@ from typing import Optional
 
 import pandas as pd
 
+from amflow import methods
 from amflow.report.display import number
 
 YES, NO, UNRESOLVED, UNMEASURED, PARTLY = "yes", "no", "not resolved", "not measured", "in part"
-# The methods table 1's paragraph compares `amflow` with, in this order, when they ran.
-BASELINES = ("tpa", "aim", "st_adapter", "frame")
 # The localise stage's label-probe row (``label_probe.csv``, column ``scores``) of each fair-test setting.
 PROBE_OF = {"static": "amflow", "aligned": "amflow", "shuffled": "shuffled", "rank_matched": "rank_matched",
             "uniform": "uniform", "footprint": "footprint", "oracle": "oracle"}
@@ -175,7 +174,8 @@ def ranking(dataset: str, t1: pd.DataFrame) -> Optional[Ranking]:
     if am is not None:
         variant = str(am["am_flow_variant"])
         rank = 1 + int((rows["top1_pct_mean"] > am["top1_pct_mean"]).sum())
-        against = [compare("amflow", am, b, row(rows, method=b)) for b in BASELINES if b in set(rows["method"])]
+        against = [compare("amflow", am, b, row(rows, method=b))
+                   for b in methods.comparison_order("amflow", set(rows["method"]))]
     above = None
     if fr is not None:
         above = int((rows[rows["method"] != "frame"]["top1_pct_mean"] > fr["top1_pct_mean"]).sum())

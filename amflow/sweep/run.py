@@ -39,7 +39,7 @@ from optuna.trial import TrialState
 
 from amflow import io, parallel, paths, tracking
 from amflow.errors import AmflowError
-from amflow.params import load_params, parse_override, resolve_raw, set_source, validate
+from amflow.params_io import load_params, parse_override, resolve_raw, set_source, validate
 from amflow.runs import run_paths
 from amflow.sweep.space import (SweepSpec, check_space, decode, load_sweep_spec, suggest, trial_params_data,
                                 with_values)

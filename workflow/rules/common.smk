@@ -3,14 +3,15 @@
 # The params are Snakemake's config, resolved and validated by amflow's schema before any job runs:
 # params/default.yaml (the Snakefile's `configfile:`), unless the command line gives a complete params
 # file (`--configfile params/tiny.yaml`, a file with `datasets`), or a file that `extends:` another;
-# `--config key=value` overrides go on top (amflow.params.resolve_workflow_config).
+# `--config key=value` overrides go on top (amflow.params_io.resolve_workflow_config).
 import os
 import sys
 
-from amflow import paths
+from amflow import methods, paths
 from amflow.import_graph import command_files
 from amflow.parallel import usable_cores
-from amflow.params import GROUND_TRUTH_CONTROLS, METHODS, ParamsError, resolve_workflow_config, validate, write_resolved
+from amflow.params import GROUND_TRUTH_CONTROLS
+from amflow.params_io import ParamsError, resolve_workflow_config, validate, write_resolved
 from amflow.workflow_plan import ablation_runs, find_ablation, reference_runs, table_runs
 
 DEFAULT_PARAMS = "params/default.yaml"
@@ -49,7 +50,7 @@ JOB_CORES = min(8, usable_cores())
 wildcard_constraints:
     dataset=paths.DATASET_NAME_PATTERN,
     spec=paths.SPEC_HASH_RE,
-    method="|".join(METHODS),
+    method="|".join(methods.names()),
     seed=r"\d+",
     axis=r"[a-z_]+",
 
@@ -128,11 +129,12 @@ def ground_truth_input(dataset):
 def train_inputs(wildcards, method=None, control=None):
     method = method or wildcards.method
     deps = [frames_summary(wildcards.dataset)] + backbone_inputs()
-    if method == "amflow":  # only AM flow reads the camera decision and the cached transforms
+    needs = methods.get(method)
+    if needs.camera_motion:  # the camera decision and the cached transforms
         camera = paths.camera_dir(RESULTS, wildcards.dataset)
         deps += [str(camera / paths.CAMERA_JSON), str(paths.motion_file(RESULTS, wildcards.dataset))]
-        if (control or P.model.am_flow.control) in GROUND_TRUTH_CONTROLS:  # these read the actor's coverage
-            deps.append(ground_truth_input(wildcards.dataset))
+    if needs.ground_truth_controls and (control or P.model.am_flow.control) in GROUND_TRUTH_CONTROLS:
+        deps.append(ground_truth_input(wildcards.dataset))  # these controls read the actor's coverage
     return deps
 
 
