@@ -50,9 +50,9 @@ import yaml
 from amflow import io
 from amflow import paths
 from amflow.errors import AmflowError
+from amflow.digest import digest_differences, params_digest
 from amflow.import_graph import PACKAGE, command_files
 from amflow.params import deep_merge, load_params, read_yaml, set_dotted, validate
-from amflow.runs import digest_differences, params_digest
 from amflow.workflow_plan import find_ablation
 
 DEFAULT_PARAMS = "params/default.yaml"

@@ -12,7 +12,8 @@ input-producing job that finished last: the jobs that the wall time waited for.
 
 The overhead is every CPU second that is not learning: learning is a training's epochs (``train_time_s``
 in ``train.json`` and in the pretraining's ``metrics.json``) and an evaluation's forward passes
-(``eval_time_s`` in its ``metrics.json``), the jobs' own records of their wall time, counted at the job's
+(``eval_time_s`` in its ``metrics.json``; a training job that evaluates too records both, and the
+evaluation job that only copies its files records none), the jobs' own records of their wall time, counted at the job's
 mean CPU rate (its benchmark's CPU over wall seconds). Everything else is overhead: start-up, tracking,
 checkpoints, data, camera motion, tables and the report.
 """
@@ -29,6 +30,7 @@ from typing import Optional
 import pandas as pd
 
 from amflow.errors import AmflowError
+from amflow.evaluate.reuse import REUSED_FROM
 
 STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
 RULE = re.compile(r"^(?:local)?rule (\w+):$")
@@ -130,6 +132,8 @@ def learning_wall_s(job: Job, root: Path = Path(".")) -> float:
             continue
         if not isinstance(doc, dict):
             continue
+        if REUSED_FROM in doc:
+            continue  # copied from the training job's evaluation, whose forward passes count there
         # An evaluation's metrics.json repeats its training's train_time_s: only its own forward passes count.
         seconds = doc.get("eval_time_s") if "eval_time_s" in doc else doc.get("train_time_s")
         total += float(seconds or 0.0)
