@@ -334,3 +334,31 @@ Finished jobid: 2 (Rule: evaluate)
     s = timing.summary(log, tmp_path)
     assert s["stages"].set_index("rule")["learning_cpu_s"].to_dict() == pytest.approx({"train": 7.0, "evaluate": 0.0})
     assert s["overhead_cpu_s"] == pytest.approx(4.0)
+
+
+def test_the_times_to_the_first_seeds_table_and_the_full_table_are_stated(tmp_path):
+    log = tmp_path / ".snakemake/log/2026-01-05T100000.000000.snakemake.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("""\
+Building DAG of jobs...
+  Date: 2026-01-05 10:00:00
+
+[Mon Jan  5 10:01:00 2026]
+rule table1_first_seed:
+    output: r/table1_first_seed.csv
+    jobid: 1
+
+[Mon Jan  5 10:03:00 2026]
+Finished jobid: 1 (Rule: table1_first_seed)
+
+[Mon Jan  5 10:09:00 2026]
+rule table1:
+    output: r/table1.csv
+    jobid: 2
+
+[Mon Jan  5 10:09:30 2026]
+Finished jobid: 2 (Rule: table1)
+""")
+    s = timing.summary(log, tmp_path)
+    assert s["answers"] == {"table1_first_seed": 180.0, "table1": 570.0}
+    assert "Answers: table 1 of the first seed after 3.0 min; the full table 1 after 9.5 min." in timing.markdown(s)

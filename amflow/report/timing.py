@@ -32,6 +32,8 @@ import pandas as pd
 from amflow.errors import AmflowError
 from amflow.evaluate.reuse import REUSED_FROM
 
+# The rules whose tables answer the run's question, first to last: when each finished is the time to it.
+ANSWERS = {"table1_first_seed": "table 1 of the first seed", "table1": "the full table 1"}
 STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
 RULE = re.compile(r"^(?:local)?rule (\w+):$")
 FINISHED = re.compile(r"^Finished jobid: (\d+) \(Rule: (\w+)\)$")
@@ -211,7 +213,9 @@ def summary(log: Path, root: Path = Path(".")) -> dict:
     path = critical_path(jobs)
     stages = stage_table(jobs, root)
     cpu = float(stages["cpu_s_sum"].sum())
-    return {"log": str(log), "wall_s": (max(ended) - start).total_seconds() if ended else None,
+    # When each answer was there: table 1 of the first seed, then the full table (rule -> seconds from start).
+    answers = {j.rule: (j.end - start).total_seconds() for j in jobs if j.rule in ANSWERS and j.end is not None}
+    return {"log": str(log), "wall_s": (max(ended) - start).total_seconds() if ended else None, "answers": answers,
             "jobs": len(jobs), "unfinished": sum(j.end is None for j in jobs), "stages": stages,
             "cpu_s": cpu, "overhead_cpu_s": cpu - float(stages["learning_cpu_s"].sum()),
             "critical_path": [{"rule": j.rule, "output": j.outputs[0] if j.outputs else "",
@@ -234,8 +238,11 @@ def markdown(s: dict) -> str:
     total = "unknown" if s["wall_s"] is None else f"{s['wall_s']:.0f} s ({s['wall_s'] / 60:.1f} min)"
     overhead = ("unknown (no benchmark files)" if not s["cpu_s"] else
                 f"{s['overhead_cpu_s']:.0f} of {s['cpu_s']:.0f} CPU s ({100 * s['overhead_cpu_s'] / s['cpu_s']:.0f}%)")
+    answers = "; ".join(f"{what} after {s['answers'][rule] / 60:.1f} min" for rule, what in ANSWERS.items()
+                        if rule in s.get("answers", {}))
     return "\n".join([f"Wall time: {total}, {s['jobs']} jobs"
-                      + (f" ({s['unfinished']} unfinished)" if s["unfinished"] else "") + ".", "",
+                      + (f" ({s['unfinished']} unfinished)" if s["unfinished"] else "") + "."
+                      + (f" Answers: {answers}." if answers else ""), "",
                       f"Overhead: {overhead} outside training epochs and evaluation forward passes.", "",
                       stages.to_markdown(index=False, disable_numparse=True), "",
                       f"Critical path (log stamps, 1 s resolution): {chain}."])
