@@ -241,7 +241,8 @@ def job_to_stage(job, params_file: str, folder_outs: list[str], chain: list[tupl
         stage["params"] = tracked
     metrics, plots, plain = [], [], []
     for out in outs:
-        if Path(out).name in METRIC_NAMES:
+        # the training job's copy of the evaluation (evaluated_in_training/) is not a second metric
+        if Path(out).name in METRIC_NAMES and paths.TRAINING_EVALUATION_DIR not in Path(out).parts:
             metrics.append(out)
         elif job.rule.name in CONFUSION_RULES and out == str(job.output.predictions):
             w = dict(job.wildcards)
