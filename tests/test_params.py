@@ -306,3 +306,32 @@ def test_an_unknown_key_gets_the_known_key_it_is_closest_to(capsys, monkeypatch)
         err = capsys.readouterr().err
         assert err.startswith(f"error: --set {typo}=1 (on params/tiny.yaml): invalid params"), err
         assert (f"did you mean '{meant}'?" in err) if meant else ("did you mean" not in err), err
+
+
+def test_planning_lists_the_ablation_runs_once_and_sizes_the_backbone_without_building_its_weights(monkeypatch):
+    """Snakemake looks an ablation run up for every wildcard: the runs are listed once per params, and a
+    backbone whose kwargs leave out its depth is measured once, on the meta device (no weights)."""
+    import timm
+    import torch
+
+    from amflow import workflow_plan
+
+    p = load_params(ROOT / "params" / "k400.yaml")  # vit_base (12 blocks), kwargs without depth
+    listed, built = [], []
+    real_runs, real_create = workflow_plan.ablation_runs, timm.create_model
+    monkeypatch.setattr(workflow_plan, "ablation_runs", lambda params: listed.append(1) or real_runs(params))
+
+    def create(*args, **kwargs):
+        model = real_create(*args, **kwargs)
+        built.append(next(model.parameters()).device)
+        return model
+
+    monkeypatch.setattr(timm, "create_model", create)
+    workflow_plan._timm_depth.cache_clear()
+    monkeypatch.setattr(workflow_plan, "_ABLATION_INDEX", {})
+    runs = real_runs(p)
+    assert {r.overrides["model.adapter.blocks"][0] for r in runs if r.axis == "blocks"} == \
+        {12 - n for n in p.ablations.num_blocks}
+    for r in runs * 3:
+        assert workflow_plan.find_ablation(p, r.axis, r.value, r.dataset, r.seed) == r
+    assert len(listed) == 1 and built == [torch.device("meta")]
