@@ -14,7 +14,8 @@ configfile: "params/default.yaml"
 include: "workflow/rules/common.smk"
 
 
-# The default target: `snakemake --cores 8` builds table 1 of the params in use.
+# The default target: `snakemake --cores 8` builds table 1 of the params in use (and, first, table 1 of
+# its first seed alone: rule table1_first_seed).
 rule all:
     input:
         f"{RESULTS}/{paths.TABLE1_FIRST_SEED_CSV}",

@@ -377,3 +377,21 @@ def test_more_cores_than_the_machine_has_start_no_more_jobs_than_its_cores(tmp_p
     out = run(["taskset", "-c", "0", BIN / "snakemake", *args, "--resources", "cpu_slots=2"], asked,
               env=project_env(asked, AMFLOW_TRACKING="0"))
     assert _most_jobs_at_once(out.stdout + out.stderr) == 2
+
+
+def test_the_first_seeds_runs_and_table_go_before_the_other_seeds(project):
+    """`snakemake` (the default target) plans table1_first_seed.csv, and gives the first seed's trainings and
+    evaluations a higher priority than the other seeds' runs, so its one-seed table 1 is complete first."""
+    out = snakemake(project, "-n")
+    assert job_counts(out)["table1_first_seed"] == 1
+    blocks = re.split(r"\n(?=\[)", out.stdout + out.stderr)
+    runs = [b for b in blocks if re.search(r"^rule (train|evaluate):", b, re.M)]
+    p = load_params(ROOT / "params" / "default.yaml")
+    assert len(runs) == 2 * len(p.table_datasets) * len(p.methods) * len(p.seeds)
+    for block in runs:
+        seed = int(re.search(r"seed=(\d+)", block).group(1))
+        priority = re.search(r"^\s+priority: (\d+)", block, re.M)
+        first = int(priority.group(1)) if priority else 0
+        assert (first > 0) == (seed == p.seeds[0]), block[:300]
+    table = next(b for b in blocks if re.search(r"^rule table1_first_seed:", b, re.M))
+    assert int(re.search(r"^\s+priority: (\d+)", table, re.M).group(1)) > 0
