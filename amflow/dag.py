@@ -50,9 +50,9 @@ import yaml
 from amflow import io
 from amflow import paths
 from amflow.errors import AmflowError
+from amflow.digest import digest_differences, params_digest
 from amflow.import_graph import PACKAGE, command_files
 from amflow.params_io import deep_merge, load_params, read_yaml, set_dotted, validate
-from amflow.runs import digest_differences, params_digest
 from amflow.workflow_plan import find_ablation
 
 DEFAULT_PARAMS = "params/default.yaml"
@@ -241,7 +241,8 @@ def job_to_stage(job, params_file: str, folder_outs: list[str], chain: list[tupl
         stage["params"] = tracked
     metrics, plots, plain = [], [], []
     for out in outs:
-        if Path(out).name in METRIC_NAMES:
+        # the training job's copy of the evaluation (evaluated_in_training/) is not a second metric
+        if Path(out).name in METRIC_NAMES and paths.TRAINING_EVALUATION_DIR not in Path(out).parts:
             metrics.append(out)
         elif job.rule.name in CONFUSION_RULES and out == str(job.output.predictions):
             w = dict(job.wildcards)

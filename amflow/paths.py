@@ -67,6 +67,11 @@ PER_CLASS_CSV = "per_class.csv"
 PREDICTIONS_CSV = "predictions.csv"
 CONFUSION_PNG = "confusion.png"
 CURVES_PNG = "curves.png"
+EVALUATION_FILES = (SCORES_JSON, PER_CLASS_CSV, PREDICTIONS_CSV, CONFUSION_PNG, CURVES_PNG, METRICS_JSON)  # last: marks it complete
+# `amflow train --evaluate` evaluates the run in the training's process, into this folder of the run
+# folder; `amflow evaluate` takes that evaluation when it was made from the same checkpoint with the same
+# params (amflow.evaluate.reuse), and evaluates again otherwise.
+TRAINING_EVALUATION_DIR = "evaluated_in_training"
 # The plots folder (plots_dir):
 HEATMAPS_PNG = "amflow_heatmaps.png"
 HEATMAPS_GIF = "amflow_heatmaps.gif"
@@ -75,6 +80,7 @@ CONVERGENCE_PNG = "convergence.png"
 ACCURACY_PNG = "accuracy.png"
 # A params file's results folder (results_root):
 TABLE1_CSV = "table1.csv"
+TABLE1_FIRST_SEED_CSV = "table1_first_seed.csv"  # table 1 of the first seed alone: the run's first answer
 ABLATIONS_CSV = "ablations.csv"
 FAIR_TEST_CSV = "fair_test.csv"
 REPORT_MD = "report.md"

@@ -13,8 +13,6 @@ describes (the same dataset, method, seed, last epoch and digest). Each refusal 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -23,6 +21,7 @@ import torch
 
 from amflow import io, methods, paths
 from amflow.camera.rules import resolve_variant
+from amflow.digest import params_digest
 from amflow.data.clips import Normalise
 from amflow.data.still_clips import still_clips
 from amflow.errors import AmflowError
@@ -75,41 +74,6 @@ def uses_oracle(params: Params, method: str, variant: str) -> bool:
     footprint or rank_matched)."""
     return (methods.get(method).ground_truth_controls and variant != "none"
             and params.model.am_flow.control in GROUND_TRUTH_CONTROLS)
-
-
-def digest_doc(params: Params, dataset: str) -> dict:
-    """Everything that defines this run's training (not workers, threads, device or tracking), the
-    contents of a list dataset's lists included: what :func:`params_digest` hashes."""
-    train = params.train.model_dump(mode="json")
-    for key in ("num_workers", "threads", "device"):
-        train.pop(key, None)
-    # Test views only matter to evaluation (validation always uses one view).
-    sampling = params.sampling_for(dataset).model_dump(mode="json", exclude={"test_clips", "test_crops"})
-    spec = params.dataset(dataset)
-    doc = {"dataset": spec.model_dump(mode="json"), "sampling": sampling,
-           "backbone": params.backbone.model_dump(mode="json"),
-           "model": params.model.model_dump(mode="json"), "train": train}
-    lists = paths.lists_digest(spec)
-    if lists is not None:  # a dataset given as lists is also its lists' contents (the other keys stay as they were)
-        doc["dataset_lists"] = lists
-    return doc
-
-
-def params_digest(params: Params, dataset: str) -> str:
-    """Hash of :func:`digest_doc`. A training state is only resumed under the same digest, so a run
-    folder never mixes two settings."""
-    return hashlib.sha256(json.dumps(digest_doc(params, dataset), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def digest_differences(used: Params, other: Params, dataset: str) -> dict[str, tuple]:
-    """The dotted keys of :func:`digest_doc` whose values differ, ``key -> (used, other)``."""
-    def flat(node, prefix=""):
-        if isinstance(node, dict):
-            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
-        return {prefix[:-1]: node}
-
-    a, b = flat(digest_doc(used, dataset)), flat(digest_doc(other, dataset))
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
 def build_run_model(params: Params, dataset: str, method: str, num_classes: int, variant: str,

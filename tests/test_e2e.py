@@ -305,6 +305,28 @@ def test_changed_train_param_retrains_the_run(project, tmp_path):
     assert "lr: 0.002" in saved
 
 
+@pytest.mark.slow
+def test_a_changed_test_view_reruns_the_evaluation_alone(project, params, tmp_path):
+    """The training job evaluated its run in its own process, and the evaluation job copied that; a changed
+    test view reruns the evaluation job alone, which evaluates again (it cannot copy an evaluation made
+    with other views)."""
+    run = project / TINY_RESULTS / "synth_static/frame/seed0"
+    first = metrics_of(run / "metrics.json")
+    assert first["evaluation_reused_from"] == "evaluated_in_training" and first["views"] == 1
+    assert metrics_of(run / "evaluated_in_training/metrics.json")["top1"] == first["top1"]
+    work = copy_of(project, tmp_path / "project")
+    target = f"{TINY_RESULTS}/table1.csv"
+    override = ("--config", "sampling={test_clips: 2}")
+    counts = job_counts(snakemake(work, "-n", "--cores", "2", target, *TINY, *override))
+    from amflow.workflow_plan import table_runs
+
+    assert "train" not in counts and counts["evaluate"] == len(table_runs(params))
+    snakemake(work, "--cores", "2", target, *TINY, *override)
+    again = metrics_of(work / TINY_RESULTS / "synth_static/frame/seed0/metrics.json")
+    assert again["views"] == 2 and "evaluation_reused_from" not in again
+    assert again["evaluated_with"]["checkpoint_sha256"] == first["evaluated_with"]["checkpoint_sha256"]
+
+
 # --------------------------------------------------------------------------- the Snakemake way
 @pytest.mark.slow
 def test_config_override_reaches_the_run(project, tmp_path):

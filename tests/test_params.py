@@ -334,7 +334,7 @@ SHIPPED_KEYS = {
 
 def test_every_shipped_dataset_keeps_its_data_key_and_run_digest(monkeypatch):
     from amflow.paths import dataset_key
-    from amflow.runs import params_digest
+    from amflow.digest import params_digest
 
     files = {f.name: f for f in (ROOT / "params").glob("*.yaml")}
     found = {}
@@ -345,3 +345,32 @@ def test_every_shipped_dataset_keeps_its_data_key_and_run_digest(monkeypatch):
         p = load_params(path)
         found.update({f"{name}:{d}": (dataset_key(p, d), params_digest(p, d)) for d in p.datasets})
     assert found == SHIPPED_KEYS
+
+
+def test_planning_lists_the_ablation_runs_once_and_sizes_the_backbone_without_building_its_weights(monkeypatch):
+    """Snakemake looks an ablation run up for every wildcard: the runs are listed once per params, and a
+    backbone whose kwargs leave out its depth is measured once, on the meta device (no weights)."""
+    import timm
+    import torch
+
+    from amflow import workflow_plan
+
+    p = load_params(ROOT / "params" / "k400.yaml")  # vit_base (12 blocks), kwargs without depth
+    listed, built = [], []
+    real_runs, real_create = workflow_plan.ablation_runs, timm.create_model
+    monkeypatch.setattr(workflow_plan, "ablation_runs", lambda params: listed.append(1) or real_runs(params))
+
+    def create(*args, **kwargs):
+        model = real_create(*args, **kwargs)
+        built.append(next(model.parameters()).device)
+        return model
+
+    monkeypatch.setattr(timm, "create_model", create)
+    workflow_plan._timm_depth.cache_clear()
+    monkeypatch.setattr(workflow_plan, "_ABLATION_INDEX", {})
+    runs = real_runs(p)
+    assert {r.overrides["model.adapter.blocks"][0] for r in runs if r.axis == "blocks"} == \
+        {12 - n for n in p.ablations.num_blocks}
+    for r in runs * 3:
+        assert workflow_plan.find_ablation(p, r.axis, r.value, r.dataset, r.seed) == r
+    assert len(listed) == 1 and built == [torch.device("meta")]

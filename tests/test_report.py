@@ -219,7 +219,8 @@ def test_write_heatmaps_end_to_end(tmp_path):
 
     from amflow.params_io import validate
     from amflow.train import checkpoint as ckpt
-    from amflow.runs import build_run_model, params_digest, run_paths
+    from amflow.digest import params_digest
+    from amflow.runs import build_run_model, run_paths
     from standins_train import make_tiny_dataset
 
     data, results = tmp_path / "data", tmp_path / "results"

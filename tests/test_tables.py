@@ -111,6 +111,19 @@ def test_single_seed_has_empty_std(tmp_path):
     assert t.loc[0, "top1_pct_mean"] == "40.00"
 
 
+def test_the_first_seeds_table_is_table1_of_seed_0_alone_before_seed_1_exists(tmp_path):
+    p = small_params()
+    write_runs(small_params(seeds=[0]), tmp_path)  # only seed 0 has run
+    with pytest.raises(AmflowError):
+        tables.write_tables(p, tmp_path, which="table1")
+    first = tables.write_tables(p, tmp_path, which="table1_first_seed")
+    assert first == [tmp_path / paths.TABLE1_FIRST_SEED_CSV]
+    t = read_csv(first[0])
+    assert list(t.columns) == TABLE1_COLUMNS and set(t["n_seeds"]) == {"1"}
+    tpa = t[(t["dataset"] == "synth_static") & (t["method"] == "tpa")].iloc[0]
+    assert tpa["top1_pct_mean"] == "60.00"  # seed 0's top-1 (TOP1), not a mean over seeds
+
+
 def test_tables_are_pure(tmp_path):
     p = small_params()
     write_runs(p, tmp_path)

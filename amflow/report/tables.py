@@ -306,7 +306,8 @@ def ablation_axis_file(results_dir: Path, axis: str) -> Path:
 
 def write_tables(params: Params, results_dir: Path, which: str = "table1") -> list[Path]:
     """``which``: ``table1`` -> ``plots/convergence.png``, ``plots/accuracy.png``, then ``table1.csv``
-    (last); ``ablations`` -> one ``ablation_<axis>.csv`` per
+    (last); ``table1_first_seed`` -> ``table1_first_seed.csv``, table 1 of the params' first seed alone (the
+    run's first answer, complete long before the other seeds' runs); ``ablations`` -> one ``ablation_<axis>.csv`` per
     axis with runs, then ``ablations.csv`` (last: the file Snakemake waits for). Returns the paths."""
     results_dir = Path(results_dir)
     if which == "table1":
@@ -316,8 +317,13 @@ def write_tables(params: Params, results_dir: Path, which: str = "table1") -> li
         # the figures read the table back, so they show its rounded numbers
         figures = plots.write_plots(params, results_dir, read_table(path, ""), loaded)
         return [*figures.values(), path]
+    if which == "table1_first_seed":
+        first = params.model_copy(update={"seeds": params.seeds[:1]})
+        path = results_dir / paths.TABLE1_FIRST_SEED_CSV
+        io.write_text(path, to_csv_text(table1(first, results_dir)))
+        return [path]
     if which != "ablations":
-        raise AmflowError(f"amflow tables --which {which}: expected table1 or ablations")
+        raise AmflowError(f"amflow tables --which {which}: expected table1, table1_first_seed or ablations")
     table = ablation_table(params, results_dir)
     written = []
     for axis in AXES:

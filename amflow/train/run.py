@@ -39,8 +39,8 @@ from amflow.models import clip_gflops
 from amflow.models.inference import single_view
 from amflow.params import Params
 from amflow.paths import CHECKPOINT, PARAMS_YAML, TRAIN_JSON, TRAIN_LOG, TRAIN_STATE
-from amflow.runs import (RunPaths, build_run_model, measure_noise_levels, params_digest, resolve_method_variant,
-                         run_paths, uses_oracle)
+from amflow.digest import params_digest
+from amflow.runs import RunPaths, build_run_model, measure_noise_levels, resolve_method_variant, run_paths, uses_oracle
 from amflow.train.distributed import init_distributed
 from amflow.train.trainer import Trainer
 

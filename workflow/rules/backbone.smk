@@ -16,6 +16,7 @@ if P.backbone.weights == "pretrain":
         priority: 20  # the critical path: every training waits for the backbone, only amflow for the camera
         threads: JOB_CORES
         resources:
+            cpu_slots=held_slots,
             gpu=GPUS_PER_JOB,
         log:
             f"{LOGS}/pretrain_backbone.log",

@@ -16,6 +16,8 @@ rule camera_motion:
         file=params_file,
         dvc_params=tracked("datasets.{dataset}", "camera_motion"),
     threads: JOB_CORES
+    resources:
+        cpu_slots=held_slots,
     log:
         f"{LOGS}/camera_motion/{{dataset}}.log",
     benchmark:

@@ -10,7 +10,8 @@ import sys
 from amflow import methods, paths
 from amflow.import_graph import command_files
 from amflow.parallel import usable_cores
-from amflow.params import GROUND_TRUTH_CONTROLS
+from amflow.digest import TEST_VIEW_KEYS
+from amflow.params import GROUND_TRUTH_CONTROLS, SamplingSpec
 from amflow.params_io import ParamsError, resolve_workflow_config, validate, write_resolved
 from amflow.workflow_plan import ablation_runs, find_ablation, reference_runs, table_runs
 
@@ -45,6 +46,18 @@ BENCH = str(paths.benchmarks_root("benchmarks", P.name))
 # OMP_NUM_THREADS, which torch and amflow's worker pools follow, so a job never starts more threads than
 # cores (more only thrash); with fewer --cores Snakemake scales it down, and cluster profiles set their own.
 JOB_CORES = min(8, usable_cores())
+# Jobs at once: every job holds its threads of CPU_SLOTS, which is this machine's cores (a local run),
+# whatever --cores says: `--cores 8` on 2 cores would otherwise start 8 single-thread trainings of about
+# 1.1 GB each, slower together than two at a time. `--resources cpu_slots=N` asks for N; a machine with 8
+# or 64 cores gets them all, and a cluster run (its jobs on other machines) is not capped here.
+CPU_SLOTS = "cpu_slots"
+if workflow.local_exec and CPU_SLOTS not in workflow.global_resources:
+    workflow.global_resources[CPU_SLOTS] = usable_cores()
+
+
+def held_slots(wildcards, threads):
+    """Every rule's ``resources: cpu_slots``: a job holds one slot per thread (see CPU_SLOTS)."""
+    return threads
 
 
 wildcard_constraints:
@@ -158,6 +171,17 @@ def launcher(wildcards, resources):
     return "amflow"
 
 
+# The first seed's runs and its table 1 go before the other seeds' runs: a complete one-seed table 1 is
+# the run's first answer (rule table1_first_seed), the full table its last. Below the data, camera and
+# backbone stages (10, 20), which every run waits for.
+FIRST_SEED_PRIORITY = 5
+
+
+def first_seed_first(wildcards):
+    """The priority of a table run's training and evaluation jobs (see FIRST_SEED_PRIORITY)."""
+    return FIRST_SEED_PRIORITY if int(wildcards.seed) == P.seeds[0] else 0
+
+
 def ablation(wildcards):
     return find_ablation(P, wildcards.axis, wildcards.value, wildcards.dataset, wildcards.seed)
 
@@ -170,6 +194,16 @@ def run_dir_of(wildcards, output):
 def caption(name):
     """A report caption, workflow/report/<name>.rst (paths in rules are relative to workflow/rules/)."""
     return f"../report/{name}.rst"
+
+
+# The sampling keys a training depends on: all but the test views (amflow.digest.TEST_VIEW_KEYS).
+TRAINING_SAMPLING = [f"sampling.{k}" for k in SamplingSpec.model_fields if k not in TEST_VIEW_KEYS]
+
+
+def training_evaluation(run_dir):
+    """The folder of evaluation files that `amflow train --evaluate` writes (one out, not six: each is
+    repeated in every DVC stage family)."""
+    return {"trained_evaluation": directory(f"{run_dir}/{paths.TRAINING_EVALUATION_DIR}")}
 
 
 def evaluation_outputs(run_dir, category):

@@ -12,6 +12,8 @@ rule ground_truth:
         file=params_file,
         dvc_params=tracked("datasets.{dataset}"),
     threads: 1
+    resources:
+        cpu_slots=held_slots,
     log:
         f"{LOGS}/ground_truth/{{dataset}}-{{spec}}.log",
     benchmark:
@@ -37,6 +39,8 @@ rule localise:
         file=params_file,
         dvc_params=tracked("datasets.{dataset}", "sampling", "backbone", "model.am_flow"),
     threads: JOB_CORES
+    resources:
+        cpu_slots=held_slots,
     log:
         f"{LOGS}/localise/{{dataset}}.log",
     benchmark:
