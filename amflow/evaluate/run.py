@@ -169,13 +169,13 @@ def evaluate_run(params: Params, *, dataset: str, method: str, seed: int, data_d
     # One writer per run folder: not while a training (or another evaluation) of it is running; the
     # lock comes first, so that an evaluation beside a running training names it.
     with io.exclusive_folder(paths.run_dir, f"amflow evaluate --dataset {dataset} --method {method} --seed {seed}"):
-        run = load_trained_run(paths.run_dir, params, dataset=dataset, make=train_command)
+        run = load_trained_run(paths.run_dir, params, dataset=dataset, method=method, seed=seed, make=train_command)
         return _evaluate_locked(params, paths, run, dataset=dataset, method=method, seed=seed, progress=progress)
 
 
 def _evaluate_locked(params: Params, paths, run, *, dataset: str, method: str, seed: int, progress: bool) -> dict:
     train_info, compat = run.info, run.compat
-    tracker = tracking.Tracker.open_existing(paths.run_dir, params)  # an unreachable server fails here
+    tracker = tracking.reopen_run(paths.run_dir)  # an unreachable server fails here
     variant, identity_for_static = compat["am_flow_variant"], bool(compat["identity_for_static"])
     classes = list(compat["classes"])
     sampling = params.sampling_for(dataset)
