@@ -118,22 +118,30 @@ def check_complete(run_dir: Path, make: str) -> None:
 
 
 def check_digest(state: dict, expected: identity.Identity, source: Path, trained_params: Path) -> None:
-    """Refuse weights that are not the run ``expected`` (another run, or other params; a missing digest
+    """Refuse weights trained with params other than those of the run ``expected`` (a missing digest
     counts as other)."""
     recorded = state["meta"].get("compat", {}).get("params_digest")
     if recorded != expected.digest:
-        names = ", ".join(f"{k} {v}" for k, v in expected.names.items())
-        raise AmflowError(f"{source}: these weights are not those of the run {names} with these params (digest "
-                          f"{recorded} vs {expected.digest} now); use the params it was trained with "
-                          f"({trained_params}), or retrain it with the other params")
+        raise AmflowError(f"{source}: this run was trained with different params (digest {recorded} vs "
+                          f"{expected.digest} now); use the params it was trained with ({trained_params}), or "
+                          f"retrain it with the other params")
+
+
+def _refuse_other(checkpoint: Path, found: dict, other: dict, other_name: str, label: str, run_dir: Path) -> None:
+    differ = [k for k in found if found[k] != other[k]]
+    if differ:
+        raise AmflowError(f"{checkpoint}: not the checkpoint {other_name} "
+                          f"({', '.join(f'{k} {found[k]}' for k in differ)}; "
+                          f"{label}: {', '.join(f'{k} {other[k]}' for k in differ)}); restore the run's own "
+                          f"checkpoint, or delete {run_dir} and retrain")
 
 
 def load_trained_run(run_dir: Path, params: Params, *, make: str, dataset: Optional[str] = None,
                      method: Optional[str] = None, seed: Optional[int] = None) -> TrainedRun:
     """The finished run in ``run_dir``, checked against ``params`` under the module's one policy.
 
-    ``dataset``, ``method`` and ``seed`` default to those the checkpoint records; ``make`` is the command
-    that (re)makes the run, for the error of an unfinished one."""
+    ``dataset``, ``method`` and ``seed`` (the run asked for) default to those the checkpoint records;
+    ``make`` is the command that (re)makes the run, for the error of an unfinished one."""
     run_dir = Path(run_dir)
     check_complete(run_dir, make)
     train_json, checkpoint = run_dir / paths.TRAIN_JSON, run_dir / paths.CHECKPOINT
@@ -146,19 +154,15 @@ def load_trained_run(run_dir: Path, params: Params, *, make: str, dataset: Optio
                           f"(or the pipeline): it restores the checkpoint from {paths.TRAIN_STATE}, or trains again")
     state = ckpt.load_checkpoint(checkpoint)
     compat = state["meta"].get("compat", {})
-    expected = identity.training(params, dataset or compat.get("dataset"), method or compat.get("method"),
-                                 compat.get("seed") if seed is None else seed)
-    check_digest(state, expected, run_dir, run_dir / paths.PARAMS_YAML)
-    # The checkpoint must be the one train.json describes: the same run and params (the digest names
-    # both), and its last epoch.
-    found = {"params digest": compat.get("params_digest"), "epoch": state["epoch"]}
-    described = {"params digest": info.get("params_digest"), "epoch": info.get("epochs")}
-    differ = [k for k in found if found[k] != described[k]]
-    if differ:
-        raise AmflowError(f"{checkpoint}: not the checkpoint that {train_json} describes "
-                          f"({', '.join(f'{k} {found[k]}' for k in differ)}; "
-                          f"train.json: {', '.join(f'{k} {described[k]}' for k in differ)}); restore the run's own "
-                          f"checkpoint, or delete {run_dir} and retrain")
+    recorded = {k: compat.get(k) for k in ("dataset", "method", "seed")}  # the run's identity, in its checkpoint
+    asked = {"dataset": dataset or recorded["dataset"], "method": method or recorded["method"],
+             "seed": recorded["seed"] if seed is None else int(seed)}
+    _refuse_other(checkpoint, recorded, asked, "of this run", "the run", run_dir)
+    check_digest(state, identity.training(params, **asked), run_dir, run_dir / paths.PARAMS_YAML)
+    # train.json names its checkpoint by the digest (the same run and params) and the last epoch.
+    _refuse_other(checkpoint, {"params digest": compat.get("params_digest"), "epoch": state["epoch"]},
+                  {"params digest": info.get("params_digest"), "epoch": info.get("epochs")},
+                  f"that {train_json} describes", "train.json", run_dir)
     return TrainedRun(run_dir, info, state)
 
 

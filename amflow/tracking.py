@@ -1,29 +1,31 @@
-"""MLflow tracking: one experiment per (params file, dataset), one run per run folder, shared by train and evaluate.
+"""MLflow tracking, the store side: where the store is, checking and opening it (once per process),
+retrying a busy one, and one opener for the run of any stage (:func:`open_run`). Each stage builds
+what its run logs: its identity (:mod:`amflow.identity`, logged as the run's params), its metrics,
+artefacts and model.
 
 - Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``params.tracking.uri``, else
   ``sqlite:///<cwd>/mlflow.db``. For a sqlite store the artefacts go to ``mlartifacts/`` beside the
   database file (not wherever the process happens to run).
-- Experiment ``f"{tracking.experiment_prefix}-{params.name}-{dataset}"`` (so two params files never
-  share one); run name ``f"{method}-seed{seed}"`` (a run folder elsewhere than the standard one is
-  named by its path under the results folder). Every tag this project sets starts with ``amflow.``.
-- A run is found again by its key (the run folder under the results folder, tag ``amflow.run_key``)
-  and its params digest: a rerun with the same params reuses its MLflow run (resume, or an attempt
-  that died before logging an epoch) or replaces it; a run with other params is a new run, and the
+- Experiment ``f"{tracking.experiment_prefix}-{params.name}-{experiment}"``, ``experiment`` a dataset
+  (or ``pretrain_images``), so two params files never share one. Every tag this project sets starts
+  with ``amflow.``.
+- A run is found again by its key (a run folder under the results folder, tag ``amflow.run_key``)
+  and its identity's digest: a rerun with the same params reuses its MLflow run (resume, or an attempt
+  that died before logging anything) or replaces it; a run with other params is a new run, and the
   old one stays as the record of what ran, tagged superseded (:func:`_reuse_or_replace`). A run left
   RUNNING by an attempt that died is marked KILLED when the next attempt starts.
-- Training logs params (its own dataset's, not the whole file's), tags, the frame manifest as an
-  MLflow dataset input, one batched call of metrics per epoch and, at the end, the model (an MLflow
-  pyfunc, :mod:`amflow.evaluate.mlflow_model`); evaluation reopens the same run from
-  ``mlflow_run.json`` and logs the test metrics and artefacts.
+- Training records its run id in the run folder (``mlflow_run.json``); evaluation reopens that run
+  (:func:`reopen_run`) and logs the test metrics and artefacts.
 - An http(s) server is probed before anything else (``/health`` and one API call, short timeouts, no
   retries), and MLflow's own HTTP retries are bounded (:data:`ENV_DEFAULTS`), so an unreachable or
   failing server stops the stage within seconds, with an :class:`AmflowError` naming the URI.
 - Opening a run and the final logging retry, with a bound, on a store that is busy ("database is
   locked": sqlite on a shared filesystem); see :func:`with_retries`.
-- ``AMFLOW_TRACKING=0`` switches tracking off (unit tests whose subject is not tracking).
+- ``AMFLOW_TRACKING=0`` switches tracking off: :func:`open_run` then returns a :class:`NullTracker`,
+  which takes every call and does nothing, so a stage never asks whether tracking is on.
 
-Everything here talks to one explicit ``MlflowClient``, never to mlflow's global "active run", so
-several runs in one process (sweeps, tests) cannot step on each other.
+Everything here talks to one explicit ``MlflowClient`` per store, never to mlflow's global "active
+run", so several runs in one process (sweeps, tests) cannot step on each other.
 """
 from __future__ import annotations
 

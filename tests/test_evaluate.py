@@ -185,8 +185,8 @@ def test_evaluate_refuses_another_seeds_checkpoint(trained, tmp_path):
     with pytest.raises(AmflowError) as err:
         evaluate_run(shared, progress=False, run_dir=runs[1], **{**kw, "seed": 1})
     msg = str(err.value)
-    assert msg.startswith(f"{runs[1] / paths.CHECKPOINT}: not the checkpoint that {runs[1] / paths.TRAIN_JSON}"), msg
-    assert "(seed 0; train.json: seed 1)" in msg and "\n" not in msg
+    assert msg.startswith(f"{runs[1] / paths.CHECKPOINT}: not the checkpoint of this run"), msg
+    assert "(seed 0; the run: seed 1)" in msg and "\n" not in msg
     assert not (runs[1] / paths.METRICS_JSON).exists()
 
 

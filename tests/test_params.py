@@ -88,7 +88,7 @@ def _child(tmp_path, text: str, name: str = "child.yaml") -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", [".", "", "..", "a/b", "frames", "Motion", "pretrain_images"])
+@pytest.mark.parametrize("name", [".", "", "..", "a/b", "backbone", "Plots", "ablations", "sweeps"])
 def test_a_dataset_name_that_is_not_a_plain_folder_name_is_refused(tmp_path, name):
     data = resolve_raw(ROOT / "params/tiny.yaml")
     data["datasets"][name] = data["datasets"]["synth_static"]
@@ -97,6 +97,20 @@ def test_a_dataset_name_that_is_not_a_plain_folder_name_is_refused(tmp_path, nam
     msg = str(err.value)
     assert str(tmp_path / "bad.yaml") in msg and f"dataset name {name!r}" in msg
     assert "(got {" not in msg  # not the whole datasets section echoed back, cut short
+
+
+def test_the_reserved_names_are_the_folders_beside_the_dataset_folders(tmp_path):
+    """Only a folder that the layout writes beside a dataset's results folder is reserved; the names of
+    folders elsewhere (under data/ a dataset's folders carry their spec hash) stay free."""
+    from amflow import paths
+
+    root = tmp_path / "results" / "tiny"
+    beside = {p.relative_to(root).parts[0] for p in (
+        paths.backbone_file(root), paths.ablation_run_dir(root, "tpu", "tcn", "d", 0), paths.sweep_dir(root, "d", "m"),
+        paths.plots_dir(root) / paths.HEATMAPS_PNG)}
+    assert set(paths.RESERVED_NAMES) == beside
+    for name in ("frames", "motion", "pretrain_images", "groundtruth"):
+        assert paths.dataset_name_problem(name) is None, name
 
 
 EDGE_CASES = {
