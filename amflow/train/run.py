@@ -30,6 +30,7 @@ import torch
 import yaml
 
 from amflow import identity, io, tracking
+from amflow import paths as amflow_paths
 from amflow.data.annotations import read_classes
 from amflow.data.clips import ClipDataset
 from amflow.data.frame_cache import MANIFEST
@@ -37,7 +38,6 @@ from amflow.errors import AmflowError
 from amflow.evaluate.metrics import epochs_to_fraction
 from amflow.models import clip_gflops
 from amflow.models.inference import single_view
-from amflow import paths as amflow_paths
 from amflow.params import Params
 from amflow.paths import CHECKPOINT, PARAMS_YAML, TRAIN_JSON, TRAIN_LOG, TRAIN_STATE
 from amflow.runs import RunPaths, build_run_model, measure_noise_levels, resolve_method_variant, run_paths, uses_oracle
@@ -81,8 +81,8 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
     ``callbacks`` get each epoch's record (rank 0, after the state is saved); one may raise to end the run
     (a sweep's pruner, say): the exception propagates, the training state stays, and the MLflow run is
     marked KILLED rather than FAILED. ``parent_run_id`` nests the MLflow run (sweep trials); ``tags``
-    are added to it; ``run_name`` names it (default ``<method>-seed<seed>``, or the run folder's path under the results folder);
-    ``log_model=False`` logs no model into it (a sweep logs its best trial's model once, at the end).
+    are added to it; ``run_name`` names it (default ``<method>-seed<seed>``, or the run folder's path
+    under the results folder when it lies elsewhere); ``log_model=False`` logs no model into it (a sweep logs its best trial's model once, at the end).
 
     Returns the content of ``train.json`` (or, when stopped early by the test hook, a dict with
     ``status: stopped`` and the history so far; ``train.json`` is then not written).
