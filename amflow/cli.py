@@ -157,7 +157,7 @@ def cmd_evaluate(args) -> None:
     _dataset_key(p, args.dataset)  # an unknown dataset: one line naming it
     results = _results(args, p)
     run_dir = args.run_dir or paths.run_dir(results, args.dataset, args.method, args.seed)
-    if reuse_training_evaluation(p, args.dataset, run_dir) is not None:
+    if reuse_training_evaluation(p, args.dataset, args.method, args.seed, run_dir) is not None:
         print(f"evaluate {run_dir}: the evaluation made by its training, same checkpoint and params", file=sys.stderr)
         return
     from amflow.evaluate.run import evaluate_run  # imports torch and the models: only to evaluate

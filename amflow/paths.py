@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from amflow import io
 from amflow.errors import AmflowError
 
-if TYPE_CHECKING:  # typing only: amflow.params imports nothing from here
+if TYPE_CHECKING:  # typing only: amflow.params imports the dataset name rules from here (a cycle at run time)
     from amflow.params import Params
 
 SPEC_HASH_CHARS = 8
@@ -30,9 +30,11 @@ SPEC_HASH_RE = rf"[0-9a-f]{{{SPEC_HASH_CHARS}}}"
 # A dataset name (and a params file's name) becomes a folder name under data/ and results/. The
 # Snakemake rules use the same pattern as their `dataset` wildcard constraint.
 DATASET_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_\-]*"
-# Folders of the layout itself: a dataset of one of these names would be written over them
-# (compared case-insensitively, for case-insensitive file systems).
-RESERVED_NAMES = ("frames", "motion", "pretrain_images", "backbone", "ablations", "sweeps", "plots")
+# The folders of a params file's results beside its dataset folders (results/<name>/<dataset>/): a
+# dataset of one of these names would be written over them (compared case-insensitively, for
+# case-insensitive file systems). Under data/ a dataset's folders carry its spec hash, and meet none.
+BACKBONE_DIR, ABLATIONS_DIR, SWEEPS_DIR, PLOTS_DIR = "backbone", "ablations", "sweeps", "plots"
+RESERVED_NAMES = (BACKBONE_DIR, ABLATIONS_DIR, SWEEPS_DIR, PLOTS_DIR)
 # The rules build their output patterns with the functions below, passing the wildcard itself.
 _WILDCARD = "{dataset}"
 
@@ -232,7 +234,7 @@ def localisation_dir(results_dir: Path, dataset: str) -> Path:
 
 
 def backbone_dir(results_dir: Path) -> Path:
-    return Path(results_dir) / "backbone"
+    return Path(results_dir) / BACKBONE_DIR
 
 
 def backbone_file(results_dir: Path) -> Path:
@@ -246,7 +248,7 @@ def run_dir(results_dir: Path, dataset: str, method: str, seed: int) -> Path:
 
 def ablation_run_dir(results_dir: Path, axis: str, value: str, dataset: str, seed: int) -> Path:
     check_dataset_name(dataset)
-    return Path(results_dir) / "ablations" / axis / str(value) / dataset / f"seed{seed}"
+    return Path(results_dir) / ABLATIONS_DIR / axis / str(value) / dataset / f"seed{seed}"
 
 
 
@@ -257,7 +259,7 @@ def ablation_table_file(results_dir: Path, axis: str) -> Path:
 
 def sweep_dir(results_dir: Path, dataset: str, method: str) -> Path:
     """An Optuna sweep's study, trials and best params."""
-    return Path(results_dir) / "sweeps" / dataset / method
+    return Path(results_dir) / SWEEPS_DIR / dataset / method
 
 
 def sweep_trial_dir(sweep_folder: Path, number: int) -> Path:
@@ -267,4 +269,4 @@ def sweep_trial_dir(sweep_folder: Path, number: int) -> Path:
 
 def plots_dir(results_dir: Path) -> Path:
     """The figures of a params file's results: heat maps, convergence and accuracy plots."""
-    return Path(results_dir) / "plots"
+    return Path(results_dir) / PLOTS_DIR

@@ -1,5 +1,5 @@
-"""A trained run: where its files are, the digest of the params that define it, its model, and loading
-it back with one compatibility policy.
+"""A trained run: where its files are, its model, and loading it back with one compatibility policy
+(what defines the run, and its digest: :func:`amflow.identity.training`).
 
 A run folder (:func:`amflow.paths.run_dir`, or ``--run-dir``) holds ``params.yaml``, ``train_state.pt``
 (every epoch), ``train_log.csv``, ``checkpoint.pt`` and ``train.json`` (written once training is
@@ -9,7 +9,7 @@ and its companions; the names are :mod:`amflow.paths`'s.
 The policy (:func:`load_trained_run`), for evaluation, prediction and the heat maps alike: training is
 complete (``train.json`` exists); the checkpoint records the params digest of the params it is used with
 (a missing digest is refused like a different one); and the checkpoint is the one ``train.json``
-describes (the same dataset, method, seed, last epoch and digest). Each refusal names the file and the fix.
+describes (the same digest and last epoch). Each refusal names the file and the fix.
 """
 from __future__ import annotations
 
@@ -19,9 +19,8 @@ from typing import Optional
 
 import torch
 
-from amflow import io, methods, paths
+from amflow import identity, io, methods, paths
 from amflow.camera.rules import resolve_variant
-from amflow.digest import params_digest
 from amflow.data.clips import Normalise
 from amflow.data.still_clips import still_clips
 from amflow.errors import AmflowError
@@ -119,21 +118,31 @@ def check_complete(run_dir: Path, make: str) -> None:
         raise AmflowError(f"{train_json}: training of this run is not complete; run `{make}` first")
 
 
-def check_digest(state: dict, params: Params, dataset: str, source: Path, trained_params: Path) -> None:
-    """Refuse weights trained with params other than ``params`` (a missing digest counts as other)."""
+def check_digest(state: dict, expected: identity.Identity, source: Path, trained_params: Path) -> None:
+    """Refuse weights trained with params other than those of the run ``expected`` (a missing digest
+    counts as other)."""
     recorded = state["meta"].get("compat", {}).get("params_digest")
-    digest = params_digest(params, dataset)
-    if recorded != digest:
-        raise AmflowError(f"{source}: this run was trained with different params (digest {recorded} vs {digest} "
-                          f"now); use the params it was trained with ({trained_params}), or retrain it with the "
-                          f"other params")
+    if recorded != expected.digest:
+        raise AmflowError(f"{source}: this run was trained with different params (digest {recorded} vs "
+                          f"{expected.digest} now); use the params it was trained with ({trained_params}), or "
+                          f"retrain it with the other params")
 
 
-def load_trained_run(run_dir: Path, params: Params, *, make: str, dataset: Optional[str] = None) -> TrainedRun:
+def _refuse_other(checkpoint: Path, found: dict, other: dict, other_name: str, label: str, run_dir: Path) -> None:
+    differ = [k for k in found if found[k] != other[k]]
+    if differ:
+        raise AmflowError(f"{checkpoint}: not the checkpoint {other_name} "
+                          f"({', '.join(f'{k} {found[k]}' for k in differ)}; "
+                          f"{label}: {', '.join(f'{k} {other[k]}' for k in differ)}); restore the run's own "
+                          f"checkpoint, or delete {run_dir} and retrain")
+
+
+def load_trained_run(run_dir: Path, params: Params, *, make: str, dataset: Optional[str] = None,
+                     method: Optional[str] = None, seed: Optional[int] = None) -> TrainedRun:
     """The finished run in ``run_dir``, checked against ``params`` under the module's one policy.
 
-    ``dataset`` defaults to the one the checkpoint records; ``make`` is the command that (re)makes the
-    run, for the error of an unfinished one."""
+    ``dataset``, ``method`` and ``seed`` (the run asked for) default to those the checkpoint records;
+    ``make`` is the command that (re)makes the run, for the error of an unfinished one."""
     run_dir = Path(run_dir)
     check_complete(run_dir, make)
     train_json, checkpoint = run_dir / paths.TRAIN_JSON, run_dir / paths.CHECKPOINT
@@ -146,20 +155,15 @@ def load_trained_run(run_dir: Path, params: Params, *, make: str, dataset: Optio
                           f"(or the pipeline): it restores the checkpoint from {paths.TRAIN_STATE}, or trains again")
     state = ckpt.load_checkpoint(checkpoint)
     compat = state["meta"].get("compat", {})
-    check_digest(state, params, dataset or compat.get("dataset"), run_dir, run_dir / paths.PARAMS_YAML)
-    # The checkpoint must be the one train.json describes: the same run (dataset, method, seed), its last
-    # epoch and its params (train.json files written before the digest was recorded in them are checked
-    # without it).
-    found = {"dataset": compat.get("dataset"), "method": compat.get("method"), "seed": compat.get("seed"),
-             "epoch": state["epoch"], "params digest": compat.get("params_digest")}
-    described = {"dataset": info.get("dataset"), "method": info.get("method"), "seed": info.get("seed"),
-                 "epoch": info.get("epochs"), "params digest": info.get("params_digest", compat.get("params_digest"))}
-    differ = [k for k in found if found[k] != described[k]]
-    if differ:
-        raise AmflowError(f"{checkpoint}: not the checkpoint that {train_json} describes "
-                          f"({', '.join(f'{k} {found[k]}' for k in differ)}; "
-                          f"train.json: {', '.join(f'{k} {described[k]}' for k in differ)}); restore the run's own "
-                          f"checkpoint, or delete {run_dir} and retrain")
+    recorded = {k: compat.get(k) for k in ("dataset", "method", "seed")}  # the run's identity, in its checkpoint
+    asked = {"dataset": dataset or recorded["dataset"], "method": method or recorded["method"],
+             "seed": recorded["seed"] if seed is None else int(seed)}
+    _refuse_other(checkpoint, recorded, asked, "of this run", "the run", run_dir)
+    check_digest(state, identity.training(params, **asked), run_dir, run_dir / paths.PARAMS_YAML)
+    # train.json names its checkpoint by the digest (the same run and params) and the last epoch.
+    _refuse_other(checkpoint, {"params digest": compat.get("params_digest"), "epoch": state["epoch"]},
+                  {"params digest": info.get("params_digest"), "epoch": info.get("epochs")},
+                  f"that {train_json} describes", "train.json", run_dir)
     return TrainedRun(run_dir, info, state)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from amflow.params import Params
+from amflow.params_io import deep_merge, set_dotted, validate
 
 # The method AM flow is measured against: the same temporal adapter without AM flow.
 REFERENCE = "tpa"
@@ -35,6 +36,13 @@ class AblationRun:
         return " ".join(
             "--set " + shlex.quote(f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}")
             for k, v in self.overrides.items())
+
+    def params(self, p: Params) -> Params:
+        """The params this run trains with: ``p`` with its overrides (as its ``--set`` arguments give them)."""
+        nested: dict = {}
+        for key, value in self.overrides.items():
+            set_dotted(nested, key, value)
+        return validate(deep_merge(p.model_dump(mode="json"), nested), f"ablation {self.axis}={self.value}")
 
 
 def table_runs(p: Params) -> list[tuple[str, str, int]]:

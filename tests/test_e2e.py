@@ -121,20 +121,49 @@ def test_second_dry_run_has_nothing_to_do(project):
     assert nothing_to_do(out), out.stdout[-3000:]
 
 
+def plan_with(project: Path, values: str, target: str):
+    """The dry run of ``target`` with a params file that extends tiny.yaml (so shares its name, its
+    results folder) by ``values`` (YAML)."""
+    extra = project / "params" / "extended.yaml"
+    extra.write_text(f"extends: tiny.yaml\n{values}\n")
+    try:
+        return snakemake(project, "-n", "--cores", "2", target, "--configfile", "params/extended.yaml")
+    finally:
+        extra.unlink()
+
+
 @pytest.mark.slow
 def test_another_params_file_reruns_only_what_its_values_change(project, params):
     # A file that extends tiny.yaml (so shares its name, its results folder) and adds a seed: the
     # existing runs are reused, whatever the file's path (the params file's path is not a rerun
     # trigger, its values are).
-    extra = project / "params" / "more_seeds.yaml"
-    extra.write_text(f"extends: tiny.yaml\nseeds: {params.seeds + [max(params.seeds) + 1]}\n")
-    try:
-        out = snakemake(project, "-n", "--cores", "2", f"{TINY_RESULTS}/table1.csv", "--configfile",
-                        "params/more_seeds.yaml")
-    finally:
-        extra.unlink()
+    out = plan_with(project, f"seeds: {params.seeds + [max(params.seeds) + 1]}", f"{TINY_RESULTS}/table1.csv")
     n = len(params.table_datasets) * len(params.methods)
     assert job_counts(out) == {"train": n, "evaluate": n, "table1": 1, "total": 2 * n + 1}
+
+
+@pytest.mark.slow
+def test_a_key_that_defines_no_run_reruns_nothing(project):
+    """How a training runs (its data workers, threads) is not what it trains: changed as a user changes it,
+    with --config or in a params file that extends the shipped one, it reruns no job."""
+    out = snakemake(project, "-n", "--cores", "2", "report", *TINY, "--config",
+                    "train={num_workers: 3, threads: 2}")
+    assert nothing_to_do(out), out.stdout[-3000:]
+    out = plan_with(project, "train: {num_workers: 3}", "report")
+    assert nothing_to_do(out), out.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_one_more_ablation_value_reruns_only_its_runs(project, params):
+    """Another value on one ablation axis is another run: it is planned, and no other ablation run."""
+    value = max(params.ablations.frames) + 1
+    out = plan_with(project, f"ablations: {{frames: {params.ablations.frames + [value]}}}",
+                    f"{TINY_RESULTS}/{paths.ABLATIONS_CSV}")
+    counts = job_counts(out)
+    assert counts["train_ablation"] == counts["evaluate_ablation"] == len(params.seeds), counts
+    planned = set(re.findall(r"wildcards: axis=(\w+), value=([\w.-]+), dataset=([\w-]+), seed=(\d+)",
+                             out.stdout + out.stderr))
+    assert planned == {("frames", str(value), params.ablations.dataset, str(s)) for s in params.seeds}, planned
 
 
 # --------------------------------------------------------------------------- tables

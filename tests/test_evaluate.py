@@ -185,8 +185,8 @@ def test_evaluate_refuses_another_seeds_checkpoint(trained, tmp_path):
     with pytest.raises(AmflowError) as err:
         evaluate_run(shared, progress=False, run_dir=runs[1], **{**kw, "seed": 1})
     msg = str(err.value)
-    assert msg.startswith(f"{runs[1] / paths.CHECKPOINT}: not the checkpoint that {runs[1] / paths.TRAIN_JSON}"), msg
-    assert "(seed 0; train.json: seed 1)" in msg and "\n" not in msg
+    assert msg.startswith(f"{runs[1] / paths.CHECKPOINT}: not the checkpoint of this run"), msg
+    assert "(seed 0; the run: seed 1)" in msg and "\n" not in msg
     assert not (runs[1] / paths.METRICS_JSON).exists()
 
 
@@ -330,14 +330,14 @@ def test_the_evaluation_made_by_the_training_is_taken_only_for_the_same_checkpoi
     assert not (run_dir / paths.METRICS_JSON).exists()
 
     views = aligned_params(**{"sampling.test_clips": 2})
-    assert reuse_training_evaluation(views, "tiny", run_dir) is None
+    assert reuse_training_evaluation(views, "tiny", "amflow", 0, run_dir) is None
     assert not (run_dir / paths.METRICS_JSON).exists()
 
-    assert reuse_training_evaluation(params, "tiny", run_dir) == metrics
+    assert reuse_training_evaluation(params, "tiny", "amflow", 0, run_dir) == metrics
     for name in paths.EVALUATION_FILES[:-1]:
         assert (run_dir / name).read_bytes() == (made / name).read_bytes()
     assert io.read_json(run_dir / paths.METRICS_JSON) == {**metrics, REUSED_FROM: paths.TRAINING_EVALUATION_DIR}
 
     checkpoint = run_dir / paths.CHECKPOINT
     checkpoint.write_bytes(checkpoint.read_bytes() + b"\0")  # another file than the one evaluated
-    assert reuse_training_evaluation(params, "tiny", run_dir) is None
+    assert reuse_training_evaluation(params, "tiny", "amflow", 0, run_dir) is None

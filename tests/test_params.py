@@ -88,7 +88,7 @@ def _child(tmp_path, text: str, name: str = "child.yaml") -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", [".", "", "..", "a/b", "frames", "Motion", "pretrain_images"])
+@pytest.mark.parametrize("name", [".", "", "..", "a/b", "backbone", "Plots", "ablations", "sweeps"])
 def test_a_dataset_name_that_is_not_a_plain_folder_name_is_refused(tmp_path, name):
     data = resolve_raw(ROOT / "params/tiny.yaml")
     data["datasets"][name] = data["datasets"]["synth_static"]
@@ -97,6 +97,20 @@ def test_a_dataset_name_that_is_not_a_plain_folder_name_is_refused(tmp_path, nam
     msg = str(err.value)
     assert str(tmp_path / "bad.yaml") in msg and f"dataset name {name!r}" in msg
     assert "(got {" not in msg  # not the whole datasets section echoed back, cut short
+
+
+def test_the_reserved_names_are_the_folders_beside_the_dataset_folders(tmp_path):
+    """Only a folder that the layout writes beside a dataset's results folder is reserved; the names of
+    folders elsewhere (under data/ a dataset's folders carry their spec hash) stay free."""
+    from amflow import paths
+
+    root = tmp_path / "results" / "tiny"
+    beside = {p.relative_to(root).parts[0] for p in (
+        paths.backbone_file(root), paths.ablation_run_dir(root, "tpu", "tcn", "d", 0), paths.sweep_dir(root, "d", "m"),
+        paths.plots_dir(root) / paths.HEATMAPS_PNG)}
+    assert set(paths.RESERVED_NAMES) == beside
+    for name in ("frames", "motion", "pretrain_images", "groundtruth"):
+        assert paths.dataset_name_problem(name) is None, name
 
 
 EDGE_CASES = {
@@ -308,33 +322,31 @@ def test_an_unknown_key_gets_the_known_key_it_is_closest_to(capsys, monkeypatch)
         assert (f"did you mean '{meant}'?" in err) if meant else ("did you mean" not in err), err
 
 
-# Every dataset's data key (its folders under data/) and run digest (checkpoint compatibility), as the
-# code before each source had its own schema computed them (with the working folder "/", since a list
-# dataset's key hashes the absolute paths of its lists): the schema's layout may change, these may not,
-# or every user's data are made again and every run retrained.
+# Every dataset's data key (its folders under data/), as the code before each source had its own schema
+# computed them (with the working folder "/", since a list dataset's key hashes the absolute paths of its
+# lists): the schema's layout may change, these may not, or every user's data are made again.
 SHIPPED_KEYS = {
-    "clutter.yaml:clutter_moving": ("clutter_moving-23734ad3", "13587acb8af23e7a"),
-    "clutter.yaml:clutter_static": ("clutter_static-f95eb884", "7cbc4409517391d9"),
-    "clutter.yaml:synth_moving": ("synth_moving-8d583cd0", "75ad372f5b3d898e"),
-    "clutter.yaml:synth_static": ("synth_static-85c0909b", "d42323b8440334d5"),
-    "custom_list.yaml:my_videos": ("my_videos-473cb632", "3c6a14bc4ea256a8"),
-    "default.yaml:synth_moving": ("synth_moving-8d583cd0", "ad637c59de75bedb"),
-    "default.yaml:synth_static": ("synth_static-85c0909b", "822477165bcccae7"),
-    "default_1seed.yaml:synth_moving": ("synth_moving-8d583cd0", "ad637c59de75bedb"),
-    "default_1seed.yaml:synth_static": ("synth_static-85c0909b", "822477165bcccae7"),
-    "k400.yaml:k400": ("k400-7205f58f", "63c9d6f0cf8d1e96"),
-    "smarthome.yaml:smarthome": ("smarthome-37b3d390", "a95cd16b985cf445"),
-    "ssv2.yaml:ssv2": ("ssv2-e651d760", "16eec8f8627856e3"),
-    "synth_full.yaml:synth_moving": ("synth_moving-032e5828", "4d4c85bf8a3fbd9f"),
-    "synth_full.yaml:synth_static": ("synth_static-f3f2b66c", "aa7d181148b3c393"),
-    "tiny.yaml:synth_moving": ("synth_moving-bbe91e9c", "f352a282a89abae4"),
-    "tiny.yaml:synth_static": ("synth_static-d6a100e2", "bb1b250974ca833b"),
+    "clutter.yaml:clutter_moving": "clutter_moving-23734ad3",
+    "clutter.yaml:clutter_static": "clutter_static-f95eb884",
+    "clutter.yaml:synth_moving": "synth_moving-8d583cd0",
+    "clutter.yaml:synth_static": "synth_static-85c0909b",
+    "custom_list.yaml:my_videos": "my_videos-473cb632",
+    "default.yaml:synth_moving": "synth_moving-8d583cd0",
+    "default.yaml:synth_static": "synth_static-85c0909b",
+    "default_1seed.yaml:synth_moving": "synth_moving-8d583cd0",
+    "default_1seed.yaml:synth_static": "synth_static-85c0909b",
+    "k400.yaml:k400": "k400-7205f58f",
+    "smarthome.yaml:smarthome": "smarthome-37b3d390",
+    "ssv2.yaml:ssv2": "ssv2-e651d760",
+    "synth_full.yaml:synth_moving": "synth_moving-032e5828",
+    "synth_full.yaml:synth_static": "synth_static-f3f2b66c",
+    "tiny.yaml:synth_moving": "synth_moving-bbe91e9c",
+    "tiny.yaml:synth_static": "synth_static-d6a100e2",
 }
 
 
-def test_every_shipped_dataset_keeps_its_data_key_and_run_digest(monkeypatch):
+def test_every_shipped_dataset_keeps_its_data_key(monkeypatch):
     from amflow.paths import dataset_key
-    from amflow.digest import params_digest
 
     files = {f.name: f for f in (ROOT / "params").glob("*.yaml")}
     found = {}
@@ -343,7 +355,7 @@ def test_every_shipped_dataset_keeps_its_data_key_and_run_digest(monkeypatch):
         if name in ("sweep.yaml", "paper.yaml"):  # a sweep's space; the base the real-data files extend
             continue
         p = load_params(path)
-        found.update({f"{name}:{d}": (dataset_key(p, d), params_digest(p, d)) for d in p.datasets})
+        found.update({f"{name}:{d}": dataset_key(p, d) for d in p.datasets})
     assert found == SHIPPED_KEYS
 
 

@@ -219,7 +219,7 @@ def test_write_heatmaps_end_to_end(tmp_path):
 
     from amflow.params_io import validate
     from amflow.train import checkpoint as ckpt
-    from amflow.digest import params_digest
+    from amflow.identity import training
     from amflow.runs import build_run_model, run_paths
     from standins_train import make_tiny_dataset
 
@@ -233,7 +233,7 @@ def test_write_heatmaps_end_to_end(tmp_path):
                      "kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}},
         "model": {"adapter": {"bottleneck": 8}, "am_flow": {"variant": "auto"}}})
     for d, decision in names.items():
-        rp = run_paths(p, d, "amflow", 3, data, results)
+        rp, run = run_paths(p, d, "amflow", 3, data, results), training(p, d, "amflow", 3)
         make_tiny_dataset(data, d, size=16, frames=8, per_split={"train": 4, "val": 2, "test": 3}, params=p)
         n_frames = (4 + 2 + 3) * 8              # videos x frames in the cache
         transforms = np.tile(np.eye(3, dtype=np.float32), (n_frames, 1, 1))
@@ -252,8 +252,8 @@ def test_write_heatmaps_end_to_end(tmp_path):
         ckpt.save_checkpoint(rp.run_dir / paths.CHECKPOINT, {
             "format": ckpt.FORMAT, "epoch": 1, "model": ckpt.trainable_state(model), "optimizer": {},
             "scheduler": {}, "history": [], "frozen_fingerprint": ckpt.frozen_fingerprint(model),
-            "meta": {"num_classes": 4, "compat": {"params_digest": params_digest(p, d), "am_flow_variant": decision}}})
-        write(rp.run_dir / paths.TRAIN_JSON, {"status": "complete", "epochs": 1, "params_digest": params_digest(p, d)})
+            "meta": {"num_classes": 4, "compat": {**run.names, "params_digest": run.digest, "am_flow_variant": decision}}})
+        write(rp.run_dir / paths.TRAIN_JSON, {"status": "complete", "epochs": 1, "params_digest": run.digest})
     summary = hm.write_heatmaps(p, data_dir=data, results_dir=results)
     assert [(c["dataset"], c["decision"], c["video_id"]) for c in summary["clips"]] == \
         [("tiny_s", "static", "test000"), ("tiny_m", "aligned", "test001")]

@@ -220,15 +220,15 @@ def test_editing_a_list_reruns_its_dataset_and_what_depends_on_it_and_nothing_el
 
     from amflow import paths
 
-    from amflow.digest import params_digest
+    from amflow.identity import training
 
     monkeypatch.chdir(project)  # the list's root is relative to the project, as Snakemake reads it
     params = load_params("params/mine.yaml")
-    old_key, old_digest = paths.dataset_key(params, "mine"), params_digest(params, "mine")
+    old_key, old_digest = paths.dataset_key(params, "mine"), training(params, "mine", "tpa", 0).digest
     listed = (raw / "test.csv").read_text()
     (raw / "test.csv").write_text("".join(listed.splitlines(True)[:-1]))  # one test video fewer
     new_key = paths.dataset_key(params, "mine")
-    assert params_digest(params, "mine") != old_digest  # a run trained on the old list is not resumed
+    assert training(params, "mine", "tpa", 0).digest != old_digest  # a run trained on the old list is not resumed
     out = snakemake(project, "-n", *cmd)
     assert not nothing_to_do(out), "the edited list reran nothing"
     counts = job_counts(out)

@@ -3,7 +3,7 @@
 The Snakemake training job trains a run and evaluates it in one process (one start-up, one import of
 torch, timm and MLflow), into ``<run>/evaluated_in_training/``; the evaluation job then only copies
 those files into the run folder, when they were made from the run's current checkpoint with the same
-params (the params digest and the test views): its rerun trigger is the evaluation's params, so a changed
+params (the training's and the evaluation's identities, :mod:`amflow.identity`): its rerun trigger is the evaluation's params, so a changed
 test view reruns the evaluation alone, which then evaluates again. Nothing here imports torch.
 """
 from __future__ import annotations
@@ -12,22 +12,23 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from amflow import io, paths
-from amflow.digest import TEST_VIEW_KEYS, params_digest
+from amflow import identity, io, paths
 from amflow.params import Params
 
 # metrics.json of a copied evaluation: the folder it came from (its eval_time_s is the training job's).
 REUSED_FROM = "evaluation_reused_from"
 
 
-def evaluation_identity(params: Params, dataset: str, checkpoint: Path) -> dict:
-    """What an evaluation's numbers depend on: the run's params digest, the test views and the checkpoint."""
-    sampling = params.sampling_for(dataset)
-    return {"params_digest": params_digest(params, dataset), **{k: getattr(sampling, k) for k in TEST_VIEW_KEYS},
+def evaluation_identity(params: Params, dataset: str, method: str, seed: int, checkpoint: Path) -> dict:
+    """What an evaluation's numbers depend on: the run's training and evaluation digests (the latter covers
+    the test views) and the checkpoint's contents."""
+    return {"training_digest": identity.training(params, dataset, method, seed).digest,
+            "evaluation_digest": identity.evaluation(params, dataset, method, seed).digest,
             "checkpoint_sha256": io.file_digest(checkpoint)}
 
 
-def reuse_training_evaluation(params: Params, dataset: str, run_dir: Path) -> Optional[dict]:
+def reuse_training_evaluation(params: Params, dataset: str, method: str, seed: int,
+                              run_dir: Path) -> Optional[dict]:
     """Copy the evaluation made in the training's process into ``run_dir`` and return its metrics, when it
     was made with the same identity (:func:`evaluation_identity`); None (nothing written) otherwise."""
     run_dir = Path(run_dir)
@@ -40,7 +41,7 @@ def reuse_training_evaluation(params: Params, dataset: str, run_dir: Path) -> Op
     except ValueError:
         return None  # unreadable: evaluate again
     with io.exclusive_folder(run_dir, f"amflow evaluate --dataset {dataset} (taking {made})"):
-        if metrics.get("evaluated_with") != evaluation_identity(params, dataset, checkpoint):
+        if metrics.get("evaluated_with") != evaluation_identity(params, dataset, method, seed, checkpoint):
             return None
         for name in paths.EVALUATION_FILES[:-1]:
             with io.atomic_path(run_dir / name) as tmp:

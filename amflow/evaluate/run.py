@@ -171,7 +171,7 @@ def evaluate_run(params: Params, *, dataset: str, method: str, seed: int, data_d
     # One writer per run folder: not while a training (or another evaluation) of it is running; the
     # lock comes first, so that an evaluation beside a running training names it.
     with io.exclusive_folder(paths.run_dir, f"amflow evaluate --dataset {dataset} --method {method} --seed {seed}"):
-        run = load_trained_run(paths.run_dir, params, dataset=dataset, make=train_command)
+        run = load_trained_run(paths.run_dir, params, dataset=dataset, method=method, seed=seed, make=train_command)
         return _evaluate_locked(params, paths, run, dataset=dataset, method=method, seed=seed, progress=progress,
                                 out_dir=Path(out_dir) if out_dir is not None else paths.run_dir)
 
@@ -179,7 +179,7 @@ def evaluate_run(params: Params, *, dataset: str, method: str, seed: int, data_d
 def _evaluate_locked(params: Params, paths, run, *, dataset: str, method: str, seed: int, progress: bool,
                      out_dir: Path) -> dict:
     train_info, compat = run.info, run.compat
-    tracker = tracking.Tracker.open_existing(paths.run_dir, params)  # an unreachable server fails here
+    tracker = tracking.reopen_run(paths.run_dir)  # an unreachable server fails here
     variant, identity_for_static = compat["am_flow_variant"], bool(compat["identity_for_static"])
     classes = list(compat["classes"])
     sampling = params.sampling_for(dataset)
@@ -241,7 +241,7 @@ def _evaluate_locked(params: Params, paths, run, *, dataset: str, method: str, s
         "directional_items": scores["directional_items"], "num_test": scores["num_test"],
         "num_classes": len(classes), "classes_in_test": scores["classes_in_test"],
         "mlflow_run_id": train_info.get("mlflow_run_id"),
-        "evaluated_with": evaluation_identity(params, dataset, run.checkpoint),
+        "evaluated_with": evaluation_identity(params, dataset, method, seed, run.checkpoint),
     }
     io.write_json(run_dir / SCORES_JSON, {k: result[k] for k in SCORES})
     io.write_json(run_dir / METRICS_JSON, result)  # on disk first: a tracking failure must not lose it

@@ -26,8 +26,6 @@ the stage fails with :class:`AmflowError` and writes neither. Chance is the accu
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import sys
@@ -37,7 +35,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from amflow import io, paths, progress
+from amflow import identity, io, paths, progress
 from amflow.data import pretrain_images as pimg
 from amflow.errors import AmflowError
 from amflow.params import Params
@@ -151,13 +149,6 @@ def chance_accuracy(target) -> float:
     return float(counts.max() / counts.sum())
 
 
-def settings_digest(params: Params, info: dict) -> str:
-    """What a pretraining checkpoint may only be resumed under: recipe, model, normalisation, image set."""
-    doc = {"pretrain": params.pretrain.model_dump(mode="json"), "backbone": params.backbone.model_dump(mode="json"),
-           "mean": list(params.sampling.mean), "std": list(params.sampling.std), "images": info.get("spec")}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _clear_outputs(out_dir: Path) -> None:
     # A failed run must not leave an older backbone that looks like this run's result.
     for name in (paths.BACKBONE_WEIGHTS, paths.BACKBONE_METRICS):
@@ -218,7 +209,8 @@ def train_attribute_model(params: Params, images_dir: str | Path, checkpoint: Op
 
     epoch_loss: list[float] = []
     seen, start_epoch, elapsed = 0, 0, 0.0
-    digest = settings_digest(params, info)
+    # What a pretraining checkpoint may only be resumed under: recipe, model, normalisation, image set.
+    digest = identity.pretraining(params, info.get("spec")).digest
     if checkpoint is not None and Path(checkpoint).exists():
         state = _load_checkpoint(Path(checkpoint))
         if state.get("digest") == digest:
@@ -329,21 +321,22 @@ def pretrain_backbone(params: Params, images_dir: str | Path, out_dir: str | Pat
     """Train the backbone on ``images_dir`` and write ``out_dir/backbone.safetensors`` and
     ``out_dir/metrics.json``; returns the metrics. Raises :class:`AmflowError` if it did not learn.
 
-    With ``track`` the pretraining is an MLflow run (:func:`amflow.tracking.open_pretrain_run`; found
-    again by ``out_dir`` under ``results_dir``): params, the loss per epoch, the accuracies, the image
+    With ``track`` the pretraining is an MLflow run (:func:`amflow.tracking.open_run`, in the experiment
+    ``<prefix>-<params name>-pretrain_images``; found again by ``out_dir`` under ``results_dir``): params, the loss per epoch, the accuracies, the image
     table as its dataset input, and ``metrics.json`` and the backbone file as artefacts."""
     from safetensors.torch import save_file
 
     from amflow import tracking
 
     out_dir = Path(out_dir)
-    pimg.read_info(images_dir)  # fail on a missing set before touching earlier outputs
+    images = pimg.read_info(images_dir)  # fail on a missing set before touching earlier outputs
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_outputs(out_dir)
     tracker = tracking.NullTracker()
     if track:
-        tracker = tracking.open_pretrain_run(params, out_dir=out_dir,
-                                             results_dir=Path(results_dir) if results_dir else out_dir.parent)
+        key = tracking.run_key(out_dir, Path(results_dir) if results_dir else out_dir.parent)
+        tracker = tracking.open_run(params, identity.pretraining(params, images.get("spec")),
+                                    experiment="pretrain_images", key=key, name="pretrain-backbone")
     try:
         if track:
             _, table = pimg.load_split(images_dir, "train")

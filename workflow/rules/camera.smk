@@ -14,7 +14,7 @@ rule camera_motion:
         motion=str(paths.motion_file(RESULTS, "{dataset}")),
     params:
         file=params_file,
-        dvc_params=tracked("datasets.{dataset}", "camera_motion"),
+        dvc_params=identified(lambda w: identity.camera_motion(P, w.dataset)),
     threads: JOB_CORES
     resources:
         cpu_slots=held_slots,

@@ -7,11 +7,10 @@
 import os
 import sys
 
-from amflow import methods, paths
+from amflow import identity, methods, paths
 from amflow.import_graph import command_files
 from amflow.parallel import usable_cores
-from amflow.digest import TEST_VIEW_KEYS
-from amflow.params import GROUND_TRUTH_CONTROLS, SamplingSpec
+from amflow.params import GROUND_TRUTH_CONTROLS
 from amflow.params_io import ParamsError, resolve_workflow_config, validate, write_resolved
 from amflow.workflow_plan import ablation_runs, find_ablation, reference_runs, table_runs
 
@@ -73,8 +72,8 @@ def params_file(wildcards, input):
 
     Its path changes with any value, so it must not be a rerun trigger: Snakemake leaves params derived
     from a job's input out of its "params" trigger. The values a job depends on are the trigger
-    (``params.dvc_params``, see `tracked`), so another params file with the same values reuses every
-    result.
+    (``params.dvc_params``, see `tracked` and `identified`), so another params file with the same values
+    reuses every result.
     """
     return PARAMS
 
@@ -87,24 +86,17 @@ def code(command):
 
 
 def tracked(*keys):
-    """The params a job depends on, as a dict key -> value (keys may name wildcards: "datasets.{dataset}").
+    """A rule's ``params.dvc_params`` for a job defined by whole params sections (keys may name wildcards:
+    "datasets.{dataset}"): key -> value. Snakemake reruns the job when one of these values changes (its
+    "params" rerun trigger), and `amflow dvc-yaml` lists the keys as the DVC stage's params."""
+    return lambda wildcards: identity.select(P, [key.format(**dict(wildcards.items())) for key in keys])
 
-    Given as the rule's ``params.dvc_params``: Snakemake reruns the job when one of these values
-    changes (its "params" rerun trigger), and `amflow dvc-yaml` lists the keys as the DVC stage's params.
-    """
-    data = P.model_dump(mode="json")
 
-    def values(wildcards):
-        out = {}
-        for key in keys:
-            key = key.format(**dict(wildcards.items()))
-            node = data
-            for part in key.split("."):
-                node = node[part]
-            out[key] = node
-        return out
-
-    return values
+def identified(of):
+    """A rule's ``params.dvc_params`` for a job whose run has an identity (:mod:`amflow.identity`,
+    ``of(wildcards)``): its params, the same that its digest, its checkpoint check and its MLflow run
+    take, so a key that does not define the run (``train.num_workers``) reruns nothing."""
+    return lambda wildcards: of(wildcards).params
 
 
 # Output patterns: the data folders carry the dataset's spec hash as the wildcard {spec}.
@@ -186,6 +178,16 @@ def ablation(wildcards):
     return find_ablation(P, wildcards.axis, wildcards.value, wildcards.dataset, wildcards.seed)
 
 
+def ablation_identity(stage):
+    """The identity (``identity.training`` or ``identity.evaluation``) of an ablation job's run: its
+    method's, with its overrides; another ablation value is another run, and leaves it alone."""
+    def of(wildcards):
+        run = ablation(wildcards)
+        return stage(run.params(P), wildcards.dataset, run.method, wildcards.seed)
+
+    return of
+
+
 def run_dir_of(wildcards, output):
     """The run folder of a training or evaluation job: the folder of its first output."""
     return os.path.dirname(output[0])
@@ -195,9 +197,6 @@ def caption(name):
     """A report caption, workflow/report/<name>.rst (paths in rules are relative to workflow/rules/)."""
     return f"../report/{name}.rst"
 
-
-# The sampling keys a training depends on: all but the test views (amflow.digest.TEST_VIEW_KEYS).
-TRAINING_SAMPLING = [f"sampling.{k}" for k in SamplingSpec.model_fields if k not in TEST_VIEW_KEYS]
 
 
 def training_evaluation(run_dir):

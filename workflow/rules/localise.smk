@@ -37,7 +37,7 @@ rule localise:
                    caption=caption("localisation"), category="Localisation", labels={"dataset": "{dataset}"}),
     params:
         file=params_file,
-        dvc_params=tracked("datasets.{dataset}", "sampling", "backbone", "model.am_flow"),
+        dvc_params=identified(lambda w: identity.localisation(P, w.dataset)),
     threads: JOB_CORES
     resources:
         cpu_slots=held_slots,

@@ -25,7 +25,7 @@ rule train:
     params:
         file=params_file,
         launch=launcher,
-        dvc_params=tracked("datasets.{dataset}", *TRAINING_SAMPLING, "model", "train", "backbone", "camera_motion"),
+        dvc_params=identified(lambda w: identity.training(P, w.dataset, w.method, w.seed)),
     priority: first_seed_first
     threads: 1
     resources:
@@ -51,7 +51,7 @@ rule evaluate:
         **evaluation_outputs(RUN_DIR, "Runs"),
     params:
         file=params_file,
-        dvc_params=tracked("datasets.{dataset}", "sampling"),
+        dvc_params=identified(lambda w: identity.evaluation(P, w.dataset, w.method, w.seed)),
     priority: first_seed_first
     threads: 1
     resources:
@@ -81,8 +81,7 @@ rule train_ablation:
         launch=launcher,
         overrides=lambda w: ablation(w).set_args(),
         method=lambda w: ablation(w).method,
-        dvc_params=tracked("datasets.{dataset}", *TRAINING_SAMPLING, "model", "train", "backbone", "camera_motion",
-                           "ablations"),
+        dvc_params=identified(ablation_identity(identity.training)),
     threads: 1
     resources:
         cpu_slots=held_slots,
@@ -110,7 +109,7 @@ rule evaluate_ablation:
         run_dir=run_dir_of,
         overrides=lambda w: ablation(w).set_args(),
         method=lambda w: ablation(w).method,
-        dvc_params=tracked("datasets.{dataset}", "sampling", "ablations"),
+        dvc_params=identified(ablation_identity(identity.evaluation)),
     threads: 1
     resources:
         cpu_slots=held_slots,
