@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from amflow import paths
+from amflow import methods, paths
 from amflow.errors import AmflowError
-from amflow.params import METHODS, ParamsError, load_params, parse_override, resolved_text, set_dotted, set_source
+from amflow.params import SOURCE_SCHEMAS, source_summary
+from amflow.params_io import ParamsError, load_params, parse_override, resolved_text, set_dotted, set_source
 from amflow.paths import dataset_name_problem
 
 PARAMS_HELP = "params file (YAML, validated by amflow/params.py); default params/default.yaml"
@@ -138,16 +139,31 @@ def cmd_train(args) -> None:
     from amflow.train.run import train_run
 
     p = _params(args)
-    train_run(p, dataset=args.dataset, method=args.method, seed=args.seed,
-              data_dir=args.data_dir, results_dir=_results(args, p), run_dir=args.run_dir)
+    results = _results(args, p)
+    info = train_run(p, dataset=args.dataset, method=args.method, seed=args.seed,
+                     data_dir=args.data_dir, results_dir=results, run_dir=args.run_dir)
+    if args.evaluate and info.get("status") == "complete":
+        from amflow.evaluate.run import evaluate_run  # in this process: no second start-up for the evaluation
+
+        run_dir = args.run_dir or paths.run_dir(results, args.dataset, args.method, args.seed)
+        evaluate_run(p, dataset=args.dataset, method=args.method, seed=args.seed, data_dir=args.data_dir,
+                     results_dir=results, run_dir=args.run_dir, out_dir=run_dir / paths.TRAINING_EVALUATION_DIR)
 
 
 def cmd_evaluate(args) -> None:
-    from amflow.evaluate.run import evaluate_run
+    from amflow.evaluate.reuse import reuse_training_evaluation
 
     p = _params(args)
+    _dataset_key(p, args.dataset)  # an unknown dataset: one line naming it
+    results = _results(args, p)
+    run_dir = args.run_dir or paths.run_dir(results, args.dataset, args.method, args.seed)
+    if reuse_training_evaluation(p, args.dataset, args.method, args.seed, run_dir) is not None:
+        print(f"evaluate {run_dir}: the evaluation made by its training, same checkpoint and params", file=sys.stderr)
+        return
+    from amflow.evaluate.run import evaluate_run  # imports torch and the models: only to evaluate
+
     evaluate_run(p, dataset=args.dataset, method=args.method, seed=args.seed,
-                 data_dir=args.data_dir, results_dir=_results(args, p), run_dir=args.run_dir)
+                 data_dir=args.data_dir, results_dir=results, run_dir=args.run_dir)
 
 
 def cmd_predict(args) -> int:
@@ -285,9 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true",
                    help="print every value, the schema's defaults included (what the stages get), as YAML")
     add("prepare", cmd_prepare, "generate or download/verify a dataset",
-        "Make data/<dataset>-<spec>/ ready: SynthMotion is generated (H.264 mp4 + annotations); Kinetics-400 is "
-        "downloaded from the CVDF mirror (resumable, verified); SSv2, Toyota Smarthome and `list` datasets "
-        "are verified in the folder you name in 'root' (missing files are listed with where to put them).\n\n"
+        "Make data/<dataset>-<spec>/ ready, as its 'source:' says (the keys of each: `amflow validate --show`):\n"
+        + "".join(f"  {name}: {source_summary(name)}\n" for name in SOURCE_SCHEMAS.names()) + "\n"
         "Inputs: the params file's datasets.<dataset> (and your files under its 'root').\n"
         "Outputs: data/<dataset>-<spec>/classes.txt, annotations/{train,val,test}.csv, dataset.json (written last).",
         dataset=True)
@@ -337,16 +352,21 @@ def build_parser() -> argparse.ArgumentParser:
              "Inputs: data/frames/<dataset>-<spec>/ (amflow extract), results/<name>/backbone/backbone.safetensors "
              "(backbone.weights: pretrain), results/<name>/<dataset>/camera_motion.json and motion.npz (amflow).\n"
              f"Outputs: {run_folder}: params.yaml, checkpoint.pt, train_log.csv, train.json (written last), "
-             "mlflow_run.json."),
+             f"mlflow_run.json; with --evaluate also the evaluation's files in {paths.TRAINING_EVALUATION_DIR}/."),
             ("evaluate", cmd_evaluate, "evaluate a trained run on the test split",
              f"Inputs: {run_folder} (train.json, checkpoint.pt), data/frames/<dataset>-<spec>/.\n"
              "Outputs: metrics.json, scores.json, per_class.csv, predictions.csv, confusion.png, curves.png in the "
-             "run folder.")):
+             f"run folder: copied from {paths.TRAINING_EVALUATION_DIR}/ when `amflow train --evaluate` made them "
+             "from the same checkpoint with the same params, else evaluated.")):
         p = add(name, func, what, f"{what[0].upper()}{what[1:]} on a dataset.\n\n{files}", dataset=True)
-        p.add_argument("--method", required=True, choices=METHODS,
+        p.add_argument("--method", required=True, choices=methods.names(),
                        help="the method (model) of the run")
         p.add_argument("--seed", type=int, default=0, help="the run's seed (default 0)")
         p.add_argument("--run-dir", type=Path, default=None, help="override the run folder")
+        if name == "train":
+            p.add_argument("--evaluate", action="store_true",
+                           help=f"then evaluate the run in the same process, into {paths.TRAINING_EVALUATION_DIR}/ "
+                                "of the run folder (`amflow evaluate` takes it from there)")
     p = sub.add_parser("predict", help="top-k classes of videos",
                        description="Print the top-k classes with probabilities for videos that decord (or PyAV) "
                                    "can read, with the model of a trained run: its run folder (--run) or its MLflow "
@@ -379,13 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
     p = add("tables", cmd_tables, "build results/<name>/table1.csv or the ablation tables",
             "Read the runs' metrics.json and write results/<name>/table1.csv and its plots (plots/accuracy.png, "
-            "plots/convergence.png) (--which table1), or ablations.csv "
+            "plots/convergence.png) (--which table1), table1_first_seed.csv, table 1 of the first seed alone "
+            "(--which table1_first_seed), or ablations.csv "
             "plus one ablation_<axis>.csv per ablation axis (--which ablations). Pure: the same inputs give "
             "the same bytes.\n\nInputs: every run's metrics.json (ablations: also table 1's tpa runs).\n"
             "Outputs: results/<name>/table1.csv and plots/, or results/<name>/ablations.csv and "
             "ablation_<axis>.csv.")
-    p.add_argument("--which", choices=["table1", "ablations"], default="table1",
-                   help="table1 (default) or ablations")
+    p.add_argument("--which", choices=["table1", "table1_first_seed", "ablations"], default="table1",
+                   help="table1 (default), table1_first_seed or ablations")
     add("heatmaps", cmd_heatmaps, "plot AM flow heat maps, static against aligned",
         "Render AM flow heat maps over the frames of a static-camera and a moving-camera test clip, static "
         "against aligned variant, with the trained amflow runs' backbones.\n\nInputs: the amflow runs' "

@@ -51,8 +51,8 @@ from amflow import io
 from amflow import paths
 from amflow.errors import AmflowError
 from amflow.import_graph import PACKAGE, command_files
-from amflow.params import deep_merge, load_params, read_yaml, set_dotted, validate
-from amflow.runs import digest_differences, params_digest
+from amflow import identity
+from amflow.params_io import deep_merge, load_params, read_yaml, set_dotted, validate
 from amflow.workflow_plan import find_ablation
 
 DEFAULT_PARAMS = "params/default.yaml"
@@ -241,7 +241,8 @@ def job_to_stage(job, params_file: str, folder_outs: list[str], chain: list[tupl
         stage["params"] = tracked
     metrics, plots, plain = [], [], []
     for out in outs:
-        if Path(out).name in METRIC_NAMES:
+        # the training job's copy of the evaluation (evaluated_in_training/) is not a second metric
+        if Path(out).name in METRIC_NAMES and paths.TRAINING_EVALUATION_DIR not in Path(out).parts:
             metrics.append(out)
         elif job.rule.name in CONFUSION_RULES and out == str(job.output.predictions):
             w = dict(job.wildcards)
@@ -588,15 +589,13 @@ def write_dvc_yaml(output: Path | None = None, check: bool = False, params_file:
 
 
 # --------------------------------------------------------------------------- hand-over of a Snakemake run
-def _run_params(params, job):
-    """The params a training job trains with: the file's, with an ablation run's overrides."""
-    if job.rule.name != "train_ablation":
-        return params
+def _run_identity(params, job):
+    """The identity of a training job's run: an ablation run's with its overrides."""
     w = dict(job.wildcards)
-    overrides: dict = {}
-    for key, value in find_ablation(params, w["axis"], w["value"], w["dataset"], w["seed"]).overrides.items():
-        set_dotted(overrides, key, value)
-    return validate(deep_merge(params.model_dump(mode="json"), overrides), f"{job.rule.name} {job_name(job)}")
+    if job.rule.name != "train_ablation":
+        return identity.training(params, w["dataset"], w["method"], w["seed"])
+    run = find_ablation(params, w["axis"], w["value"], w["dataset"], w["seed"])
+    return identity.training(run.params(params), w["dataset"], run.method, w["seed"])
 
 
 def check_provenance(params_file: str, jobs) -> None:
@@ -609,18 +608,18 @@ def check_provenance(params_file: str, jobs) -> None:
         if job.rule.name not in TRAIN_RULES:
             continue
         run_dir = Path(str(job.output[0])).parent
-        dataset = dict(job.wildcards)["dataset"]
         info = io.read_json_record(run_dir / paths.TRAIN_JSON)
         if info is None:
             problems.append(f"{run_dir}: training is not complete (no {paths.TRAIN_JSON}); finish the Snakemake run")
             continue
-        expected = _run_params(params, job)
-        if info.get("params_digest") == params_digest(expected, dataset):
+        expected = _run_identity(params, job)
+        if info.get("params_digest") == expected.digest:
             continue
         used_file = run_dir / paths.PARAMS_YAML
         used = validate(read_yaml(used_file), str(used_file))
-        diff = digest_differences(used, expected, dataset)
-        keys = ", ".join(f"{k}={a!r} (the file: {b!r})" for k, (a, b) in list(diff.items())[:4])
+        diff = identity.training(used, **expected.names).differences(expected)
+        keys = ", ".join(f"{k.removeprefix('params.')}={a!r} (the file: {b!r})"
+                         for k, (a, b) in list(diff.items())[:4])
         problems.append(f"{run_dir} was trained with {keys or 'other params'}")
     if problems:
         more = f" (and {len(problems) - 1} more runs)" if len(problems) > 1 else ""

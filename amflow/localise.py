@@ -46,7 +46,6 @@ in the stage's log.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -60,7 +59,7 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 from torch.utils.data import DataLoader, Subset
 
-from amflow import io, paths, tracking
+from amflow import identity, io, paths, tracking
 from amflow.camera.rules import localisation_evidence, localisation_name, resolve_variant
 from amflow.data.clips import ClipDataset, Normalise
 from amflow.data.still_clips import still_clips
@@ -307,16 +306,8 @@ def run_localisation(params: Params, dataset: str, data_dir: Path, results_dir: 
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_localisation(table, out_dir / paths.LOCALISATION_PNG,
                       title=f"{dataset}: AM flow vs the actor ({n_val} val clips)")
-    settings = {"dataset": params.dataset(dataset).model_dump(mode="json"), "val_videos": n_val,
-                "sampling": sampling.model_dump(mode="json"), "backbone": params.backbone.model_dump(mode="json"),
-                "am_flow": params.model.am_flow.model_dump(mode="json")}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    tracker = tracking.Tracker.open_for_training(params, dataset=dataset, method="localise", seed=0, run_dir=out_dir,
-                                                 results_dir=results_dir, params_digest=digest, name="localise",
-                                                 tags={f"{tracking.TAG}stage": "localise"})
-    tracker.log_params({**tracking.flatten(params.model.am_flow.model_dump(mode="json"), "model.am_flow."),
-                        **tracking.flatten(params.backbone.model_dump(mode="json"), "backbone."),
-                        "val_videos": str(n_val)})
+    tracker = tracking.open_run(params, identity.localisation(params, dataset, val_videos=n_val),
+                                experiment=dataset, key=tracking.run_key(out_dir, results_dir), name="localise")
     metrics = {}
     for row in table.itertuples():
         key = row.method if pd.isna(row.block) else f"{row.method}.block{int(row.block)}"

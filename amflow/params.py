@@ -1,29 +1,21 @@
-"""The params schema: one pydantic model validates every ``params/*.yaml``.
-
-Snakemake's config, DVC's params and every ``amflow`` command read the same files through
-:func:`load_params`, so a wrong key or type fails before any work starts, with an error that
-names the file, the key and what was expected.
+"""The params schema: one pydantic model validates every ``params/*.yaml`` (read by
+:mod:`amflow.params_io`, which follows ``extends:`` and names the file and key of every mistake).
 """
 from __future__ import annotations
 
-import copy
-import difflib
-import hashlib
 import re
-import shlex
-from pathlib import Path
-from typing import Any, Literal, Optional, Union, get_args, get_origin
+from contextlib import contextmanager
+from typing import Annotated, Any, Iterator, Literal, Optional, Union, get_args
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_serializer, model_validator
 
-from amflow import io
+from amflow import methods as method_registry
 from amflow.paths import DATASET_NAME_PATTERN, dataset_name_problem
+from amflow.registry import Registry
 
 # Every enumeration once: the schema's fields, the CLI's choices, the models' checks and the workflow's
-# wildcard constraints take their values from here.
+# wildcard constraints take their values from here (the methods from their registry, amflow.methods).
 Split = Literal["train", "val", "test"]
-Method = Literal["frame", "aim", "st_adapter", "tpa", "amflow"]
 CameraDecision = Literal["static", "aligned"]  # the camera stage's decision: the AM flow variants with scores
 ModelVariant = Literal[CameraDecision, "none"]  # the variant a model is built with ('none': AM flow off = tpa)
 AmFlowVariant = Literal["auto", "auto_per_video", ModelVariant]  # the params' choice, resolved before building
@@ -33,9 +25,9 @@ Integration = Literal["gate", "attn_bias", "channels", "residual_gate", "pool"]
 Control = Literal["none", "shuffled", "oracle", "footprint", "rank_matched", "uniform"]
 MotionModel = Literal["similarity", "homography"]  # the camera-motion estimator's transform
 Difficulty = Literal["easy", "standard", "clutter"]  # SynthMotion's scene styles (docs/design.md 3.1)
+TestSource = Literal["val", "test"]
 
 SPLITS = get_args(Split)
-METHODS = get_args(Method)
 CAMERA_DECISIONS = get_args(CameraDecision)
 MODEL_VARIANTS = get_args(ModelVariant)
 AM_FLOW_VARIANTS = get_args(AmFlowVariant)
@@ -120,6 +112,11 @@ class PretrainImagesSpec(Strict):
     workers: int = Field(0, ge=0, description="generator processes; 0 = one per core (does not change the output)")
 
 
+TEST_SOURCE_HELP = ("'val' makes the official validation set our test split (what published numbers use; our val "
+                    "is then held out of train, see val_fraction), 'test' uses the official test labels as test "
+                    "and the official val as val")
+
+
 class DownloadSpec(Strict):
     """How Kinetics-400 is fetched from the CVDF mirror (amflow/data/download.py, sources/kinetics.py)."""
 
@@ -142,17 +139,12 @@ class DownloadSpec(Strict):
                                                    "K400 is ~436 GB twice otherwise)")
 
 
-class DatasetSpec(Strict):
-    """Where a dataset comes from and how its frames are cached."""
+class DatasetBase(Strict):
+    """What every dataset states, whatever its source: how its frames are cached and its splits drawn.
+    Each source has its own schema (a subclass with ``source: Literal[<name>]`` and its own fields),
+    registered with :func:`register_source`; a dataset is validated by the schema its ``source:`` names."""
 
-    source: Literal["synthmotion", "kinetics400", "ssv2", "smarthome", "list"]
-    synth: Optional[SynthSpec] = None
-    root: Optional[str] = Field(None, description="folder holding the user's files (ssv2, smarthome, list); "
-                                                   "kinetics400: download folder (default: the dataset folder)")
-    annotations: Optional[dict[Split, str]] = Field(
-        None, description="for source=list: one `path label` txt or csv per split")
-    protocol: Optional[Literal["cs", "cv1", "cv2"]] = Field(None, description="Toyota Smarthome protocol")
-    download: DownloadSpec = DownloadSpec()
+    source: str
     short_side: int = Field(32, ge=8, description="frames are resized so that the short side has this size")
     encoding: Literal["raw", "jpeg"] = Field("raw", description="frame cache encoding: raw uint8 or JPEG")
     jpeg_quality: int = Field(90, ge=10, le=100)
@@ -165,24 +157,134 @@ class DatasetSpec(Strict):
                     "instead of the dataset's own val split; where the source has no val split of its own "
                     "(Smarthome CS, a list without a val file, K400/SSv2 with test_source: val) 0.1 when unset")
     split_seed: int = Field(0, description="seed of the val holdout and of the max_videos subsample")
-    test_source: Literal["val", "test"] = Field(
-        "val", description="kinetics400, ssv2: 'val' makes the official validation set our test split (what "
-                           "published numbers use; our val is then held out of train, see val_fraction), 'test' "
-                           "uses the official test labels as test and the official val as val")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _other_sources_fields(cls, data: Any) -> Any:
+        # Another source's field at the value every dataset had before each source got its schema (as the
+        # resolved params files hold them, see _flat_layout) says nothing: drop it; any other value is an error.
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for key, default in _OTHER_SOURCES_DEFAULTS.items():
+            if key in out and key not in cls.model_fields:
+                if _same_value(out[key], default):
+                    del out[key]
+                else:
+                    raise ValueError(f"'{key}' does not apply to source '{data.get('source')}' (its keys: "
+                                     f"{', '.join(cls.model_fields)}); remove it")
+        return out
+
+    @model_serializer(mode="wrap")
+    def _flat_layout(self, handler, info) -> dict:
+        # Dumped in the one layout every dataset had before each source got its own schema: another
+        # source's field at the value it then had. The data key (amflow.paths.dataset_key), a run's digest
+        # and the params MLflow logs hash this dump, so they stay what they were.
+        own = handler(self)
+        if not isinstance(own, dict):
+            return own
+        absent = {k: (v.model_dump(mode=info.mode) if isinstance(v, BaseModel) else v)
+                  for k, v in _OTHER_SOURCES_DEFAULTS.items() if k not in own}
+        flat = {k: own[k] if k in own else absent[k] for k in _FLAT_ORDER if k in own or k in absent}
+        return {**flat, **{k: v for k, v in own.items() if k not in flat}}
+
+
+class SynthMotionDataset(DatasetBase):
+    """SynthMotion, generated (H.264 mp4 + annotations; amflow.data.sources.synthmotion)."""
+
+    source: Literal["synthmotion"]
+    synth: SynthSpec
+
+
+class Kinetics400Dataset(DatasetBase):
+    """Kinetics-400, downloaded from the CVDF mirror, resumable and verified (amflow.data.sources.kinetics)."""
+
+    source: Literal["kinetics400"]
+    root: Optional[str] = Field(None, description="download folder (default: the dataset folder)")
+    download: DownloadSpec = DownloadSpec()
+    test_source: TestSource = Field("val", description=TEST_SOURCE_HELP)
 
     @model_validator(mode="after")
-    def _source_needs(self):
-        if self.source == "synthmotion" and self.synth is None:
-            raise ValueError("source 'synthmotion' needs a 'synth' section")
-        if self.source == "list" and not self.annotations:
-            raise ValueError("source 'list' needs 'annotations' (one file per split)")
-        if self.source in ("ssv2", "smarthome", "list") and not self.root:
-            raise ValueError(f"source '{self.source}' needs 'root': the folder with your files")
-        if self.source == "smarthome" and self.protocol is None:
-            raise ValueError("source 'smarthome' needs 'protocol': cs, cv1 or cv2")
-        if self.source == "kinetics400" and self.test_source == "test" and "test" not in self.download.splits:
+    def _test_downloaded(self):
+        if self.test_source == "test" and "test" not in self.download.splits:
             raise ValueError("test_source: test needs 'test' in download.splits")
         return self
+
+
+class Ssv2Dataset(DatasetBase):
+    """Something-Something v2, verified in the folder 'root' names (amflow.data.sources.ssv2)."""
+
+    source: Literal["ssv2"]
+    root: str = Field(..., description="the folder with your files: the label JSONs and the videos")
+    test_source: TestSource = Field("val", description=TEST_SOURCE_HELP)
+
+
+class SmarthomeDataset(DatasetBase):
+    """Toyota Smarthome, verified in the folder 'root' names (amflow.data.sources.smarthome)."""
+
+    source: Literal["smarthome"]
+    root: str = Field(..., description="the folder with the unpacked mp4 clips")
+    protocol: Literal["cs", "cv1", "cv2"] = Field(..., description="Toyota Smarthome protocol")
+
+
+class ListDataset(DatasetBase):
+    """Your videos, listed per split in 'annotations' files under 'root' (amflow.data.sources.video_list)."""
+
+    source: Literal["list"]
+    root: str = Field(..., description="the folder the lists' paths are relative to; classes.txt may sit there")
+    annotations: dict[Split, str] = Field(..., min_length=1, description="one `path label` txt or csv per split")
+
+
+# Every field a source's schema adds, with the value a dataset of another source had in the one layout
+# all datasets shared before, in that layout's order (_flat_layout).
+_OTHER_SOURCES_DEFAULTS: dict[str, Any] = {"synth": None, "root": None, "annotations": None, "protocol": None,
+                                           "download": DownloadSpec(), "test_source": "val"}
+_FLAT_ORDER = ("source", "synth", "root", "annotations", "protocol", "download", *DatasetBase.model_fields.keys(),
+               "test_source")
+
+
+def _same_value(given: Any, default: Any) -> bool:
+    if isinstance(default, BaseModel):
+        try:
+            return type(default).model_validate(given) == default
+        except ValidationError:
+            return False
+    return given == default
+
+
+SOURCE_SCHEMAS: Registry[type[DatasetBase]] = Registry("dataset source")
+
+
+def register_source(schema: type[DatasetBase]) -> type[DatasetBase]:
+    """Register a source's schema under its ``source:`` value and rebuild :class:`Params` with it."""
+    SOURCE_SCHEMAS.register(source_name(schema), schema)
+    _rebuild_params()
+    return schema
+
+
+@contextmanager
+def source_added(schema: type[DatasetBase]) -> Iterator[type[DatasetBase]]:
+    """``schema`` registered for the duration of a ``with`` block (tests, a source tried out)."""
+    try:
+        with SOURCE_SCHEMAS.added(source_name(schema), schema):
+            _rebuild_params()
+            yield schema
+    finally:
+        _rebuild_params()
+
+
+def _source_of(value: Any) -> Any:
+    return value.get("source") if isinstance(value, dict) else getattr(value, "source", None)
+
+
+def source_summary(name: str) -> str:
+    """The first line of the source's schema's docstring (the CLI's help)."""
+    return (SOURCE_SCHEMAS.get(name).__doc__ or "").strip().splitlines()[0]
+
+
+def source_name(schema: type[DatasetBase]) -> str:
+    [name] = get_args(schema.model_fields["source"].annotation)
+    return name
 
 
 class SamplingSpec(Strict):
@@ -397,9 +499,11 @@ class Params(Strict):
     """A whole params file."""
 
     name: str = Field(..., description="configuration name, used in run names")
-    datasets: dict[str, DatasetSpec]
+    datasets: dict[str, "DatasetSpec"] = Field(..., description="one entry per dataset; its 'source:' picks "
+                                                                  "its schema (SOURCE_SCHEMAS)")
     table_datasets: list[str] = Field(..., description="datasets that table1 reports")
-    methods: list[Method] = list(METHODS)
+    methods: list[str] = Field(default_factory=lambda: list(method_registry.names()),
+                               description="methods of table 1 (amflow.methods: frame, aim, st_adapter, tpa, amflow)")
     seeds: list[int] = [0]
     pretrain_images: Optional[PretrainImagesSpec] = None
     sampling: SamplingSpec = SamplingSpec()
@@ -420,6 +524,14 @@ class Params(Strict):
             raise ValueError(f"{name!r} is not allowed: use letters, digits, '_' and '-', starting with a letter "
                              f"or digit (it becomes the folder results/<name>)")
         return name
+
+    @field_validator("methods")
+    @classmethod
+    def _registered_methods(cls, names: list[str]) -> list[str]:
+        unknown = [m for m in names if m not in method_registry.METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(method_registry.names())}")
+        return names
 
     @field_validator("datasets")
     @classmethod
@@ -445,250 +557,25 @@ class Params(Strict):
     def sampling_for(self, dataset: str) -> SamplingSpec:
         return self.sampling_overrides.get(dataset, self.sampling)
 
-    def dataset(self, name: str) -> DatasetSpec:
+    def dataset(self, name: str) -> DatasetBase:
         if name not in self.datasets:
             raise KeyError(f"dataset '{name}' is not in params '{self.name}' (known: {', '.join(self.datasets)})")
         return self.datasets[name]
 
 
-class ParamsError(ValueError):
-    """A params file that does not validate; the message names the file and every bad key."""
+def _rebuild_params() -> None:
+    """Complete :class:`Params` with the union of the registered sources' schemas, told apart by ``source``."""
+    global DatasetSpec
+    # A callable discriminator: Strict's before-validator runs on every field, `source` included.
+    tagged = tuple(Annotated[SOURCE_SCHEMAS.get(n), Tag(n)] for n in SOURCE_SCHEMAS.names())
+    DatasetSpec = Annotated[Union[tagged], Discriminator(  # noqa: UP007 (a runtime tuple)
+        _source_of, custom_error_type="unknown_source",
+        custom_error_message=f"'source' must be one of {', '.join(SOURCE_SCHEMAS.names())}")]
+    # The field's type is replaced and the validator rebuilt (pydantic keeps a resolved annotation).
+    Params.__pydantic_fields__["datasets"].annotation = dict[str, DatasetSpec]
+    Params.model_rebuild(force=True)
 
 
-def _section(annotation: Any) -> Any:
-    """A field's type without Optional/Union around it: the section (a model) or mapping it holds."""
-    if get_origin(annotation) is dict or (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-        return annotation
-    inner = [_section(a) for a in get_args(annotation)]
-    return next((a for a in inner if a is not None), None)
-
-
-def _known_keys(loc: tuple) -> list[str]:
-    """The keys the schema allows where ``loc`` (a validation error's location) ends: the field names of
-    the section that holds it (a mapping such as ``datasets`` is looked through to its values)."""
-    node: Any = Params
-    for part in loc[:-1]:
-        node = _section(node)
-        if get_origin(node) is dict:
-            node = get_args(node)[1]
-        elif node is not None and part in node.model_fields:
-            node = node.model_fields[part].annotation
-        else:
-            return []
-    node = _section(node)
-    return list(node.model_fields) if node is not None and get_origin(node) is not dict else []
-
-
-def _format_errors(path: str, err: ValidationError) -> str:
-    lines = [f"{path}: invalid params ({err.error_count()} problem(s)):"]
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(str(e["loc"][-1]), _known_keys(e["loc"]), n=1)
-            hint = f"did you mean '{'.'.join([*map(str, e['loc'][:-1]), close[0]])}'? " if close else ""
-            msg = f"unknown key ({hint}check the spelling; `amflow validate --show` lists every known key)"
-        got = e.get("input")
-        # A whole section echoed back, cut at 60 characters, says nothing the key does not.
-        got_s = "" if e["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r:.60})"
-        lines.append(f"  - {key}: {msg}{got_s}")
-    return "\n".join(lines)
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    """Recursively merge ``override`` into a copy of ``base`` (mappings merge, everything else replaces)."""
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-class _DuplicateKey(yaml.constructor.ConstructorError):
-    pass
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.safe_load``'s loader, except that a key given twice in one mapping is an error.
-
-    Plain YAML keeps the last one silently: a second ``train:`` section would replace the first whole.
-    """
-
-
-def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict:
-    seen: dict = {}
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            first = seen.setdefault(key, key_node.start_mark.line + 1)
-        except TypeError:  # an unhashable key: construct_mapping reports it
-            continue
-        if first != key_node.start_mark.line + 1:
-            raise _DuplicateKey(
-                None, None, f"key '{key}' is given twice (lines {first} and {key_node.start_mark.line + 1}): "
-                            f"merge the two into one", key_node.start_mark)
-    return loader.construct_mapping(node, deep=True)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
-
-
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise ParamsError(f"{path}: params file not found")
-    if not path.is_file():
-        raise ParamsError(f"{path}: is a folder, not a params file; pass a YAML file such as params/default.yaml")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ParamsError(f"{path}: not UTF-8 text (byte {exc.start} is 0x{exc.object[exc.start]:02x}); "
-                          f"save the file as UTF-8") from None
-    except OSError as exc:
-        raise ParamsError(f"{path}: cannot be read ({exc.strerror}); check the file's permissions") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as exc:
-        raise ParamsError(_yaml_error(path, exc)) from None
-    if data is None:
-        raise ParamsError(f"{path}: the params file is empty; state `extends: <a params file>` and the values that "
-                          f"differ from it, or every section (params/default.yaml shows them)")
-    if not isinstance(data, dict):
-        raise ParamsError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return data
-
-
-def _yaml_error(path: Path, exc: yaml.YAMLError) -> str:
-    """One line: the file, the line and what is wrong."""
-    mark = getattr(exc, "problem_mark", None)
-    where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    if isinstance(exc, _DuplicateKey):
-        return f"{where}: {problem}"
-    if "could not determine a constructor for the tag" in problem:
-        tag = problem.rsplit(" ", 1)[-1]
-        return (f"{where}: the tag {tag} is not allowed (params hold plain numbers, strings, lists and "
-                f"mappings only); remove the tag")
-    return f"{where}: not valid YAML ({problem}); fix the file"
-
-
-def resolve_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
-    """Read a params file, following ``extends: other.yaml`` (relative to the file) recursively."""
-    path = Path(path)
-    key = path.resolve()
-    if key in _chain:
-        cycle = " -> ".join(str(p) for p in (*_chain[_chain.index(key):], key))
-        raise ParamsError(f"{path}: 'extends' goes round in a circle ({cycle}); remove one of these 'extends:' lines")
-    data = read_yaml(path)
-    parent = data.pop("extends", None)
-    if parent is not None:
-        data = deep_merge(_extended(str(path), path.parent, parent, (*_chain, key)), data)
-    return data
-
-
-def _extended(extender: str, folder: Path, parent: Any, chain: tuple[Path, ...] = ()) -> dict:
-    """The params that ``extends: parent`` (said by ``extender``) names, relative to ``folder``."""
-    if not isinstance(parent, str):
-        raise ParamsError(f"{extender}: 'extends' must be the path of one params file (got {parent!r})")
-    target = folder / parent
-    if not target.exists():
-        raise ParamsError(f"{extender}: 'extends: {parent}' names {target}, which does not exist; fix the path "
-                          f"(it is relative to {folder.absolute()})")
-    return resolve_raw(target, chain)
-
-
-def validate(data: dict, source: str = "<params>") -> Params:
-    try:
-        return Params.model_validate(data)
-    except ValidationError as err:
-        raise ParamsError(_format_errors(source, err)) from None
-
-
-def load_params(path: str | Path, overrides: Optional[dict] = None, overrides_source: str = "the overrides") -> Params:
-    """Load and validate a params file (with ``extends``), optionally deep-merging ``overrides``.
-
-    A mistake is blamed on where it is: when the file is valid alone, the errors name
-    ``overrides_source`` (``--set train.epochz=1``) and the file they apply to."""
-    data = resolve_raw(path)
-    if not overrides:
-        return validate(data, str(path))
-    try:
-        return Params.model_validate(deep_merge(data, overrides))
-    except ValidationError as err:
-        try:
-            Params.model_validate(data)
-            source = f"{overrides_source} (on {path})"
-        except ValidationError:
-            source = f"{path} (with {overrides_source})"
-        raise ParamsError(_format_errors(source, err)) from None
-
-
-def set_dotted(data: dict, dotted: str, value: Any) -> dict:
-    """Set ``a.b.c`` in a nested dict (used for command-line overrides and sweeps)."""
-    keys = dotted.split(".")
-    node = data
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-        if not isinstance(node, dict):
-            raise ParamsError(f"cannot set '{dotted}': '{k}' is not a mapping")
-    node[keys[-1]] = value
-    return data
-
-
-def set_source(items: list[str]) -> str:
-    """How an error names the command line's ``--set KEY=VALUE`` items (as the user typed them)."""
-    return " ".join(f"--set {shlex.quote(item)}" for item in items)
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``key.path=value`` with the value parsed as YAML (so numbers, lists and booleans work)."""
-    if "=" not in text:
-        raise ParamsError(f"override '{text}' must look like key.path=value")
-    key, value = text.split("=", 1)
-    try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ParamsError(f"--set '{text}': the value is not valid YAML ({problem}); write it as YAML, e.g. "
-                          f"--set train.epochs=2 or --set 'model.adapter.blocks=[4, 5]'") from None
-
-
-def resolve_workflow_config(command_line: dict, default: str | Path, source: str = "the command line's config") -> dict:
-    """The params of a Snakemake run, from what its command line gave (``--configfile`` and ``--config``,
-    which Snakemake has merged) and the workflow's default params file.
-
-    What the command line gave extends the file its ``extends:`` names (relative to the default's folder:
-    Snakemake does not tell the workflow where a config file was), as ``params/tiny.yaml`` extends
-    ``default.yaml``. Without ``extends:``, it is complete when it has ``datasets``: it is used as it is;
-    otherwise it extends the default: overrides such as ``--config 'train={epochs: 1}'``.
-    Mappings merge key by key, as Snakemake merges config files. ``source`` names what the command line
-    gave, for the errors.
-    """
-    data = copy.deepcopy(command_line)
-    parent = data.pop("extends", None)
-    if parent is not None:
-        base = _extended(source, Path(default).parent, parent)
-    elif "datasets" in data:
-        base = {}
-    else:
-        base = resolve_raw(default)
-    return deep_merge(base, data)
-
-
-def resolved_text(params: Params) -> str:
-    """``params`` as a complete params file: every value, the schema's defaults included."""
-    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
-
-
-def write_resolved(params: Params, folder: str | Path) -> Path:
-    """Write ``params`` as a complete params file named by its content (``<name>-<hash>.yaml``), so that
-    workflow jobs read exactly the values the workflow validated; the same values give the same file."""
-    text = resolved_text(params)
-    path = Path(folder) / f"{params.name}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
-    if not path.exists() or path.read_text() != text:
-        io.write_text(path, text)
-    return path
+for _schema in (SynthMotionDataset, Kinetics400Dataset, Ssv2Dataset, SmarthomeDataset, ListDataset):
+    SOURCE_SCHEMAS.register(source_name(_schema), _schema)
+_rebuild_params()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from amflow import io
 from amflow.errors import AmflowError
 
-if TYPE_CHECKING:  # typing only: amflow.params imports nothing from here
+if TYPE_CHECKING:  # typing only: amflow.params imports the dataset name rules from here (a cycle at run time)
     from amflow.params import Params
 
 SPEC_HASH_CHARS = 8
@@ -30,9 +30,11 @@ SPEC_HASH_RE = rf"[0-9a-f]{{{SPEC_HASH_CHARS}}}"
 # A dataset name (and a params file's name) becomes a folder name under data/ and results/. The
 # Snakemake rules use the same pattern as their `dataset` wildcard constraint.
 DATASET_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_\-]*"
-# Folders of the layout itself: a dataset of one of these names would be written over them
-# (compared case-insensitively, for case-insensitive file systems).
-RESERVED_NAMES = ("frames", "motion", "pretrain_images", "backbone", "ablations", "sweeps", "plots")
+# The folders of a params file's results beside its dataset folders (results/<name>/<dataset>/): a
+# dataset of one of these names would be written over them (compared case-insensitively, for
+# case-insensitive file systems). Under data/ a dataset's folders carry its spec hash, and meet none.
+BACKBONE_DIR, ABLATIONS_DIR, SWEEPS_DIR, PLOTS_DIR = "backbone", "ablations", "sweeps", "plots"
+RESERVED_NAMES = (BACKBONE_DIR, ABLATIONS_DIR, SWEEPS_DIR, PLOTS_DIR)
 # The rules build their output patterns with the functions below, passing the wildcard itself.
 _WILDCARD = "{dataset}"
 
@@ -67,6 +69,11 @@ PER_CLASS_CSV = "per_class.csv"
 PREDICTIONS_CSV = "predictions.csv"
 CONFUSION_PNG = "confusion.png"
 CURVES_PNG = "curves.png"
+EVALUATION_FILES = (SCORES_JSON, PER_CLASS_CSV, PREDICTIONS_CSV, CONFUSION_PNG, CURVES_PNG, METRICS_JSON)  # last: marks it complete
+# `amflow train --evaluate` evaluates the run in the training's process, into this folder of the run
+# folder; `amflow evaluate` takes that evaluation when it was made from the same checkpoint with the same
+# params (amflow.evaluate.reuse), and evaluates again otherwise.
+TRAINING_EVALUATION_DIR = "evaluated_in_training"
 # The plots folder (plots_dir):
 HEATMAPS_PNG = "amflow_heatmaps.png"
 HEATMAPS_GIF = "amflow_heatmaps.gif"
@@ -75,6 +82,7 @@ CONVERGENCE_PNG = "convergence.png"
 ACCURACY_PNG = "accuracy.png"
 # A params file's results folder (results_root):
 TABLE1_CSV = "table1.csv"
+TABLE1_FIRST_SEED_CSV = "table1_first_seed.csv"  # table 1 of the first seed alone: the run's first answer
 ABLATIONS_CSV = "ablations.csv"
 FAIR_TEST_CSV = "fair_test.csv"
 REPORT_MD = "report.md"
@@ -184,7 +192,7 @@ def dvc_pipeline_file(name: str) -> Path:
     return Path(DVC_YAML) if name == DEFAULT_NAME else PIPELINES_DIR / name / DVC_YAML
 
 
-# Where the workflow writes the params its jobs read (amflow.params.write_resolved): Snakemake's own
+# Where the workflow writes the params its jobs read (amflow.params_io.write_resolved): Snakemake's own
 # working folder, not a results folder (the file is a means, not a result).
 RESOLVED_PARAMS_DIR = Path(".snakemake") / "amflow_params"
 
@@ -226,7 +234,7 @@ def localisation_dir(results_dir: Path, dataset: str) -> Path:
 
 
 def backbone_dir(results_dir: Path) -> Path:
-    return Path(results_dir) / "backbone"
+    return Path(results_dir) / BACKBONE_DIR
 
 
 def backbone_file(results_dir: Path) -> Path:
@@ -240,7 +248,7 @@ def run_dir(results_dir: Path, dataset: str, method: str, seed: int) -> Path:
 
 def ablation_run_dir(results_dir: Path, axis: str, value: str, dataset: str, seed: int) -> Path:
     check_dataset_name(dataset)
-    return Path(results_dir) / "ablations" / axis / str(value) / dataset / f"seed{seed}"
+    return Path(results_dir) / ABLATIONS_DIR / axis / str(value) / dataset / f"seed{seed}"
 
 
 
@@ -251,7 +259,7 @@ def ablation_table_file(results_dir: Path, axis: str) -> Path:
 
 def sweep_dir(results_dir: Path, dataset: str, method: str) -> Path:
     """An Optuna sweep's study, trials and best params."""
-    return Path(results_dir) / "sweeps" / dataset / method
+    return Path(results_dir) / SWEEPS_DIR / dataset / method
 
 
 def sweep_trial_dir(sweep_folder: Path, number: int) -> Path:
@@ -261,4 +269,4 @@ def sweep_trial_dir(sweep_folder: Path, number: int) -> Path:
 
 def plots_dir(results_dir: Path) -> Path:
     """The figures of a params file's results: heat maps, convergence and accuracy plots."""
-    return Path(results_dir) / "plots"
+    return Path(results_dir) / PLOTS_DIR

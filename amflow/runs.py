@@ -1,5 +1,5 @@
-"""A trained run: where its files are, the digest of the params that define it, its model, and loading
-it back with one compatibility policy.
+"""A trained run: where its files are, its model, and loading it back with one compatibility policy
+(what defines the run, and its digest: :func:`amflow.identity.training`).
 
 A run folder (:func:`amflow.paths.run_dir`, or ``--run-dir``) holds ``params.yaml``, ``train_state.pt``
 (every epoch), ``train_log.csv``, ``checkpoint.pt`` and ``train.json`` (written once training is
@@ -9,19 +9,17 @@ and its companions; the names are :mod:`amflow.paths`'s.
 The policy (:func:`load_trained_run`), for evaluation, prediction and the heat maps alike: training is
 complete (``train.json`` exists); the checkpoint records the params digest of the params it is used with
 (a missing digest is refused like a different one); and the checkpoint is the one ``train.json``
-describes (the same dataset, method, seed, last epoch and digest). Each refusal names the file and the fix.
+describes (the same digest and last epoch). Each refusal names the file and the fix.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from amflow import io, paths
+from amflow import identity, io, methods, paths
 from amflow.camera.rules import resolve_variant
 from amflow.data.clips import Normalise
 from amflow.data.still_clips import still_clips
@@ -64,8 +62,8 @@ def run_paths(params: Params, dataset: str, method: str, seed: int, data_dir: Pa
 
 
 def resolve_method_variant(params: Params, method: str, results_dataset_dir: Path) -> tuple[str, bool]:
-    """(AM flow variant for the model, identity_for_static); only ``amflow`` uses AM flow."""
-    if method != "amflow":
+    """(AM flow variant for the model, identity_for_static); 'none' for a method that reads no AM flow."""
+    if not methods.get(method).am_flow:
         return "none", False
     return resolve_variant(params.model.am_flow.variant, results_dataset_dir)
 
@@ -73,42 +71,8 @@ def resolve_method_variant(params: Params, method: str, results_dataset_dir: Pat
 def uses_oracle(params: Params, method: str, variant: str) -> bool:
     """Whether the model reads the actor's ground-truth coverage (``model.am_flow.control`` oracle,
     footprint or rank_matched)."""
-    return method == "amflow" and variant != "none" and params.model.am_flow.control in GROUND_TRUTH_CONTROLS
-
-
-def digest_doc(params: Params, dataset: str) -> dict:
-    """Everything that defines this run's training (not workers, threads, device or tracking), the
-    contents of a list dataset's lists included: what :func:`params_digest` hashes."""
-    train = params.train.model_dump(mode="json")
-    for key in ("num_workers", "threads", "device"):
-        train.pop(key, None)
-    # Test views only matter to evaluation (validation always uses one view).
-    sampling = params.sampling_for(dataset).model_dump(mode="json", exclude={"test_clips", "test_crops"})
-    spec = params.dataset(dataset)
-    doc = {"dataset": spec.model_dump(mode="json"), "sampling": sampling,
-           "backbone": params.backbone.model_dump(mode="json"),
-           "model": params.model.model_dump(mode="json"), "train": train}
-    lists = paths.lists_digest(spec)
-    if lists is not None:  # a dataset given as lists is also its lists' contents (the other keys stay as they were)
-        doc["dataset_lists"] = lists
-    return doc
-
-
-def params_digest(params: Params, dataset: str) -> str:
-    """Hash of :func:`digest_doc`. A training state is only resumed under the same digest, so a run
-    folder never mixes two settings."""
-    return hashlib.sha256(json.dumps(digest_doc(params, dataset), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def digest_differences(used: Params, other: Params, dataset: str) -> dict[str, tuple]:
-    """The dotted keys of :func:`digest_doc` whose values differ, ``key -> (used, other)``."""
-    def flat(node, prefix=""):
-        if isinstance(node, dict):
-            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
-        return {prefix[:-1]: node}
-
-    a, b = flat(digest_doc(used, dataset)), flat(digest_doc(other, dataset))
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    return (methods.get(method).ground_truth_controls and variant != "none"
+            and params.model.am_flow.control in GROUND_TRUTH_CONTROLS)
 
 
 def build_run_model(params: Params, dataset: str, method: str, num_classes: int, variant: str,
@@ -154,21 +118,31 @@ def check_complete(run_dir: Path, make: str) -> None:
         raise AmflowError(f"{train_json}: training of this run is not complete; run `{make}` first")
 
 
-def check_digest(state: dict, params: Params, dataset: str, source: Path, trained_params: Path) -> None:
-    """Refuse weights trained with params other than ``params`` (a missing digest counts as other)."""
+def check_digest(state: dict, expected: identity.Identity, source: Path, trained_params: Path) -> None:
+    """Refuse weights trained with params other than those of the run ``expected`` (a missing digest
+    counts as other)."""
     recorded = state["meta"].get("compat", {}).get("params_digest")
-    digest = params_digest(params, dataset)
-    if recorded != digest:
-        raise AmflowError(f"{source}: this run was trained with different params (digest {recorded} vs {digest} "
-                          f"now); use the params it was trained with ({trained_params}), or retrain it with the "
-                          f"other params")
+    if recorded != expected.digest:
+        raise AmflowError(f"{source}: this run was trained with different params (digest {recorded} vs "
+                          f"{expected.digest} now); use the params it was trained with ({trained_params}), or "
+                          f"retrain it with the other params")
 
 
-def load_trained_run(run_dir: Path, params: Params, *, make: str, dataset: Optional[str] = None) -> TrainedRun:
+def _refuse_other(checkpoint: Path, found: dict, other: dict, other_name: str, label: str, run_dir: Path) -> None:
+    differ = [k for k in found if found[k] != other[k]]
+    if differ:
+        raise AmflowError(f"{checkpoint}: not the checkpoint {other_name} "
+                          f"({', '.join(f'{k} {found[k]}' for k in differ)}; "
+                          f"{label}: {', '.join(f'{k} {other[k]}' for k in differ)}); restore the run's own "
+                          f"checkpoint, or delete {run_dir} and retrain")
+
+
+def load_trained_run(run_dir: Path, params: Params, *, make: str, dataset: Optional[str] = None,
+                     method: Optional[str] = None, seed: Optional[int] = None) -> TrainedRun:
     """The finished run in ``run_dir``, checked against ``params`` under the module's one policy.
 
-    ``dataset`` defaults to the one the checkpoint records; ``make`` is the command that (re)makes the
-    run, for the error of an unfinished one."""
+    ``dataset``, ``method`` and ``seed`` (the run asked for) default to those the checkpoint records;
+    ``make`` is the command that (re)makes the run, for the error of an unfinished one."""
     run_dir = Path(run_dir)
     check_complete(run_dir, make)
     train_json, checkpoint = run_dir / paths.TRAIN_JSON, run_dir / paths.CHECKPOINT
@@ -181,20 +155,15 @@ def load_trained_run(run_dir: Path, params: Params, *, make: str, dataset: Optio
                           f"(or the pipeline): it restores the checkpoint from {paths.TRAIN_STATE}, or trains again")
     state = ckpt.load_checkpoint(checkpoint)
     compat = state["meta"].get("compat", {})
-    check_digest(state, params, dataset or compat.get("dataset"), run_dir, run_dir / paths.PARAMS_YAML)
-    # The checkpoint must be the one train.json describes: the same run (dataset, method, seed), its last
-    # epoch and its params (train.json files written before the digest was recorded in them are checked
-    # without it).
-    found = {"dataset": compat.get("dataset"), "method": compat.get("method"), "seed": compat.get("seed"),
-             "epoch": state["epoch"], "params digest": compat.get("params_digest")}
-    described = {"dataset": info.get("dataset"), "method": info.get("method"), "seed": info.get("seed"),
-                 "epoch": info.get("epochs"), "params digest": info.get("params_digest", compat.get("params_digest"))}
-    differ = [k for k in found if found[k] != described[k]]
-    if differ:
-        raise AmflowError(f"{checkpoint}: not the checkpoint that {train_json} describes "
-                          f"({', '.join(f'{k} {found[k]}' for k in differ)}; "
-                          f"train.json: {', '.join(f'{k} {described[k]}' for k in differ)}); restore the run's own "
-                          f"checkpoint, or delete {run_dir} and retrain")
+    recorded = {k: compat.get(k) for k in ("dataset", "method", "seed")}  # the run's identity, in its checkpoint
+    asked = {"dataset": dataset or recorded["dataset"], "method": method or recorded["method"],
+             "seed": recorded["seed"] if seed is None else int(seed)}
+    _refuse_other(checkpoint, recorded, asked, "of this run", "the run", run_dir)
+    check_digest(state, identity.training(params, **asked), run_dir, run_dir / paths.PARAMS_YAML)
+    # train.json names its checkpoint by the digest (the same run and params) and the last epoch.
+    _refuse_other(checkpoint, {"params digest": compat.get("params_digest"), "epoch": state["epoch"]},
+                  {"params digest": info.get("params_digest"), "epoch": info.get("epochs")},
+                  f"that {train_json} describes", "train.json", run_dir)
     return TrainedRun(run_dir, info, state)
 
 

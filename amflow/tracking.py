@@ -1,33 +1,36 @@
-"""MLflow tracking: one experiment per (params file, dataset), one run per run folder, shared by train and evaluate.
+"""MLflow tracking, the store side: where the store is, checking and opening it (once per process),
+retrying a busy one, and one opener for the run of any stage (:func:`open_run`). Each stage builds
+what its run logs: its identity (:mod:`amflow.identity`, logged as the run's params), its metrics,
+artefacts and model.
 
 - Tracking URI: ``MLFLOW_TRACKING_URI`` if set, else ``params.tracking.uri``, else
   ``sqlite:///<cwd>/mlflow.db``. For a sqlite store the artefacts go to ``mlartifacts/`` beside the
   database file (not wherever the process happens to run).
-- Experiment ``f"{tracking.experiment_prefix}-{params.name}-{dataset}"`` (so two params files never
-  share one); run name ``f"{method}-seed{seed}"`` (a run folder elsewhere than the standard one is
-  named by its path under the results folder). Every tag this project sets starts with ``amflow.``.
-- A run is found again by its key (the run folder under the results folder, tag ``amflow.run_key``)
-  and its params digest: a rerun with the same params reuses its MLflow run (resume, or an attempt
-  that died before logging an epoch) or replaces it; a run with other params is a new run, and the
+- Experiment ``f"{tracking.experiment_prefix}-{params.name}-{experiment}"``, ``experiment`` a dataset
+  (or ``pretrain_images``), so two params files never share one. Every tag this project sets starts
+  with ``amflow.``.
+- A run is found again by its key (a run folder under the results folder, tag ``amflow.run_key``)
+  and its identity's digest: a rerun with the same params reuses its MLflow run (resume, or an attempt
+  that died before logging anything) or replaces it; a run with other params is a new run, and the
   old one stays as the record of what ran, tagged superseded (:func:`_reuse_or_replace`). A run left
   RUNNING by an attempt that died is marked KILLED when the next attempt starts.
-- Training logs params (its own dataset's, not the whole file's), tags, the frame manifest as an
-  MLflow dataset input, one batched call of metrics per epoch and, at the end, the model (an MLflow
-  pyfunc, :mod:`amflow.evaluate.mlflow_model`); evaluation reopens the same run from
-  ``mlflow_run.json`` and logs the test metrics and artefacts.
+- Training records its run id in the run folder (``mlflow_run.json``); evaluation reopens that run
+  (:func:`reopen_run`) and logs the test metrics and artefacts.
 - An http(s) server is probed before anything else (``/health`` and one API call, short timeouts, no
   retries), and MLflow's own HTTP retries are bounded (:data:`ENV_DEFAULTS`), so an unreachable or
   failing server stops the stage within seconds, with an :class:`AmflowError` naming the URI.
 - Opening a run and the final logging retry, with a bound, on a store that is busy ("database is
   locked": sqlite on a shared filesystem); see :func:`with_retries`.
-- ``AMFLOW_TRACKING=0`` switches tracking off (unit tests whose subject is not tracking).
+- ``AMFLOW_TRACKING=0`` switches tracking off: :func:`open_run` then returns a :class:`NullTracker`,
+  which takes every call and does nothing, so a stage never asks whether tracking is on.
 
-Everything here talks to one explicit ``MlflowClient``, never to mlflow's global "active run", so
-several runs in one process (sweeps, tests) cannot step on each other.
+Everything here talks to one explicit ``MlflowClient`` per store, never to mlflow's global "active
+run", so several runs in one process (sweeps, tests) cannot step on each other.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -43,7 +46,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, TypeVar
 
-from amflow import io
+from amflow import io, methods
 from amflow.errors import AmflowError
 
 SWITCH_ENV = "AMFLOW_TRACKING"
@@ -215,22 +218,6 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def run_params(params, dataset: str, method: str) -> dict[str, str]:
-    """The params that define one run, flattened: its own dataset and sampling (not every dataset's in
-    the file), the backbone, model and training sections, and camera motion for AM flow."""
-    doc = {"params_name": params.name,
-           "dataset": params.dataset(dataset).model_dump(mode="json"),
-           "sampling": params.sampling_for(dataset).model_dump(mode="json"),
-           "backbone": params.backbone.model_dump(mode="json"),
-           "model": params.model.model_dump(mode="json"),
-           "train": params.train.model_dump(mode="json")}
-    if params.backbone.weights == "pretrain":
-        doc["pretrain"] = params.pretrain.model_dump(mode="json")
-    if method == "amflow":
-        doc["camera_motion"] = params.camera_motion.model_dump(mode="json")
-    return flatten(doc)
-
-
 def file_sha256(path: Path) -> Optional[str]:
     path = Path(path)
     if not path.exists():
@@ -257,8 +244,27 @@ def git_state(cwd: Optional[Path] = None) -> dict[str, str]:
             f"{TAG}git_dirty": str(bool(dirty.stdout.strip())).lower()}
 
 
+class Store(NamedTuple):
+    uri: str
+    client: Any  # an MlflowClient on ``uri``
+
+
+@functools.lru_cache(maxsize=None)
+def _open_store(uri: str) -> Store:
+    from mlflow.tracking import MlflowClient
+
+    check_reachable(uri)
+    return Store(uri, MlflowClient(tracking_uri=uri))
+
+
+def open_store(params=None, uri: Optional[str] = None) -> Store:
+    """The tracking store (``uri``, else :func:`resolve_uri`), checked and opened once per process: every
+    run of the process (a sweep's trials, evaluation after training) talks to it through one client."""
+    return _open_store(uri or resolve_uri(params))
+
+
 class NullTracker:
-    """Tracking switched off: every call is accepted and ignored."""
+    """Tracking switched off: every call is accepted and ignored (the one "off" of this module)."""
 
     run_id: Optional[str] = None
     uri: Optional[str] = None
@@ -276,70 +282,12 @@ class NullTracker:
 
 
 class Tracker:
-    """One MLflow run, addressed by id through an explicit client."""
-
-    EPOCH_KEYS = ("lr", "train_loss", "train_acc", "val_top1", "val_loss", "epoch_time", "clips_per_s",
-                  "data_wait_frac")
+    """One MLflow run, addressed by id through the store's client."""
 
     def __init__(self, uri: str, run_id: str):
-        from mlflow.tracking import MlflowClient
-
         self.uri = uri
         self.run_id = run_id
-        self.client = MlflowClient(tracking_uri=uri)
-
-    # ------------------------------------------------------------------ opening a run
-    @classmethod
-    def open_for_training(cls, params, *, dataset: str, method: str, seed: int, run_dir: Path,
-                          results_dir: Path, params_digest: str, tags: Optional[dict] = None,
-                          parent_run_id: Optional[str] = None, resume: bool = False,
-                          name: Optional[str] = None):
-        """Open this run folder's MLflow run (rank 0 only): reuse it when training resumes its checkpoint
-        or when the last attempt died before logging an epoch with the same params; otherwise replace it.
-
-        ``name`` overrides the run name (default ``<method>-seed<seed>``, or the folder's path under the
-        results folder for a run folder elsewhere, such as an ablation's)."""
-        if not enabled():
-            return NullTracker()
-        exp = open_experiment(params, dataset)
-        uri = exp.uri
-        from amflow import paths
-
-        run_dir = Path(run_dir)
-        key = run_key(run_dir, results_dir)
-        if name is None:
-            standard = paths.run_dir(results_dir, dataset, method, seed).resolve() == run_dir.resolve()
-            name = run_name(method, seed) if standard else key
-        all_tags = {f"{TAG}dataset": dataset, f"{TAG}method": method, f"{TAG}seed": str(seed),
-                    f"{TAG}params_name": params.name, f"{TAG}run_dir": str(run_dir.resolve()),
-                    f"{TAG}run_key": _key_tag(key), f"{TAG}params_digest": params_digest,
-                    f"{TAG}stage": "train", **git_state(), **(tags or {})}
-        if parent_run_id is None:
-            parent_run_id = _active_parent(uri)
-        if parent_run_id:
-            all_tags["mlflow.parentRunId"] = parent_run_id
-
-        def open_run() -> str:
-            recorded = _recorded_run(run_dir, uri)
-            run_id = _reuse_or_replace(exp.client, exp.id, all_tags, recorded=recorded, resume=resume, name=name)
-            io.write_json(run_dir / RUN_FILE, {"tracking_uri": uri, "experiment_id": exp.id, "run_id": run_id,
-                                               "experiment": exp.name, "run_name": name})
-            return run_id
-
-        return cls(uri, with_retries(open_run, f"opening the MLflow run of {run_dir}"))
-
-    @classmethod
-    def open_existing(cls, run_dir: Path, params=None):
-        """Reopen the run recorded by training (evaluation); a NullTracker when off or never tracked."""
-        if not enabled():
-            return NullTracker()
-        run_file = Path(run_dir) / RUN_FILE
-        if not run_file.exists():
-            return NullTracker()
-        rec = io.read_json(run_file)
-        uri = rec["tracking_uri"]
-        check_reachable(uri)
-        return cls(uri, rec["run_id"])
+        self.client = open_store(uri=uri).client
 
     # ------------------------------------------------------------------ logging
     def log_params(self, params: dict) -> None:
@@ -360,9 +308,8 @@ class Tracker:
             self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
 
     def log_epoch(self, record: dict) -> None:
-        """One batched request per epoch, step = epoch number (1-based)."""
-        self.log_metrics({k: record[k] for k in record if k in self.EPOCH_KEYS or k.startswith("norm.")},
-                         step=int(record["epoch"]))
+        """One batched request per epoch: every number of the trainer's record, step = its epoch (1-based)."""
+        self.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
 
     def sync_history(self, history: list[dict]) -> None:
         """On resume: log the epochs the store lacks (a crash between checkpoint and logging loses none)."""
@@ -451,8 +398,10 @@ def _reuse_or_replace(client, exp_id: str, tags: dict, *, recorded: Optional[str
     """The run id to train into: an existing run of the same key and params when it can continue, else a
     new one. A run is a record of what ran:
 
-    - a run of the key with the same params digest that cannot continue (an earlier attempt, say
-      trained from scratch again after a crash) is the same record redone: it is replaced
+    - a run of the key with the same params digest continues when this attempt resumes its state, or
+      when it ended before logging anything of its work (no epoch, not finished); one that cannot
+      continue (an earlier attempt, say trained from scratch again after a crash, or a finished run of a
+      stage that logs once) is the same record redone: it is replaced
       (soft-deleted; ``mlflow gc`` purges, the UI can restore);
     - a run of the key with other params stays, with its model, tagged ``amflow.superseded=true`` and
       ``amflow.superseded_by=<the new run's id>`` (every training run carries ``amflow.superseded``, so
@@ -476,7 +425,7 @@ def _reuse_or_replace(client, exp_id: str, tags: dict, *, recorded: Optional[str
             continue
         if run.data.tags.get(f"{TAG}params_digest") != digest:
             superseded.append(run)
-        elif reuse is None and (resume or "train_loss" not in run.data.metrics):
+        elif reuse is None and (resume or (run.info.status != "FINISHED" and "train_loss" not in run.data.metrics)):
             reuse = run
         else:
             replaced.append(run)
@@ -500,24 +449,54 @@ def _reuse_or_replace(client, exp_id: str, tags: dict, *, recorded: Optional[str
     return run_id
 
 
-class Experiment(NamedTuple):
-    uri: str
-    client: Any  # an MlflowClient on ``uri``
-    id: str
-    name: str
+def open_run(params, identity, *, experiment: str, key: str, name: str, tags: Optional[dict] = None,
+             record: Optional[Path] = None, resume: bool = False, parent_run_id: Optional[str] = None):
+    """The MLflow run of one run of a stage, with the params of its ``identity``
+    (:mod:`amflow.identity`) logged; a :class:`NullTracker` when tracking is off.
+
+    The run is in the experiment ``<prefix>-<params name>-<experiment>`` and is found again by ``key``
+    (what makes two attempts "the same run": a run folder, say) and the identity's digest
+    (:func:`_reuse_or_replace`: the same params continue or replace it, other params supersede it).
+    ``record``: a folder where the run id is written (``mlflow_run.json``, which evaluation reopens with
+    :func:`reopen_run`) and looked for first; ``resume``: the attempt continues an earlier one's state;
+    ``parent_run_id``: nest the run (default: a fluent ``mlflow.start_run()`` around us, a sweep's)."""
+    if not enabled():
+        return NullTracker()
+    store = open_store(params)
+    exp_name = experiment_name(params, experiment)
+    exp_id = with_retries(lambda: _experiment_id(store.client, exp_name, store.uri),
+                          f"opening the MLflow experiment {exp_name}")
+    all_tags = {f"{TAG}stage": identity.stage, **{f"{TAG}{k}": str(v) for k, v in identity.names.items()},
+                f"{TAG}params_name": params.name, f"{TAG}run_key": _key_tag(key),
+                f"{TAG}params_digest": identity.digest, **git_state(), **(tags or {})}
+    parent_run_id = parent_run_id or _active_parent(store.uri)
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+
+    def start() -> str:
+        recorded = _recorded_run(record, store.uri) if record is not None else None
+        run_id = _reuse_or_replace(store.client, exp_id, all_tags, recorded=recorded, resume=resume, name=name)
+        if record is not None:
+            io.write_json(Path(record) / RUN_FILE, {"tracking_uri": store.uri, "experiment_id": exp_id,
+                                                    "run_id": run_id, "experiment": exp_name, "run_name": name})
+        return run_id
+
+    tracker = Tracker(store.uri, with_retries(start, f"opening the MLflow run {name} ({key})"))
+    logged = {**flatten(identity.params), **flatten(identity.names, "run."), **flatten(identity.extra),
+              "params_name": params.name}
+    with_retries(lambda: tracker.log_params(logged), f"logging the params of the MLflow run {name} ({key})")
+    return tracker
 
 
-def open_experiment(params, dataset: str) -> Experiment:
-    """The MLflow experiment ``<prefix>-<params name>-<dataset>`` on the params' store (created when
-    missing), after checking that the store answers: where every stage opens its runs."""
-    from mlflow.tracking import MlflowClient
-
-    uri = resolve_uri(params)
-    check_reachable(uri)
-    client = MlflowClient(tracking_uri=uri)
-    name = experiment_name(params, dataset)
-    exp_id = with_retries(lambda: _experiment_id(client, name, uri), f"opening the MLflow experiment {name}")
-    return Experiment(uri, client, exp_id, name)
+def reopen_run(run_dir: Path):
+    """The MLflow run that training recorded in ``run_dir`` (evaluation logs into it); a NullTracker when
+    tracking is off or the run was not tracked."""
+    if not enabled():
+        return NullTracker()
+    rec = io.read_json_record(Path(run_dir) / RUN_FILE)
+    if rec is None:
+        return NullTracker()
+    return Tracker(rec["tracking_uri"], rec["run_id"])
 
 
 def _experiment_id(client, name: str, uri: str) -> str:
@@ -595,86 +574,3 @@ def backbone_artifact(client, uri: str, experiment_prefix: str, weights: Path) -
     with lock:
         run_id = with_retries(log, f"logging the backbone {weights}")
     return {"backbone_uri": f"runs:/{run_id}/{BACKBONE_ARTIFACT_DIR}/{weights.name}", "backbone_sha256": sha}
-
-
-# --------------------------------------------------------------------------- backbone pretraining
-def open_pretrain_run(params, *, out_dir: Path, results_dir: Path):
-    """The MLflow run of ``amflow pretrain-backbone``: experiment ``<prefix>-<params name>-pretrain_images``,
-    run ``pretrain-backbone``, found again by its output folder like a training run (reused or replaced,
-    never duplicated); params: the pretraining, image set and backbone sections."""
-    if not enabled():
-        return NullTracker()
-    exp = open_experiment(params, "pretrain_images")
-    key = run_key(out_dir, results_dir)
-    doc = {"params_name": params.name, "pretrain": params.pretrain.model_dump(mode="json"),
-           "pretrain_images": params.pretrain_images.model_dump(mode="json") if params.pretrain_images else None,
-           "backbone": params.backbone.model_dump(mode="json"),
-           "normalisation": {"mean": list(params.sampling.mean), "std": list(params.sampling.std)}}
-    digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
-    tags = {f"{TAG}stage": "pretrain_backbone", f"{TAG}params_name": params.name,
-            f"{TAG}run_dir": str(Path(out_dir).resolve()), f"{TAG}run_key": _key_tag(key),
-            f"{TAG}params_digest": digest, **git_state()}
-
-    def open_run() -> str:
-        return _reuse_or_replace(exp.client, exp.id, tags, recorded=None, resume=False, name="pretrain-backbone")
-
-    tracker = Tracker(exp.uri, with_retries(open_run, f"opening the MLflow run of {out_dir}"))
-    with_retries(lambda: tracker.log_params(flatten(doc)), "logging the pretraining params")
-    return tracker
-
-
-# --------------------------------------------------------------------------- sweeps
-class SweepParent:
-    """The parent MLflow run of one Optuna study; trials are nested under it (``parent_run_id``)."""
-
-    def __init__(self, tracker: Optional[Tracker]):
-        self.tracker = tracker
-        self.run_id = tracker.run_id if tracker is not None else None
-
-    def finish_sweep(self, best: dict, artifacts: Iterable[Path] = ()) -> None:
-        """Record the best trial (metric ``best_value``, tags ``amflow.best.<param>`` and ``amflow.best_model``)
-        and the study's files."""
-        if self.tracker is None:
-            return
-        self.tracker.log_metrics({"best_value": best["value"], "best_trial": best["number"]})
-        # Tags, not params: a resumed study may find a better trial later, and params are immutable.
-        self.tracker.set_tags({f"{TAG}best.{k}": json.dumps(v) if not isinstance(v, str) else v
-                               for k, v in best.get("params", {}).items()})
-        if best.get("model_uri"):  # the best trial's model, the one model of the sweep
-            self.tracker.set_tags({f"{TAG}best_model": best["model_uri"]})
-        self.tracker.log_artifacts([Path(p) for p in artifacts], artifact_path="sweep")
-        self.tracker.finish("FINISHED")
-
-
-def open_sweep_parent(params, *, dataset: str, study_name: str, study=None, sweep_spec: Optional[dict] = None
-                      ) -> SweepParent:
-    """Create (or, when the study is resumed, reopen) the parent run ``sweep-<study>`` of a sweep."""
-    if not enabled():
-        return SweepParent(None)
-    exp = open_experiment(params, dataset)
-    client = exp.client
-    found = client.search_runs([exp.id], filter_string=f"tags.`{TAG}sweep_study` = '{study_name}'",
-                               order_by=["attributes.start_time DESC"], max_results=1)
-    if found:
-        run_id = found[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-    else:
-        tags = {f"{TAG}stage": "sweep", f"{TAG}sweep_study": study_name, f"{TAG}dataset": dataset, **git_state()}
-        run_id = client.create_run(exp.id, run_name=f"sweep-{study_name}", tags=tags).info.run_id
-    tracker = Tracker(exp.uri, run_id)
-    extra = {"sweep.study": study_name}
-    if study is not None:
-        extra["sweep.sampler"] = type(study.sampler).__name__
-        extra["sweep.pruner"] = type(study.pruner).__name__
-    tracker.log_params({**flatten(sweep_spec or {}, "sweep."), **extra})
-    return SweepParent(tracker)
-
-
-# --------------------------------------------------------------------------- stages that log once
-def open_stage_run(params, *, dataset: str, name: str, tags: dict) -> Optional[Tracker]:
-    """A new MLflow run ``name`` in the dataset's experiment, tagged with ``tags`` and the git state
-    (the camera-motion stage logs its decision so); None when tracking is off (``AMFLOW_TRACKING=0``)."""
-    if not enabled():
-        return None
-    exp = open_experiment(params, dataset)
-    return Tracker(exp.uri, exp.client.create_run(exp.id, run_name=name, tags={**tags, **git_state()}).info.run_id)

@@ -5,7 +5,9 @@ always agree on what exists.
 """
 from __future__ import annotations
 
+import functools
 import itertools
+import json
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import yaml
 
 from amflow.params import Params
+from amflow.params_io import deep_merge, set_dotted, validate
 
 # The method AM flow is measured against: the same temporal adapter without AM flow.
 REFERENCE = "tpa"
@@ -34,6 +37,13 @@ class AblationRun:
             "--set " + shlex.quote(f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}")
             for k, v in self.overrides.items())
 
+    def params(self, p: Params) -> Params:
+        """The params this run trains with: ``p`` with its overrides (as its ``--set`` arguments give them)."""
+        nested: dict = {}
+        for key, value in self.overrides.items():
+            set_dotted(nested, key, value)
+        return validate(deep_merge(p.model_dump(mode="json"), nested), f"ablation {self.axis}={self.value}")
+
 
 def table_runs(p: Params) -> list[tuple[str, str, int]]:
     return [(d, m, s) for d in p.table_datasets for m in p.methods for s in p.seeds]
@@ -43,9 +53,18 @@ def backbone_depth(p: Params) -> int:
     """Number of blocks of the backbone, from its kwargs or timm's default config."""
     if "depth" in p.backbone.kwargs:
         return int(p.backbone.kwargs["depth"])
-    import timm  # lazily: the Snakemake rules import this module, and timm takes seconds to import
+    return _timm_depth(p.backbone.model, json.dumps(p.backbone.kwargs, sort_keys=True))
 
-    return len(timm.create_model(p.backbone.model, pretrained=False, num_classes=0, **p.backbone.kwargs).blocks)
+
+@functools.lru_cache(maxsize=None)
+def _timm_depth(model: str, kwargs: str) -> int:
+    """The depth of timm's ``model`` built with ``kwargs`` (JSON), once per process: the Snakemake rules
+    plan with it, and timm takes seconds to import (lazily, only for a backbone whose kwargs omit it)."""
+    import timm
+    import torch
+
+    with torch.device("meta"):  # the blocks without their weights: no memory, no initialisation
+        return len(timm.create_model(model, pretrained=False, num_classes=0, **json.loads(kwargs)).blocks)
 
 
 def ablation_runs(p: Params) -> list[AblationRun]:
@@ -104,7 +123,15 @@ def reference_runs(p: Params) -> list[tuple[str, str, int]]:
 
 
 def find_ablation(p: Params, axis: str, value: str, dataset: str, seed: int) -> AblationRun:
-    for run in ablation_runs(p):
-        if (run.axis, run.value, run.dataset, run.seed) == (axis, value, dataset, int(seed)):
-            return run
-    raise KeyError(f"no ablation {axis}={value} on {dataset} seed {seed} in these params")
+    # Snakemake looks a run up for every wildcard of every ablation job while it plans the DAG: the runs
+    # are listed once per params (their JSON is the key), not once per lookup.
+    key = p.model_dump_json()
+    if key not in _ABLATION_INDEX:
+        _ABLATION_INDEX[key] = {(r.axis, r.value, r.dataset, r.seed): r for r in ablation_runs(p)}
+    run = _ABLATION_INDEX[key].get((axis, value, dataset, int(seed)))
+    if run is None:
+        raise KeyError(f"no ablation {axis}={value} on {dataset} seed {seed} in these params")
+    return run
+
+
+_ABLATION_INDEX: dict[str, dict[tuple[str, str, str, int], AblationRun]] = {}

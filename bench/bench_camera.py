@@ -135,7 +135,7 @@ def main(argv=None) -> None:
 
     import cv2
 
-    from amflow.params import load_params
+    from amflow.params_io import load_params
 
     cv2.setNumThreads(1)  # per-core figures; the stage's workers each use one thread too
     params = load_params(Path(__file__).resolve().parents[1] / "params" / "default.yaml")

@@ -51,7 +51,7 @@ from amflow.models.am_flow import (am_flow_pairs, coefficient_of_variation, cove
                                    patch_alignment, warp_to_previous)
 from amflow.models.backbone import num_prefix_tokens, patch_grid, patch_size  # noqa: E402
 from amflow.models.frozen_flow import frozen_block_maps, frozen_scores, token_block_maps  # noqa: E402
-from amflow.params import load_params  # noqa: E402
+from amflow.params_io import load_params  # noqa: E402
 
 SPEEDS = (1, 2, 3)
 PADDINGS = ("border", "reflection", "zeros")

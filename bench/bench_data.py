@@ -66,7 +66,7 @@ def make_dataset(root: Path, count: int, size: int, frames: int, seed: int) -> l
 
 
 def params_for(short_side: int, encoding: str = "raw"):
-    from amflow.params import validate
+    from amflow.params_io import validate
 
     return validate({"name": "bench", "table_datasets": ["d"], "backbone": {"weights": "random"},
                      "datasets": {"d": {"source": "list", "root": "/unused", "annotations": {"train": "x"},

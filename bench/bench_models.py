@@ -41,7 +41,8 @@ from amflow.models import build_model, clip_gflops  # noqa: E402
 from amflow.models.backbone import build_backbone  # noqa: E402
 from amflow.models.context import ClipContext  # noqa: E402
 from amflow.models.video_model import VideoModel  # noqa: E402
-from amflow.params import BackboneSpec, load_params  # noqa: E402
+from amflow.params import BackboneSpec  # noqa: E402
+from amflow.params_io import load_params
 from timing import Clock  # noqa: E402
 
 # "aligned_<alignment>": the aligned variant with that model.am_flow.alignment ("aligned" alone: the default's).

@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from amflow.data.sources import synthmotion as sm
-    from amflow.params import load_params
+    from amflow.params_io import load_params
 
     params = load_params(args.params)
     names = [n for n, d in params.datasets.items() if d.source == "synthmotion"]

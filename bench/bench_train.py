@@ -47,7 +47,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 
 from amflow import paths  # noqa: E402
-from amflow.params import load_params  # noqa: E402
+from amflow.params_io import load_params  # noqa: E402
 from timing import Clock  # noqa: E402
 
 METHODS = ("frame", "aim", "st_adapter", "tpa", "amflow")

@@ -48,7 +48,8 @@ from torch.utils.data import Dataset  # noqa: E402
 
 from amflow import io, paths  # noqa: E402
 from amflow.models import build_backbone, build_model  # noqa: E402
-from amflow.params import BackboneSpec, load_params  # noqa: E402
+from amflow.params import BackboneSpec  # noqa: E402
+from amflow.params_io import load_params
 from amflow.train.distributed import cuda_facts, nvidia_driver_version  # noqa: E402
 
 METHODS = [("frame", "none"), ("aim", "none"), ("st_adapter", "none"), ("tpa", "none"), ("amflow", "static"),

@@ -126,7 +126,7 @@ def make_tiny_dataset(data_dir: Path, name: str = "tiny", size: int = 16, frames
 
 def tiny_params(name: str = "tiny", size: int = 16, num_frames: int = 4, **train):
     """Params for the tiny dataset: a 2-block ViT with random weights, a few quick epochs on CPU."""
-    from amflow.params import validate
+    from amflow.params_io import validate
 
     train_cfg = dict(epochs=2, batch_size=8, lr=0.005, warmup_epochs=0.5, device="cpu", threads=1)
     train_cfg.update(train)

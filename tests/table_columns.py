@@ -17,7 +17,7 @@ MODEL = ["trainable_params", "total_params", "gflops_per_clip", "am_flow_variant
 PAIRED = ["top1_vs_tpa_pct_mean", "top1_vs_tpa_pct_std"]
 # Table 1 only: convergence to tpa's final validation top-1.
 CONVERGENCE = ["target_val_top1_pct", "epochs_to_target_mean", "epochs_to_target_std", "time_to_target_s_mean",
-               "time_to_target_s_std", "seeds_reaching_target"]
+               "time_to_target_s_std", "reaching_target_seeds"]
 
 TABLE1_COLUMNS = ["dataset", "method", "n_seeds", *SEED_STATS, *MODEL, *PAIRED, *CONVERGENCE]
 ABLATION_COLUMNS = ["axis", "value", "dataset", "n_seeds", *SEED_STATS, *MODEL, *PAIRED]

@@ -35,7 +35,8 @@ from amflow.localise import auc
 from amflow.models.am_flow import am_flow_pairs, coefficient_of_variation
 from amflow.models.backbone import build_backbone
 from amflow.models.frozen_flow import frozen_block_maps, frozen_scores
-from amflow.params import AmFlowSpec, validate
+from amflow.params import AmFlowSpec
+from amflow.params_io import validate
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))

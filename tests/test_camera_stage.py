@@ -13,7 +13,7 @@ from amflow import paths
 from amflow.camera import rules, stage
 from amflow.data.frame_cache import FrameCache, write_cache
 from amflow.errors import AmflowError
-from amflow.params import load_params
+from amflow.params_io import load_params
 
 from conftest import ROOT
 
@@ -246,23 +246,23 @@ def test_mlflow_logging(tiny_cache, tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("AMFLOW_TRACKING", "1")
-    summary = stage.run_camera_motion(params(sample_videos=3, moving_threshold=0.01), "tiny", tiny_cache,
+    summary = stage.run_camera_motion(params(sample_videos=3, moving_threshold=0.01), "synth_static", tiny_cache,
                                       tmp_path / "out", motion_path=tmp_path / "m.npz", track=True, workers=1,
                                       progress=False)
     client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("amflow-default-tiny")       # <prefix>-<params name>-<dataset>
+    exp = client.get_experiment_by_name("amflow-default-synth_static")       # <prefix>-<params name>-<dataset>
     assert exp is not None
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.run_name == "camera_motion" and run.info.status == "FINISHED"
     assert run.data.tags["amflow.stage"] == "camera_motion"
-    assert run.data.params["moving_threshold"] == "0.01"
+    assert run.data.params["camera_motion.moving_threshold"] == "0.01"  # its identity: amflow.identity.camera_motion
     assert run.data.metrics["share_moving"] == pytest.approx(summary["share_moving"])
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"camera_motion.json", "camera_motion.png"} <= arts
     saved = json.loads((tmp_path / "out" / paths.CAMERA_JSON).read_text())
     assert saved["mlflow_run_id"] == run.info.run_id
     monkeypatch.setenv("AMFLOW_TRACKING", "0")  # the switch of amflow.tracking turns it off
-    off = stage.run_camera_motion(params(sample_videos=3), "tiny", tiny_cache, tmp_path / "out",
+    off = stage.run_camera_motion(params(sample_videos=3), "synth_static", tiny_cache, tmp_path / "out",
                                   motion_path=tmp_path / "m.npz", track=True, workers=1, progress=False)
     assert "mlflow_run_id" not in off
     assert len(client.search_runs([exp.experiment_id])) == 1

@@ -190,7 +190,7 @@ def test_unusable_cuda_fails_at_once_with_the_driver_and_wheel_facts(monkeypatch
 
 def test_gpu_params_files_ask_for_cuda_explicitly():
     """A GPU job must fail at once rather than train on the CPU until its time limit."""
-    from amflow.params import load_params
+    from amflow.params_io import load_params
 
     for name in ("k400", "ssv2", "smarthome", "synth_full"):
         assert load_params(ROOT / "params" / f"{name}.yaml").train.device == "cuda", name

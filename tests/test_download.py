@@ -349,7 +349,7 @@ def k400_tree(server: RangeServer) -> str:
 
 
 def k400_params(base_url: str, **download):
-    from amflow.params import validate
+    from amflow.params_io import validate
 
     return validate({
         "name": "k400-test",

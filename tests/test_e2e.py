@@ -51,7 +51,7 @@ def project(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def params(project):
-    from amflow.params import load_params
+    from amflow.params_io import load_params
 
     return load_params(project / "params" / "tiny.yaml")
 
@@ -121,20 +121,49 @@ def test_second_dry_run_has_nothing_to_do(project):
     assert nothing_to_do(out), out.stdout[-3000:]
 
 
+def plan_with(project: Path, values: str, target: str):
+    """The dry run of ``target`` with a params file that extends tiny.yaml (so shares its name, its
+    results folder) by ``values`` (YAML)."""
+    extra = project / "params" / "extended.yaml"
+    extra.write_text(f"extends: tiny.yaml\n{values}\n")
+    try:
+        return snakemake(project, "-n", "--cores", "2", target, "--configfile", "params/extended.yaml")
+    finally:
+        extra.unlink()
+
+
 @pytest.mark.slow
 def test_another_params_file_reruns_only_what_its_values_change(project, params):
     # A file that extends tiny.yaml (so shares its name, its results folder) and adds a seed: the
     # existing runs are reused, whatever the file's path (the params file's path is not a rerun
     # trigger, its values are).
-    extra = project / "params" / "more_seeds.yaml"
-    extra.write_text(f"extends: tiny.yaml\nseeds: {params.seeds + [max(params.seeds) + 1]}\n")
-    try:
-        out = snakemake(project, "-n", "--cores", "2", f"{TINY_RESULTS}/table1.csv", "--configfile",
-                        "params/more_seeds.yaml")
-    finally:
-        extra.unlink()
+    out = plan_with(project, f"seeds: {params.seeds + [max(params.seeds) + 1]}", f"{TINY_RESULTS}/table1.csv")
     n = len(params.table_datasets) * len(params.methods)
     assert job_counts(out) == {"train": n, "evaluate": n, "table1": 1, "total": 2 * n + 1}
+
+
+@pytest.mark.slow
+def test_a_key_that_defines_no_run_reruns_nothing(project):
+    """How a training runs (its data workers, threads) is not what it trains: changed as a user changes it,
+    with --config or in a params file that extends the shipped one, it reruns no job."""
+    out = snakemake(project, "-n", "--cores", "2", "report", *TINY, "--config",
+                    "train={num_workers: 3, threads: 2}")
+    assert nothing_to_do(out), out.stdout[-3000:]
+    out = plan_with(project, "train: {num_workers: 3}", "report")
+    assert nothing_to_do(out), out.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_one_more_ablation_value_reruns_only_its_runs(project, params):
+    """Another value on one ablation axis is another run: it is planned, and no other ablation run."""
+    value = max(params.ablations.frames) + 1
+    out = plan_with(project, f"ablations: {{frames: {params.ablations.frames + [value]}}}",
+                    f"{TINY_RESULTS}/{paths.ABLATIONS_CSV}")
+    counts = job_counts(out)
+    assert counts["train_ablation"] == counts["evaluate_ablation"] == len(params.seeds), counts
+    planned = set(re.findall(r"wildcards: axis=(\w+), value=([\w.-]+), dataset=([\w-]+), seed=(\d+)",
+                             out.stdout + out.stderr))
+    assert planned == {("frames", str(value), params.ablations.dataset, str(s)) for s in params.seeds}, planned
 
 
 # --------------------------------------------------------------------------- tables
@@ -239,6 +268,8 @@ def test_report_numbers_are_the_tables_numbers(project, params):
         assert (md["dataset"], md["method"]) == (row["dataset"], row["method"])
         for header, column in cols.items():
             assert md[header] == row[column], (row["dataset"], row["method"], header, md[header], row[column])
+        # the count of seeds reaching tpa's final val top-1 is a number in the table, "k/n" where shown
+        assert md["seeds reaching it"] == f"{row['reaching_target_seeds']}/{row['n_seeds']}", md
 
     ablations = read_csv(project / TINY_RESULTS / "ablations.csv")
     acols = {"top-1 (%)": "top1_pct_mean", "mean class acc (%)": "mean_class_acc_pct_mean",
@@ -301,6 +332,28 @@ def test_changed_train_param_retrains_the_run(project, tmp_path):
     snakemake(work, "--cores", "2", target, *TINY)
     saved = (work / TINY_RESULTS / "synth_static/frame/seed0/params.yaml").read_text()
     assert "lr: 0.002" in saved
+
+
+@pytest.mark.slow
+def test_a_changed_test_view_reruns_the_evaluation_alone(project, params, tmp_path):
+    """The training job evaluated its run in its own process, and the evaluation job copied that; a changed
+    test view reruns the evaluation job alone, which evaluates again (it cannot copy an evaluation made
+    with other views)."""
+    run = project / TINY_RESULTS / "synth_static/frame/seed0"
+    first = metrics_of(run / "metrics.json")
+    assert first["evaluation_reused_from"] == "evaluated_in_training" and first["views"] == 1
+    assert metrics_of(run / "evaluated_in_training/metrics.json")["top1"] == first["top1"]
+    work = copy_of(project, tmp_path / "project")
+    target = f"{TINY_RESULTS}/table1.csv"
+    override = ("--config", "sampling={test_clips: 2}")
+    counts = job_counts(snakemake(work, "-n", "--cores", "2", target, *TINY, *override))
+    from amflow.workflow_plan import table_runs
+
+    assert "train" not in counts and counts["evaluate"] == len(table_runs(params))
+    snakemake(work, "--cores", "2", target, *TINY, *override)
+    again = metrics_of(work / TINY_RESULTS / "synth_static/frame/seed0/metrics.json")
+    assert again["views"] == 2 and "evaluation_reused_from" not in again
+    assert again["evaluated_with"]["checkpoint_sha256"] == first["evaluated_with"]["checkpoint_sha256"]
 
 
 # --------------------------------------------------------------------------- the Snakemake way

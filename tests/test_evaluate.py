@@ -35,7 +35,7 @@ def aligned_params(**overrides):
         for k in keys:
             node = node[k]
         node[last] = value
-    from amflow.params import validate
+    from amflow.params_io import validate
 
     return validate(data)
 
@@ -73,7 +73,7 @@ def test_train_outputs(trained):
     assert saved["am_flow_variant"] == "aligned"
     assert 0 < saved["trainable_params"] < saved["total_params"] and saved["gflops_per_clip"] > 0
     assert saved["epochs_to_90pct"] in (1, 2) and len(saved["val_curve"]) == 2
-    from amflow.params import load_params
+    from amflow.params_io import load_params
 
     assert load_params(run_dir / paths.PARAMS_YAML) == params          # resolved params, reloadable
 
@@ -185,8 +185,8 @@ def test_evaluate_refuses_another_seeds_checkpoint(trained, tmp_path):
     with pytest.raises(AmflowError) as err:
         evaluate_run(shared, progress=False, run_dir=runs[1], **{**kw, "seed": 1})
     msg = str(err.value)
-    assert msg.startswith(f"{runs[1] / paths.CHECKPOINT}: not the checkpoint that {runs[1] / paths.TRAIN_JSON}"), msg
-    assert "(seed 0; train.json: seed 1)" in msg and "\n" not in msg
+    assert msg.startswith(f"{runs[1] / paths.CHECKPOINT}: not the checkpoint of this run"), msg
+    assert "(seed 0; the run: seed 1)" in msg and "\n" not in msg
     assert not (runs[1] / paths.METRICS_JSON).exists()
 
 
@@ -310,3 +310,34 @@ def test_predict_cli_several_videos_a_list_json_and_csv(trained, tmp_path, capsy
     assert len(pd.read_csv(io_text(captured.out))) == len(CLASSES)
     assert [line for line in captured.err.splitlines() if line.startswith("error:")] == \
         [line for line in captured.err.splitlines() if str(bad) in line]
+
+
+def test_the_evaluation_made_by_the_training_is_taken_only_for_the_same_checkpoint_and_views(trained, tmp_path):
+    """`amflow train --evaluate` evaluates into evaluated_in_training/; `amflow evaluate` copies those files
+    for the same checkpoint and test views (byte for byte, metrics.json naming where it came from), and
+    takes nothing for other views or another checkpoint."""
+    import shutil
+
+    from amflow.evaluate.reuse import REUSED_FROM, reuse_training_evaluation
+    from amflow.evaluate.run import evaluate_run
+
+    root, params, kw, *_ = trained
+    run_dir = shutil.copytree(root / "results" / "tiny" / "amflow" / "seed0", tmp_path / "run")
+    for name in paths.EVALUATION_FILES:
+        (run_dir / name).unlink()
+    made = run_dir / paths.TRAINING_EVALUATION_DIR
+    metrics = evaluate_run(params, progress=False, run_dir=run_dir, out_dir=made, **kw)
+    assert not (run_dir / paths.METRICS_JSON).exists()
+
+    views = aligned_params(**{"sampling.test_clips": 2})
+    assert reuse_training_evaluation(views, "tiny", "amflow", 0, run_dir) is None
+    assert not (run_dir / paths.METRICS_JSON).exists()
+
+    assert reuse_training_evaluation(params, "tiny", "amflow", 0, run_dir) == metrics
+    for name in paths.EVALUATION_FILES[:-1]:
+        assert (run_dir / name).read_bytes() == (made / name).read_bytes()
+    assert io.read_json(run_dir / paths.METRICS_JSON) == {**metrics, REUSED_FROM: paths.TRAINING_EVALUATION_DIR}
+
+    checkpoint = run_dir / paths.CHECKPOINT
+    checkpoint.write_bytes(checkpoint.read_bytes() + b"\0")  # another file than the one evaluated
+    assert reuse_training_evaluation(params, "tiny", "amflow", 0, run_dir) is None

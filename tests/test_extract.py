@@ -20,7 +20,7 @@ from amflow.data.frame_cache import FrameCache, write_cache
 from amflow.data.frame_codec import decode_video_task
 from amflow.data.video import read_video
 from amflow.errors import AmflowError
-from amflow.params import validate
+from amflow.params_io import validate
 
 LENGTHS = {"train": [30, 31, 29, 33, 30], "val": [30, 32], "test": [28, 30]}
 

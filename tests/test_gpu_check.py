@@ -73,7 +73,7 @@ def test_tiny_cpu_run_writes_the_report(tmp_path):
 
 
 def test_shortened_synth_full_params_and_the_run_they_plan(tmp_path):
-    from amflow.params import load_params
+    from amflow.params_io import load_params
 
     path = gpu_check.synth_params(tmp_path, epochs=3)
     p = load_params(path)

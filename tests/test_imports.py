@@ -15,8 +15,9 @@ PACKAGE = ROOT / "amflow"
 
 # Libraries, lowest first: a module may import its own layer and the ones before it.
 LAYERS = [
-    ("base", ("amflow", "amflow.params", "amflow.paths", "amflow.io", "amflow.errors", "amflow.progress",
-              "amflow.tracking", "amflow.workflow_plan", "amflow.import_graph")),
+    ("base", ("amflow", "amflow.params", "amflow.params_io", "amflow.methods", "amflow.registry", "amflow.paths",
+              "amflow.identity", "amflow.io", "amflow.errors", "amflow.progress", "amflow.tracking",
+              "amflow.workflow_plan", "amflow.import_graph")),
     ("data", ("amflow.data",)),
     ("camera", ("amflow.camera",)),
     ("models", ("amflow.models",)),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -130,3 +131,14 @@ def test_order_blind_model_scores_zero_both_ways_but_not_on_self_reversing_class
     # reversed_top1 alone does not show it: the wrong forward answer on row 2 is right reversed, and
     # the self-reversing class is right both ways
     assert s["reversed_top1"] == pytest.approx(3 / 5)
+
+
+def test_mean_class_accuracy_is_scikit_learns_balanced_accuracy_to_the_last_bit():
+    from sklearn.metrics import balanced_accuracy_score
+
+    rng = np.random.default_rng(0)
+    for n, classes in ((7, 3), (240, 12), (1000, 50)):
+        labels, preds = rng.integers(0, classes, n), rng.integers(0, classes + 2, n)  # some predicted, never true
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert M.mean_class_accuracy(labels, preds) == float(balanced_accuracy_score(labels, preds))

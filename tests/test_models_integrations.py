@@ -15,7 +15,10 @@ import torch.nn.functional as F
 
 from amflow.errors import AmflowError
 from amflow.models import build_backbone, build_model
-from amflow.models.adapters import INTEGRATIONS, TemporalProcessingAdapter, score_features
+from amflow.models.adapters import TemporalProcessingAdapter
+from amflow.models.integrations import INTEGRATIONS
+from amflow.models.integrations.attn_bias import attention_bias
+from amflow.models.integrations.channels import score_features
 from amflow.models.am_flow import coverage_scores, warp_to_previous
 from amflow.models.context import ClipContext
 from amflow.params import AdapterSpec, AmFlowSpec, BackboneSpec, ModelSpec
@@ -25,7 +28,7 @@ torch.set_num_threads(1)
 S, T, B, CLASSES = 32, 4, 2, 5
 KW = dict(img_size=S, patch_size=8, embed_dim=64, depth=2, num_heads=2)
 TPUS = ("transformer", "tcn", "lstm", "none")
-COMBOS = [(i, t) for i in INTEGRATIONS for t in TPUS if i != "attn_bias" or t == "transformer"]
+COMBOS = [(i, t) for i in INTEGRATIONS.names() for t in TPUS if i != "attn_bias" or t == "transformer"]
 ADAPTER_COMBOS = [(i, t) for i, t in COMBOS if i != "pool"]   # 'pool' acts in the head, not the adapter
 
 
@@ -122,7 +125,7 @@ def test_adapter_output_depends_on_the_scores(integration, tpu):
         assert not torch.equal(adapter(x, ctx, None), a)
 
 
-@pytest.mark.parametrize("integration", [i for i in INTEGRATIONS if i != "gate"])
+@pytest.mark.parametrize("integration", [i for i in INTEGRATIONS.names() if i != "gate"])
 def test_zero_initialised_integrations_learn(integration):
     model = build_model("amflow", backbone(), CLASSES, T, spec("transformer", integration), "static").train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
@@ -158,7 +161,7 @@ def test_attention_bias_moves_attention_towards_high_score_frames():
     scores[2] = 1.0
     with torch.no_grad():
         adapter.score_bias.fill_(100.0)
-        bias = adapter._attention_bias(scores, ctx)
+        bias = attention_bias(adapter.score_bias, scores, ctx)
         assert bias.shape == (2, T, T) and torch.equal(bias[:, :, 2], torch.full((2, T), 100.0))
         layer = adapter.tpu.layer
         seq = torch.randn(1, T, 8)

@@ -206,7 +206,7 @@ def test_am_flow_stays_float32_under_autocast():
 
 
 def test_gate_leaves_prefix_tokens_alone():
-    from amflow.models.adapters import gate_patch_tokens
+    from amflow.models.integrations.gate import gate_patch_tokens
 
     z = torch.randn(3, 5 + 4, 8)
     scores = torch.rand(3, 4)

@@ -31,7 +31,7 @@ import json, math, resource, sys
 import torch
 from safetensors.torch import load_file
 from amflow.models import adapters
-from amflow.params import load_params
+from amflow.params_io import load_params
 from amflow.runs import build_run_model
 
 method, variant, weights = sys.argv[1], sys.argv[2], sys.argv[3]

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from amflow.params import ParamsError, load_params, parse_override, read_yaml, resolve_raw, set_dotted
+from amflow.params_io import ParamsError, load_params, parse_override, read_yaml, resolve_raw, set_dotted
 
 ROOT = Path(__file__).resolve().parents[1]
 # paper.yaml is a base the real-data files extend, not a run of its own (it has no datasets).
@@ -88,7 +88,7 @@ def _child(tmp_path, text: str, name: str = "child.yaml") -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", [".", "", "..", "a/b", "frames", "Motion", "pretrain_images"])
+@pytest.mark.parametrize("name", [".", "", "..", "a/b", "backbone", "Plots", "ablations", "sweeps"])
 def test_a_dataset_name_that_is_not_a_plain_folder_name_is_refused(tmp_path, name):
     data = resolve_raw(ROOT / "params/tiny.yaml")
     data["datasets"][name] = data["datasets"]["synth_static"]
@@ -97,6 +97,20 @@ def test_a_dataset_name_that_is_not_a_plain_folder_name_is_refused(tmp_path, nam
     msg = str(err.value)
     assert str(tmp_path / "bad.yaml") in msg and f"dataset name {name!r}" in msg
     assert "(got {" not in msg  # not the whole datasets section echoed back, cut short
+
+
+def test_the_reserved_names_are_the_folders_beside_the_dataset_folders(tmp_path):
+    """Only a folder that the layout writes beside a dataset's results folder is reserved; the names of
+    folders elsewhere (under data/ a dataset's folders carry their spec hash) stay free."""
+    from amflow import paths
+
+    root = tmp_path / "results" / "tiny"
+    beside = {p.relative_to(root).parts[0] for p in (
+        paths.backbone_file(root), paths.ablation_run_dir(root, "tpu", "tcn", "d", 0), paths.sweep_dir(root, "d", "m"),
+        paths.plots_dir(root) / paths.HEATMAPS_PNG)}
+    assert set(paths.RESERVED_NAMES) == beside
+    for name in ("frames", "motion", "pretrain_images", "groundtruth"):
+        assert paths.dataset_name_problem(name) is None, name
 
 
 EDGE_CASES = {
@@ -151,7 +165,7 @@ def test_a_set_value_that_is_not_yaml_gets_one_line_naming_it(capsys):
 
 # --------------------------------------------------------------------------- Snakemake's config
 def resolved(command_line: dict):
-    from amflow.params import resolve_workflow_config, validate
+    from amflow.params_io import resolve_workflow_config, validate
 
     return validate(resolve_workflow_config(command_line, ROOT / "params/default.yaml"))
 
@@ -170,7 +184,7 @@ def test_config_overrides_merge_over_the_default():
 
 
 def test_written_params_are_named_by_their_content(tmp_path):
-    from amflow.params import write_resolved
+    from amflow.params_io import write_resolved
 
     default = load_params(ROOT / "params/default.yaml")
     a = write_resolved(default, tmp_path)
@@ -306,3 +320,69 @@ def test_an_unknown_key_gets_the_known_key_it_is_closest_to(capsys, monkeypatch)
         err = capsys.readouterr().err
         assert err.startswith(f"error: --set {typo}=1 (on params/tiny.yaml): invalid params"), err
         assert (f"did you mean '{meant}'?" in err) if meant else ("did you mean" not in err), err
+
+
+# Every dataset's data key (its folders under data/), as the code before each source had its own schema
+# computed them (with the working folder "/", since a list dataset's key hashes the absolute paths of its
+# lists): the schema's layout may change, these may not, or every user's data are made again.
+SHIPPED_KEYS = {
+    "clutter.yaml:clutter_moving": "clutter_moving-23734ad3",
+    "clutter.yaml:clutter_static": "clutter_static-f95eb884",
+    "clutter.yaml:synth_moving": "synth_moving-8d583cd0",
+    "clutter.yaml:synth_static": "synth_static-85c0909b",
+    "custom_list.yaml:my_videos": "my_videos-473cb632",
+    "default.yaml:synth_moving": "synth_moving-8d583cd0",
+    "default.yaml:synth_static": "synth_static-85c0909b",
+    "default_1seed.yaml:synth_moving": "synth_moving-8d583cd0",
+    "default_1seed.yaml:synth_static": "synth_static-85c0909b",
+    "k400.yaml:k400": "k400-7205f58f",
+    "smarthome.yaml:smarthome": "smarthome-37b3d390",
+    "ssv2.yaml:ssv2": "ssv2-e651d760",
+    "synth_full.yaml:synth_moving": "synth_moving-032e5828",
+    "synth_full.yaml:synth_static": "synth_static-f3f2b66c",
+    "tiny.yaml:synth_moving": "synth_moving-bbe91e9c",
+    "tiny.yaml:synth_static": "synth_static-d6a100e2",
+}
+
+
+def test_every_shipped_dataset_keeps_its_data_key(monkeypatch):
+    from amflow.paths import dataset_key
+
+    files = {f.name: f for f in (ROOT / "params").glob("*.yaml")}
+    found = {}
+    monkeypatch.chdir("/")
+    for name, path in sorted(files.items()):
+        if name in ("sweep.yaml", "paper.yaml"):  # a sweep's space; the base the real-data files extend
+            continue
+        p = load_params(path)
+        found.update({f"{name}:{d}": dataset_key(p, d) for d in p.datasets})
+    assert found == SHIPPED_KEYS
+
+
+def test_planning_lists_the_ablation_runs_once_and_sizes_the_backbone_without_building_its_weights(monkeypatch):
+    """Snakemake looks an ablation run up for every wildcard: the runs are listed once per params, and a
+    backbone whose kwargs leave out its depth is measured once, on the meta device (no weights)."""
+    import timm
+    import torch
+
+    from amflow import workflow_plan
+
+    p = load_params(ROOT / "params" / "k400.yaml")  # vit_base (12 blocks), kwargs without depth
+    listed, built = [], []
+    real_runs, real_create = workflow_plan.ablation_runs, timm.create_model
+    monkeypatch.setattr(workflow_plan, "ablation_runs", lambda params: listed.append(1) or real_runs(params))
+
+    def create(*args, **kwargs):
+        model = real_create(*args, **kwargs)
+        built.append(next(model.parameters()).device)
+        return model
+
+    monkeypatch.setattr(timm, "create_model", create)
+    workflow_plan._timm_depth.cache_clear()
+    monkeypatch.setattr(workflow_plan, "_ABLATION_INDEX", {})
+    runs = real_runs(p)
+    assert {r.overrides["model.adapter.blocks"][0] for r in runs if r.axis == "blocks"} == \
+        {12 - n for n in p.ablations.num_blocks}
+    for r in runs * 3:
+        assert workflow_plan.find_ablation(p, r.axis, r.value, r.dataset, r.seed) == r
+    assert len(listed) == 1 and built == [torch.device("meta")]

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from amflow import paths
-from amflow.params import resolve_raw, validate
+from amflow.params_io import resolve_raw, validate
 from project_copy import BIN, ROOT, make_project_copy, run, snakemake
 
 sys.path.insert(0, str(ROOT / "bench"))

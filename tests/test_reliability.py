@@ -21,7 +21,7 @@ from amflow import io, paths
 from amflow.cli import main
 from amflow.data.frame_cache import FrameCache, write_cache
 from amflow.errors import AmflowError
-from amflow.params import load_params, resolve_raw
+from amflow.params_io import load_params, resolve_raw
 from project_copy import ROOT, copy_of, job_counts, make_project_copy, project_env, snakemake
 from standins_train import make_tiny_dataset, tiny_params
 
@@ -55,7 +55,7 @@ def test_a_dataset_named_dot_is_refused_by_validate_and_by_every_stage(tmp_path,
         main(["extract", "--params", str(ROOT / "params/tiny.yaml"), "--dataset", "."])
     assert exit_.value.code == 2 and "dataset name '.' is not allowed" in capsys.readouterr().err
     tiny = load_params(ROOT / "params/tiny.yaml")
-    for name in (".", "..", "", "frames"):
+    for name in (".", "..", "", "plots"):
         for make_path in (lambda: paths.dataset_key(tiny, name), lambda: paths.camera_dir(tmp_path, name),
                           lambda: paths.run_dir(tmp_path, name, "tpa", 0)):
             with pytest.raises(AmflowError, match="dataset name"):

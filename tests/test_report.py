@@ -1,5 +1,6 @@
 """The generated report (numbers from the tables, honest verdicts) and the heat-map rendering."""
 import json
+import math
 import re
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from PIL import Image
 from amflow import paths
 from amflow.errors import AmflowError
 from amflow.report import heatmaps as hm
-from amflow.report import report, tables
+from amflow.report import display, report, tables, verdicts, wording
 from test_tables import TOP1, metrics, small_params, write, write_ablations, write_runs
 
 
@@ -216,9 +217,10 @@ def test_write_heatmaps_end_to_end(tmp_path):
     """Real frame caches, motion files, camera decisions and a checkpoint in the trainer's format."""
     import torch
 
-    from amflow.params import validate
+    from amflow.params_io import validate
     from amflow.train import checkpoint as ckpt
-    from amflow.runs import build_run_model, params_digest, run_paths
+    from amflow.identity import training
+    from amflow.runs import build_run_model, run_paths
     from standins_train import make_tiny_dataset
 
     data, results = tmp_path / "data", tmp_path / "results"
@@ -231,7 +233,7 @@ def test_write_heatmaps_end_to_end(tmp_path):
                      "kwargs": {"img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}},
         "model": {"adapter": {"bottleneck": 8}, "am_flow": {"variant": "auto"}}})
     for d, decision in names.items():
-        rp = run_paths(p, d, "amflow", 3, data, results)
+        rp, run = run_paths(p, d, "amflow", 3, data, results), training(p, d, "amflow", 3)
         make_tiny_dataset(data, d, size=16, frames=8, per_split={"train": 4, "val": 2, "test": 3}, params=p)
         n_frames = (4 + 2 + 3) * 8              # videos x frames in the cache
         transforms = np.tile(np.eye(3, dtype=np.float32), (n_frames, 1, 1))
@@ -250,8 +252,8 @@ def test_write_heatmaps_end_to_end(tmp_path):
         ckpt.save_checkpoint(rp.run_dir / paths.CHECKPOINT, {
             "format": ckpt.FORMAT, "epoch": 1, "model": ckpt.trainable_state(model), "optimizer": {},
             "scheduler": {}, "history": [], "frozen_fingerprint": ckpt.frozen_fingerprint(model),
-            "meta": {"num_classes": 4, "compat": {"params_digest": params_digest(p, d), "am_flow_variant": decision}}})
-        write(rp.run_dir / paths.TRAIN_JSON, {"status": "complete", "epochs": 1, "params_digest": params_digest(p, d)})
+            "meta": {"num_classes": 4, "compat": {**run.names, "params_digest": run.digest, "am_flow_variant": decision}}})
+        write(rp.run_dir / paths.TRAIN_JSON, {"status": "complete", "epochs": 1, "params_digest": run.digest})
     summary = hm.write_heatmaps(p, data_dir=data, results_dir=results)
     assert [(c["dataset"], c["decision"], c["video_id"]) for c in summary["clips"]] == \
         [("tiny_s", "static", "test000"), ("tiny_m", "aligned", "test001")]
@@ -371,3 +373,225 @@ def test_fair_test_section_states_each_claim_with_its_probe_and_share(tmp_path):
     assert "yes. +2.50 ± 0.71 points over 2 seeds; it recovers 0.24 ± 0.08 of the footprint oracle's gain (2 seeds" \
         in amflow and "reaches 12.0% val top-1" in amflow
     assert "not resolved. -0.50 ± 0.71 points" in lines["uniform scores (no location) beats tpa"]   # 0, -1
+
+
+# --------------------------------------------------------------------------- verdicts on hand-made tables
+def t1_table(rows: list[tuple]) -> pd.DataFrame:
+    """Table-1-like rows (dataset, method, top-1 mean, top-1 std, n_seeds); NaN std: one seed."""
+    return pd.DataFrame(rows, columns=["dataset", "method", "top1_pct_mean", "top1_pct_std", "n_seeds"])
+
+
+def test_compare_calls_a_difference_within_the_seed_spread_not_clear():
+    t = t1_table([("d", "a", 62.00, 2.83, 2), ("d", "b", 60.00, 1.00, 2), ("d", "c", 65.00, 1.00, 2),
+                  ("d", "e", 60.004, math.nan, 1), ("d", "f", 60.001, math.nan, 1)])
+    r = {m: verdicts.row(t, method=m) for m in "abcef"}
+    close = verdicts.compare("a", r["a"], "b", r["b"])
+    assert (close.diff, close.clear) == (2.0, False)                  # 2.00 <= max(2.83, 1.00)
+    assert wording.comparison(close) == \
+        "`a` beats `b` (60.00%) by 2.00 points (within one seed standard deviation: not a clear difference)"
+    clear = verdicts.compare("b", r["b"], "c", r["c"])
+    assert (clear.diff, clear.clear) == (-5.0, True)                  # 5.00 > 1.00
+    assert wording.comparison(clear) == "`b` does not beat `c` (65.00%): it is 5.00 points lower"
+    tie = verdicts.compare("e", r["e"], "f", r["f"])                  # 0.003 rounds to 0.00
+    assert (tie.diff, tie.clear) == (0.0, True) and wording.comparison(tie) == "`e` ties with `f` (60.00%)"
+    one_seed = verdicts.compare("e", r["e"], "b", r["b"])             # b's std alone bounds it: 0.00 -> tie
+    assert one_seed.clear
+
+
+@pytest.mark.parametrize("mean, std, n, verdict, figure", [
+    (2.5, 0.71, 2, "yes", "+2.50 ± 0.71 points over 2 seeds"),
+    (-3.0, 1.0, 3, "no", "-3.00 ± 1.00 points over 3 seeds"),
+    (0.5, 1.0, 2, "not resolved", "+0.50 ± 1.00 points over 2 seeds"),
+    (-1.0, 1.0, 2, "not resolved", "-1.00 ± 1.00 points over 2 seeds"),      # mean + std = 0: not below
+    (4.0, math.nan, 1, "not resolved", "+4.00 points (one seed, no error estimate)"),
+    (math.nan, math.nan, 2, "not measured", "no tpa run with the same seeds"),
+])
+def test_paired_verdict(mean, std, n, verdict, figure):
+    row = pd.Series({"top1_vs_tpa_pct_mean": mean, "top1_vs_tpa_pct_std": std, "n_seeds": n})
+    p = verdicts.paired(row)
+    assert p.verdict == verdict and wording.paired(p) == figure
+
+
+def test_overlaps_of_seed_spreads():
+    t = t1_table([("d", "a", 70.0, 2.0, 3), ("d", "b", 67.0, 2.0, 3), ("d", "c", 60.0, 1.0, 3),
+                  ("e", "a", 50.0, math.nan, 1), ("e", "b", 40.0, math.nan, 1)])
+    d, e = verdicts.overlaps(["d", "e"], t)
+    assert d.pairs == [("a", "b")]                 # [68, 72] meets [65, 69]; [59, 61] meets neither
+    assert e.pairs is None                         # one seed: no spread
+    assert wording.overlap_paragraph([d, e]) == (
+        "On `d`, the seed spreads (mean ± std of top-1) overlap for `a` and `b`: their order is within the "
+        "seed-to-seed variation. On `e`, one seed per method: no spread, so no ranking of methods can be trusted.")
+
+
+def claims_table(am_epochs, am_reaching, tpa_epochs, tpa_reaching, n=2) -> pd.DataFrame:
+    common = {"dataset": "d", "n_seeds": n, "target_val_top1_pct": 57.5, "top1_pct_mean": 50.0, "top1_pct_std": 1.0,
+              "epochs_to_target_std": math.nan}
+    return pd.DataFrame([
+        {**common, "method": "amflow", "top1_vs_tpa_pct_mean": -6.0, "top1_vs_tpa_pct_std": 1.41,
+         "epochs_to_target_mean": am_epochs, "reaching_target_seeds": am_reaching},
+        {**common, "method": "tpa", "top1_vs_tpa_pct_mean": math.nan, "top1_vs_tpa_pct_std": math.nan,
+         "epochs_to_target_mean": tpa_epochs, "reaching_target_seeds": tpa_reaching}])
+
+
+@pytest.mark.parametrize("am_epochs, am_reaching, tpa_epochs, tpa_reaching, faster", [
+    (1.5, 2, 3.0, 1, "yes"),             # every amflow seed, fewer epochs
+    (1.5, 1, 3.0, 2, "no"),              # one amflow seed never reaches it
+    (3.0, 2, 3.0, 2, "no"),              # as many epochs is not faster
+    (2.0, 2, math.nan, 0, "yes"),        # tpa never reaches its own mean final value
+    (math.nan, 0, 2.0, 1, "no"),
+])
+def test_faster_convergence_verdict(am_epochs, am_reaching, tpa_epochs, tpa_reaching, faster):
+    (c,) = verdicts.claims(["d"], claims_table(am_epochs, am_reaching, tpa_epochs, tpa_reaching))
+    assert c.helps.verdict == "no" and c.faster.verdict == faster
+    assert c.faster.amflow_reaching == (am_reaching, 2)
+    line = wording.claim_lines([c], None, [])[1]
+    assert line.startswith(f"- **AM flow converges faster** on `d`: {faster}. `amflow` reaches `tpa`'s final "
+                           f"validation top-1 (57.50%) in ")
+    assert f"({am_reaching}/2 seeds), `tpa` in" in line and line.endswith(f"({tpa_reaching}/2 seeds).")
+
+
+def test_claims_without_amflow_and_tpa_are_not_measured():
+    (c,) = verdicts.claims(["d"], claims_table(1.0, 2, 2.0, 2).iloc[:1])
+    assert c.helps is None
+    assert wording.claim_lines([c], None, [])[:2] == [
+        "- `d`: `amflow` and `tpa` are not both in table 1, so the claims are not measured.",
+        "- **The camera-matched variant helps**: not measured by this run: the variant ablation is in "
+        "`ablations.csv` (`snakemake --cores 8 ablations`)."]
+
+
+def ablation_rows(rows: list[tuple]) -> pd.DataFrame:
+    """(axis, value, dataset, top-1 mean, top-1 std, paired mean, paired std) with 2 seeds each."""
+    t = pd.DataFrame(rows, columns=["axis", "value", "dataset", "top1_pct_mean", "top1_pct_std",
+                                    "top1_vs_tpa_pct_mean", "top1_vs_tpa_pct_std"])
+    return t.assign(n_seeds=2)
+
+
+def test_variant_results_and_their_two_wordings():
+    abl = ablation_rows([
+        ("variant", "none", "m", 55.0, 1.0, 0.0, 1.0), ("variant", "static", "m", 46.0, 1.0, -9.0, 1.0),
+        ("variant", "aligned", "m", 59.0, 1.0, 4.0, 1.0),
+        ("variant", "static", "s", 70.0, 0.5, 0.0, 1.0), ("variant", "aligned", "s", 70.5, 1.0, 0.5, 1.0),
+        ("control", "oracle", "m", 50.0, 1.0, -6.0, 1.41), ("control", "uniform", "m", 50.0, 1.0, -6.0, 1.41)])
+    moving, static = verdicts.variant_results(abl)
+    assert (moving.aligned_vs_static.diff, moving.aligned_vs_static.clear) == (13.0, True)
+    assert (moving.best_vs_none.a, moving.best_vs_none.diff) == ("aligned", 4.0)
+    assert (static.aligned_vs_static.diff, static.aligned_vs_static.clear) == (0.5, False)   # 0.5 <= 1.0
+    assert static.best_vs_none is None
+    assert wording.variant_claim([moving, static]) == (
+        "on `m`, aligned beats static (46.00%) by 13.00 points; on `s`, aligned beats static (70.00%) by 0.50 points "
+        "(within one seed standard deviation: not a clear difference).")
+    # The paragraph says the same comparison: a gain within the seed spread is not credited to compensation.
+    para = wording.variant_paragraph([moving, static], {"m": "aligned", "s": "aligned"})
+    assert ("On `m` (moving camera), aligned reaches 59.00% and static 46.00%: aligned beats static by 13.00 points, "
+            "as camera-motion compensation should on a moving camera. Against no AM flow: the better variant, "
+            "`aligned`, beats `none` (55.00%) by 4.00 points.") in para
+    assert para.endswith("On `s` (moving camera), aligned reaches 70.50% and static 70.00%: aligned beats static by "
+                         "0.50 points (within one seed standard deviation: not a clear difference).")
+    (oracle,) = verdicts.controls(abl)                        # only the oracle and shuffled controls are claims
+    assert (oracle.control, oracle.paired.verdict) == ("oracle", "no")
+    assert wording.control_line(oracle).endswith("beats `tpa`: no, so saliency of this kind cannot help on this "
+                                                 "benchmark, as far as these seeds tell.")
+    assert verdicts.variant_results(abl[abl["axis"] == "control"]) is None
+
+
+def test_axis_ranges():
+    abl = ablation_rows([("tpu", "tcn", "m", 51.0, 1.0, 0, 0), ("tpu", "lstm", "m", 58.25, 1.0, 0, 0),
+                         ("tpu", "gru", "m", 58.25, 1.0, 0, 0), ("tpu", "tcn", "s", 40.0, 1.0, 0, 0)])
+    m, s = verdicts.axis_ranges(abl)
+    assert (m.best, m.worst, m.settings) == ("lstm", "tcn", 3)         # a tie keeps the table's order
+    assert (s.best, s.worst, s.settings) == ("tcn", "tcn", 1)
+    assert wording.axis_paragraph("tpu", [m, s]) == (
+        "On `m`, the best tpu setting is `lstm` (58.25%) and the worst `tcn` (51.00%), a spread of 7.25 points. "
+        "On `s`, tpu = tcn reaches 40.00%.")
+
+
+def test_ranking_counts_ties_and_the_methods_above_frame():
+    t = t1_table([("d", "frame", 50.0, 1.0, 2), ("d", "tpa", 60.0, 1.0, 2), ("d", "amflow", 60.0, 3.0, 2),
+                  ("d", "aim", 55.0, 1.0, 2)]).assign(am_flow_variant="aligned")
+    r = verdicts.ranking("d", t)
+    assert r.tied == ["tpa", "amflow"] and r.amflow_rank == 1 and r.above_frame == 3
+    assert [c.b for c in r.against] == ["tpa", "aim", "frame"]
+    assert wording.ranking_text(r) == (
+        "On `d`, `tpa` and `amflow` tie for the best top-1 (60.00%). AM flow (`amflow`, aligned variant) reaches "
+        "60.00% and ranks 1 of 4: `amflow` ties with `tpa` (60.00%); `amflow` beats `aim` (55.00%) by 5.00 points; "
+        "`amflow` beats `frame` (50.00%) by 10.00 points. The order-blind `frame` baseline reaches 50.00%; 3 of 3 "
+        "temporal methods are above it.")
+    assert verdicts.ranking("nowhere", t) is None
+
+
+def test_fair_test_claims_on_a_hand_made_table():
+    nan = math.nan
+    cols = ["dataset", "integration", "setting", "n_seeds", "top1_vs_tpa_pct_mean", "top1_vs_tpa_pct_std",
+            "top1_vs_uniform_pct_mean", "top1_vs_uniform_pct_std", "share_of_footprint_gain_mean",
+            "share_of_footprint_gain_std", "footprint_gain_seeds"]
+    fair = pd.DataFrame([
+        ("m", "pool", "aligned", 2, 2.5, 0.71, nan, nan, 0.24, 0.08, 2),
+        ("m", "pool", "footprint", 2, 10.5, 0.71, 11.0, 1.41, 1.0, 0.0, 2),
+        ("m", "pool", "uniform", 2, -0.5, 0.71, 0.0, nan, 0.0, nan, 2),
+        ("m", "gate", "static", 1, -1.0, nan, nan, nan, nan, nan, nan)], columns=cols)
+    probes = {"m": pd.DataFrame({"scores": ["amflow", "footprint"], "val_accuracy": [0.12, 0.21]})}
+    claims = verdicts.fair_test_claims(fair, probes)
+    assert [(c.integration, c.setting, c.against, c.paired.verdict) for c in claims] == [
+        ("pool", "footprint", "tpa", "yes"), ("pool", "footprint", "uniform", "yes"),
+        ("pool", "uniform", "tpa", "not resolved"), ("pool", "aligned", "tpa", "yes"),
+        ("gate", "static", "tpa", "not resolved")]
+    foot, foot_uniform, uniform, aligned, static = claims
+    assert (foot.probe, foot_uniform.probe, uniform.probe, static.probe) == (0.21, None, None, 0.12)
+    assert aligned.share == (0.24, 0.08, 2) and static.share is None and foot.share is None
+    assert wording.fair_claim_line(aligned) == (
+        "- On `m` with `pool`: **AM flow helps (aligned variant against tpa)**: yes. +2.50 ± 0.71 points over 2 "
+        "seeds; it recovers 0.24 ± 0.08 of the footprint oracle's gain (2 seeds where that oracle gains); a linear "
+        "probe on these scores alone reaches 12.0% val top-1.")
+    assert wording.fair_claim_line(uniform) == ("- On `m` with `pool`: **uniform scores (no location) beats tpa**: "
+                                                "not resolved. -0.50 ± 0.71 points over 2 seeds.")
+
+
+def test_every_table_display_shows_a_figure_alike():
+    row = {"dataset": "d", "method": "m", "n_seeds": 3, "top1_pct_mean": 61.5, "top1_pct_std": 2.25,
+           "top1_vs_tpa_pct_mean": math.nan, "top1_vs_tpa_pct_std": math.nan, "epochs_to_target_mean": 2.0,
+           "epochs_to_target_std": math.nan, "reaching_target_seeds": 1, "trainable_params": 90000.0,
+           "gflops_per_clip": math.nan, "target_val_top1_pct": 57.5}
+    t = pd.DataFrame([row])
+    rep = display.show(t, [c for c in display.TABLE1 if c.header in ("top-1 (%)", "top-1 − tpa, paired (points)",
+                                                                        "seeds reaching it", "trainable params",
+                                                                        "GFLOPs/clip")])
+    assert rep.iloc[0].tolist() == ["61.50 ± 2.25", "n/a", "1/3", "90000", "n/a"]
+    readme_row = display.show(t, display.README_TABLE1).iloc[0].tolist()
+    assert readme_row == ["d", "m", "61.50 ± 2.25", "n/a", "2.00 (1/3 seeds)"]
+    conv = display.show(t.assign(time_to_target_s_mean=20.46, time_to_target_s_std=math.nan), display.CONVERGENCE)
+    assert conv.iloc[0].tolist() == ["d", "m", "57.50", "2.00", "20.5", "1/3"]
+    # a row whose target was not measured (no tpa run) shows no count
+    assert display.of_seeds(t.assign(reaching_target_seeds=math.nan).iloc[0]) == ""
+
+
+def test_localisation_files_are_named_by_paths(tmp_path, monkeypatch):
+    """The report finds the localise stage's table and figure under the names amflow.paths gives them."""
+    monkeypatch.setattr(paths, "LOCALISATION_CSV", "actor.csv")
+    monkeypatch.setattr(paths, "LOCALISATION_PNG", "actor.png")
+    folder = paths.localisation_dir(tmp_path, "synth_moving")
+    folder.mkdir(parents=True)
+    (folder / "actor.csv").write_text("method,block,mass_ratio,auc,frames,patches\nstatic,0,2.0,0.8,10,160\n")
+    (folder / "actor.png").write_bytes(b"png")
+    text = "\n".join(report.localisation_section(small_params(), tmp_path))
+    assert "Best at finding the actor: `static` (ROC AUC 0.800" in text
+    assert "![synth_moving localisation](synth_moving/localisation/actor.png)" in text
+
+
+def test_frame_order_and_epochs_to_90_verdicts():
+    rows = pd.DataFrame({"method": ["frame", "tpa", "amflow", "aim"],
+                         "both_directions_top1_pct_mean": [0.5, 0.0, 12.0, 20.0],
+                         "epochs_to_90pct_mean": [3.0, 2.0, 2.0, 1.0]})
+    f = verdicts.frame_order("d", rows)
+    assert f.users == ["aim", "amflow", "frame"]           # most first; tpa is never right both ways
+    assert wording.frame_order_text(f) == (
+        "On `d`, 3 of 4 methods are right both ways on some clips (most: `aim`, 20.00%). The `frame` baseline is "
+        "right both ways on 0.50% of the clips, although a model that ignores frame order cannot be: check the "
+        "evaluation. `amflow` is right both ways on 12.00% (against `tpa` 0.00%, `aim` 20.00%).")
+    e = verdicts.epochs_to_90("d", rows)
+    assert (e.fewest, e.amflow_fewer, e.amflow_more, e.verdict) == (["aim"], 1, 1, "in part")  # tpa: as many
+    assert wording.epochs90_text(e).endswith("Of the 3 other methods, `amflow` needs fewer epochs than 1, as many as "
+                                             "1 and more than 1, so the faster-convergence claim holds only in part "
+                                             "here.")
+    assert verdicts.epochs_to_90("d", rows.iloc[[2, 0]]).verdict == "yes"    # 2 epochs against frame's 3
+    assert verdicts.epochs_to_90("d", rows.iloc[[2, 3]]).verdict == "no"
+    assert verdicts.epochs_to_90("d", rows.iloc[[0, 1]]).verdict is None     # no amflow

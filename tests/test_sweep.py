@@ -97,7 +97,7 @@ def _check_exact(study, trials_dir: Path, n: int):
 
 @pytest.mark.slow
 def test_two_workers_finish_exactly_the_requested_trials(tmp_path):
-    from amflow.params import load_params
+    from amflow.params_io import load_params
     from amflow.sweep.run import run_sweep
 
     _, results_dir, params_file, space_file = _setup(tmp_path, trials=3)
@@ -130,7 +130,7 @@ def test_two_workers_finish_exactly_the_requested_trials(tmp_path):
 
 @pytest.mark.slow
 def test_pruner_prunes_a_bad_configuration(tmp_path):
-    from amflow.params import resolve_raw
+    from amflow.params_io import resolve_raw
     from amflow.sweep.run import load_study, worker
     from amflow.sweep.space import load_sweep_spec
 
@@ -262,7 +262,7 @@ def test_readme_sweep_runs_as_typed_on_the_shipped_files(tmp_path):
     from mlflow.tracking import MlflowClient
     from optuna.trial import TrialState
 
-    from amflow.params import load_params
+    from amflow.params_io import load_params
 
     readme = (ROOT / "README.md").read_text()
     assert README_SWEEP in readme
@@ -366,7 +366,7 @@ PAPER_SIZE = {"custom_list", "k400", "smarthome", "ssv2", "synth_full"}
 def test_the_shipped_space_fits_every_shipped_params_file(name):
     """params/sweep.yaml's every choice and range end builds the model of every shipped params file
     (the adapter blocks count from the backbone's last block, so a 2-block backbone takes them too)."""
-    from amflow.params import load_params, resolve_raw
+    from amflow.params_io import load_params, resolve_raw
     from amflow.sweep.space import check_space, load_sweep_spec
 
     path = ROOT / "params" / f"{name}.yaml"

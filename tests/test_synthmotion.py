@@ -17,7 +17,8 @@ from amflow.data import annotations as ann
 from amflow.data import scene
 from amflow.data.sources import synthmotion as sm
 from amflow.errors import AmflowError
-from amflow.params import SynthSpec, validate
+from amflow.params import SynthSpec
+from amflow.params_io import validate
 
 cv2.setNumThreads(1)
 

@@ -7,8 +7,8 @@ import pytest
 
 from amflow import paths
 from amflow.errors import AmflowError
-from amflow.params import load_params
-from amflow.report import tables
+from amflow.params_io import load_params
+from amflow.report import display, tables
 from amflow.workflow_plan import ablation_runs, table_runs
 from table_columns import ABLATION_COLUMNS, TABLE1_COLUMNS
 
@@ -109,6 +109,19 @@ def test_single_seed_has_empty_std(tmp_path):
     t = read_csv(tables.write_tables(p, tmp_path, which="table1")[-1])
     assert set(t["n_seeds"]) == {"1"} and set(t["top1_pct_std"]) == {""}
     assert t.loc[0, "top1_pct_mean"] == "40.00"
+
+
+def test_the_first_seeds_table_is_table1_of_seed_0_alone_before_seed_1_exists(tmp_path):
+    p = small_params()
+    write_runs(small_params(seeds=[0]), tmp_path)  # only seed 0 has run
+    with pytest.raises(AmflowError):
+        tables.write_tables(p, tmp_path, which="table1")
+    first = tables.write_tables(p, tmp_path, which="table1_first_seed")
+    assert first == [tmp_path / paths.TABLE1_FIRST_SEED_CSV]
+    t = read_csv(first[0])
+    assert list(t.columns) == TABLE1_COLUMNS and set(t["n_seeds"]) == {"1"}
+    tpa = t[(t["dataset"] == "synth_static") & (t["method"] == "tpa")].iloc[0]
+    assert tpa["top1_pct_mean"] == "60.00"  # seed 0's top-1 (TOP1), not a mean over seeds
 
 
 def test_tables_are_pure(tmp_path):
@@ -227,16 +240,19 @@ def test_table1_paired_difference_and_convergence_to_tpa(tmp_path):
     assert tpa["top1_vs_tpa_pct_mean"] == "" and tpa["top1_vs_tpa_pct_std"] == ""
     assert am["target_val_top1_pct"] == tpa["target_val_top1_pct"] == "57.50"
     # amflow: epoch 2 (seed 0, 10 + 20 s) and epoch 1 (seed 1, 11 s).
-    assert (am["epochs_to_target_mean"], am["epochs_to_target_std"], am["seeds_reaching_target"]) == ("1.50", "0.71", "2/2")
+    assert (am["epochs_to_target_mean"], am["epochs_to_target_std"], am["reaching_target_seeds"]) == \
+        ("1.50", "0.71", "2")
     assert (am["time_to_target_s_mean"], am["time_to_target_s_std"]) == ("20.5", "13.4")
     # tpa itself: seed 0 never reaches the mean of its own final values (0.55 < 0.575), seed 1 at epoch 3.
-    assert (tpa["epochs_to_target_mean"], tpa["epochs_to_target_std"], tpa["seeds_reaching_target"]) == ("3.00", "", "1/2")
+    assert (tpa["epochs_to_target_mean"], tpa["epochs_to_target_std"], tpa["reaching_target_seeds"]) == \
+        ("3.00", "", "1")
     assert tpa["time_to_target_s_mean"] == "61.0"
-    assert (fr["epochs_to_target_mean"], fr["seeds_reaching_target"]) == ("", "0/2")
+    assert (fr["epochs_to_target_mean"], fr["reaching_target_seeds"]) == ("", "0")
     assert (am["train_clips_per_s_mean"], am["train_clips_per_s_std"]) == ("100.5", "0.7")
-    # The report reads the table back, the text column included.
-    back = tables.read_table(tmp_path / "table1.csv", "make it")
-    assert back.set_index(["dataset", "method"]).loc[("synth_moving", "tpa"), "seeds_reaching_target"] == "1/2"
+    # The table holds the count as a number; "k/n" is made only where it is shown.
+    back = tables.read_table(tmp_path / "table1.csv", "make it").set_index(["dataset", "method"])
+    assert back.loc[("synth_moving", "tpa"), "reaching_target_seeds"] == 1
+    assert display.of_seeds(back.loc[("synth_moving", "tpa")]) == "1/2"
 
 
 def test_ablation_plan_crosses_tpus_with_tpa_and_the_amflow_grid():

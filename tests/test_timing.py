@@ -291,3 +291,74 @@ def test_readme_results_times_each_repeat_and_reads_each_runs_own_benchmarks(tmp
                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "30 s (0.5 min), 4 jobs; 40 s (0.7 min), 4 jobs." in target.read_text()
+
+
+def test_a_training_that_evaluates_counts_both_and_the_copying_evaluation_none(tmp_path):
+    """`amflow train --evaluate`: the training job (10 s wall, 10 CPU s) records its epochs (5 s) in train.json
+    and its forward passes (2 s) in evaluated_in_training/metrics.json; the evaluation job (1 s, 1 CPU s) only
+    copies that metrics.json, which names where it came from: none of it is learning. Overhead: 4 of 11."""
+    import json
+
+    from amflow.evaluate.reuse import REUSED_FROM
+
+    log = tmp_path / ".snakemake/log/2026-01-05T100000.000000.snakemake.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("""\
+[Mon Jan  5 10:00:00 2026]
+rule train:
+    output: r/train.json, r/checkpoint.pt, r/evaluated_in_training/metrics.json
+    jobid: 1
+    benchmark: bench/train.tsv
+
+[Mon Jan  5 10:00:10 2026]
+Finished jobid: 1 (Rule: train)
+
+[Mon Jan  5 10:00:10 2026]
+rule evaluate:
+    input: r/train.json, r/evaluated_in_training/metrics.json
+    output: r/metrics.json
+    jobid: 2
+    benchmark: bench/evaluate.tsv
+
+[Mon Jan  5 10:00:11 2026]
+Finished jobid: 2 (Rule: evaluate)
+""")
+    (tmp_path / "bench").mkdir()
+    for rule, wall, cpu in (("train", 10, 10), ("evaluate", 1, 1)):
+        (tmp_path / f"bench/{rule}.tsv").write_text(f"s\th:m:s\tmax_rss\tcpu_time\n{wall}\t0:00:{wall:02d}\t100\t{cpu}\n")
+    (tmp_path / "r/evaluated_in_training").mkdir(parents=True)
+    made = {"train_time_s": 5.0, "eval_time_s": 2.0}
+    (tmp_path / "r/train.json").write_text(json.dumps({"train_time_s": 5.0}))
+    (tmp_path / "r/evaluated_in_training/metrics.json").write_text(json.dumps(made))
+    (tmp_path / "r/metrics.json").write_text(json.dumps({**made, REUSED_FROM: "evaluated_in_training"}))
+    s = timing.summary(log, tmp_path)
+    assert s["stages"].set_index("rule")["learning_cpu_s"].to_dict() == pytest.approx({"train": 7.0, "evaluate": 0.0})
+    assert s["overhead_cpu_s"] == pytest.approx(4.0)
+
+
+def test_the_times_to_the_first_seeds_table_and_the_full_table_are_stated(tmp_path):
+    log = tmp_path / ".snakemake/log/2026-01-05T100000.000000.snakemake.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("""\
+Building DAG of jobs...
+  Date: 2026-01-05 10:00:00
+
+[Mon Jan  5 10:01:00 2026]
+rule table1_first_seed:
+    output: r/table1_first_seed.csv
+    jobid: 1
+
+[Mon Jan  5 10:03:00 2026]
+Finished jobid: 1 (Rule: table1_first_seed)
+
+[Mon Jan  5 10:09:00 2026]
+rule table1:
+    output: r/table1.csv
+    jobid: 2
+
+[Mon Jan  5 10:09:30 2026]
+Finished jobid: 2 (Rule: table1)
+""")
+    s = timing.summary(log, tmp_path)
+    assert s["answers"] == {"table1_first_seed": 180.0, "table1": 570.0}
+    assert "Answers: table 1 of the first seed after 3.0 min; the full table 1 after 9.5 min." in timing.markdown(s)

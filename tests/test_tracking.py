@@ -63,13 +63,14 @@ def check_store(uri: str, run_dir: Path, data_dir: Path, epochs: int = 2):
     assert [r.info.run_id for r in runs] == [rec["run_id"]]
     run = runs[0]
     assert run.info.status == "FINISHED"
-    # params: the flattened resolved params plus the run's own
+    # params: what defines the run (its identity), flattened, plus the run's own
     assert run.data.params["train.epochs"] == "2" and run.data.params["run.method"] == "frame"
     assert run.data.params["backbone.kwargs.depth"] == "2"
-    # the run's own dataset only, not the whole params file
-    assert run.data.params["dataset.short_side"] == "16" and run.data.params["params_name"] == "tiny"
-    assert not any(k.startswith(("datasets.", "table_datasets", "ablations.", "sampling_overrides"))
-                   for k in run.data.params), sorted(run.data.params)
+    # the run's own dataset only, not the whole params file; not how it ran (workers, device)
+    assert run.data.params["datasets.tiny.short_side"] == "16" and run.data.params["params_name"] == "tiny"
+    assert not any(k.startswith(("datasets.other", "table_datasets", "ablations.", "sampling_overrides",
+                                 "train.num_workers", "train.device")) for k in run.data.params), \
+        sorted(run.data.params)
     # one value per epoch, steps 1..E, for every per-epoch metric
     for key in ("train_loss", "val_top1", "lr", "clips_per_s"):
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
@@ -170,17 +171,22 @@ class Pruned(Exception):
 
 
 def test_sweep_parent_nests_trials_and_a_stopping_callback_is_not_a_failure(sqlite_run, monkeypatch):
+    import optuna
     from mlflow.tracking import MlflowClient
 
+    from amflow.sweep.run import finish_parent, open_parent
     from amflow.train.run import train_run
 
     root, uri, *_ = sqlite_run
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("AMFLOW_TRACKING", "1")
     params = tiny_params(epochs=3)
-    parent = tracking.open_sweep_parent(params, dataset="tiny", study_name="study-x", sweep_spec={"trials": 2})
-    assert parent.run_id and tracking.open_sweep_parent(params, dataset="tiny", study_name="study-x").run_id \
-        == parent.run_id                                             # a resumed study reopens its parent
+    study = optuna.create_study(direction="maximize")
+    parent = open_parent(params, dataset="tiny", method="frame", study_name="study-x", study=study,
+                         spec={"trials": 2, "metric": "val_top1"})
+    resumed = open_parent(params, dataset="tiny", method="frame", study_name="study-x", study=study,
+                          spec={"trials": 4, "metric": "val_top1"})  # more trials: the same search
+    assert parent.run_id and resumed.run_id == parent.run_id          # a resumed study reopens its parent
 
     def prune(record):
         if record["epoch"] == 1:
@@ -196,7 +202,7 @@ def test_sweep_parent_nests_trials_and_a_stopping_callback_is_not_a_failure(sqli
     assert child.data.tags["mlflow.parentRunId"] == parent.run_id and child.data.tags["amflow.trial"] == "0"
     assert child.info.status == "KILLED"                           # pruned, not failed
     assert (run_dir / paths.TRAIN_STATE).exists() and not (run_dir / paths.TRAIN_JSON).exists()
-    parent.finish_sweep({"number": 0, "value": 0.5, "params": {"train.lr": 0.01}}, [run_dir / paths.TRAIN_LOG])
+    finish_parent(parent, {"number": 0, "value": 0.5, "params": {"train.lr": 0.01}}, [run_dir / paths.TRAIN_LOG])
     run = client.get_run(parent.run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["best_value"] == 0.5
     assert run.data.tags["amflow.best.train.lr"] == "0.01" and run.data.params["sweep.trials"] == "2"
@@ -249,7 +255,7 @@ def train_with_pretrained_backbone(root: Path, seeds=(0,)) -> tuple[str, list[di
     import timm
     from safetensors.torch import save_file
 
-    from amflow.params import validate
+    from amflow.params_io import validate
     from amflow.train.run import train_run
 
     make_tiny_dataset(root / "data")
@@ -541,7 +547,7 @@ def test_pretraining_is_a_tracked_run(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from amflow.data import pretrain_images as pimg
-    from amflow.params import validate
+    from amflow.params_io import validate
     from amflow.train.pretrain_backbone import pretrain_backbone
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

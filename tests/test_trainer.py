@@ -9,7 +9,7 @@ import torch
 
 from amflow import paths
 from amflow.errors import AmflowError
-from amflow.params import load_params
+from amflow.params_io import load_params
 from project_copy import ROOT
 from amflow.train.schedule import build_scheduler, param_groups, warmup_cosine_factor
 from amflow.train.trainer import LOG_COLUMNS, STOP_ENV, Trainer

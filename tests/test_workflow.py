@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from amflow.cli import build_parser
-from amflow.params import load_params
-from project_copy import job_counts, make_project_copy, nothing_to_do, snakemake
+from amflow.params_io import load_params
+from project_copy import BIN, TINY, job_counts, make_project_copy, nothing_to_do, project_env, run, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -220,15 +220,15 @@ def test_editing_a_list_reruns_its_dataset_and_what_depends_on_it_and_nothing_el
 
     from amflow import paths
 
-    from amflow.runs import params_digest
+    from amflow.identity import training
 
     monkeypatch.chdir(project)  # the list's root is relative to the project, as Snakemake reads it
     params = load_params("params/mine.yaml")
-    old_key, old_digest = paths.dataset_key(params, "mine"), params_digest(params, "mine")
+    old_key, old_digest = paths.dataset_key(params, "mine"), training(params, "mine", "tpa", 0).digest
     listed = (raw / "test.csv").read_text()
     (raw / "test.csv").write_text("".join(listed.splitlines(True)[:-1]))  # one test video fewer
     new_key = paths.dataset_key(params, "mine")
-    assert params_digest(params, "mine") != old_digest  # a run trained on the old list is not resumed
+    assert training(params, "mine", "tpa", 0).digest != old_digest  # a run trained on the old list is not resumed
     out = snakemake(project, "-n", *cmd)
     assert not nothing_to_do(out), "the edited list reran nothing"
     counts = job_counts(out)
@@ -348,3 +348,50 @@ def test_the_clutter_benchmarks_first_command_plans_data_backbone_camera_and_tpa
     assert {k: v for k, v in job_counts(out).items() if k != "total"} == {
         "prepare_dataset": 2, "pretrain_images": 1, "extract_frames": 2, "pretrain_backbone": 1,
         "camera_motion": 1, "train": 1}
+
+
+def _most_jobs_at_once(log: str) -> int:
+    """The most jobs a Snakemake run's output shows running together: job starts (``rule X:``) and ends
+    (``Finished jobid``) in the order Snakemake printed them."""
+    running = most = 0
+    for line in log.splitlines():
+        if re.match(r"^(local)?rule \w+:$", line):
+            running += 1
+            most = max(most, running)
+        elif line.startswith("Finished jobid"):
+            running -= 1
+    return most
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (taskset)")
+def test_more_cores_than_the_machine_has_start_no_more_jobs_than_its_cores(tmp_path):
+    """`--cores 8` on a 1-core machine (taskset) runs the two datasets' preparations one after the other;
+    `--resources cpu_slots=2` asks for two at once, and gets them."""
+    args = ("--cores", "8", "--until", "prepare_dataset", *TINY)
+    one_core = make_project_copy(tmp_path / "one_core")
+    out = run(["taskset", "-c", "0", BIN / "snakemake", *args], one_core,
+              env=project_env(one_core, AMFLOW_TRACKING="0"))
+    assert out.stdout.count("rule prepare_dataset:") + out.stderr.count("rule prepare_dataset:") == 2
+    assert _most_jobs_at_once(out.stdout + out.stderr) == 1
+    asked = make_project_copy(tmp_path / "asked")
+    out = run(["taskset", "-c", "0", BIN / "snakemake", *args, "--resources", "cpu_slots=2"], asked,
+              env=project_env(asked, AMFLOW_TRACKING="0"))
+    assert _most_jobs_at_once(out.stdout + out.stderr) == 2
+
+
+def test_the_first_seeds_runs_and_table_go_before_the_other_seeds(project):
+    """`snakemake` (the default target) plans table1_first_seed.csv, and gives the first seed's trainings and
+    evaluations a higher priority than the other seeds' runs, so its one-seed table 1 is complete first."""
+    out = snakemake(project, "-n")
+    assert job_counts(out)["table1_first_seed"] == 1
+    blocks = re.split(r"\n(?=\[)", out.stdout + out.stderr)
+    runs = [b for b in blocks if re.search(r"^rule (train|evaluate):", b, re.M)]
+    p = load_params(ROOT / "params" / "default.yaml")
+    assert len(runs) == 2 * len(p.table_datasets) * len(p.methods) * len(p.seeds)
+    for block in runs:
+        seed = int(re.search(r"seed=(\d+)", block).group(1))
+        priority = re.search(r"^\s+priority: (\d+)", block, re.M)
+        first = int(priority.group(1)) if priority else 0
+        assert (first > 0) == (seed == p.seeds[0]), block[:300]
+    table = next(b for b in blocks if re.search(r"^rule table1_first_seed:", b, re.M))
+    assert int(re.search(r"^\s+priority: (\d+)", table, re.M).group(1)) > 0

@@ -20,7 +20,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from amflow import io, parallel, paths, tracking
+from amflow import identity, io, parallel, paths, tracking
 from amflow.camera import plot
 from amflow.camera.global_motion import MotionSettings
 from amflow.camera.rules import VideoMotion, decide, is_moving, settings_from, video_displacement, video_motion
@@ -205,14 +205,10 @@ def log_to_mlflow(params, dataset_name: str, summary: dict, png_path: Path) -> O
     Store, experiment and artefact location follow :mod:`amflow.tracking` (``MLFLOW_TRACKING_URI``,
     else ``tracking.uri``, else ``sqlite:///mlflow.db``), through an explicit client.
     """
-    tags = {f"{tracking.TAG}stage": "camera_motion", f"{tracking.TAG}dataset": dataset_name,
-            f"{tracking.TAG}decision": summary["decision"]}
-    tracker = tracking.open_stage_run(params, dataset=dataset_name, name="camera_motion", tags=tags)
-    if tracker is None:
-        return None
+    tracker = tracking.open_run(params, identity.camera_motion(params, dataset_name), experiment=dataset_name,
+                                key=f"camera_motion/{dataset_name}", name="camera_motion",
+                                tags={f"{tracking.TAG}decision": summary["decision"]})
     try:
-        spec = params.camera_motion
-        tracker.log_params({k: str(v) for k, v in spec.model_dump().items()})
         c, a = summary["counts"], summary["all_videos"]
         tracker.log_metrics({"share_moving": summary["share_moving"], "sample_videos": c["videos"],
                              "sample_moving": c["moving"], "invalid_pair_share": summary["invalid_pair_share"],

@@ -29,7 +29,7 @@ from amflow.data.frame_codec import decode_video_task, init_worker
 from amflow.data.sources.base import subsample
 from amflow.data.video import resolve_backend
 from amflow.errors import AmflowError
-from amflow.params import SPLITS, DatasetSpec, Params
+from amflow.params import SPLITS, DatasetBase, Params
 
 
 def extract_frames(params: Params, dataset_name: str, dataset_dir: str | Path, frames_dir: str | Path,
@@ -119,8 +119,8 @@ def _decode_all(builder: CacheBuilder, tasks: list[dict], job: tuple, workers: i
 
 
 # --------------------------------------------------------------------------- inputs
-def _cache_params(spec: DatasetSpec) -> dict:
-    """The DatasetSpec fields that determine the cache's content (and so whether a rerun must redo it)."""
+def _cache_params(spec: DatasetBase) -> dict:
+    """The DatasetBase fields that determine the cache's content (and so whether a rerun must redo it)."""
     return {"short_side": spec.short_side, "encoding": spec.encoding,
             "jpeg_quality": spec.jpeg_quality if spec.encoding == "jpeg" else None,
             "shard_frames": spec.shard_frames,
@@ -128,7 +128,7 @@ def _cache_params(spec: DatasetSpec) -> dict:
             "split_seed": spec.split_seed if spec.max_videos else None}
 
 
-def _read_splits(dataset_dir: Path, spec: DatasetSpec) -> tuple[dict[str, pd.DataFrame], dict]:
+def _read_splits(dataset_dir: Path, spec: DatasetBase) -> tuple[dict[str, pd.DataFrame], dict]:
     """Annotations of every split present; ``max_videos`` applied here if prepare has not done it."""
     tables, capped = {}, {}
     for split in SPLITS:

@@ -43,7 +43,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from amflow import tracking
 from amflow.errors import AmflowError
 from amflow.evaluate.predict import DEFAULT_TOP_K, Predictor
-from amflow.params import load_params
+from amflow.params_io import load_params
 from amflow.train import checkpoint as ckpt
 
 NAME = "model"

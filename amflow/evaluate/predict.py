@@ -21,14 +21,14 @@ from typing import Optional
 import numpy as np
 import torch
 
-from amflow import paths
+from amflow import identity, paths
 from amflow.camera.rules import is_moving, settings_from, video_displacement, video_motion
 from amflow.data import transforms_geometry as geo
 from amflow.data import video as vio
 from amflow.data.clips import Normalise, sample_indices, test_views
 from amflow.errors import AmflowError
 from amflow.models.inference import clip_probs
-from amflow.params import load_params
+from amflow.params_io import load_params
 from amflow.runs import check_digest, load_trained_run, trained_model
 from amflow.train.distributed import resolve_device
 
@@ -107,7 +107,9 @@ class Predictor:
         and the final weights, checked against each other like a run folder's."""
         params = load_params(params_yaml)
         state = torch.load(weights, map_location="cpu", weights_only=True)
-        check_digest(state, params, state["meta"]["compat"]["dataset"], Path(weights), Path(params_yaml))
+        compat = state["meta"]["compat"]
+        check_digest(state, identity.training(params, compat["dataset"], compat["method"], compat["seed"]),
+                     Path(weights), Path(params_yaml))
         return cls(params, state, backbone, str(weights))
 
     def check_top_k(self, top_k: Optional[int]) -> int:

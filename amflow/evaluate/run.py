@@ -38,6 +38,7 @@ from amflow.data import transforms_geometry as geo
 from amflow.data.clips import ClipDataset
 from amflow.errors import AmflowError
 from amflow.evaluate import metrics as M
+from amflow.evaluate.reuse import evaluation_identity
 from amflow.evaluate.plots import confusion_png, curves_png
 from amflow.models.inference import clip_probs, collate_clips
 from amflow.params import Params
@@ -158,8 +159,9 @@ def score(out: EvalOutputs) -> dict:
 
 # --------------------------------------------------------------------------- the stage
 def evaluate_run(params: Params, *, dataset: str, method: str, seed: int, data_dir: Path, results_dir: Path,
-                 run_dir: Optional[Path] = None, progress: bool = True) -> dict:
-    """Evaluate the trained run on the test split; returns the content of ``metrics.json``."""
+                 run_dir: Optional[Path] = None, progress: bool = True, out_dir: Optional[Path] = None) -> dict:
+    """Evaluate the trained run on the test split; returns the content of ``metrics.json``. The files go
+    to the run folder, or to ``out_dir`` (``amflow train --evaluate``: see :mod:`amflow.evaluate.reuse`)."""
     if int(os.environ.get("RANK", "0")) != 0:
         return {}  # evaluation is single-process; see the module docstring
     paths = run_paths(params, dataset, method, seed, data_dir, results_dir, run_dir)
@@ -169,13 +171,15 @@ def evaluate_run(params: Params, *, dataset: str, method: str, seed: int, data_d
     # One writer per run folder: not while a training (or another evaluation) of it is running; the
     # lock comes first, so that an evaluation beside a running training names it.
     with io.exclusive_folder(paths.run_dir, f"amflow evaluate --dataset {dataset} --method {method} --seed {seed}"):
-        run = load_trained_run(paths.run_dir, params, dataset=dataset, make=train_command)
-        return _evaluate_locked(params, paths, run, dataset=dataset, method=method, seed=seed, progress=progress)
+        run = load_trained_run(paths.run_dir, params, dataset=dataset, method=method, seed=seed, make=train_command)
+        return _evaluate_locked(params, paths, run, dataset=dataset, method=method, seed=seed, progress=progress,
+                                out_dir=Path(out_dir) if out_dir is not None else paths.run_dir)
 
 
-def _evaluate_locked(params: Params, paths, run, *, dataset: str, method: str, seed: int, progress: bool) -> dict:
+def _evaluate_locked(params: Params, paths, run, *, dataset: str, method: str, seed: int, progress: bool,
+                     out_dir: Path) -> dict:
     train_info, compat = run.info, run.compat
-    tracker = tracking.Tracker.open_existing(paths.run_dir, params)  # an unreachable server fails here
+    tracker = tracking.reopen_run(paths.run_dir)  # an unreachable server fails here
     variant, identity_for_static = compat["am_flow_variant"], bool(compat["identity_for_static"])
     classes = list(compat["classes"])
     sampling = params.sampling_for(dataset)
@@ -203,7 +207,8 @@ def _evaluate_locked(params: Params, paths, run, *, dataset: str, method: str, s
     eval_time = time.perf_counter() - t0
     scores = score(out)
 
-    run_dir = paths.run_dir
+    run_dir = out_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
     preds = out.probs.argmax(axis=1)
     table = M.per_class_table(out.labels, preds, classes)
     with io.atomic_path(run_dir / PER_CLASS_CSV) as tmp:
@@ -236,6 +241,7 @@ def _evaluate_locked(params: Params, paths, run, *, dataset: str, method: str, s
         "directional_items": scores["directional_items"], "num_test": scores["num_test"],
         "num_classes": len(classes), "classes_in_test": scores["classes_in_test"],
         "mlflow_run_id": train_info.get("mlflow_run_id"),
+        "evaluated_with": evaluation_identity(params, dataset, method, seed, run.checkpoint),
     }
     io.write_json(run_dir / SCORES_JSON, {k: result[k] for k in SCORES})
     io.write_json(run_dir / METRICS_JSON, result)  # on disk first: a tracking failure must not lose it

@@ -1,4 +1,4 @@
-"""The frozen image backbone: any timm ``VisionTransformer`` built from ``BackboneSpec`` (docs/design.md 2.6).
+"""The frozen image backbone: any timm ``VisionTransformer`` built from a :class:`~amflow.models.config.BackboneConfig` (docs/design.md 2.6).
 
 The model is always ``timm.create_model(spec.model, pretrained=False, num_classes=0, **spec.kwargs)``
 (the same call the pretrain stage uses, so a saved ``state_dict()`` fits it key for key); weights
@@ -23,14 +23,14 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from amflow.errors import AmflowError
-from amflow.params import BackboneSpec
+from amflow.models.config import BackboneConfig, plain
 
 
-def _create(spec: BackboneSpec, **extra) -> nn.Module:
+def _create(spec: BackboneConfig, **extra) -> nn.Module:
     return timm.create_model(spec.model, num_classes=0, **spec.kwargs, **extra)
 
 
-def _load_pretrain_file(model: nn.Module, spec: BackboneSpec, weights_path: Optional[Path]) -> None:
+def _load_pretrain_file(model: nn.Module, spec: BackboneConfig, weights_path: Optional[Path]) -> None:
     """Load the pipeline-pretrained ``state_dict`` (safetensors) of this very timm model."""
     if weights_path is None:
         raise AmflowError(
@@ -58,8 +58,10 @@ def _load_pretrain_file(model: nn.Module, spec: BackboneSpec, weights_path: Opti
             f"`amflow pretrain-backbone`")
 
 
-def build_backbone(spec: BackboneSpec, weights_path: Optional[Path] = None) -> nn.Module:
-    """The frozen timm ViT of ``spec`` with its weights; see the module docstring."""
+def build_backbone(spec: BackboneConfig, weights_path: Optional[Path] = None) -> nn.Module:
+    """The frozen timm ViT of ``spec`` (a :class:`BackboneConfig` or an object with its fields, such as the
+    params' ``backbone``) with its weights; see the module docstring."""
+    spec = plain(BackboneConfig, spec)
     if not timm.is_model(spec.model):
         raise AmflowError(f"backbone.model: '{spec.model}' is not a timm model name "
                           f"(see timm.list_models('vit_*'))")

@@ -17,7 +17,7 @@
   the official code the conv (weight and bias) and both fc biases start at zero; fc2's weight keeps
   its random init, since zeroing it too would leave conv and fc2 without gradient (each one's
   gradient is proportional to the other).
-Both use ``AdapterSpec.bottleneck`` as their width, so every method gets the same budget.
+Both use the adapter's ``bottleneck`` as their width, so every method gets the same budget.
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ from torch import nn
 from amflow.errors import AmflowError
 from amflow.models.attention import attention_branch, mlp_branch
 from amflow.models.context import ClipContext
-from amflow.params import AdapterSpec
+from amflow.models.config import AdapterConfig
+from amflow.models.methods import MethodModel, register_method_model
 
 
 class Bottleneck(nn.Module):
@@ -61,7 +62,7 @@ def _frame_major(x: torch.Tensor, frames: int, tokens: int) -> torch.Tensor:
 
 
 class AIMBlock(nn.Module):
-    def __init__(self, dim: int, spec: AdapterSpec):
+    def __init__(self, dim: int, spec: AdapterConfig):
         super().__init__()
         r = spec.bottleneck
         self.t_adapter = Bottleneck(dim, r, skip=False)
@@ -84,7 +85,7 @@ class AIMBlock(nn.Module):
 
 
 class STAdapter(nn.Module):
-    def __init__(self, dim: int, spec: AdapterSpec):
+    def __init__(self, dim: int, spec: AdapterConfig):
         super().__init__()
         r = spec.bottleneck
         kernel = tuple(int(k) for k in spec.st_kernel)
@@ -109,7 +110,7 @@ class STAdapter(nn.Module):
 
 
 class STAdapterBlock(nn.Module):
-    def __init__(self, dim: int, spec: AdapterSpec):
+    def __init__(self, dim: int, spec: AdapterConfig):
         super().__init__()
         self.adapter = STAdapter(dim, spec)
 
@@ -117,3 +118,9 @@ class STAdapterBlock(nn.Module):
         x = x + self.adapter(x, ctx)
         x = x + attention_branch(blk, x, ctx.num_prefix, need_map=False)[0]
         return x + mlp_branch(blk, x)
+
+
+register_method_model("aim", MethodModel(lambda dim, adapter, num_frames, am_flow, last: AIMBlock(dim, adapter),
+                                         temporal_embedding=True))
+register_method_model("st_adapter", MethodModel(lambda dim, adapter, num_frames, am_flow, last:
+                                                STAdapterBlock(dim, adapter)))

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from amflow.models.am_flow import PatchAlignment, am_flow, rank_matched_scores, shuffle_scores
-from amflow.params import AmFlowSpec
+from amflow.models.config import AmFlowConfig
 
 
 @dataclass
@@ -21,7 +21,7 @@ class ClipContext:
     frames: int
     num_prefix: int
     grid: tuple[int, int]
-    flow: Optional[AmFlowSpec] = None              # None: the model uses no AM flow
+    flow: Optional[AmFlowConfig] = None              # None: the model uses no AM flow
     alignment: Optional[PatchAlignment] = None     # aligned variant only
     fixed_scores: Optional[torch.Tensor] = None    # [B*T, N] when flow.source is a block index
     record: Optional[dict[int, torch.Tensor]] = field(default=None)  # block -> scores, for plots

@@ -1,17 +1,22 @@
-"""``build_model``: the one place where a method name becomes a :class:`VideoModel` (docs/design.md 2.7)."""
+"""``build_model``: the one place where a method name becomes a :class:`VideoModel` (docs/design.md 2.7),
+from the method's registered model (:mod:`amflow.models.methods`)."""
 from __future__ import annotations
+
+from typing import Any
 
 from torch import nn
 
+from amflow import methods
 from amflow.errors import AmflowError
-from amflow.models.adapters import TPABlock
+from amflow.models import adapters, baselines  # noqa: F401 (they register their methods' models)
 from amflow.models.backbone import check_backbone
-from amflow.models.baselines import AIMBlock, STAdapterBlock
+from amflow.models.config import AdapterConfig, ModelConfig, plain
+from amflow.models.methods import METHOD_MODELS
 from amflow.models.video_model import VideoModel
-from amflow.params import METHODS, MODEL_VARIANTS, AdapterSpec, ModelSpec
+from amflow.params import MODEL_VARIANTS
 
 
-def adapted_blocks(spec: AdapterSpec, depth: int) -> list[int]:
+def adapted_blocks(spec: AdapterConfig, depth: int) -> list[int]:
     """Indices of the blocks that get an adapter (``model.adapter.blocks``: 'all' or a list)."""
     if spec.blocks == "all":
         return list(range(depth))
@@ -26,39 +31,34 @@ def adapted_blocks(spec: AdapterSpec, depth: int) -> list[int]:
 
 
 def build_model(method: str, backbone: nn.Module, num_classes: int, num_frames: int,
-                model_spec: ModelSpec, am_flow_variant: str) -> VideoModel:
+                model_spec: Any, am_flow_variant: str) -> VideoModel:
     """A video model of ``method`` over the frozen ``backbone``.
 
-    ``am_flow_variant`` (``static | aligned | none``; resolve ``auto`` first) matters only for
-    ``amflow``; ``amflow`` with ``none`` is the TPA without gating, i.e. the same model as ``tpa``.
+    ``model_spec``: a :class:`ModelConfig` or an object with its fields (the params' ``model``).
+    ``am_flow_variant`` (``static | aligned | none``; resolve ``auto`` first) matters only for a method
+    that reads AM flow (:mod:`amflow.methods`); ``amflow`` with ``none`` is the TPA without gating, i.e.
+    the same model as ``tpa``.
     """
-    if method not in METHODS:
-        raise AmflowError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
+    declared = methods.get(method)
+    built = METHOD_MODELS.get(method)
     if am_flow_variant not in MODEL_VARIANTS:
         raise AmflowError(f"am_flow_variant must be one of {', '.join(MODEL_VARIANTS)} (got '{am_flow_variant}'); "
                           f"'auto' and 'auto_per_video' are resolved from the camera-motion decision first")
     if num_frames < 1 or num_classes < 1:
         raise AmflowError(f"num_frames and num_classes must be positive (got {num_frames}, {num_classes})")
     check_backbone(backbone)
+    config = plain(ModelConfig, model_spec)
     depth, dim = len(backbone.blocks), backbone.embed_dim
-    adapter = model_spec.adapter
-    use_flow = method == "amflow" and am_flow_variant != "none"
-    flow = model_spec.am_flow if use_flow else None
+    use_flow = declared.am_flow and am_flow_variant != "none"
+    flow = config.am_flow if use_flow else None
     if flow is not None and flow.source != "same" and not 0 <= int(flow.source) < depth:
         raise AmflowError(f"model.am_flow.source: block {flow.source} does not exist "
                           f"(the backbone has {depth} blocks; use 'same' or 0..{depth - 1})")
 
     blocks: dict[int, nn.Module] = {}
-    if method != "frame":
-        indices = adapted_blocks(adapter, depth)
-        for i in indices:
-            if method == "aim":
-                blocks[i] = AIMBlock(dim, adapter)
-            elif method == "st_adapter":
-                blocks[i] = STAdapterBlock(dim, adapter)
-            else:  # tpa, amflow; the 'pool' integration reads the deepest adapted block's scores
-                blocks[i] = TPABlock(dim, adapter, num_frames, use_am_flow=use_flow,
-                                     integration=model_spec.am_flow.integration, scores_for_head=i == indices[-1])
+    if built.block is not None:
+        indices = adapted_blocks(config.adapter, depth)
+        blocks = {i: built.block(dim, config.adapter, num_frames, flow, i == indices[-1]) for i in indices}
     return VideoModel(method, backbone, num_classes, num_frames, blocks, am_flow=flow,
                       aligned=use_flow and am_flow_variant == "aligned",
-                      temporal_embedding=method == "aim")
+                      temporal_embedding=built.temporal_embedding)

@@ -28,7 +28,8 @@ from torch import nn
 from amflow.models.am_flow import am_flow, am_flow_pairs, covered_patches, patch_alignment, warp_to_previous
 from amflow.models.attention import attention_branch, mlp_branch
 from amflow.models.backbone import embed_frames, num_prefix_tokens, patch_grid, patch_size
-from amflow.params import ALIGNMENTS, AmFlowSpec
+from amflow.models.config import AmFlowConfig
+from amflow.params import ALIGNMENTS
 
 MODES = ("static", *ALIGNMENTS)
 PIXEL_WARPS = ("warp", "warp_fill")   # the alignments that warp frames, not attention maps
@@ -71,7 +72,7 @@ def noise_levels(backbone: nn.Module, still: torch.Tensor) -> torch.Tensor:
     return levels
 
 
-def noise_floors(spec: AmFlowSpec, levels: Optional[torch.Tensor]) -> dict[int, float]:
+def noise_floors(spec: AmFlowConfig, levels: Optional[torch.Tensor]) -> dict[int, float]:
     """Absolute floors per block: ``spec.noise_floor`` times the block's noise level (empty when off)."""
     if levels is None or spec.noise_floor <= 0:
         return {}
@@ -79,7 +80,7 @@ def noise_floors(spec: AmFlowSpec, levels: Optional[torch.Tensor]) -> dict[int, 
 
 
 def frozen_scores(backbone: nn.Module, video: torch.Tensor, transforms: Optional[torch.Tensor],
-                  spec: AmFlowSpec, mode: str, blocks: Iterable[int],
+                  spec: AmFlowConfig, mode: str, blocks: Iterable[int],
                   floors: Optional[dict[int, float]] = None) -> dict[int, torch.Tensor]:
     """AM flow ``[B, T, N]`` of each of ``blocks`` of the frozen ``backbone`` for ``video`` ``[B, T, 3, H, W]``.
 

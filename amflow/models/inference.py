@@ -3,15 +3,16 @@ averaged over test views. Training, evaluation, ``amflow predict`` and the diagn
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 
-from amflow.params import SamplingSpec
+S = TypeVar("S")
 
 
-def single_view(sampling: SamplingSpec) -> SamplingSpec:
-    """Validation sampling: the test sampling with one clip and one crop (fast, every epoch)."""
+def single_view(sampling: S) -> S:
+    """Validation sampling: the test sampling (the params' ``sampling``) with one clip and one crop (fast,
+    every epoch)."""
     return sampling.model_copy(update={"test_clips": 1, "test_crops": 1})
 
 

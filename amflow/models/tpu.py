@@ -12,7 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from amflow.errors import AmflowError
-from amflow.params import TPUS, AdapterSpec
+from amflow.models.config import AdapterConfig
+from amflow.params import TPUS
 
 
 
@@ -74,7 +75,7 @@ class LSTMTPU(nn.Module):
         return z + self.proj(seq)
 
 
-def build_tpu(spec: AdapterSpec, num_frames: int) -> nn.Module:
+def build_tpu(spec: AdapterConfig, num_frames: int) -> nn.Module:
     r = spec.bottleneck
     if spec.tpu == "transformer":
         if r % spec.tpu_heads:

@@ -5,9 +5,9 @@ Every method of the comparison (docs/design.md 2.7) is this one class with diffe
 one batch of ``B*T`` images; a block with an adapter runs through that adapter's ``forward(blk, x,
 ctx, index)`` (which calls the frozen block's own parts), any other block runs timm's forward. The head
 is the CLS token of the last block, after the backbone's final norm, averaged over time, then Linear.
-With AM flow's ``pool`` integration the logits also get ``score_pool`` (zero at start) times the
-score-weighted mean of the final-norm patch tokens, averaged over time: a path from the scores to the
-prediction that the blocks' pre-norms cannot erase.
+An AM flow integration that acts in the head (``pool``, :mod:`amflow.models.integrations.pool`) adds
+its weights ``score_pool`` (zero at start) times its features of the final-norm tokens, averaged over
+time, to the logits.
 
 The backbone is *not* copied or modified: adapters are held apart from it (``block_adapters``), so a
 state_dict has each backbone weight once, and several models can share one backbone.
@@ -23,9 +23,11 @@ from amflow.errors import AmflowError
 from amflow.models.am_flow import (PatchAlignment, coverage_share, footprint_scores, patch_alignment,
                                    share_scores)
 from amflow.models.backbone import embed_frames, freeze, num_prefix_tokens, patch_grid, patch_size
+from amflow.models.config import AmFlowConfig
 from amflow.models.context import ClipContext
 from amflow.models.frozen_flow import PIXEL_WARPS, frozen_scores, noise_floors
-from amflow.params import GROUND_TRUTH_CONTROLS, AmFlowSpec
+from amflow.models.integrations import INTEGRATIONS
+from amflow.params import GROUND_TRUTH_CONTROLS
 
 # Controls whose scores replace AM flow's (no attention map is needed); the others transform AM flow's.
 REPLACING_CONTROLS = ("oracle", "footprint", "uniform")
@@ -33,7 +35,7 @@ REPLACING_CONTROLS = ("oracle", "footprint", "uniform")
 
 class VideoModel(nn.Module):
     def __init__(self, method: str, backbone: nn.Module, num_classes: int, num_frames: int,
-                 block_adapters: dict[int, nn.Module], am_flow: Optional[AmFlowSpec] = None,
+                 block_adapters: dict[int, nn.Module], am_flow: Optional[AmFlowConfig] = None,
                  aligned: bool = False, temporal_embedding: bool = False):
         super().__init__()
         self.method = method
@@ -48,10 +50,10 @@ class VideoModel(nn.Module):
         self.head = nn.Linear(dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
-        # The 'pool' integration's weights: zeros, created without a random draw, so an untrained model
-        # equals tpa built from the same seed.
-        self.score_pool = (nn.Parameter(torch.zeros(num_classes, dim))
-                           if am_flow is not None and am_flow.integration == "pool" else None)
+        # The weights of an integration in the head ('pool'): zeros, created without a random draw, so an
+        # untrained model equals tpa built from the same seed.
+        self.integration = INTEGRATIONS.get(am_flow.integration) if am_flow is not None else None
+        self.score_pool = self.integration.head_weights(num_classes, dim) if self.integration is not None else None
         # Each block's noise level (model.am_flow.noise_floor): measured on still clips before training
         # (set_noise_levels) and kept in the checkpoint with the other buffers.
         if am_flow is not None and am_flow.noise_floor > 0:
@@ -130,8 +132,8 @@ class VideoModel(nn.Module):
     def _encode(self, video: torch.Tensor, transforms: Optional[torch.Tensor],
                 record: Optional[dict[int, torch.Tensor]],
                 coverage: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """(final-norm CLS ``[B, D]``, the ``pool`` integration's score-weighted patch mean ``[B, D]`` or
-        None), both averaged over time."""
+        """(final-norm CLS ``[B, D]``, the head integration's features ``[B, D]`` or None), both averaged
+        over time."""
         B, T = self._check_video(video)
         ctx = self._context(video, transforms, record)
         if self.replaces_scores:
@@ -155,8 +157,7 @@ class VideoModel(nn.Module):
         cls = x[:, 0].view(B, T, -1).mean(dim=1)
         if self.score_pool is None:
             return cls, None
-        weights = ctx.head_scores / ctx.head_scores.sum(dim=-1, keepdim=True).clamp_min(1e-12)   # [B*T, N]
-        pooled = (weights.to(x.dtype)[..., None] * x[:, ctx.num_prefix:]).sum(dim=1)
+        pooled = self.integration.head_features(x, ctx.head_scores, ctx.num_prefix)
         return cls, pooled.view(B, T, -1).mean(dim=1)
 
     def _check_video(self, video: torch.Tensor) -> tuple[int, int]:

@@ -202,7 +202,7 @@ def load_trained_models(params: Params, dataset: str, seed: int, data_dir: Path,
     """The trained amflow run, as one model per variant (same trainable weights). Returns (models, meta,
     run paths); the run must pass :func:`amflow.runs.load_trained_run`'s policy."""
     rp = run_paths(params, dataset, "amflow", seed, data_dir, results_dir)
-    run = load_trained_run(rp.run_dir, params, dataset=dataset,
+    run = load_trained_run(rp.run_dir, params, dataset=dataset, method="amflow", seed=seed,
                            make=f"snakemake --cores 8 {rp.run_dir / paths.METRICS_JSON}")
     models = {variant: trained_model(params, run.state, dataset=dataset, method="amflow", seed=seed, variant=variant,
                                      backbone=rp.backbone_weights, source=run.checkpoint).eval()

@@ -18,7 +18,7 @@ Column scheme (the same whatever the number of seeds, so that scripts reading th
   for every method of a dataset: ``target_val_top1_pct`` (``tpa``'s final validation top-1, mean over
   seeds), ``epochs_to_target`` and ``time_to_target_s`` (the first epoch whose validation top-1 reaches
   it, and the training wall time up to the end of that epoch: mean and std over the seeds that reach it)
-  and ``seeds_reaching_target``;
+  and ``reaching_target_seeds`` (how many of the ``n_seeds`` seeds reach it);
 - figures that depend on the model and not on the seed (``trainable_params``, ``total_params``,
   ``gflops_per_clip``, ``am_flow_variant``, ``views``) appear once; seeds that disagree on one of them
   are an error, not something to average away.
@@ -30,11 +30,12 @@ seed ``(x - tpa) / (footprint - tpa)``, the footprint oracle of the same integra
 reference for what knowing where the actor is can add (mean and std over the seeds where that
 oracle's gain is positive, counted in ``footprint_gain_seeds``); ``top1_vs_uniform_pct``, the paired
 difference to the same integration with uniform scores (what the integration adds without knowing
-where anything is); and the convergence columns of table 1 (``reaching_target_seeds``: how many seeds reach ``tpa``'s final validation top-1).
+where anything is); and the convergence columns of table 1.
 
 Purity: only the runs' ``metrics.json`` are read, rows follow the params' order
 (:func:`amflow.workflow_plan.table_runs` / :func:`ablation_runs`), and every float column has a fixed
-format (:data:`FORMATS`), so the same inputs give the same bytes.
+format (:data:`amflow.report.display.FORMATS`), so the same inputs give the same bytes. The tables hold
+numbers only: the text of a cell is made when it is written or shown (:mod:`amflow.report.display`).
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ from amflow import io, paths
 from amflow.errors import AmflowError
 from amflow.params import Params
 from amflow.report import plots
+from amflow.report.display import fmt
 from amflow.workflow_plan import AXES, REFERENCE, ablation_runs, reference_runs, table_runs
 
 TABLE1 = paths.TABLE1_CSV
@@ -62,14 +64,9 @@ ACCURACIES = ("top1", "top5", "mean_class_acc", "reversed_top1", "forward_top1_p
 PER_SEED = tuple(f"{k}_pct" for k in ACCURACIES) + ("epochs_to_90pct", "train_time_s", "train_clips_per_s")
 PER_MODEL = ("trainable_params", "total_params", "gflops_per_clip", "am_flow_variant", "views")
 
-FORMATS = {f"{k}_pct": "{:.2f}" for k in ACCURACIES}
-FORMATS.update({"top1_vs_uniform_pct": "{:.2f}", "share_of_footprint_gain": "{:.3f}", "footprint_gain_seeds": "{:.0f}", "reaching_target_seeds": "{:.0f}"})
-FORMATS.update({"epochs_to_90pct": "{:.2f}", "train_time_s": "{:.1f}", "gflops_per_clip": "{:.4f}",
-                "train_clips_per_s": "{:.1f}", "top1_vs_tpa_pct": "{:.2f}", "target_val_top1_pct": "{:.2f}",
-                "epochs_to_target": "{:.2f}", "time_to_target_s": "{:.1f}"})
 # Table 1's comparison columns (see the module docstring), after the per-seed figures.
 COMPARISON = ["top1_vs_tpa_pct_mean", "top1_vs_tpa_pct_std", "target_val_top1_pct", "epochs_to_target_mean",
-              "epochs_to_target_std", "time_to_target_s_mean", "time_to_target_s_std", "seeds_reaching_target"]
+              "epochs_to_target_std", "time_to_target_s_mean", "time_to_target_s_std", "reaching_target_seeds"]
 
 
 def columns(keys: Iterable[str]) -> list[str]:
@@ -83,7 +80,7 @@ ABLATION_COLUMNS = columns(("axis", "value", "dataset")) + COMPARISON[:2]
 FAIR_TEST_COLUMNS = ["dataset", "integration", "setting", "n_seeds", "top1_pct_mean", "top1_pct_std",
                      "top1_vs_tpa_pct_mean", "top1_vs_tpa_pct_std", "top1_vs_uniform_pct_mean",
                      "top1_vs_uniform_pct_std", "share_of_footprint_gain_mean",
-                     "share_of_footprint_gain_std", "footprint_gain_seeds", *COMPARISON[2:7], "reaching_target_seeds"]
+                     "share_of_footprint_gain_std", "footprint_gain_seeds", *COMPARISON[2:]]
 
 
 # --------------------------------------------------------------------------- reading runs
@@ -142,7 +139,6 @@ def comparison(dataset: str, method: str, loaded: dict) -> dict:
     """Table 1's comparison cells of (dataset, method): the paired difference of top-1 to REFERENCE and
     the convergence to REFERENCE's final validation accuracy. ``loaded``: (dataset, method, seed) -> metrics."""
     row = dict.fromkeys(COMPARISON, math.nan)
-    row["seeds_reaching_target"] = None
     ref = {s: m for (d, mm, s), m in loaded.items() if (d, mm) == (dataset, REFERENCE)}
     mine = {s: m for (d, mm, s), m in loaded.items() if (d, mm) == (dataset, method)}
     if not ref:
@@ -157,7 +153,7 @@ def comparison(dataset: str, method: str, loaded: dict) -> dict:
     seconds = [t for e, t in reached if e is not None and t is not None]
     row["epochs_to_target_mean"], row["epochs_to_target_std"] = _mean_std(epochs)
     row["time_to_target_s_mean"], row["time_to_target_s_std"] = _mean_std(seconds)
-    row["seeds_reaching_target"] = f"{len(epochs)}/{len(mine)}"
+    row["reaching_target_seeds"] = len(epochs)
     return row
 
 
@@ -277,9 +273,7 @@ def fair_test_table(params: Params, results_dir: Path) -> pd.DataFrame:
                      **dict(zip(("top1_vs_uniform_pct_mean", "top1_vs_uniform_pct_std"), _mean_std(to_uniform))),
                      **dict(zip(("share_of_footprint_gain_mean", "share_of_footprint_gain_std"), _mean_std(shares))),
                      "footprint_gain_seeds": gains if footprint else math.nan,
-                     **{k: conv[k] for k in COMPARISON[2:7]},
-                     "reaching_target_seeds": sum(reach(m, conv["target_val_top1_pct"] / 100)[0] is not None
-                                                  for m in by_seed.values()) if ref else math.nan})
+                     **{k: conv[k] for k in COMPARISON[2:]}})
     return pd.DataFrame(rows, columns=FAIR_TEST_COLUMNS)
 
 
@@ -293,21 +287,12 @@ def variant_pivot(ablations: pd.DataFrame) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- formatting and files
-def _fmt(value, spec: Optional[str]) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if spec is None:
-        return str(value)
-    return spec.format(float(value))
-
-
 def format_table(df: pd.DataFrame) -> pd.DataFrame:
     """Every cell as the exact text the CSV holds (fixed decimals; empty for missing)."""
     out = {}
     for col in df.columns:
         base = col.removesuffix("_mean").removesuffix("_std")
-        spec = FORMATS.get(base)
-        out[col] = [_fmt(v, spec) for v in df[col].tolist()]
+        out[col] = [fmt(v, base) for v in df[col].tolist()]
     return pd.DataFrame(out, columns=list(df.columns), dtype=object)
 
 
@@ -321,7 +306,8 @@ def ablation_axis_file(results_dir: Path, axis: str) -> Path:
 
 def write_tables(params: Params, results_dir: Path, which: str = "table1") -> list[Path]:
     """``which``: ``table1`` -> ``plots/convergence.png``, ``plots/accuracy.png``, then ``table1.csv``
-    (last); ``ablations`` -> one ``ablation_<axis>.csv`` per
+    (last); ``table1_first_seed`` -> ``table1_first_seed.csv``, table 1 of the params' first seed alone (the
+    run's first answer, complete long before the other seeds' runs); ``ablations`` -> one ``ablation_<axis>.csv`` per
     axis with runs, then ``ablations.csv`` (last: the file Snakemake waits for). Returns the paths."""
     results_dir = Path(results_dir)
     if which == "table1":
@@ -331,8 +317,13 @@ def write_tables(params: Params, results_dir: Path, which: str = "table1") -> li
         # the figures read the table back, so they show its rounded numbers
         figures = plots.write_plots(params, results_dir, read_table(path, ""), loaded)
         return [*figures.values(), path]
+    if which == "table1_first_seed":
+        first = params.model_copy(update={"seeds": params.seeds[:1]})
+        path = results_dir / paths.TABLE1_FIRST_SEED_CSV
+        io.write_text(path, to_csv_text(table1(first, results_dir)))
+        return [path]
     if which != "ablations":
-        raise AmflowError(f"amflow tables --which {which}: expected table1 or ablations")
+        raise AmflowError(f"amflow tables --which {which}: expected table1, table1_first_seed or ablations")
     table = ablation_table(params, results_dir)
     written = []
     for axis in AXES:
@@ -362,8 +353,7 @@ def read_table(path: Path, make: str) -> pd.DataFrame:
     if not path.is_file():
         raise AmflowError(f"{path}: not found; make it with `{make}`")
     # Keys stay text ('0' is a block index, not a number); everything else numeric where it parses.
-    text = ("dataset", "method", "axis", "value", "am_flow_variant", "views", "seeds_reaching_target", "integration",
-            "setting")
+    text = ("dataset", "method", "axis", "value", "am_flow_variant", "views", "integration", "setting")
     df = pd.read_csv(path, dtype={c: str for c in text}, keep_default_na=False)
     for col in df.columns:
         if col in text:

@@ -12,7 +12,8 @@ input-producing job that finished last: the jobs that the wall time waited for.
 
 The overhead is every CPU second that is not learning: learning is a training's epochs (``train_time_s``
 in ``train.json`` and in the pretraining's ``metrics.json``) and an evaluation's forward passes
-(``eval_time_s`` in its ``metrics.json``), the jobs' own records of their wall time, counted at the job's
+(``eval_time_s`` in its ``metrics.json``; a training job that evaluates too records both, and the
+evaluation job that only copies its files records none), the jobs' own records of their wall time, counted at the job's
 mean CPU rate (its benchmark's CPU over wall seconds). Everything else is overhead: start-up, tracking,
 checkpoints, data, camera motion, tables and the report.
 """
@@ -29,7 +30,10 @@ from typing import Optional
 import pandas as pd
 
 from amflow.errors import AmflowError
+from amflow.evaluate.reuse import REUSED_FROM
 
+# The rules whose tables answer the run's question, first to last: when each finished is the time to it.
+ANSWERS = {"table1_first_seed": "table 1 of the first seed", "table1": "the full table 1"}
 STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
 RULE = re.compile(r"^(?:local)?rule (\w+):$")
 FINISHED = re.compile(r"^Finished jobid: (\d+) \(Rule: (\w+)\)$")
@@ -130,6 +134,8 @@ def learning_wall_s(job: Job, root: Path = Path(".")) -> float:
             continue
         if not isinstance(doc, dict):
             continue
+        if REUSED_FROM in doc:
+            continue  # copied from the training job's evaluation, whose forward passes count there
         # An evaluation's metrics.json repeats its training's train_time_s: only its own forward passes count.
         seconds = doc.get("eval_time_s") if "eval_time_s" in doc else doc.get("train_time_s")
         total += float(seconds or 0.0)
@@ -207,7 +213,9 @@ def summary(log: Path, root: Path = Path(".")) -> dict:
     path = critical_path(jobs)
     stages = stage_table(jobs, root)
     cpu = float(stages["cpu_s_sum"].sum())
-    return {"log": str(log), "wall_s": (max(ended) - start).total_seconds() if ended else None,
+    # When each answer was there: table 1 of the first seed, then the full table (rule -> seconds from start).
+    answers = {j.rule: (j.end - start).total_seconds() for j in jobs if j.rule in ANSWERS and j.end is not None}
+    return {"log": str(log), "wall_s": (max(ended) - start).total_seconds() if ended else None, "answers": answers,
             "jobs": len(jobs), "unfinished": sum(j.end is None for j in jobs), "stages": stages,
             "cpu_s": cpu, "overhead_cpu_s": cpu - float(stages["learning_cpu_s"].sum()),
             "critical_path": [{"rule": j.rule, "output": j.outputs[0] if j.outputs else "",
@@ -230,8 +238,11 @@ def markdown(s: dict) -> str:
     total = "unknown" if s["wall_s"] is None else f"{s['wall_s']:.0f} s ({s['wall_s'] / 60:.1f} min)"
     overhead = ("unknown (no benchmark files)" if not s["cpu_s"] else
                 f"{s['overhead_cpu_s']:.0f} of {s['cpu_s']:.0f} CPU s ({100 * s['overhead_cpu_s'] / s['cpu_s']:.0f}%)")
+    answers = "; ".join(f"{what} after {s['answers'][rule] / 60:.1f} min" for rule, what in ANSWERS.items()
+                        if rule in s.get("answers", {}))
     return "\n".join([f"Wall time: {total}, {s['jobs']} jobs"
-                      + (f" ({s['unfinished']} unfinished)" if s["unfinished"] else "") + ".", "",
+                      + (f" ({s['unfinished']} unfinished)" if s["unfinished"] else "") + "."
+                      + (f" Answers: {answers}." if answers else ""), "",
                       f"Overhead: {overhead} outside training epochs and evaluation forward passes.", "",
                       stages.to_markdown(index=False, disable_numparse=True), "",
                       f"Critical path (log stamps, 1 s resolution): {chain}."])

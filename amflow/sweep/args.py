@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from amflow.params import METHODS
+from amflow import methods
 
 
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
@@ -13,7 +13,7 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", default="params/sweep.yaml",
                    help="search space, trial count, sampler and pruner settings (default params/sweep.yaml)")
     p.add_argument("--dataset", required=True, help="dataset to tune on (its val split is the objective)")
-    p.add_argument("--method", default="amflow", choices=METHODS,
+    p.add_argument("--method", default="amflow", choices=methods.names(),
                    help="method whose hyperparameters are tuned (default amflow)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a key of the base params file for every trial and for best.yaml, e.g. "

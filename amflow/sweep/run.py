@@ -22,11 +22,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import warnings
 import zlib
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import optuna
@@ -37,9 +38,9 @@ from filelock import FileLock
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from amflow import io, parallel, paths, tracking
+from amflow import identity, io, parallel, paths, tracking
 from amflow.errors import AmflowError
-from amflow.params import load_params, parse_override, resolve_raw, set_source, validate
+from amflow.params_io import load_params, parse_override, resolve_raw, set_source, validate
 from amflow.runs import run_paths
 from amflow.sweep.space import (SweepSpec, check_space, decode, load_sweep_spec, suggest, trial_params_data,
                                 with_values)
@@ -241,6 +242,32 @@ def export_best(study, spec: SweepSpec, ctx: dict, output: Path) -> dict:
     return {"number": best.number, "value": best.value, "params": values}
 
 
+def open_parent(params, *, dataset: str, method: str, study_name: str, study, spec: dict):
+    """The parent MLflow run ``sweep-<study>`` of a study (trials nest under it with ``parent_run_id``);
+    a resumed study with the same search reopens it."""
+    tracker = tracking.open_run(params, identity.sweep(params, dataset, method, study_name, spec),
+                                experiment=dataset, key=f"sweep/{study_name}", name=f"sweep-{study_name}",
+                                resume=True)
+    tracking.with_retries(lambda: tracker.log_params({
+        "sweep.trials": str(spec.get("trials")), "sweep.study": study_name,
+        "sweep.sampler": type(study.sampler).__name__, "sweep.pruner": type(study.pruner).__name__}),
+        f"logging the params of the sweep {study_name}")
+    return tracker
+
+
+def finish_parent(tracker, best: dict, artifacts: Iterable[Path] = ()) -> None:
+    """Record the best trial (metric ``best_value``, tags ``amflow.best.<param>`` and ``amflow.best_model``)
+    and the study's files in the parent run, and close it."""
+    tracker.log_metrics({"best_value": best["value"], "best_trial": best["number"]})
+    # Tags, not params: a resumed study may find a better trial later, and params are immutable.
+    tracker.set_tags({f"{tracking.TAG}best.{k}": v if isinstance(v, str) else json.dumps(v)
+                      for k, v in best.get("params", {}).items()})
+    if best.get("model_uri"):  # the best trial's model, the one model of the sweep
+        tracker.set_tags({f"{tracking.TAG}best_model": best["model_uri"]})
+    tracker.log_artifacts([Path(p) for p in artifacts], artifact_path="sweep")
+    tracker.finish("FINISHED")
+
+
 def keep_the_best(study, ctx: dict, params) -> Optional[str]:
     """The sweep's one model: the best trial's, logged into its MLflow run (once: a resumed sweep with
     the same best logs nothing); the checkpoints of the other ended trials are deleted (a trial still
@@ -309,8 +336,8 @@ def run_sweep(args) -> dict:
     if requeued:
         print(f"requeued {requeued} trial(s) interrupted by an earlier run of study '{study_name}'", file=sys.stderr)
 
-    parent = tracking.open_sweep_parent(base_params, dataset=args.dataset, study_name=study_name, study=study,
-                                        sweep_spec=spec.model_dump())
+    parent = open_parent(base_params, dataset=args.dataset, method=args.method, study_name=study_name, study=study,
+                         spec=spec.model_dump(mode="json"))
     ctx = dict(spec=spec, base=base, overrides=overrides, params_file=params_file, space_file=space_file,
                dataset=args.dataset, method=args.method, seed=base_params.seeds[0], data_dir=str(args.data_dir),
                results_dir=str(args.results_dir), folder=str(folder), storage=url, study_name=study_name,
@@ -337,7 +364,7 @@ def run_sweep(args) -> dict:
     summary = {"study": study_name, "storage": url, "trials": finished, "states": c, "best": best,
                "best_params_file": str(output)}
     io.write_json(folder / paths.SWEEP_SUMMARY, summary)
-    parent.finish_sweep(best, [folder / paths.SWEEP_SUMMARY, Path(output), *plots])
+    finish_parent(parent, best, [folder / paths.SWEEP_SUMMARY, Path(output), *plots])
     print(f"study '{study_name}': {finished} trials ended ({c}); best {spec.metric} {best['value']:.4f} "
           f"(trial {best['number']}) -> {output}")
     return summary

@@ -18,9 +18,10 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from amflow import methods
 from amflow.errors import AmflowError
 from amflow.models import build_backbone, build_model
-from amflow.params import ParamsError, deep_merge, set_dotted, validate
+from amflow.params_io import ParamsError, deep_merge, set_dotted, validate
 
 
 class _Strict(BaseModel):
@@ -177,7 +178,7 @@ def check_space(base: dict, spec: SweepSpec, *, dataset: str, method: str, space
 def _build(params, dataset: str, method: str) -> None:
     """Build the trial's model with a random backbone of the same structure (raises AmflowError)."""
     variant = "none"
-    if method == "amflow":
+    if methods.get(method).am_flow:
         chosen = params.model.am_flow.variant
         variant = chosen if chosen in ("static", "aligned", "none") else "aligned"  # auto: any AM flow variant
     backbone = build_backbone(params.backbone.model_copy(update={"weights": "random"}))

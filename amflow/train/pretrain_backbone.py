@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from amflow import io, paths
+from amflow import identity, io, paths
 from amflow.data import pretrain_images as pimg
 from amflow.errors import AmflowError
 from amflow.models.inference import autocast
@@ -211,13 +211,6 @@ class AttributeTask(Task):
             self.aug_gen.set_state(state["aug_generator"])
 
 
-def settings(params: Params, info: dict) -> dict:
-    """What a pretraining state may only be resumed under: recipe, model, normalisation, image set
-    (the trainer's ``meta["compat"]``: one that differs moves the old state aside)."""
-    return {"pretrain": params.pretrain.model_dump(mode="json"), "backbone": params.backbone.model_dump(mode="json"),
-            "mean": list(params.sampling.mean), "std": list(params.sampling.std), "images": info.get("spec")}
-
-
 def train_spec(params: Params) -> TrainSpec:
     """The trainer's settings for the pretraining recipe: no gradient clipping or label smoothing; the
     warm-up is :class:`AttributeTask`'s; device and amp as training's."""
@@ -258,9 +251,11 @@ def train_attribute_model(params: Params, images_dir: str | Path, run_dir: str |
             f"to the same value and rerun `amflow pretrain-images`")
 
     task = AttributeTask(train_set, val_set, params.sampling.mean, params.sampling.std, spec.seed)
+    # The state is only resumed under the same identity (recipe, backbone, normalisation, image set); each
+    # of its values is compared, so a stale state is named by the key that changed.
+    compat = identity.pretraining(params, info.get("spec")).leaves()
     trainer = Trainer(model, train_set, val_set, train_spec(params), seed=spec.seed, run_dir=Path(run_dir),
-                      ctx=DistContext(device=device), meta={"compat": settings(params, info)},
-                      callbacks=callbacks, task=task)
+                      ctx=DistContext(device=device), meta={"compat": compat}, callbacks=callbacks, task=task)
     result = trainer.fit()
     if result.status != "complete":
         return None, None, result.history
@@ -306,21 +301,22 @@ def pretrain_backbone(params: Params, images_dir: str | Path, out_dir: str | Pat
     """Train the backbone on ``images_dir`` and write ``out_dir/backbone.safetensors`` and
     ``out_dir/metrics.json``; returns the metrics. Raises :class:`AmflowError` if it did not learn.
 
-    With ``track`` the pretraining is an MLflow run (:func:`amflow.tracking.open_pretrain_run`; found
-    again by ``out_dir`` under ``results_dir``): params, the loss per epoch, the accuracies, the image
+    With ``track`` the pretraining is an MLflow run (:func:`amflow.tracking.open_run`, in the experiment
+    ``<prefix>-<params name>-pretrain_images``; found again by ``out_dir`` under ``results_dir``): params, the loss per epoch, the accuracies, the image
     table as its dataset input, and ``metrics.json`` and the backbone file as artefacts."""
     from safetensors.torch import save_file
 
     from amflow import tracking
 
     out_dir = Path(out_dir)
-    pimg.read_info(images_dir)  # fail on a missing set before touching earlier outputs
+    images = pimg.read_info(images_dir)  # fail on a missing set before touching earlier outputs
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_outputs(out_dir)
     tracker = tracking.NullTracker()
     if track:
-        tracker = tracking.open_pretrain_run(params, out_dir=out_dir,
-                                             results_dir=Path(results_dir) if results_dir else out_dir.parent)
+        key = tracking.run_key(out_dir, Path(results_dir) if results_dir else out_dir.parent)
+        tracker = tracking.open_run(params, identity.pretraining(params, images.get("spec")),
+                                    experiment="pretrain_images", key=key, name="pretrain-backbone")
     try:
         if track:
             _, table = pimg.load_split(images_dir, "train")

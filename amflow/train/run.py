@@ -29,7 +29,8 @@ import pandas as pd
 import torch
 import yaml
 
-from amflow import io, tracking
+from amflow import identity, io, tracking
+from amflow import paths as amflow_paths
 from amflow.data.annotations import read_classes
 from amflow.data.clips import ClipDataset
 from amflow.data.frame_cache import MANIFEST
@@ -39,8 +40,7 @@ from amflow.models import clip_gflops
 from amflow.models.inference import single_view
 from amflow.params import Params
 from amflow.paths import CHECKPOINT, PARAMS_YAML, TRAIN_JSON, TRAIN_LOG, TRAIN_STATE
-from amflow.runs import (RunPaths, build_run_model, measure_noise_levels, params_digest, resolve_method_variant,
-                         run_paths, uses_oracle)
+from amflow.runs import RunPaths, build_run_model, measure_noise_levels, resolve_method_variant, run_paths, uses_oracle
 from amflow.train.distributed import init_distributed
 from amflow.train.trainer import Trainer
 
@@ -81,13 +81,14 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
     ``callbacks`` get each epoch's record (rank 0, after the state is saved); one may raise to end the run
     (a sweep's pruner, say): the exception propagates, the training state stays, and the MLflow run is
     marked KILLED rather than FAILED. ``parent_run_id`` nests the MLflow run (sweep trials); ``tags``
-    are added to it; ``run_name`` names it (default: see :meth:`amflow.tracking.Tracker.open_for_training`);
-    ``log_model=False`` logs no model into it (a sweep logs its best trial's model once, at the end).
+    are added to it; ``run_name`` names it (default ``<method>-seed<seed>``, or the run folder's path
+    under the results folder when it lies elsewhere); ``log_model=False`` logs no model into it (a sweep logs its best trial's model once, at the end).
 
     Returns the content of ``train.json`` (or, when stopped early by the test hook, a dict with
     ``status: stopped`` and the history so far; ``train.json`` is then not written).
     """
     paths = run_paths(params, dataset, method, seed, data_dir, results_dir, run_dir)
+    ident = identity.training(params, dataset, method, seed)
     ctx = init_distributed(params.train.device)
     lock = contextlib.ExitStack()
     try:
@@ -120,9 +121,9 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
         counts = param_counts(model)
         gflops = float(clip_gflops(model, sampling.num_frames, sampling.crop_size)) if ctx.is_main else None
         meta = {
-            "compat": {"dataset": dataset, "method": method, "seed": int(seed), "am_flow_variant": variant,
-                       "identity_for_static": identity_for_static, "classes": list(classes),
-                       "params_digest": params_digest(params, dataset)},
+            # The run's identity, written here once (train.json names the checkpoint by its digest).
+            "compat": {**ident.names, "params_digest": ident.digest, "am_flow_variant": variant,
+                       "identity_for_static": identity_for_static, "classes": list(classes)},
             "num_classes": len(classes), "num_frames": sampling.num_frames,
             "backbone_weights": str(paths.backbone_weights.resolve()) if paths.backbone_weights else None,
         }
@@ -132,7 +133,7 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
         if ctx.is_main:
             write_params_yaml(paths.run_dir / PARAMS_YAML, params)
             try:
-                tracker = open_tracking(params, paths, dataset=dataset, method=method, seed=seed, ctx=ctx,
+                tracker = open_tracking(params, paths, ident, ctx=ctx,
                                         variant=variant, counts=counts, gflops=gflops,
                                         resume=(paths.run_dir / TRAIN_STATE).exists(), results_dir=results_dir,
                                         parent_run_id=parent_run_id, tags=tags, run_name=run_name)
@@ -201,12 +202,11 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
         summary = summarise(result.history)
         noise = getattr(model, "flow_noise", None)
         info = {
-            "status": "complete", "dataset": dataset, "method": method, "seed": int(seed),
+            "status": "complete", "params_digest": ident.digest,
             **({"flow_noise_levels": [float(v) for v in noise]} if noise is not None else {}),
             "am_flow_variant": variant, "identity_for_static": identity_for_static,
             "epochs": len(result.history), "train_time_s": result.elapsed_s, **summary,
             "trainable_params": counts["trainable"], "total_params": counts["total"], "gflops_per_clip": gflops,
-            "params_digest": meta["compat"]["params_digest"],
             "world_size": ctx.world_size, "device": ctx.device.type, "global_batch": params.train.batch_size,
             "accum_steps": params.train.accum_steps, "num_classes": len(classes),
             "mlflow_run_id": run_id, "history": result.history,
@@ -220,22 +220,28 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
         ctx.close()
 
 
-def open_tracking(params: Params, paths: RunPaths, *, dataset: str, method: str, seed: int, ctx, variant: str,
-                  counts: dict, gflops: Optional[float], resume: bool, results_dir: Path,
-                  parent_run_id: Optional[str], tags: Optional[dict], run_name: Optional[str]):
-    """Open the run's MLflow run and log what is known before training: params, tags, the frame manifest."""
+def open_tracking(params: Params, paths: RunPaths, run: identity.Identity, *, ctx, variant: str, counts: dict,
+                  gflops: Optional[float], resume: bool, results_dir: Path, parent_run_id: Optional[str],
+                  tags: Optional[dict], run_name: Optional[str]):
+    """Open the run's MLflow run (its identity's params) and log what is known before training: the
+    model's size, the frame manifest."""
     def failed(exc: BaseException) -> AmflowError:
         return AmflowError(f"{paths.run_dir}: its MLflow run could not be started on {tracking.resolve_uri(params)} "
                            f"({tracking.describe(exc)}); no training was started: fix the store, or set "
                            f"AMFLOW_TRACKING=0 to train without tracking")
 
+    dataset, method, seed = run.names["dataset"], run.names["method"], run.names["seed"]
+    key = tracking.run_key(paths.run_dir, results_dir)
+    if run_name is None:  # a run folder elsewhere than the standard one (an ablation's) is named by its path
+        standard = amflow_paths.run_dir(results_dir, dataset, method, seed).resolve() == paths.run_dir.resolve()
+        run_name = tracking.run_name(method, seed) if standard else key
     manifest = paths.frames_dir / MANIFEST
     try:
-        tracker = tracking.Tracker.open_for_training(
-            params, dataset=dataset, method=method, seed=seed, run_dir=paths.run_dir, results_dir=results_dir,
-            params_digest=params_digest(params, dataset), parent_run_id=parent_run_id, resume=resume,
-            name=run_name,
-            tags={f"{tracking.TAG}data_manifest_sha256": tracking.file_sha256(manifest) or "",
+        tracker = tracking.open_run(
+            params, run, experiment=dataset, key=key, name=run_name, record=paths.run_dir, resume=resume,
+            parent_run_id=parent_run_id,
+            tags={f"{tracking.TAG}run_dir": str(paths.run_dir.resolve()),
+                  f"{tracking.TAG}data_manifest_sha256": tracking.file_sha256(manifest) or "",
                   f"{tracking.TAG}am_flow_variant": variant, f"{tracking.TAG}world_size": str(ctx.world_size),
                   f"{tracking.TAG}device": ctx.device.type, **(tags or {})})
     except AmflowError:
@@ -244,9 +250,7 @@ def open_tracking(params: Params, paths: RunPaths, *, dataset: str, method: str,
         raise failed(exc) from None
 
     def log_start():
-        tracker.log_params({**tracking.run_params(params, dataset, method),
-                            "run.dataset": dataset, "run.method": method, "run.seed": str(seed),
-                            "run.am_flow_variant": variant, "run.trainable_params": str(counts["trainable"]),
+        tracker.log_params({"run.am_flow_variant": variant, "run.trainable_params": str(counts["trainable"]),
                             "run.total_params": str(counts["total"]), "run.gflops_per_clip": f"{gflops:.6g}"})
         if manifest.exists():
             tracker.log_dataset(pd.read_csv(manifest, dtype=str), name=f"{dataset}-frames",

@@ -12,10 +12,11 @@ if P.backbone.weights == "pretrain":
             metrics=str(paths.backbone_dir(RESULTS) / paths.BACKBONE_METRICS),
         params:
             file=params_file,
-            dvc_params=tracked("backbone", "pretrain", "pretrain_images"),
+            dvc_params=identified(lambda w: identity.pretraining(P)),
         priority: 20  # the critical path: every training waits for the backbone, only amflow for the camera
         threads: JOB_CORES
         resources:
+            cpu_slots=held_slots,
             gpu=GPUS_PER_JOB,
         log:
             f"{LOGS}/pretrain_backbone.log",

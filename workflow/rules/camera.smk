@@ -14,8 +14,10 @@ rule camera_motion:
         motion=str(paths.motion_file(RESULTS, "{dataset}")),
     params:
         file=params_file,
-        dvc_params=tracked("datasets.{dataset}", "camera_motion"),
+        dvc_params=identified(lambda w: identity.camera_motion(P, w.dataset)),
     threads: JOB_CORES
+    resources:
+        cpu_slots=held_slots,
     log:
         f"{LOGS}/camera_motion/{{dataset}}.log",
     benchmark:

@@ -3,14 +3,15 @@
 # The params are Snakemake's config, resolved and validated by amflow's schema before any job runs:
 # params/default.yaml (the Snakefile's `configfile:`), unless the command line gives a complete params
 # file (`--configfile params/tiny.yaml`, a file with `datasets`), or a file that `extends:` another;
-# `--config key=value` overrides go on top (amflow.params.resolve_workflow_config).
+# `--config key=value` overrides go on top (amflow.params_io.resolve_workflow_config).
 import os
 import sys
 
-from amflow import paths
+from amflow import identity, methods, paths
 from amflow.import_graph import command_files
 from amflow.parallel import usable_cores
-from amflow.params import GROUND_TRUTH_CONTROLS, METHODS, ParamsError, resolve_workflow_config, validate, write_resolved
+from amflow.params import GROUND_TRUTH_CONTROLS
+from amflow.params_io import ParamsError, resolve_workflow_config, validate, write_resolved
 from amflow.workflow_plan import ablation_runs, find_ablation, reference_runs, table_runs
 
 DEFAULT_PARAMS = "params/default.yaml"
@@ -44,12 +45,24 @@ BENCH = str(paths.benchmarks_root("benchmarks", P.name))
 # OMP_NUM_THREADS, which torch and amflow's worker pools follow, so a job never starts more threads than
 # cores (more only thrash); with fewer --cores Snakemake scales it down, and cluster profiles set their own.
 JOB_CORES = min(8, usable_cores())
+# Jobs at once: every job holds its threads of CPU_SLOTS, which is this machine's cores (a local run),
+# whatever --cores says: `--cores 8` on 2 cores would otherwise start 8 single-thread trainings of about
+# 1.1 GB each, slower together than two at a time. `--resources cpu_slots=N` asks for N; a machine with 8
+# or 64 cores gets them all, and a cluster run (its jobs on other machines) is not capped here.
+CPU_SLOTS = "cpu_slots"
+if workflow.local_exec and CPU_SLOTS not in workflow.global_resources:
+    workflow.global_resources[CPU_SLOTS] = usable_cores()
+
+
+def held_slots(wildcards, threads):
+    """Every rule's ``resources: cpu_slots``: a job holds one slot per thread (see CPU_SLOTS)."""
+    return threads
 
 
 wildcard_constraints:
     dataset=paths.DATASET_NAME_PATTERN,
     spec=paths.SPEC_HASH_RE,
-    method="|".join(METHODS),
+    method="|".join(methods.names()),
     seed=r"\d+",
     axis=r"[a-z_]+",
 
@@ -59,8 +72,8 @@ def params_file(wildcards, input):
 
     Its path changes with any value, so it must not be a rerun trigger: Snakemake leaves params derived
     from a job's input out of its "params" trigger. The values a job depends on are the trigger
-    (``params.dvc_params``, see `tracked`), so another params file with the same values reuses every
-    result.
+    (``params.dvc_params``, see `tracked` and `identified`), so another params file with the same values
+    reuses every result.
     """
     return PARAMS
 
@@ -73,24 +86,17 @@ def code(command):
 
 
 def tracked(*keys):
-    """The params a job depends on, as a dict key -> value (keys may name wildcards: "datasets.{dataset}").
+    """A rule's ``params.dvc_params`` for a job defined by whole params sections (keys may name wildcards:
+    "datasets.{dataset}"): key -> value. Snakemake reruns the job when one of these values changes (its
+    "params" rerun trigger), and `amflow dvc-yaml` lists the keys as the DVC stage's params."""
+    return lambda wildcards: identity.select(P, [key.format(**dict(wildcards.items())) for key in keys])
 
-    Given as the rule's ``params.dvc_params``: Snakemake reruns the job when one of these values
-    changes (its "params" rerun trigger), and `amflow dvc-yaml` lists the keys as the DVC stage's params.
-    """
-    data = P.model_dump(mode="json")
 
-    def values(wildcards):
-        out = {}
-        for key in keys:
-            key = key.format(**dict(wildcards.items()))
-            node = data
-            for part in key.split("."):
-                node = node[part]
-            out[key] = node
-        return out
-
-    return values
+def identified(of):
+    """A rule's ``params.dvc_params`` for a job whose run has an identity (:mod:`amflow.identity`,
+    ``of(wildcards)``): its params, the same that its digest, its checkpoint check and its MLflow run
+    take, so a key that does not define the run (``train.num_workers``) reruns nothing."""
+    return lambda wildcards: of(wildcards).params
 
 
 # Output patterns: the data folders carry the dataset's spec hash as the wildcard {spec}.
@@ -128,11 +134,12 @@ def ground_truth_input(dataset):
 def train_inputs(wildcards, method=None, control=None):
     method = method or wildcards.method
     deps = [frames_summary(wildcards.dataset)] + backbone_inputs()
-    if method == "amflow":  # only AM flow reads the camera decision and the cached transforms
+    needs = methods.get(method)
+    if needs.camera_motion:  # the camera decision and the cached transforms
         camera = paths.camera_dir(RESULTS, wildcards.dataset)
         deps += [str(camera / paths.CAMERA_JSON), str(paths.motion_file(RESULTS, wildcards.dataset))]
-        if (control or P.model.am_flow.control) in GROUND_TRUTH_CONTROLS:  # these read the actor's coverage
-            deps.append(ground_truth_input(wildcards.dataset))
+    if needs.ground_truth_controls and (control or P.model.am_flow.control) in GROUND_TRUTH_CONTROLS:
+        deps.append(ground_truth_input(wildcards.dataset))  # these controls read the actor's coverage
     return deps
 
 
@@ -156,8 +163,29 @@ def launcher(wildcards, resources):
     return "amflow"
 
 
+# The first seed's runs and its table 1 go before the other seeds' runs: a complete one-seed table 1 is
+# the run's first answer (rule table1_first_seed), the full table its last. Below the data, camera and
+# backbone stages (10, 20), which every run waits for.
+FIRST_SEED_PRIORITY = 5
+
+
+def first_seed_first(wildcards):
+    """The priority of a table run's training and evaluation jobs (see FIRST_SEED_PRIORITY)."""
+    return FIRST_SEED_PRIORITY if int(wildcards.seed) == P.seeds[0] else 0
+
+
 def ablation(wildcards):
     return find_ablation(P, wildcards.axis, wildcards.value, wildcards.dataset, wildcards.seed)
+
+
+def ablation_identity(stage):
+    """The identity (``identity.training`` or ``identity.evaluation``) of an ablation job's run: its
+    method's, with its overrides; another ablation value is another run, and leaves it alone."""
+    def of(wildcards):
+        run = ablation(wildcards)
+        return stage(run.params(P), wildcards.dataset, run.method, wildcards.seed)
+
+    return of
 
 
 def run_dir_of(wildcards, output):
@@ -168,6 +196,13 @@ def run_dir_of(wildcards, output):
 def caption(name):
     """A report caption, workflow/report/<name>.rst (paths in rules are relative to workflow/rules/)."""
     return f"../report/{name}.rst"
+
+
+
+def training_evaluation(run_dir):
+    """The folder of evaluation files that `amflow train --evaluate` writes (one out, not six: each is
+    repeated in every DVC stage family)."""
+    return {"trained_evaluation": directory(f"{run_dir}/{paths.TRAINING_EVALUATION_DIR}")}
 
 
 def evaluation_outputs(run_dir, category):

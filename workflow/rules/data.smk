@@ -14,6 +14,7 @@ rule prepare_dataset:
         dvc_outs=lambda w: [DATASET_DIR.format(dataset=w.dataset, spec=w.spec)],
     threads: JOB_CORES
     resources:
+        cpu_slots=held_slots,
         runtime=240,
     log:
         f"{LOGS}/prepare_dataset/{{dataset}}-{{spec}}.log",
@@ -37,6 +38,8 @@ if P.pretrain_images is not None:
             dvc_outs=[str(paths.pretrain_images_dir(DATA, P))],
         priority: 20  # on the critical path: the backbone's pretraining waits for it
         threads: JOB_CORES
+        resources:
+            cpu_slots=held_slots,
         log:
             f"{LOGS}/pretrain_images.log",
         benchmark:
@@ -60,6 +63,7 @@ rule extract_frames:
         dvc_outs=lambda w: [FRAMES_DIR.format(dataset=w.dataset, spec=w.spec)],
     threads: JOB_CORES
     resources:
+        cpu_slots=held_slots,
         runtime=600,
     log:
         f"{LOGS}/extract_frames/{{dataset}}-{{spec}}.log",

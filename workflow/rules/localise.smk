@@ -12,6 +12,8 @@ rule ground_truth:
         file=params_file,
         dvc_params=tracked("datasets.{dataset}"),
     threads: 1
+    resources:
+        cpu_slots=held_slots,
     log:
         f"{LOGS}/ground_truth/{{dataset}}-{{spec}}.log",
     benchmark:
@@ -35,8 +37,10 @@ rule localise:
                    caption=caption("localisation"), category="Localisation", labels={"dataset": "{dataset}"}),
     params:
         file=params_file,
-        dvc_params=tracked("datasets.{dataset}", "sampling", "backbone", "model.am_flow"),
+        dvc_params=identified(lambda w: identity.localisation(P, w.dataset)),
     threads: JOB_CORES
+    resources:
+        cpu_slots=held_slots,
     log:
         f"{LOGS}/localise/{{dataset}}.log",
     benchmark:

@@ -12,6 +12,7 @@ rule sweep:
         file=params_file,
     threads: JOB_CORES
     resources:
+        cpu_slots=held_slots,
         gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/sweep/{{dataset}}/{{method}}.log",

@@ -1,5 +1,11 @@
 # Training and evaluation, one job per (dataset, method, seed), plus the ablation runs.
 #
+# A training job also evaluates its run, in the same process (`amflow train --evaluate`: one start-up, one
+# import of torch, timm and MLflow), into the run's evaluated_in_training/; the evaluation job copies
+# those files into the run folder when they were made from the same checkpoint with the same params
+# (amflow.evaluate.reuse). The training's rerun trigger leaves the test views out, so a changed test
+# view reruns the evaluation job alone, which then evaluates again.
+#
 # One thread per job by default: on a CPU, several single-threaded runs side by side use the cores
 # better than one multi-threaded run (small models). Cluster profiles raise it (set-threads).
 #
@@ -15,12 +21,15 @@ rule train:
     output:
         train_json=f"{RUN_DIR}/{paths.TRAIN_JSON}",
         checkpoint=f"{RUN_DIR}/{paths.CHECKPOINT}",
+        **training_evaluation(RUN_DIR),
     params:
         file=params_file,
         launch=launcher,
-        dvc_params=tracked("datasets.{dataset}", "sampling", "model", "train", "backbone", "camera_motion"),
+        dvc_params=identified(lambda w: identity.training(P, w.dataset, w.method, w.seed)),
+    priority: first_seed_first
     threads: 1
     resources:
+        cpu_slots=held_slots,
         gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/train/{{dataset}}/{{method}}/seed{{seed}}.log",
@@ -28,7 +37,7 @@ rule train:
         f"{BENCH}/train/{{dataset}}/{{method}}/seed{{seed}}.tsv",
     shell:
         "{params.launch} train --params {params.file} --dataset {wildcards.dataset} "
-        "--method {wildcards.method} --seed {wildcards.seed}"
+        "--method {wildcards.method} --seed {wildcards.seed} --evaluate"
         " > {log} 2>&1"
 
 
@@ -36,14 +45,17 @@ rule evaluate:
     input:
         train_json=f"{RUN_DIR}/{paths.TRAIN_JSON}",
         checkpoint=f"{RUN_DIR}/{paths.CHECKPOINT}",
+        **training_evaluation(RUN_DIR),
         code=code("evaluate"),
     output:
         **evaluation_outputs(RUN_DIR, "Runs"),
     params:
         file=params_file,
-        dvc_params=tracked("datasets.{dataset}", "sampling"),
+        dvc_params=identified(lambda w: identity.evaluation(P, w.dataset, w.method, w.seed)),
+    priority: first_seed_first
     threads: 1
     resources:
+        cpu_slots=held_slots,
         gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/evaluate/{{dataset}}/{{method}}/seed{{seed}}.log",
@@ -62,15 +74,17 @@ rule train_ablation:
     output:
         train_json=f"{ABLATION_RUN_DIR}/{paths.TRAIN_JSON}",
         checkpoint=f"{ABLATION_RUN_DIR}/{paths.CHECKPOINT}",
+        **training_evaluation(ABLATION_RUN_DIR),
     params:
         file=params_file,
         run_dir=run_dir_of,
         launch=launcher,
         overrides=lambda w: ablation(w).set_args(),
         method=lambda w: ablation(w).method,
-        dvc_params=tracked("datasets.{dataset}", "sampling", "model", "train", "backbone", "camera_motion", "ablations"),
+        dvc_params=identified(ablation_identity(identity.training)),
     threads: 1
     resources:
+        cpu_slots=held_slots,
         gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/train_ablation/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}.log",
@@ -78,7 +92,7 @@ rule train_ablation:
         f"{BENCH}/train_ablation/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}.tsv",
     shell:
         "{params.launch} train --params {params.file} --dataset {wildcards.dataset} --method {params.method} "
-        "--seed {wildcards.seed} --run-dir {params.run_dir} {params.overrides}"
+        "--seed {wildcards.seed} --run-dir {params.run_dir} {params.overrides} --evaluate"
         " > {log} 2>&1"
 
 
@@ -86,6 +100,7 @@ rule evaluate_ablation:
     input:
         train_json=f"{ABLATION_RUN_DIR}/{paths.TRAIN_JSON}",
         checkpoint=f"{ABLATION_RUN_DIR}/{paths.CHECKPOINT}",
+        **training_evaluation(ABLATION_RUN_DIR),
         code=code("evaluate"),
     output:
         **evaluation_outputs(ABLATION_RUN_DIR, "Ablation runs"),
@@ -94,9 +109,10 @@ rule evaluate_ablation:
         run_dir=run_dir_of,
         overrides=lambda w: ablation(w).set_args(),
         method=lambda w: ablation(w).method,
-        dvc_params=tracked("datasets.{dataset}", "sampling", "ablations"),
+        dvc_params=identified(ablation_identity(identity.evaluation)),
     threads: 1
     resources:
+        cpu_slots=held_slots,
         gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/evaluate_ablation/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}.log",

@@ -31,7 +31,7 @@ import pandas as pd
 from amflow import io as aio
 from amflow.data import annotations
 from amflow.errors import AmflowError
-from amflow.params import SPLITS, DatasetSpec
+from amflow.params import SPLITS, DatasetBase, source_name
 
 DEFAULT_VAL_FRACTION = 0.1
 MISSING_COLUMNS = ("split", "video", "reason")
@@ -47,13 +47,13 @@ class PreparedDataset:
     info: dict = field(default_factory=dict)  # source-specific facts for dataset.json
 
 
-def _never_done(spec: DatasetSpec, out_dir: Path) -> Optional[dict]:
+def _never_done(spec: DatasetBase, out_dir: Path) -> Optional[dict]:
     return None
 
 
 @dataclass(frozen=True)
 class Source:
-    """One ``source:`` value: how its datasets are built.
+    """One ``source:`` value: its schema and how its datasets are built.
 
     ``build(spec, dataset_name, out_dir)`` returns the :class:`PreparedDataset`; besides the videos
     (and a generator's own ground truth) it writes nothing: :func:`write_dataset` writes the rest.
@@ -63,10 +63,15 @@ class Source:
     split policy of real datasets does not apply, and its ``info`` is the whole of ``dataset.json``.
     """
 
-    name: str
-    build: Callable[[DatasetSpec, str, Path], PreparedDataset]
-    existing: Callable[[DatasetSpec, Path], Optional[dict]] = _never_done
+    schema: type[DatasetBase]  # its datasets' settings, registered in amflow.params.SOURCE_SCHEMAS
+    build: Callable[[DatasetBase, str, Path], PreparedDataset]
+    existing: Callable[[DatasetBase, Path], Optional[dict]] = _never_done
     generator: bool = False
+
+    @property
+    def name(self) -> str:
+        """The ``source:`` value."""
+        return source_name(self.schema)
 
 
 def video_ref(path: Path, out_dir: Path) -> str:
@@ -143,7 +148,7 @@ def check_unique(splits: dict[str, pd.DataFrame], out_dir: Path) -> None:
             seen[real] = (split, video)
 
 
-def split_policy(result: PreparedDataset, spec: DatasetSpec, out_dir: Path) -> tuple[dict[str, pd.DataFrame], str]:
+def split_policy(result: PreparedDataset, spec: DatasetBase, out_dir: Path) -> tuple[dict[str, pd.DataFrame], str]:
     """The real-dataset split policy (module docstring): the final splits and how val was made."""
     splits = dict(result.splits)
     if "train" not in splits or "test" not in splits:
@@ -163,7 +168,7 @@ def split_policy(result: PreparedDataset, spec: DatasetSpec, out_dir: Path) -> t
     return splits, val_policy
 
 
-def write_dataset(source: Source, spec: DatasetSpec, dataset_name: str, out_dir: Path) -> dict:
+def write_dataset(source: Source, spec: DatasetBase, dataset_name: str, out_dir: Path) -> dict:
     """Build dataset ``dataset_name`` with ``source`` into ``out_dir``; ``dataset.json`` last. Returns its content."""
     out_dir = Path(out_dir)
     done = source.existing(spec, out_dir)
@@ -189,7 +194,7 @@ def write_dataset(source: Source, spec: DatasetSpec, dataset_name: str, out_dir:
             why = (f"{n_missing} listed video(s) are missing on disk, see {out_dir / 'missing.csv'}" if n_missing
                    else "too few videos to split, or none of this split's kind")
             raise AmflowError(f"dataset '{dataset_name}': split '{split}' has no videos ({why}). "
-                              f"Check the dataset's files under {spec.root or out_dir} and its params.")
+                              f"Check the dataset's files under {getattr(spec, 'root', None) or out_dir} and its params.")
         bad = table[(table["label"] < 0) | (table["label"] >= len(result.classes))]
         if len(bad):
             raise AssertionError(f"{spec.source}: labels out of range in split {split}: {bad.head()}")

@@ -36,7 +36,7 @@ from amflow.data.download import DownloadItem, download_many
 from amflow.data.safe_tar import MARKER_DIR, extract_tar, is_extracted
 from amflow.data.sources.base import PreparedDataset, Source, split_table, video_ref
 from amflow.errors import AmflowError
-from amflow.params import DatasetSpec
+from amflow.params import Kinetics400Dataset
 
 CSV_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
 
@@ -89,17 +89,17 @@ def read_path_list(path: Path, list_url: str) -> list[str]:
     return urls
 
 
-def _checksum_for(spec: DatasetSpec, url: str):
+def _checksum_for(spec: Kinetics400Dataset, url: str):
     base = spec.download.base_url.rstrip("/")
     rel = url[len(base) + 1:] if url.startswith(base + "/") else url
     return spec.download.checksums.get(rel) or spec.download.checksums.get(url)
 
 
-def _items(spec: DatasetSpec, pairs: list[tuple[str, Path]]) -> list[DownloadItem]:
+def _items(spec: Kinetics400Dataset, pairs: list[tuple[str, Path]]) -> list[DownloadItem]:
     return [DownloadItem(url, dest, checksum=_checksum_for(spec, url)) for url, dest in pairs]
 
 
-def fetch(spec: DatasetSpec, root: Path, progress: bool = True) -> dict:
+def fetch(spec: Kinetics400Dataset, root: Path, progress: bool = True) -> dict:
     """Download annotation CSVs, path lists and tarballs; extract them safely. Returns counts."""
     dl = spec.download
     base = dl.base_url.rstrip("/")
@@ -139,7 +139,7 @@ def fetch(spec: DatasetSpec, root: Path, progress: bool = True) -> dict:
     return {"archives": len(archives), "archives_fetched_now": len(todo)}
 
 
-def build(spec: DatasetSpec, dataset_name: str, out_dir: Path) -> PreparedDataset:
+def build(spec: Kinetics400Dataset, dataset_name: str, out_dir: Path) -> PreparedDataset:
     root = Path(spec.root) if spec.root else Path(out_dir)
     fetched = fetch(spec, root)
     ann = root / "downloads" / "annotations"
@@ -185,4 +185,4 @@ def build(spec: DatasetSpec, dataset_name: str, out_dir: Path) -> PreparedDatase
     return PreparedDataset(classes=classes, splits=splits, missing=missing, info=info)
 
 
-SOURCE = Source("kinetics400", build)
+SOURCE = Source(Kinetics400Dataset, build)

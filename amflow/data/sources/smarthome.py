@@ -24,7 +24,7 @@ from pathlib import Path
 
 from amflow.data.sources.base import PreparedDataset, Source, split_table, video_ref
 from amflow.errors import AmflowError
-from amflow.params import DatasetSpec
+from amflow.params import SmarthomeDataset
 
 REQUEST_PAGE = "https://project.inria.fr/toyotasmarthome/"
 NAME_RE = re.compile(r"^(?P<activity>.+)_p(?P<subject>\d+)_r(?P<rep>\d+)_v(?P<view>\d+)_c(?P<camera>\d+)\.mp4$")
@@ -54,7 +54,7 @@ def protocol_split(protocol: str, clip: dict) -> str | None:
     return None
 
 
-def build(spec: DatasetSpec, dataset_name: str, out_dir: Path) -> PreparedDataset:
+def build(spec: SmarthomeDataset, dataset_name: str, out_dir: Path) -> PreparedDataset:
     root = Path(spec.root).absolute()
     files = sorted(root.rglob("*.mp4")) if root.is_dir() else []
     if not files:
@@ -101,4 +101,4 @@ def build(spec: DatasetSpec, dataset_name: str, out_dir: Path) -> PreparedDatase
     return PreparedDataset(classes=classes, splits=splits, missing=[], info=info)
 
 
-SOURCE = Source("smarthome", build)
+SOURCE = Source(SmarthomeDataset, build)

@@ -30,7 +30,7 @@ from pathlib import Path
 from amflow.data.safe_tar import extract_stream, open_parts
 from amflow.data.sources.base import PreparedDataset, Source, split_table, video_ref
 from amflow.errors import AmflowError
-from amflow.params import DatasetSpec
+from amflow.params import Ssv2Dataset
 
 DOWNLOAD_PAGE = "https://developer.qualcomm.com/software/ai-datasets/something-something"
 VIDEO_DIRS = ("20bn-something-something-v2", "videos")
@@ -172,7 +172,7 @@ def read_test(test_json: Path, answers: Path, known: set[str]) -> list[tuple[str
     return [(i, labels[i]) for i in ids]
 
 
-def build(spec: DatasetSpec, dataset_name: str, out_dir: Path) -> PreparedDataset:
+def build(spec: Ssv2Dataset, dataset_name: str, out_dir: Path) -> PreparedDataset:
     root = Path(spec.root).absolute()
     found = check_files(root, spec.test_source)
     videos = found["videos"] or extract_parts(root, found["parts"])
@@ -201,4 +201,4 @@ def build(spec: DatasetSpec, dataset_name: str, out_dir: Path) -> PreparedDatase
     return PreparedDataset(classes=classes, splits=splits, missing=missing, info=info)
 
 
-SOURCE = Source("ssv2", build)
+SOURCE = Source(Ssv2Dataset, build)

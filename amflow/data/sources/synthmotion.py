@@ -41,7 +41,7 @@ from amflow.data import scene
 from amflow.data.sources.base import PreparedDataset, Source, write_dataset
 from amflow.data.video import CODEC, encode_mp4
 from amflow.errors import AmflowError
-from amflow.params import SPLITS, DatasetSpec, Params, SynthSpec
+from amflow.params import SPLITS, SynthMotionDataset, Params, SynthSpec
 
 CLASSES: tuple[str, ...] = ("move_left", "move_right", "move_up", "move_down", "rotate_cw", "rotate_ccw",
                             "grow", "shrink", "fade_in", "fade_out", "bounce", "stay")
@@ -426,7 +426,7 @@ def _is_complete(out_dir: Path, spec: SynthSpec) -> bool:
     return True
 
 
-def existing(dspec: DatasetSpec, out_dir: Path) -> Optional[dict]:
+def existing(dspec: SynthMotionDataset, out_dir: Path) -> Optional[dict]:
     """dataset.json's content when ``out_dir`` holds every file of this spec and generator version."""
     if not _is_complete(out_dir, dspec.synth):
         return None
@@ -440,7 +440,7 @@ def _clean(out_dir: Path) -> None:
     ann.classes_path(out_dir).unlink(missing_ok=True)
 
 
-def build(dspec: DatasetSpec, dataset_name: str, out_dir: Path) -> PreparedDataset:
+def build(dspec: SynthMotionDataset, dataset_name: str, out_dir: Path) -> PreparedDataset:
     """Render and encode every clip (``videos/``) and write the true camera (``camera/``), after removing
     the folder's earlier SynthMotion outputs; the annotations and ``dataset.json`` are the writer's."""
     spec = dspec.synth
@@ -509,7 +509,7 @@ def build(dspec: DatasetSpec, dataset_name: str, out_dir: Path) -> PreparedDatas
     return PreparedDataset(classes=list(CLASSES), splits=splits, info=info)
 
 
-SOURCE = Source("synthmotion", build, existing=existing, generator=True)
+SOURCE = Source(SynthMotionDataset, build, existing=existing, generator=True)
 
 
 def generate_dataset(params: Params, dataset_name: str, out_dir: str | Path) -> dict:

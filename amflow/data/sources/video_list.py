@@ -23,7 +23,7 @@ import pandas as pd
 from amflow import paths
 from amflow.data.sources.base import PreparedDataset, Source, split_table, video_ref
 from amflow.errors import AmflowError
-from amflow.params import DatasetSpec
+from amflow.params import ListDataset
 
 INT_RE = re.compile(r"^-?\d+$")
 
@@ -90,7 +90,7 @@ def resolve_classes(root: Path, lists: dict[str, list[tuple[str, str, str]]]) ->
                       f"use one kind, or add {classes_file} (one class name per line) to map both")
 
 
-def build(spec: DatasetSpec, dataset_name: str, out_dir: Path) -> PreparedDataset:
+def build(spec: ListDataset, dataset_name: str, out_dir: Path) -> PreparedDataset:
     root = Path(spec.root).absolute()
     if not root.is_dir():
         raise AmflowError(f"{root}: the folder named by 'root' does not exist; set 'root' to the folder your "
@@ -120,4 +120,4 @@ def build(spec: DatasetSpec, dataset_name: str, out_dir: Path) -> PreparedDatase
     return PreparedDataset(classes=classes, splits=splits, missing=missing, info=info)
 
 
-SOURCE = Source("list", build)
+SOURCE = Source(ListDataset, build)
