@@ -74,6 +74,8 @@ PER_RUN_RULES = ("evaluate", "evaluate_ablation")
 # digest differs (e.g. under `dvc exp run -S`).
 TRAIN_RULES = ("train", "train_ablation")
 SIDE_OUTS = {rule: (paths.PARAMS_YAML, paths.TRAIN_LOG) for rule in TRAIN_RULES}
+# Backbone pretraining runs through the same trainer: its log and final state sit beside the weights.
+SIDE_OUTS["pretrain_backbone"] = (paths.TRAIN_LOG, paths.CHECKPOINT)
 # Top-level plots: plot id -> the training rule whose train_log.csv curves it overlays.
 CURVE_PLOTS = {"val_top1": "train", "ablation_val_top1": "train_ablation"}
 # Rules whose predictions.csv is a DVC confusion plot of the stage (the table runs).

@@ -87,7 +87,9 @@ def test_dvc_yaml_is_one_family_per_rule_and_dvc_reads_one_stage_per_job(monkeyp
     jobs = pipeline_jobs("params/default.yaml")
     rules = {job.rule.name for job in jobs}
     assert len(doc["stages"]) <= len(rules) + 3, sorted(doc["stages"])
-    assert len(text) < 100_000 and len(jobs) > 200
+    # Its size is mostly each family's code deps (one line per imported module): about 100 KB for 200+ jobs,
+    # where one stage per job would be megabytes.
+    assert len(text) < 125_000 and len(jobs) > 200
     project = make_project_copy(tmp_path / "clone")
     dvc = [str(Path(sys.executable).parent / "dvc")]
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)

@@ -199,11 +199,11 @@ def caption(name):
 
 
 
-def training_evaluation(run_dir, output=True):
-    """The folder of evaluation files that `amflow train --evaluate` writes (one out, not six: each is
-    repeated in every DVC stage family); a training's output, an evaluation's input."""
-    folder = f"{run_dir}/{paths.TRAINING_EVALUATION_DIR}"
-    return {"trained_evaluation": directory(folder) if output else folder}
+def training_evaluation(run_dir):
+    """The evaluation files that `amflow train --evaluate` writes into the run's evaluated_in_training/
+    (files, not a directory() output: DVC then versions each file as the evaluation stage reads it)."""
+    return {f"trained_{name.replace('.', '_')}": f"{run_dir}/{paths.TRAINING_EVALUATION_DIR}/{name}"
+            for name in paths.EVALUATION_FILES}
 
 
 def evaluation_outputs(run_dir, category):
