@@ -29,14 +29,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from amflow.data import pretrain_images as pimg
 from amflow.data import scene
-from amflow.localise import auc
+from amflow.stages.localise import auc
 from amflow.models.am_flow import am_flow_pairs, coefficient_of_variation
 from amflow.models.backbone import build_backbone
 from amflow.models.frozen_flow import frozen_block_maps, frozen_scores
 from amflow.params import AmFlowSpec
 from amflow.params_io import validate
+from amflow.stages.pretrain_images import generate_pretrain_images
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -60,7 +60,7 @@ def pretrained(tmp_path_factory):
                   "backbone": {"model": "vit_tiny_patch16_224", "kwargs": KW},
                   "pretrain": {"epochs": 8, "batch_size": 64, "lr": 2e-3, "min_gain_over_chance": 0.05, "seed": 0}})
     root = tmp_path_factory.mktemp("pretrained")
-    pimg.generate_pretrain_images(p, root / "images")
+    generate_pretrain_images(p, root / "images")
     pretrain_backbone(p, root / "images", root / "backbone")
     return build_backbone(p.backbone, root / "backbone" / "backbone.safetensors")
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from amflow import paths
-from amflow.camera import rules, stage
+from amflow.camera import rules
+from amflow.stages import camera_motion as stage
 from amflow.data.frame_cache import FrameCache, write_cache
 from amflow.errors import AmflowError
 from amflow.params_io import load_params

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from amflow.data.prepare import prepare_dataset
+from amflow.stages.prepare import prepare_dataset
 from amflow.data.sources import kinetics, smarthome, ssv2, video_list
 from amflow.data.sources.base import holdout_val, subsample
 from amflow.errors import AmflowError

@@ -362,7 +362,7 @@ def k400_params(base_url: str, **download):
 
 
 def test_kinetics400_end_to_end(server, tmp_path):
-    from amflow.data.prepare import prepare_dataset
+    from amflow.stages.prepare import prepare_dataset
 
     base = k400_tree(server)
     out = tmp_path / "data" / "k400"
@@ -407,7 +407,7 @@ def test_kinetics400_end_to_end(server, tmp_path):
 
 
 def test_kinetics400_checksum_from_params_is_enforced(server, tmp_path):
-    from amflow.data.prepare import prepare_dataset
+    from amflow.stages.prepare import prepare_dataset
 
     base = k400_tree(server)
     server.drop_after.clear()

@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from amflow.dag import expand_pipeline
+from amflow.stages.dvc_yaml import expand_pipeline
 from project_copy import (BIN, TINY, TINY_RESULTS, copy_of, job_counts, make_project_copy, nothing_to_do,
                           project_env, run, shared_pipeline_run, snakemake)
 

@@ -42,9 +42,9 @@ def aligned_params(**overrides):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from amflow.camera.stage import run_camera_motion
-    from amflow.evaluate.run import evaluate_run
-    from amflow.train.run import train_run
+    from amflow.stages.camera_motion import run_camera_motion
+    from amflow.evaluate.evaluation import evaluate_run
+    from amflow.train.training import train_run
 
     mp = pytest.MonkeyPatch()
     mp.setenv("AMFLOW_TRACKING", "0")
@@ -97,7 +97,7 @@ def test_metrics_json_has_the_contract_keys(trained):
 
 
 def test_multi_view_evaluation_reuses_the_training(trained):
-    from amflow.evaluate.run import evaluate_run
+    from amflow.evaluate.evaluation import evaluate_run
 
     root, _, kw, *_ = trained
     params = aligned_params(**{"sampling.test_clips": 2, "sampling.test_crops": 3})
@@ -106,7 +106,7 @@ def test_multi_view_evaluation_reuses_the_training(trained):
 
 
 def test_evaluate_refuses_other_params_and_unfinished_runs(trained):
-    from amflow.evaluate.run import evaluate_run
+    from amflow.evaluate.evaluation import evaluate_run
 
     root, _, kw, *_ = trained
     with pytest.raises(AmflowError, match="trained with different params"):
@@ -118,8 +118,8 @@ def test_evaluate_refuses_other_params_and_unfinished_runs(trained):
 def test_evaluate_refuses_a_checkpoint_that_train_json_does_not_describe(trained, tmp_path):
     import shutil
 
-    from amflow.evaluate.run import evaluate_run
-    from amflow.train.run import train_run
+    from amflow.evaluate.evaluation import evaluate_run
+    from amflow.train.training import train_run
 
     root, params, kw, info, _ = trained
     # The same run stopped after its first epoch: its checkpoint copied into the finished run.
@@ -144,8 +144,8 @@ def test_evaluate_refuses_a_checkpoint_that_train_json_does_not_describe(trained
 def test_a_lost_checkpoint_is_named_with_its_fix_and_the_same_training_restores_it(trained, tmp_path, capsys):
     import shutil
 
-    from amflow.evaluate.run import evaluate_run
-    from amflow.train.run import train_run
+    from amflow.evaluate.evaluation import evaluate_run
+    from amflow.train.training import train_run
 
     root, params, kw, info, metrics = trained
     run = shutil.copytree(paths.run_dir(root / "results", "tiny", "amflow", 0), tmp_path / "run")
@@ -170,9 +170,9 @@ def test_evaluate_refuses_another_seeds_checkpoint(trained, tmp_path):
 
     from safetensors.torch import save_file
 
-    from amflow.evaluate.run import evaluate_run
+    from amflow.evaluate.evaluation import evaluate_run
     from amflow.models import build_backbone
-    from amflow.train.run import train_run
+    from amflow.train.training import train_run
 
     root, params, kw, *_ = trained
     weights = tmp_path / "backbone.safetensors"  # one backbone for both seeds, as a pretrained one is
@@ -319,7 +319,7 @@ def test_the_evaluation_made_by_the_training_is_taken_only_for_the_same_checkpoi
     import shutil
 
     from amflow.evaluate.reuse import REUSED_FROM, reuse_training_evaluation
-    from amflow.evaluate.run import evaluate_run
+    from amflow.evaluate.evaluation import evaluate_run
 
     root, params, kw, *_ = trained
     run_dir = shutil.copytree(root / "results" / "tiny" / "amflow" / "seed0", tmp_path / "run")

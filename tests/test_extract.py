@@ -13,9 +13,9 @@ import pytest
 
 from video_files import write_mp4
 from amflow.data import annotations as ann
-from amflow.data import extract as extract_mod
+from amflow.stages import extract as extract_mod
 from amflow.data import frame_cache as fc
-from amflow.data.extract import OrderedMap, extract_frames
+from amflow.stages.extract import OrderedMap, extract_frames
 from amflow.data.frame_cache import FrameCache, write_cache
 from amflow.data.frame_codec import decode_video_task
 from amflow.data.video import read_video

@@ -1,4 +1,4 @@
-"""Localisation of the actor by AM flow and by pixel differences (amflow/localise.py, `amflow localise`).
+"""Localisation of the actor by AM flow and by pixel differences (amflow/stages/localise.py, `amflow localise`).
 
 Hand-made clips with a known answer: a still background and a bright block that moves one patch to
 the right between frames; the same under a camera pan of whole pixels.
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from amflow import paths
-from amflow.localise import (BASELINES, PROBE_SCORES, VARIANTS, auc, label_probe, localisation_metrics, measure,
+from amflow.stages.localise import (BASELINES, PROBE_SCORES, VARIANTS, auc, label_probe, localisation_metrics, measure,
                              pixel_difference_scores)
 from amflow.models import build_backbone
 from amflow.params import AmFlowSpec, BackboneSpec

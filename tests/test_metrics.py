@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from amflow.evaluate import metrics as M
-from amflow.evaluate.run import EvalOutputs, reverse_clips, score
+from amflow.evaluate.evaluation import EvalOutputs, reverse_clips, score
+from amflow.train.training import epochs_to_fraction
 
 
 def onehotish(preds, num_classes, second=None):
@@ -76,9 +77,9 @@ def test_per_class_table_and_confusion():
 
 def test_epochs_to_90pct_of_final():
     # final 0.9 -> target 0.81: epoch 3 has 0.8 (short), epoch 4 has 0.85
-    assert M.epochs_to_fraction([0.1, 0.5, 0.8, 0.85, 0.9], 0.9) == 4
-    assert M.epochs_to_fraction([0.9, 0.2, 0.5], 0.9) == 1               # first epoch counts, even if it dips later
-    assert M.epochs_to_fraction([], 0.9) is None
+    assert epochs_to_fraction([0.1, 0.5, 0.8, 0.85, 0.9], 0.9) == 4
+    assert epochs_to_fraction([0.9, 0.2, 0.5], 0.9) == 1               # first epoch counts, even if it dips later
+    assert epochs_to_fraction([], 0.9) is None
 
 
 def test_reverse_clips_flips_time_and_inverts_transforms():

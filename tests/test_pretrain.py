@@ -18,6 +18,7 @@ from amflow.data import scene
 from amflow.errors import AmflowError
 from amflow.params import PretrainImagesSpec
 from amflow.params_io import validate
+from amflow.stages.pretrain_images import generate_pretrain_images
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
@@ -38,7 +39,7 @@ def _params(images=1500, val_images=300, workers=1, **pretrain):
 @pytest.fixture(scope="module")
 def images_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain") / "images"
-    pimg.generate_pretrain_images(_params(), out)
+    generate_pretrain_images(_params(), out)
     return out
 
 
@@ -127,20 +128,20 @@ def test_stored_set_matches_the_renderer_and_is_parallel_safe(images_dir, tmp_pa
         assert np.array_equal(images[i], image)
         assert all(labels.loc[i, k] == lab[k] for k in pimg.ATTRIBUTES)
     # Two workers write the same bytes.
-    pimg.generate_pretrain_images(_params(workers=2), tmp_path / "par")
+    generate_pretrain_images(_params(workers=2), tmp_path / "par")
     for name in ("images_train.npy", "images_val.npy", "labels_train.csv", "labels_val.csv", "info.json"):
         assert filecmp.cmp(images_dir / name, tmp_path / "par" / name, shallow=False), name
 
 
 def test_rerun_is_skipped_and_seed_changes_images(images_dir, tmp_path):
     stamp = (images_dir / "images_train.npy").stat().st_mtime_ns
-    pimg.generate_pretrain_images(_params(), images_dir)
+    generate_pretrain_images(_params(), images_dir)
     assert (images_dir / "images_train.npy").stat().st_mtime_ns == stamp
     p = _params(images=100, val_images=100)
     a = tmp_path / "a"
-    pimg.generate_pretrain_images(p, a)
+    generate_pretrain_images(p, a)
     p.pretrain_images.seed = 4
-    pimg.generate_pretrain_images(p, tmp_path / "b")
+    generate_pretrain_images(p, tmp_path / "b")
     assert not np.array_equal(np.load(a / "images_val.npy"), np.load(tmp_path / "b" / "images_val.npy"))
 
 

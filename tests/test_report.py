@@ -11,8 +11,10 @@ from PIL import Image
 
 from amflow import paths
 from amflow.errors import AmflowError
-from amflow.report import heatmaps as hm
+from amflow.stages import heatmaps as hm
 from amflow.report import display, report, tables, verdicts, wording
+from amflow.stages.report import write_report
+from amflow.stages.tables import write_tables
 from test_tables import TOP1, metrics, small_params, write, write_ablations, write_runs
 
 
@@ -26,13 +28,13 @@ def write_cameras(results: Path) -> None:
 def build(tmp_path, top1=TOP1, ablations=True):
     p = small_params()
     write_runs(p, tmp_path, top1)
-    tables.write_tables(p, tmp_path, which="table1")
+    write_tables(p, tmp_path, which="table1")
     if ablations:
         write_ablations(p, tmp_path)
-        tables.write_tables(p, tmp_path, which="ablations")
+        write_tables(p, tmp_path, which="ablations")
     write_cameras(tmp_path)
     write(paths.backbone_dir(tmp_path) / paths.METRICS_JSON, {"val": {"mean_accuracy": 0.8123}, "epochs": 3})
-    path = report.write_report(p, tmp_path)
+    path = write_report(p, tmp_path)
     return p, path.read_text()
 
 
@@ -118,11 +120,11 @@ def test_convergence_paragraph(tmp_path):
 def test_stale_or_missing_table_is_an_error(tmp_path):
     p = small_params()
     with pytest.raises(AmflowError, match="snakemake --cores 8 .*table1.csv"):
-        report.write_report(p, tmp_path)
+        write_report(p, tmp_path)
     write_runs(p, tmp_path)
-    tables.write_tables(p, tmp_path, which="table1")
+    write_tables(p, tmp_path, which="table1")
     with pytest.raises(AmflowError, match="stale"):
-        report.write_report(small_params(methods=["frame", "amflow"]), tmp_path)
+        write_report(small_params(methods=["frame", "amflow"]), tmp_path)
 
 
 # --------------------------------------------------------------------------- heat maps
@@ -327,13 +329,13 @@ def test_the_oracle_control_says_whether_saliency_can_help(tmp_path):
     p = small_params(ablations={"variants": [], "tpus": [], "source_layers": [], "num_blocks": [], "frames": [],
                                 "controls": ["shuffled", "oracle"]})
     write_runs(p, tmp_path)
-    tables.write_tables(p, tmp_path, which="table1")
+    write_tables(p, tmp_path, which="table1")
     # tpa on synth_moving: 55 and 59. The oracle run: 50 and 52 -> -5 and -7 points: it does not beat tpa.
     for seed, top1 in ((0, 0.50), (1, 0.52)):
         for control, value in (("oracle", top1), ("shuffled", top1 - 0.1)):
             write(paths.ablation_run_dir(tmp_path, "control", control, "synth_moving", seed) / "metrics.json",
                   metrics("synth_moving", "amflow", seed, value))
-    tables.write_tables(p, tmp_path, which="ablations")
+    write_tables(p, tmp_path, which="ablations")
     text = report.build_report(p, tmp_path)
     assert ("**Control `oracle`** (the actor's true coverage in place of AM flow) on `synth_moving` against `tpa`: "
             "-6.00 ± 1.41 points over 2 seeds; beats `tpa`: no, so saliency of this kind cannot help on this "
@@ -355,14 +357,14 @@ def test_fair_test_section_states_each_claim_with_its_probe_and_share(tmp_path):
         for seed, t in enumerate(per_seed):
             write(paths.ablation_run_dir(tmp_path, "grid", value, "synth_moving", seed) / "metrics.json",
                   metrics("synth_moving", "amflow", seed, t))
-    tables.write_tables(p, tmp_path, which="table1")
-    tables.write_tables(p, tmp_path, which="ablations")
+    write_tables(p, tmp_path, which="table1")
+    write_tables(p, tmp_path, which="ablations")
     probe = paths.localisation_dir(tmp_path, "synth_moving") / paths.LABEL_PROBE_CSV
     probe.parent.mkdir(parents=True)
     pd.DataFrame({"scores": ["oracle", "footprint", "rank_matched", "amflow", "shuffled", "uniform"],
                   "val_accuracy": [0.69, 0.21, 0.3, 0.12, 0.09, 0.08]}).to_csv(probe, index=False)
     write_cameras(tmp_path)
-    text = report.write_report(p, tmp_path).read_text()
+    text = write_report(p, tmp_path).read_text()
     lines = {line.split("**")[1]: line for line in text.splitlines() if line.startswith("- On `synth_moving` with `pool`")}
     # footprint - tpa: +10, +11 -> 10.50 ± 0.71; against uniform: +10, +12 -> 11.00 ± 1.41
     assert "yes. +10.50 ± 0.71 points over 2 seeds; a linear probe on these scores alone reaches 21.0%" in \

@@ -98,7 +98,7 @@ def _check_exact(study, trials_dir: Path, n: int):
 @pytest.mark.slow
 def test_two_workers_finish_exactly_the_requested_trials(tmp_path):
     from amflow.params_io import load_params
-    from amflow.sweep.run import run_sweep
+    from amflow.stages.sweep import run_sweep
 
     _, results_dir, params_file, space_file = _setup(tmp_path, trials=3)
     summary = run_sweep(_args(tmp_path, params_file, space_file, workers=2))
@@ -111,7 +111,7 @@ def test_two_workers_finish_exactly_the_requested_trials(tmp_path):
     assert best.model.adapter.bottleneck == summary["best"]["params"]["model.adapter.bottleneck"]
     assert best.train.lr == pytest.approx(summary["best"]["params"]["train.lr"])
     assert (folder / "optimization_history.png").stat().st_size > 0
-    from amflow.train.run import train_run
+    from amflow.train.training import train_run
 
     out = train_run(best, dataset="tiny", method="frame", seed=0, data_dir=tmp_path / "data",
                     results_dir=results_dir, run_dir=tmp_path / "best_run", progress=False)
@@ -131,7 +131,7 @@ def test_two_workers_finish_exactly_the_requested_trials(tmp_path):
 @pytest.mark.slow
 def test_pruner_prunes_a_bad_configuration(tmp_path):
     from amflow.params_io import resolve_raw
-    from amflow.sweep.run import load_study, worker
+    from amflow.stages.sweep import load_study, worker
     from amflow.sweep.space import load_sweep_spec
 
     _, results_dir, params_file, space_file = _setup(
@@ -200,7 +200,7 @@ def test_killed_sweep_resumes_to_the_requested_count(tmp_path):
 
 def test_bad_space_key_fails_before_any_trial(tmp_path):
     from amflow.errors import AmflowError
-    from amflow.sweep.run import run_sweep
+    from amflow.stages.sweep import run_sweep
 
     _, results_dir, params_file, space_file = _setup(
         tmp_path, space={"model.adapter.bottlneck": {"type": "categorical", "choices": [4]}})
@@ -232,7 +232,7 @@ def test_a_space_value_the_model_cannot_take_is_refused_before_the_first_trial(t
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     from optuna.trial import TrialState
 
-    from amflow.sweep.run import load_study, run_sweep
+    from amflow.stages.sweep import load_study, run_sweep
     from amflow.sweep.space import load_sweep_spec
 
     _, results_dir, params_file, space_file = _setup(
@@ -348,7 +348,7 @@ def postgres(tmp_path):
 
 @pytest.mark.slow
 def test_two_workers_share_a_postgresql_study(tmp_path, postgres):
-    from amflow.sweep.run import run_sweep
+    from amflow.stages.sweep import run_sweep
 
     _, results_dir, params_file, space_file = _setup(tmp_path, trials=3)
     summary = run_sweep(_args(tmp_path, params_file, space_file, workers=2, storage=postgres))

@@ -529,7 +529,7 @@ def test_ground_truth_needs_the_generated_dataset(generated, tmp_path):
 
 
 def test_patch_coverage_is_the_mean_over_the_patch():
-    from amflow.localise import patch_means
+    from amflow.stages.localise import patch_means
 
     plan = sm.sample_plan(SynthSpec(camera="static"), 0, sm.clip_rng(0, "val", 3))
     cov = torch.from_numpy(sm.actor_coverage(plan))

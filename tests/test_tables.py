@@ -9,6 +9,7 @@ from amflow import paths
 from amflow.errors import AmflowError
 from amflow.params_io import load_params
 from amflow.report import display, tables
+from amflow.stages.tables import write_tables
 from amflow.workflow_plan import ablation_runs, table_runs
 from table_columns import ABLATION_COLUMNS, TABLE1_COLUMNS
 
@@ -80,7 +81,7 @@ def read_csv(path):
 def test_table1_values_equal_the_metrics(tmp_path):
     p = small_params()
     write_runs(p, tmp_path)
-    tables.write_tables(p, tmp_path, which="table1")
+    write_tables(p, tmp_path, which="table1")
     t = read_csv(tmp_path / "table1.csv")
     assert list(t.columns) == TABLE1_COLUMNS
     assert list(zip(t["dataset"], t["method"])) == [(d, m) for d in DATASETS for m in ("frame", "tpa", "amflow")]
@@ -106,7 +107,7 @@ def test_table1_values_equal_the_metrics(tmp_path):
 def test_single_seed_has_empty_std(tmp_path):
     p = small_params(seeds=[0])
     write_runs(p, tmp_path)
-    t = read_csv(tables.write_tables(p, tmp_path, which="table1")[-1])
+    t = read_csv(write_tables(p, tmp_path, which="table1")[-1])
     assert set(t["n_seeds"]) == {"1"} and set(t["top1_pct_std"]) == {""}
     assert t.loc[0, "top1_pct_mean"] == "40.00"
 
@@ -115,8 +116,8 @@ def test_the_first_seeds_table_is_table1_of_seed_0_alone_before_seed_1_exists(tm
     p = small_params()
     write_runs(small_params(seeds=[0]), tmp_path)  # only seed 0 has run
     with pytest.raises(AmflowError):
-        tables.write_tables(p, tmp_path, which="table1")
-    first = tables.write_tables(p, tmp_path, which="table1_first_seed")
+        write_tables(p, tmp_path, which="table1")
+    first = write_tables(p, tmp_path, which="table1_first_seed")
     assert first == [tmp_path / paths.TABLE1_FIRST_SEED_CSV]
     t = read_csv(first[0])
     assert list(t.columns) == TABLE1_COLUMNS and set(t["n_seeds"]) == {"1"}
@@ -128,11 +129,11 @@ def test_tables_are_pure(tmp_path):
     p = small_params()
     write_runs(p, tmp_path)
     write_ablations(p, tmp_path)
-    first = {w: [f.read_bytes() for f in tables.write_tables(p, tmp_path, which=w)] for w in ("table1", "ablations")}
+    first = {w: [f.read_bytes() for f in write_tables(p, tmp_path, which=w)] for w in ("table1", "ablations")}
     # Same content, other key order and newer files: same bytes.
     for f in tmp_path.rglob("metrics.json"):
         f.write_text(json.dumps(dict(reversed(list(json.loads(f.read_text()).items())))))
-    second = {w: [f.read_bytes() for f in tables.write_tables(p, tmp_path, which=w)] for w in ("table1", "ablations")}
+    second = {w: [f.read_bytes() for f in write_tables(p, tmp_path, which=w)] for w in ("table1", "ablations")}
     assert first == second
 
 
@@ -142,7 +143,7 @@ def test_missing_metrics_names_file_and_command(tmp_path):
     gone = paths.run_dir(tmp_path, "synth_moving", "tpa", 1) / paths.METRICS_JSON
     gone.unlink()
     with pytest.raises(AmflowError) as err:
-        tables.write_tables(p, tmp_path, which="table1")
+        write_tables(p, tmp_path, which="table1")
     assert str(gone) in str(err.value) and "snakemake" in str(err.value)
     assert not (tmp_path / "table1.csv").exists()
 
@@ -172,7 +173,7 @@ def test_ablation_tables_cover_every_run(tmp_path):
     write_runs(p, tmp_path)
     write_ablations(p, tmp_path)
     (tmp_path / "ablation_stale.csv").write_text("kept: not an axis")
-    written = tables.write_tables(p, tmp_path, which="ablations")
+    written = write_tables(p, tmp_path, which="ablations")
     assert written[-1] == tmp_path / "ablations.csv"
     long = read_csv(tmp_path / "ablations.csv")
     assert list(long.columns) == ABLATION_COLUMNS
@@ -191,11 +192,11 @@ def test_ablation_tables_cover_every_run(tmp_path):
 def test_axis_without_runs_leaves_no_stale_file(tmp_path):
     p = small_params()
     write_ablations(p, tmp_path)
-    tables.write_tables(p, tmp_path, which="ablations")
+    write_tables(p, tmp_path, which="ablations")
     assert (tmp_path / "ablation_frames.csv").exists()
     p2 = small_params(ablations={"variants": ["static", "aligned"], "tpus": ["transformer", "tcn"],
                                  "source_layers": ["same"], "num_blocks": [2], "frames": []})
-    tables.write_tables(p2, tmp_path, which="ablations")
+    write_tables(p2, tmp_path, which="ablations")
     assert not (tmp_path / "ablation_frames.csv").exists()
     assert "frames" not in set(read_csv(tmp_path / "ablations.csv")["axis"])
 
@@ -212,7 +213,7 @@ def test_variant_pivot(tmp_path):
 def test_read_table_round_trips(tmp_path):
     p = small_params()
     write_runs(p, tmp_path)
-    tables.write_tables(p, tmp_path, which="table1")
+    write_tables(p, tmp_path, which="table1")
     back = tables.read_table(tmp_path / "table1.csv", "make it")
     assert back["top1_pct_mean"].dtype.kind == "f" and back.loc[0, "top1_pct_mean"] == 41.0
     assert pd.isna(back.loc[3, "reversed_top1_pct_mean"])
@@ -232,7 +233,7 @@ def test_table1_paired_difference_and_convergence_to_tpa(tmp_path):
         data = json.loads(path.read_text())
         data.update(val_curve=curve, epoch_times=[10.0 + s, 20.0, 30.0], train_clips_per_s=100.0 + s)
         write(path, data)
-    tables.write_tables(p, tmp_path, which="table1")
+    write_tables(p, tmp_path, which="table1")
     t = read_csv(tmp_path / "table1.csv").set_index(["dataset", "method"])
     am, tpa, fr = t.loc[("synth_moving", "amflow")], t.loc[("synth_moving", "tpa")], t.loc[("synth_moving", "frame")]
     # amflow - tpa per seed: 0.50 - 0.55 and 0.52 - 0.59 -> -5 and -7 points: mean -6, sample std sqrt(2).
@@ -280,7 +281,7 @@ def test_ablation_plan_crosses_tpus_with_tpa_and_the_amflow_grid():
 def test_ablation_rows_carry_the_paired_difference_to_tpa(tmp_path):
     p = small_params()
     write_ablations(p, tmp_path)
-    t = read_csv(tables.write_tables(p, tmp_path, which="ablations")[-1]).set_index(["axis", "value", "dataset"])
+    t = read_csv(write_tables(p, tmp_path, which="ablations")[-1]).set_index(["axis", "value", "dataset"])
     # variant aligned on synth_moving: 0.58 + 0.02 s against tpa 0.55 / 0.59 -> +3 and +1 points.
     row = t.loc[("variant", "aligned", "synth_moving")]
     assert (row["top1_vs_tpa_pct_mean"], row["top1_vs_tpa_pct_std"]) == ("2.00", "1.41")
@@ -292,7 +293,7 @@ def test_ablations_without_tpa_in_the_methods_have_no_pairing(tmp_path):
     p = small_params(methods=["frame", "amflow"])
     assert reference_runs(p) == []
     write_ablations(small_params(), tmp_path)  # the fixture's runs; tpa's are simply not read
-    t = read_csv(tables.write_tables(p, tmp_path, which="ablations")[-1])
+    t = read_csv(write_tables(p, tmp_path, which="ablations")[-1])
     # Only the TPU rows keep a pairing: with the tpu_tpa runs of the same TPU, which the axis itself runs.
     assert set(t[t["axis"] != "tpu"]["top1_vs_tpa_pct_mean"]) == {""}
 
@@ -305,7 +306,7 @@ def test_amflow_with_another_tpu_is_paired_with_tpa_of_that_tpu(tmp_path):
               metrics("synth_moving", "amflow", seed, am))
         write(paths.ablation_run_dir(tmp_path, "tpu_tpa", "tcn", "synth_moving", seed) / "metrics.json",
               metrics("synth_moving", "tpa", seed, tp))
-    t = read_csv(tables.write_tables(p, tmp_path, which="ablations")[-1]).set_index(["axis", "value"])
+    t = read_csv(write_tables(p, tmp_path, which="ablations")[-1]).set_index(["axis", "value"])
     # amflow-tcn - tpa-tcn: -10 and -6 points; tpa-tcn - table-1 tpa (55, 59): +5 and +3 points.
     assert (t.loc[("tpu", "tcn"), "top1_vs_tpa_pct_mean"], t.loc[("tpu", "tcn"), "top1_vs_tpa_pct_std"]) == ("-8.00", "2.83")
     assert t.loc[("tpu_tpa", "tcn"), "top1_vs_tpa_pct_mean"] == "4.00"
@@ -324,7 +325,7 @@ def test_fair_test_rows_give_the_share_of_the_footprint_oracles_gain(tmp_path):
         for seed, t in enumerate(per_seed):
             write(paths.ablation_run_dir(tmp_path, "grid", value, "synth_moving", seed) / "metrics.json",
                   metrics("synth_moving", "amflow", seed, t, val_curve=[0.5, t, t]))
-    written = tables.write_tables(p, tmp_path, which="ablations")
+    written = write_tables(p, tmp_path, which="ablations")
     fair = read_csv(tmp_path / "fair_test.csv").set_index("setting")
     assert tmp_path / "fair_test.csv" in written
     assert list(fair.index) == ["aligned", "footprint", "uniform"] and set(fair["integration"]) == {"pool"}
@@ -342,5 +343,5 @@ def test_fair_test_rows_give_the_share_of_the_footprint_oracles_gain(tmp_path):
     assert fair.loc["aligned", "reaching_target_seeds"] == "2" and fair.loc["uniform", "reaching_target_seeds"] == "1"
     # Params without the grid leave no stale fair test behind.
     write_ablations(small_params(), tmp_path)
-    tables.write_tables(small_params(), tmp_path, which="ablations")
+    write_tables(small_params(), tmp_path, which="ablations")
     assert not (tmp_path / "fair_test.csv").exists()

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from amflow.errors import AmflowError
-from amflow.report import readme, timing
+from amflow.report import timing
+from amflow.stages import readme_results as readme
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -232,7 +233,7 @@ def test_timed_writes_a_snakemake_format_benchmark_only_on_success(tmp_path):
 def test_dvc_stages_write_the_benchmark_files_snakemake_expects():
     import yaml
 
-    from amflow.dag import expand_pipeline
+    from amflow.stages.dvc_yaml import expand_pipeline
 
     stages = expand_pipeline(yaml.safe_load((ROOT / "dvc.yaml").read_text()))   # DVC's names (test_workflow.py)
     train = stages["train-amflow@synth_moving-amflow-0"]

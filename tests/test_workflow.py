@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_dvc_yaml_matches_snakemake_workflow(monkeypatch):
-    from amflow.dag import build_dvc_yaml
+    from amflow.stages.dvc_yaml import build_dvc_yaml
 
     monkeypatch.chdir(ROOT)
     committed = (ROOT / "dvc.yaml").read_text()
@@ -24,7 +24,7 @@ def test_dvc_yaml_matches_snakemake_workflow(monkeypatch):
 
 
 def test_dvc_yaml_stages_cover_the_pipeline(monkeypatch):
-    from amflow.dag import expand_pipeline, stage_outputs
+    from amflow.stages.dvc_yaml import expand_pipeline, stage_outputs
 
     monkeypatch.chdir(ROOT)
     stages = expand_pipeline(yaml.safe_load((ROOT / "dvc.yaml").read_text()))
@@ -55,7 +55,7 @@ def test_dvc_yaml_stages_cover_the_pipeline(monkeypatch):
 def test_each_stage_depends_on_the_code_its_command_imports_in_both_tools(monkeypatch):
     """The same source files are a Snakemake job's inputs and its DVC stage's deps; a training imports
     no report module, the report no training module."""
-    from amflow.dag import amflow_command, build_dvc_yaml, expand_pipeline, pipeline_jobs
+    from amflow.stages.dvc_yaml import amflow_command, build_dvc_yaml, expand_pipeline, pipeline_jobs
     from amflow.import_graph import command_files
 
     monkeypatch.chdir(ROOT)
@@ -79,7 +79,7 @@ def test_dvc_yaml_is_one_family_per_rule_and_dvc_reads_one_stage_per_job(monkeyp
     """The shipped dvc.yaml, as DVC reads it in a fresh clone: a matrix or foreach per rule (a few for the
     rules whose stages differ in shape), expanding to exactly Snakemake's jobs; `dvc dag
     --collapse-foreach-matrix` draws one node per family, in a terminal's width."""
-    from amflow.dag import expand_pipeline, job_name, pipeline_jobs
+    from amflow.stages.dvc_yaml import expand_pipeline, job_name, pipeline_jobs
 
     monkeypatch.chdir(ROOT)
     text = (ROOT / "dvc.yaml").read_text()

@@ -44,7 +44,7 @@ from amflow.params_io import load_params, parse_override, resolve_raw, set_sourc
 from amflow.runs import run_paths
 from amflow.sweep.space import (SweepSpec, check_space, decode, load_sweep_spec, suggest, trial_params_data,
                                 with_values)
-from amflow.train.run import train_run
+from amflow.train.training import train_run
 
 FINISHED = ("COMPLETE", "PRUNED")
 ERROR_ATTR = "error"          # user attr of a trial that raised: its error, one line
@@ -171,7 +171,7 @@ def run_trial(trial, ctx: dict) -> float:
         train_run(params, dataset=ctx["dataset"], method=ctx["method"], seed=ctx["seed"],
                   data_dir=Path(ctx["data_dir"]), results_dir=Path(ctx["results_dir"]), run_dir=run_dir,
                   callbacks=[report], parent_run_id=ctx.get("parent_run_id"), run_name=f"trial-{trial.number}",
-                  tags={"amflow.sweep": ctx["study_name"], "amflow.trial": str(trial.number)}, log_model=False)
+                  tags={"amflow.sweep": ctx["study_name"], "amflow.trial": str(trial.number)})
     except _Pruned:
         raise optuna.TrialPruned() from None
     finally:

@@ -1,4 +1,5 @@
-"""Stage glue for ``amflow evaluate``: multi-view testing of a trained run, metrics, plots, MLflow.
+"""The evaluation of a trained run, what `amflow evaluate` and `amflow train --evaluate` run: multi-view
+testing, metrics, plots, MLflow.
 
 Test views come from the dataset's sampling params (``test_clips`` x ``test_crops``); the softmax is
 averaged over the views of a video. Outputs in the run folder: ``per_class.csv``, ``predictions.csv``
@@ -157,7 +158,7 @@ def score(out: EvalOutputs) -> dict:
     return result
 
 
-# --------------------------------------------------------------------------- the stage
+# --------------------------------------------------------------------------- one run's evaluation
 def evaluate_run(params: Params, *, dataset: str, method: str, seed: int, data_dir: Path, results_dir: Path,
                  run_dir: Optional[Path] = None, progress: bool = True, out_dir: Optional[Path] = None) -> dict:
     """Evaluate the trained run on the test split; returns the content of ``metrics.json``. The files go

@@ -1,4 +1,5 @@
-"""Stage glue for ``amflow train``: resolve the run's inputs, build model and data, train, write outputs.
+"""One training run, what `amflow train` (:mod:`amflow.stages.train`) and each sweep trial run: resolve the run's
+inputs, build model and data, train, write the run folder.
 
 Inputs (locations from :mod:`amflow.paths`; ``<key>`` is ``<D>-<spec hash>``, ``results/<name>`` the
 params file's namespace): the frame cache ``data/frames/<key>/``, the camera transforms
@@ -35,7 +36,6 @@ from amflow.data.annotations import read_classes
 from amflow.data.clips import ClipDataset
 from amflow.data.frame_cache import MANIFEST
 from amflow.errors import AmflowError
-from amflow.evaluate.metrics import epochs_to_fraction
 from amflow.models import clip_gflops
 from amflow.models.inference import single_view
 from amflow.params import Params
@@ -43,6 +43,10 @@ from amflow.paths import CHECKPOINT, PARAMS_YAML, TRAIN_JSON, TRAIN_LOG, TRAIN_S
 from amflow.runs import RunPaths, build_run_model, measure_noise_levels, resolve_method_variant, run_paths, uses_oracle
 from amflow.train.distributed import init_distributed
 from amflow.train.trainer import Trainer
+
+# Logs a trained run's MLflow model into its run: (tracker, *, params_yaml, checkpoint, backbone) -> model URI.
+ModelLogger = Callable[..., Optional[str]]
+
 
 def param_counts(model: torch.nn.Module) -> dict[str, int]:
     if hasattr(model, "param_counts"):
@@ -63,6 +67,18 @@ def write_params_yaml(path: Path, params: Params) -> None:
     io.write_text(path, yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
 
 
+def epochs_to_fraction(curve: Sequence[float], fraction: float = 0.9) -> Optional[int]:
+    """First epoch (1-based) whose value reaches ``fraction`` of the *final* value (the convergence figure)."""
+    values = [float(v) for v in curve]
+    if not values or not math.isfinite(values[-1]):
+        return None
+    target = fraction * values[-1]
+    for epoch, value in enumerate(values, start=1):
+        if math.isfinite(value) and value >= target - 1e-12:
+            return epoch
+    return len(values)
+
+
 def summarise(history: list[dict]) -> dict:
     curve = [float(r["val_top1"]) for r in history]
     finite = [(v, i) for i, v in enumerate(curve, start=1) if math.isfinite(v)]
@@ -71,18 +87,21 @@ def summarise(history: list[dict]) -> dict:
             "best_val_top1": best[0], "best_epoch": best[1], "epochs_to_90pct": epochs_to_fraction(curve, 0.9)}
 
 
-# --------------------------------------------------------------------------- the stage
+# --------------------------------------------------------------------------- one training run
 def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir: Path, results_dir: Path,
               run_dir: Optional[Path] = None, stop_after_epoch: Optional[int] = None, progress: bool = True,
               callbacks: Sequence[Callable[[dict], None]] = (), parent_run_id: Optional[str] = None,
-              tags: Optional[dict] = None, run_name: Optional[str] = None, log_model: bool = True) -> dict:
+              tags: Optional[dict] = None, run_name: Optional[str] = None,
+              log_model: Optional[ModelLogger] = None) -> dict:
     """Train one (dataset, method, seed) run; resume from the run folder's training state if there is one.
 
     ``callbacks`` get each epoch's record (rank 0, after the state is saved); one may raise to end the run
     (a sweep's pruner, say): the exception propagates, the training state stays, and the MLflow run is
     marked KILLED rather than FAILED. ``parent_run_id`` nests the MLflow run (sweep trials); ``tags``
     are added to it; ``run_name`` names it (default ``<method>-seed<seed>``, or the run folder's path
-    under the results folder when it lies elsewhere); ``log_model=False`` logs no model into it (a sweep logs its best trial's model once, at the end).
+    under the results folder when it lies elsewhere); ``log_model`` logs the trained model into it
+    (:func:`amflow.evaluate.mlflow_model.log_run_model`, which `amflow train` passes; the evaluation layer
+    owns the model's format), and without it no model is logged (a sweep logs its best trial's once, at the end).
 
     Returns the content of ``train.json`` (or, when stopped early by the test hook, a dict with
     ``status: stopped`` and the history so far; ``train.json`` is then not written).
@@ -264,14 +283,12 @@ def open_tracking(params: Params, paths: RunPaths, run: identity.Identity, *, ct
     return tracker
 
 
-def finish_tracking(tracker, info: dict, paths: RunPaths, log_model: bool = True) -> None:
+def finish_tracking(tracker, info: dict, paths: RunPaths, log_model: Optional[ModelLogger] = None) -> None:
     """The final logging of a finished training (summary metrics, files, the MLflow model), retried on a
     busy store. ``train.json`` is already on disk: if it still fails, the error says how to log it
     without training again (the same command resumes the finished training state and only logs)."""
     if tracker.run_id is None:
         return  # tracking is off
-    from amflow.evaluate.mlflow_model import log_run_model  # imports mlflow's model code: only when tracking
-
     run_dir = paths.run_dir
     steps = {
         "epochs": lambda: tracker.sync_history(info["history"]),  # those a busy store missed
@@ -281,11 +298,11 @@ def finish_tracking(tracker, info: dict, paths: RunPaths, log_model: bool = True
         "files": lambda: (tracker.log_artifacts([run_dir / TRAIN_LOG, run_dir / PARAMS_YAML],
                                                 artifact_path="train"),
                           tracker.log_json(info, f"train/{TRAIN_JSON}")),
-        "model": lambda: log_run_model(tracker, params_yaml=run_dir / PARAMS_YAML, checkpoint=run_dir / CHECKPOINT,
+        "model": lambda: log_model(tracker, params_yaml=run_dir / PARAMS_YAML, checkpoint=run_dir / CHECKPOINT,
                                        backbone=paths.backbone_weights),
         "status": lambda: tracker.finish("FINISHED"),
     }
-    if not log_model:
+    if log_model is None:
         del steps["model"]
     try:
         for what, step in steps.items():  # one at a time: a retry repeats only the step that failed

@@ -1,4 +1,5 @@
-"""The README's results section, generated from ``results/`` (``make readme-results``), never typed.
+"""``amflow readme-results``: the README's results section, generated from ``results/`` (``make readme-results``),
+never typed.
 
 The section sits between two marker lines in the README; everything between them is replaced:
 table 1's top-1 with seeds and the paired difference to ``tpa``, the claims as the report states them,
@@ -8,7 +9,7 @@ the ablation rows when ``ablations.csv`` exists, and the run's wall time per sta
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from amflow import io
 from amflow.errors import AmflowError
@@ -63,3 +64,10 @@ def update_readme(readme: Path, block: str) -> Path:
     _, tail = rest.split(END, 1)
     io.write_text(readme, f"{head}{BEGIN}\n{block}{END}{tail}")
     return readme
+
+
+def readme_results(params: Params, results_dir: Path, readme: Path, logs: Optional[Sequence[Path]],
+                   no_timing: bool) -> Path:
+    """``logs``: the Snakemake logs to time (default: the latest under ``.snakemake/log/``)."""
+    logs = [] if no_timing else (logs or [timing.latest_log()])
+    return update_readme(readme, results_markdown(params, results_dir, logs))
