@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from amflow import io
+from amflow import io, paths
 from amflow.data import pretrain_images as pimg
 from amflow.data import scene
 from amflow.errors import AmflowError
@@ -186,16 +186,16 @@ def json_roundtrip(obj):
     return json.loads(json.dumps(obj))
 
 
-def test_pretraining_is_deterministic(images_dir):
+def test_pretraining_is_deterministic(images_dir, tmp_path):
     from amflow.train.pretrain_backbone import train_attribute_model
 
     p = _params(epochs=1)
-    a, ma = train_attribute_model(p, images_dir)
-    b, mb = train_attribute_model(p, images_dir)
+    a, ma, _ = train_attribute_model(p, images_dir, tmp_path / "a")
+    b, mb, _ = train_attribute_model(p, images_dir, tmp_path / "b")
     assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
     assert ma["attributes"] == mb["attributes"] and ma["epoch_loss"] == mb["epoch_loss"]
     p.pretrain.seed = 1
-    c, _ = train_attribute_model(p, images_dir)
+    c, _, _ = train_attribute_model(p, images_dir, tmp_path / "c")
     assert any(not torch.equal(a.state_dict()[k], v) for k, v in c.state_dict().items())
 
 
@@ -237,36 +237,96 @@ def test_a_zero_threshold_disables_the_check(images_dir, tmp_path):
     assert (tmp_path / "b" / "backbone.safetensors").is_file()
 
 
-def test_interrupted_pretraining_resumes_bitwise_equal(images_dir, tmp_path, monkeypatch):
-    """A pretraining killed after epoch 1 (a SLURM time limit) resumes from its checkpoint on the rerun
-    and ends with exactly the weights of an uninterrupted run; other settings start afresh."""
+def _same_backbone(a_dir, b_dir) -> bool:
     from safetensors.torch import load_file
 
-    from amflow.train.pretrain_backbone import CHECKPOINT, pretrain_backbone
+    a, b = load_file(str(a_dir / "backbone.safetensors")), load_file(str(b_dir / "backbone.safetensors"))
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-    p = _params(epochs=2, min_gain_over_chance=0.0)
+
+def _log_without_time(run_dir):
+    import pandas as pd
+
+    return pd.read_csv(run_dir / paths.TRAIN_LOG).drop(columns=["epoch_time", "clips_per_s"])
+
+
+def _interrupted_run_resumes_bitwise_equal(p, images_dir, tmp_path, monkeypatch):
+    """A pretraining killed after epoch 1 (a SLURM time limit) leaves the trainer's training state, and
+    the rerun resumes it and ends with exactly the weights, losses and val figures of an uninterrupted run."""
+    import pandas as pd
+
+    from amflow.train.pretrain_backbone import pretrain_backbone
+
     whole = tmp_path / "whole"
-    pretrain_backbone(p, images_dir, whole)
-    assert not (whole / CHECKPOINT).exists()  # removed once the outputs are written
-
+    expected = pretrain_backbone(p, images_dir, whole)
     part = tmp_path / "part"
     monkeypatch.setenv("AMFLOW_STOP_AFTER_EPOCH", "1")
     assert pretrain_backbone(p, images_dir, part) == {"status": "stopped"}
-    assert (part / CHECKPOINT).exists() and not (part / "backbone.safetensors").exists()
+    assert (part / paths.TRAIN_STATE).is_file() and not (part / "backbone.safetensors").exists()
+    assert torch.load(part / paths.TRAIN_STATE, weights_only=True)["epoch"] == 1
     monkeypatch.delenv("AMFLOW_STOP_AFTER_EPOCH")
     metrics = pretrain_backbone(p, images_dir, part)
-    a, b = load_file(str(whole / "backbone.safetensors")), load_file(str(part / "backbone.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert metrics["epoch_loss"] == io.read_json(whole / "metrics.json")["epoch_loss"]
-    assert metrics["device"] == "cpu"
+    assert _same_backbone(whole, part)
+    timing = ("train_time_s", "images_per_s")
+    assert {k: v for k, v in metrics.items() if k not in timing} == {k: v for k, v in expected.items()
+                                                                    if k not in timing}
+    assert metrics["device"] == "cpu" and len(metrics["epoch_loss"]) == 2
+    pd.testing.assert_frame_equal(_log_without_time(whole), _log_without_time(part))
+    assert (part / paths.CHECKPOINT).is_file()  # complete: published as the video runs' checkpoint is
 
-    # A checkpoint from other settings is not resumed.
+
+def test_interrupted_pretraining_resumes_bitwise_equal(images_dir, tmp_path, monkeypatch):
+    _interrupted_run_resumes_bitwise_equal(_params(epochs=2, min_gain_over_chance=0.0), images_dir, tmp_path,
+                                           monkeypatch)
+
+
+def test_interrupted_pretraining_on_class_sets_resumes_bitwise_equal(tmp_path, monkeypatch):
+    """The clutter style's labels are class sets (multi-label heads, binary cross-entropies): the same
+    resume, and accuracies over class memberships."""
+    p = _params(images=256, val_images=128, epochs=2, min_gain_over_chance=0.0, batch_size=48)
+    p.pretrain_images.difficulty = "clutter"
+    images = tmp_path / "clutter"
+    pimg.generate_pretrain_images(p, images)
+    assert all(a["multi_label"] for a in io.read_json(images / "info.json")["attributes"])
+    _interrupted_run_resumes_bitwise_equal(p, images, tmp_path, monkeypatch)
+    metrics = io.read_json(tmp_path / "whole" / "metrics.json")
+    assert all(a["uniform_chance"] == 0.5 and 0.5 <= a["chance"] < 1 for a in metrics["attributes"].values())
+
+
+def test_a_rerun_of_a_finished_pretraining_does_not_train_again(images_dir, tmp_path, capsys):
+    """The finished training state stays, as a video run's does: the rerun of the same settings (outputs
+    lost, say) writes the same backbone and accuracies from it without training."""
+    from amflow.train.pretrain_backbone import pretrain_backbone
+
+    p = _params(epochs=1, min_gain_over_chance=0.0)
+    first = pretrain_backbone(p, images_dir, tmp_path / "b")
+    (tmp_path / "first").mkdir()
+    (tmp_path / "b" / "backbone.safetensors").rename(tmp_path / "first" / "backbone.safetensors")
+    capsys.readouterr()
+    again = pretrain_backbone(p, images_dir, tmp_path / "b")
+    err = capsys.readouterr().err
+    assert "from epoch 1" in err and "epoch 1/1:" not in err  # resumed after its last epoch: none trained
+    assert again["attributes"] == first["attributes"] and again["epoch_loss"] == first["epoch_loss"]
+    assert _same_backbone(tmp_path / "first", tmp_path / "b")
+
+
+def test_a_pretraining_state_of_other_settings_is_moved_aside(images_dir, tmp_path, monkeypatch, capsys):
+    """The trainer's policy: a state written under other settings (here the learning rate) is not resumed
+    but moved to train_state.stale.pt, with a line naming the setting; the run starts from scratch and
+    equals a fresh run of the new settings."""
+    from amflow.train.pretrain_backbone import pretrain_backbone
+
+    part = tmp_path / "part"
     monkeypatch.setenv("AMFLOW_STOP_AFTER_EPOCH", "1")
-    pretrain_backbone(p, images_dir, part)
+    pretrain_backbone(_params(epochs=2, min_gain_over_chance=0.0), images_dir, part)
     monkeypatch.delenv("AMFLOW_STOP_AFTER_EPOCH")
+    old_state = (part / paths.TRAIN_STATE).read_bytes()
     other = _params(epochs=2, min_gain_over_chance=0.0, lr=1e-3)
-    fresh = tmp_path / "fresh"
-    pretrain_backbone(other, images_dir, fresh)
+    capsys.readouterr()
     pretrain_backbone(other, images_dir, part)
-    c, d = load_file(str(fresh / "backbone.safetensors")), load_file(str(part / "backbone.safetensors"))
-    assert all(torch.equal(c[k], d[k]) for k in c)
+    err = capsys.readouterr().err
+    assert f"{part / paths.TRAIN_STATE}: written with a different params.pretrain.lr (0.003, now 0.001)" in err
+    assert "moved it to train_state.stale.pt" in err
+    assert (part / "train_state.stale.pt").read_bytes() == old_state
+    pretrain_backbone(other, images_dir, tmp_path / "fresh")
+    assert _same_backbone(tmp_path / "fresh", part)

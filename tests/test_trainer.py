@@ -95,20 +95,20 @@ def test_default_pretraining_groups():
 
     attributes = [{"name": n, "classes": c} for n, c in
                   (("shape", 6), ("colour", 6), ("position", 9), ("orientation", 8), ("size", 3))]
-    backbone, heads = build_model(load_params(ROOT / "params" / "default.yaml"), attributes)
-    model = torch.nn.ModuleList([backbone, heads])
+    model = build_model(load_params(ROOT / "params" / "default.yaml"), attributes)
     names = {id(p): n for n, p in model.named_parameters()}
     groups = [(g["weight_decay"], [names[id(p)] for p in g["params"]]) for g in param_groups(model, 0.05)]
     heads_ = ("shape", "colour", "position", "orientation", "size")
     block = ("norm1.weight", "norm1.bias", "attn.qkv.bias", "attn.proj.bias", "norm2.weight", "norm2.bias",
              "mlp.fc1.bias", "mlp.fc2.bias")
     assert groups == [
-        (0.05, ["0.patch_embed.proj.weight"]
-         + [f"0.blocks.{b}.{w}.weight" for b in range(4) for w in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")]
-         + [f"1.{h}.weight" for h in heads_]),
-        (0.0, ["0.cls_token", "0.pos_embed", "0.patch_embed.proj.bias"]
-         + [f"0.blocks.{b}.{n}" for b in range(4) for n in block]
-         + ["0.norm.weight", "0.norm.bias"] + [f"1.{h}.bias" for h in heads_]),
+        (0.05, ["backbone.patch_embed.proj.weight"]
+         + [f"backbone.blocks.{b}.{w}.weight" for b in range(4) for w in ("attn.qkv", "attn.proj", "mlp.fc1",
+                                                                           "mlp.fc2")]
+         + [f"heads.{h}.weight" for h in heads_]),
+        (0.0, ["backbone.cls_token", "backbone.pos_embed", "backbone.patch_embed.proj.bias"]
+         + [f"backbone.blocks.{b}.{n}" for b in range(4) for n in block]
+         + ["backbone.norm.weight", "backbone.norm.bias"] + [f"heads.{h}.bias" for h in heads_]),
     ]
 
 

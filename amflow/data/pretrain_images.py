@@ -207,3 +207,29 @@ def load_split(images_dir: str | Path, split: str) -> tuple[np.ndarray, pd.DataF
         raise AmflowError(f"{images_dir}: images_{split}.npy has {len(images)} images but labels_{split}.csv "
                           f"{len(labels)} rows; delete the folder and rerun `amflow pretrain-images`")
     return images, labels
+
+
+class AttributeImages:
+    """One split of the set in memory, as the pretraining reads it: ``images`` uint8 ``[N, 3, R, R]`` and,
+    per attribute, ``targets[name]``: class indices int64 ``[N]``, or for a multi-label attribute (a bit
+    mask per image: the ``clutter`` style) the set membership float32 ``[N, classes]``. Indexed by a
+    tensor of positions it returns that batch, ``{"image": ..., "targets": {name: ...}}``, in one gather."""
+
+    def __init__(self, images_dir: str | Path, split: str):
+        import torch
+
+        self.attributes = read_info(images_dir)["attributes"]
+        images, self.table = load_split(images_dir, split)
+        self.images = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).contiguous()  # off the memory map
+        self.targets = {}
+        for a in self.attributes:
+            labels = torch.from_numpy(self.table[a["name"]].to_numpy(np.int64, copy=True))
+            if a.get("multi_label"):
+                labels = ((labels[:, None] >> torch.arange(a["classes"])) & 1).float()
+            self.targets[a["name"]] = labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index) -> dict:
+        return {"image": self.images[index], "targets": {name: y[index] for name, y in self.targets.items()}}

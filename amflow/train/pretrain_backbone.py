@@ -13,46 +13,63 @@ pixel noise: no flips, rotations, crops or hue changes, since orientation, posit
 are labels). Inputs are normalised with ``params.sampling.mean/std``, as the video models normalise
 their frames. Deterministic on CPU for a given seed and thread count.
 
+Training runs through the video runs' loop (:class:`amflow.train.trainer.Trainer`) with an
+:class:`AttributeTask`: the same training state ``train_state.pt`` after every epoch (resumed by a rerun
+with the same settings, a SLURM retry after a time limit; one written with other settings is moved
+aside to ``train_state.stale.pt``, with a message), ``train_log.csv``, ``checkpoint.pt`` once complete,
+and ``AMFLOW_STOP_AFTER_EPOCH=k`` to stop after epoch k as if the job were killed (tests). On CPU a
+resumed run ends bitwise equal to an uninterrupted one. The data order and the augmentation draw
+from one generator seeded once with ``pretrain.seed`` (on a GPU the augmentation from a second one,
+on the device), whose state the training state carries; every epoch keeps its last, smaller batch.
 Device: ``params.train.device`` (CUDA with bf16 autocast when ``train.amp``; ``synth_full``'s 100k
-images at 64 px would take hours on a CPU). A checkpoint ``pretrain_checkpoint.pt`` is written after
-every epoch and resumed by a rerun with the same settings (a SLURM retry after a time limit), then
-deleted once the outputs are written; on CPU a resumed run ends bitwise equal to an uninterrupted one.
-``AMFLOW_STOP_AFTER_EPOCH=k`` stops after epoch k as if the job were killed (tests).
+images at 64 px would take hours on a CPU).
 
 Outputs: ``backbone.safetensors`` (the timm model's ``state_dict()``, heads excluded) and
-``metrics.json``; ``amflow pretrain-backbone`` also tracks the pretraining as an MLflow run. If the
-mean accuracy gain over chance stays below ``params.pretrain.min_gain_over_chance`` (when above 0)
-the stage fails with :class:`AmflowError` and writes neither. Chance is the accuracy of always predicting the most frequent val class.
+``metrics.json`` (the val accuracies after the last epoch); ``amflow pretrain-backbone`` also tracks
+the pretraining as an MLflow run. If the mean accuracy gain over chance stays below
+``params.pretrain.min_gain_over_chance`` (when above 0) the stage fails with :class:`AmflowError` and
+writes neither. Chance is the accuracy of always predicting the most frequent val class.
 """
 from __future__ import annotations
 
 import math
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
+import torch
+from torch import nn
 
-from amflow import identity, io, paths, progress
+from amflow import identity, io, paths
 from amflow.data import pretrain_images as pimg
 from amflow.errors import AmflowError
-from amflow.params import Params
 from amflow.models.inference import autocast
-from amflow.train.schedule import build_scheduler, param_groups
-from amflow.train.trainer import stop_after_from_env
+from amflow.params import Params, TrainSpec
+from amflow.train.distributed import DistContext, resolve_device
+from amflow.train.trainer import Task, Trainer
 
 WARMUP_SHARE = 0.05  # share of the optimisation steps spent in linear warm-up
 EVAL_BATCH = 512
-CHECKPOINT = "pretrain_checkpoint.pt"
 
 
-def build_model(params: Params, attributes: list[dict]):
-    """(backbone, heads): the timm ViT exactly as the video models build it, one linear head per attribute."""
+class AttributeModel(nn.Module):
+    """The backbone and one linear head per attribute on its features: ``forward`` gives the logits by name."""
+
+    def __init__(self, backbone: nn.Module, heads: nn.ModuleDict):
+        super().__init__()
+        self.backbone, self.heads = backbone, heads
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.backbone(x)
+        return {name: head(feats) for name, head in self.heads.items()}
+
+
+def build_model(params: Params, attributes: list[dict]) -> AttributeModel:
+    """The timm ViT exactly as the video models build it, with one linear head per attribute."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import timm
-    import torch.nn as nn
 
     spec = params.backbone
     try:
@@ -61,18 +78,12 @@ def build_model(params: Params, attributes: list[dict]):
         raise AmflowError(f"params backbone.model / backbone.kwargs: timm cannot build '{spec.model}' "
                           f"with kwargs {spec.kwargs}: {exc}") from exc
     heads = nn.ModuleDict({a["name"]: nn.Linear(backbone.num_features, a["classes"]) for a in attributes})
-    return backbone, heads
-
-
-def _normalise(x_uint8, mean, std):
-    return (x_uint8.float() / 255.0 - mean) / std
+    return AttributeModel(backbone, heads)
 
 
 def _augment(x, generator):
     """Brightness, contrast and pixel noise on [0, 1] images; every label stays true (adding the same
     value to all channels and scaling around the grey mean keep the hue; nothing moves)."""
-    import torch
-
     b, dev = x.shape[0], x.device  # ``generator`` lives on x's device
     contrast = torch.empty(b, 1, 1, 1, device=dev).uniform_(0.85, 1.15, generator=generator)
     brightness = torch.empty(b, 1, 1, 1, device=dev).uniform_(-0.05, 0.05, generator=generator)
@@ -81,26 +92,6 @@ def _augment(x, generator):
     x = (x - mean) * contrast + mean + brightness
     x = x + torch.randn(x.shape, generator=generator, device=dev) * sigma
     return x.clamp_(0.0, 1.0)
-
-
-def _to_tensor(images: np.ndarray):
-    import torch
-
-    return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).contiguous()  # uint8 [N,3,H,W], in memory
-
-
-def _targets(table, attributes):
-    """Per attribute: class indices int64 [N], or for a multi-label attribute (a bit mask per image)
-    the 0/1 set membership float32 [N, classes]."""
-    import torch
-
-    out = {}
-    for a in attributes:
-        labels = torch.from_numpy(table[a["name"]].to_numpy(np.int64, copy=True))
-        if a.get("multi_label"):
-            labels = ((labels[:, None] >> torch.arange(a["classes"])) & 1).float()
-        out[a["name"]] = labels
-    return out
 
 
 def attribute_loss(logits, target):
@@ -120,23 +111,27 @@ def _hits(logits, target):
     return (logits.argmax(dim=1) == target).float()
 
 
-def evaluate(backbone, heads, images, targets, mean, std, amp: bool = False) -> dict[str, float]:
-    """Per-attribute accuracy of the model on uint8 images [N,3,H,W] (moved to ``mean``'s device per batch);
-    for a multi-label attribute the mean over images and classes of a correct membership."""
-    import torch
-
-    backbone.eval()
-    heads.eval()
+def evaluate(model: AttributeModel, data: pimg.AttributeImages, mean, std,
+             amp: bool = False) -> tuple[dict[str, float], float]:
+    """(per-attribute accuracy, mean summed attribute loss) of the model on ``data`` (batches moved to
+    ``mean``'s device); for a multi-label attribute the accuracy is the mean over images and classes of a
+    correct membership."""
+    model.eval()
     dev = mean.device
-    correct = {name: 0.0 for name in targets}
+    correct = {name: 0.0 for name in data.targets}
+    loss = 0.0
     with torch.no_grad():
-        for start in range(0, len(images), EVAL_BATCH):
+        for start in range(0, len(data), EVAL_BATCH):
+            batch = data[slice(start, start + EVAL_BATCH)]
+            x = batch["image"].to(dev, non_blocking=True)
             with autocast(dev, amp):
-                feats = backbone(_normalise(images[start:start + EVAL_BATCH].to(dev, non_blocking=True), mean, std))
-                for name, head in heads.items():
-                    hits = _hits(head(feats).float().cpu(), targets[name][start:start + EVAL_BATCH])
-                    correct[name] += float(hits.sum())
-    return {name: c / max(1, len(images)) for name, c in correct.items()}
+                logits = model((x.float() / 255.0 - mean) / std)
+                for name, target in batch["targets"].items():
+                    out = logits[name].float().cpu()
+                    correct[name] += float(_hits(out, target).sum())
+                    loss += float(attribute_loss(out, target)) * len(target)
+    n = max(1, len(data))
+    return {name: c / n for name, c in correct.items()}, loss / n
 
 
 def chance_accuracy(target) -> float:
@@ -149,152 +144,147 @@ def chance_accuracy(target) -> float:
     return float(counts.max() / counts.sum())
 
 
+class AttributeTask(Task):
+    """The trainer's task for backbone pretraining: batches of the in-memory image set in the order of
+    one ``randperm`` per epoch (the last, smaller batch kept), augmented on the device, scored by the sum
+    of the attribute losses; validation: every attribute's val accuracy (``acc_<name>``; ``val_top1``
+    their mean). The order and the augmentation draw from generators seeded once with ``seed``, their
+    state kept in the training state; warm-up: :data:`WARMUP_SHARE` of the steps, at least one."""
+
+    def __init__(self, train_set: pimg.AttributeImages, val_set: pimg.AttributeImages, mean: Sequence[float],
+                 std: Sequence[float], seed: int):
+        self.train_set, self.val_set = train_set, val_set
+        self.norm, self.seed = (list(mean), list(std)), seed
+
+    def setup(self, trainer: Trainer) -> int:
+        if trainer.ctx.distributed:
+            raise AmflowError("backbone pretraining runs in one process: start `amflow pretrain-backbone` "
+                              "without torchrun")
+        dev, self.amp = trainer.device, trainer.amp
+        self.mean = torch.tensor(self.norm[0], device=dev).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.norm[1], device=dev).view(1, 3, 1, 1)
+        if dev.type == "cuda":  # uint8, host memory; batches go to the device
+            self.train_set.images = self.train_set.images.pin_memory()
+        self.batch = min(trainer.spec.batch_size, len(self.train_set))
+        self.gen = torch.Generator().manual_seed(self.seed)  # the data order (and, on CPU, the augmentation)
+        # On a GPU the augmentation draws on the device, from its own seeded stream.
+        self.aug_gen = self.gen if dev.type == "cpu" else torch.Generator(device=dev).manual_seed(self.seed + 1)
+        return math.ceil(len(self.train_set) / self.batch)
+
+    def warmup_steps(self, spec: TrainSpec, steps_per_epoch: int, total: int) -> int:
+        return max(1, int(WARMUP_SHARE * total))
+
+    def batches(self, epoch: int) -> Iterable[dict]:
+        n, b = len(self.train_set), self.batch
+        perm = torch.randperm(n, generator=self.gen)  # drawn at the first batch, before its augmentation
+        for step in range(math.ceil(n / b)):
+            yield self.train_set[perm[step * b:(step + 1) * b]]
+
+    def loss(self, net: nn.Module, batch: dict) -> tuple[torch.Tensor, int, torch.Tensor]:
+        dev = self.mean.device
+        x = _augment(batch["image"].to(dev, non_blocking=True).float() / 255.0, self.aug_gen)
+        loss, hits = 0, 0.0
+        with autocast(dev, self.amp):
+            logits = net((x - self.mean) / self.std)
+            for name, target in batch["targets"].items():
+                target = target.to(dev, non_blocking=True)
+                out = logits[name].float()
+                loss = loss + attribute_loss(out, target)
+                hits = hits + _hits(out.detach(), target).sum()
+        # train_acc: the attributes' mean accuracy
+        return loss, len(x), (hits / len(batch["targets"])).double()
+
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        acc, loss = evaluate(model, self.val_set, self.mean, self.std, self.amp)
+        return {"val_top1": float(np.mean(list(acc.values()))), "val_loss": loss,
+                **{f"acc_{name}": v for name, v in acc.items()}}
+
+    def state_dict(self) -> dict:
+        state = {"generator": self.gen.get_state()}
+        if self.aug_gen is not self.gen:
+            state["aug_generator"] = self.aug_gen.get_state()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["generator"])
+        if self.aug_gen is not self.gen and "aug_generator" in state:
+            self.aug_gen.set_state(state["aug_generator"])
+
+
+def train_spec(params: Params) -> TrainSpec:
+    """The trainer's settings for the pretraining recipe: no gradient clipping or label smoothing; the
+    warm-up is :class:`AttributeTask`'s; device and amp as training's."""
+    spec = params.pretrain
+    return TrainSpec(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, weight_decay=spec.weight_decay,
+                     grad_clip=0.0, label_smoothing=0.0, amp=params.train.amp, device=params.train.device)
+
+
 def _clear_outputs(out_dir: Path) -> None:
     # A failed run must not leave an older backbone that looks like this run's result.
     for name in (paths.BACKBONE_WEIGHTS, paths.BACKBONE_METRICS):
         (out_dir / name).unlink(missing_ok=True)
 
 
-def train_attribute_model(params: Params, images_dir: str | Path, checkpoint: Optional[Path] = None,
-                          stop_after_epoch: Optional[int] = None,
-                          on_epoch: Optional[Callable[[int, float], None]] = None):
-    """Train the backbone and its attribute heads on ``images_dir``; returns (backbone, metrics).
-
-    With ``checkpoint``, the state after each epoch is saved there, and a checkpoint written under
-    the same settings is resumed. Stopped by ``stop_after_epoch`` before the last epoch: returns
-    (None, None). ``on_epoch(epoch, mean_loss)`` is called after each epoch (1-based). Checks nothing
-    and writes no outputs: :func:`pretrain_backbone` does both."""
-    import torch
-
-    from amflow.train.distributed import resolve_device
-
+def train_attribute_model(params: Params, images_dir: str | Path, run_dir: str | Path,
+                          callbacks: Iterable[Callable[[dict], None]] = ()):
+    """Train the backbone and its attribute heads on ``images_dir`` through the trainer, its training
+    state in ``run_dir``; returns (backbone, metrics, history), backbone and metrics None when stopped
+    before the last epoch (``AMFLOW_STOP_AFTER_EPOCH``). ``callbacks`` get each epoch's record (the
+    trainer's, plus ``acc_<attribute>``). Checks nothing and writes no outputs: :func:`pretrain_backbone`
+    does both."""
     images_dir = Path(images_dir)
     spec = params.pretrain
     info = pimg.read_info(images_dir)
     attributes = info["attributes"]
-    train_np, train_table = pimg.load_split(images_dir, "train")
-    val_np, val_table = pimg.load_split(images_dir, "val")
+    train_set, val_set = pimg.AttributeImages(images_dir, "train"), pimg.AttributeImages(images_dir, "val")
     device = resolve_device(params.train.device)
-    amp = bool(params.train.amp and device.type == "cuda")
 
     torch.manual_seed(spec.seed)  # the model's initialisation
-    backbone, heads = build_model(params, attributes)
-    expected = tuple(getattr(backbone.patch_embed, "img_size", None) or ())
-    size = tuple(train_np.shape[1:3])
-    if expected and expected != size and getattr(backbone.patch_embed, "strict_img_size", True):
+    model = build_model(params, attributes)
+    patch_embed = model.backbone.patch_embed
+    expected = tuple(getattr(patch_embed, "img_size", None) or ())
+    size = tuple(train_set.images.shape[2:4])
+    if expected and expected != size and getattr(patch_embed, "strict_img_size", True):
         raise AmflowError(
             f"{images_dir}: images are {size[0]}x{size[1]} px but the backbone expects {expected[0]}x{expected[1]} "
             f"(params backbone.kwargs.img_size); set pretrain_images.resolution and backbone.kwargs.img_size "
             f"to the same value and rerun `amflow pretrain-images`")
-    backbone.to(device)
-    heads.to(device)
 
-    train_x, val_x = _to_tensor(train_np), _to_tensor(val_np)  # uint8, host memory; batches go to the device
-    if device.type == "cuda":
-        train_x = train_x.pin_memory()
-    train_y, val_y = _targets(train_table, attributes), _targets(val_table, attributes)
-    mean = torch.tensor(params.sampling.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(params.sampling.std, device=device).view(1, 3, 1, 1)
+    task = AttributeTask(train_set, val_set, params.sampling.mean, params.sampling.std, spec.seed)
+    # The state is only resumed under the same identity (recipe, backbone, normalisation, image set); each
+    # of its values is compared, so a stale state is named by the key that changed.
+    compat = identity.pretraining(params, info.get("spec")).leaves()
+    trainer = Trainer(model, train_set, val_set, train_spec(params), seed=spec.seed, run_dir=Path(run_dir),
+                      ctx=DistContext(device=device), meta={"compat": compat}, callbacks=callbacks, task=task)
+    result = trainer.fit()
+    if result.status != "complete":
+        return None, None, result.history
 
-    n = len(train_x)
-    batch = min(spec.batch_size, n)
-    steps_per_epoch = math.ceil(n / batch)
-    total = spec.epochs * steps_per_epoch
-    warmup = max(1, int(WARMUP_SHARE * total))
-    opt = torch.optim.AdamW(param_groups(torch.nn.ModuleList([backbone, heads]), spec.weight_decay), lr=spec.lr)
-    sched = build_scheduler(opt, total, warmup)
-    gen = torch.Generator().manual_seed(spec.seed)  # the data order (and, on CPU, the augmentation)
-    # On a GPU the augmentation draws on the device, from its own seeded stream.
-    aug_gen = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(spec.seed + 1)
-
-    epoch_loss: list[float] = []
-    seen, start_epoch, elapsed = 0, 0, 0.0
-    # What a pretraining checkpoint may only be resumed under: recipe, model, normalisation, image set.
-    digest = identity.pretraining(params, info.get("spec")).digest
-    if checkpoint is not None and Path(checkpoint).exists():
-        state = _load_checkpoint(Path(checkpoint))
-        if state.get("digest") == digest:
-            backbone.load_state_dict(state["backbone"])
-            heads.load_state_dict(state["heads"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            gen.set_state(state["generator"])
-            if aug_gen is not gen and "aug_generator" in state:
-                aug_gen.set_state(state["aug_generator"])
-            start_epoch, epoch_loss = int(state["epoch"]), list(state["epoch_loss"])
-            seen, elapsed = int(state["seen"]), float(state["elapsed_s"])
-            print(f"pretrain: resuming from epoch {start_epoch} ({checkpoint})", file=sys.stderr)
-        else:
-            print(f"pretrain: {checkpoint} was written with other settings; training from scratch", file=sys.stderr)
-
-    t0 = time.perf_counter() - elapsed
-    for epoch in range(start_epoch, spec.epochs):
-        backbone.train()
-        heads.train()
-        perm = torch.randperm(n, generator=gen)
-        running = torch.zeros((), dtype=torch.float64, device=device)
-        count = 0
-        bar = progress.bar(range(steps_per_epoch), desc=f"pretrain epoch {epoch + 1}/{spec.epochs}", unit="step",
-                           leave=False)
-        show_every = progress.every(steps_per_epoch)
-        for step in bar:
-            idx = perm[step * batch:(step + 1) * batch]
-            x = _augment(train_x[idx].to(device, non_blocking=True).float() / 255.0, aug_gen)
-            with autocast(device, amp):
-                feats = backbone((x - mean) / std)
-                loss = sum(attribute_loss(head(feats).float(), train_y[name][idx].to(device, non_blocking=True))
-                           for name, head in heads.items())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            running += loss.detach().double() * len(idx)  # a tensor: read (a device sync) only for the log line
-            count += len(idx)
-            seen += len(idx)
-            if (step + 1) % show_every == 0 or step + 1 == steps_per_epoch:
-                bar.set_postfix(loss=f"{float(running) / count:.3f}",
-                                img_s=f"{seen / (time.perf_counter() - t0):.0f}", refresh=False)
-        bar.close()
-        epoch_loss.append(float(running) / max(1, count))
-        print(f"pretrain epoch {epoch + 1}/{spec.epochs}: loss {epoch_loss[-1]:.4f}", file=sys.stderr)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, epoch_loss[-1])
-        if checkpoint is not None:
-            state = {"digest": digest, "epoch": epoch + 1, "backbone": backbone.state_dict(),
-                     "heads": heads.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "generator": gen.get_state(), "epoch_loss": epoch_loss, "seen": seen,
-                     "elapsed_s": time.perf_counter() - t0}
-            if aug_gen is not gen:
-                state["aug_generator"] = aug_gen.get_state()
-            with io.atomic_path(Path(checkpoint)) as tmp:
-                torch.save(state, tmp)
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < spec.epochs:
-            return None, None
-    train_time = time.perf_counter() - t0
-
-    acc = evaluate(backbone, heads, val_x, val_y, mean, std, amp)
+    history = result.history
+    acc = {a["name"]: history[-1][f"acc_{a['name']}"] for a in attributes}
     per_attr = {}
     for a in attributes:
-        chance = chance_accuracy(val_y[a["name"]])
+        chance = chance_accuracy(val_set.targets[a["name"]])
         per_attr[a["name"]] = {"accuracy": round(acc[a["name"]], 4), "chance": round(chance, 4),
                                "uniform_chance": 0.5 if a.get("multi_label") else round(1.0 / a["classes"], 4), "classes": a["classes"],
                                "gain_over_chance": round(acc[a["name"]] - chance, 4)}
     gain = float(np.mean([v["gain_over_chance"] for v in per_attr.values()]))
+    n, epoch_loss = len(train_set), [r["train_loss"] for r in history]
     metrics = {
         "attributes": per_attr,
         "mean_accuracy": round(float(np.mean(list(acc.values()))), 4),
         "mean_gain_over_chance": round(gain, 4),
         "min_gain_over_chance": spec.min_gain_over_chance,
         "epochs": spec.epochs,
-        "batch_size": batch,
+        "batch_size": task.batch,
         "lr": spec.lr,
-        "steps": total,
+        "steps": trainer.steps_per_epoch * spec.epochs,
         "train_images": n,
-        "val_images": len(val_x),
+        "val_images": len(val_set),
         "final_train_loss": round(epoch_loss[-1], 4),
         "epoch_loss": [round(v, 4) for v in epoch_loss],
-        "train_time_s": round(train_time, 2),
-        "images_per_s": round(seen / max(train_time, 1e-9), 1),
+        "train_time_s": round(result.elapsed_s, 2),
+        "images_per_s": round(n * len(history) / max(result.elapsed_s, 1e-9), 1),
         "torch_threads": torch.get_num_threads(),
         "device": device.type,
         "model": params.backbone.model,
@@ -303,17 +293,7 @@ def train_attribute_model(params: Params, images_dir: str | Path, checkpoint: Op
         "seed": spec.seed,
         "images": {"dir": str(images_dir), "spec": info.get("spec")},
     }
-    return backbone.cpu(), metrics
-
-
-def _load_checkpoint(path: Path) -> dict:
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  (zip, unpickling and EOF errors all mean "corrupt")
-        raise AmflowError(f"{path}: pretraining checkpoint is corrupted or unreadable ({type(exc).__name__}); "
-                          f"delete it (rm '{path}') to restart pretraining from epoch 0") from None
+    return model.backbone.cpu(), metrics, history
 
 
 def pretrain_backbone(params: Params, images_dir: str | Path, out_dir: str | Path, track: bool = False,
@@ -344,14 +324,16 @@ def pretrain_backbone(params: Params, images_dir: str | Path, out_dir: str | Pat
                 table, name="pretrain_images-train", source=str(Path(images_dir).resolve()), context="training"),
                 "logging the pretraining images")
 
-        def log_epoch(epoch: int, loss: float) -> None:
+        def log_epoch(record: dict) -> None:
             try:
-                tracker.log_metrics({"train_loss": loss}, step=epoch)
+                tracker.log_epoch(record)
             except Exception as exc:  # noqa: BLE001  (a tracking hiccup must not end the pretraining)
-                print(f"warning: MLflow logging of pretraining epoch {epoch} failed ({exc})", file=sys.stderr)
+                print(f"warning: MLflow logging of pretraining epoch {record['epoch']} failed ({exc}); "
+                      f"logged at the end", file=sys.stderr)
 
-        backbone, metrics = train_attribute_model(params, images_dir, out_dir / CHECKPOINT, stop_after_from_env(),
-                                                  on_epoch=log_epoch)
+        backbone, metrics, history = train_attribute_model(params, images_dir, out_dir, callbacks=[log_epoch])
+        # The epochs the store missed, or all of them for a finished state that was only resumed.
+        tracking.with_retries(lambda: tracker.sync_history(history), "logging the pretraining epochs")
         if backbone is None:
             tracker.finish("KILLED")
             return {"status": "stopped"}
@@ -373,7 +355,6 @@ def pretrain_backbone(params: Params, images_dir: str | Path, out_dir: str | Pat
             state = {k: v.detach().contiguous() for k, v in backbone.state_dict().items()}
             save_file(state, str(tmp), metadata={"model": params.backbone.model, "source": "amflow pretrain-backbone"})
         io.write_json(out_dir / paths.BACKBONE_METRICS, metrics)  # results on disk before the final logging
-        (out_dir / CHECKPOINT).unlink(missing_ok=True)  # done: a rerun starts afresh
 
         def log_end() -> None:
             tracker.log_artifacts([out_dir / paths.BACKBONE_METRICS, out_dir / paths.BACKBONE_WEIGHTS])

@@ -1,4 +1,7 @@
-"""The generic training loop: any ``model(video, transforms) -> logits`` on any dataset of clip dicts.
+"""The generic training loop: a model, a :class:`Task` (how batches are drawn, the loss of one, validation)
+and the training state that makes a run resumable. The default task, :class:`ClipTask`, trains any
+``model(video, transforms) -> logits`` on a dataset of clip dicts (``amflow train``); backbone
+pretraining brings its own (:class:`amflow.train.pretrain_backbone.AttributeTask`).
 
 What it guarantees (and the tests check):
 
@@ -6,7 +9,9 @@ What it guarantees (and the tests check):
   ``(seed, epoch, rank)``; the data order comes from a ``DistributedSampler`` seeded with ``seed``
   (its permutation does not depend on the world size); DataLoader workers get seeds from a generator
   reseeded per epoch; the dataset's ``set_epoch`` is called. On CPU deterministic algorithms are on.
-  So a run stopped after epoch k and resumed ends bitwise equal to an uninterrupted one.
+  So a run stopped after epoch k and resumed ends bitwise equal to an uninterrupted one. A task that
+  draws from its own generators across epochs stores their state in the training state
+  (:meth:`Task.state_dict`), which keeps that guarantee.
 - **World-size invariance.** ``train.batch_size`` is the global batch of one loader step; each of W
   processes takes ``batch_size / W`` of it (rank r gets positions r, r+W, ... of each global batch),
   and DDP averages gradients, so the loss curve matches a single process at the same global batch
@@ -107,21 +112,127 @@ def stop_after_from_env() -> Optional[int]:
         raise AmflowError(f"{STOP_ENV}={value!r} must be an integer number of epochs") from None
 
 
+# --------------------------------------------------------------------------- tasks
+class Task:
+    """What the loop trains on: the data order, the loss of a batch and the validation figures.
+
+    :meth:`setup` is called once the model is on its device and returns the loader steps of one epoch
+    (micro-batches: ``accum_steps`` of them make an optimizer step); :meth:`batches` gives an epoch's
+    batches in order, after the trainer reseeded every global RNG for the epoch; :meth:`loss` returns
+    ``(loss, items, correct)`` for one batch (``correct``: a float64 tensor, the items right);
+    :meth:`validate` the epoch's ``val_top1`` and ``val_loss`` (also when there is nothing to validate:
+    NaN). :meth:`state_dict` holds what the task draws from across epochs (generator states), saved
+    with the training state and restored by :meth:`load_state_dict` on resume."""
+
+    def setup(self, trainer: "Trainer") -> int:
+        raise NotImplementedError
+
+    def batches(self, epoch: int) -> Iterable:
+        raise NotImplementedError
+
+    def loss(self, net: torch.nn.Module, batch) -> tuple[torch.Tensor, int, torch.Tensor]:
+        raise NotImplementedError
+
+    def validate(self, model: torch.nn.Module) -> dict[str, float]:
+        raise NotImplementedError
+
+    def warmup_steps(self, spec: TrainSpec, steps_per_epoch: int, total: int) -> int:
+        return min(total, int(round(spec.warmup_epochs * steps_per_epoch)))
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class ClipTask(Task):
+    """Clip classification (``amflow train``): ``model(video, transforms) -> logits`` on clip dicts,
+    cross-entropy with ``train.label_smoothing``. The data order comes from a ``DistributedSampler``
+    seeded with the run's seed; loader workers get seeds from a generator reseeded per epoch; the last
+    incomplete global batch is dropped. ``collate`` batches the items, ``normalise`` turns uint8 clips
+    into model input on the device (training and validation alike)."""
+
+    def __init__(self, train_set: Dataset, val_set: Optional[Dataset], collate: Callable = collate_clips,
+                 normalise: Optional[Callable] = None):
+        self.train_set, self.val_set = train_set, val_set
+        self.collate = collate
+        self.normalise = normalise or (lambda video: video)
+
+    def setup(self, trainer: "Trainer") -> int:
+        spec, ctx, self.trainer = trainer.spec, trainer.ctx, trainer
+        self.batch = per_process_batch(spec.batch_size, ctx.world_size)
+        # One sampler for every world size: its permutation depends only on (seed, epoch).
+        self.sampler = DistributedSampler(self.train_set, num_replicas=ctx.world_size, rank=ctx.rank,
+                                          shuffle=True, seed=trainer.seed, drop_last=True)
+        self.loader_gen = torch.Generator()
+        if spec.num_workers > 0:
+            parallel.before_forking_workers()
+        common = dict(num_workers=spec.num_workers, collate_fn=self.collate, worker_init_fn=loader_worker_init,
+                      pin_memory=trainer.device.type == "cuda", persistent_workers=False)
+        self.train_loader = DataLoader(self.train_set, batch_size=self.batch, sampler=self.sampler, drop_last=True,
+                                       generator=self.loader_gen, **common)
+        self.val_loader = None
+        if self.val_set is not None and len(self.val_set) > 0:
+            shard = Subset(self.val_set, list(range(ctx.rank, len(self.val_set), ctx.world_size)))
+            self.val_loader = DataLoader(shard, batch_size=self.batch, shuffle=False, drop_last=False,
+                                         generator=torch.Generator().manual_seed(trainer.seed), **common)
+        return len(self.train_loader)
+
+    def batches(self, epoch: int) -> Iterable:
+        t = self.trainer
+        self.sampler.set_epoch(epoch)
+        self.loader_gen.manual_seed(epoch_seed(t.seed, epoch, 10**6 + t.ctx.rank))
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)
+        return self.train_loader
+
+    def loss(self, net: torch.nn.Module, batch) -> tuple[torch.Tensor, int, torch.Tensor]:
+        t = self.trainer
+        dev = t.device
+        labels = batch["label"].to(dev, non_blocking=True)
+        video = self.normalise(batch["video"].to(dev, non_blocking=True))
+        transforms = batch["transforms"]
+        if transforms is not None:
+            transforms = transforms.to(dev, non_blocking=True)
+        with autocast(dev, t.amp):
+            logits = net(video, transforms, **coverage_input(batch.get("coverage"), dev))
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=t.spec.label_smoothing)
+        return loss, labels.shape[0], (logits.detach().argmax(dim=-1) == labels).sum().double()
+
+    def validate(self, model: torch.nn.Module) -> dict[str, float]:
+        if self.val_loader is None:
+            return {"val_top1": math.nan, "val_loss": math.nan}
+        t = self.trainer
+        loss_sum = correct = count = 0.0
+        for batch in self.val_loader:
+            probs = clip_probs(model, batch["video"], batch["transforms"], t.device, t.amp, self.normalise,
+                               batch.get("coverage"))
+            labels = batch["label"].to(t.device)
+            loss_sum += float(F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum"))
+            correct += float((probs.argmax(dim=-1) == labels).sum())
+            count += labels.shape[0]
+        loss_sum, correct, count = t.ctx.all_reduce_sum([loss_sum, correct, count])
+        return {"val_top1": correct / count, "val_loss": loss_sum / count}
+
+
 # --------------------------------------------------------------------------- the trainer
 class Trainer:
     """Train ``model`` (whose frozen parameters have ``requires_grad=False``), saving its state every epoch.
 
-    ``meta`` is stored in the checkpoint; its ``compat`` dict must match on resume (so a run folder is
-    never resumed with different params). ``callbacks`` are called on rank 0 after each epoch's save with the
-    epoch's record (a dict with :data:`LOG_COLUMNS`).
+    ``task`` says what to train on (default: a :class:`ClipTask` over ``train_set`` and ``val_set`` with
+    ``collate`` and ``normalise``). ``meta`` is stored in the checkpoint; its ``compat`` dict must match on
+    resume (so a run folder is never resumed with different params). ``callbacks`` are called on rank 0
+    after each epoch's save with the epoch's record (a dict with :data:`LOG_COLUMNS`).
     """
 
-    def __init__(self, model: torch.nn.Module, train_set: Dataset, val_set: Optional[Dataset], spec: TrainSpec, *,
-                 seed: int, run_dir: Path, ctx: Optional[DistContext] = None, meta: Optional[dict] = None,
-                 callbacks: Iterable[Callable[[dict], None]] = (), stop_after_epoch: Optional[int] = None,
-                 progress: bool = True, collate: Callable = collate_clips, normalise: Optional[Callable] = None):
+    def __init__(self, model: torch.nn.Module, train_set: Optional[Dataset], val_set: Optional[Dataset],
+                 spec: TrainSpec, *, seed: int, run_dir: Path, ctx: Optional[DistContext] = None,
+                 meta: Optional[dict] = None, callbacks: Iterable[Callable[[dict], None]] = (),
+                 stop_after_epoch: Optional[int] = None, progress: bool = True, collate: Callable = collate_clips,
+                 normalise: Optional[Callable] = None, task: Optional[Task] = None):
         self.model = model
-        self.train_set, self.val_set = train_set, val_set
+        self.task = task or ClipTask(train_set, val_set, collate, normalise)
         self.spec = spec
         self.seed = seed
         self.run_dir = Path(run_dir)
@@ -130,8 +241,6 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.stop_after_epoch = stop_after_epoch if stop_after_epoch is not None else stop_after_from_env()
         self.progress = progress
-        self.collate = collate
-        self.normalise = normalise or (lambda video: video)  # uint8 clips become model input on the device
         self.device = self.ctx.device
         self.amp = bool(spec.amp and self.device.type == "cuda")
         self.state_path = self.run_dir / paths.TRAIN_STATE
@@ -140,28 +249,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _loaders(self) -> None:
-        spec, ctx = self.spec, self.ctx
-        self.batch = per_process_batch(spec.batch_size, ctx.world_size)
-        # One sampler for every world size: its permutation depends only on (seed, epoch).
-        self.sampler = DistributedSampler(self.train_set, num_replicas=ctx.world_size, rank=ctx.rank,
-                                          shuffle=True, seed=self.seed, drop_last=True)
-        self.loader_gen = torch.Generator()
-        if spec.num_workers > 0:
-            parallel.before_forking_workers()
-        common = dict(num_workers=spec.num_workers, collate_fn=self.collate, worker_init_fn=loader_worker_init,
-                      pin_memory=self.device.type == "cuda", persistent_workers=False)
-        self.train_loader = DataLoader(self.train_set, batch_size=self.batch, sampler=self.sampler, drop_last=True,
-                                       generator=self.loader_gen, **common)
-        self.steps_per_epoch = len(self.train_loader) // spec.accum_steps
+        spec = self.spec
+        self.steps_per_epoch = self.task.setup(self) // spec.accum_steps
         if self.steps_per_epoch == 0:
-            raise AmflowError(f"the training set has {len(self.train_set)} clips, fewer than one optimizer step "
-                              f"(train.batch_size {spec.batch_size} x train.accum_steps {spec.accum_steps}): "
+            raise AmflowError(f"the training set has {len(self.task.train_set)} items, fewer than one optimizer "
+                              f"step (train.batch_size {spec.batch_size} x train.accum_steps {spec.accum_steps}): "
                               f"lower the batch size or accumulation")
-        self.val_loader = None
-        if self.val_set is not None and len(self.val_set) > 0:
-            shard = Subset(self.val_set, list(range(ctx.rank, len(self.val_set), ctx.world_size)))
-            self.val_loader = DataLoader(shard, batch_size=self.batch, shuffle=False, drop_last=False,
-                                         generator=torch.Generator().manual_seed(self.seed), **common)
 
     def _optim(self) -> None:
         spec = self.spec
@@ -170,7 +263,7 @@ class Trainer:
             raise AmflowError("the model has no trainable parameters (every parameter is frozen)")
         self.optimizer = torch.optim.AdamW(param_groups(self.model, spec.weight_decay), lr=spec.lr)
         total = self.steps_per_epoch * spec.epochs
-        warmup = min(total, int(round(spec.warmup_epochs * self.steps_per_epoch)))
+        warmup = self.task.warmup_steps(spec, self.steps_per_epoch, total)
         self.scheduler = build_scheduler(self.optimizer, total, warmup)
 
     def _resume(self) -> tuple[int, list[dict], float]:
@@ -204,6 +297,7 @@ class Trainer:
         ckpt.load_trainable_state(self.model, state["model"], self.state_path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.task.load_state_dict(state.get("task", {}))
         return int(state["epoch"]), list(state["history"]), float(state.get("elapsed_s", 0.0))
 
     def _stale_reason(self, state: dict) -> Optional[str]:
@@ -299,6 +393,7 @@ class Trainer:
                 f"{r['clips_per_s']:.1f} clips/s (data wait {r['data_wait_frac']:.0%}) {r['epoch_time']:.1f}s")
 
     def _save(self, epochs_done: int, history: list[dict], elapsed: float) -> None:
+        task_state = self.task.state_dict()
         ckpt.save_checkpoint(self.state_path, {
             "format": ckpt.FORMAT,
             "epoch": epochs_done,
@@ -309,21 +404,18 @@ class Trainer:
             "history": history,
             "elapsed_s": elapsed,
             "meta": self.meta,
+            **({"task": task_state} if task_state else {}),  # a clip run's file stays as it was
         })
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         spec, ctx, dev = self.spec, self.ctx, self.device
         seed_everything(epoch_seed(self.seed, epoch, ctx.rank))
-        self.sampler.set_epoch(epoch)
-        self.loader_gen.manual_seed(epoch_seed(self.seed, epoch, 10**6 + ctx.rank))
-        if hasattr(self.train_set, "set_epoch"):
-            self.train_set.set_epoch(epoch)
+        it = iter(self.task.batches(epoch))
         self.net.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
         correct = torch.zeros((), dtype=torch.float64, device=dev)
         count, wait = 0, 0.0
         lr = self.optimizer.param_groups[0]["lr"]
-        it = iter(self.train_loader)
         bar = progress.bar(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{spec.epochs}", unit="step",
                            disable=not (self.progress and ctx.is_main), leave=False)
         # The running loss is read (a device sync) only as often as a log line is written.
@@ -334,21 +426,13 @@ class Trainer:
                 t_wait = time.perf_counter()
                 batch = next(it)
                 wait += time.perf_counter() - t_wait
-                labels = batch["label"].to(dev, non_blocking=True)
-                video = self.normalise(batch["video"].to(dev, non_blocking=True))
-                transforms = batch["transforms"]
-                if transforms is not None:
-                    transforms = transforms.to(dev, non_blocking=True)
                 # Gradients are all-reduced only on the last micro-batch of an optimizer step.
                 sync = micro == spec.accum_steps - 1 or not ctx.distributed
                 with (contextlib.nullcontext() if sync else self.net.no_sync()):
-                    with autocast(dev, self.amp):
-                        logits = self.net(video, transforms, **coverage_input(batch.get("coverage"), dev))
-                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=spec.label_smoothing)
+                    loss, n, hits = self.task.loss(self.net, batch)
                     (loss / spec.accum_steps).backward()
-                n = labels.shape[0]
                 loss_sum += loss.detach().double() * n
-                correct += (logits.detach().argmax(dim=-1) == labels).sum().double()
+                correct += hits
                 count += n
             if spec.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.trainable, spec.grad_clip)
@@ -372,17 +456,5 @@ class Trainer:
 
     @torch.no_grad()
     def _validate(self) -> dict[str, float]:
-        if self.val_loader is None:
-            return {"val_top1": math.nan, "val_loss": math.nan}
-        model = self.model  # unwrapped: evaluation needs no gradient sync
-        model.eval()
-        loss_sum = correct = count = 0.0
-        for batch in self.val_loader:
-            probs = clip_probs(model, batch["video"], batch["transforms"], self.device, self.amp, self.normalise,
-                               batch.get("coverage"))
-            labels = batch["label"].to(self.device)
-            loss_sum += float(F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum"))
-            correct += float((probs.argmax(dim=-1) == labels).sum())
-            count += labels.shape[0]
-        loss_sum, correct, count = self.ctx.all_reduce_sum([loss_sum, correct, count])
-        return {"val_top1": correct / count, "val_loss": loss_sum / count}
+        self.model.eval()  # unwrapped: evaluation needs no gradient sync
+        return self.task.validate(self.model)

@@ -199,10 +199,11 @@ def caption(name):
 
 
 
-def training_evaluation(run_dir):
+def training_evaluation(run_dir, output=True):
     """The folder of evaluation files that `amflow train --evaluate` writes (one out, not six: each is
-    repeated in every DVC stage family)."""
-    return {"trained_evaluation": directory(f"{run_dir}/{paths.TRAINING_EVALUATION_DIR}")}
+    repeated in every DVC stage family); a training's output, an evaluation's input."""
+    folder = f"{run_dir}/{paths.TRAINING_EVALUATION_DIR}"
+    return {"trained_evaluation": directory(folder) if output else folder}
 
 
 def evaluation_outputs(run_dir, category):

@@ -45,7 +45,7 @@ rule evaluate:
     input:
         train_json=f"{RUN_DIR}/{paths.TRAIN_JSON}",
         checkpoint=f"{RUN_DIR}/{paths.CHECKPOINT}",
-        **training_evaluation(RUN_DIR),
+        **training_evaluation(RUN_DIR, output=False),
         code=code("evaluate"),
     output:
         **evaluation_outputs(RUN_DIR, "Runs"),
@@ -100,7 +100,7 @@ rule evaluate_ablation:
     input:
         train_json=f"{ABLATION_RUN_DIR}/{paths.TRAIN_JSON}",
         checkpoint=f"{ABLATION_RUN_DIR}/{paths.CHECKPOINT}",
-        **training_evaluation(ABLATION_RUN_DIR),
+        **training_evaluation(ABLATION_RUN_DIR, output=False),
         code=code("evaluate"),
     output:
         **evaluation_outputs(ABLATION_RUN_DIR, "Ablation runs"),
