@@ -126,7 +126,7 @@ def cmd_localise(args) -> None:
 
 
 def cmd_pretrain_backbone(args) -> None:
-    from amflow.train.pretrain_backbone import pretrain_backbone
+    from amflow.stages.pretrain_backbone import pretrain_backbone
 
     p = _params(args)
     results = _results(args, p)

@@ -53,7 +53,7 @@ T, SEEDS, BLOCKS = 8, range(4), range(4)
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    from amflow.train.pretrain_backbone import pretrain_backbone
+    from amflow.stages.pretrain_backbone import pretrain_backbone
 
     p = validate({"name": "t", "datasets": {}, "table_datasets": [],
                   "pretrain_images": {"images": 3000, "val_images": 300, "seed": 3, "workers": 1},

@@ -10,9 +10,7 @@ import ast
 import shutil
 from pathlib import Path
 
-import pytest
-
-from amflow.import_graph import COMMAND_PREFIX, CLI, imported, modules
+from amflow.import_graph import CLI, COMMAND_PREFIX, imported, modules
 from conftest import ROOT
 
 PACKAGE = ROOT / "amflow"
@@ -32,19 +30,14 @@ LAYERS = [
     ("stages", (STAGES_PACKAGE,)),
     ("cli", (CLI,)),
 ]
-# Stage modules outside amflow.stages, until they move there: the backbone pretraining's (rewritten on its
-# way through the trainer).
-STAGES_ELSEWHERE = {"amflow.train.pretrain_backbone"}
 
 
 def stages(mods) -> set[str]:
-    """Every module under amflow.stages (not the package itself), and those still elsewhere."""
-    return {m for m in mods if m.startswith(STAGES_PACKAGE + ".")} | STAGES_ELSEWHERE
+    """Every module under amflow.stages (not the package itself)."""
+    return {m for m in mods if m.startswith(STAGES_PACKAGE + ".")}
 
 
 def layer(module: str) -> int:
-    if module in STAGES_ELSEWHERE:
-        return next(i for i, (name, _) in enumerate(LAYERS) if name == "stages")
     best = None
     for i, (_, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
@@ -152,9 +145,8 @@ def test_every_command_has_its_stage_module():
     is some command's."""
     mods = modules(ROOT)
     wanted = {f"{STAGES_PACKAGE}.{name.replace('-', '_')}" for name in _commands()}
-    missing = {m for m in wanted - set(mods) if not any(m.endswith("." + e.rsplit(".", 1)[1]) for e in STAGES_ELSEWHERE)}
-    assert missing == set()
-    assert {m for m in mods if m.startswith(STAGES_PACKAGE + ".")} <= wanted
+    assert wanted - set(mods) == set()
+    assert stages(mods) <= wanted
 
 
 def test_a_command_imports_its_stage_and_nothing_else():
@@ -166,13 +158,7 @@ def test_a_command_imports_its_stage_and_nothing_else():
             command = node.name[len(COMMAND_PREFIX):]
             targets = {n.module for n in ast.walk(node) if isinstance(n, ast.ImportFrom)}
             targets |= {a.name for n in ast.walk(node) if isinstance(n, ast.Import) for a in n.names}
-            stage = f"{STAGES_PACKAGE}.{command}"
-            assert targets == {stage} or targets <= STAGES_ELSEWHERE and len(targets) == 1, (node.name, targets)
-
-
-@pytest.mark.parametrize("module", sorted(STAGES_ELSEWHERE))
-def test_stages_elsewhere_exist(module):
-    assert module in modules(ROOT)
+            assert targets == {f"{STAGES_PACKAGE}.{command}"}, (node.name, targets)
 
 
 # --------------------------------------------------------------------------- a stage's code

@@ -155,7 +155,7 @@ def _fresh_model():
 def test_tiny_pretraining_learns_and_saves_a_loadable_backbone(images_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from amflow.train.pretrain_backbone import pretrain_backbone
+    from amflow.stages.pretrain_backbone import pretrain_backbone
 
     out = tmp_path / "backbone"
     metrics = pretrain_backbone(_params(), images_dir, out)
@@ -187,7 +187,7 @@ def json_roundtrip(obj):
 
 
 def test_pretraining_is_deterministic(images_dir, tmp_path):
-    from amflow.train.pretrain_backbone import train_attribute_model
+    from amflow.train.pretraining import train_attribute_model
 
     p = _params(epochs=1)
     a, ma, _ = train_attribute_model(p, images_dir, tmp_path / "a")
@@ -200,7 +200,7 @@ def test_pretraining_is_deterministic(images_dir, tmp_path):
 
 
 def test_a_backbone_that_did_not_learn_is_an_error_and_is_not_saved(images_dir, tmp_path):
-    from amflow.train.pretrain_backbone import pretrain_backbone
+    from amflow.stages.pretrain_backbone import pretrain_backbone
 
     out = tmp_path / "backbone"
     out.mkdir()
@@ -213,7 +213,7 @@ def test_a_backbone_that_did_not_learn_is_an_error_and_is_not_saved(images_dir, 
 
 
 def test_image_size_mismatch_names_the_keys(images_dir, tmp_path):
-    from amflow.train.pretrain_backbone import pretrain_backbone
+    from amflow.stages.pretrain_backbone import pretrain_backbone
 
     p = _params(epochs=1)
     p.backbone.kwargs = {**TINY_VIT["kwargs"], "img_size": 64}
@@ -222,14 +222,14 @@ def test_image_size_mismatch_names_the_keys(images_dir, tmp_path):
 
 
 def test_missing_image_set_says_which_stage_to_run(tmp_path):
-    from amflow.train.pretrain_backbone import pretrain_backbone
+    from amflow.stages.pretrain_backbone import pretrain_backbone
 
     with pytest.raises(FileNotFoundError, match="pretrain-images"):
         pretrain_backbone(_params(), tmp_path / "nothing", tmp_path / "out")
 
 
 def test_a_zero_threshold_disables_the_check(images_dir, tmp_path):
-    from amflow.train.pretrain_backbone import pretrain_backbone
+    from amflow.stages.pretrain_backbone import pretrain_backbone
 
     # A backbone that learns nothing (rate 1e-9) does worse than chance; a threshold of 0 still lets it through.
     pretrain_backbone(_params(epochs=1, lr=1e-9, min_gain_over_chance=0.0), images_dir, tmp_path / "b")
@@ -255,7 +255,7 @@ def _interrupted_run_resumes_bitwise_equal(p, images_dir, tmp_path, monkeypatch)
     the rerun resumes it and ends with exactly the weights, losses and val figures of an uninterrupted run."""
     import pandas as pd
 
-    from amflow.train.pretrain_backbone import pretrain_backbone
+    from amflow.stages.pretrain_backbone import pretrain_backbone
 
     whole = tmp_path / "whole"
     expected = pretrain_backbone(p, images_dir, whole)
@@ -286,7 +286,7 @@ def test_interrupted_pretraining_on_class_sets_resumes_bitwise_equal(tmp_path, m
     p = _params(images=256, val_images=128, epochs=2, min_gain_over_chance=0.0, batch_size=48)
     p.pretrain_images.difficulty = "clutter"
     images = tmp_path / "clutter"
-    pimg.generate_pretrain_images(p, images)
+    generate_pretrain_images(p, images)
     assert all(a["multi_label"] for a in io.read_json(images / "info.json")["attributes"])
     _interrupted_run_resumes_bitwise_equal(p, images, tmp_path, monkeypatch)
     metrics = io.read_json(tmp_path / "whole" / "metrics.json")
@@ -296,7 +296,7 @@ def test_interrupted_pretraining_on_class_sets_resumes_bitwise_equal(tmp_path, m
 def test_a_rerun_of_a_finished_pretraining_does_not_train_again(images_dir, tmp_path, capsys):
     """The finished training state stays, as a video run's does: the rerun of the same settings (outputs
     lost, say) writes the same backbone and accuracies from it without training."""
-    from amflow.train.pretrain_backbone import pretrain_backbone
+    from amflow.stages.pretrain_backbone import pretrain_backbone
 
     p = _params(epochs=1, min_gain_over_chance=0.0)
     first = pretrain_backbone(p, images_dir, tmp_path / "b")
@@ -314,7 +314,7 @@ def test_a_pretraining_state_of_other_settings_is_moved_aside(images_dir, tmp_pa
     """The trainer's policy: a state written under other settings (here the learning rate) is not resumed
     but moved to train_state.stale.pt, with a line naming the setting; the run starts from scratch and
     equals a fresh run of the new settings."""
-    from amflow.train.pretrain_backbone import pretrain_backbone
+    from amflow.stages.pretrain_backbone import pretrain_backbone
 
     part = tmp_path / "part"
     monkeypatch.setenv("AMFLOW_STOP_AFTER_EPOCH", "1")

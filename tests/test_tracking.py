@@ -550,7 +550,7 @@ def test_pretraining_is_a_tracked_run(tmp_path, monkeypatch):
 
     from amflow.stages.pretrain_images import generate_pretrain_images
     from amflow.params_io import validate
-    from amflow.train.pretrain_backbone import pretrain_backbone
+    from amflow.stages.pretrain_backbone import pretrain_backbone
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -91,7 +91,7 @@ def test_default_pretraining_schedule_per_step():
 def test_default_pretraining_groups():
     """The default pretraining's ViT (4 blocks) and its five attribute heads: decay on the matrices
     and the patch projection, none on the norms, biases, position embedding and CLS token."""
-    from amflow.train.pretrain_backbone import build_model
+    from amflow.train.pretraining import build_model
 
     attributes = [{"name": n, "classes": c} for n, c in
                   (("shape", 6), ("colour", 6), ("position", 9), ("orientation", 8), ("size", 3))]

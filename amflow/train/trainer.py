@@ -1,7 +1,7 @@
 """The generic training loop: a model, a :class:`Task` (how batches are drawn, the loss of one, validation)
 and the training state that makes a run resumable. The default task, :class:`ClipTask`, trains any
 ``model(video, transforms) -> logits`` on a dataset of clip dicts (``amflow train``); backbone
-pretraining brings its own (:class:`amflow.train.pretrain_backbone.AttributeTask`).
+pretraining brings its own (:class:`amflow.train.pretraining.AttributeTask`).
 
 What it guarantees (and the tests check):
 
