@@ -121,6 +121,7 @@ def test_sqlite_store_holds_params_epoch_metrics_and_artefacts(sqlite_run):
 def test_a_rerun_continues_its_run_and_other_params_make_a_new_record(sqlite_run, monkeypatch):
     from mlflow.tracking import MlflowClient
 
+    from amflow.stages.train import log_model
     from amflow.train.training import train_run
 
     root, uri, *_ = sqlite_run
@@ -128,7 +129,7 @@ def test_a_rerun_continues_its_run_and_other_params_make_a_new_record(sqlite_run
     monkeypatch.setenv("AMFLOW_TRACKING", "1")
     params = tiny_params(epochs=3)
     kw = dict(dataset="tiny", method="frame", seed=1, data_dir=root / "data", results_dir=root / "results",
-              progress=False)
+              progress=False, log_model=log_model)
     first = train_run(params, stop_after_epoch=1, **kw)
     assert first["status"] == "stopped"
     run_dir = root / "results" / "tiny" / "frame" / "seed1"
@@ -419,6 +420,7 @@ def test_a_busy_store_is_retried_and_a_failing_one_loses_no_results(sqlite_run, 
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from amflow.stages.train import log_model
     from amflow.train.training import train_run
 
     root, uri, *_ = sqlite_run
@@ -426,7 +428,7 @@ def test_a_busy_store_is_retried_and_a_failing_one_loses_no_results(sqlite_run, 
     monkeypatch.setenv("AMFLOW_TRACKING", "1")
     monkeypatch.setattr(tracking, "RETRY_BASE_S", 0.01)
     kw = dict(dataset="tiny", method="frame", seed=3, data_dir=root / "data", results_dir=root / "results",
-              progress=False)
+              progress=False, log_model=log_model)
     real = MlflowClient.set_terminated
     calls = {"n": 0, "fail": 2}
 
