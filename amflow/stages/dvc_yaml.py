@@ -91,7 +91,7 @@ def snakemake_jobs(snakefile: Path = Path("Snakefile"), targets=(), configfile: 
     This is the one place that uses Snakemake internals (``DAGApi._workflow``, ``Workflow._prepare_dag``,
     ``Workflow._build_dag``): Snakemake's public API (``snakemake.api.DAGApi``) can run, print or report
     a DAG, but has no call that lists its jobs. The version is pinned in pyproject.toml, and
-    tests/test_workflow.py regenerates the pipeline through it.
+    tests/workflow/test_workflow.py regenerates the pipeline through it.
     """
     from snakemake.api import SnakemakeApi
     from snakemake.settings.enums import Quietness

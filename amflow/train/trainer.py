@@ -325,7 +325,7 @@ class Trainer:
         frozen = [n for n, p in self.model.named_parameters() if not p.requires_grad]
         # The one private torch call: DDP has no public way to leave some parameters out of its
         # initial broadcast (init_sync=False skips them all). Without it the result is the same, only
-        # the broadcast bigger; torch is pinned in pyproject.toml and tests/test_ddp.py runs this path.
+        # the broadcast bigger; torch is pinned in pyproject.toml and tests/train/test_ddp.py runs this path.
         if hasattr(DDP, "_set_params_and_buffers_to_ignore_for_model"):
             DDP._set_params_and_buffers_to_ignore_for_model(self.model, frozen)
         ids = [self.device.index] if self.device.type == "cuda" else None

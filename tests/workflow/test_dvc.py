@@ -124,7 +124,7 @@ def repo(tmp_path_factory):
     project = make_project_copy(root / "project")
     (project / TRIM).write_text(TRIM_TEXT)
     run([BIN / "amflow", "dvc-yaml", "--params", TRIM], project)
-    assert (project / "dvc.yaml").read_text() == (Path(__file__).parents[1] / "dvc.yaml").read_text()  # untouched
+    assert (project / "dvc.yaml").read_text() == (Path(__file__).parents[2] / "dvc.yaml").read_text()  # untouched
     remote = root / "remote"
     init_repo(project)
     dvc(project, "remote", "modify", "local", "url", str(remote))  # the committed default remote, elsewhere

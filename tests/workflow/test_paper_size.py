@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PEAK_BOUND_MIB = 6144
 METHODS = [("frame", "none"), ("aim", "none"), ("st_adapter", "none"), ("tpa", "none"), ("amflow", "static"),
            ("amflow", "aligned")]

@@ -18,7 +18,7 @@ from amflow.data.sources.base import holdout_val, subsample
 from amflow.errors import AmflowError
 from amflow.params_io import load_params, validate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_params(name: str, spec: dict):

@@ -102,7 +102,7 @@ def test_variant_and_temporal_paragraphs(tmp_path):
     # none: 0.54 + 0.02 * seed -> 55.00 on both datasets
     assert "Against no AM flow: the better variant, `aligned`, beats `none` (55.00%) by 4.00 points." in text
     assert "Against no AM flow: the better variant, `static`, beats `none` (55.00%) by 16.00 points." in text
-    # right both ways (tests/test_tables.py write_runs): frame 0, the others top-1 - 10 points
+    # right both ways (tests/report/test_tables.py write_runs): frame 0, the others top-1 - 10 points
     assert ("The `frame` baseline is right both ways on 0.00% of the clips, as a model that ignores frame order "
             "must be.") in text
     assert "`amflow` is right both ways on 62.00% (against `tpa` 52.00%)." in text

@@ -12,7 +12,7 @@ from amflow.cli import build_parser
 from amflow.params_io import load_params
 from project_copy import BIN, TINY, job_counts, make_project_copy, nothing_to_do, project_env, run, snakemake
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_dvc_yaml_matches_snakemake_workflow(monkeypatch):

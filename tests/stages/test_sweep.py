@@ -17,7 +17,7 @@ import yaml
 
 from standins_train import CLASSES, tiny_params
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 

@@ -12,7 +12,7 @@ from amflow.errors import AmflowError
 from amflow.report import timing
 from amflow.stages import readme_results as readme
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # A run of four jobs: a (0-10 s) and b (0-4 s) side by side, c needs both (10-30 s), d needs b (4-8 s).
 LOG = """\
