@@ -298,7 +298,7 @@ def test_a_lost_checkpoint_is_made_again_before_the_evaluation_that_needs_it(tmp
 
 def test_every_test_the_reliability_table_names_exists():
     text = (ROOT / "docs/reliability.md").read_text()
-    named = re.findall(r"`((?:\w+/)?test_\w+\.py)::(test_\w+)", text)
+    named = re.findall(r"`tests/((?:\w+/)?test_\w+\.py)::(test_\w+)", text)
     assert len(named) > 20
     for file, test in named:
         assert re.search(rf"^def {test}\(", (ROOT / "tests" / file).read_text(), re.M), f"{file}::{test}"
