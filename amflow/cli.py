@@ -14,7 +14,7 @@ from typing import Callable
 from amflow import methods, paths
 from amflow.errors import AmflowError
 from amflow.params import SOURCE_SCHEMAS, source_summary
-from amflow.params_io import ParamsError, load_params, parse_override, resolved_text, set_dotted, set_source
+from amflow.params_io import ParamsError, load_params, parse_override, set_dotted, set_source
 from amflow.paths import dataset_name_problem
 
 PARAMS_HELP = "params file (YAML, validated by amflow/params.py); default params/default.yaml"
@@ -69,30 +69,30 @@ def _add_common(p: argparse.ArgumentParser, dataset: bool = False) -> None:
 
 
 # --------------------------------------------------------------------------- commands
+# Each command imports its stage (amflow/stages/<command>.py) and nothing else, inside the function: the
+# stage's code is what `amflow <command>` depends on (amflow.import_graph), and `amflow --help` stays fast.
 def cmd_validate(args) -> None:
-    p = _params(args)
-    if args.show:
-        print(resolved_text(p), end="")
-        return
-    print(f"{args.params}: valid ({len(p.datasets)} dataset(s): {', '.join(p.datasets)})")
+    from amflow.stages.validate import validate
+
+    validate(_params(args), args.params, args.show)
 
 
 def cmd_prepare(args) -> None:
-    from amflow.data.prepare import prepare_dataset
+    from amflow.stages.prepare import prepare_dataset
 
     p = _params(args)
     prepare_dataset(p, args.dataset, paths.dataset_dir(args.data_dir, _dataset_key(p, args.dataset)))
 
 
 def cmd_pretrain_images(args) -> None:
-    from amflow.data.pretrain_images import generate_pretrain_images
+    from amflow.stages.pretrain_images import generate_pretrain_images
 
     p = _params(args)
     generate_pretrain_images(p, _pretrain_images(args, p))
 
 
 def cmd_extract(args) -> None:
-    from amflow.data.extract import extract_frames
+    from amflow.stages.extract import extract_frames
 
     p = _params(args)
     key = _dataset_key(p, args.dataset)
@@ -101,7 +101,7 @@ def cmd_extract(args) -> None:
 
 
 def cmd_camera_motion(args) -> None:
-    from amflow.camera.stage import run_camera_motion
+    from amflow.stages.camera_motion import run_camera_motion
 
     p = _params(args)
     results = _results(args, p)
@@ -110,15 +110,14 @@ def cmd_camera_motion(args) -> None:
 
 
 def cmd_ground_truth(args) -> None:
-    from amflow.data.sources.synthmotion import write_ground_truth
+    from amflow.stages.ground_truth import ground_truth
 
     p = _params(args)
-    key = _dataset_key(p, args.dataset)
-    write_ground_truth(p, args.dataset, paths.dataset_dir(args.data_dir, key), paths.ground_truth_file(args.data_dir, key))
+    ground_truth(p, args.dataset, args.data_dir, _dataset_key(p, args.dataset))
 
 
 def cmd_localise(args) -> None:
-    from amflow.localise import run_localisation
+    from amflow.stages.localise import run_localisation
 
     p = _params(args)
     results = _results(args, p)
@@ -127,7 +126,7 @@ def cmd_localise(args) -> None:
 
 
 def cmd_pretrain_backbone(args) -> None:
-    from amflow.train.pretrain_backbone import pretrain_backbone
+    from amflow.stages.pretrain_backbone import pretrain_backbone
 
     p = _params(args)
     results = _results(args, p)
@@ -136,129 +135,73 @@ def cmd_pretrain_backbone(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from amflow.train.run import train_run
+    from amflow.stages.train import train
 
     p = _params(args)
-    results = _results(args, p)
-    info = train_run(p, dataset=args.dataset, method=args.method, seed=args.seed,
-                     data_dir=args.data_dir, results_dir=results, run_dir=args.run_dir)
-    if args.evaluate and info.get("status") == "complete":
-        from amflow.evaluate.run import evaluate_run  # in this process: no second start-up for the evaluation
-
-        run_dir = args.run_dir or paths.run_dir(results, args.dataset, args.method, args.seed)
-        evaluate_run(p, dataset=args.dataset, method=args.method, seed=args.seed, data_dir=args.data_dir,
-                     results_dir=results, run_dir=args.run_dir, out_dir=run_dir / paths.TRAINING_EVALUATION_DIR)
+    train(p, dataset=args.dataset, method=args.method, seed=args.seed, data_dir=args.data_dir,
+          results_dir=_results(args, p), run_dir=args.run_dir, evaluate=args.evaluate)
 
 
 def cmd_evaluate(args) -> None:
-    from amflow.evaluate.reuse import reuse_training_evaluation
+    from amflow.stages.evaluate import evaluate
 
     p = _params(args)
     _dataset_key(p, args.dataset)  # an unknown dataset: one line naming it
-    results = _results(args, p)
-    run_dir = args.run_dir or paths.run_dir(results, args.dataset, args.method, args.seed)
-    if reuse_training_evaluation(p, args.dataset, args.method, args.seed, run_dir) is not None:
-        print(f"evaluate {run_dir}: the evaluation made by its training, same checkpoint and params", file=sys.stderr)
-        return
-    from amflow.evaluate.run import evaluate_run  # imports torch and the models: only to evaluate
-
-    evaluate_run(p, dataset=args.dataset, method=args.method, seed=args.seed,
-                 data_dir=args.data_dir, results_dir=results, run_dir=args.run_dir)
+    evaluate(p, dataset=args.dataset, method=args.method, seed=args.seed, data_dir=args.data_dir,
+             results_dir=_results(args, p), run_dir=args.run_dir)
 
 
 def cmd_predict(args) -> int:
-    import csv
-    import json
+    from amflow.stages.predict import predict
 
-    from amflow.errors import AmflowError
-    from amflow.evaluate.predict import Predictor, read_video_list
-
-    videos = list(args.videos) + (read_video_list(args.list) if args.list else [])
-    if not videos:
-        raise AmflowError("amflow predict: no video given; name one or more video files, or --list FILE "
-                          "(one path per line)")
-    if args.model_uri:
-        from amflow.evaluate.mlflow_model import load_predictor  # imports mlflow (slow): only for --model-uri
-
-        predictor = load_predictor(args.model_uri, backbone=args.backbone, tracking_uri=args.tracking_uri)
-    else:
-        predictor = Predictor.from_run_dir(args.run, backbone=args.backbone)
-    top_k = predictor.check_top_k(args.top_k)  # before decoding any video
-    results, failed = [], 0
-    for video in videos:
-        try:
-            results.append((str(video), predictor.predict(video, top_k)))
-        except (AmflowError, FileNotFoundError) as exc:  # one bad video does not stop the others
-            print(f"error: {exc}", file=sys.stderr)
-            failed += 1
-    if args.json:
-        print(json.dumps([{"video": v, "predictions": [{"rank": r, "label": n, "probability": p}
-                                                       for r, (n, p) in enumerate(top, start=1)]}
-                          for v, top in results], indent=2))
-    elif args.csv:
-        out = csv.writer(sys.stdout, lineterminator="\n")
-        out.writerow(["video", "rank", "label", "probability"])
-        out.writerows([v, r, n, f"{p:.6f}"] for v, top in results for r, (n, p) in enumerate(top, start=1))
-    else:
-        for v, top in results:
-            indent = ""
-            if len(videos) > 1:
-                print(f"{v}:")
-                indent = "  "
-            for name, prob in top:
-                print(f"{indent}{prob:7.2%}  {name}")
-    return 1 if failed else 0
+    return predict(args.videos, video_list=args.list, run=args.run, model_uri=args.model_uri,
+                   tracking_uri=args.tracking_uri, backbone=args.backbone, top_k=args.top_k,
+                   fmt="json" if args.json else "csv" if args.csv else "text")
 
 
 def cmd_tables(args) -> None:
-    from amflow.report.tables import write_tables
+    from amflow.stages.tables import write_tables
 
     p = _params(args)
     print("\n".join(map(str, write_tables(p, _results(args, p), which=args.which))))
 
 
 def cmd_heatmaps(args) -> None:
-    from amflow.report.heatmaps import write_heatmaps
+    from amflow.stages.heatmaps import write_heatmaps
 
     p = _params(args)
     write_heatmaps(p, data_dir=args.data_dir, results_dir=_results(args, p))
 
 
 def cmd_report(args) -> None:
-    from amflow.report.report import write_report
+    from amflow.stages.report import write_report
 
     p = _params(args)
     write_report(p, _results(args, p))
 
 
 def cmd_timed(args) -> int:
-    from amflow.benchmark_file import run_timed
+    from amflow.stages.timed import timed
 
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        raise AmflowError("amflow timed: give the command after --, e.g. amflow timed --benchmark b.tsv -- amflow "
-                          "tables")
-    return run_timed(command, args.benchmark)
+    return timed(args.command, args.benchmark)
 
 
 def cmd_readme_results(args) -> None:
-    from amflow.report.readme import results_markdown, update_readme
-    from amflow.report.timing import latest_log
+    from amflow.stages.readme_results import readme_results
 
     p = _params(args)
-    logs = [] if args.no_timing else (args.log or [latest_log()])
-    print(update_readme(args.readme, results_markdown(p, _results(args, p), logs)))
+    print(readme_results(p, _results(args, p), args.readme, args.log, args.no_timing))
 
 
 def cmd_sweep(args) -> None:
-    from amflow.sweep.run import run_sweep
+    from amflow.stages.sweep import run_sweep
 
     args.results_dir = _results(args, load_params(args.params))  # the sweep works inside the namespace
     run_sweep(args)
 
 
 def cmd_dvc_yaml(args) -> None:
-    from amflow.dag import hand_over, write_dvc_yaml
+    from amflow.stages.dvc_yaml import hand_over, write_dvc_yaml
 
     if args.commit:
         hand_over(params_file=args.params)

@@ -31,12 +31,24 @@ def modules(root: Path) -> dict[str, Path]:
     return {module_name(p, root): p for p in sorted((Path(root) / PACKAGE).rglob("*.py"))}
 
 
+def _walk_run_time(node: ast.AST):
+    """``ast.walk`` without the bodies of ``if TYPE_CHECKING:``, which never run (an annotation's import)."""
+    todo = [node]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+
+
 def _imports_in(nodes, known: set[str]) -> set[str]:
     """The amflow modules that the statements ``nodes`` (and everything nested in them) import
     (``from amflow.x import y`` counts as amflow.x.y when that is a module, else as amflow.x)."""
     out = set()
     for top in nodes:
-        for node in ast.walk(top):
+        for node in _walk_run_time(top):
             if isinstance(node, ast.Import):
                 out |= {a.name for a in node.names if a.name.split(".")[0] == PACKAGE}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == PACKAGE:

@@ -77,7 +77,7 @@ def bench_classification(size: int, videos: list[np.ndarray], repeats: int, spec
 
 
 def bench_stage(size: int, videos: list[np.ndarray], tmp: Path, workers: int, params) -> dict:
-    from amflow.camera.stage import run_camera_motion
+    from amflow.stages.camera_motion import run_camera_motion
     from amflow.data.frame_cache import write_cache
 
     frames_dir = tmp / f"frames{size}"

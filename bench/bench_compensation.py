@@ -45,7 +45,7 @@ import torch.nn.functional as F  # noqa: E402
 import panning  # noqa: E402
 from amflow import paths  # noqa: E402
 from amflow.data.sources.synthmotion import split_plans  # noqa: E402
-from amflow.localise import auc, localisation_metrics  # noqa: E402
+from amflow.stages.localise import auc, localisation_metrics  # noqa: E402
 from amflow.models import build_backbone  # noqa: E402
 from amflow.models.am_flow import (am_flow_pairs, coefficient_of_variation, covered_patches,  # noqa: E402
                                    patch_alignment, warp_to_previous)

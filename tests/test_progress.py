@@ -35,8 +35,8 @@ def test_a_bar_over_an_iterable_of_unknown_length_writes_no_carriage_return():
 
 
 def test_training_and_evaluation_logs_are_lines_and_evaluation_prints_its_accuracies(tmp_path, monkeypatch, capsys):
-    from amflow.evaluate.run import evaluate_run
-    from amflow.train.run import train_run
+    from amflow.evaluate.evaluation import evaluate_run
+    from amflow.train.training import train_run
 
     monkeypatch.setenv("AMFLOW_TRACKING", "0")
     make_tiny_dataset(tmp_path / "data")

@@ -16,7 +16,7 @@ from torch import nn
 
 from amflow import methods
 from amflow.data import annotations, sources
-from amflow.data.prepare import prepare_dataset
+from amflow.stages.prepare import prepare_dataset
 from amflow.data.sources.base import PreparedDataset, Source
 from amflow.errors import AmflowError
 from amflow.import_graph import imported, modules

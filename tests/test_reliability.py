@@ -95,8 +95,8 @@ with io.exclusive_folder(sys.argv[1], "amflow train --dataset tiny --method amfl
 
 
 def test_a_second_writer_of_a_run_folder_fails_at_once_naming_the_holder(tmp_path):
-    from amflow.evaluate.run import evaluate_run
-    from amflow.train.run import train_run
+    from amflow.evaluate.evaluation import evaluate_run
+    from amflow.train.training import train_run
 
     run = paths.run_dir(tmp_path / "results", "tiny", "amflow", 0)
     run.mkdir(parents=True)
@@ -123,7 +123,7 @@ def test_a_second_writer_of_a_run_folder_fails_at_once_naming_the_holder(tmp_pat
 
 
 def test_evaluate_beside_a_running_training_names_the_training(tmp_path):
-    from amflow.evaluate.run import evaluate_run
+    from amflow.evaluate.evaluation import evaluate_run
 
     run = paths.run_dir(tmp_path / "results", "tiny", "amflow", 0)
     run.mkdir(parents=True)
@@ -192,7 +192,7 @@ ckpt.save_checkpoint(Path(sys.argv[1]) / "train_state.pt", {k: 0 for k in ckpt.R
 
 
 def test_leftovers_of_a_kill_inside_torch_save_are_removed_at_the_next_start(tmp_path, capsys):
-    from amflow.train.run import train_run
+    from amflow.train.training import train_run
 
     make_tiny_dataset(tmp_path / "data")
     run = paths.run_dir(tmp_path / "results", "tiny", "frame", 0)
@@ -298,7 +298,7 @@ def test_a_lost_checkpoint_is_made_again_before_the_evaluation_that_needs_it(tmp
 
 def test_every_test_the_reliability_table_names_exists():
     text = (ROOT / "docs/reliability.md").read_text()
-    named = re.findall(r"`(test_\w+\.py)::(test_\w+)", text)
+    named = re.findall(r"`tests/((?:\w+/)?test_\w+\.py)::(test_\w+)", text)
     assert len(named) > 20
     for file, test in named:
         assert re.search(rf"^def {test}\(", (ROOT / "tests" / file).read_text(), re.M), f"{file}::{test}"

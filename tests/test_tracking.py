@@ -39,12 +39,13 @@ def free_port() -> int:
 
 
 def train_and_evaluate(root: Path, method: str = "frame", **train):
-    from amflow.evaluate.run import evaluate_run
-    from amflow.train.run import train_run
+    from amflow.evaluate.evaluation import evaluate_run
+    from amflow.stages.train import log_model
+    from amflow.train.training import train_run
 
     params = tiny_params(epochs=2, **train)
     kw = dict(dataset="tiny", method=method, seed=0, data_dir=root / "data", results_dir=root / "results")
-    info = train_run(params, progress=False, **kw)
+    info = train_run(params, progress=False, log_model=log_model, **kw)
     metrics = evaluate_run(params, progress=False, **kw)
     return info, metrics, root / "results" / "tiny" / method / "seed0"
 
@@ -120,14 +121,15 @@ def test_sqlite_store_holds_params_epoch_metrics_and_artefacts(sqlite_run):
 def test_a_rerun_continues_its_run_and_other_params_make_a_new_record(sqlite_run, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from amflow.train.run import train_run
+    from amflow.stages.train import log_model
+    from amflow.train.training import train_run
 
     root, uri, *_ = sqlite_run
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("AMFLOW_TRACKING", "1")
     params = tiny_params(epochs=3)
     kw = dict(dataset="tiny", method="frame", seed=1, data_dir=root / "data", results_dir=root / "results",
-              progress=False)
+              progress=False, log_model=log_model)
     first = train_run(params, stop_after_epoch=1, **kw)
     assert first["status"] == "stopped"
     run_dir = root / "results" / "tiny" / "frame" / "seed1"
@@ -174,8 +176,8 @@ def test_sweep_parent_nests_trials_and_a_stopping_callback_is_not_a_failure(sqli
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from amflow.sweep.run import finish_parent, open_parent
-    from amflow.train.run import train_run
+    from amflow.stages.sweep import finish_parent, open_parent
+    from amflow.train.training import train_run
 
     root, uri, *_ = sqlite_run
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -256,7 +258,8 @@ def train_with_pretrained_backbone(root: Path, seeds=(0,)) -> tuple[str, list[di
     from safetensors.torch import save_file
 
     from amflow.params_io import validate
-    from amflow.train.run import train_run
+    from amflow.stages.train import log_model
+    from amflow.train.training import train_run
 
     make_tiny_dataset(root / "data")
     data = tiny_params(epochs=1).model_dump(mode="json")
@@ -269,7 +272,7 @@ def train_with_pretrained_backbone(root: Path, seeds=(0,)) -> tuple[str, list[di
     net = timm.create_model(params.backbone.model, pretrained=False, num_classes=0, **params.backbone.kwargs)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(backbone))
     infos = [train_run(params, dataset="tiny", method="frame", seed=seed, data_dir=root / "data",
-                       results_dir=root / "results" / "tiny", progress=False) for seed in seeds]
+                       results_dir=root / "results" / "tiny", progress=False, log_model=log_model) for seed in seeds]
     return f"sqlite:///{root / 'mlflow.db'}", infos
 
 
@@ -327,7 +330,7 @@ def test_a_run_killed_before_its_first_checkpoint_is_marked_and_reused(sqlite_ru
     """A kill leaves the MLflow run RUNNING with no epoch logged; the next attempt marks it and reuses it."""
     from mlflow.tracking import MlflowClient
 
-    from amflow.train import run as R
+    from amflow.train import training as R
     from amflow.train.trainer import Trainer
 
     root, uri, *_ = sqlite_run
@@ -417,14 +420,15 @@ def test_a_busy_store_is_retried_and_a_failing_one_loses_no_results(sqlite_run, 
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from amflow.train.run import train_run
+    from amflow.stages.train import log_model
+    from amflow.train.training import train_run
 
     root, uri, *_ = sqlite_run
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("AMFLOW_TRACKING", "1")
     monkeypatch.setattr(tracking, "RETRY_BASE_S", 0.01)
     kw = dict(dataset="tiny", method="frame", seed=3, data_dir=root / "data", results_dir=root / "results",
-              progress=False)
+              progress=False, log_model=log_model)
     real = MlflowClient.set_terminated
     calls = {"n": 0, "fail": 2}
 
@@ -467,7 +471,7 @@ def test_a_really_locked_sqlite_store_is_waited_for(tmp_path, monkeypatch, capsy
 
     from mlflow.tracking import MlflowClient
 
-    from amflow.train.run import train_run
+    from amflow.train.training import train_run
 
     make_tiny_dataset(tmp_path / "data")
     db = tmp_path / "mlflow.db"
@@ -515,7 +519,7 @@ class Only503(BaseHTTPRequestHandler):
 
 def test_a_server_answering_503_stops_training_at_once_with_one_line(tmp_path, monkeypatch, capsys):
     from amflow.cli import main
-    from amflow.train.run import write_params_yaml
+    from amflow.train.training import write_params_yaml
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Only503)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -546,9 +550,9 @@ def test_a_server_answering_503_stops_training_at_once_with_one_line(tmp_path, m
 def test_pretraining_is_a_tracked_run(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from amflow.data import pretrain_images as pimg
+    from amflow.stages.pretrain_images import generate_pretrain_images
     from amflow.params_io import validate
-    from amflow.train.pretrain_backbone import pretrain_backbone
+    from amflow.stages.pretrain_backbone import pretrain_backbone
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -559,7 +563,7 @@ def test_pretraining_is_a_tracked_run(tmp_path, monkeypatch):
                            "img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}},
                        "pretrain": {"epochs": 2, "batch_size": 64, "lr": 3e-3, "min_gain_over_chance": 0.0}})
     images = paths.pretrain_images_dir(tmp_path / "data", params)
-    pimg.generate_pretrain_images(params, images)
+    generate_pretrain_images(params, images)
     out = paths.backbone_dir(tmp_path / "results")
     client = MlflowClient(tracking_uri=uri)
     for _ in range(2):                                    # a rerun replaces the run, never adds one
@@ -576,7 +580,7 @@ def test_pretraining_is_a_tracked_run(tmp_path, monkeypatch):
 
 
 def test_unreachable_server_fails_before_training(tmp_path, monkeypatch):
-    from amflow.train.run import train_run
+    from amflow.train.training import train_run
 
     make_tiny_dataset(tmp_path / "data")
     uri = f"http://127.0.0.1:{free_port()}"           # nothing listens there
@@ -590,7 +594,7 @@ def test_unreachable_server_fails_before_training(tmp_path, monkeypatch):
 
 
 def test_tracking_switch_off_writes_nothing(tmp_path, monkeypatch):
-    from amflow.train.run import train_run
+    from amflow.train.training import train_run
 
     make_tiny_dataset(tmp_path / "data")
     monkeypatch.setenv("AMFLOW_TRACKING", "0")

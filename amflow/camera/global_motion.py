@@ -24,7 +24,7 @@ Method, chosen to work from 32 px to 224+ px frames:
    of warped ``a`` against ``b``) that catches scene cuts. Anything that fails returns the identity
    with ``valid=False`` and a ``reason``; the estimator never raises on frame content.
 
-Measured (tests/test_global_motion.py, bench/bench_camera.py): corner error < 0.3 px for shifts up
+Measured (tests/camera/test_global_motion.py, bench/bench_camera.py): corner error < 0.3 px for shifts up
 to 30% of the frame, 3 degree rotations and 5% zooms at 32, 64, 128 and 224 px; on SynthMotion
 (32 px easy) median 0.1 px against the generator's true camera; 2 to 6 ms per pair on one core.
 """

@@ -1,6 +1,6 @@
 """Video decoding: decord first, PyAV where decord is not installed (or when asked for).
 
-Both backends return the same RGB frames for H.264 files (tests/test_video_io.py checks it).
+Both backends return the same RGB frames for H.264 files (tests/data/test_video_io.py checks it).
 Every decoding problem (unreadable container, truncated stream, zero frames) raises
 :class:`VideoDecodeError` naming the file, so that extraction can list the video and go on.
 

@@ -9,7 +9,7 @@ that matters for class-subset protocols (Toyota Smarthome CV1/CV2). Here such a 
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -77,15 +77,3 @@ def per_class_table(labels, preds, class_names: Sequence[str]) -> pd.DataFrame:
         "class_idx": np.arange(n), "class_name": list(class_names), "support": support,
         "correct": np.diag(cm), "predicted": predicted, "accuracy": acc,
     })
-
-
-def epochs_to_fraction(curve: Sequence[float], fraction: float = 0.9) -> Optional[int]:
-    """First epoch (1-based) whose value reaches ``fraction`` of the *final* value (the convergence figure)."""
-    values = [float(v) for v in curve]
-    if not values or not math.isfinite(values[-1]):
-        return None
-    target = fraction * values[-1]
-    for epoch, value in enumerate(values, start=1):
-        if math.isfinite(value) and value >= target - 1e-12:
-            return epoch
-    return len(values)

@@ -26,7 +26,7 @@ to how much the raw frames changed. For an identity ``H`` the matrix ``W`` is ex
 every patch is kept and the floor never binds, so the aligned result equals the static one bit for bit
 (both go through :func:`flow_from_difference`).
 
-Known limit (measured with random-init tiny ViTs, patch 4, tests/test_models_am_flow.py scenes):
+Known limit (measured with random-init tiny ViTs, patch 4, tests/models/test_models_am_flow.py scenes):
 resampling attention maps is exact only for whole-patch motion. For a pan of one patch per frame the
 aligned flow is flat (CV 0.02-0.05 vs 0.11-0.17 static) and finds a moving square (0.33-0.45 of the
 mass on 11% of the patches, static 0.10); for 2 or 3 px pans (half a patch or so) the interpolated

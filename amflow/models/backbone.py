@@ -142,7 +142,7 @@ def embed_frames(backbone: nn.Module, frames: torch.Tensor) -> torch.Tensor:
     x = backbone.patch_embed(frames)
     # The one private timm call: VisionTransformer has no public step between patch embedding and
     # the blocks (forward_features runs the blocks too). timm is pinned in pyproject.toml, and
-    # tests/test_models_backbone.py checks that these steps and the blocks give forward_features.
+    # tests/models/test_models_backbone.py checks that these steps and the blocks give forward_features.
     x = backbone._pos_embed(x)
     x = backbone.patch_drop(x)
     return backbone.norm_pre(x)

@@ -13,7 +13,7 @@
   patch tokens (CLS and registers untouched), in series on the residual stream before the attention
   (the official code's ``adapter_pre_attn``). Not before the MLP (its other option): there, the last
   block's adapter changes only patch tokens that no later attention reads, so it cannot reach the CLS
-  head and never gets a gradient (tests/test_models_video.py checks every parameter learns). As in
+  head and never gets a gradient (tests/models/test_models_video.py checks every parameter learns). As in
   the official code the conv (weight and bias) and both fc biases start at zero; fc2's weight keeps
   its random init, since zeroing it too would leave conv and fc2 without gradient (each one's
   gradient is proportional to the other).

@@ -2,7 +2,7 @@
 
 Used where the scores must not depend on the adapted stream: a fixed source block
 (``am_flow.source: <index>``), the pixel-warp aligned variant (``am_flow.alignment: warp``) and the
-localisation measurement (:mod:`amflow.localise`), which has no adapters at all.
+localisation measurement (:mod:`amflow.stages.localise`), which has no adapters at all.
 
 Variants (``mode``):
 

@@ -401,9 +401,3 @@ def build_report(params: Params, results_dir: Path) -> str:
     lines += localisation_section(params, results_dir)
     lines += heatmap_section(params, results_dir)
     return "\n".join(lines).rstrip() + "\n"
-
-
-def write_report(params: Params, results_dir: Path) -> Path:
-    path = Path(results_dir) / REPORT
-    io.write_text(path, build_report(params, results_dir))
-    return path

@@ -1,7 +1,7 @@
 """The generic training loop: a model, a :class:`Task` (how batches are drawn, the loss of one, validation)
 and the training state that makes a run resumable. The default task, :class:`ClipTask`, trains any
 ``model(video, transforms) -> logits`` on a dataset of clip dicts (``amflow train``); backbone
-pretraining brings its own (:class:`amflow.train.pretrain_backbone.AttributeTask`).
+pretraining brings its own (:class:`amflow.train.pretraining.AttributeTask`).
 
 What it guarantees (and the tests check):
 
@@ -325,7 +325,7 @@ class Trainer:
         frozen = [n for n, p in self.model.named_parameters() if not p.requires_grad]
         # The one private torch call: DDP has no public way to leave some parameters out of its
         # initial broadcast (init_sync=False skips them all). Without it the result is the same, only
-        # the broadcast bigger; torch is pinned in pyproject.toml and tests/test_ddp.py runs this path.
+        # the broadcast bigger; torch is pinned in pyproject.toml and tests/train/test_ddp.py runs this path.
         if hasattr(DDP, "_set_params_and_buffers_to_ignore_for_model"):
             DDP._set_params_and_buffers_to_ignore_for_model(self.model, frozen)
         ids = [self.device.index] if self.device.type == "cuda" else None

@@ -57,7 +57,7 @@ rule ablations:
         code=code("tables"),
     output:
         report(f"{RESULTS}/{paths.ABLATIONS_CSV}", caption=caption("ablations"), category="Tables"),
-        # one table per axis these params ablate (amflow.report.tables.write_tables)
+        # one table per axis these params ablate (amflow.stages.tables.write_tables)
         [report(str(paths.ablation_table_file(RESULTS, axis)), caption=caption("ablation_axis"), category="Tables",
                 labels={"table": f"ablation: {axis}"})
          for axis in dict.fromkeys(r.axis for r in ablation_runs(P))],
