@@ -379,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sweep_arguments(p)
     p.set_defaults(func=cmd_sweep)
+    # The commands below take other arguments than add() gives; their declarations share argparse's shape only.
     p = sub.add_parser("dvc-yaml", help="generate a params file's DVC pipeline from the Snakemake workflow",
                        description="Write pipelines/<name>/dvc.yaml, the DVC pipeline of a params file, from the "
                                    "same stage definitions that the Snakemake rules use (one source of truth). "

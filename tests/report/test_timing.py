@@ -14,6 +14,8 @@ from amflow.stages import readme_results as readme
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# Hand-written Snakemake logs: every log in this file repeats the shape of Snakemake's own format (a stamp,
+# a rule, its fields), which is what the parser reads; they are test data, not repeated logic.
 # A run of four jobs: a (0-10 s) and b (0-4 s) side by side, c needs both (10-30 s), d needs b (4-8 s).
 LOG = """\
 SNAKEMAKE
