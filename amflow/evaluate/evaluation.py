@@ -201,11 +201,11 @@ def _evaluate_locked(params: Params, paths, run, *, dataset: str, method: str, s
     # Each item is V views. No activations are kept for a backward pass, so a forward pass takes
     # EVAL_BATCH_FACTOR training batches of clips: fewer, larger matrix products.
     batch = max(1, EVAL_BATCH_FACTOR * params.train.batch_size // views)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = evaluate_model(model, test_set, device=device, amp=bool(params.train.amp and device.type == "cuda"),
                          batch_size=batch, num_workers=params.train.num_workers, reversal=reversal,
                          progress=progress, normalise=test_set.normalise)
-    eval_time = time.perf_counter() - t0
+    eval_time, eval_cpu = time.perf_counter() - t0, time.process_time() - c0
     scores = score(out)
 
     run_dir = out_dir
@@ -230,7 +230,7 @@ def _evaluate_locked(params: Params, paths, run, *, dataset: str, method: str, s
         "views": views, "test_clips": sampling.test_clips, "test_crops": sampling.test_crops,
         "trainable_params": train_info.get("trainable_params"), "total_params": train_info.get("total_params"),
         "gflops_per_clip": gflops, "gflops_per_video": gflops * views if gflops is not None else None,
-        "train_time_s": train_info.get("train_time_s"), "eval_time_s": eval_time,
+        "train_time_s": train_info.get("train_time_s"), "eval_time_s": eval_time, "eval_cpu_s": eval_cpu,
         "val_curve": [r["val_top1"] for r in history], "final_val_top1": train_info.get("final_val_top1"),
         "epochs_to_90pct": train_info.get("epochs_to_90pct"),
         # per-epoch wall time (training and validation): the time to reach an accuracy, read off the curve

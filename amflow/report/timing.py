@@ -10,12 +10,14 @@ Two sources, both written by Snakemake itself:
 The critical path is the chain that ends with the job that finished last, going back each time to the
 input-producing job that finished last: the jobs that the wall time waited for.
 
-The overhead is every CPU second that is not learning: learning is a training's epochs (``train_time_s``
+The overhead is every CPU second that is not learning: learning is a training's epochs (``train_cpu_s``
 in ``train.json`` and in the pretraining's ``metrics.json``) and an evaluation's forward passes
-(``eval_time_s`` in its ``metrics.json``; a training job that evaluates too records both, and the
-evaluation job that only copies its files records none), the jobs' own records of their wall time, counted at the job's
-mean CPU rate (its benchmark's CPU over wall seconds). Everything else is overhead: start-up, tracking,
-checkpoints, data, camera motion, tables and the report.
+(``eval_cpu_s`` in its ``metrics.json``; a training job that evaluates too records both, and the
+evaluation job that only copies its files records none): the CPU seconds the job's own process spent
+there. A record from before these fields has only the wall seconds (``train_time_s``, ``eval_time_s``),
+counted at the job's mean CPU rate (its benchmark's CPU over wall seconds), which overstates the
+overhead when the epochs use more threads than the start-up. Everything else is overhead: start-up,
+tracking, checkpoints, data, camera motion, tables and the report.
 """
 from __future__ import annotations
 
@@ -121,9 +123,10 @@ def read_benchmark(path: Path) -> Optional[dict]:
     return {k: num(v) for k, v in rows[-1].items()}
 
 
-def learning_wall_s(job: Job, root: Path = Path(".")) -> float:
-    """The wall seconds a job's JSON outputs record as learning (see the module docstring); 0 for a job
-    that records none (data, camera motion, tables) or whose outputs are gone."""
+def learning_cpu_s(job: Job, cpu_rate: float, root: Path = Path(".")) -> float:
+    """The CPU seconds a job's JSON outputs record as learning (see the module docstring), a wall-time
+    record counted at ``cpu_rate``; 0 for a job that records none (data, camera motion, tables) or whose
+    outputs are gone."""
     total = 0.0
     for out in job.outputs:
         if not out.endswith(".json"):
@@ -137,8 +140,11 @@ def learning_wall_s(job: Job, root: Path = Path(".")) -> float:
         if REUSED_FROM in doc:
             continue  # copied from the training job's evaluation, whose forward passes count there
         # An evaluation's metrics.json repeats its training's train_time_s: only its own forward passes count.
-        seconds = doc.get("eval_time_s") if "eval_time_s" in doc else doc.get("train_time_s")
-        total += float(seconds or 0.0)
+        kind = "eval" if "eval_time_s" in doc else "train"
+        if doc.get(f"{kind}_cpu_s") is not None:
+            total += float(doc[f"{kind}_cpu_s"])
+        else:
+            total += float(doc.get(f"{kind}_time_s") or 0.0) * cpu_rate
     return total
 
 
@@ -153,7 +159,7 @@ def stage_table(jobs: list[Job], root: Path = Path(".")) -> pd.DataFrame:
         cpu = b.get("cpu_time") if b else None
         learning = None
         if cpu is not None and wall:
-            learning = min(cpu, learning_wall_s(j, root) * cpu / wall)
+            learning = min(cpu, learning_cpu_s(j, cpu / wall, root))
         rows.append({"rule": j.rule, "wall_s": wall, "cpu_s": cpu,
                      "max_rss_mb": b.get("max_rss") if b else None, "learning_cpu_s": learning})
     df = pd.DataFrame(rows, columns=["rule", "wall_s", "cpu_s", "max_rss_mb", "learning_cpu_s"])

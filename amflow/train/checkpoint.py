@@ -14,7 +14,8 @@ so that loading it cannot execute code. Contents (``FORMAT`` 1):
 - ``frozen_fingerprint``: float64 checksums of the frozen parameters, to detect a changed backbone;
 - ``optimizer``, ``scheduler``: their ``state_dict()``s;
 - ``history``: one dict of floats per completed epoch (the rows of ``train_log.csv``);
-- ``elapsed_s``: training seconds so far; ``meta``: what the run is (dataset, method, seed, classes,
+- ``elapsed_s``: training seconds so far; ``cpu_s``: the process's CPU seconds in those epochs;
+  ``meta``: what the run is (dataset, method, seed, classes,
   resolved AM flow variant, params digest...).
 
 RNG state is not stored: the trainer reseeds every RNG at the start of each epoch from

@@ -278,6 +278,7 @@ def train_attribute_model(params: Params, images_dir: str | Path, run_dir: str |
         "final_train_loss": round(epoch_loss[-1], 4),
         "epoch_loss": [round(v, 4) for v in epoch_loss],
         "train_time_s": round(result.elapsed_s, 2),
+        "train_cpu_s": round(result.cpu_s, 2),
         "images_per_s": round(n * len(history) / max(result.elapsed_s, 1e-9), 1),
         "torch_threads": torch.get_num_threads(),
         "device": device.type,

@@ -88,6 +88,7 @@ class TrainResult:
     history: list[dict[str, float]]
     elapsed_s: float
     epochs_completed: int
+    cpu_s: float = 0.0               # this process's CPU seconds in those epochs (all its threads)
     resumed_from: int = 0            # epochs already done when this process started
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -266,7 +267,7 @@ class Trainer:
         warmup = self.task.warmup_steps(spec, self.steps_per_epoch, total)
         self.scheduler = build_scheduler(self.optimizer, total, warmup)
 
-    def _resume(self) -> tuple[int, list[dict], float]:
+    def _resume(self) -> tuple[int, list[dict], float, float]:
         # Rank 0 alone looks at the file and decides; the others follow its word. Were every rank to
         # check for itself, a late rank could look while rank 0 moves a stale file aside, then skip
         # the barrier (collectives out of step: a hang until the NCCL timeout) or fail to load.
@@ -281,7 +282,7 @@ class Trainer:
         if error:
             raise AmflowError(error)
         if decision == "fresh":
-            return 0, [], 0.0
+            return 0, [], 0.0, 0.0
         if decision.startswith("stale"):
             # The run's settings or backbone changed since this state was saved (Snakemake and DVC rerun the
             # job then): resuming would mix two configurations, so start over and keep the old file aside.
@@ -292,13 +293,14 @@ class Trainer:
                 print(f"{self.state_path}: {decision[len('stale: '):]}; moved it to {aside.name} and "
                       "training from scratch", file=sys.stderr)
             self.ctx.barrier()  # the file is gone before any rank goes on
-            return 0, [], 0.0
+            return 0, [], 0.0, 0.0
         state = ckpt.load_checkpoint(self.state_path)  # every rank reads it (a shared filesystem)
         ckpt.load_trainable_state(self.model, state["model"], self.state_path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.task.load_state_dict(state.get("task", {}))
-        return int(state["epoch"]), list(state["history"]), float(state.get("elapsed_s", 0.0))
+        return (int(state["epoch"]), list(state["history"]), float(state.get("elapsed_s", 0.0)),
+                float(state.get("cpu_s", 0.0)))
 
     def _stale_reason(self, state: dict) -> Optional[str]:
         """Why ``state`` cannot be resumed by this run (different settings or backbone), or None."""
@@ -347,14 +349,14 @@ class Trainer:
         self._frozen_print = ckpt.frozen_fingerprint(self.model)  # the backbone never changes: once
         self._loaders()
         self._optim()
-        start, history, elapsed = self._resume()
+        start, history, elapsed, cpu = self._resume()
         self.net = self._wrap()
         resumed_from = start
         if start and self.ctx.is_main:
             print(f"resuming {self.run_dir} from epoch {start} ({self.state_path})", file=sys.stderr)
         status = "complete"
         for epoch in range(start, self.spec.epochs):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             record = self._train_epoch(epoch)
             record.update(self._validate())
             # Zero-initialised integration weights that never leave zero show here, epoch by epoch.
@@ -362,11 +364,14 @@ class Trainer:
             record.update({NORM_PREFIX + k: v for k, v in norms.items()})
             record["epoch_time"] = time.perf_counter() - t0
             elapsed += record["epoch_time"]
+            # Learning's own CPU seconds, so that the overhead share (amflow.report.timing) need not assume
+            # that start-up and epochs use the cores alike. DataLoader workers are other processes.
+            cpu += time.process_time() - c0
             history.append(record)
             failure: Optional[BaseException] = None
             if self.ctx.is_main:
                 try:
-                    self._save(epoch + 1, history, elapsed)
+                    self._save(epoch + 1, history, elapsed, cpu)
                     write_train_log(self.log_path, history)
                     print(self._summary(record), file=sys.stderr)
                     for cb in self.callbacks:
@@ -385,14 +390,14 @@ class Trainer:
         if status == "complete" and self.ctx.is_main:
             ckpt.publish(self.state_path, self.checkpoint_path)
         return TrainResult(status=status, history=history, elapsed_s=elapsed,
-                           epochs_completed=len(history), resumed_from=resumed_from)
+                           epochs_completed=len(history), resumed_from=resumed_from, cpu_s=cpu)
 
     def _summary(self, r: dict) -> str:
         return (f"epoch {r['epoch']}/{self.spec.epochs}: loss {r['train_loss']:.4f} acc {r['train_acc']:.3f} "
                 f"val_top1 {r['val_top1']:.3f} val_loss {r['val_loss']:.4f} lr {r['lr']:.2e} "
                 f"{r['clips_per_s']:.1f} clips/s (data wait {r['data_wait_frac']:.0%}) {r['epoch_time']:.1f}s")
 
-    def _save(self, epochs_done: int, history: list[dict], elapsed: float) -> None:
+    def _save(self, epochs_done: int, history: list[dict], elapsed: float, cpu: float) -> None:
         task_state = self.task.state_dict()
         ckpt.save_checkpoint(self.state_path, {
             "format": ckpt.FORMAT,
@@ -403,6 +408,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "history": history,
             "elapsed_s": elapsed,
+            "cpu_s": cpu,
             "meta": self.meta,
             **({"task": task_state} if task_state else {}),  # a clip run's file stays as it was
         })

@@ -224,7 +224,7 @@ def train_run(params: Params, *, dataset: str, method: str, seed: int, data_dir:
             "status": "complete", "params_digest": ident.digest,
             **({"flow_noise_levels": [float(v) for v in noise]} if noise is not None else {}),
             "am_flow_variant": variant, "identity_for_static": identity_for_static,
-            "epochs": len(result.history), "train_time_s": result.elapsed_s, **summary,
+            "epochs": len(result.history), "train_time_s": result.elapsed_s, "train_cpu_s": result.cpu_s, **summary,
             "trainable_params": counts["trainable"], "total_params": counts["total"], "gflops_per_clip": gflops,
             "world_size": ctx.world_size, "device": ctx.device.type, "global_batch": params.train.batch_size,
             "accum_steps": params.train.accum_steps, "num_classes": len(classes),

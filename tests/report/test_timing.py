@@ -339,6 +339,46 @@ Finished jobid: 2 (Rule: evaluate)
     assert s["overhead_cpu_s"] == pytest.approx(4.0)
 
 
+
+def test_recorded_cpu_seconds_of_learning_count_as_they_are(tmp_path):
+    """A training that records its epochs' CPU seconds: 12 of the job's 20 CPU s, although its epochs took
+    only 5 of its 10 wall seconds (the epochs used two threads, the start-up one); its evaluation records
+    3 CPU s of forward passes in 2 s. Overhead: 20 + 4 - 12 - 3 = 9 CPU s; by the mean rate it would be 12."""
+    import json
+
+    log = tmp_path / ".snakemake/log/2026-01-05T100000.000000.snakemake.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("""\
+[Mon Jan  5 10:00:00 2026]
+rule train:
+    output: r/train.json
+    jobid: 1
+    benchmark: bench/train.tsv
+
+[Mon Jan  5 10:00:10 2026]
+Finished jobid: 1 (Rule: train)
+
+[Mon Jan  5 10:00:10 2026]
+rule evaluate:
+    input: r/train.json
+    output: r/metrics.json
+    jobid: 2
+    benchmark: bench/evaluate.tsv
+
+[Mon Jan  5 10:00:14 2026]
+Finished jobid: 2 (Rule: evaluate)
+""")
+    (tmp_path / "bench").mkdir()
+    for rule, wall, cpu in (("train", 10, 20), ("evaluate", 4, 4)):
+        (tmp_path / f"bench/{rule}.tsv").write_text(f"s\th:m:s\tmax_rss\tcpu_time\n{wall}\t0:00:{wall:02d}\t100\t{cpu}\n")
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r/train.json").write_text(json.dumps({"train_time_s": 5.0, "train_cpu_s": 12.0}))
+    (tmp_path / "r/metrics.json").write_text(json.dumps({"train_time_s": 5.0, "train_cpu_s": 12.0,
+                                                         "eval_time_s": 2.0, "eval_cpu_s": 3.0}))
+    s = timing.summary(log, tmp_path)
+    assert s["stages"].set_index("rule")["learning_cpu_s"].to_dict() == pytest.approx({"train": 12.0, "evaluate": 3.0})
+    assert s["overhead_cpu_s"] == pytest.approx(9.0)
+
 def test_the_times_to_the_first_seeds_table_and_the_full_table_are_stated(tmp_path):
     log = tmp_path / ".snakemake/log/2026-01-05T100000.000000.snakemake.log"
     log.parent.mkdir(parents=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pandas as pd
 import pytest
@@ -123,6 +124,20 @@ def test_learns_and_writes_log(tmp_path):
     assert log["val_top1"].iloc[-1] > 0.5                  # 4 classes: chance is 0.25
     assert (log["clips_per_s"] > 0).all() and (log["epoch_time"] > 0).all()
     assert (tmp_path / paths.CHECKPOINT).exists()
+
+
+def test_the_cpu_seconds_of_the_epochs_are_counted_across_a_resume(tmp_path, monkeypatch):
+    spec = tiny_spec(epochs=3)
+    monkeypatch.setenv(STOP_ENV, "1")
+    c0 = time.process_time()
+    first = make_trainer(tmp_path, spec).fit()
+    assert 0 < first.cpu_s <= time.process_time() - c0  # the epochs' share of what this process spent
+    monkeypatch.delenv(STOP_ENV)
+    c1 = time.process_time()
+    rest = make_trainer(tmp_path, spec).fit()
+    assert rest.resumed_from == 1
+    # The finished run's figure holds epoch 1 (the first process) and epochs 2-3 (this one), nothing more.
+    assert first.cpu_s < rest.cpu_s <= first.cpu_s + (time.process_time() - c1)
 
 
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatch):
