@@ -1,21 +1,51 @@
-"""A Snakemake-format benchmark file for a command that DVC runs (``amflow timed``).
+"""A job's exact CPU seconds: a Snakemake-format benchmark file for a command that DVC runs (``amflow
+timed``), and the closing line of every ``amflow`` command, which Snakemake jobs keep in their logs.
 
 Snakemake writes each job's ``benchmark:`` file itself and counts it among the job's outputs, so a run
 that DVC made (``dvc repro``) must leave the same file, or Snakemake would rerun every job to make it.
 ``amflow timed --benchmark FILE -- CMD...`` runs CMD and writes FILE with Snakemake's columns: wall
 seconds, the children's peak resident memory and CPU seconds (``getrusage``); the columns that need
 Snakemake's sampling of the process tree are ``NA``.
+
+Snakemake's own benchmark files sample a job's CPU time (every 0.5 s at first, then every 30 s), so
+they miss a long job's last seconds. Every ``amflow`` command that succeeds therefore ends with one line,
+:data:`CPU_LINE`, giving its process's CPU seconds and those of its finished children (``getrusage``):
+a job's log holds the exact figure (one line per process, several under ``torchrun``).
 """
 from __future__ import annotations
 
+import re
 import resource
 import subprocess
 import time
 from pathlib import Path
+from typing import Optional
 
 from amflow import io
 
 COLUMNS = ("s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out", "mean_load", "cpu_time")
+
+
+CPU_LINE = "amflow {command}: {cpu:.2f} CPU s"
+CPU_LINE_PATTERN = re.compile(r"^amflow [\w-]+: (\d+(?:\.\d+)?) CPU s$", re.M)
+
+
+def process_cpu_s() -> float:
+    """User and system CPU seconds of this process and of its children that have been waited for."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def logged_cpu_s(logs: list[Path]) -> Optional[float]:
+    """The CPU seconds that the ``amflow`` commands of a job wrote into its logs (summed over processes),
+    or None when no log holds a :data:`CPU_LINE` (another program, or a log that is gone)."""
+    found = []
+    for log in logs:
+        try:
+            found += CPU_LINE_PATTERN.findall(Path(log).read_text(errors="replace"))
+        except OSError:
+            continue
+    return sum(float(v) for v in found) if found else None
 
 
 def hms(seconds: float) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from amflow import methods, paths
+from amflow.benchmark_file import CPU_LINE, process_cpu_s
 from amflow.errors import AmflowError
 from amflow.params import SOURCE_SCHEMAS, source_summary
 from amflow.params_io import ParamsError, load_params, parse_override, set_dotted, set_source
@@ -429,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.filename}: cannot be written ({exc.strerror}); make its folder writable, or give "
               f"writable folders with --results-dir and --data-dir", file=sys.stderr)
         return 1
+    if not rc:
+        print(CPU_LINE.format(command=args.command, cpu=process_cpu_s()), file=sys.stderr)
     return rc or 0
 
 

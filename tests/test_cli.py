@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import re
+import resource
 import subprocess
 import sys
 
 import pytest
 
+from amflow.benchmark_file import logged_cpu_s
 from amflow.cli import build_parser
+from conftest import ROOT
 
 
 def walk(parser: argparse.ArgumentParser, path: str = "amflow"):
@@ -63,3 +67,23 @@ def test_every_stage_command_names_its_inputs_and_outputs(capsys):
             build_parser().parse_args([command, "--help"])
         text = capsys.readouterr().out
         assert re.search(r"^Inputs: \S", text, re.M) and re.search(r"^Outputs: \S", text, re.M), command
+
+
+def test_a_command_that_succeeds_ends_with_its_cpu_seconds(tmp_path):
+    """The closing line (read by the overhead share, amflow.report.timing) holds the command's CPU
+    seconds: more than none, and no more than the whole process used, as the kernel counted it."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run([sys.executable, "-m", "amflow.cli", "validate", "--params", "params/tiny.yaml"],
+                         capture_output=True, text=True, cwd=ROOT)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert out.returncode == 0, out.stderr
+    last = out.stderr.splitlines()[-1]
+    assert re.fullmatch(r"amflow validate: \d+\.\d\d CPU s", last), out.stderr
+    (tmp_path / "job.log").write_text(out.stdout + out.stderr)
+    cpu = logged_cpu_s([tmp_path / "job.log", tmp_path / "gone.log"])
+    whole = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    assert 0 < cpu <= whole + 0.01
+    # A failing command ends with its one error line, nothing after it.
+    bad = subprocess.run([sys.executable, "-m", "amflow.cli", "validate", "--params", str(tmp_path / "none.yaml")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode != 0 and "CPU s" not in bad.stderr

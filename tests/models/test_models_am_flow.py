@@ -5,6 +5,7 @@ random-init attention is nearly uniform, but AM flow's temperature is relative t
 difference, so the small changes a moving object causes still stand out. Thresholds are set below
 the worst case measured over those seeds and blocks (figures in each test's docstring).
 """
+import math
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -110,6 +111,20 @@ def test_flow_is_column_sums_of_the_tempered_softmax():
     torch.testing.assert_close(scores[:, :-1], expected)
     torch.testing.assert_close(scores[:, -1], scores[:, -2])      # last frame reuses the previous pair
     torch.testing.assert_close(scores.sum(-1), torch.full((2, 3), 5.0))  # row-stochastic: sums to N
+
+
+def test_flow_of_a_worked_example():
+    """Three tokens, two frames: token 0 moves its attention from token 0 to token 1, the others stay. The
+    difference has one non-zero row, [1, 1, 0], whose mean over all nine entries is 2/9; at temperature 1
+    that row becomes [4.5, 4.5, 0] before the softmax, the still rows give a third each, and a token's
+    score is its column's sum."""
+    maps = torch.tensor([[[1.0, 0, 0], [0, 1, 0], [0, 0, 1]],
+                         [[0.0, 1, 0], [0, 1, 0], [0, 0, 1]]]).unsqueeze(0)
+    scores = am_flow(maps, temperature=1.0, normalise="none")
+    e = math.exp(4.5)
+    moved = e / (2 * e + 1) + 2 / 3
+    expected = torch.tensor([moved, moved, 1 / (2 * e + 1) + 2 / 3])
+    torch.testing.assert_close(scores[0, 0], expected)
 
 
 def test_normalisation_modes():

@@ -379,6 +379,76 @@ Finished jobid: 2 (Rule: evaluate)
     assert s["stages"].set_index("rule")["learning_cpu_s"].to_dict() == pytest.approx({"train": 12.0, "evaluate": 3.0})
     assert s["overhead_cpu_s"] == pytest.approx(9.0)
 
+
+def test_a_benchmark_file_with_less_cpu_than_the_jobs_learning_makes_the_overhead_a_lower_bound(tmp_path):
+    """Snakemake samples CPU time: a 100 s training whose benchmark file holds 50 CPU s while its epochs
+    recorded 60 counts no overhead, and the summary says that its figure is a lower bound."""
+    import json
+
+    log = tmp_path / ".snakemake/log/2026-01-05T100000.000000.snakemake.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("""\
+[Mon Jan  5 10:00:00 2026]
+rule train:
+    output: r/train.json
+    jobid: 1
+    benchmark: bench/train.tsv
+
+[Mon Jan  5 10:01:40 2026]
+Finished jobid: 1 (Rule: train)
+""")
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench/train.tsv").write_text("s\th:m:s\tmax_rss\tcpu_time\n100\t0:01:40\t100\t50\n")
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r/train.json").write_text(json.dumps({"train_time_s": 90.0, "train_cpu_s": 60.0}))
+    s = timing.summary(log, tmp_path)
+    assert s["undercounted_jobs"] == 1 and s["overhead_cpu_s"] == 0
+    assert "Overhead: 0 of 50 CPU s (0%); a lower bound: 1 of 1 jobs recorded more CPU seconds" in timing.markdown(s)
+
+
+def test_the_cpu_seconds_a_job_logged_replace_its_sampled_benchmark(tmp_path):
+    """A training's benchmark file holds 50 CPU s (sampled), its log the command's own 80 (the closing line
+    of amflow train); its epochs recorded 60: the job used 80 CPU s, of which 20 were overhead. A job
+    without such a line (a copy) keeps its benchmark's figure."""
+    import json
+
+    log = tmp_path / ".snakemake/log/2026-01-05T100000.000000.snakemake.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("""\
+[Mon Jan  5 10:00:00 2026]
+rule train:
+    output: r/train.json
+    log: logs/train.log
+    jobid: 1
+    benchmark: bench/train.tsv
+
+[Mon Jan  5 10:01:40 2026]
+Finished jobid: 1 (Rule: train)
+
+[Mon Jan  5 10:01:40 2026]
+localrule copy:
+    input: r/train.json
+    output: r/copy.json
+    log: logs/copy.log
+    jobid: 2
+    benchmark: bench/copy.tsv
+
+[Mon Jan  5 10:01:41 2026]
+Finished jobid: 2 (Rule: copy)
+""")
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench/train.tsv").write_text("s\th:m:s\tmax_rss\tcpu_time\n100\t0:01:40\t100\t50\n")
+    (tmp_path / "bench/copy.tsv").write_text("s\th:m:s\tmax_rss\tcpu_time\n1\t0:00:01\t10\t0.5\n")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs/train.log").write_text("epoch 1/1: loss 0.1\namflow train: 80.00 CPU s\n")
+    (tmp_path / "logs/copy.log").write_text("copied\n")
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r/train.json").write_text(json.dumps({"train_time_s": 90.0, "train_cpu_s": 60.0}))
+    (tmp_path / "r/copy.json").write_text("{}")
+    s = timing.summary(log, tmp_path)
+    assert s["stages"].set_index("rule")["cpu_s_sum"].to_dict() == pytest.approx({"train": 80.0, "copy": 0.5})
+    assert s["overhead_cpu_s"] == pytest.approx(20.5) and s["undercounted_jobs"] == 0
+
 def test_the_times_to_the_first_seeds_table_and_the_full_table_are_stated(tmp_path):
     log = tmp_path / ".snakemake/log/2026-01-05T100000.000000.snakemake.log"
     log.parent.mkdir(parents=True)
