@@ -340,81 +340,22 @@ Finished jobid: 2 (Rule: evaluate)
 
 
 
-def test_recorded_cpu_seconds_of_learning_count_as_they_are(tmp_path):
-    """A training that records its epochs' CPU seconds: 12 of the job's 20 CPU s, although its epochs took
-    only 5 of its 10 wall seconds (the epochs used two threads, the start-up one); its evaluation records
-    3 CPU s of forward passes in 2 s. Overhead: 20 + 4 - 12 - 3 = 9 CPU s; by the mean rate it would be 12."""
+
+def hand_made_run(root: Path, log_text: str, benchmarks: dict, files: dict) -> Path:
+    """A run folder: the Snakemake log, benchmark files ``{path: (wall s, CPU s)}`` and other files
+    ``{path: text, or a dict written as JSON}``; returns the log's path."""
     import json
 
-    log = tmp_path / ".snakemake/log/2026-01-05T100000.000000.snakemake.log"
-    log.parent.mkdir(parents=True)
-    log.write_text("""\
-[Mon Jan  5 10:00:00 2026]
-rule train:
-    output: r/train.json
-    jobid: 1
-    benchmark: bench/train.tsv
-
-[Mon Jan  5 10:00:10 2026]
-Finished jobid: 1 (Rule: train)
-
-[Mon Jan  5 10:00:10 2026]
-rule evaluate:
-    input: r/train.json
-    output: r/metrics.json
-    jobid: 2
-    benchmark: bench/evaluate.tsv
-
-[Mon Jan  5 10:00:14 2026]
-Finished jobid: 2 (Rule: evaluate)
-""")
-    (tmp_path / "bench").mkdir()
-    for rule, wall, cpu in (("train", 10, 20), ("evaluate", 4, 4)):
-        (tmp_path / f"bench/{rule}.tsv").write_text(f"s\th:m:s\tmax_rss\tcpu_time\n{wall}\t0:00:{wall:02d}\t100\t{cpu}\n")
-    (tmp_path / "r").mkdir()
-    (tmp_path / "r/train.json").write_text(json.dumps({"train_time_s": 5.0, "train_cpu_s": 12.0}))
-    (tmp_path / "r/metrics.json").write_text(json.dumps({"train_time_s": 5.0, "train_cpu_s": 12.0,
-                                                         "eval_time_s": 2.0, "eval_cpu_s": 3.0}))
-    s = timing.summary(log, tmp_path)
-    assert s["stages"].set_index("rule")["learning_cpu_s"].to_dict() == pytest.approx({"train": 12.0, "evaluate": 3.0})
-    assert s["overhead_cpu_s"] == pytest.approx(9.0)
+    log = root / ".snakemake/log/2026-01-05T100000.000000.snakemake.log"
+    for path, content in {log: log_text, **{root / k: v for k, v in files.items()},
+                          **{root / k: f"s\th:m:s\tmax_rss\tcpu_time\n{w}\t0:00:00\t100\t{c}\n"
+                             for k, (w, c) in benchmarks.items()}}.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return log
 
 
-def test_a_benchmark_file_with_less_cpu_than_the_jobs_learning_makes_the_overhead_a_lower_bound(tmp_path):
-    """Snakemake samples CPU time: a 100 s training whose benchmark file holds 50 CPU s while its epochs
-    recorded 60 counts no overhead, and the summary says that its figure is a lower bound."""
-    import json
-
-    log = tmp_path / ".snakemake/log/2026-01-05T100000.000000.snakemake.log"
-    log.parent.mkdir(parents=True)
-    log.write_text("""\
-[Mon Jan  5 10:00:00 2026]
-rule train:
-    output: r/train.json
-    jobid: 1
-    benchmark: bench/train.tsv
-
-[Mon Jan  5 10:01:40 2026]
-Finished jobid: 1 (Rule: train)
-""")
-    (tmp_path / "bench").mkdir()
-    (tmp_path / "bench/train.tsv").write_text("s\th:m:s\tmax_rss\tcpu_time\n100\t0:01:40\t100\t50\n")
-    (tmp_path / "r").mkdir()
-    (tmp_path / "r/train.json").write_text(json.dumps({"train_time_s": 90.0, "train_cpu_s": 60.0}))
-    s = timing.summary(log, tmp_path)
-    assert s["undercounted_jobs"] == 1 and s["overhead_cpu_s"] == 0
-    assert "Overhead: 0 of 50 CPU s (0%); a lower bound: 1 of 1 jobs recorded more CPU seconds" in timing.markdown(s)
-
-
-def test_the_cpu_seconds_a_job_logged_replace_its_sampled_benchmark(tmp_path):
-    """A training's benchmark file holds 50 CPU s (sampled), its log the command's own 80 (the closing line
-    of amflow train); its epochs recorded 60: the job used 80 CPU s, of which 20 were overhead. A job
-    without such a line (a copy) keeps its benchmark's figure."""
-    import json
-
-    log = tmp_path / ".snakemake/log/2026-01-05T100000.000000.snakemake.log"
-    log.parent.mkdir(parents=True)
-    log.write_text("""\
+TRAIN_JOB = """\
 [Mon Jan  5 10:00:00 2026]
 rule train:
     output: r/train.json
@@ -424,7 +365,47 @@ rule train:
 
 [Mon Jan  5 10:01:40 2026]
 Finished jobid: 1 (Rule: train)
+"""
 
+
+def test_recorded_cpu_seconds_of_learning_count_as_they_are(tmp_path):
+    """A training that records its epochs' CPU seconds: 12 of the job's 20 CPU s, although its epochs took
+    only 5 of its 10 wall seconds (the epochs used two threads, the start-up one); its evaluation records
+    3 CPU s of forward passes in 2 s. Overhead: 20 + 4 - 12 - 3 = 9 CPU s; by the mean rate it would be 12."""
+    log = hand_made_run(tmp_path, TRAIN_JOB + """
+[Mon Jan  5 10:01:40 2026]
+rule evaluate:
+    input: r/train.json
+    output: r/metrics.json
+    jobid: 2
+    benchmark: bench/evaluate.tsv
+
+[Mon Jan  5 10:01:44 2026]
+Finished jobid: 2 (Rule: evaluate)
+""", {"bench/train.tsv": (10, 20), "bench/evaluate.tsv": (4, 4)},
+        {"r/train.json": {"train_time_s": 5.0, "train_cpu_s": 12.0},
+         "r/metrics.json": {"train_time_s": 5.0, "train_cpu_s": 12.0, "eval_time_s": 2.0, "eval_cpu_s": 3.0}})
+    s = timing.summary(log, tmp_path)
+    assert s["stages"].set_index("rule")["learning_cpu_s"].to_dict() == pytest.approx({"train": 12.0, "evaluate": 3.0})
+    assert s["overhead_cpu_s"] == pytest.approx(9.0)
+
+
+def test_a_benchmark_file_with_less_cpu_than_the_jobs_learning_makes_the_overhead_a_lower_bound(tmp_path):
+    """Snakemake samples CPU time: a 100 s training whose benchmark file holds 50 CPU s while its epochs
+    recorded 60 (and whose log has no closing CPU line) counts no overhead, and the summary says that its
+    figure is a lower bound."""
+    log = hand_made_run(tmp_path, TRAIN_JOB, {"bench/train.tsv": (100, 50)},
+                        {"r/train.json": {"train_time_s": 90.0, "train_cpu_s": 60.0}, "logs/train.log": "killed\n"})
+    s = timing.summary(log, tmp_path)
+    assert s["undercounted_jobs"] == 1 and s["overhead_cpu_s"] == 0
+    assert "Overhead: 0 of 50 CPU s (0%); a lower bound: 1 of 1 jobs recorded more CPU seconds" in timing.markdown(s)
+
+
+def test_the_cpu_seconds_a_job_logged_replace_its_sampled_benchmark(tmp_path):
+    """A training's benchmark file holds 50 CPU s (sampled), its log the command's own 80 (the closing line
+    of amflow train); its epochs recorded 60: the job used 80 CPU s, of which 20 were overhead. A job
+    without such a line (a copy) keeps its benchmark's figure."""
+    log = hand_made_run(tmp_path, TRAIN_JOB + """
 [Mon Jan  5 10:01:40 2026]
 localrule copy:
     input: r/train.json
@@ -435,16 +416,9 @@ localrule copy:
 
 [Mon Jan  5 10:01:41 2026]
 Finished jobid: 2 (Rule: copy)
-""")
-    (tmp_path / "bench").mkdir()
-    (tmp_path / "bench/train.tsv").write_text("s\th:m:s\tmax_rss\tcpu_time\n100\t0:01:40\t100\t50\n")
-    (tmp_path / "bench/copy.tsv").write_text("s\th:m:s\tmax_rss\tcpu_time\n1\t0:00:01\t10\t0.5\n")
-    (tmp_path / "logs").mkdir()
-    (tmp_path / "logs/train.log").write_text("epoch 1/1: loss 0.1\namflow train: 80.00 CPU s\n")
-    (tmp_path / "logs/copy.log").write_text("copied\n")
-    (tmp_path / "r").mkdir()
-    (tmp_path / "r/train.json").write_text(json.dumps({"train_time_s": 90.0, "train_cpu_s": 60.0}))
-    (tmp_path / "r/copy.json").write_text("{}")
+""", {"bench/train.tsv": (100, 50), "bench/copy.tsv": (1, 0.5)},
+        {"logs/train.log": "epoch 1/1: loss 0.1\namflow train: 80.00 CPU s\n", "logs/copy.log": "copied\n",
+         "r/train.json": {"train_time_s": 90.0, "train_cpu_s": 60.0}, "r/copy.json": {}})
     s = timing.summary(log, tmp_path)
     assert s["stages"].set_index("rule")["cpu_s_sum"].to_dict() == pytest.approx({"train": 80.0, "copy": 0.5})
     assert s["overhead_cpu_s"] == pytest.approx(20.5) and s["undercounted_jobs"] == 0
