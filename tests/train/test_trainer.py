@@ -58,7 +58,9 @@ def test_fractional_warmup_is_counted_in_steps(tmp_path):
         lrs.append(t.optimizer.param_groups[0]["lr"])
         t.optimizer.step()
         t.scheduler.step()
-    assert lrs[:3] == pytest.approx([0.05, 0.1, 0.1 * warmup_cosine_factor(2, 12, 2)])
+    # 12 steps in all: 2 of warm-up (0.05, 0.1), then a cosine over the other 10 from the peak, one tenth
+    # of the way down at the fourth step.
+    assert lrs == pytest.approx([0.05, 0.1, 0.1, 0.1 * 0.5 * (1 + math.cos(math.pi / 10))])
 
 
 def test_param_groups_skip_frozen_and_do_not_decay_norms_biases_embeddings():
