@@ -217,8 +217,9 @@ RUN = paths.run_dir(RESULTS, "synth_static", "frame", 0)
 TARGET = str(RUN / paths.METRICS_JSON)
 UPSTREAM = (str(paths.frames_dir("data", paths.dataset_key(TINY, "synth_static")) / "summary.json"),
             str(paths.backbone_file(RESULTS)))
+# evaluated_with names the checkpoint by its sha256, and a checkpoint holds its training's seconds.
 NOT_REPRODUCIBLE = ("train_time_s", "eval_time_s", "train_cpu_s", "eval_cpu_s", "epoch_times", "train_clips_per_s",
-                    "mlflow_run_id")
+                    "mlflow_run_id", "evaluated_with")
 
 
 def _train_process(snake: subprocess.Popen):
@@ -269,6 +270,8 @@ def test_a_training_job_killed_mid_run_resumes_to_the_same_metrics_bit_for_bit(t
     b = json.loads((killed / TARGET).read_text())
     assert {k: v for k, v in a.items() if k not in NOT_REPRODUCIBLE} == \
            {k: v for k, v in b.items() if k not in NOT_REPRODUCIBLE}
+    digests = ("training_digest", "evaluation_digest")
+    assert [a["evaluated_with"][k] for k in digests] == [b["evaluated_with"][k] for k in digests]
     history = [json.loads((p / RUN / paths.TRAIN_JSON).read_text())["history"]
                for p in (whole, killed)]
     timeless = [[{k: v for k, v in r.items() if k not in ("epoch_time", "clips_per_s", "data_wait_frac")} for r in h]

@@ -299,7 +299,7 @@ def test_readme_sweep_runs_as_typed_on_the_shipped_files(tmp_path):
         run = client.get_run(t.user_attrs["mlflow_run_id"])
         assert run.info.run_name == f"trial-{t.number}"
         parent = client.get_run(run.data.tags["mlflow.parentRunId"])
-        assert parent.data.tags["amflow.stage"] == "sweep" and parent.data.tags["amflow.sweep_study"] == study.study_name
+        assert parent.data.tags["amflow.stage"] == "sweep" and parent.data.tags["amflow.study"] == study.study_name
 
     # best.yaml: the tuned values, with the params file's full training budget (not the sweep's 4 epochs).
     best_file = tmp_path / "results/default/sweeps/synth_moving/amflow/best.yaml"

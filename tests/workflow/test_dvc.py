@@ -50,6 +50,7 @@ NOT_REPRODUCIBLE = {
     "epoch_times": "wall-clock seconds of each epoch",
     "train_clips_per_s": "training throughput, clips per wall-clock second",
     "mlflow_run_id": "a random id MLflow gives each run",
+    "evaluated_with": "names the checkpoint by its sha256, and a checkpoint holds its training's seconds",
 }
 # Written by a stage but not versioned by DVC: a pointer into the local MLflow store (mlflow.db is not
 # versioned either), and training without tracking does not write it; the run folder's lock file; the
