@@ -45,6 +45,12 @@ rule latest_table1:
         "cp -v {input.table} {output} > {log} 2>&1"
 
 
+# The whole run's CPU seconds, Snakemake's own process included, beside its log (bench/bench_pipeline.py
+# gives the overhead share of both: the jobs' commands, and the whole run).
+onsuccess:
+    record_run_cpu(log)
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/camera.smk"
 include: "workflow/rules/backbone.smk"

@@ -14,6 +14,7 @@ a job's log holds the exact figure (one line per process, several under ``torchr
 """
 from __future__ import annotations
 
+import json
 import re
 import resource
 import subprocess
@@ -34,6 +35,32 @@ def process_cpu_s() -> float:
     """User and system CPU seconds of this process and of its children that have been waited for."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+# Beside a Snakemake run's log: the CPU seconds of the whole run (record_run_cpu).
+RUN_CPU_SUFFIX = ".cpu.json"
+
+
+def record_run_cpu(logs: list[str]) -> None:
+    """Snakemake's ``onsuccess``, in its own process: the CPU seconds of that process (scheduling, the
+    benchmark sampling) and of everything it waited for (each job's shell and command, the scheduler's
+    solver), written beside each of the run's logs as ``<log>.cpu.json``. The jobs' closing lines count
+    only their commands; this is the whole run, on this machine (a cluster's jobs run elsewhere)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    record = {"snakemake_cpu_s": round(own.ru_utime + own.ru_stime, 2),
+              "children_cpu_s": round(children.ru_utime + children.ru_stime, 2)}
+    for log in logs:
+        io.write_json(Path(str(log) + RUN_CPU_SUFFIX), record)
+
+
+def run_cpu_s(log: Path) -> Optional[float]:
+    """The whole run's CPU seconds that :func:`record_run_cpu` wrote beside ``log``; None without the record
+    (a run that failed or was stopped, or one from before the record existed)."""
+    try:
+        record = json.loads(Path(str(log) + RUN_CPU_SUFFIX).read_text())
+    except (OSError, ValueError):
+        return None
+    return float(record["snakemake_cpu_s"]) + float(record["children_cpu_s"])
 
 
 def logged_cpu_s(logs: list[Path]) -> Optional[float]:

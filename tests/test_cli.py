@@ -87,3 +87,20 @@ def test_a_command_that_succeeds_ends_with_its_cpu_seconds(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "amflow.cli", "validate", "--params", str(tmp_path / "none.yaml")],
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode != 0 and "CPU s" not in bad.stderr
+
+
+def test_the_command_ends_without_teardown_yet_nothing_it_printed_is_lost(capsys):
+    """`amflow` (cli.run) ends a successful command with os._exit, skipping the interpreter's teardown:
+    what it printed, block-buffered into a pipe, arrives whole, the same as the in-process command's."""
+    from amflow.cli import main
+
+    argv = ["validate", "--params", "params/tiny.yaml", "--show"]
+    out = subprocess.run([sys.executable, "-m", "amflow.cli", *argv], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert len(printed.splitlines()) > 50 and out.stdout == printed
+    # a failure exits the usual way, with its status
+    bad = subprocess.run([sys.executable, "-m", "amflow.cli", "validate", "--params", "no-such.yaml"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and bad.stderr == "error: no-such.yaml: params file not found\n"

@@ -24,6 +24,10 @@ A job's CPU seconds are those its ``amflow`` commands wrote as their closing lin
 Snakemake samples that (every 0.5 s for a job's first 15 s or so, then every 30 s), so it misses a long
 job's last seconds: a job whose own record of learning holds more CPU seconds than that shows it; the
 summary counts those jobs, and with any of them the overhead it gives is a lower bound.
+
+The whole run's CPU seconds, Snakemake's own process (scheduling, benchmark sampling) and each job's
+shell and process exit included, are those the Snakefile's ``onsuccess`` wrote beside the log
+(:func:`amflow.benchmark_file.record_run_cpu`); its overhead share is the one the run costs the machine.
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ from typing import Optional
 
 import pandas as pd
 
-from amflow.benchmark_file import logged_cpu_s
+from amflow.benchmark_file import logged_cpu_s, run_cpu_s
 from amflow.errors import AmflowError
 from amflow.evaluate.reuse import REUSED_FROM
 
@@ -233,11 +237,16 @@ def summary(log: Path, root: Path = Path(".")) -> dict:
     path = critical_path(jobs)
     stages = stage_table(jobs, root)
     cpu = float(stages["cpu_s_sum"].sum())
+    learning = float(stages["learning_cpu_s"].sum())
+    # The whole run (Snakefile's onsuccess): on a cluster the jobs ran elsewhere and it holds less than they.
+    run_cpu = run_cpu_s(log)
+    run_cpu = run_cpu if run_cpu is not None and run_cpu >= cpu else None
     # When each answer was there: table 1 of the first seed, then the full table (rule -> seconds from start).
     answers = {j.rule: (j.end - start).total_seconds() for j in jobs if j.rule in ANSWERS and j.end is not None}
     return {"log": str(log), "wall_s": (max(ended) - start).total_seconds() if ended else None, "answers": answers,
             "jobs": len(jobs), "unfinished": sum(j.end is None for j in jobs), "stages": stages,
-            "cpu_s": cpu, "overhead_cpu_s": cpu - float(stages["learning_cpu_s"].sum()),
+            "cpu_s": cpu, "overhead_cpu_s": cpu - learning,
+            "run_cpu_s": run_cpu, "run_overhead_cpu_s": None if run_cpu is None else run_cpu - learning,
             "undercounted_jobs": int(stages["undercounted"].sum()),
             "critical_path": [{"rule": j.rule, "output": j.outputs[0] if j.outputs else "",
                                "start_s": (j.start - start).total_seconds(),
@@ -263,6 +272,10 @@ def markdown(s: dict) -> str:
         overhead += (f"; a lower bound: {s['undercounted_jobs']} of {s['jobs']} jobs recorded more CPU seconds of "
                      "learning than their benchmark file holds (Snakemake samples CPU time, every 30 s after a "
                      "job's first seconds, and misses its last ones)")
+    if s.get("run_cpu_s"):
+        overhead += (f" in the jobs' commands; {s['run_overhead_cpu_s']:.0f} of {s['run_cpu_s']:.0f} CPU s "
+                     f"({100 * s['run_overhead_cpu_s'] / s['run_cpu_s']:.0f}%) in the whole run (Snakemake's own "
+                     "process, each job's shell and exit included),")
     answers = "; ".join(f"{what} after {s['answers'][rule] / 60:.1f} min" for rule, what in ANSWERS.items()
                         if rule in s.get("answers", {}))
     return "\n".join([f"Wall time: {total}, {s['jobs']} jobs"

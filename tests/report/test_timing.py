@@ -226,6 +226,8 @@ def test_timed_writes_a_snakemake_format_benchmark_only_on_success(tmp_path):
     assert ok.returncode == 0, ok.stderr
     row = timing.read_benchmark(bench)
     assert 0.3 <= row["s"] < 60 and row["cpu_time"] >= 0 and row["max_rss"] > 0
+    # its own closing line names it (not the wrapped command's words)
+    assert re.search(r"^amflow timed: \d+\.\d\d CPU s$", ok.stderr, re.M), ok.stderr
     assert bench.read_text().splitlines()[0].split("\t") == [
         "s", "h:m:s", "max_rss", "max_vms", "max_uss", "max_pss", "io_in", "io_out", "mean_load", "cpu_time"]
     failed = tmp_path / "failed.tsv"
@@ -422,6 +424,23 @@ Finished jobid: 2 (Rule: copy)
     s = timing.summary(log, tmp_path)
     assert s["stages"].set_index("rule")["cpu_s_sum"].to_dict() == pytest.approx({"train": 80.0, "copy": 0.5})
     assert s["overhead_cpu_s"] == pytest.approx(20.5) and s["undercounted_jobs"] == 0
+
+def test_the_whole_runs_cpu_seconds_give_its_overhead_beside_the_jobs(tmp_path):
+    """A run whose Snakemake process used 6 CPU s and whose children (the job's shell and command, and
+    what the command did after its closing line) used 94: 100 CPU s in all, of which the epochs' 60 are
+    learning, so 40% overhead, where the command's own 80 CPU s give 25%. A record holding less than the
+    jobs' commands (a cluster, whose jobs ran elsewhere) is left out."""
+    job = {"logs/train.log": "amflow train: 80.00 CPU s\n", "r/train.json": {"train_time_s": 90.0, "train_cpu_s": 60.0}}
+    log = hand_made_run(tmp_path, TRAIN_JOB, {"bench/train.tsv": (100, 50)}, job)
+    Path(f"{log}.cpu.json").write_text('{"snakemake_cpu_s": 6.0, "children_cpu_s": 94.0}')
+    s = timing.summary(log, tmp_path)
+    assert (s["cpu_s"], s["overhead_cpu_s"], s["run_cpu_s"], s["run_overhead_cpu_s"]) == pytest.approx((80, 20, 100, 40))
+    assert ("Overhead: 20 of 80 CPU s (25%) in the jobs' commands; 40 of 100 CPU s (40%) in the whole run"
+            in timing.markdown(s))
+    Path(f"{log}.cpu.json").write_text('{"snakemake_cpu_s": 6.0, "children_cpu_s": 4.0}')
+    s = timing.summary(log, tmp_path)
+    assert s["run_cpu_s"] is None and "whole run" not in timing.markdown(s)
+
 
 def test_the_times_to_the_first_seeds_table_and_the_full_table_are_stated(tmp_path):
     log = tmp_path / ".snakemake/log/2026-01-05T100000.000000.snakemake.log"

@@ -121,6 +121,26 @@ def test_second_dry_run_has_nothing_to_do(project):
     assert nothing_to_do(out), out.stdout[-3000:]
 
 
+@pytest.mark.slow
+def test_the_run_records_its_whole_cpu_beside_its_log(project):
+    """The Snakefile's onsuccess writes the whole run's CPU seconds beside its log: Snakemake's own and
+    its children's, which hold every job's command (their closing lines) and more (shells, exits), as the
+    kernel counted them for this process tree; bench/bench_pipeline.py then gives both overhead shares."""
+    from amflow.benchmark_file import logged_cpu_s
+    from amflow.report import timing
+
+    logs = sorted((project / ".snakemake" / "log").glob("*.snakemake.log"))
+    recorded = [log for log in logs if Path(f"{log}.cpu.json").is_file()]
+    assert recorded, f"no <log>.cpu.json beside {[log.name for log in logs]}"
+    first = recorded[0]  # the shared run's (a dry run records nothing)
+    record = json.loads(Path(f"{first}.cpu.json").read_text())
+    _, jobs = timing.parse_log(first)
+    commands = sum(logged_cpu_s([project / log for log in j.logs]) or 0 for j in jobs)
+    assert record["snakemake_cpu_s"] > 0 and record["children_cpu_s"] >= commands > 0
+    out = run([BIN / "python", ROOT / "bench" / "bench_pipeline.py", "--log", first], project)
+    assert re.search(r"in the jobs' commands; \d+ of \d+ CPU s \(\d+%\) in the whole run", out.stdout), out.stdout
+
+
 def plan_with(project: Path, values: str, target: str):
     """The dry run of ``target`` with a params file that extends tiny.yaml (so shares its name, its
     results folder) by ``values`` (YAML)."""

@@ -8,6 +8,7 @@ import os
 import sys
 
 from amflow import identity, methods, paths
+from amflow.benchmark_file import record_run_cpu
 from amflow.import_graph import command_files
 from amflow.parallel import usable_cores
 from amflow.params import GROUND_TRUTH_CONTROLS
