@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
     """The ``amflow`` command (and ``python -m amflow.cli``): :func:`main`, then, on success, the process
     ends without the interpreter's teardown. Freeing torch's, timm's and MLflow's objects one by one at
-    exit cost a training job about 2 CPU s (bench/bench_startup.py), a tenth of a short job. On success
+    exit costs a training job 1.3 to 2 CPU s (bench/bench_exit.py). On success
     every file the command wrote is closed and every tracked run ended, so nothing is lost: only stdout
     and stderr, still buffered, are flushed first. A failure exits the usual way."""
     rc = main()
