@@ -25,7 +25,7 @@ from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-COPIED = ("Snakefile", "workflow", "params", "amflow", "dvc.yaml", "pyproject.toml", ".gitignore", ".dvcignore")
+COPIED = ("Snakefile", "profiles", "workflow", "params", "amflow", "dvc.yaml", "pyproject.toml", ".gitignore", ".dvcignore")
 # The shipped tiny configuration, as a user gives it to Snakemake (targets first: --configfile takes
 # every word that follows it).
 TINY = ("--configfile", "params/tiny.yaml")

@@ -381,6 +381,15 @@ def test_more_cores_than_the_machine_has_start_no_more_jobs_than_its_cores(tmp_p
     assert _most_jobs_at_once(out.stdout + out.stderr) == 2
 
 
+def test_a_plain_snakemake_command_reads_the_projects_default_profile(project):
+    """`snakemake` as the README types it (no --profile) schedules greedily: Snakemake takes
+    profiles/default beside the Snakefile as its default workflow profile, which a --profile overrides."""
+    out = snakemake(project, "-n", "--cores", "8", "results/table1.csv")
+    assert "Using workflow specific profile profiles/default for setting default command line arguments." in (
+        out.stdout + out.stderr)
+    assert yaml.safe_load((project / "profiles" / "default" / "config.yaml").read_text()) == {"scheduler": "greedy"}
+
+
 def test_the_first_seeds_runs_and_table_go_before_the_other_seeds(project):
     """`snakemake` (the default target) plans table1_first_seed.csv, and gives the first seed's trainings and
     evaluations a higher priority than the other seeds' runs, so its one-seed table 1 is complete first."""
