@@ -381,6 +381,24 @@ def test_more_cores_than_the_machine_has_start_no_more_jobs_than_its_cores(tmp_p
     assert _most_jobs_at_once(out.stdout + out.stderr) == 2
 
 
+def test_every_job_the_trainings_wait_for_goes_before_every_training(project):
+    """The data, backbone and camera jobs hold all cores, and a job holding all cores starts only when all
+    are free: below a training's priority it would wait behind the trainings (with their priority, until
+    two happen to end together). In the default's plan each of them has a higher priority than any
+    training or evaluation."""
+    out = snakemake(project, "-n", "--cores", "8", "results/table1.csv")
+    blocks = re.split(r"\n(?=\[)", out.stdout + out.stderr)
+
+    def priorities(rules):
+        found = [int(m.group(1)) if (m := re.search(r"^\s+priority: (\d+)", b, re.M)) else 0
+                 for b in blocks if re.search(rf"^(?:local)?rule ({rules}):", b, re.M)]
+        assert found, rules
+        return found
+
+    gating = priorities("prepare_dataset|pretrain_images|extract_frames|pretrain_backbone|camera_motion")
+    assert len(gating) == 8 and min(gating) > max(priorities("train|evaluate"))
+
+
 def test_a_plain_snakemake_command_reads_the_projects_default_profile(project):
     """`snakemake` as the README types it (no --profile) schedules greedily: Snakemake takes
     profiles/default beside the Snakefile as its default workflow profile, which a --profile overrides."""

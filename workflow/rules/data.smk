@@ -3,6 +3,9 @@
 
 
 rule prepare_dataset:
+    # Before every training: a job on all cores starts only when all are free, so one that waits behind
+    # single-core trainings of a lower or equal priority waits until they happen to end together.
+    priority: 20
     input:
         dataset_lists,
         code=code("prepare"),
