@@ -32,9 +32,10 @@ run: $(STAMP)
 
 # The README's results section, generated from results/ and the timing of a Snakemake run: the latest, or
 # LOG=.snakemake/log/<date>.snakemake.log (after `make run`); several logs of the same run repeated (oldest
-# first, each in its own clone's .snakemake/log/) give each one's wall time and the last one by stage.
+# first, each in its own clone's .snakemake/log/) give each one's wall time and the last one by stage;
+# TIMING_ONLY=1 rewrites the timing section alone (a rerun of table 1 timed, the ablation rows kept).
 readme-results: $(STAMP)
-	$(BIN)/amflow readme-results $(if $(CONFIG),--params $(CONFIG)) $(if $(LOG),--log $(LOG))
+	$(BIN)/amflow readme-results $(if $(CONFIG),--params $(CONFIG)) $(if $(LOG),--log $(LOG)) $(if $(TIMING_ONLY),--timing-only)
 
 ablations: $(STAMP)
 	$(SNAKEMAKE) ablations $(CONFIG_ARGS)

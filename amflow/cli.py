@@ -192,7 +192,7 @@ def cmd_readme_results(args) -> None:
     from amflow.stages.readme_results import readme_results
 
     p = _params(args)
-    print(readme_results(p, _results(args, p), args.readme, args.log, args.no_timing))
+    print(readme_results(p, _results(args, p), args.readme, args.log, args.no_timing, args.timing_only))
 
 
 def cmd_sweep(args) -> None:
@@ -362,14 +362,17 @@ def build_parser() -> argparse.ArgumentParser:
         "\n\nInputs: results/<name>/table1.csv, ablations.csv, plots/, <dataset>/localisation/.\n"
         "Outputs: results/<name>/report.md.")
     p = add("readme-results", cmd_readme_results, "write the README's results section from results/",
-            "Replace the README's generated results section (between its two marker lines) with table 1's "
-            "top-1 over seeds, the paired difference to tpa, the claims as the report states them, and the "
-            "run's time per stage from its Snakemake log and benchmark files (`make readme-results`).")
+            "Replace the README's two generated sections (each between two marker lines): the results, with "
+            "table 1's top-1 over seeds, the paired difference to tpa, the claims as the report states them "
+            "and the ablation rows; and the timing, with the run's wall time, overhead share and time per stage "
+            "from its Snakemake log and benchmark files (`make readme-results`).")
     p.add_argument("--readme", type=Path, default=Path("README.md"), help="the file to update (default README.md)")
     p.add_argument("--log", type=Path, nargs="+", default=None,
                    help="the Snakemake log of the run to time, or the logs of the same run repeated, oldest "
                         "first (default: the latest under .snakemake/log/)")
-    p.add_argument("--no-timing", action="store_true", help="leave the timing table out")
+    p.add_argument("--no-timing", action="store_true", help="rewrite the results section only, not the timing one")
+    p.add_argument("--timing-only", action="store_true",
+                   help="rewrite the timing section only (the results section, ablation rows included, stays)")
     p = sub.add_parser("sweep", help="Optuna sweep over the adapter's hyperparameters",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Run an Optuna sweep (seeded TPE, median pruner on per-epoch validation "

@@ -181,10 +181,11 @@ def test_readme_block_is_replaced_between_the_markers_only(tmp_path):
         readme.update_readme(path, "x\n")
 
 
-def test_the_shipped_readme_has_one_generated_section():
+def test_the_shipped_readme_has_one_results_section_then_one_timing_section():
     text = (ROOT / "README.md").read_text()
-    assert text.count(readme.BEGIN) == 1 and text.count(readme.END) == 1
-    assert text.index(readme.BEGIN) < text.index(readme.END)
+    markers = (readme.BEGIN, readme.END, readme.TIMING_BEGIN, readme.TIMING_END)
+    assert [text.count(m) for m in markers] == [1, 1, 1, 1]
+    assert [text.index(m) for m in markers] == sorted(text.index(m) for m in markers)
 
 
 def test_every_rule_writes_a_benchmark_file():
@@ -246,7 +247,7 @@ def test_dvc_stages_write_the_benchmark_files_snakemake_expects():
     assert "benchmarks/default/train/synth_moving/amflow/seed0.tsv" in train["outs"]
 
 
-def test_readme_results_command_rewrites_only_the_generated_section(tmp_path, run_log):
+def test_readme_results_command_rewrites_only_the_generated_sections(tmp_path, run_log):
     sys.path.insert(0, str(ROOT / "tests"))
     from test_report import build
 
@@ -256,15 +257,28 @@ def test_readme_results_command_rewrites_only_the_generated_section(tmp_path, ru
     readme_copy = tmp_path / "README.md"
     readme_copy.write_text(shipped)
     env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
-    out = subprocess.run(["amflow", "readme-results", "--params", str(ROOT / "params/default.yaml"), "--results-dir",
-                          str(results), "--readme", str(readme_copy), "--log", str(run_log)],
-                         capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    text = readme_copy.read_text()
-    before, after = shipped.split(readme.BEGIN)[0], shipped.split(readme.END)[1]
-    assert text.startswith(before) and text.endswith(after)
-    block = text.split(readme.BEGIN)[1].split(readme.END)[0]
-    assert "Figures are means over 2 seeds" in block and "Wall time: 30 s (0.5 min), 4 jobs." in block
+
+    def readme_results(*extra):
+        out = subprocess.run(["amflow", "readme-results", "--params", str(ROOT / "params/default.yaml"),
+                              "--results-dir", str(results), "--readme", str(readme_copy), "--log", str(run_log),
+                              *extra], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        return readme_copy.read_text()
+
+    def section(text, begin, end):
+        return text.split(begin)[1].split(end)[0]
+
+    text = readme_results()
+    assert text.startswith(shipped.split(readme.BEGIN)[0]) and text.endswith(shipped.split(readme.TIMING_END)[1])
+    assert section(text, readme.END, readme.TIMING_BEGIN) == section(shipped, readme.END, readme.TIMING_BEGIN)
+    assert "Figures are means over 2 seeds" in section(text, readme.BEGIN, readme.END)
+    assert "Wall time: 30 s (0.5 min), 4 jobs." in section(text, readme.TIMING_BEGIN, readme.TIMING_END)
+    # --timing-only: a run of table 1 alone (no ablations.csv) retimed; the results section stays as it was
+    readme_copy.write_text(shipped)
+    (results / "default" / "ablations.csv").unlink(missing_ok=True)
+    text = readme_results("--timing-only")
+    assert section(text, readme.BEGIN, readme.END) == section(shipped, readme.BEGIN, readme.END)
+    assert "Wall time: 30 s (0.5 min), 4 jobs." in section(text, readme.TIMING_BEGIN, readme.TIMING_END)
 
 
 def test_readme_results_times_each_repeat_and_reads_each_runs_own_benchmarks(tmp_path):
@@ -283,13 +297,13 @@ def test_readme_results_times_each_repeat_and_reads_each_runs_own_benchmarks(tmp
         log.parent.mkdir(parents=True)
         log.write_text(LOG.replace("[Mon Jan  5 10:00:30 2026]", f"[Mon Jan  5 {end} 2026]"))
         logs.append(log)
-    text = readme.results_markdown(params, tmp_path / "results" / "default", logs)
+    text = readme.timing_markdown(logs)
     assert "each of the 2 runs timed, on the machine that ran them: 30 s (0.5 min), 4 jobs; 40 s (0.7 min), 4 jobs." in text
     assert "Wall time: 40 s (0.7 min), 4 jobs." in text and "Wall time: 30 s" not in text
     assert re.search(r"\| a\s+\| 1\s+\| 9\.9\s+\| 9\.9\s+\| 7\.2\s+\|", text), text
     # the command as `make readme-results LOG="first second"` types it
     target = tmp_path / "README.md"
-    target.write_text(f"{readme.BEGIN}\n{readme.END}\n")
+    target.write_text(f"{readme.BEGIN}\n{readme.END}\n{readme.TIMING_BEGIN}\n{readme.TIMING_END}\n")
     env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     out = subprocess.run(["amflow", "readme-results", "--params", str(ROOT / "params/default.yaml"), "--results-dir",
                           str(tmp_path / "results"), "--readme", str(target), "--log", *map(str, logs)],
