@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Generate results/<name>/report.md (every table, every plot, one paragraph per table) from the results."
         "\n\nInputs: results/<name>/table1.csv, ablations.csv, plots/, <dataset>/localisation/.\n"
         "Outputs: results/<name>/report.md.")
-    p = add("readme-results", cmd_readme_results, "write the README's results section from results/",
+    p = add("readme-results", cmd_readme_results, "write the README's results and timing sections",
             "Replace the README's two generated sections (each between two marker lines): the results, with "
             "table 1's top-1 over seeds, the paired difference to tpa, the claims as the report states them "
             "and the ablation rows; and the timing, with the run's wall time, overhead share and time per stage "

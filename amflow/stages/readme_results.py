@@ -1,5 +1,5 @@
-"""``amflow readme-results``: the README's results section, generated from ``results/`` (``make readme-results``),
-never typed.
+"""``amflow readme-results``: the README's results and timing sections, generated from ``results/`` and the
+Snakemake logs (``make readme-results``), never typed.
 
 Two sections, each between two marker lines in the README, everything between them replaced: the
 results (table 1's top-1 with seeds and the paired difference to ``tpa``, the claims as the report
