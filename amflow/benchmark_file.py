@@ -31,10 +31,14 @@ CPU_LINE = "amflow {command}: {cpu:.2f} CPU s"
 CPU_LINE_PATTERN = re.compile(r"^amflow [\w-]+: (\d+(?:\.\d+)?) CPU s$", re.M)
 
 
+def _cpu_s(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 def process_cpu_s() -> float:
     """User and system CPU seconds of this process and of its children that have been waited for."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN)
 
 
 # Beside a Snakemake run's log: the CPU seconds of the whole run (record_run_cpu).
@@ -46,9 +50,8 @@ def record_run_cpu(logs: list[str]) -> None:
     benchmark sampling) and of everything it waited for (each job's shell and command, the scheduler's
     solver), written beside each of the run's logs as ``<log>.cpu.json``. The jobs' closing lines count
     only their commands; this is the whole run, on this machine (a cluster's jobs run elsewhere)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    record = {"snakemake_cpu_s": round(own.ru_utime + own.ru_stime, 2),
-              "children_cpu_s": round(children.ru_utime + children.ru_stime, 2)}
+    record = {"snakemake_cpu_s": round(_cpu_s(resource.RUSAGE_SELF), 2),
+              "children_cpu_s": round(_cpu_s(resource.RUSAGE_CHILDREN), 2)}
     for log in logs:
         io.write_json(Path(str(log) + RUN_CPU_SUFFIX), record)
 

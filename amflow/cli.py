@@ -370,9 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", type=Path, nargs="+", default=None,
                    help="the Snakemake log of the run to time, or the logs of the same run repeated, oldest "
                         "first (default: the latest under .snakemake/log/)")
-    p.add_argument("--no-timing", action="store_true", help="rewrite the results section only, not the timing one")
-    p.add_argument("--timing-only", action="store_true",
-                   help="rewrite the timing section only (the results section, ablation rows included, stays)")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--no-timing", action="store_true", help="rewrite the results section only, not the timing one")
+    only.add_argument("--timing-only", action="store_true",
+                      help="rewrite the timing section only (the results section, ablation rows included, stays)")
     p = sub.add_parser("sweep", help="Optuna sweep over the adapter's hyperparameters",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Run an Optuna sweep (seeded TPE, median pruner on per-epoch validation "

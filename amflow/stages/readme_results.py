@@ -78,8 +78,6 @@ def update_readme(readme: Path, block: str, begin: str = BEGIN, end: str = END) 
 def readme_results(params: Params, results_dir: Path, readme: Path, logs: Optional[Sequence[Path]],
                    no_timing: bool, timing_only: bool = False) -> Path:
     """``logs``: the Snakemake logs to time (default: the latest under ``.snakemake/log/``)."""
-    if no_timing and timing_only:
-        raise AmflowError("readme-results: --no-timing and --timing-only leave nothing to write; give one")
     if not timing_only:
         update_readme(readme, results_markdown(params, results_dir))
     if not no_timing:

@@ -381,46 +381,49 @@ def test_more_cores_than_the_machine_has_start_no_more_jobs_than_its_cores(tmp_p
     assert _most_jobs_at_once(out.stdout + out.stderr) == 2
 
 
-def test_every_job_the_trainings_wait_for_goes_before_every_training(project):
+@pytest.fixture(scope="module")
+def readme_plan(project) -> str:
+    """The dry run of the README's main command, `snakemake --cores 8 results/table1.csv`, in the project."""
+    out = snakemake(project, "-n", "--cores", "8", "results/table1.csv")
+    return out.stdout + out.stderr
+
+
+def planned(plan: str, rules: str) -> list[str]:
+    """The job blocks of a dry run whose rule matches ``rules`` (a regex alternation)."""
+    return [b for b in re.split(r"\n(?=\[)", plan) if re.search(rf"^(?:local)?rule ({rules}):", b, re.M)]
+
+
+def priority(block: str) -> int:
+    """A planned job's priority (Snakemake prints none for 0)."""
+    found = re.search(r"^\s+priority: (\d+)", block, re.M)
+    return int(found.group(1)) if found else 0
+
+
+def test_every_job_the_trainings_wait_for_goes_before_every_training(readme_plan):
     """The data, backbone and camera jobs hold all cores, and a job holding all cores starts only when all
     are free: below a training's priority it would wait behind the trainings (with their priority, until
     two happen to end together). In the default's plan each of them has a higher priority than any
     training or evaluation."""
-    out = snakemake(project, "-n", "--cores", "8", "results/table1.csv")
-    blocks = re.split(r"\n(?=\[)", out.stdout + out.stderr)
-
-    def priorities(rules):
-        found = [int(m.group(1)) if (m := re.search(r"^\s+priority: (\d+)", b, re.M)) else 0
-                 for b in blocks if re.search(rf"^(?:local)?rule ({rules}):", b, re.M)]
-        assert found, rules
-        return found
-
-    gating = priorities("prepare_dataset|pretrain_images|extract_frames|pretrain_backbone|camera_motion")
-    assert len(gating) == 8 and min(gating) > max(priorities("train|evaluate"))
+    gating = [priority(b) for b in planned(readme_plan, "prepare_dataset|pretrain_images|extract_frames|"
+                                                       "pretrain_backbone|camera_motion")]
+    runs = [priority(b) for b in planned(readme_plan, "train|evaluate")]
+    assert len(gating) == 8 and runs and min(gating) > max(runs)
 
 
-def test_a_plain_snakemake_command_reads_the_projects_default_profile(project):
-    """`snakemake` as the README types it (no --profile) schedules greedily: Snakemake takes
-    profiles/default beside the Snakefile as its default workflow profile, which a --profile overrides."""
-    out = snakemake(project, "-n", "--cores", "8", "results/table1.csv")
-    assert "Using workflow specific profile profiles/default for setting default command line arguments." in (
-        out.stdout + out.stderr)
-    assert yaml.safe_load((project / "profiles" / "default" / "config.yaml").read_text()) == {"scheduler": "greedy"}
+def test_a_plain_snakemake_command_reads_the_projects_default_profile(readme_plan):
+    """`snakemake` as the README types it (no --profile) takes profiles/default beside the Snakefile as its
+    default workflow profile (the greedy scheduler), which a --profile overrides."""
+    assert "Using workflow specific profile profiles/default for setting default command line arguments." in readme_plan
 
 
-def test_the_first_seeds_runs_and_table_go_before_the_other_seeds(project):
-    """`snakemake` (the default target) plans table1_first_seed.csv, and gives the first seed's trainings and
-    evaluations a higher priority than the other seeds' runs, so its one-seed table 1 is complete first."""
-    out = snakemake(project, "-n")
-    assert job_counts(out)["table1_first_seed"] == 1
-    blocks = re.split(r"\n(?=\[)", out.stdout + out.stderr)
-    runs = [b for b in blocks if re.search(r"^rule (train|evaluate):", b, re.M)]
+def test_the_first_seeds_runs_and_table_go_before_the_other_seeds(readme_plan):
+    """The main command plans table1_first_seed.csv, and gives the first seed's trainings and evaluations a
+    higher priority than the other seeds' runs, so its one-seed table 1 is complete first."""
+    assert len(planned(readme_plan, "table1_first_seed")) == 1
+    runs = planned(readme_plan, "train|evaluate")
     p = load_params(ROOT / "params" / "default.yaml")
     assert len(runs) == 2 * len(p.table_datasets) * len(p.methods) * len(p.seeds)
     for block in runs:
         seed = int(re.search(r"seed=(\d+)", block).group(1))
-        priority = re.search(r"^\s+priority: (\d+)", block, re.M)
-        first = int(priority.group(1)) if priority else 0
-        assert (first > 0) == (seed == p.seeds[0]), block[:300]
-    table = next(b for b in blocks if re.search(r"^rule table1_first_seed:", b, re.M))
-    assert int(re.search(r"^\s+priority: (\d+)", table, re.M).group(1)) > 0
+        assert (priority(block) > 0) == (seed == p.seeds[0]), block[:300]
+    assert priority(planned(readme_plan, "table1_first_seed")[0]) > 0
