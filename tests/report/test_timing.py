@@ -278,9 +278,12 @@ def test_readme_results_command_rewrites_only_the_generated_sections(tmp_path, r
     (results / "default" / "ablations.csv").unlink(missing_ok=True)
     # as the README types it: make readme-results TIMING_ONLY=1 LOG=... (-o: never reinstall from here)
     venv = Path(sys.prefix)
-    make = subprocess.run(["make", "-n", "-o", str(venv / ".installed"), "readme-results", f"VENV={venv}",
-                           "TIMING_ONLY=1", f"LOG={run_log}"], cwd=ROOT, capture_output=True, text=True)
-    assert make.returncode == 0 and make.stdout.rstrip().endswith(f"--log {run_log} --timing-only"), make.stdout
+    # (under `make test` the outer make's MAKELEVEL makes this one print its directory: --no-print-directory)
+    make = subprocess.run(["make", "--no-print-directory", "-n", "-o", str(venv / ".installed"), "readme-results",
+                           f"VENV={venv}", "TIMING_ONLY=1", f"LOG={run_log}"], cwd=ROOT, capture_output=True, text=True)
+    command = [line for line in make.stdout.splitlines() if " readme-results " in line]
+    assert make.returncode == 0 and len(command) == 1, make.stdout
+    assert command[0].endswith(f"--log {run_log} --timing-only"), make.stdout
     text = readme_results("--timing-only")
     assert section(text, readme.BEGIN, readme.END) == section(shipped, readme.BEGIN, readme.END)
     assert "Wall time: 30 s (0.5 min), 4 jobs." in section(text, readme.TIMING_BEGIN, readme.TIMING_END)
