@@ -37,6 +37,7 @@ rule latest_table1:
     threads: 1
     resources:
         cpu_slots=held_slots,
+        mem_mb=memory(100),
     log:
         f"{LOGS}/latest_table1.log",
     benchmark:

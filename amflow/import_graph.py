@@ -6,12 +6,18 @@ the pipeline's stages, which the Snakemake rules take as inputs (``workflow/rule
 ``amflow <command>`` can import: ``amflow/cli.py`` with what it imports at module level and in every
 function but the other commands' ``cmd_*``, then everything those import, transitively (an import
 inside a function counts too), with the ``__init__.py`` of every package on the way.
+
+A Snakemake job takes its command's code as one input, :func:`code_stamp`, which stands for those files.
 """
 from __future__ import annotations
 
 import ast
+import hashlib
+import os
 from functools import lru_cache
 from pathlib import Path
+
+from amflow import io
 
 PACKAGE = "amflow"
 CLI = f"{PACKAGE}.cli"
@@ -124,3 +130,28 @@ def command_files(root: Path, command: str) -> list[str]:
     root = Path(root).resolve()
     mods, _ = _graph(root)
     return sorted(mods[name].relative_to(root).as_posix() for name in command_modules(root, command))
+
+
+def code_stamp(root: Path, command: str, folder: Path) -> Path:
+    """One file in ``folder`` that stands for the source files of ``amflow <command>`` as a Snakemake job's
+    input, so the job reruns when Snakemake would rerun it for those files themselves:
+
+    - its name holds a digest of their paths and contents, so another set of files or an edit gives another
+      name (Snakemake's "input" trigger: the set of input files changed);
+    - its modification time is the newest of theirs (Snakemake's "mtime" trigger: an input is newer than
+      the outputs), set again whenever the workflow is read, so a deleted ``.snakemake/`` reruns nothing.
+
+    It lists the files with their sha256. One input where there were dozens: Snakemake's scheduler reads
+    the size of every input of every waiting job each second, which cost the default run minutes of CPU.
+    """
+    root = Path(root).resolve()
+    files = command_files(root, command)
+    lines = [f"{hashlib.sha256((root / f).read_bytes()).hexdigest()}  {f}\n" for f in files]
+    text = "".join(lines)
+    path = Path(folder) / f"{command}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.sha256"
+    if not path.is_file() or path.read_text() != text:
+        io.write_text(path, text)
+    newest = max((root / f).stat().st_mtime_ns for f in files)
+    if path.stat().st_mtime_ns != newest:
+        os.utime(path, ns=(newest, newest))
+    return path

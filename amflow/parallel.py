@@ -18,6 +18,11 @@ def usable_cores() -> int:
     return min(cores, int(budget)) if budget.isdigit() and int(budget) > 0 else cores
 
 
+def machine_memory_mb() -> int:
+    """This machine's physical memory in Snakemake's ``mem_mb`` unit (10**6 bytes; ``mem_mib`` is 2**20)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 10**6
+
+
 def worker_count(requested: int, tasks: int) -> int:
     """``requested`` workers (0: one per usable core), no more than there are tasks, and at least one."""
     return max(1, min(requested or usable_cores(), tasks))

@@ -195,6 +195,8 @@ def dvc_pipeline_file(name: str) -> Path:
 # Where the workflow writes the params its jobs read (amflow.params_io.write_resolved): Snakemake's own
 # working folder, not a results folder (the file is a means, not a result).
 RESOLVED_PARAMS_DIR = Path(".snakemake") / "amflow_params"
+# Where the workflow writes each command's code stamp (amflow.import_graph.code_stamp), for the same reason.
+CODE_STAMPS_DIR = Path(".snakemake") / "amflow_code"
 
 
 def dataset_dir(data_dir: Path, key: str) -> Path:

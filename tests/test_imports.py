@@ -197,3 +197,35 @@ def test_an_import_inside_a_function_counts_for_its_command_only(tmp_path):
     assert "amflow/report/extra.py" in command_files(tmp_path, "report")
     assert "amflow/report/extra.py" not in command_files(tmp_path, "train")
     assert "amflow/report/extra.py" not in command_files(ROOT, "report")
+
+
+def test_a_commands_code_stamp_changes_with_its_code_and_is_dated_like_its_newest_file(tmp_path):
+    """The stamp a Snakemake job takes for its command's code: another name after an edit to a file the
+    command imports (and the same for a command that does not import it); the newest file's time, also
+    after a file is only touched or the stamps' folder is deleted."""
+    import hashlib
+    import os
+    import shutil
+
+    from amflow.import_graph import code_stamp, command_files
+
+    shutil.copytree(PACKAGE, tmp_path / "amflow", ignore=shutil.ignore_patterns("__pycache__"))
+    stamps = tmp_path / "stamps"
+    report, train = code_stamp(tmp_path, "report", stamps), code_stamp(tmp_path, "train", stamps)
+    files = command_files(tmp_path, "report")
+    assert [line.split("  ")[1] for line in report.read_text().splitlines()] == files
+    assert report.read_text().splitlines()[0].split("  ")[0] == hashlib.sha256(
+        (tmp_path / files[0]).read_bytes()).hexdigest()
+    assert report.stat().st_mtime_ns == max((tmp_path / f).stat().st_mtime_ns for f in files)
+
+    module = tmp_path / "amflow" / "report" / "report.py"
+    later = report.stat().st_mtime_ns + 10**9
+    os.utime(module, ns=(later, later))  # touched only
+    assert code_stamp(tmp_path, "report", stamps) == report and report.stat().st_mtime_ns == later
+    module.write_text(module.read_text() + "\n# an edit\n")
+    edited = code_stamp(tmp_path, "report", stamps)
+    assert edited != report and edited.stat().st_mtime_ns == module.stat().st_mtime_ns
+    assert code_stamp(tmp_path, "train", stamps) == train  # the training does not import the report
+    shutil.rmtree(stamps)
+    again = code_stamp(tmp_path, "report", stamps)
+    assert again == edited and again.stat().st_mtime_ns == module.stat().st_mtime_ns

@@ -6,8 +6,8 @@ pipeline's targets (for one params file, ``params/default.yaml`` unless told oth
 its DVC pipeline file (:func:`amflow.paths.dvc_pipeline_file`: ``dvc.yaml`` for the embedded default,
 ``pipelines/<name>/dvc.yaml`` for another params file, each with its ``dvc.lock`` beside it). Every job becomes one DVC stage: the same shell command reading the params
 file itself (``--params FILE``; Snakemake's jobs read the workflow's resolved copy of it), the job's
-inputs as deps (its data, and the source files its command imports: the rule's ``code`` input,
-:func:`amflow.import_graph.command_files`), its outputs as outs, and the params keys that the rule names
+inputs as deps (its data, and the source files its command imports, :func:`amflow.import_graph.command_files`,
+for which the rule's ``code`` input, their stamp, stands), its outputs as outs, and the params keys that the rule names
 in ``params.dvc_params`` and the file states (DVC refuses a key the file lacks; a key left to the
 schema's default changes only with the code, which is a dep). A rule may list its DVC outs in
 ``params.dvc_outs`` when it writes a whole folder (DVC tracks the folder; Snakemake watches the file
@@ -50,7 +50,7 @@ import yaml
 from amflow import io
 from amflow import paths
 from amflow.errors import AmflowError
-from amflow.import_graph import PACKAGE, command_files
+from amflow.import_graph import code_stamp, command_files
 from amflow import identity
 from amflow.params_io import deep_merge, load_params, read_yaml, set_dotted, validate
 from amflow.workflow_plan import find_ablation
@@ -203,22 +203,24 @@ def params_chain(params_file: str) -> list[tuple[str, dict]]:
         path = Path(os.path.normpath(path.parent / raw["extends"]))
 
 
-def _code_deps(job) -> list[str]:
-    """The job's code inputs: exactly the files its amflow command imports, or the rule is wrong."""
-    code = [str(f) for f in job.input if str(f).startswith(f"{PACKAGE}/")]
+def _code_deps(job) -> tuple[list[str], list[str]]:
+    """The files the job's amflow command imports, which its input ``code`` (their stamp) stands for, or the
+    rule is wrong; and the job's other inputs."""
     command = amflow_command(job)
-    expected = command_files(Path("."), command) if command else []
-    if sorted(code) != expected:
-        raise AmflowError(f"rule {job.rule.name}: its input `code` must be code(\"{command}\") (the files "
-                          f"`amflow {command}` imports), as the other rules' are; fix workflow/rules/")
-    return expected
+    stamp = [str(code_stamp(Path("."), command, paths.CODE_STAMPS_DIR))] if command else []
+    named = job.input.get("code")
+    code = [] if named is None else [str(named)] if isinstance(named, str) else [str(f) for f in named]
+    if code != stamp:
+        raise AmflowError(f"rule {job.rule.name}: its input `code` must be code(\"{command}\") (the stamp of "
+                          f"the files `amflow {command}` imports), as the other rules' are; fix workflow/rules/")
+    return (command_files(Path("."), command) if command else []), [str(f) for f in job.input if str(f) not in stamp]
 
 
 def job_to_stage(job, params_file: str, folder_outs: list[str], chain: list[tuple[str, dict]],
                  folder: Path = Path(".")) -> dict:
     """The DVC stage of one Snakemake job (see the module docstring), in the pipeline file of ``folder``."""
     params = dict(job.params.items())
-    code = _code_deps(job)
+    code, data = _code_deps(job)
     cmd = dvc_cmd(job, params_file)
     outs = _dvc_outs(job)
     stage: dict[str, Any] = {}
@@ -232,7 +234,6 @@ def job_to_stage(job, params_file: str, folder_outs: list[str], chain: list[tupl
         outs = outs + [bench]
     else:
         stage["cmd"] = _command(cmd, params.get("launch", ""))
-    data = [str(f) for f in job.input if str(f) not in code]
     stage["deps"] = list(dict.fromkeys(_as_dvc_dep(f, folder_outs) for f in data)) + [Literal(f) for f in code]
     tracked = []
     for path, raw in chain:

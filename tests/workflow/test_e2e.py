@@ -141,6 +141,30 @@ def test_the_run_records_its_whole_cpu_beside_its_log(project):
     assert re.search(r"in the jobs' commands; \d+ of \d+ CPU s \(\d+%\) in the whole run", out.stdout), out.stdout
 
 
+@pytest.mark.slow
+def test_every_job_held_no_more_memory_than_its_rule_declares(project):
+    """A rule's ``resources: mem_mb`` is what a local run's memory limit counts (workflow/rules/common.smk):
+    every job of the run held at most that much, by its benchmark file's max_rss (the peak memory of the
+    job's processes together, in MiB as Snakemake samples it; mem_mib is the declared figure in MiB)."""
+    from amflow.report.timing import read_benchmark
+
+    logs = sorted((project / ".snakemake" / "log").glob("*.snakemake.log"))
+    first = next(log for log in logs if Path(f"{log}.cpu.json").is_file())  # the shared run's
+    checked = []
+    for block in re.split(r"\n(?=\[)", first.read_text()):
+        bench = re.search(r"^    benchmark: (.+)$", block, re.M)
+        if not bench:
+            continue
+        declared = re.search(r"^    resources: .*\bmem_mib=(\d+)", block, re.M)
+        assert declared, f"no mem_mb declared:\n{block}"
+        held = read_benchmark(project / bench.group(1))["max_rss"]
+        if held is None:  # ended before Snakemake's first sample
+            continue
+        assert held <= int(declared.group(1)), (bench.group(1), held, declared.group(1))
+        checked.append(bench.group(1))
+    assert len(checked) >= 20, checked
+
+
 def plan_with(project: Path, values: str, target: str):
     """The dry run of ``target`` with a params file that extends tiny.yaml (so shares its name, its
     results folder) by ``values`` (YAML)."""

@@ -213,6 +213,8 @@ def test_profile_gives_each_rule_its_resources(cluster, tmp_path):
         if rule in PROFILE.get("set-threads", {}):
             assert threads == PROFILE["set-threads"][rule], (rule, threads)
         assert threads <= PROFILE["max-threads"], (rule, threads)
+        # the login node's cores do not cap a cluster run: each job holds its threads' slots
+        assert resources["cpu_slots"] == str(threads), (rule, resources)
         assert threads <= int(resources["cpus_per_task"]), (rule, threads, resources["cpus_per_task"])
         if rule in ("train", "train_ablation"):
             assert shell.startswith("torchrun --standalone --nproc_per_node 4 -m amflow.cli train "), shell

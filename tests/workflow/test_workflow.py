@@ -53,8 +53,10 @@ def test_dvc_yaml_stages_cover_the_pipeline(monkeypatch):
 
 
 def test_each_stage_depends_on_the_code_its_command_imports_in_both_tools(monkeypatch):
-    """The same source files are a Snakemake job's inputs and its DVC stage's deps; a training imports
-    no report module, the report no training module."""
+    """The same source files are a Snakemake job's input (one stamp of them, which lists each with its
+    sha256) and its DVC stage's deps; a training imports no report module, the report no training module."""
+    import hashlib
+
     from amflow.stages.dvc_yaml import amflow_command, build_dvc_yaml, expand_pipeline, pipeline_jobs
     from amflow.import_graph import command_files
 
@@ -65,8 +67,12 @@ def test_each_stage_depends_on_the_code_its_command_imports_in_both_tools(monkey
     by_benchmark = {o: st for st in stages.values() for o in st.get("outs", []) if o.startswith("benchmarks/")}
     for job in jobs:
         command = amflow_command(job)
-        code = sorted(str(f) for f in job.input if str(f).startswith("amflow/"))
+        assert not any(str(f).startswith("amflow/") for f in job.input), job.rule.name
+        stamp = job.input.get("code")
+        listed = [line.split("  ", 1) for line in Path(stamp).read_text().splitlines()] if stamp else []
+        code = [f for _, f in listed]
         assert code == (command_files(ROOT, command) if command else []), job.rule.name
+        assert all(digest == hashlib.sha256((ROOT / f).read_bytes()).hexdigest() for digest, f in listed)
         stage = by_benchmark[str(job.benchmark)]
         assert sorted(d for d in stage["deps"] if d.startswith("amflow/")) == code, job.rule.name
         if job.rule.name in ("train", "train_ablation"):
@@ -382,6 +388,33 @@ def test_more_cores_than_the_machine_has_start_no_more_jobs_than_its_cores(tmp_p
     out = run(["taskset", "-c", "0", BIN / "snakemake", *args, "--resources", "cpu_slots=2"], asked,
               env=project_env(asked, AMFLOW_TRACKING="0"))
     assert _most_jobs_at_once(out.stdout + out.stderr) == 2
+
+
+def _provided(log: str, resource: str) -> int:
+    """A resource's limit in a Snakemake run's output (``Provided resources: cpu_slots=Resource(...)``)."""
+    line = next(line for line in log.splitlines() if line.startswith("Provided resources:"))
+    return int(re.search(rf"{resource}=Resource\(\"{resource}\", (\d+)\)", line).group(1))
+
+
+@pytest.mark.skipif(not Path("/proc/meminfo").is_file() or not hasattr(os, "sched_setaffinity"),
+                    reason="reads the machine's memory from /proc/meminfo; one core each job (taskset)")
+def test_the_jobs_memory_together_stays_within_the_machines(tmp_path):
+    """Every job declares its memory (mem_mb), and a local run's limit is the machine's memory (/proc/meminfo,
+    in Snakemake's megabytes of 10**6 bytes) unless `--resources mem_mb=N` sets another: with two one-core
+    jobs asked for (taskset) but memory for one preparation and a half, the two run one after the other."""
+    args = ("--cores", "8", "--until", "prepare_dataset", *TINY)
+    machine = make_project_copy(tmp_path / "machine")
+    out = run(["taskset", "-c", "0", BIN / "snakemake", *args, "--resources", "cpu_slots=2"], machine,
+              env=project_env(machine, AMFLOW_TRACKING="0"))
+    log = out.stdout + out.stderr
+    kib = int(re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M).group(1))
+    assert _provided(log, "mem_mb") == kib * 1024 // 10**6
+    declared = [int(m) for m in re.findall(r"^\s+resources: .*\bmem_mb=(\d+)", log, re.M)]
+    assert len(declared) == 2 and _most_jobs_at_once(log) == 2
+    limited = make_project_copy(tmp_path / "limited")
+    out = run(["taskset", "-c", "0", BIN / "snakemake", *args, "--resources", "cpu_slots=2", f"mem_mb={max(declared) * 3 // 2}"], limited,
+              env=project_env(limited, AMFLOW_TRACKING="0"))
+    assert _most_jobs_at_once(out.stdout + out.stderr) == 1
 
 
 @pytest.fixture(scope="module")

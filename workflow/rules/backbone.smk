@@ -17,6 +17,7 @@ if P.backbone.weights == "pretrain":
         threads: JOB_CORES
         resources:
             cpu_slots=held_slots,
+            mem_mb=memory(1600),
             gpu=GPUS_PER_JOB,
         log:
             f"{LOGS}/pretrain_backbone.log",

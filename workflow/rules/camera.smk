@@ -18,6 +18,7 @@ rule camera_motion:
     threads: JOB_CORES
     resources:
         cpu_slots=held_slots,
+        mem_mb=memory(350, 250),
     log:
         f"{LOGS}/camera_motion/{{dataset}}.log",
     benchmark:

@@ -9,8 +9,8 @@ import sys
 
 from amflow import identity, methods, paths
 from amflow.benchmark_file import record_run_cpu
-from amflow.import_graph import command_files
-from amflow.parallel import usable_cores
+from amflow.import_graph import code_stamp
+from amflow.parallel import machine_memory_mb, usable_cores
 from amflow.params import GROUND_TRUTH_CONTROLS
 from amflow.params_io import ParamsError, resolve_workflow_config, validate, write_resolved
 from amflow.workflow_plan import ablation_runs, find_ablation, reference_runs, table_runs
@@ -46,18 +46,40 @@ BENCH = str(paths.benchmarks_root("benchmarks", P.name))
 # OMP_NUM_THREADS, which torch and amflow's worker pools follow, so a job never starts more threads than
 # cores (more only thrash); with fewer --cores Snakemake scales it down, and cluster profiles set their own.
 JOB_CORES = min(8, usable_cores())
-# Jobs at once: every job holds its threads of CPU_SLOTS, which is this machine's cores (a local run),
-# whatever --cores says: `--cores 8` on 2 cores would otherwise start 8 single-thread trainings of about
-# 1.1 GB each, slower together than two at a time. `--resources cpu_slots=N` asks for N; a machine with 8
-# or 64 cores gets them all, and a cluster run (its jobs on other machines) is not capped here.
+# A run that counts cores (`--cores N`) runs its jobs on this machine, and the two caps below fit them to
+# it. A run given a number of jobs (`--jobs N`: a cluster profile's `jobs:`, or `-j N` here) asks for N
+# jobs at once and gets them: Snakemake picks the executor only after reading the Snakefile, so this is
+# what tells a cluster run apart here. A cluster job's own Snakemake on its node runs that one job.
+RUNS_HERE = workflow.nodes is None and not workflow.remote_exec
+# Jobs at once: every job holds its threads of CPU_SLOTS, which is this machine's cores, whatever --cores
+# says: `--cores 8` on 2 cores would otherwise start 8 single-thread trainings of about 1.1 GB each,
+# slower together than two at a time. `--resources cpu_slots=N` asks for N; a machine with 8 or 64 cores
+# gets them all.
 CPU_SLOTS = "cpu_slots"
-if workflow.local_exec and CPU_SLOTS not in workflow.global_resources:
+if RUNS_HERE and CPU_SLOTS not in workflow.global_resources:
     workflow.global_resources[CPU_SLOTS] = usable_cores()
 
 
 def held_slots(wildcards, threads):
     """Every rule's ``resources: cpu_slots``: a job holds one slot per thread (see CPU_SLOTS)."""
     return threads
+
+
+# Memory: every rule declares the most its job holds (``resources: mem_mb``, `memory`), and a local run
+# starts no jobs whose memory together exceeds the machine's (`--resources mem_mb=N` sets another
+# limit), so a machine with many cores and little memory runs fewer jobs at once instead of swapping.
+MEM_MB = "mem_mb"
+if RUNS_HERE and MEM_MB not in workflow.global_resources:
+    workflow.global_resources[MEM_MB] = machine_memory_mb()
+
+
+def memory(base_mb, per_thread_mb=0):
+    """A rule's ``resources: mem_mb``: ``base_mb`` plus ``per_thread_mb`` per thread (the stages that
+    work in parallel start one worker process per thread). The figures are the peak memory of the job's
+    processes together in the embedded default, measured at 1 and 2 threads, with about a third more:
+    params with a larger model or longer clips need more (`--set-resources train:mem_mb=N`, or a
+    profile's set-resources, as workflow/profiles/slurm does)."""
+    return lambda wildcards, threads: base_mb + per_thread_mb * threads
 
 
 wildcard_constraints:
@@ -80,10 +102,10 @@ def params_file(wildcards, input):
 
 
 def code(command):
-    """The source files ``amflow <command>`` imports (:func:`amflow.import_graph.command_files`), as a rule's
-    input ``code``: an edit to one of them reruns the jobs whose command imports it, and no other (the
-    DVC stages of `amflow dvc-yaml` get the same files as deps)."""
-    return [os.path.relpath(os.path.join(workflow.basedir, f)) for f in command_files(workflow.basedir, command)]
+    """A rule's input ``code``: the stamp of the source files ``amflow <command>`` imports
+    (:func:`amflow.import_graph.code_stamp`), so an edit to one of them reruns the jobs whose command
+    imports it, and no other (the DVC stages of `amflow dvc-yaml` get the files themselves as deps)."""
+    return os.path.relpath(code_stamp(workflow.basedir, command, paths.CODE_STAMPS_DIR))
 
 
 def tracked(*keys):

@@ -18,6 +18,7 @@ rule prepare_dataset:
     threads: JOB_CORES
     resources:
         cpu_slots=held_slots,
+        mem_mb=memory(250, 200),
         runtime=240,
     log:
         f"{LOGS}/prepare_dataset/{{dataset}}-{{spec}}.log",
@@ -43,6 +44,7 @@ if P.pretrain_images is not None:
         threads: JOB_CORES
         resources:
             cpu_slots=held_slots,
+            mem_mb=memory(300, 200),
         log:
             f"{LOGS}/pretrain_images.log",
         benchmark:
@@ -67,6 +69,7 @@ rule extract_frames:
     threads: JOB_CORES
     resources:
         cpu_slots=held_slots,
+        mem_mb=memory(300, 100),
         runtime=600,
     log:
         f"{LOGS}/extract_frames/{{dataset}}-{{spec}}.log",

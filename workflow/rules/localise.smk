@@ -14,6 +14,7 @@ rule ground_truth:
     threads: 1
     resources:
         cpu_slots=held_slots,
+        mem_mb=memory(500),
     log:
         f"{LOGS}/ground_truth/{{dataset}}-{{spec}}.log",
     benchmark:
@@ -41,6 +42,7 @@ rule localise:
     threads: JOB_CORES
     resources:
         cpu_slots=held_slots,
+        mem_mb=memory(1600),
     log:
         f"{LOGS}/localise/{{dataset}}.log",
     benchmark:

@@ -15,6 +15,7 @@ rule table1:
     threads: 1
     resources:
         cpu_slots=held_slots,
+        mem_mb=memory(500),
     log:
         f"{LOGS}/table1.log",
     benchmark:
@@ -39,6 +40,7 @@ rule table1_first_seed:
     threads: 1
     resources:
         cpu_slots=held_slots,
+        mem_mb=memory(500),
     log:
         f"{LOGS}/table1_first_seed.log",
     benchmark:
@@ -67,6 +69,7 @@ rule ablations:
     threads: 1
     resources:
         cpu_slots=held_slots,
+        mem_mb=memory(500),
     log:
         f"{LOGS}/ablations.log",
     benchmark:
@@ -90,6 +93,7 @@ rule amflow_heatmaps:
     threads: 1
     resources:
         cpu_slots=held_slots,
+        mem_mb=memory(1600),
     log:
         f"{LOGS}/amflow_heatmaps.log",
     benchmark:
@@ -116,6 +120,7 @@ rule report:
     threads: 1
     resources:
         cpu_slots=held_slots,
+        mem_mb=memory(500),
     log:
         f"{LOGS}/report.log",
     benchmark:

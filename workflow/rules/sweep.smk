@@ -13,6 +13,7 @@ rule sweep:
     threads: JOB_CORES
     resources:
         cpu_slots=held_slots,
+        mem_mb=memory(1600),
         gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/sweep/{{dataset}}/{{method}}.log",

@@ -30,6 +30,7 @@ rule train:
     threads: 1
     resources:
         cpu_slots=held_slots,
+        mem_mb=memory(1600),
         gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/train/{{dataset}}/{{method}}/seed{{seed}}.log",
@@ -56,6 +57,7 @@ rule evaluate:
     threads: 1
     resources:
         cpu_slots=held_slots,
+        mem_mb=memory(1600),
         gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/evaluate/{{dataset}}/{{method}}/seed{{seed}}.log",
@@ -85,6 +87,7 @@ rule train_ablation:
     threads: 1
     resources:
         cpu_slots=held_slots,
+        mem_mb=memory(1600),
         gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/train_ablation/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}.log",
@@ -113,6 +116,7 @@ rule evaluate_ablation:
     threads: 1
     resources:
         cpu_slots=held_slots,
+        mem_mb=memory(1600),
         gpu=GPUS_PER_JOB,
     log:
         f"{LOGS}/evaluate_ablation/{{axis}}/{{value}}/{{dataset}}/seed{{seed}}.log",
