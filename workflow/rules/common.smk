@@ -65,7 +65,7 @@ def held_slots(wildcards, threads):
     return threads
 
 
-# Memory: every rule declares the most its job holds (``resources: mem_mb``, `memory`), and a local run
+# Memory: each job declares the most it holds (``resources: mem_mb``, `memory`), and a local run
 # starts no jobs whose memory together exceeds the machine's (`--resources mem_mb=N` sets another
 # limit), so a machine with many cores and little memory runs fewer jobs at once instead of swapping.
 MEM_MB = "mem_mb"
