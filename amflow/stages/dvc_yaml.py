@@ -203,24 +203,33 @@ def params_chain(params_file: str) -> list[tuple[str, dict]]:
         path = Path(os.path.normpath(path.parent / raw["extends"]))
 
 
-def _code_deps(job) -> tuple[list[str], list[str]]:
-    """The files the job's amflow command imports, which its input ``code`` (their stamp) stands for, or the
-    rule is wrong; and the job's other inputs."""
+def command_code(command) -> tuple[list[str], list[str]]:
+    """(the stamp, the files) of ``amflow <command>``'s code; none for a job that runs no amflow command. A
+    stamp reads every file it stands for: :func:`build_dvc_yaml` asks once per command, not per job."""
+    if not command:
+        return [], []
+    return [str(code_stamp(Path("."), command, paths.CODE_STAMPS_DIR))], command_files(Path("."), command)
+
+
+def _code_deps(job, code: tuple[list[str], list[str]]) -> tuple[list[str], list[str]]:
+    """The files the job's amflow command imports (``code``: :func:`command_code` of it), which its input
+    ``code`` (their stamp) stands for, or the rule is wrong; and the job's other inputs."""
     command = amflow_command(job)
-    stamp = [str(code_stamp(Path("."), command, paths.CODE_STAMPS_DIR))] if command else []
+    stamp, files = code
     named = job.input.get("code")
-    code = [] if named is None else [str(named)] if isinstance(named, str) else [str(f) for f in named]
-    if code != stamp:
+    declared = [] if named is None else [str(named)] if isinstance(named, str) else [str(f) for f in named]
+    if declared != stamp:
         raise AmflowError(f"rule {job.rule.name}: its input `code` must be code(\"{command}\") (the stamp of "
                           f"the files `amflow {command}` imports), as the other rules' are; fix workflow/rules/")
-    return (command_files(Path("."), command) if command else []), [str(f) for f in job.input if str(f) not in stamp]
+    return files, [str(f) for f in job.input if str(f) not in stamp]
 
 
-def job_to_stage(job, params_file: str, folder_outs: list[str], chain: list[tuple[str, dict]],
-                 folder: Path = Path(".")) -> dict:
-    """The DVC stage of one Snakemake job (see the module docstring), in the pipeline file of ``folder``."""
+def job_to_stage(job, params_file: str, folder_outs: list[str], chain: list[tuple[str, dict]], folder: Path,
+                 code: tuple[list[str], list[str]]) -> dict:
+    """The DVC stage of one Snakemake job (see the module docstring), in the pipeline file of ``folder``;
+    ``code``: :func:`command_code` of its command."""
     params = dict(job.params.items())
-    code, data = _code_deps(job)
+    code, data = _code_deps(job, code)
     cmd = dvc_cmd(job, params_file)
     outs = _dvc_outs(job)
     stage: dict[str, Any] = {}
@@ -536,9 +545,10 @@ def build_dvc_yaml(params_file: str = DEFAULT_PARAMS, jobs=None) -> str:
     folder_outs = [o for job in jobs if dict(job.params.items()).get("dvc_outs")
                    for o in _dvc_outs(job) if isinstance(o, str)]
     chain = params_chain(params_file)
+    code = {command: command_code(command) for command in {amflow_command(job) for job in jobs}}
     by_rule: dict[str, list] = {}
     for job in jobs:
-        stage = job_to_stage(job, params_file, folder_outs, chain, folder)
+        stage = job_to_stage(job, params_file, folder_outs, chain, folder, code[amflow_command(job)])
         by_rule.setdefault(job.rule.name, []).append((job, stage, _fields(job, params)))
     stages = {}
     for rule in sorted(by_rule):
